@@ -1,0 +1,100 @@
+"""One exception tree for the whole project.
+
+Every error carries a stable ``code`` (``XY-<AREA>-<NNN>``) that also appears in the JSON log
+line and in ``docs/observability/field-dictionary.md``. Third-party errors (nats-py, wsproto,
+protobuf, jwt) are caught in their adapter module and re-raised as one of these, so nothing
+outside an adapter ever has to know which library failed.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class XyError(Exception):
+    """Base of every error xypipe raises on purpose."""
+
+    code: ClassVar[str] = "XY-GEN-000"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code  # type: ignore[misc]
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConfigError(XyError):
+    """A configuration file or table is invalid. ``problems`` lists every finding, one per line."""
+
+    code = "XY-CFG-001"
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+class PluginError(XyError):
+    """A stage could not be found or does not satisfy the stage protocol."""
+
+    code = "XY-PLG-001"
+
+
+class StageError(XyError):
+    """A stage raised; names the pipeline and stage so the operator knows where to look."""
+
+    code = "XY-STG-001"
+
+    def __init__(self, pipeline: str, stage: str, cause: BaseException) -> None:
+        self.pipeline = pipeline
+        self.stage = stage
+        self.cause = cause
+        super().__init__(
+            f"pipeline {pipeline!r}, stage {stage!r} failed: {type(cause).__name__}: {cause}"
+        )
+
+
+class ContractError(XyError):
+    """Bytes on the wire do not decode as the contract says."""
+
+    code = "XY-CON-001"
+
+
+class BridgeError(XyError):
+    """The NATS bridge failed: connect, publish, request, JetStream."""
+
+    code = "XY-NATS-001"
+
+
+class NatsTimeout(BridgeError):
+    code = "XY-NATS-002"
+
+
+class NatsNotFound(BridgeError):
+    """A JetStream message, stream or key does not exist."""
+
+    code = "XY-NATS-003"
+
+
+class EmbeddedServerError(XyError):
+    """The embedded nats-server could not be started."""
+
+    code = "XY-EMB-001"
+
+
+class AuthError(XyError):
+    """A client failed authentication (bad token, expired, wrong audience...)."""
+
+    code = "XY-AUTH-001"
+
+
+class ProtocolError(XyError):
+    """A peer broke the wire protocol. ``remote`` says whether it was the peer or us."""
+
+    code = "XY-PROTO-001"
+
+    def __init__(self, message: str, *, code: str | None = None, remote: bool = True) -> None:
+        super().__init__(message, code=code)
+        self.remote = remote
