@@ -8,7 +8,28 @@ outside an adapter ever has to know which library failed.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, TypeVar
+
+E = TypeVar("E", bound=BaseException)
+
+
+def find_in_group(exc: BaseException, kind: type[E]) -> E | None:
+    """The first ``kind`` inside (possibly nested) exception groups, or ``exc`` itself."""
+    if isinstance(exc, kind):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for sub in exc.exceptions:
+            found = find_in_group(sub, kind)
+            if found is not None:
+                return found
+    return None
+
+
+def sole_leaf(exc: BaseException) -> BaseException:
+    """Unwrap groups that hold exactly one exception (Trio nurseries wrap every error)."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
 
 
 class XyError(Exception):
@@ -48,6 +69,7 @@ class StageError(XyError):
     code = "XY-STG-001"
 
     def __init__(self, pipeline: str, stage: str, cause: BaseException) -> None:
+        cause = sole_leaf(cause)
         self.pipeline = pipeline
         self.stage = stage
         self.cause = cause
@@ -98,3 +120,28 @@ class ProtocolError(XyError):
     def __init__(self, message: str, *, code: str | None = None, remote: bool = True) -> None:
         super().__init__(message, code=code)
         self.remote = remote
+
+
+class NatsNoResponders(BridgeError):
+    """A request found nobody subscribed to its subject."""
+
+    code = "XY-NATS-004"
+
+
+class NatsConnectionError(BridgeError):
+    """Cannot connect to NATS, or the connection is closed."""
+
+    code = "XY-NATS-005"
+
+
+class NatsBackpressure(BridgeError):
+    """Outgoing messages cannot be queued: the bridge's publish queue is full, or nats-py's
+    reconnect buffer is full while the server is away."""
+
+    code = "XY-NATS-006"
+
+
+class NatsSlowConsumer(BridgeError):
+    """A subscription fell behind and NATS (client or server side) dropped messages for it."""
+
+    code = "XY-NATS-007"

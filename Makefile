@@ -1,0 +1,34 @@
+# The two commands of the README:
+#   make demo   set up and run the demo (embedded NATS, pipelines, UI)
+#   make test   set up and run the whole test suite
+.PHONY: demo test setup setup-test proto proto-check bench lint clean
+
+demo: setup
+	.venv/bin/xypipe run configs/demo.toml
+
+test: setup-test
+	bash scripts/test.sh
+
+setup:
+	bash scripts/setup.sh
+
+setup-test:
+	bash scripts/setup.sh --test
+
+proto: setup-test
+	.venv/bin/xypipe dev proto
+
+proto-check: setup-test
+	.venv/bin/xypipe dev proto --check
+
+bench: setup-test
+	.venv/bin/python bench/bridge.py
+	.venv/bin/python bench/aggregator.py
+	.venv/bin/python bench/fanout.py
+
+lint: setup
+	.venv/bin/ruff check xypipe tests bench stages scripts
+	.venv/bin/mypy
+
+clean:
+	rm -rf .venv node_modules var

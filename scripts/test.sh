@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The whole test suite: lint, Python tests (unit, real nats-server, real Chromium, real
+# Prometheus), contract checks (buf lint/breaking, generated code up to date, Node and Go golden
+# vectors). Run through `make test`, which sets everything up first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PWD/.venv/bin:$PWD/node_modules/.bin:$PATH"
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+say "ruff"
+ruff check xypipe tests bench stages scripts
+
+say "contracts: buf lint, buf breaking, generated code up to date, Node and Go vectors"
+bash scripts/test_contracts.sh
+
+say "node tests"
+node --test tests/node/
+
+say "pytest"
+python -m pytest -q -p no:cacheprovider "$@"

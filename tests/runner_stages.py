@@ -1,0 +1,122 @@
+"""Small stages used by the runner tests (loaded by "module:Class" references)."""
+
+from __future__ import annotations
+
+import attrs
+import trio
+
+import xypipe
+
+
+@attrs.frozen
+class DoubleConfig:
+    factor: int = attrs.field(default=2, validator=xypipe.in_range(1, 1000))
+
+
+class Double(xypipe.Stage):
+    """Multiply every item by ``factor``."""
+
+    Config = DoubleConfig
+
+    async def run(self) -> None:
+        async for x in self.inbox:
+            await self.outbox.send(x * self.config.factor)
+
+
+@attrs.frozen
+class SlowSinkConfig:
+    per_item_ms: int = attrs.field(default=10, validator=xypipe.in_range(0, 60_000))
+    key: str = "slow"
+
+
+class SlowSink(xypipe.Stage):
+    """Take ``per_item_ms`` per item (a consumer that cannot keep up)."""
+
+    Config = SlowSinkConfig
+    produces = False
+
+    async def run(self) -> None:
+        out = self.ctx.resources.setdefault("testing.sinks", {}).setdefault(self.config.key, [])
+        async for x in self.inbox:
+            await trio.sleep(self.config.per_item_ms / 1000)
+            out.append(x)
+
+
+@attrs.frozen
+class BoomConfig:
+    after: int = attrs.field(default=3, validator=xypipe.in_range(0, 1_000_000))
+
+
+class Boom(xypipe.Stage):
+    """Pass items through, then raise after ``after`` items."""
+
+    Config = BoomConfig
+
+    async def run(self) -> None:
+        seen = 0
+        async for x in self.inbox:
+            if seen == self.config.after:
+                raise ValueError(f"cannot handle item {x!r}")
+            seen += 1
+            await self.outbox.send(x)
+
+
+@attrs.frozen
+class FlakyConfig:
+    failures: int = attrs.field(default=2, validator=xypipe.in_range(0, 100))
+
+
+class Flaky(xypipe.Stage):
+    """Fail on the first item of each of its first ``failures`` runs, then pass through."""
+
+    Config = FlakyConfig
+
+    async def run(self) -> None:
+        runs = self.ctx.resources.setdefault("flaky.runs", [0])
+        runs[0] += 1
+        async for x in self.inbox:
+            if runs[0] <= self.config.failures:
+                raise ConnectionError(f"run {runs[0]} lost its connection")
+            await self.outbox.send(x)
+
+
+@attrs.frozen
+class EndlessConfig:
+    interval_ms: int = attrs.field(default=10, validator=xypipe.in_range(1, 60_000))
+
+
+class Endless(xypipe.Stage):
+    """Emit 0, 1, 2, ... forever, recording how many it sent."""
+
+    Config = EndlessConfig
+    consumes = False
+
+    async def run(self) -> None:
+        sent = self.ctx.resources.setdefault("endless.sent", [0])
+        i = 0
+        while True:
+            await trio.sleep(self.config.interval_ms / 1000)
+            await self.outbox.send(i)
+            sent[0] = i + 1
+            i += 1
+
+
+class Batcher(xypipe.Stage):
+    """Hold everything until the input ends, then emit one list (a final flush)."""
+
+    async def run(self) -> None:
+        held = [x async for x in self.inbox]
+        await self.outbox.send(held)
+
+
+class NotAStage:
+    """Has no Config and no run: must be refused by the loader."""
+
+
+@attrs.define
+class MutableConfig:
+    x: int = 1
+
+
+class MutableConfigStage(xypipe.Stage):
+    Config = MutableConfig

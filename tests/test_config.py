@@ -1,0 +1,241 @@
+"""Config loading: every bad config gets an exact, actionable message."""
+
+from __future__ import annotations
+
+import pathlib
+import textwrap
+
+import pytest
+
+import xypipe
+from xypipe import ConfigError, load_config
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+GOOD_STAGES = """
+[[pipelines.p.stages]]
+use = "counting_source"
+[[pipelines.p.stages]]
+use = "list_sink"
+"""
+
+BAD_CONFIGS = [
+    pytest.param(
+        """
+        [[pipelines.aggregator.stages]]
+        use = "counting_source"
+        [[pipelines.aggregator.stages]]
+        use = "runner_stages:Double"
+        factor = "fast"
+        [[pipelines.aggregator.stages]]
+        use = "list_sink"
+        """,
+        ['pipelines.aggregator.stages[1] (double).factor: expected an integer 1..1000, '
+         'got "fast"'],
+        id="wrong-type-says-range",
+    ),
+    pytest.param(
+        """
+        [[pipelines.p.stages]]
+        use = "counting_source"
+        cuont = 3
+        [[pipelines.p.stages]]
+        use = "list_sink"
+        """,
+        ["pipelines.p.stages[0] (counting_source).cuont: unknown key; did you mean 'count'?"],
+        id="unknown-stage-key-did-you-mean",
+    ),
+    pytest.param(
+        """
+        [htp]
+        port = 1
+        """ + GOOD_STAGES,
+        ["htp: unknown key; did you mean 'http'?"],
+        id="unknown-top-level-table",
+    ),
+    pytest.param(
+        """
+        [[pipelines.p.stages]]
+        use = "counting_sorce"
+        [[pipelines.p.stages]]
+        use = "list_sink"
+        """,
+        ["pipelines.p.stages[0] (counting_sorce).use: unknown stage 'counting_sorce'; did you "
+         "mean 'counting_source'? (installed: INSTALLED; or use \"module:Class\")"],
+        id="unknown-stage-name",
+    ),
+    pytest.param(
+        """
+        [[pipelines.p.stages]]
+        use = "counting_source"
+        budget = { max_items = 0 }
+        [[pipelines.p.stages]]
+        use = "list_sink"
+        """,
+        ["pipelines.p.stages[0] (counting_source).budget.max_items: expected an integer "
+         "1..1000000, got 0"],
+        id="budget-out-of-range",
+    ),
+    pytest.param(
+        """
+        [[pipelines.p.stages]]
+        use = "counting_source"
+        restart = { policy = "always" }
+        [[pipelines.p.stages]]
+        use = "list_sink"
+        """,
+        ['pipelines.p.stages[0] (counting_source).restart.policy: expected one of "never", '
+         '"on-failure", got "always"'],
+        id="restart-policy-choice",
+    ),
+    pytest.param(
+        """
+        [nats]
+        url = "http://localhost:4222"
+        """ + GOOD_STAGES,
+        ['nats.url: expected "embedded" or nats://, tls://, ws:// or wss:// URLs separated by '
+         'commas, got "http://localhost:4222"'],
+        id="nats-url-scheme",
+    ),
+    pytest.param(
+        """
+        [http]
+        port = 70000
+        """ + GOOD_STAGES,
+        ["http.port: expected an integer 0..65535, got 70000"],
+        id="port-range",
+    ),
+    pytest.param(
+        """
+        [pipelines.p]
+        degrade = { enter = [0.5, 0.75, 0.9], leave = [0.6, 0.65, 0.7] }
+        """ + GOOD_STAGES,
+        ["pipelines.p.degrade.leave: expected leave[0] < enter[0] (0.5) so the level cannot "
+         "flap, got [0.6, 0.65, 0.7]"],
+        id="hysteresis-inverted",
+    ),
+    pytest.param(
+        """
+        [[pipelines.p.stages]]
+        use = "list_sink"
+        [[pipelines.p.stages]]
+        use = "counting_source"
+        """,
+        ["pipelines.p.stages[0] (list_sink): this stage needs an input, but it is first in the "
+         "pipeline",
+         "pipelines.p.stages[0] (list_sink): this stage is a sink (produces nothing), so it "
+         "must be last",
+         "pipelines.p.stages[1] (counting_source): this stage is a source (takes no input), so "
+         "it must be first"],
+        id="wiring-order",
+    ),
+    pytest.param(
+        """
+        [pipelines.p]
+        stages = []
+        """,
+        ["pipelines.p.stages: expected a non-empty value, got []"],
+        id="empty-pipeline",
+    ),
+    pytest.param(
+        """
+        [[pipelines.p.stages]]
+        use = "runner_stages:NotAStage"
+        [[pipelines.p.stages]]
+        use = "list_sink"
+        """,
+        ["pipelines.p.stages[0] (notastage).use: reference 'runner_stages:NotAStage': "
+         "NotAStage.Config must be an attrs class"],
+        id="not-a-stage",
+    ),
+    pytest.param(
+        """
+        [[pipelines.p.stages]]
+        use = "counting_source"
+        [[pipelines.p.stages]]
+        use = "runner_stages:MutableConfigStage"
+        """,
+        ["pipelines.p.stages[1] (mutableconfigstage).use: reference "
+         "'runner_stages:MutableConfigStage': MutableConfigStage.Config must be frozen "
+         "(@attrs.frozen)"],
+        id="mutable-config",
+    ),
+    pytest.param(
+        """
+        [[pipelines.p.stages]]
+        use = "no_such_module:Stage"
+        [[pipelines.p.stages]]
+        use = "list_sink"
+        """,
+        ["pipelines.p.stages[0] (stage).use: cannot import module 'no_such_module': No module "
+         "named 'no_such_module'"],
+        id="bad-module-reference",
+    ),
+    pytest.param(
+        """
+        [[pipelines.p.stages]]
+        use = "counting_source"
+        count = true
+        [[pipelines.p.stages]]
+        use = "list_sink"
+        key = ["a"]
+        """,
+        ["pipelines.p.stages[0] (counting_source).count: expected an integer 0..10000000, got "
+         "true",
+         'pipelines.p.stages[1] (list_sink).key: expected a string, got ["a"]'],
+        id="bool-is-not-int-list-is-not-str",
+    ),
+    pytest.param(
+        """
+        [pipelines.p]
+        process = "gateway"
+        """ + GOOD_STAGES,
+        ['pipelines.p.process: expected one of the [processes] tables (none declared), got '
+         '"gateway"'],
+        id="undeclared-process",
+    ),
+    pytest.param(
+        """
+        [[pipelines.p.stages]]
+        use = "counting_source"
+        name = "x"
+        [[pipelines.p.stages]]
+        use = "runner_stages:Double"
+        name = "x"
+        [[pipelines.p.stages]]
+        use = "list_sink"
+        """,
+        ['pipelines.p.stages[0] (x).name: expected a name unique in the pipeline, got "x" 2 '
+         "times; set `name` on each"],
+        id="duplicate-stage-names",
+    ),
+    pytest.param(
+        "[pipelines.p\nstages = 1",
+        ["invalid TOML: Expected ']' at the end of a table declaration (at line 1, column 13)"],
+        id="toml-syntax",
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), BAD_CONFIGS)
+def test_bad_config_is_refused_with_exact_messages(tmp_path, text, expected):
+    path = tmp_path / "prod.toml"
+    path.write_text(textwrap.dedent(text))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    installed = ", ".join(sorted(xypipe.stage_entry_points()))
+    assert info.value.problems == [
+        f"{path}: " + line.replace("INSTALLED", installed) for line in expected
+    ]
+    assert info.value.code == "XY-CFG-001"
+
+
+def test_missing_file_names_the_path(tmp_path):
+    with pytest.raises(ConfigError, match=r"nope.toml: cannot read the file: No such file"):
+        load_config(tmp_path / "nope.toml")
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.toml")), ids=lambda p: p.name)
+def test_every_shipped_config_is_valid(path):
+    cfg = load_config(path)
+    assert cfg.pipelines

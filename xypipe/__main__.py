@@ -1,0 +1,3 @@
+from xypipe._cli import main
+
+raise SystemExit(main())

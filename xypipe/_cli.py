@@ -1,0 +1,177 @@
+"""The ``xypipe`` command line.
+
+Subcommands live in small modules that expose ``register(subparsers)``; this module only
+assembles them, so adding a command never touches the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import signal
+import sys
+from typing import Any
+
+import trio
+
+from xypipe import _log
+from xypipe._errors import ConfigError, PluginError, StageError, XyError, find_in_group
+
+_COMMAND_MODULES: list[str] = [
+    # Each module exposes register(subparsers). Keep one line per module.
+]
+
+_log_cli = _log.get_logger("cli")
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from xypipe._config import load_config
+
+    status = 0
+    for path in args.config:
+        try:
+            cfg = load_config(path)
+        except ConfigError as exc:
+            print(str(exc), file=sys.stderr)
+            status = 1
+            continue
+        stages = sum(len(p.stages) for p in cfg.pipelines.values())
+        print(f"{path}: ok ({len(cfg.pipelines)} pipelines, {stages} stages, "
+              f"processes: {', '.join(cfg.process_names())})")
+    return status
+
+
+def _cmd_stages(args: argparse.Namespace) -> int:
+    from xypipe._registry import resolve_stage, stage_entry_points
+    from xypipe._stage import describe_stage
+
+    out: dict[str, Any] = {}
+    status = 0
+    for name, ep in sorted(stage_entry_points().items()):
+        try:
+            info = describe_stage(resolve_stage(name))
+        except PluginError as exc:
+            info = {"error": str(exc)}
+            status = 1
+        info["entry_point"] = ep.value
+        info["distribution"] = ep.dist.name if ep.dist else None
+        out[name] = info
+    if args.json:
+        print(json.dumps(out, indent=2, default=str))
+        return status
+    for name, info in out.items():
+        if "error" in info:
+            print(f"{name}  [broken] {info['error']}")
+            continue
+        kind = ("source" if not info["consumes"] else "sink" if not info["produces"]
+                else "transform")
+        print(f"{name}  ({kind}; {info['entry_point']}, from {info['distribution']})")
+        if info["summary"]:
+            print(f"    {info['summary']}")
+        for opt in info["options"]:
+            expects = f"  {opt['expects']}" if opt["expects"] else ""
+            print(f"    {opt['name']}: {opt['type']} = {json.dumps(opt['default'], default=str)}"
+                  f"{expects}")
+    return status
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from xypipe._config import load_config
+
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    _log.configure(args.log_level or cfg.log.level)
+    try:
+        try:
+            trio.run(_run_main, cfg, args)
+        except BaseExceptionGroup as group:
+            # Nurseries wrap errors; report ours plainly, let anything else show in full.
+            found = find_in_group(group, XyError)
+            if found is None:
+                raise
+            raise found from None
+    except StageError as exc:
+        _log_cli.error("stopped: a stage failed", code=exc.code, error=str(exc))
+        print(f"xypipe: {exc}", file=sys.stderr)
+        return 1
+    except XyError as exc:
+        _log_cli.error("stopped", code=exc.code, error=str(exc))
+        print(f"xypipe: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _run_main(cfg: Any, args: argparse.Namespace) -> None:
+    from xypipe._supervisor import run_process_tree
+
+    await run_process_tree(cfg, process=args.process, nats_url=args.nats_url,
+                           signals=(signal.SIGINT, signal.SIGTERM))
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    args.config = args.config or "configs/demo.toml"
+    args.process = None
+    args.nats_url = None
+    return _cmd_run(args)
+
+
+def _cmd_dev_proto(args: argparse.Namespace) -> int:
+    import pathlib
+    import subprocess
+
+    root = pathlib.Path.cwd()
+    script = root / "scripts" / "gen_proto.sh"
+    if not script.exists():
+        print("xypipe dev proto: run it from a checkout of xypipe (scripts/gen_proto.sh)",
+              file=sys.stderr)
+        return 2
+    cmd = ["bash", str(script), *(["--check"] if args.check else [])]
+    return subprocess.run(cmd, check=False).returncode
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="xypipe", description="Trio pipelines for real-time market data"
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run the pipelines a config declares")
+    p.add_argument("config")
+    p.add_argument("--process", default=None,
+                   help="run only this process's pipelines (used by the supervisor)")
+    p.add_argument("--nats-url", default=None, help="override [nats].url (used by the supervisor)")
+    p.add_argument("--log-level", default=None, choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("demo", help="run configs/demo.toml: embedded NATS, pipelines, UI")
+    p.add_argument("config", nargs="?", default=None)
+    p.add_argument("--log-level", default=None, choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("check", help="validate configs without running them")
+    p.add_argument("config", nargs="+")
+    p.set_defaults(func=_cmd_check)
+
+    p = sub.add_parser("stages", help="list available stages and their options")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_stages)
+
+    dev = sub.add_parser("dev", help="developer tools").add_subparsers(dest="dev", required=True)
+    p = dev.add_parser("proto", help="regenerate code from proto/ (Python, JS, Go)")
+    p.add_argument("--check", action="store_true", help="fail if generated code is stale")
+    p.set_defaults(func=_cmd_dev_proto)
+
+    for module in _COMMAND_MODULES:
+        importlib.import_module(module).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _log.configure(getattr(args, "log_level", None) or "info")
+    result: int = args.func(args)
+    return result

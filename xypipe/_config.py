@@ -1,0 +1,521 @@
+"""Load a deployment's TOML config into frozen, validated values.
+
+Everything goes through one cattrs converter with ``forbid_extra_keys=True`` and strict scalar
+hooks (TOML ``"5"`` is not an integer, ``true`` is not a number). Every problem is collected, not
+just the first, and each is reported with its full path and what was expected::
+
+    configs/prod.toml: pipelines.aggregator.stages[3] (conflate).interval_ms:
+        expected an integer 1..1000, got "fast"
+
+Unknown keys are errors with a did-you-mean.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import pathlib
+import tomllib
+import typing
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+import cattrs
+from cattrs.errors import ForbiddenExtraKeysError
+from cattrs.gen import make_dict_structure_fn
+
+from xypipe._degrade import DegradePolicy
+from xypipe._errors import ConfigError, PluginError
+from xypipe._validate import (
+    Invalid,
+    expected_of,
+    in_range,
+    non_empty,
+    one_of,
+    show,
+)
+
+# --------------------------------------------------------------------------- value objects
+
+
+@attrs.frozen
+class Budget:
+    """Budget of the edge that leaves a stage: queue slots, bytes and age of the oldest item.
+
+    Each limit that is set contributes ``used / limit`` to the pipeline's pressure.
+    """
+
+    max_items: int = attrs.field(default=1024, validator=in_range(1, 1_000_000))
+    max_bytes: int | None = attrs.field(default=None, validator=in_range(1, 1 << 40))
+    max_age_ms: int | None = attrs.field(default=None, validator=in_range(1, 3_600_000))
+
+
+@attrs.frozen
+class RestartPolicy:
+    """What the runner does when a stage raises: stop the pipeline, or restart the stage."""
+
+    policy: str = attrs.field(
+        default="never", validator=one_of(["never", "on-failure"])
+    )
+    max_restarts: int = attrs.field(default=5, validator=in_range(0, 1_000_000))
+    backoff_ms: int = attrs.field(default=100, validator=in_range(0, 600_000))
+    max_backoff_ms: int = attrs.field(default=5000, validator=in_range(0, 3_600_000))
+
+
+@attrs.frozen
+class TlsConfig:
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
+    verify: bool = True
+
+
+@attrs.frozen
+class EmbeddedNatsConfig:
+    """The nats-server child started for ``url = "embedded"``."""
+
+    host: str = "127.0.0.1"
+    port: int = attrs.field(default=4222, validator=in_range(0, 65535))
+    data_dir: str = "var/nats"
+    binary: str | None = None
+    jetstream: bool = True
+
+
+@attrs.frozen
+class NatsConfig:
+    """Where NATS is. ``url = "embedded"`` starts our own server (the demo default)."""
+
+    url: str = attrs.field(default="embedded", validator=non_empty())
+    name: str = "xypipe"
+    user: str | None = None
+    password: str | None = None
+    token: str | None = None
+    creds: str | None = None
+    tls: TlsConfig | None = None
+    connect_timeout_ms: int = attrs.field(default=2000, validator=in_range(1, 600_000))
+    reconnect_wait_ms: int = attrs.field(default=250, validator=in_range(1, 600_000))
+    max_reconnect_attempts: int = attrs.field(default=-1, validator=in_range(-1, 1_000_000))
+    embedded: EmbeddedNatsConfig = attrs.field(factory=EmbeddedNatsConfig)
+
+    def __attrs_post_init__(self) -> None:
+        if self.url != "embedded":
+            for server in self.url.split(","):
+                scheme = server.strip().split("://", 1)[0] if "://" in server else ""
+                if scheme not in {"nats", "tls", "ws", "wss"}:
+                    raise Invalid(
+                        "url",
+                        'expected "embedded" or nats://, tls://, ws:// or wss:// URLs '
+                        "separated by commas",
+                        self.url,
+                    )
+        if (self.user is None) != (self.password is None):
+            raise Invalid("password", "expected user and password together", "only one of them")
+
+    @property
+    def servers(self) -> list[str]:
+        return [s.strip() for s in self.url.split(",")]
+
+
+@attrs.frozen
+class HttpConfig:
+    """The process's HTTP endpoint: /healthz and /metrics (and the gateway's WebSocket)."""
+
+    host: str = "127.0.0.1"
+    port: int = attrs.field(default=8090, validator=in_range(0, 65535))
+    enabled: bool = True
+
+
+@attrs.frozen
+class LogConfig:
+    level: str = attrs.field(
+        default="info", validator=one_of(["debug", "info", "warning", "error"])
+    )
+
+
+@attrs.frozen
+class ProcessConfig:
+    """A child process of ``xypipe run``; pipelines that name it run there, on their own core."""
+
+    http: HttpConfig = attrs.field(factory=HttpConfig)
+
+
+@attrs.frozen
+class StageDecl:
+    """One stage of a pipeline as declared, resolved and validated."""
+
+    index: int
+    name: str
+    use: str
+    stage_cls: type[Any]
+    config: Any
+    budget: Budget
+    restart: RestartPolicy
+
+    @property
+    def where(self) -> str:
+        return f"stages[{self.index}] ({self.name})"
+
+
+@attrs.frozen
+class PipelineConfig:
+    name: str
+    stages: tuple[StageDecl, ...]
+    degrade: DegradePolicy
+    process: str = "main"
+    shutdown_grace_ms: int = 3000
+
+
+@attrs.frozen
+class AppConfig:
+    path: str
+    nats: NatsConfig | None
+    http: HttpConfig
+    log: LogConfig
+    processes: Mapping[str, ProcessConfig]
+    pipelines: Mapping[str, PipelineConfig]
+
+    def process_names(self) -> list[str]:
+        return sorted({p.process for p in self.pipelines.values()})
+
+    def http_for(self, process: str) -> HttpConfig:
+        proc = self.processes.get(process)
+        return proc.http if proc is not None else self.http
+
+
+# Raw shapes of the tables that hold other tables: structured first, checked again below.
+
+
+@attrs.frozen
+class _PipelineTable:
+    stages: list[dict[str, Any]] = attrs.field(validator=non_empty())
+    degrade: DegradePolicy = attrs.field(factory=DegradePolicy)
+    process: str = "main"
+    shutdown_grace_ms: int = attrs.field(default=3000, validator=in_range(1, 600_000))
+
+
+@attrs.frozen
+class _AppTable:
+    pipelines: dict[str, dict[str, Any]] = attrs.field(validator=non_empty())
+    nats: NatsConfig | None = None
+    http: HttpConfig = attrs.field(factory=HttpConfig)
+    log: LogConfig = attrs.field(factory=LogConfig)
+    processes: dict[str, ProcessConfig] = attrs.field(factory=dict)
+
+
+_STAGE_RESERVED = ("use", "name", "budget", "restart")
+
+# --------------------------------------------------------------------------- the converter
+
+_TYPE_WORDS: dict[type, str] = {
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    bool: "a boolean (true or false)",
+}
+
+
+# Marks a type error inside the flattened lines until _with_ranges has seen it.
+_TYPE_MARK = "\x00"
+
+
+class _WrongType(TypeError):
+    def __init__(self, expected: str, got: object) -> None:
+        self.expected = expected
+        self.got = got
+        super().__init__(f"expected {expected}, got {show(got)}")
+
+
+def _strict(kind: type) -> Any:
+    def hook(value: Any, _type: Any) -> Any:
+        ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        if not ok:
+            raise _WrongType(_TYPE_WORDS[kind], value)
+        return value
+
+    return hook
+
+
+def _make_converter() -> cattrs.Converter:
+    conv = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
+    for kind in _TYPE_WORDS:
+        conv.register_structure_hook(kind, _strict(kind))
+
+    def check_list(value: Any, t: Any) -> Any:
+        if not isinstance(value, list | tuple):
+            raise _WrongType("a list", value)
+        item_t = (typing.get_args(t) or (Any,))[0]
+        items = [v if item_t is Any else conv.structure(v, item_t) for v in value]
+        return tuple(items) if typing.get_origin(t) is tuple else items
+
+    def check_table(value: Any, t: Any) -> Any:
+        if not isinstance(value, dict):
+            raise _WrongType("a table", value)
+        val_t = typing.get_args(t)[1]
+        return {k: v if val_t is Any else conv.structure(v, val_t) for k, v in value.items()}
+
+    def attrs_factory(cls: Any) -> Any:
+        inner = make_dict_structure_fn(cls, conv, _cattrs_forbid_extra_keys=True)
+
+        def hook(value: Any, t: Any) -> Any:
+            if not isinstance(value, dict):
+                raise _WrongType("a table", value)
+            return inner(value, t)
+
+        return hook
+
+    conv.register_structure_hook_func(lambda t: typing.get_origin(t) in (list, tuple), check_list)
+    conv.register_structure_hook_func(lambda t: typing.get_origin(t) is dict, check_table)
+    conv.register_structure_hook_factory(attrs.has, attrs_factory)
+    return conv
+
+
+_converter = _make_converter()
+
+
+# --------------------------------------------------------------------------- error reporting
+
+
+def _did_you_mean(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _field_names(cls: type) -> list[str]:
+    return [f.name for f in attrs.fields(cls)] if attrs.has(cls) else []
+
+
+def _flatten(exc: BaseException, cls: type | None, path: str, out: list[str]) -> None:
+    """Turn cattrs' exception groups (with their path notes) into one line per problem."""
+    if isinstance(exc, BaseExceptionGroup):
+        for sub in exc.exceptions:
+            sub_path, sub_cls = path, getattr(exc, "cl", cls)
+            for note in getattr(sub, "__notes__", []):
+                name = getattr(note, "name", None)
+                index = getattr(note, "index", None)
+                if name is not None and attrs.has(sub_cls):
+                    sub_path = _join(sub_path, name)
+                    field_type = attrs.fields_dict(sub_cls)[name].type
+                    sub_cls = _unwrap(field_type)
+                elif index is not None and type(note).__name__ != "AttributeValidationNote":
+                    sub_path = f"{sub_path}[{show(index) if isinstance(index, str) else index}]"
+            _flatten(sub, sub_cls, sub_path, out)
+        return
+    if isinstance(exc, ForbiddenExtraKeysError):
+        known = _field_names(exc.cl)
+        for key in sorted(exc.extra_fields):
+            out.append(f"{_join(path, key)}: unknown key{_did_you_mean(key, known)}")
+        return
+    if isinstance(exc, Invalid):
+        out.append(f"{_join(path, exc.field)}: {exc.expected}, got {show(exc.got)}")
+        return
+    if isinstance(exc, _WrongType):
+        out.append(f"{path}: {_TYPE_MARK}expected {exc.expected}, got {show(exc.got)}")
+        return
+    if isinstance(exc, KeyError):
+        out.append(f"{path}: required key is missing")
+        return
+    if type(exc).__name__ == "CattrsError" and "not in literal" in str(exc):
+        out.append(f"{path}: {exc}")
+        return
+    out.append(f"{path}: {type(exc).__name__}: {exc}")
+
+
+def _unwrap(t: Any) -> Any:
+    args = [a for a in typing.get_args(t) if a is not type(None)]
+    if typing.get_origin(t) in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        return args[0] if len(args) == 1 else t
+    if typing.get_origin(t) in (list, tuple, dict) and args:
+        return args[-1]
+    return t
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _structure(value: Any, cls: type, path: str, problems: list[str]) -> Any:
+    try:
+        return _converter.structure(value, cls)
+    except Invalid as exc:
+        problems.append(f"{_join(path, exc.field)}: {exc.expected}, got {show(exc.got)}")
+    except (BaseExceptionGroup, _WrongType, ForbiddenExtraKeysError) as exc:
+        found: list[str] = []
+        _flatten(exc, cls, path, found)
+        problems.extend(_with_ranges(found, cls, path))
+    return None
+
+
+def _with_ranges(lines: list[str], cls: type, path: str) -> list[str]:
+    """Type errors on a field with a range validator say the range too."""
+    out = []
+    for line in lines:
+        where, _, rest = line.partition(": ")
+        if not rest.startswith(_TYPE_MARK):
+            out.append(line)
+            continue
+        rest = rest.removeprefix(_TYPE_MARK)
+        field = where.rsplit(".", 1)[-1]
+        owner = _owner_of(cls, where[len(path) + 1 :] if path else where)
+        if owner is not None and field in attrs.fields_dict(owner):
+            exp = expected_of(attrs.fields_dict(owner)[field].validator)
+            if exp and ", got " in rest:
+                rest = f"{exp}, got {rest.split(', got ', 1)[1]}"
+        out.append(f"{where}: {rest}")
+    return out
+
+
+def _owner_of(cls: type, rel: str) -> type | None:
+    parts = [p for p in rel.replace("]", "").split(".") if p]
+    owner: Any = cls
+    for part in parts[:-1]:
+        name = part.split("[", 1)[0]
+        if not attrs.has(owner) or name not in attrs.fields_dict(owner):
+            return None
+        owner = _unwrap(attrs.fields_dict(owner)[name].type)
+    return owner if attrs.has(owner) else None
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _stage_decl(
+    table: Any, where: str, index: int, problems: list[str]
+) -> StageDecl | None:
+    from xypipe._registry import resolve_stage
+
+    if not isinstance(table, dict):
+        problems.append(f"{where}: expected a table, got {show(table)}")
+        return None
+    use = table.get("use")
+    if not isinstance(use, str) or not use:
+        problems.append(f'{where}.use: expected a stage name or "module:Class", got {show(use)}')
+        return None
+    name = table.get("name", use.rsplit(":", 1)[-1].lower())
+    if not isinstance(name, str) or not name:
+        problems.append(f"{where}.name: expected a non-empty string, got {show(name)}")
+        return None
+    label = f"{where} ({name})"
+    try:
+        stage_cls = resolve_stage(use)
+    except PluginError as exc:
+        problems.append(f"{label}.use: {exc}")
+        return None
+    budget = _structure(table.get("budget", {}), Budget, f"{label}.budget", problems)
+    restart = _structure(table.get("restart", {}), RestartPolicy, f"{label}.restart", problems)
+    options = {k: v for k, v in table.items() if k not in _STAGE_RESERVED}
+    config = _structure_stage_options(options, stage_cls, label, problems)
+    if budget is None or restart is None or config is None:
+        return None
+    return StageDecl(
+        index=index, name=name, use=use, stage_cls=stage_cls, config=config,
+        budget=budget, restart=restart,
+    )
+
+
+def _structure_stage_options(
+    options: dict[str, Any], stage_cls: type[Any], label: str, problems: list[str]
+) -> Any:
+    cfg_cls = stage_cls.Config
+    known = set(_field_names(cfg_cls))
+    extra = [k for k in options if k not in known]
+    for key in extra:
+        choices = sorted(known | set(_STAGE_RESERVED))
+        problems.append(f"{label}.{key}: unknown key{_did_you_mean(key, choices)}")
+    if extra:
+        options = {k: v for k, v in options.items() if k in known}
+    before = len(problems)
+    cfg = _structure(options, cfg_cls, label, problems)
+    return cfg if len(problems) == before and not extra else None
+
+
+def parse_config(doc: dict[str, Any], path: str = "<config>") -> AppConfig:
+    """Validate an already-parsed TOML document; raises :class:`ConfigError` with every problem."""
+    problems: list[str] = []
+    pipeline_tables = doc.get("pipelines")
+    shallow = {k: v for k, v in doc.items() if k != "pipelines"}
+    shallow["pipelines"] = (
+        {k: {} for k in pipeline_tables} if isinstance(pipeline_tables, dict) else pipeline_tables
+    )
+    app = _structure(shallow, _AppTable, "", problems)
+
+    pipelines: dict[str, PipelineConfig] = {}
+    if isinstance(pipeline_tables, dict):
+        for pname, ptable in pipeline_tables.items():
+            ppath = f"pipelines.{pname}"
+            if not isinstance(ptable, dict):
+                problems.append(f"{ppath}: expected a table, got {show(ptable)}")
+                continue
+            raw = _structure(ptable, _PipelineTable, ppath, problems)
+            if raw is None:
+                continue
+            decls = [
+                _stage_decl(t, f"{ppath}.stages[{i}]", i, problems)
+                for i, t in enumerate(raw.stages)
+            ]
+            if any(d is None for d in decls):
+                continue
+            stages = tuple(d for d in decls if d is not None)
+            _check_wiring(ppath, stages, problems)
+            pipelines[pname] = PipelineConfig(
+                name=pname, stages=stages, degrade=raw.degrade, process=raw.process,
+                shutdown_grace_ms=raw.shutdown_grace_ms,
+            )
+    if app is not None:
+        for pipe in pipelines.values():
+            if pipe.process != "main" and pipe.process not in app.processes:
+                problems.append(
+                    f"pipelines.{pipe.name}.process: expected one of the [processes] tables "
+                    f"({', '.join(sorted(app.processes)) or 'none declared'}), got {show(pipe.process)}"
+                )
+    if problems:
+        raise ConfigError([f"{path}: {p}" for p in problems])
+    assert app is not None
+    return AppConfig(
+        path=path, nats=app.nats, http=app.http, log=app.log, processes=app.processes,
+        pipelines=pipelines,
+    )
+
+
+def _check_wiring(ppath: str, stages: tuple[StageDecl, ...], problems: list[str]) -> None:
+    names = [s.name for s in stages]
+    for s in stages:
+        if names.count(s.name) > 1:
+            problems.append(
+                f"{ppath}.{s.where}.name: expected a name unique in the pipeline, "
+                f"got {show(s.name)} {names.count(s.name)} times; set `name` on each"
+            )
+            break
+    last = len(stages) - 1
+    for s in stages:
+        consumes = getattr(s.stage_cls, "consumes", True)
+        produces = getattr(s.stage_cls, "produces", True)
+        if s.index == 0 and consumes and not getattr(s.stage_cls, "input_optional", False):
+            problems.append(
+                f"{ppath}.{s.where}: this stage needs an input, but it is first in the pipeline"
+            )
+        if s.index > 0 and not consumes:
+            problems.append(
+                f"{ppath}.{s.where}: this stage is a source (takes no input), so it must be first"
+            )
+        if s.index < last and not produces:
+            problems.append(
+                f"{ppath}.{s.where}: this stage is a sink (produces nothing), so it must be last"
+            )
+
+
+def load_config(path: str | os.PathLike[str]) -> AppConfig:
+    """Read and validate a TOML config file."""
+    p = pathlib.Path(path)
+    shown = str(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{shown}: cannot read the file: {exc.strerror}"]) from None
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{shown}: invalid TOML: {exc}"]) from None
+    return parse_config(doc, shown)

@@ -1,0 +1,242 @@
+"""A small HTTP/1.1 server on Trio for /healthz, /metrics and admin routes.
+
+h11 does the protocol; this module only routes. A request asking to upgrade to WebSocket is
+handed, bytes and all, to the upgrade handler a stage registered (the gateway), so the browser
+socket and the operational endpoints share one port, as Prometheus expects to scrape
+``gateway:8080/metrics``.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.parse
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import attrs
+import h11
+import trio
+
+from xypipe._log import get_logger
+
+_log = get_logger("http")
+
+MAX_HEAD = 16 * 1024
+MAX_BODY = 1024 * 1024
+READ_TIMEOUT = 30.0
+
+
+@attrs.frozen
+class Request:
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]
+    body: bytes = b""
+    peer: str = ""
+
+    def json(self) -> Any:
+        return json.loads(self.body.decode("utf-8"))
+
+
+@attrs.frozen
+class Response:
+    status: int = 200
+    body: bytes = b""
+    content_type: str = "text/plain; charset=utf-8"
+    headers: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def json(cls, doc: Any, status: int = 200) -> Response:
+        return cls(status, json.dumps(doc, default=str).encode(), "application/json")
+
+    @classmethod
+    def text(cls, text: str, status: int = 200) -> Response:
+        return cls(status, text.encode())
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+UpgradeHandler = Callable[[trio.abc.Stream, Request], Awaitable[None]]
+
+
+class ReplayStream(trio.abc.Stream):
+    """A stream that first yields bytes already read from ``inner``, then reads ``inner``."""
+
+    def __init__(self, inner: trio.abc.Stream, prefix: bytes) -> None:
+        self._inner = inner
+        self._prefix = prefix
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if self._prefix:
+            n = len(self._prefix) if max_bytes is None else max_bytes
+            chunk, self._prefix = self._prefix[:n], self._prefix[n:]
+            await trio.lowlevel.checkpoint()
+            return chunk
+        return await self._inner.receive_some(max_bytes)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self._inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._inner.wait_send_all_might_not_block()
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    @property
+    def socket(self) -> Any:
+        return getattr(self._inner, "socket", None)
+
+
+class HttpServer:
+    """Routes by exact path. Handlers get a :class:`Request` and return a :class:`Response`."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.host = host
+        self.port = port
+        self._routes: dict[str, dict[str, Handler]] = {}
+        self._upgrade: UpgradeHandler | None = None
+
+    def route(self, path: str, handler: Handler, methods: tuple[str, ...] = ("GET",)) -> None:
+        table = self._routes.setdefault(path, {})
+        for m in methods:
+            table[m] = handler
+
+    def set_upgrade_handler(self, handler: UpgradeHandler) -> None:
+        self._upgrade = handler
+
+    async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(self.port, host=self.host)
+        self.port = listeners[0].socket.getsockname()[1]
+        _log.info("http listening", host=self.host, port=self.port)
+        await trio.serve_listeners(self._handle, listeners, handler_nursery=None,
+                                   task_status=_Started(task_status, self.port))
+
+    async def _handle(self, stream: trio.SocketStream) -> None:
+        peer = ""
+        try:
+            addr = stream.socket.getpeername()
+            peer = f"{addr[0]}:{addr[1]}"
+        except OSError:
+            pass
+        try:
+            await self._serve_connection(stream, peer)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
+            pass
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    async def _serve_connection(self, stream: trio.SocketStream, peer: str) -> None:
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
+        raw = bytearray()
+        first = True
+        while True:
+            event = await self._next_event(conn, stream, raw if first else None)
+            if event is None or isinstance(event, h11.ConnectionClosed):
+                return
+            if not isinstance(event, h11.Request):
+                return
+            request, bad = await self._read_request(conn, stream, event, peer)
+            if bad is not None:
+                await self._send(conn, stream, bad)
+                return
+            assert request is not None
+            if request.headers.get("upgrade", "").lower() == "websocket":
+                if self._upgrade is None or not first:
+                    await self._send(conn, stream, Response.text("no WebSocket here\n", 404))
+                    return
+                await self._upgrade(ReplayStream(stream, bytes(raw)), request)
+                return
+            first = False
+            response = await self._dispatch(request)
+            await self._send(conn, stream, response)
+            if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
+                return
+            try:
+                conn.start_next_cycle()
+            except h11.LocalProtocolError:
+                return
+
+    async def _next_event(
+        self, conn: h11.Connection, stream: trio.SocketStream, raw: bytearray | None
+    ) -> Any:
+        while True:
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                await self._send(conn, stream, Response.text(f"bad request: {exc}\n", 400))
+                return None
+            if event is h11.NEED_DATA:
+                with trio.fail_after(READ_TIMEOUT):
+                    data = await stream.receive_some(65536)
+                if raw is not None:
+                    raw += data
+                conn.receive_data(data)
+                continue
+            if event is h11.PAUSED:
+                return None
+            return event
+
+    async def _read_request(
+        self, conn: h11.Connection, stream: trio.SocketStream, event: h11.Request, peer: str
+    ) -> tuple[Request | None, Response | None]:
+        headers = {k.decode().lower(): v.decode("latin-1") for k, v in event.headers}
+        target = event.target.decode("latin-1")
+        parsed = urllib.parse.urlsplit(target)
+        body = bytearray()
+        is_upgrade = headers.get("upgrade", "").lower() == "websocket"
+        while not is_upgrade:
+            ev = await self._next_event(conn, stream, None)
+            if ev is None:
+                return None, Response.text("bad request\n", 400)
+            if isinstance(ev, h11.Data):
+                body += ev.data
+                if len(body) > MAX_BODY:
+                    return None, Response.text(f"body over {MAX_BODY} bytes\n", 413)
+            elif isinstance(ev, h11.EndOfMessage):
+                break
+        return Request(
+            method=event.method.decode(), path=parsed.path,
+            query=urllib.parse.parse_qs(parsed.query), headers=headers, body=bytes(body),
+            peer=peer,
+        ), None
+
+    async def _dispatch(self, request: Request) -> Response:
+        table = self._routes.get(request.path)
+        if table is None:
+            return Response.text(f"no route for {request.path}\n", 404)
+        handler = table.get(request.method)
+        if handler is None:
+            return Response(405, b"method not allowed\n",
+                            headers=(("allow", ", ".join(sorted(table))),))
+        try:
+            return await handler(request)
+        except Exception as exc:  # noqa: BLE001 - one place per request logs and answers 500
+            _log.error("http handler failed", code="XY-HTTP-001", exc=exc, path=request.path)
+            return Response.text("internal error\n", 500)
+
+    async def _send(self, conn: h11.Connection, stream: trio.SocketStream, resp: Response) -> None:
+        if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            return
+        headers = [
+            ("content-type", resp.content_type),
+            ("content-length", str(len(resp.body))),
+            *resp.headers,
+        ]
+        try:
+            await stream.send_all(conn.send(h11.Response(status_code=resp.status, headers=headers)))
+            await stream.send_all(conn.send(h11.Data(data=resp.body)))
+            await stream.send_all(conn.send(h11.EndOfMessage()))
+        except h11.LocalProtocolError:
+            return
+
+
+class _Started:
+    """Report the bound port instead of trio.serve_listeners' list of listeners."""
+
+    def __init__(self, inner: trio.TaskStatus[int], port: int) -> None:
+        self._inner = inner
+        self._port = port
+
+    def started(self, value: object = None) -> None:
+        self._inner.started(self._port)

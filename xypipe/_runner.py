@@ -1,0 +1,400 @@
+"""The pipeline runner: wiring, budgets, degradation, failure and shutdown.
+
+One nursery per pipeline, one task per stage, one budgeted :class:`~xypipe._edge.Edge` between
+neighbours, one monitor task sampling the budgets into the pipeline's degradation controller.
+
+Failure: a stage that raises either is restarted (``restart.policy = "on-failure"``, with
+exponential backoff and a restart counter) or brings its pipeline down with a
+:class:`~xypipe._errors.StageError` naming the stage; the process then stops everything else.
+
+Shutdown is closing: :meth:`PipelineRun.stop` cancels the *sources* only; every other stage sees
+its input end, flushes, returns, and the runner closes its output. A grace deadline bounds the
+drain, after which whatever is left is cancelled.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import trio
+
+from xypipe._config import AppConfig, PipelineConfig, StageDecl
+from xypipe._degrade import DegradationController, Level, LevelWatch, Transition
+from xypipe._edge import Edge
+from xypipe._errors import StageError, find_in_group
+from xypipe._log import get_logger
+from xypipe._metrics import Metrics, RunnerMetrics
+from xypipe._stage import StageContext
+
+_log = get_logger("runner")
+
+
+class StageRun:
+    """A declared stage at run time: its context, cancel scope and state."""
+
+    def __init__(self, decl: StageDecl, ctx: StageContext) -> None:
+        self.decl = decl
+        self.ctx = ctx
+        self.scope = trio.CancelScope()
+        self.state = "pending"  # pending → running → done | failed | restarting
+        self.restarts = 0
+
+    @property
+    def is_source(self) -> bool:
+        return self.ctx.inbox is None
+
+
+class PipelineRun:
+    """One pipeline at run time."""
+
+    def __init__(
+        self,
+        config: PipelineConfig,
+        metrics: Metrics,
+        *,
+        nats: Any = None,
+        http: Any = None,
+        resources: dict[str, Any] | None = None,
+    ) -> None:
+        self.config = config
+        self.name = config.name
+        self.metrics = metrics
+        self.rmetrics = RunnerMetrics(metrics)
+        self.watch = LevelWatch()
+        self.controller = DegradationController(config.degrade)
+        self.transitions: list[Transition] = []
+        self.edges: list[Edge[Any]] = []
+        self.stages: list[StageRun] = []
+        self.state = "pending"
+        #: Set when the pipeline has stopped, for whatever reason.
+        self.finished = trio.Event()
+        self._scope = trio.CancelScope()
+        self._stopping = False
+        self.log = _log.bind(pipeline=self.name)
+        resources = resources if resources is not None else {}
+
+        decls = config.stages
+        for upstream, downstream in zip(decls, decls[1:], strict=False):
+            self.edges.append(
+                Edge(f"{self.name}:{upstream.name}->{downstream.name}", upstream.budget)
+            )
+        for i, decl in enumerate(decls):
+            inbox = self.edges[i - 1].receive_channel if i > 0 else None
+            outbox = self.edges[i].send_channel if i < len(self.edges) else None
+            ctx = StageContext(
+                pipeline=self.name, name=decl.name, inbox=inbox, outbox=outbox,
+                degradation=self.watch, metrics=metrics,
+                log=get_logger(f"stage.{decl.name}", pipeline=self.name, stage=decl.name),
+                nats=nats, http=http, resources=resources,
+            )
+            self.stages.append(StageRun(decl, ctx))
+
+    # ------------------------------------------------------------------ control
+
+    @property
+    def ready(self) -> bool:
+        return self.state == "running" and all(
+            s.ctx.is_ready or s.state == "done" for s in self.stages
+        )
+
+    def stop(self) -> None:
+        """Graceful stop: end the sources, let the rest drain within the grace period."""
+        if self._stopping:
+            return
+        self._stopping = True
+        self.log.info("pipeline stopping", grace_ms=self.config.shutdown_grace_ms)
+        self._scope.deadline = min(
+            self._scope.deadline, trio.current_time() + self.config.shutdown_grace_ms / 1000
+        )
+        for s in self.stages:
+            if s.is_source:
+                s.scope.cancel()
+
+    def force_level(self, level: Level | None) -> None:
+        self._apply(self.controller.force(trio.current_time(), level))
+
+    # ------------------------------------------------------------------ running
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self.state = "running"
+        self.rmetrics.pipeline_running.labels(self.name).set(1)
+        self.rmetrics.level.labels(f"pipeline:{self.name}").set(0)
+        self.log.info("pipeline starting", stages=[s.decl.name for s in self.stages])
+        try:
+            with self._scope:
+                async with trio.open_nursery() as nursery:
+                    stages_done = trio.Event()
+                    nursery.start_soon(self._monitor, stages_done)
+                    async with trio.open_nursery() as stage_nursery:
+                        for s in self.stages:
+                            stage_nursery.start_soon(self._run_stage, s)
+                        task_status.started()
+                    stages_done.set()
+            self.state = "stopped"
+            self.log.info("pipeline stopped", drained=not self._scope.cancelled_caught)
+        except BaseException:
+            self.state = "failed"
+            raise
+        finally:
+            self.rmetrics.pipeline_running.labels(self.name).set(0)
+            self.finished.set()
+
+    async def _run_stage(self, s: StageRun) -> None:
+        decl, ctx = s.decl, s.ctx
+        policy = decl.restart
+        backoff = policy.backoff_ms / 1000
+        try:
+            with s.scope:
+                while True:
+                    s.state = "running"
+                    instance = decl.stage_cls(decl.config, ctx)
+                    if getattr(decl.stage_cls, "ready_on_start", True):
+                        ctx.set_ready()
+                    try:
+                        await instance.run()
+                        s.state = "done"
+                        return
+                    except trio.BrokenResourceError as exc:
+                        # Downstream ended before us: nothing more can be delivered.
+                        if ctx.outbox is not None and self._downstream_done(s):
+                            s.state = "done"
+                            return
+                        raise self._failed(s, exc) from exc
+                    except Exception as exc:  # noqa: BLE001 - the runner is the one place that decides
+                        self.rmetrics.stage_failures.labels(
+                            self.name, decl.name, type(exc).__name__
+                        ).inc()
+                        if policy.policy != "on-failure" or s.restarts >= policy.max_restarts:
+                            raise self._failed(s, exc) from exc
+                        s.restarts += 1
+                        s.state = "restarting"
+                        self.rmetrics.stage_restarts.labels(self.name, decl.name).inc()
+                        ctx.log.error(
+                            "stage failed; restarting", code=StageError.code, exc=exc,
+                            restart=s.restarts, max_restarts=policy.max_restarts,
+                            backoff_ms=round(backoff * 1000),
+                        )
+                        await trio.sleep(backoff)
+                        backoff = min(backoff * 2 or 0.001, policy.max_backoff_ms / 1000)
+        finally:
+            if s.state not in ("done", "failed"):
+                s.state = "done"
+            # Closing is how the neighbours learn we are gone: downstream's `async for` ends,
+            # upstream's next send raises BrokenResourceError.
+            if ctx.outbox is not None:
+                ctx.outbox.close()
+            if ctx.inbox is not None:
+                ctx.inbox.close()
+
+    def _downstream_done(self, s: StageRun) -> bool:
+        idx = self.stages.index(s)
+        return idx + 1 < len(self.stages) and self.stages[idx + 1].state in ("done", "failed")
+
+    def _failed(self, s: StageRun, exc: BaseException) -> StageError:
+        s.state = "failed"
+        err = StageError(self.name, s.decl.name, exc)
+        s.ctx.log.error("stage failed; stopping the pipeline", code=err.code, exc=exc)
+        return err
+
+    async def _monitor(self, stages_done: trio.Event) -> None:
+        interval = self.config.degrade.sample_ms / 1000
+        while not stages_done.is_set():
+            self.sample()
+            with trio.move_on_after(interval):
+                await stages_done.wait()
+
+    def sample(self) -> Transition | None:
+        """Read every edge's budget, update the gauges and the degradation level."""
+        readings = []
+        for edge in self.edges:
+            st = edge.statistics()
+            p = st.pressure()
+            readings.append(p)
+            self.rmetrics.edge_items.labels(edge.name).set(st.items)
+            self.rmetrics.edge_bytes.labels(edge.name).set(st.bytes)
+            self.rmetrics.edge_age.labels(edge.name).set(st.oldest_age)
+            self.rmetrics.edge_pressure.labels(edge.name).set(p.value if math.isfinite(p.value) else 0)
+        from xypipe._degrade import Pressure
+
+        transition = self.controller.update(trio.current_time(), Pressure.worst(readings))
+        self._apply(transition)
+        return transition
+
+    def _apply(self, t: Transition | None) -> None:
+        if t is None:
+            return
+        self.transitions.append(t)
+        scope = f"pipeline:{self.name}"
+        self.rmetrics.backpressure_events.labels(scope, t.direction, f"L{int(t.new)}").inc()
+        self.rmetrics.level.labels(scope).set(int(t.new))
+        log = self.log.warning if t.direction == "up" else self.log.info
+        fields = {
+            "old_level": int(t.old), "new_level": int(t.new), "reason": t.reason,
+            "recovery": t.recovery, "pressure": round(t.pressure, 3),
+        }
+        if t.direction == "up":
+            log("degradation level raised", code="XY-DEG-001", **fields)
+        else:
+            self.log.info("degradation level lowered", **fields)
+        self.watch.set(t.new, t)
+
+
+class Runner:
+    """Runs every pipeline of one process, with the process's NATS connection and HTTP server."""
+
+    def __init__(
+        self,
+        config: AppConfig,
+        *,
+        process: str = "main",
+        metrics: Metrics | None = None,
+        nats_url: str | None = None,
+    ) -> None:
+        self.config = config
+        self.process = process
+        self.metrics = metrics or Metrics()
+        self.nats_url = nats_url
+        self.nats: Any = None
+        self.http: Any = None
+        self.pipelines: list[PipelineRun] = []
+        self.embedded: Any = None
+        self._stop_requested = trio.Event()
+        self.resources: dict[str, Any] = {}
+
+    def pipeline_configs(self) -> list[PipelineConfig]:
+        return [p for p in self.config.pipelines.values() if p.process == self.process]
+
+    def health(self) -> dict[str, Any]:
+        nats_ok = self.nats is None or bool(getattr(self.nats, "is_connected", False))
+        pipes = {p.name: {"state": p.state, "ready": p.ready, "level": int(p.watch.level)}
+                 for p in self.pipelines}
+        ready = nats_ok and bool(self.pipelines) and all(p.ready for p in self.pipelines)
+        return {
+            "status": "ok" if ready else "not-ready",
+            "live": True,
+            "ready": ready,
+            "process": self.process,
+            "nats": {"configured": self.config.nats is not None, "connected": nats_ok},
+            "pipelines": pipes,
+        }
+
+    def stop(self) -> None:
+        self._stop_requested.set()
+
+    async def run(self, *, task_status: trio.TaskStatus[Runner] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run until every pipeline ends, :meth:`stop` is called, or a stage fails."""
+        from xypipe._http import HttpServer, Response
+
+        try:
+            await self._run(task_status)
+        except BaseExceptionGroup as group:
+            # A failed stage arrives wrapped by each nursery it crossed; the operator wants the
+            # stage's own error, once.
+            err = find_in_group(group, StageError)
+            if err is None:
+                raise
+            raise err from None
+
+    async def _run(self, task_status: trio.TaskStatus[Runner]) -> None:
+        from xypipe._http import HttpServer, Response
+
+        # Nested nurseries give the shutdown order: pipelines, then the NATS connection and the
+        # HTTP server, then the embedded nats-server they talk to.
+        async with trio.open_nursery() as base:
+            url = await self._start_nats(base) if self.config.nats is not None else None
+            async with trio.open_nursery() as services:
+                if url is not None:
+                    from xypipe._nats import connect
+
+                    self.nats = await services.start(_hold_nats, connect, url, self.config.nats)
+
+                http_cfg = self.config.http_for(self.process)
+                if http_cfg.enabled:
+                    self.http = HttpServer(http_cfg.host, http_cfg.port)
+
+                    async def healthz(_req: Any) -> Response:
+                        doc = self.health()
+                        return Response.json(doc, 200 if doc["ready"] else 503)
+
+                    async def metrics(_req: Any) -> Response:
+                        return Response(200, self.metrics.render(),
+                                        "text/plain; version=0.0.4; charset=utf-8")
+
+                    self.http.route("/healthz", healthz)
+                    self.http.route("/metrics", metrics)
+
+                self.pipelines = [
+                    PipelineRun(p, self.metrics, nats=self.nats, http=self.http,
+                                resources=self.resources)
+                    for p in self.pipeline_configs()
+                ]
+                if self.http is not None:
+                    await services.start(self.http.serve)
+
+                async with trio.open_nursery() as watcher:
+                    watcher.start_soon(self._stop_on_request)
+                    async with trio.open_nursery() as pipes:
+                        for p in self.pipelines:
+                            await pipes.start(p.run)
+                        task_status.started(self)
+                    watcher.cancel_scope.cancel()
+                if self.nats is not None and self.nats.is_connected:
+                    with trio.move_on_after(1.0):
+                        await self.nats.flush(timeout=1.0)
+                services.cancel_scope.cancel()
+            base.cancel_scope.cancel()
+
+    async def _stop_on_request(self) -> None:
+        await self._stop_requested.wait()
+        for p in self.pipelines:
+            p.stop()
+
+    async def _start_nats(self, nursery: trio.Nursery) -> str:
+        assert self.config.nats is not None
+        if self.nats_url:
+            return self.nats_url
+        if self.config.nats.url != "embedded":
+            return self.config.nats.url
+        from xypipe._embedded import embedded_nats
+
+        emb = self.config.nats.embedded
+        self.embedded = await nursery.start(
+            _hold_embedded, embedded_nats,
+            {"port": emb.port, "host": emb.host, "data_dir": emb.data_dir,
+             "binary": emb.binary, "jetstream": emb.jetstream},
+        )
+        url: str = self.embedded.url
+        return url
+
+
+async def _hold_nats(
+    connect: Any, url: str, cfg: Any, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED
+) -> None:
+    import ssl
+
+    tls = None
+    if cfg.tls is not None:
+        tls = ssl.create_default_context(cafile=cfg.tls.ca)
+        if cfg.tls.cert:
+            tls.load_cert_chain(cfg.tls.cert, cfg.tls.key)
+        if not cfg.tls.verify:
+            tls.check_hostname = False
+            tls.verify_mode = ssl.CERT_NONE
+    async with connect(
+        url.split(",") if "," in url else url, name=cfg.name, user=cfg.user,
+        password=cfg.password, token=cfg.token, creds=cfg.creds, tls=tls,
+        connect_timeout=cfg.connect_timeout_ms / 1000,
+        reconnect_wait=cfg.reconnect_wait_ms / 1000,
+        max_reconnect_attempts=cfg.max_reconnect_attempts,
+    ) as nc:
+        task_status.started(nc)
+        await trio.sleep_forever()
+
+
+async def _hold_embedded(
+    factory: Any, kwargs: dict[str, Any], *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED
+) -> None:
+    async with factory(**kwargs) as server:
+        task_status.started(server)
+        await trio.sleep_forever()

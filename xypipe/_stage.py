@@ -1,0 +1,123 @@
+"""The stage model: what a stage is and what it gets from the runner.
+
+A stage is a class with a frozen attrs ``Config`` and one ``async def run(self)``. It reads its
+input from ``self.ctx.inbox`` (absent for a source) and writes to ``self.ctx.outbox`` (absent
+for a sink). The runner closes the outbox when ``run`` returns, so ending a stage ends the
+stream for its neighbour: shutdown is closing, not killing.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import attrs
+import trio
+
+from xypipe._degrade import Level, LevelWatch
+from xypipe._log import Logger
+from xypipe._metrics import Metrics
+
+
+@attrs.frozen
+class NoConfig:
+    """For stages without options."""
+
+
+@attrs.define(eq=False)
+class StageContext:
+    """Everything a running stage may use. Built by the runner (or by ``xypipe.testing``)."""
+
+    pipeline: str
+    name: str
+    inbox: trio.abc.ReceiveChannel[Any] | None
+    outbox: trio.abc.SendChannel[Any] | None
+    degradation: LevelWatch
+    metrics: Metrics
+    log: Logger
+    #: The process's NATS connection (``xypipe._nats.NatsClient``) when the config has ``[nats]``.
+    nats: Any = None
+    #: The process's HTTP server (``xypipe._http.HttpServer``) when it serves one.
+    http: Any = None
+    #: Process-wide values shared between stages (e.g. the aggregator epoch).
+    resources: dict[str, Any] = attrs.field(factory=dict)
+    _ready: trio.Event = attrs.field(factory=trio.Event)
+
+    @property
+    def level(self) -> Level:
+        return self.degradation.level
+
+    def set_ready(self) -> None:
+        """Tell the runner the stage is serving (counted by /healthz readiness)."""
+        self._ready.set()
+
+    @property
+    def is_ready(self) -> bool:
+        return self._ready.is_set()
+
+    async def wait_ready(self) -> None:
+        await self._ready.wait()
+
+
+class Stage:
+    """Base class for stages (built-in and plugins alike).
+
+    Subclasses set ``Config`` to a frozen attrs class (validated when the config is loaded) and
+    implement :meth:`run`. ``consumes``/``produces`` say whether the stage has an input and an
+    output; a source is first in its pipeline, a sink last. ``ready_on_start`` stages count as
+    ready as soon as ``run`` starts; others call ``self.ctx.set_ready()`` themselves (e.g. once
+    subscribed).
+    """
+
+    Config: ClassVar[type[Any]] = NoConfig
+    consumes: ClassVar[bool] = True
+    produces: ClassVar[bool] = True
+    ready_on_start: ClassVar[bool] = True
+
+    def __init__(self, config: Any, ctx: StageContext) -> None:
+        self.config = config
+        self.ctx = ctx
+
+    async def run(self) -> None:
+        raise NotImplementedError(f"{type(self).__name__}.run")
+
+    # Helpers most stages want -------------------------------------------------------------
+
+    @property
+    def inbox(self) -> trio.abc.ReceiveChannel[Any]:
+        if self.ctx.inbox is None:
+            raise RuntimeError(f"stage {self.ctx.name!r} has no input (it is first)")
+        return self.ctx.inbox
+
+    @property
+    def outbox(self) -> trio.abc.SendChannel[Any]:
+        if self.ctx.outbox is None:
+            raise RuntimeError(f"stage {self.ctx.name!r} has no output (it is last)")
+        return self.ctx.outbox
+
+
+def describe_stage(cls: type[Any]) -> dict[str, Any]:
+    """A stage's options, for ``xypipe stages``: name, type, default, what it expects."""
+    from xypipe._validate import expected_of
+
+    options = []
+    for f in attrs.fields(cls.Config):
+        default: Any
+        if f.default is attrs.NOTHING:
+            default = "(required)"
+        elif isinstance(f.default, attrs.Factory):  # type: ignore[arg-type]
+            default = f.default.factory()
+        else:
+            default = f.default
+        typ = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+        options.append(
+            {"name": f.name, "type": str(typ), "default": default,
+             "expects": expected_of(f.validator) or "",
+             "doc": f.metadata.get("doc", "")}
+        )
+    doc = (cls.__doc__ or "").strip().splitlines()
+    return {
+        "summary": doc[0] if doc else "",
+        "consumes": getattr(cls, "consumes", True),
+        "produces": getattr(cls, "produces", True),
+        "options": options,
+    }

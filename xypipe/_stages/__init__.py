@@ -1,0 +1,1 @@
+"""Built-in stages. Each registers through the ``xypipe.stages`` entry-point group."""
