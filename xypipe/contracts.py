@@ -2,9 +2,17 @@
 
 Import message classes from here, never from ``xypipe._proto``::
 
-    from xypipe.contracts import Tick, Delta, Snapshot
+    from xypipe.contracts import Tick, Delta, Snapshot, decode
+
+    tick = decode(Tick, payload, where=f"subject {subject}")
+
+``decode`` raises :class:`ContractError` on malformed bytes and counts unknown fields (a newer
+producer's additions) in ``contract_unknown_fields_total``; see ``xypipe._contracts`` and
+``docs/contracts.md``.
 """
 
+from xypipe._contracts import ContractDecoder, count_unknown_fields, decode, use_registry
+from xypipe._errors import ContractError
 from xypipe._proto.xy.md.v1.admin_pb2 import FeatureFlag, HealthReport
 from xypipe._proto.xy.md.v1.contract_pb2 import Contract, Priority
 from xypipe._proto.xy.md.v1.marketdata_pb2 import Delta, Snapshot, SymbolState, TopEntry
@@ -34,6 +42,8 @@ __all__ = [
     "ClientFrame",
     "ClientMetrics",
     "Contract",
+    "ContractDecoder",
+    "ContractError",
     "DegradeChange",
     "Delta",
     "Error",
@@ -60,4 +70,7 @@ __all__ = [
     "TopEntry",
     "Unsubscribe",
     "Welcome",
+    "count_unknown_fields",
+    "decode",
+    "use_registry",
 ]
