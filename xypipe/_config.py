@@ -466,9 +466,10 @@ def parse_config(doc: dict[str, Any], path: str = "<config>") -> AppConfig:
     if app is not None:
         for pipe in pipelines.values():
             if pipe.process != "main" and pipe.process not in app.processes:
+                declared = ", ".join(sorted(app.processes)) or "none declared"
                 problems.append(
                     f"pipelines.{pipe.name}.process: expected one of the [processes] tables "
-                    f"({', '.join(sorted(app.processes)) or 'none declared'}), got {show(pipe.process)}"
+                    f"({declared}), got {show(pipe.process)}"
                 )
     if problems:
         raise ConfigError([f"{path}: {p}" for p in problems])

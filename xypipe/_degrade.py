@@ -17,6 +17,7 @@ Pressure is a number in ``[0, ∞)``: 1.0 means "a budget is exactly full". Rule
 from __future__ import annotations
 
 import enum
+import itertools
 import math
 
 import attrs
@@ -43,13 +44,16 @@ _DESCRIPTIONS = {
 }
 
 
-def _check_thresholds(inst: DegradePolicy, attribute: attrs.Attribute[object], value: object) -> None:
+def _check_thresholds(
+    inst: DegradePolicy, attribute: attrs.Attribute[object], value: object
+) -> None:
     from xypipe._validate import Invalid
 
     seq = list(value)  # type: ignore[call-overload]
-    if len(seq) != 3 or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in seq):
+    numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in seq)
+    if len(seq) != 3 or not numbers:
         raise Invalid(attribute.name, "expected 3 numbers for L1, L2, L3", value)
-    if not all(0 < v for v in seq) or any(b <= a for a, b in zip(seq, seq[1:], strict=False)):
+    if not all(0 < v for v in seq) or any(b <= a for a, b in itertools.pairwise(seq)):
         raise Invalid(attribute.name, "expected 3 strictly increasing positive numbers", value)
 
 

@@ -211,7 +211,7 @@ class HttpServer:
                             headers=(("allow", ", ".join(sorted(table))),))
         try:
             return await handler(request)
-        except Exception as exc:  # noqa: BLE001 - one place per request logs and answers 500
+        except Exception as exc:
             _log.error("http handler failed", code="XY-HTTP-001", exc=exc, path=request.path)
             return Response.text("internal error\n", 500)
 

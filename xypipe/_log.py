@@ -73,7 +73,9 @@ class Logger:
     def bind(self, **fields: Any) -> Logger:
         return Logger(self._logger, {**self._bound, **fields})
 
-    def _emit(self, level: int, msg: str, fields: dict[str, Any], exc: BaseException | None) -> None:
+    def _emit(
+        self, level: int, msg: str, fields: dict[str, Any], exc: BaseException | None
+    ) -> None:
         if not self._logger.isEnabledFor(level):
             return
         self._logger.log(

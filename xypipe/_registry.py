@@ -75,7 +75,7 @@ def resolve_stage(use: str) -> type[Any]:
             )
         try:
             obj = ep.load()
-        except Exception as exc:  # noqa: BLE001 - a broken plugin must name its distribution
+        except Exception as exc:
             raise PluginError(
                 f"{_origin(ep, use)} failed to load: {type(exc).__name__}: {exc}"
             ) from exc

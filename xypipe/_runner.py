@@ -14,13 +14,14 @@ drain, after which whatever is left is cancelled.
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any
 
 import trio
 
 from xypipe._config import AppConfig, PipelineConfig, StageDecl
-from xypipe._degrade import DegradationController, Level, LevelWatch, Transition
+from xypipe._degrade import DegradationController, Level, LevelWatch, Pressure, Transition
 from xypipe._edge import Edge
 from xypipe._errors import StageError, find_in_group
 from xypipe._log import get_logger
@@ -75,7 +76,7 @@ class PipelineRun:
         resources = resources if resources is not None else {}
 
         decls = config.stages
-        for upstream, downstream in zip(decls, decls[1:], strict=False):
+        for upstream, downstream in itertools.pairwise(decls):
             self.edges.append(
                 Edge(f"{self.name}:{upstream.name}->{downstream.name}", upstream.budget)
             )
@@ -161,7 +162,7 @@ class PipelineRun:
                             s.state = "done"
                             return
                         raise self._failed(s, exc) from exc
-                    except Exception as exc:  # noqa: BLE001 - the runner is the one place that decides
+                    except Exception as exc:
                         self.rmetrics.stage_failures.labels(
                             self.name, decl.name, type(exc).__name__
                         ).inc()
@@ -214,9 +215,8 @@ class PipelineRun:
             self.rmetrics.edge_items.labels(edge.name).set(st.items)
             self.rmetrics.edge_bytes.labels(edge.name).set(st.bytes)
             self.rmetrics.edge_age.labels(edge.name).set(st.oldest_age)
-            self.rmetrics.edge_pressure.labels(edge.name).set(p.value if math.isfinite(p.value) else 0)
-        from xypipe._degrade import Pressure
-
+            finite = p.value if math.isfinite(p.value) else 0.0
+            self.rmetrics.edge_pressure.labels(edge.name).set(finite)
         transition = self.controller.update(trio.current_time(), Pressure.worst(readings))
         self._apply(transition)
         return transition
@@ -284,7 +284,6 @@ class Runner:
 
     async def run(self, *, task_status: trio.TaskStatus[Runner] = trio.TASK_STATUS_IGNORED) -> None:
         """Run until every pipeline ends, :meth:`stop` is called, or a stage fails."""
-        from xypipe._http import HttpServer, Response
 
         try:
             await self._run(task_status)
@@ -369,7 +368,8 @@ class Runner:
 
 
 async def _hold_nats(
-    connect: Any, url: str, cfg: Any, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED
+    connect: Any, url: str, cfg: Any,
+    *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     import ssl
 
@@ -393,7 +393,8 @@ async def _hold_nats(
 
 
 async def _hold_embedded(
-    factory: Any, kwargs: dict[str, Any], *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED
+    factory: Any, kwargs: dict[str, Any],
+    *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     async with factory(**kwargs) as server:
         task_status.started(server)

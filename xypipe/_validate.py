@@ -56,7 +56,9 @@ def in_range(lo: float, hi: float) -> _Validator:
     """An integer (when both bounds are ints) or a number within ``lo..hi`` inclusive."""
     if isinstance(lo, int) and isinstance(hi, int):
         return _Validator(f"expected an integer {lo}..{hi}", lambda v: _is_int(v) and lo <= v <= hi)
-    return _Validator(f"expected a number {lo:g}..{hi:g}", lambda v: _is_number(v) and lo <= v <= hi)
+    return _Validator(
+        f"expected a number {lo:g}..{hi:g}", lambda v: _is_number(v) and lo <= v <= hi
+    )
 
 
 def one_of(choices: Iterable[str]) -> _Validator:
@@ -82,7 +84,8 @@ def _is_subject(v: object) -> bool:
 def subject_pattern() -> _Validator:
     """A NATS subject or wildcard pattern (``*`` one token, ``>`` the rest, last only)."""
     return _Validator(
-        'expected a NATS subject like "xy.src.tick.>" (tokens separated by ".", "*" or a final ">")',
+        'expected a NATS subject like "xy.src.tick.>" '
+        '(tokens separated by ".", "*" or a final ">")',
         _is_subject,
     )
 

@@ -1,0 +1,98 @@
+"""`xypipe run configs/demo.toml` as a user runs it: a real process tree, stopped by Ctrl-C.
+
+The demo's fixed ports (4222, 8080, 8090, 5174) are swapped for free ones so the test can run
+beside a developer's own demo.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import re
+import signal
+import socket
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+
+import trio
+
+from xypipe import load_config
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def demo_copy(tmp_path: pathlib.Path) -> pathlib.Path:
+    text = (ROOT / "configs" / "demo.toml").read_text()
+    text = re.sub(r"(?m)^(\s*port\s*=\s*)\d+", lambda m: f"{m.group(1)}{free_port()}", text)
+    text = re.sub(r"(?m)^(\s*(?:http\.)?port\s*=\s*)\d+", lambda m: f"{m.group(1)}{free_port()}",
+                  text)
+    text = re.sub(r'(?m)^(\s*data_dir\s*=\s*)"[^"]*"', rf'\1"{tmp_path / "nats"}"', text)
+    path = tmp_path / "demo.toml"
+    path.write_text(text)
+    return path
+
+
+def http_get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+    except OSError:
+        return 0, ""
+
+
+async def wait_healthy(port: int, deadline: float) -> dict:
+    """Poll an external process's /healthz until it is ready (bounded by a hang guard)."""
+    with trio.fail_after(deadline):
+        while True:
+            status, body = await trio.to_thread.run_sync(http_get, port, "/healthz")
+            if status == 200:
+                return json.loads(body)
+            await trio.sleep(0.2)
+
+
+def nats_servers_for(data_dir: pathlib.Path) -> list[int]:
+    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    return [int(line.split()[0]) for line in out.splitlines()
+            if "nats-server" in line and str(data_dir) in line]
+
+
+async def test_demo_runs_serves_health_and_metrics_and_ctrl_c_stops_everything(tmp_path):
+    config_path = demo_copy(tmp_path)
+    cfg = load_config(config_path)
+    ports = {name: cfg.http_for(name).port for name in cfg.process_names()}
+    proc = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "xypipe", "run", str(config_path)],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        for name, port in ports.items():
+            health = await wait_healthy(port, 60)
+            assert health["ready"], (name, health)
+            status, text = await trio.to_thread.run_sync(http_get, port, "/metrics")
+            assert status == 200
+            assert "pipeline_running" in text and "backpressure_events_total" in text
+        assert nats_servers_for(tmp_path / "nats"), "the embedded nats-server should be running"
+
+        proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        with trio.fail_after(5):  # the acceptance bound, not a performance measurement
+            code = await proc.wait()
+        assert code == 0
+        assert nats_servers_for(tmp_path / "nats") == []
+        for port in ports.values():
+            assert (await trio.to_thread.run_sync(http_get, port, "/healthz"))[0] == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
