@@ -266,8 +266,14 @@ def _make_converter() -> cattrs.Converter:
 
         return hook
 
-    conv.register_structure_hook_func(lambda t: typing.get_origin(t) in (list, tuple), check_list)
-    conv.register_structure_hook_func(lambda t: typing.get_origin(t) is dict, check_table)
+    def is_sequence(t: Any) -> bool:
+        return typing.get_origin(t) in (list, tuple)
+
+    def is_table(t: Any) -> bool:
+        return typing.get_origin(t) is dict
+
+    conv.register_structure_hook_func(is_sequence, check_list)
+    conv.register_structure_hook_func(is_table, check_table)
     conv.register_structure_hook_factory(attrs.has, attrs_factory)
     return conv
 
@@ -295,7 +301,7 @@ def _flatten(exc: BaseException, cls: type | None, path: str, out: list[str]) ->
             for note in getattr(sub, "__notes__", []):
                 name = getattr(note, "name", None)
                 index = getattr(note, "index", None)
-                if name is not None and attrs.has(sub_cls):
+                if name is not None and isinstance(sub_cls, type) and attrs.has(sub_cls):
                     sub_path = _join(sub_path, name)
                     field_type = attrs.fields_dict(sub_cls)[name].type
                     sub_cls = _unwrap(field_type)

@@ -20,6 +20,8 @@ import enum
 import itertools
 import math
 
+from typing import Any
+
 import attrs
 import trio
 
@@ -44,12 +46,10 @@ _DESCRIPTIONS = {
 }
 
 
-def _check_thresholds(
-    inst: DegradePolicy, attribute: attrs.Attribute[object], value: object
-) -> None:
+def _check_thresholds(inst: Any, attribute: Any, value: Any) -> None:
     from xypipe._validate import Invalid
 
-    seq = list(value)  # type: ignore[call-overload]
+    seq = list(value)
     numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in seq)
     if len(seq) != 3 or not numbers:
         raise Invalid(attribute.name, "expected 3 numbers for L1, L2, L3", value)

@@ -88,8 +88,8 @@ class Edge(Generic[T]):
         self._tickets: collections.deque[_Ticket] = collections.deque()
         self._bytes = 0
         self._total = 0
-        self.send_channel: trio.abc.SendChannel[T] = _EdgeSend(self, send)
-        self.receive_channel: trio.abc.ReceiveChannel[T] = _EdgeReceive(self, recv)
+        self.send_channel = EdgeSendChannel(self, send)
+        self.receive_channel = EdgeReceiveChannel(self, recv)
 
     def _enqueue(self, item: T) -> _Ticket:
         ticket = _Ticket(self._clock(), self._sizeof(item))
@@ -119,7 +119,9 @@ class Edge(Generic[T]):
         )
 
 
-class _EdgeSend(trio.abc.SendChannel[T]):
+class EdgeSendChannel(trio.abc.SendChannel[T]):
+    """The producer side of an edge (what a stage sees as ``ctx.outbox``)."""
+
     def __init__(self, edge: Edge[T], inner: trio.MemorySendChannel[tuple[_Ticket, T]]) -> None:
         self._edge = edge
         self._inner = inner
@@ -144,8 +146,8 @@ class _EdgeSend(trio.abc.SendChannel[T]):
             raise
         self._edge._total += 1
 
-    def clone(self) -> _EdgeSend[T]:
-        return _EdgeSend(self._edge, self._inner.clone())
+    def clone(self) -> EdgeSendChannel[T]:
+        return EdgeSendChannel(self._edge, self._inner.clone())
 
     def close(self) -> None:
         self._inner.close()
@@ -155,7 +157,9 @@ class _EdgeSend(trio.abc.SendChannel[T]):
         await trio.lowlevel.checkpoint()
 
 
-class _EdgeReceive(trio.abc.ReceiveChannel[T]):
+class EdgeReceiveChannel(trio.abc.ReceiveChannel[T]):
+    """The consumer side of an edge (what a stage sees as ``ctx.inbox``)."""
+
     def __init__(self, edge: Edge[T], inner: trio.MemoryReceiveChannel[tuple[_Ticket, T]]) -> None:
         self._edge = edge
         self._inner = inner
@@ -170,8 +174,8 @@ class _EdgeReceive(trio.abc.ReceiveChannel[T]):
         self._edge._forget(ticket)
         return value
 
-    def clone(self) -> _EdgeReceive[T]:
-        return _EdgeReceive(self._edge, self._inner.clone())
+    def clone(self) -> EdgeReceiveChannel[T]:
+        return EdgeReceiveChannel(self._edge, self._inner.clone())
 
     def close(self) -> None:
         self._inner.close()

@@ -71,8 +71,8 @@ class ReplayStream(trio.abc.Stream):
             n = len(self._prefix) if max_bytes is None else max_bytes
             chunk, self._prefix = self._prefix[:n], self._prefix[n:]
             await trio.lowlevel.checkpoint()
-            return chunk
-        return await self._inner.receive_some(max_bytes)
+            return bytes(chunk)
+        return bytes(await self._inner.receive_some(max_bytes))
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         await self._inner.send_all(data)

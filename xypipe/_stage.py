@@ -14,6 +14,7 @@ import attrs
 import trio
 
 from xypipe._degrade import Level, LevelWatch
+from xypipe._edge import EdgeReceiveChannel, EdgeSendChannel
 from xypipe._log import Logger
 from xypipe._metrics import Metrics
 
@@ -29,8 +30,8 @@ class StageContext:
 
     pipeline: str
     name: str
-    inbox: trio.abc.ReceiveChannel[Any] | None
-    outbox: trio.abc.SendChannel[Any] | None
+    inbox: EdgeReceiveChannel[Any] | None
+    outbox: EdgeSendChannel[Any] | None
     degradation: LevelWatch
     metrics: Metrics
     log: Logger
@@ -83,13 +84,13 @@ class Stage:
     # Helpers most stages want -------------------------------------------------------------
 
     @property
-    def inbox(self) -> trio.abc.ReceiveChannel[Any]:
+    def inbox(self) -> EdgeReceiveChannel[Any]:
         if self.ctx.inbox is None:
             raise RuntimeError(f"stage {self.ctx.name!r} has no input (it is first)")
         return self.ctx.inbox
 
     @property
-    def outbox(self) -> trio.abc.SendChannel[Any]:
+    def outbox(self) -> EdgeSendChannel[Any]:
         if self.ctx.outbox is None:
             raise RuntimeError(f"stage {self.ctx.name!r} has no output (it is last)")
         return self.ctx.outbox
