@@ -62,7 +62,7 @@ async def wait_healthy(port: int, deadline: float) -> dict:
 
 
 def nats_servers_for(data_dir: pathlib.Path) -> list[int]:
-    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    out = subprocess.run(["ps", "-ww", "-eo", "pid,args"], capture_output=True, text=True).stdout
     return [int(line.split()[0]) for line in out.splitlines()
             if "nats-server" in line and str(data_dir) in line]
 
@@ -92,6 +92,28 @@ async def test_demo_runs_serves_health_and_metrics_and_ctrl_c_stops_everything(t
         assert nats_servers_for(tmp_path / "nats") == []
         for port in ports.values():
             assert (await trio.to_thread.run_sync(http_get, port, "/healthz"))[0] == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def test_a_killed_parent_takes_its_nats_server_with_it(tmp_path):
+    config_path = demo_copy(tmp_path)
+    cfg = load_config(config_path)
+    port = cfg.http_for("main").port
+    proc = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "xypipe", "run", str(config_path)],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        await wait_healthy(port, 60)
+        assert nats_servers_for(tmp_path / "nats")
+        proc.kill()  # SIGKILL: no cleanup code runs in the parent
+        await proc.wait()
+        with trio.fail_after(10):
+            while nats_servers_for(tmp_path / "nats"):
+                await trio.sleep(0.1)
     finally:
         if proc.returncode is None:
             proc.kill()

