@@ -105,3 +105,19 @@ async def test_pipeline_keeps_flowing_after_the_server_restarts(nats_server):
         status, _ = await http_get(runner.http.port, "/healthz")
         assert status == 200
         runner.stop()
+
+
+async def test_health_is_answered_on_nats_for_every_instance(nats_server):
+    from xypipe.contracts import HealthReport
+
+    runner = xypipe.Runner(passthrough_config(nats_server.url))
+    async with trio.open_nursery() as nursery, connect(nats_server.url) as client:
+        await nursery.start(runner.run)
+        with trio.fail_after(10):
+            await runner.pipelines[0].stages[0].ctx.wait_ready()
+        reply = await client.request("xy.exec.health", b"", timeout=2.0)
+        report = HealthReport.FromString(reply.data)
+        assert report.service == "main" and report.live and report.ready
+        assert report.checks["nats"] == "connected"
+        assert report.checks["pipeline.passthrough"] == "running"
+        runner.stop()

@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
+import socket
+import time
 from typing import Any
 
 import trio
@@ -29,6 +32,13 @@ from xypipe._metrics import Metrics, RunnerMetrics
 from xypipe._stage import StageContext
 
 _log = get_logger("runner")
+
+HEALTH_SUBJECT = "xy.exec.health"
+HEALTH_INTERVAL = 5.0
+
+
+def _instance_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 class StageRun:
@@ -330,6 +340,8 @@ class Runner:
                 ]
                 if self.http is not None:
                     await services.start(self.http.serve)
+                if self.nats is not None:
+                    await services.start(self._health_on_nats)
 
                 async with trio.open_nursery() as watcher:
                     watcher.start_soon(self._stop_on_request)
@@ -343,6 +355,42 @@ class Runner:
                         await self.nats.flush(timeout=1.0)
                 services.cancel_scope.cancel()
             base.cancel_scope.cancel()
+
+    def health_report(self) -> bytes:
+        from xypipe.contracts import HealthReport
+
+        doc = self.health()
+        checks = {"nats": "connected" if doc["nats"]["connected"] else "disconnected"}
+        checks.update({f"pipeline.{k}": v["state"] for k, v in doc["pipelines"].items()})
+        return HealthReport(
+            service=self.process, instance=_instance_id(), live=True, ready=doc["ready"],
+            checks=checks, ts_us=int(time.time() * 1_000_000),
+        ).SerializeToString()
+
+    async def _health_on_nats(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Answer requests on ``xy.exec.health`` and publish a report every HEALTH_INTERVAL.
+
+        Health goes over NATS too (the spec's admin subject), so an operator can ask every
+        instance at once: ``nats req xy.exec.health ''`` collects one HealthReport each.
+        """
+        assert self.nats is not None
+        async with self.nats.subscribe(HEALTH_SUBJECT) as sub, trio.open_nursery() as nursery:
+            task_status.started()
+
+            async def publish_periodically() -> None:
+                while True:
+                    if self.nats.is_connected:
+                        self.nats.publish_nowait(f"{HEALTH_SUBJECT}.{self.process}",
+                                                 self.health_report())
+                    await trio.sleep(HEALTH_INTERVAL)
+
+            nursery.start_soon(publish_periodically)
+            async for batch in sub:
+                for msg in batch:
+                    if msg.reply:
+                        self.nats.publish_nowait(msg.reply, self.health_report())
 
     async def _stop_on_request(self) -> None:
         await self._stop_requested.wait()
