@@ -26,36 +26,22 @@ stamp=".venv/.xypipe-installed"
 digest=$(cat pyproject.toml stages/*/pyproject.toml 2>/dev/null | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$digest" ]; then
   say "installing xypipe and its pinned dependencies into .venv"
-  .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install --quiet -e '.[dev]'
-  for plugin in stages/*/; do
-    [ -f "$plugin/pyproject.toml" ] && .venv/bin/python -m pip install --quiet --no-deps -e "$plugin"
-  done
+  log=.venv/pip-install.log
+  # setuptools' editable builds are chatty; keep their output for when something fails.
+  {
+    .venv/bin/python -m pip install --quiet --upgrade pip
+    .venv/bin/python -m pip install --quiet -e '.[dev]'
+    for plugin in stages/*/; do
+      if [ -f "$plugin/pyproject.toml" ]; then
+        .venv/bin/python -m pip install --quiet --no-deps -e "$plugin"
+      fi
+    done
+  } >"$log" 2>&1 || { cat "$log" >&2; echo "pip install failed (log above)" >&2; exit 1; }
   echo "$digest" > "$stamp"
 fi
 
 if [ "$want_test" = 1 ]; then
-  apt_updated=0
-  apt_install() {
-    local missing=()
-    for pkg in "$@"; do
-      dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
-    done
-    [ ${#missing[@]} -eq 0 ] && return 0
-    if [ "$(id -u)" != 0 ]; then
-      echo "missing Debian packages: ${missing[*]} (run this script as root, or install them)" >&2
-      exit 1
-    fi
-    if [ "$apt_updated" = 0 ]; then
-      say "apt-get update"
-      apt-get update -qq
-      apt_updated=1
-    fi
-    say "apt-get install ${missing[*]}"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  }
-  export -f apt_install 2>/dev/null || true
   for script in scripts/setup_contracts.sh scripts/setup_browser.sh scripts/setup_prometheus.sh; do
-    [ -f "$script" ] && bash "$script"
+    if [ -f "$script" ]; then bash "$script"; fi
   done
 fi
