@@ -106,8 +106,9 @@ async def test_websocket_upgrade_is_handed_over_with_the_request_bytes():
     async with trio.open_nursery() as nursery:
         server = await start(nursery)
         server.set_upgrade_handler(on_upgrade)
-        request = (b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                   b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        request = (b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                   b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                   b"Sec-WebSocket-Version: 13\r\n\r\n")
         reply = await roundtrip(server.port, request, until=b"HANDED-OVER")
         assert reply == b"HANDED-OVER"
         assert seen == [(request, "/ws")]

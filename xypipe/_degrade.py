@@ -19,7 +19,6 @@ from __future__ import annotations
 import enum
 import itertools
 import math
-
 from typing import Any
 
 import attrs
