@@ -114,8 +114,8 @@ async def test_a_killed_parent_takes_its_nats_server_with_it(tmp_path):
         # The orphaned server is not our child, so nothing can await its exit: poll the process
         # table (an exited process shows as "<defunct>" without its arguments).
         with trio.fail_after(10):
-            while nats_servers_for(tmp_path / "nats"):
-                await trio.sleep(0.1)  # noqa: ASYNC110
+            while nats_servers_for(tmp_path / "nats"):  # noqa: ASYNC110
+                await trio.sleep(0.1)
     finally:
         if proc.returncode is None:
             proc.kill()
