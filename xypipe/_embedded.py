@@ -29,7 +29,6 @@ from pathlib import Path
 
 import trio
 
-from xypipe._children import die_with_parent
 from xypipe._errors import EmbeddedServerError
 from xypipe._trio_util import single_error_unwrapped
 
@@ -134,8 +133,7 @@ class EmbeddedNats:
         argv = self._argv()
         try:
             proc = await trio.lowlevel.open_process(
-                argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                preexec_fn=die_with_parent(),
+                argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
             )
         except OSError as exc:
             raise EmbeddedServerError(f"could not start {argv[0]}: {exc}") from exc

@@ -16,7 +16,6 @@ from typing import Any
 
 import trio
 
-from xypipe._children import die_with_parent
 from xypipe._config import AppConfig
 from xypipe._errors import XyError
 from xypipe._log import get_logger
@@ -131,9 +130,7 @@ async def _child(
         cmd += ["--nats-url", nats_url]
     # Own process group: a Ctrl-C in the terminal reaches the parent only, which then stops the
     # children in order (pipelines drain before NATS goes away).
-    proc = await trio.lowlevel.open_process(
-        cmd, start_new_session=True, env=dict(os.environ), preexec_fn=die_with_parent()
-    )
+    proc = await trio.lowlevel.open_process(cmd, start_new_session=True, env=dict(os.environ))
     _log.info("child started", process=name, pid=proc.pid)
     task_status.started(proc)
     try:
