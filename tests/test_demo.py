@@ -97,3 +97,48 @@ async def test_demo_runs_serves_health_and_metrics_and_ctrl_c_stops_everything(t
             proc.kill()
             await proc.wait()
 
+
+
+async def test_a_child_process_that_dies_stops_the_whole_tree_with_an_error(tmp_path):
+    config_path = tmp_path / "tree.toml"
+    main_port, child_port = free_port(), free_port()
+    config_path.write_text(f"""
+[http]
+port = {main_port}
+
+[processes.worker]
+http = {{ port = {child_port} }}
+
+[pipelines.steady]
+[[pipelines.steady.stages]]
+use = "runner_stages:Endless"
+interval_ms = 50
+[[pipelines.steady.stages]]
+use = "list_sink"
+
+[pipelines.doomed]
+process = "worker"
+[[pipelines.doomed.stages]]
+use = "runner_stages:Endless"
+interval_ms = 50
+[[pipelines.doomed.stages]]
+use = "runner_stages:Boom"
+after = 20
+[[pipelines.doomed.stages]]
+use = "list_sink"
+""")
+    proc = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "xypipe", "run", str(config_path)],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "tests")},
+    )
+    with trio.fail_after(30):
+        stderr = b""
+        async with proc.stderr:
+            while chunk := await proc.stderr.receive_some(65536):
+                stderr += chunk
+        code = await proc.wait()
+    text = stderr.decode()
+    assert code == 1
+    assert "pipeline 'doomed', stage 'boom' failed: ValueError: cannot handle item 20" in text
+    assert "xypipe: process 'worker' exited on its own with status 1" in text

@@ -82,19 +82,24 @@ async def _run_tree(
         if url is None and cfg.nats is not None:
             url = await _own_nats(cfg, base)
         stop_all = trio.Event()
+        failures: list[str] = []
         async with trio.open_nursery() as nursery:
-            procs: dict[str, trio.Process] = {}
-            for name in children:
-                procs[name] = await nursery.start(_child, cfg, name, url, stop_all)
-            runner = Runner(cfg, process="main", nats_url=url) if main_pipelines else None
             if signals:
                 nursery.start_soon(_stop_on_signals, stop_all.set, nursery.cancel_scope, signals)
-            if runner is not None:
-                nursery.start_soon(_main_runner, runner, stop_all)
-            await stop_all.wait()
-            if runner is not None:
-                runner.stop()
+            # Ends when every child has exited and the main runner has returned.
+            async with trio.open_nursery() as work:
+                for name in children:
+                    await work.start(_child, cfg, name, url, stop_all, failures)
+                runner = Runner(cfg, process="main", nats_url=url) if main_pipelines else None
+                if runner is not None:
+                    work.start_soon(_main_runner, runner, stop_all)
+                await stop_all.wait()
+                if runner is not None:
+                    runner.stop()
+            nursery.cancel_scope.cancel()
         base.cancel_scope.cancel()
+    if failures:
+        raise ChildFailed("; ".join(failures))
 
 
 async def _main_runner(runner: Runner, stop_all: trio.Event) -> None:
@@ -122,7 +127,7 @@ async def _own_nats(cfg: AppConfig, nursery: trio.Nursery) -> str | None:
 
 
 async def _child(
-    cfg: AppConfig, name: str, nats_url: str | None, stop_all: trio.Event,
+    cfg: AppConfig, name: str, nats_url: str | None, stop_all: trio.Event, failures: list[str],
     *, task_status: trio.TaskStatus[trio.Process] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     cmd = [sys.executable, "-m", "xypipe", "run", cfg.path, "--process", name]
@@ -141,6 +146,7 @@ async def _child(
         if not stop_all.is_set():
             _log.error("child exited; stopping everything", code=ChildFailed.code,
                        process=name, returncode=code)
+            failures.append(f"process {name!r} exited on its own with status {code}")
             stop_all.set()
     finally:
         with trio.CancelScope(shield=True):
