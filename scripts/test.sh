@@ -11,11 +11,14 @@ say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 say "ruff"
 ruff check xypipe tests bench stages scripts
 
+say "mypy --strict xypipe"
+mypy
+
 say "contracts: buf lint, buf breaking, generated code up to date, Node and Go vectors"
 bash scripts/test_contracts.sh
 
-say "node tests"
-node --test tests/node/
+say "node tests (browser core, worker hub)"
+node --test tests/node/xy-*.test.mjs
 
 say "pytest"
 python -m pytest -q -p no:cacheprovider "$@"

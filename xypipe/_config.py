@@ -124,6 +124,13 @@ class HttpConfig:
     host: str = "127.0.0.1"
     port: int = attrs.field(default=8090, validator=in_range(0, 65535))
     enabled: bool = True
+    #: Serve HTTPS/WSS: ``cert`` and ``key`` (PEM files) of this endpoint.
+    tls: TlsConfig | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if self.tls is not None and (not self.tls.cert or not self.tls.key):
+            raise Invalid("tls", "expected both cert and key (PEM files) to serve TLS",
+                          {"cert": self.tls.cert, "key": self.tls.key})
 
 
 @attrs.frozen

@@ -56,6 +56,10 @@ def _check_thresholds(inst: Any, attribute: Any, value: Any) -> None:
         raise Invalid(attribute.name, "expected 3 strictly increasing positive numbers", value)
 
 
+def _as_tuple(value: Any) -> tuple[float, ...]:
+    return tuple(value) if isinstance(value, list | tuple) else value
+
+
 @attrs.frozen
 class DegradePolicy:
     """When a level is entered and left.
@@ -65,11 +69,11 @@ class DegradePolicy:
     before the level comes down. ``sample_ms`` is how often the runner samples the budgets.
     """
 
-    enter: tuple[float, float, float] = attrs.field(
-        default=(0.5, 0.75, 0.9), converter=tuple, validator=_check_thresholds
+    enter: tuple[float, ...] = attrs.field(
+        default=(0.5, 0.75, 0.9), converter=_as_tuple, validator=_check_thresholds
     )
-    leave: tuple[float, float, float] = attrs.field(
-        default=(0.25, 0.5, 0.7), converter=tuple, validator=_check_thresholds
+    leave: tuple[float, ...] = attrs.field(
+        default=(0.25, 0.5, 0.7), converter=_as_tuple, validator=_check_thresholds
     )
     dwell_ms: int = 1000
     sample_ms: int = 50

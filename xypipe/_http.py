@@ -9,6 +9,7 @@ socket and the operational endpoints share one port, as Prometheus expects to sc
 from __future__ import annotations
 
 import json
+import ssl
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -91,9 +92,12 @@ class ReplayStream(trio.abc.Stream):
 class HttpServer:
     """Routes by exact path. Handlers get a :class:`Request` and return a :class:`Response`."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self.host = host
         self.port = port
+        #: When set, every connection is TLS (HTTPS, and WSS for the upgrade handler).
+        self.ssl_context = ssl_context
         self._routes: dict[str, dict[str, Handler]] = {}
         self._upgrade: UpgradeHandler | None = None
 
@@ -120,7 +124,10 @@ class HttpServer:
         except OSError:
             pass
         try:
-            await self._serve_connection(stream, peer)
+            served: Any = stream
+            if self.ssl_context is not None:
+                served = trio.SSLStream(stream, self.ssl_context, server_side=True)
+            await self._serve_connection(served, peer)
         except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
             pass
         finally:

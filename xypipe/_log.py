@@ -105,13 +105,30 @@ def get_logger(name: str, **bound: Any) -> Logger:
     return Logger(logging.getLogger(full), bound)
 
 
+class _StreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to ``stream``, or to whatever ``sys.stderr`` is at the time of each line (so a
+    replaced stderr, as under test runners, never leaves us writing to a closed file)."""
+
+    def __init__(self, stream: Any = None) -> None:
+        super().__init__()
+        self._fixed = stream
+
+    @property
+    def stream(self) -> Any:
+        return self._fixed if self._fixed is not None else sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
 def configure(level: str = "info", stream: Any = None) -> None:
     """Install the JSON handler on the ``xypipe`` logger (idempotent)."""
     root = logging.getLogger(_ROOT)
     for h in list(root.handlers):
         if getattr(h, "_xy", False):
             root.removeHandler(h)
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler = _StreamHandler(stream)
     handler.setFormatter(JsonFormatter())
     handler._xy = True  # type: ignore[attr-defined]
     root.addHandler(handler)

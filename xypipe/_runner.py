@@ -320,7 +320,8 @@ class Runner:
 
                 http_cfg = self.config.http_for(self.process)
                 if http_cfg.enabled:
-                    self.http = HttpServer(http_cfg.host, http_cfg.port)
+                    self.http = HttpServer(http_cfg.host, http_cfg.port,
+                                           ssl_context=_server_tls(http_cfg.tls))
 
                     async def healthz(_req: Any) -> Response:
                         doc = self.health()
@@ -413,6 +414,17 @@ class Runner:
         )
         url: str = self.embedded.url
         return url
+
+
+def _server_tls(tls: Any) -> Any:
+    """The TLS context of an HTTPS/WSS endpoint, or None for plain HTTP."""
+    if tls is None:
+        return None
+    import ssl
+
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=tls.ca)
+    ctx.load_cert_chain(tls.cert, tls.key)
+    return ctx
 
 
 async def _hold_nats(
