@@ -20,6 +20,8 @@ from xypipe._errors import ConfigError, PluginError, StageError, XyError, find_i
 
 _COMMAND_MODULES: list[str] = [
     # Each module exposes register(subparsers). Keep one line per module.
+    "xypipe._gateway._token_cli",
+    "xypipe._cli_md",
 ]
 
 _log_cli = _log.get_logger("cli")

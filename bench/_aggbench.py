@@ -1,0 +1,193 @@
+"""Shared plumbing of the aggregator benchmarks: a nats-server, the aggregator in its own
+process (its own core, as deployed), the publisher replaying a tape in another, a subscriber
+that rebuilds the books, and reading the aggregator's /metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+DATA = HERE / "data"
+RESULTS = HERE / "results"
+PY = sys.executable
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def tape(symbols: int, ticks: int, seed: int = 1) -> Path:
+    """A deterministic tape (generated once, then reused)."""
+    sys.path.insert(0, str(ROOT))
+    from xypipe._publisher import MarketSim, write_tape
+
+    path = DATA / f"market-{symbols}sym-{ticks}-s{seed}.tape"
+    if not path.exists():
+        sim = MarketSim(symbols, seed=seed)
+        write_tape(path, (sim.next_tick(0) for _ in range(ticks)))
+    return path
+
+
+def aggregator_toml(url: str, http_port: int, *, start: str = "resume", shards: int = 4,
+                    snapshot_ms: int = 2000, data: str = "") -> str:
+    return f"""
+[nats]
+url = "{url}"
+
+[http]
+port = {http_port}
+
+[pipelines.aggregator]
+degrade = {{ enter = [0.5, 0.75, 0.9], leave = [0.25, 0.5, 0.7], dwell_ms = 2000, sample_ms = 50 }}
+
+[[pipelines.aggregator.stages]]
+use = "ingest"
+start = "{start}"
+budget = {{ max_items = 256, max_age_ms = 100 }}
+
+[[pipelines.aggregator.stages]]
+use = "dedupe"
+budget = {{ max_items = 256, max_age_ms = 100 }}
+
+[[pipelines.aggregator.stages]]
+use = "shard"
+shards = {shards}
+budget = {{ max_items = 256, max_age_ms = 100 }}
+
+[[pipelines.aggregator.stages]]
+use = "conflate"
+budget = {{ max_items = 64, max_age_ms = 100 }}
+
+[[pipelines.aggregator.stages]]
+use = "snapshot"
+interval_ms = {snapshot_ms}
+budget = {{ max_items = 64, max_age_ms = 100 }}
+
+[[pipelines.aggregator.stages]]
+use = "publish"
+{data}"""
+
+
+class Aggregator:
+    """``xypipe run`` of an aggregator config in a child process."""
+
+    def __init__(self, workdir: Path, url: str, **kw: Any) -> None:
+        self.port = free_port()
+        self.cfg = workdir / f"agg-{self.port}.toml"
+        self.cfg.write_text(aggregator_toml(url, self.port, **kw))
+        self.log = workdir / f"agg-{self.port}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> float:
+        t0 = time.monotonic()
+        self.proc = subprocess.Popen(
+            [PY, "-m", "xypipe", "run", str(self.cfg)], cwd=ROOT,
+            stdout=subprocess.DEVNULL, stderr=self.log.open("wb"))
+        while True:
+            try:
+                doc = json.loads(urllib.request.urlopen(
+                    f"http://127.0.0.1:{self.port}/healthz", timeout=1).read())
+                if doc.get("ready"):
+                    return time.monotonic() - t0
+            except OSError:
+                pass
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"aggregator exited: {self.log.read_text()[-2000:]}")
+            time.sleep(0.05)
+
+    def metrics(self) -> dict[str, float]:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics",
+                                      timeout=2).read().decode()
+        out: dict[str, float] = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                try:
+                    out[name] = float(value)
+                except ValueError:
+                    pass
+        return out
+
+    def stop(self, kill: bool = False) -> None:
+        if self.proc is None:
+            return
+        if kill:
+            self.proc.kill()
+        else:
+            self.proc.terminate()
+        self.proc.wait(10)
+
+
+def publish(url: str, tape_path: Path, rate: float, count: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [PY, "-m", "xypipe", "publish", "--url", url, "--replay", str(tape_path),
+         "--rate", str(rate), "--count", str(count)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+
+
+def histogram_quantile(metrics: dict[str, float], name: str, q: float,
+                       before: dict[str, float] | None = None) -> float | None:
+    """A quantile (seconds) from a Prometheus histogram's cumulative buckets."""
+    buckets = []
+    for key, value in metrics.items():
+        if key.startswith(f"{name}_bucket{{"):
+            le = key.split('le="', 1)[1].split('"', 1)[0]
+            base = (before or {}).get(key, 0.0)
+            buckets.append((float("inf") if le == "+Inf" else float(le), value - base))
+    buckets.sort()
+    if not buckets or buckets[-1][1] <= 0:
+        return None
+    target = q * buckets[-1][1]
+    prev_le, prev_n = 0.0, 0.0
+    for le, n in buckets:
+        if n >= target:
+            if le == float("inf"):
+                return prev_le
+            frac = (target - prev_n) / (n - prev_n) if n > prev_n else 1.0
+            return prev_le + (le - prev_le) * frac
+        prev_le, prev_n = le, n
+    return None
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def median(xs: list[float]) -> float:
+    xs = [x for x in xs if x == x]
+    return statistics.median(xs) if xs else float("nan")
+
+
+def save(name: str, doc: dict[str, Any], table: str) -> None:
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(doc, indent=2) + "\n")
+    (RESULTS / f"{name}.md").write_text(table + "\n")
+
+
+def env_note() -> dict[str, Any]:
+    return {"python": sys.version.split()[0], "cpus": os.cpu_count(),
+            "when": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def publish_sim(url: str, *, symbols: int, rate: float, duration: float,
+                seed: int = 3) -> subprocess.Popen[bytes]:
+    """``xypipe publish`` simulating the market (not a tape) for ``duration`` seconds."""
+    return subprocess.Popen(
+        [PY, "-m", "xypipe", "publish", "--url", url, "--symbols", str(symbols), "--rate",
+         str(rate), "--duration", str(duration), "--seed", str(seed)],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

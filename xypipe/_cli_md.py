@@ -1,0 +1,222 @@
+"""``xypipe publish`` (the synthetic market) and ``xypipe tail`` (decode what flows on NATS).
+
+::
+
+    xypipe publish --rate 4000 --symbols 500 --seed 1 --duplicate 0.01 --reorder 0.01
+    xypipe publish --count 200000 --record bench/data/market.tape
+    xypipe publish --replay bench/data/market.tape --rate 40000
+    xypipe tail 'xy.md.>'                 # one line per delta / snapshot
+    xypipe tail 'xy.md.>' --verify --seconds 10   # rebuild the books, check every checksum
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+import trio
+from google.protobuf.json_format import MessageToDict
+from google.protobuf.message import DecodeError, Message
+
+from xypipe._errors import ConfigError, XyError
+from xypipe.contracts import Contract, Delta, Snapshot, Tick
+
+DEFAULT_URL = "nats://127.0.0.1:4222"
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = subparsers.add_parser("publish", help="publish synthetic ticks (the demo market)")
+    p.add_argument("--url", default=DEFAULT_URL, help=f"NATS URL (default {DEFAULT_URL})")
+    p.add_argument("--symbols", type=int, default=500)
+    p.add_argument("--venues", default="XNAS,XNYS,BATS", help="comma-separated venue codes")
+    p.add_argument("--rate", type=float, default=4000.0, help="ticks per second (default 4000)")
+    p.add_argument("--burst-factor", type=float, default=10.0)
+    p.add_argument("--burst-every", type=float, default=0.0,
+                   help="seconds between bursts of burst-factor x rate (0 = none)")
+    p.add_argument("--burst-seconds", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    for fault in ("duplicate", "reorder", "gap", "malformed"):
+        p.add_argument(f"--{fault}", type=float, default=0.0, help=f"{fault} rate per tick 0..1")
+    p.add_argument("--count", type=int, default=0, help="stop after this many ticks")
+    p.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds")
+    p.add_argument("--record", default="", help="write the ticks to this tape")
+    p.add_argument("--replay", default="", help="replay this tape instead of simulating")
+    p.set_defaults(func=_cmd_publish)
+
+    t = subparsers.add_parser("tail", help="print (decoded) messages from NATS subjects")
+    t.add_argument("subjects", nargs="*", default=["xy.md.>"])
+    t.add_argument("--url", default=DEFAULT_URL, help=f"NATS URL (default {DEFAULT_URL})")
+    t.add_argument("--count", type=int, default=0, help="stop after this many messages")
+    t.add_argument("--seconds", type=float, default=0.0, help="stop after this many seconds")
+    t.add_argument("--json", action="store_true", help="print whole messages as JSON")
+    t.add_argument("--verify", action="store_true",
+                   help="rebuild the books from snapshots + deltas and check every checksum")
+    t.add_argument("--quiet", action="store_true", help="no per-message lines")
+    t.set_defaults(func=_cmd_tail)
+
+
+# --------------------------------------------------------------------------- publish
+
+
+def _cmd_publish(args: argparse.Namespace) -> int:
+    from xypipe._config import parse_config
+
+    options = {
+        "symbols": args.symbols, "venues": [v for v in args.venues.split(",") if v],
+        "rate": args.rate, "burst_factor": args.burst_factor,
+        "burst_every_s": args.burst_every, "burst_s": args.burst_seconds, "seed": args.seed,
+        "duplicate": args.duplicate, "reorder": args.reorder, "gap": args.gap,
+        "malformed": args.malformed, "max_ticks": args.count, "record": args.record,
+        "replay": args.replay,
+    }
+    try:
+        cfg = parse_config(
+            {"nats": {"url": args.url}, "http": {"enabled": False},
+             "pipelines": {"publisher": {"stages": [{"use": "publisher", **options}]}}},
+            "xypipe publish",
+        )
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    try:
+        summary = trio.run(_publish, cfg, args.duration)
+    except XyError as exc:
+        print(f"xypipe publish: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    print(json.dumps(summary))
+    return 0
+
+
+async def _publish(cfg: Any, duration: float) -> dict[str, Any]:
+    import attrs
+
+    from xypipe._runner import Runner
+
+    runner = Runner(cfg)
+    async with trio.open_nursery() as nursery:
+        if duration:
+            async def stop_later() -> None:
+                await trio.sleep(duration)
+                runner.stop()
+
+            nursery.start_soon(stop_later)
+        await runner.run()
+        nursery.cancel_scope.cancel()
+    truth = runner.resources.get("publisher.truth")
+    faults = runner.resources.get("publisher.faults")
+    return {"ticks": truth.ticks if truth else 0,
+            "symbols": len(truth.last) if truth else 0,
+            "faults": attrs.asdict(faults) if faults else {}}
+
+
+# --------------------------------------------------------------------------- tail
+
+
+def _decoder_for(subject: str) -> type[Message] | None:
+    if subject.startswith("xy.md.tick."):
+        return Delta
+    if subject.startswith("xy.md.snapshot."):
+        return Snapshot
+    if subject.startswith("xy.src.tick."):
+        return Tick
+    if subject.startswith("xy.ref.contract."):
+        return Contract
+    if subject.startswith("xy.agg.seq."):
+        return Delta
+    return None
+
+
+def describe(subject: str, msg: Message) -> str:
+    """One line about a decoded message."""
+    if isinstance(msg, Delta):
+        merged = f" first_seq={msg.first_seq}" if msg.first_seq else ""
+        return (f"{subject}  delta {msg.group}/{msg.shard} seq={msg.seq}{merged} "
+                f"epoch={msg.epoch} level={msg.level} window={msg.window_ms}ms "
+                f"symbols={len(msg.symbols)}")
+    if isinstance(msg, Snapshot):
+        seqs = ",".join(f"{k}:{v}" for k, v in sorted(msg.shard_seq.items()))
+        top = ",".join(t.symbol for t in msg.top[:5])
+        return (f"{subject}  snapshot {msg.group} v{msg.version} epoch={msg.epoch} "
+                f"shard_seq={{{seqs}}} symbols={len(msg.symbols)} "
+                f"source_seq={msg.source_stream_seq} top({msg.top_by})={top}")
+    if isinstance(msg, Tick):
+        return (f"{subject}  tick seq={msg.seq} last={msg.last} vol={msg.vol} oi={msg.oi} "
+                f"flags={msg.flags} levels={len(msg.bids)}/{len(msg.asks)}")
+    if isinstance(msg, Contract):
+        return f"{subject}  contract group={msg.group} priority={msg.priority} v{msg.version}"
+    return subject
+
+
+def _cmd_tail(args: argparse.Namespace) -> int:
+    try:
+        code: int = trio.run(_tail, args)
+    except XyError as exc:
+        print(f"xypipe tail: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+async def _tail(args: argparse.Namespace) -> int:
+    from xypipe._md.client import MarketView
+    from xypipe._nats import connect
+
+    view = MarketView() if args.verify else None
+    seen = 0
+    bad = 0
+    done = trio.Event()
+
+    async def follow(nc: Any, subject: str,
+                     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        nonlocal seen, bad
+        async with nc.subscribe(subject, max_batch=512) as sub:
+            task_status.started()
+            async for batch in sub:
+                for m in batch:
+                    cls = _decoder_for(m.subject)
+                    msg: Message | None = None
+                    if cls is not None:
+                        try:
+                            msg = cls.FromString(m.data)
+                        except DecodeError as exc:
+                            bad += 1
+                            print(f"{m.subject}  {len(m.data)} bytes do not decode as "
+                                  f"{cls.DESCRIPTOR.full_name}: {exc}", file=sys.stderr)
+                    if view is not None and isinstance(msg, Snapshot):
+                        view.apply_snapshot(msg)
+                    elif view is not None and isinstance(msg, Delta) and \
+                            m.subject.startswith("xy.md.tick."):
+                        view.apply_delta(msg)
+                    if not args.quiet:
+                        if msg is None:
+                            print(f"{m.subject}  {len(m.data)} bytes")
+                        elif args.json:
+                            print(json.dumps({"subject": m.subject, "message": MessageToDict(msg)}))
+                        else:
+                            print(describe(m.subject, msg))
+                    seen += 1
+                    if args.count and seen >= args.count:
+                        done.set()
+                        return
+
+    async with connect(args.url, name="xypipe-tail") as nc, trio.open_nursery() as nursery:
+        for subject in args.subjects:
+            await nursery.start(follow, nc, subject)
+        with trio.move_on_after(args.seconds or float("inf")):
+            await done.wait()
+        nursery.cancel_scope.cancel()
+    if view is not None:
+        s = view.stats
+        print(json.dumps({"messages": seen, "snapshots": s.snapshots, "deltas": s.deltas,
+                          "skipped_before_snapshot": s.skipped, "gaps": s.gaps,
+                          "repeats": s.repeats, "epoch_changes": s.epoch_changes,
+                          "checksums_verified": s.verified, "trimmed": s.trimmed,
+                          "checksum_mismatches": s.checksum_mismatches,
+                          "problems": s.problems[:10]}))
+        return 1 if (s.gaps or s.repeats or s.checksum_mismatches or bad) else 0
+    return 1 if bad else 0

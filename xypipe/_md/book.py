@@ -1,0 +1,168 @@
+"""Per-symbol state, the window it accumulates between two deltas, and its canonical checksum.
+
+A :class:`SymbolBook` keeps a reference to the latest message that carried the symbol's full
+state (the last ``Tick``, or the ``SymbolState`` it was restored from) instead of copying its
+fields: applying a tick is a handful of integer updates, and the ``SymbolState`` protobuf is
+built only when a delta is emitted.
+
+Checksum (see ``docs/protocol.md``, "Canonical checksum"): CRC-32 (IEEE, as ``zlib.crc32``) of
+the UTF-8 bytes of::
+
+    venue:symbol:seq:last:last_size:vol:oi:flags:total_trades[:bid_px:bid_sz][:ask_px:ask_sz]...
+
+where the bracketed pairs interleave the book level by level (best first), a missing level on
+one side being skipped. Every number is an integer in base 10 (prices are fixed-point), so a
+browser computes the same string with plain JavaScript numbers.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+from typing import Any
+
+from xypipe._md.records import Route, TickRec
+from xypipe.contracts import PriceLevel, SymbolState, TickFlag
+
+TRADE = int(TickFlag.TICK_FLAG_TRADE)
+
+
+def canonical_string(
+    venue: str, symbol: str, seq: int, last: int, last_size: int, vol: int, oi: int,
+    flags: int, total_trades: int, bids: Sequence[Any], asks: Sequence[Any],
+) -> str:
+    """The canonical form the checksum is computed over (levels: objects with price/size)."""
+    head = f"{venue}:{symbol}:{seq}:{last}:{last_size}:{vol}:{oi}:{flags}:{total_trades}"
+    nb, na = len(bids), len(asks)
+    if nb == na:
+        if not nb:
+            return head
+        levels = ":".join([f"{b.price}:{b.size}:{a.price}:{a.size}"
+                           for b, a in zip(bids, asks, strict=True)])
+    else:
+        parts = []
+        for i in range(nb if nb > na else na):
+            if i < nb:
+                parts.append(f"{bids[i].price}:{bids[i].size}")
+            if i < na:
+                parts.append(f"{asks[i].price}:{asks[i].size}")
+        levels = ":".join(parts)
+    return f"{head}:{levels}"
+
+
+def checksum(
+    venue: str, symbol: str, seq: int, last: int, last_size: int, vol: int, oi: int,
+    flags: int, total_trades: int, bids: Sequence[Any], asks: Sequence[Any],
+) -> int:
+    """CRC-32 of :func:`canonical_string`, as an unsigned 32-bit integer."""
+    return zlib.crc32(
+        canonical_string(venue, symbol, seq, last, last_size, vol, oi, flags, total_trades,
+                         bids, asks).encode()
+    )
+
+
+def state_checksum(s: SymbolState) -> int:
+    """The checksum a client computes over a ``SymbolState`` it holds."""
+    return checksum(s.venue, s.symbol, s.seq, s.last, s.last_size, s.vol, s.oi, s.flags,
+                    s.total_trades, s.bids, s.asks)
+
+
+class SymbolBook:
+    """The live state of one symbol plus what the current window has seen.
+
+    ``src`` is the message holding the full state (last, levels, vol, oi, flags, timestamps);
+    ``seq``/``total_trades``/``price_decimals`` are kept here because a restored state and a
+    tick disagree on where they live.
+    """
+
+    __slots__ = (
+        "key", "price_decimals", "route", "seq", "src", "symbol", "total_trades", "venue",
+        "w_arrival_us", "w_high", "w_low", "w_sseq", "w_t_in", "w_ticks", "w_trades",
+        "w_volume",
+    )
+
+    def __init__(self, key: str, venue: str, symbol: str) -> None:
+        self.key = key
+        self.venue = venue
+        self.symbol = symbol
+        self.route: Route | None = None
+        self.src: Any = None
+        self.seq = 0
+        self.total_trades = 0
+        self.price_decimals = 0
+        self.reset_window()
+
+    def reset_window(self) -> None:
+        self.w_ticks = 0
+        self.w_trades = 0
+        self.w_volume = 0
+        self.w_high = 0
+        self.w_low = 0
+        self.w_arrival_us = 0
+        self.w_t_in = 0.0
+        self.w_sseq = 0
+
+    @classmethod
+    def from_state(cls, s: SymbolState) -> SymbolBook:
+        """A book restored from a snapshot entry (its window fields are not carried over)."""
+        book = cls(f"{s.venue}.{s.symbol}", s.venue, s.symbol)
+        book.src = s
+        book.seq = s.seq
+        book.total_trades = s.total_trades
+        book.price_decimals = s.price_decimals
+        return book
+
+    def apply(self, rec: TickRec) -> bool:
+        """Fold one in-order tick in; returns True if the window was empty before (the book
+        just became dirty)."""
+        t = rec.tick
+        first = self.w_ticks == 0
+        if first:
+            self.w_arrival_us = t.ts_arrival_us
+            self.w_t_in = rec.t_in
+            self.w_sseq = rec.sseq
+        self.w_ticks += 1
+        self.src = t
+        self.seq = rec.seq
+        if t.price_decimals:
+            self.price_decimals = t.price_decimals
+        if t.flags & TRADE:
+            px = t.last
+            self.w_trades += 1
+            self.w_volume += t.last_size
+            self.total_trades += 1
+            if self.w_trades == 1:
+                self.w_high = self.w_low = px
+            elif px > self.w_high:
+                self.w_high = px
+            elif px < self.w_low:
+                self.w_low = px
+        return first
+
+    def checksum(self) -> int:
+        s = self.src
+        return checksum(self.venue, self.symbol, self.seq, s.last, s.last_size, s.vol, s.oi,
+                        s.flags, self.total_trades, s.bids, s.asks)
+
+    def to_state(self, cs: int, depth: int | None = None) -> SymbolState:
+        """The ``SymbolState`` of this book and its window; ``depth`` keeps only that many
+        levels per side and marks the entry trimmed (the checksum still covers the full book)."""
+        s = self.src
+        bids, asks = s.bids, s.asks
+        if depth is not None:
+            bids, asks = bids[:depth], asks[:depth]
+        return SymbolState(
+            venue=self.venue, symbol=self.symbol, seq=self.seq,
+            ts_exchange_us=s.ts_exchange_us,
+            ts_arrival_us=self.w_arrival_us if self.w_ticks else s.ts_arrival_us,
+            last=s.last, last_size=s.last_size, bids=bids, asks=asks, vol=s.vol, oi=s.oi,
+            flags=s.flags, price_decimals=self.price_decimals,
+            window_high=self.w_high, window_low=self.w_low, window_trades=self.w_trades,
+            window_volume=self.w_volume, window_ticks=self.w_ticks,
+            total_trades=self.total_trades, checksum=cs, trimmed=depth is not None,
+        )
+
+
+def levels(pairs: Sequence[tuple[int, int]]) -> list[PriceLevel]:
+    """Levels from ``(price, size)`` pairs (tests and the publisher)."""
+    return [PriceLevel(price=p, size=s) for p, s in pairs]

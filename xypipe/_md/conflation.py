@@ -1,0 +1,297 @@
+"""The conflation window: fold in-order ticks into per-symbol state, emit one delta per
+(group, shard) per window with the latest state of every symbol that changed (sans-I/O).
+
+Degradation reactions live here because they change what a delta holds:
+
+* L1: the stage calls :meth:`Conflator.emit` less often (longer windows); nothing is lost,
+  because each entry carries its window's high/low, trades and traded volume and the
+  session's ``total_trades``/``vol``.
+* L2: entries on the wire keep ``trim_depth`` levels per side and say ``trimmed``; the full
+  entry still feeds the snapshots, and the checksum still covers the full book.
+* L3: groups whose priority is in ``paused_priorities`` are not emitted; their changes stay
+  pending and go out in the first window after the level comes down.
+
+:func:`merge_deltas` merges consecutive deltas of one stream into one, by the same rules (the
+gateway uses it for slow consumers).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from xypipe._md.book import SymbolBook
+from xypipe._md.records import Batch, ContractRec, Restore, Route, TickRec
+from xypipe._md.wire import field_tag, repeated_field
+from xypipe.contracts import Delta, Priority, SymbolState
+
+DELTA_SYMBOLS_TAG = field_tag(6)
+
+#: One emitted symbol entry, as the snapshot stage keeps it:
+#: ``(key, venue, symbol, full_state_bytes, vol, oi, last, total_trades)``.
+Entry = tuple[str, str, str, bytes, int, int, int, int]
+
+
+def delta_subject(prefix: str, group: str, shard: int, shards: int) -> str:
+    """``{prefix}.{group}`` for a single-shard group, ``{prefix}.{group}.{shard}`` otherwise."""
+    return f"{prefix}.{group}" if shards <= 1 else f"{prefix}.{group}.{shard}"
+
+
+class DeltaOut:
+    """One emitted delta: the wire payload plus what the snapshot and publish stages need."""
+
+    __slots__ = (
+        "entries", "epoch", "group", "level", "n_ticks", "payload", "seq", "shard", "shards",
+        "subject", "t_oldest", "ts_emit_us", "watermark", "window_ms",
+    )
+
+    def __init__(self, route: Route, seq: int, epoch: int, payload: bytes,
+                 entries: list[Entry], *, t_oldest: float, n_ticks: int, ts_emit_us: int,
+                 level: int, window_ms: int, watermark: int) -> None:
+        self.group = route.group
+        self.shard = route.shard
+        self.shards = route.shards
+        self.subject = route.subject
+        self.seq = seq
+        self.epoch = epoch
+        self.payload = payload
+        self.entries = entries
+        self.t_oldest = t_oldest
+        self.n_ticks = n_ticks
+        self.ts_emit_us = ts_emit_us
+        self.level = level
+        self.window_ms = window_ms
+        self.watermark = watermark
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.payload)
+
+    def __repr__(self) -> str:
+        return f"DeltaOut({self.subject} seq={self.seq} symbols={len(self.entries)})"
+
+
+class Conflator:
+    def __init__(
+        self,
+        epoch: int,
+        *,
+        trim_depth: int = 1,
+        paused_priorities: Iterable[int] = (Priority.PRIORITY_LOW,),
+        priorities: dict[str, int] | None = None,
+        default_priority: int = Priority.PRIORITY_NORMAL,
+    ) -> None:
+        self.epoch = epoch
+        self.trim_depth = trim_depth
+        self.paused_priorities = frozenset(int(p) for p in paused_priorities)
+        self.configured_priorities = dict(priorities or {})
+        self.default_priority = int(default_priority)
+        self.books: dict[str, SymbolBook] = {}
+        self.seqs: dict[tuple[str, int], int] = {}
+        self.learned_priorities: dict[str, int] = {}
+        self._decimals: dict[str, int] = {}
+        self._dirty: dict[Route, dict[str, SymbolBook]] = {}
+        #: Every source message up to here is reflected in what has been emitted.
+        self.watermark = 0
+        self._applied_watermark = 0
+
+    # ------------------------------------------------------------------ inputs
+
+    def restore(self, r: Restore) -> None:
+        """Start from a restarted aggregator's last snapshots and delta sequences."""
+        self.epoch = r.epoch
+        for snap in r.snapshots:
+            for s in snap.symbols:
+                book = SymbolBook.from_state(s)
+                self.books[book.key] = book
+        if r.continued:
+            self.seqs.update(r.checkpoints)
+        self.watermark = self._applied_watermark = max(r.replay_from - 1, 0)
+
+    def priority_of(self, group: str) -> int:
+        found = self.configured_priorities.get(group)
+        if found is not None:
+            return found
+        return self.learned_priorities.get(group, self.default_priority)
+
+    def apply(self, batch: Batch | Sequence[Any]) -> None:
+        """Fold in a batch of in-order, routed records."""
+        recs = batch.recs if isinstance(batch, Batch) else batch
+        books = self.books
+        dirty = self._dirty
+        for rec in recs:
+            if type(rec) is TickRec:
+                book = books.get(rec.key)
+                if book is None:
+                    t = rec.tick
+                    book = books[rec.key] = SymbolBook(rec.key, t.venue, t.symbol)
+                    book.price_decimals = self._decimals.get(rec.key, 0)
+                route = rec.route
+                if book.route is not route:
+                    self._move(book, route)
+                if book.apply(rec):
+                    d = dirty.get(route)  # type: ignore[arg-type]
+                    if d is None:
+                        d = dirty[route] = {}  # type: ignore[index]
+                    d[rec.key] = book
+            elif type(rec) is ContractRec:
+                self._learn(rec)
+        if isinstance(batch, Batch) and batch.watermark > self._applied_watermark:
+            self._applied_watermark = batch.watermark
+
+    def _move(self, book: SymbolBook, route: Route | None) -> None:
+        old = book.route
+        if old is not None and book.w_ticks:
+            d = self._dirty.get(old)
+            if d is not None:
+                d.pop(book.key, None)
+            if route is not None:
+                self._dirty.setdefault(route, {})[book.key] = book
+        book.route = route
+
+    def _learn(self, rec: ContractRec) -> None:
+        c = rec.contract
+        if c.price_decimals:
+            self._decimals[rec.key] = c.price_decimals
+            book = self.books.get(rec.key)
+            if book is not None:
+                book.price_decimals = c.price_decimals
+        if c.priority and rec.route is not None:
+            group = rec.route.group
+            self.learned_priorities[group] = max(
+                self.learned_priorities.get(group, 0), int(c.priority)
+            )
+
+    # ------------------------------------------------------------------ output
+
+    def pending(self) -> int:
+        """Symbols changed but not yet emitted."""
+        return sum(len(d) for d in self._dirty.values())
+
+    def emit(self, ts_emit_us: int, level: int, window_ms: int) -> list[DeltaOut]:
+        """Close the window: one delta per (group, shard) with changes (none for a quiet one)."""
+        out: list[DeltaOut] = []
+        trim = self.trim_depth if level >= 2 else None
+        pause = level >= 3
+        paused_left = False
+        for route, changed in list(self._dirty.items()):
+            if not changed:
+                del self._dirty[route]
+                continue
+            if pause and self.priority_of(route.group) in self.paused_priorities:
+                paused_left = True
+                continue
+            del self._dirty[route]
+            out.append(self._delta(route, changed, ts_emit_us, level, window_ms, trim))
+        watermark = self._applied_watermark
+        if paused_left:
+            for changed in self._dirty.values():
+                for book in changed.values():
+                    if book.w_sseq and book.w_sseq - 1 < watermark:
+                        watermark = book.w_sseq - 1
+        if watermark > self.watermark:
+            self.watermark = watermark
+        for d in out:
+            d.watermark = self.watermark
+        return out
+
+    def _delta(self, route: Route, changed: dict[str, SymbolBook], ts_emit_us: int,
+               level: int, window_ms: int, trim: int | None) -> DeltaOut:
+        k = (route.group, route.shard)
+        seq = self.seqs.get(k, 0) + 1
+        self.seqs[k] = seq
+        entries: list[Entry] = []
+        wire: list[bytes] = []
+        t_oldest = math.inf
+        n_ticks = 0
+        for book in changed.values():
+            cs = book.checksum()
+            data = book.to_state(cs).SerializeToString()
+            s = book.src
+            entries.append((book.key, book.venue, book.symbol, data, s.vol, s.oi, s.last,
+                            book.total_trades))
+            if trim is not None:
+                wire.append(book.to_state(cs, trim).SerializeToString())
+            if book.w_t_in < t_oldest:
+                t_oldest = book.w_t_in
+            n_ticks += book.w_ticks
+            book.reset_window()
+        header = Delta(group=route.group, shard=route.shard, seq=seq, epoch=self.epoch,
+                       ts_emit_us=ts_emit_us, level=level, window_ms=window_ms)
+        payload = header.SerializeToString() + repeated_field(
+            DELTA_SYMBOLS_TAG, wire if trim is not None else (e[3] for e in entries)
+        )
+        return DeltaOut(route, seq, self.epoch, payload, entries, t_oldest=t_oldest,
+                        n_ticks=n_ticks, ts_emit_us=ts_emit_us, level=level,
+                        window_ms=window_ms, watermark=0)
+
+
+# --------------------------------------------------------------------------- merging
+
+
+def merge_entries(older: SymbolState, newer: SymbolState) -> SymbolState:
+    """One symbol's entries of two consecutive windows as one: the newer state, the union of
+    the windows (high/low/trades/volume/ticks, oldest arrival). Returns a new message."""
+    m = SymbolState()
+    m.CopyFrom(newer)
+    if older.window_trades:
+        if newer.window_trades:
+            m.window_high = max(older.window_high, newer.window_high)
+            m.window_low = min(older.window_low, newer.window_low)
+        else:
+            m.window_high = older.window_high
+            m.window_low = older.window_low
+    m.window_trades = older.window_trades + newer.window_trades
+    m.window_volume = older.window_volume + newer.window_volume
+    m.window_ticks = older.window_ticks + newer.window_ticks
+    if older.ts_arrival_us and (not newer.ts_arrival_us
+                                or older.ts_arrival_us < newer.ts_arrival_us):
+        m.ts_arrival_us = older.ts_arrival_us
+    return m
+
+
+def merge_deltas(deltas: Sequence[Delta]) -> Delta:
+    """Merge consecutive deltas of one (group, shard) stream into one delta.
+
+    The result is what one longer window would have produced: ``seq`` of the last,
+    ``first_seq`` of the first, each symbol's newest state (its checksum stays valid: it is
+    the checksum of that state) with the windows' trades, volume, high/low and ticks combined,
+    so nothing a trader needs is lost. Raises ``ValueError`` for an empty list, mixed streams
+    or epochs, or a sequence gap (merging must never hide a gap).
+    """
+    if not deltas:
+        raise ValueError("merge_deltas: expected at least one delta, got none")
+    first, last = deltas[0], deltas[-1]
+    merged: dict[tuple[str, str], SymbolState] = {}
+    prev: Delta | None = None
+    window_ms = 0
+    for d in deltas:
+        if (d.group, d.shard, d.epoch) != (first.group, first.shard, first.epoch):
+            raise ValueError(
+                f"merge_deltas: expected deltas of one stream, got {d.group}/{d.shard} "
+                f"epoch {d.epoch} after {first.group}/{first.shard} epoch {first.epoch}"
+            )
+        if prev is not None and (d.first_seq or d.seq) != prev.seq + 1:
+            raise ValueError(
+                f"merge_deltas: {d.group}/{d.shard}: expected seq {prev.seq + 1} after "
+                f"{prev.seq}, got {d.first_seq or d.seq} (a gap cannot be merged)"
+            )
+        prev = d
+        window_ms += d.window_ms
+        for s in d.symbols:
+            k = (s.venue, s.symbol)
+            old = merged.get(k)
+            if old is None:
+                m = SymbolState()
+                m.CopyFrom(s)
+                merged[k] = m
+            else:
+                merged[k] = merge_entries(old, s)
+    out = Delta(
+        group=first.group, shard=first.shard, seq=last.seq, epoch=first.epoch,
+        ts_emit_us=last.ts_emit_us, level=last.level, window_ms=window_ms,
+        first_seq=(first.first_seq or first.seq) if len(deltas) > 1 or first.first_seq else 0,
+    )
+    out.symbols.extend(merged.values())
+    return out

@@ -1,0 +1,100 @@
+"""What travels on the aggregator's edges: light records, decoded once at ingest.
+
+Ticks stay the protobuf object ``Tick.FromString`` returned (no copy); the record adds what the
+stages downstream need without touching the message again: the key, the source sequence, the
+JetStream sequence and, once sharded, the route. Stages pass :class:`Batch` values (one item on an
+edge per pull), never one record at a time.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from xypipe.contracts import Contract, Snapshot, Tick
+
+
+class TickRec:
+    """One decoded tick. ``sseq`` is its JetStream stream sequence (0 when not from a stream);
+    ``t_in`` the Trio time it was ingested (the start of the processing-latency clock)."""
+
+    __slots__ = ("key", "route", "seq", "sseq", "t_in", "tick")
+
+    def __init__(self, key: str, tick: Tick, sseq: int, t_in: float) -> None:
+        self.key = key
+        self.tick = tick
+        self.seq: int = tick.seq
+        self.sseq = sseq
+        self.t_in = t_in
+        self.route: Route | None = None
+
+    def __repr__(self) -> str:
+        return f"TickRec({self.key} seq={self.seq} sseq={self.sseq})"
+
+
+class ContractRec:
+    """Reference data for one instrument (``xy.ref.contract.{venue}.{symbol}``)."""
+
+    __slots__ = ("contract", "key", "route", "sseq", "t_in")
+
+    def __init__(self, key: str, contract: Contract, sseq: int, t_in: float) -> None:
+        self.key = key
+        self.contract = contract
+        self.sseq = sseq
+        self.t_in = t_in
+        self.route: Route | None = None
+
+
+class Route:
+    """Where a symbol's state goes: its group, shard and the delta subject (shared per shard)."""
+
+    __slots__ = ("group", "shard", "shards", "subject")
+
+    def __init__(self, group: str, shard: int, shards: int, subject: str) -> None:
+        self.group = group
+        self.shard = shard
+        self.shards = shards
+        self.subject = subject
+
+    def __repr__(self) -> str:
+        return f"Route({self.subject})"
+
+
+@attrs.define(slots=True)
+class Batch:
+    """A list of records plus the source watermark: every stream message with a sequence up to
+    ``watermark`` has been handed on (or dropped) by the stages before this one."""
+
+    recs: list[Any]
+    watermark: int = 0
+
+    @property
+    def nbytes(self) -> int:
+        return 0
+
+
+@attrs.frozen(slots=True)
+class Restore:
+    """Sent once by ingest before anything else: the state a restarted aggregator starts from.
+
+    ``snapshots`` are the last snapshot of each group; ``checkpoints`` the last delta sequence
+    emitted per ``(group, shard)``; ``epoch`` the epoch to continue (or a fresh one).
+    """
+
+    epoch: int
+    snapshots: tuple[Snapshot, ...] = ()
+    checkpoints: dict[tuple[str, int], int] = attrs.field(factory=dict)
+    #: ``True`` when the sequence continues (checkpoints and snapshots agree, replay possible).
+    continued: bool = False
+    #: First source stream sequence to replay (0: no replay).
+    replay_from: int = 0
+    #: Last source stream sequence when the aggregator started: the rebuild is complete once
+    #: everything up to it has been folded in.
+    target_seq: int = 0
+    #: Trio time the aggregator started (to report how long the rebuild took).
+    started_at: float = 0.0
+
+
+def key_of(venue: str, symbol: str) -> str:
+    return f"{venue}.{symbol}"

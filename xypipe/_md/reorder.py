@@ -1,0 +1,175 @@
+"""Dedupe and reorder: per-key sequence continuity with a small holding window (sans-I/O).
+
+Each key (``venue.symbol``) has an expected next sequence. A record is
+
+* **released** at once when it is the expected one, and with it every held successor that is
+  now contiguous (a record that arrives after a higher sequence of its key counts as
+  ``reordered``);
+* **dropped** as a duplicate when its sequence was already released;
+* **held** when it is ahead of the expected one, until the missing ones arrive, the hold time
+  passes, or the key holds ``max_held`` records. Then the window gives up on the missing
+  sequences (one ``gaps`` event, ``gap_missing`` sequences) and moves on.
+
+A key never seen (a fresh start without a restored state) takes its first sequence as the
+baseline, except that a first sequence above 1 is held for the hold time so ticks reordered at
+the very start still come out in order.
+
+Time is whatever the caller passes as ``now`` (seconds, e.g. ``trio.current_time()``).
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from typing import Any
+
+
+class ReorderWindow:
+    def __init__(self, hold: float, max_held: int) -> None:
+        if hold < 0 or max_held < 1:
+            raise ValueError(f"hold must be >= 0 and max_held >= 1, got {hold}, {max_held}")
+        self.hold = hold
+        self.max_held = max_held
+        self._last: dict[str, int] = {}
+        # key -> {seq: (deadline, rec)}
+        self._held: dict[str, dict[int, tuple[float, Any]]] = {}
+        self._deadlines: list[tuple[float, str]] = []
+        self.duplicates = 0
+        self.reordered = 0
+        self.gaps = 0
+        self.gap_missing = 0
+        self.held_count = 0
+
+    # ------------------------------------------------------------------ state
+
+    def restore(self, last_seqs: dict[str, int]) -> None:
+        """Continue from known last sequences (e.g. from a snapshot's symbol states)."""
+        for key, seq in last_seqs.items():
+            if seq > self._last.get(key, 0):
+                self._last[key] = seq
+
+    def last_seq(self, key: str) -> int | None:
+        return self._last.get(key)
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`expire` next has something to do (``None``: nothing is held)."""
+        dl = self._deadlines
+        while dl:
+            deadline, key = dl[0]
+            held = self._held.get(key)
+            if held and min(d for d, _ in held.values()) <= deadline:
+                return deadline
+            heapq.heappop(dl)
+        return None
+
+    def min_held_sseq(self) -> int | None:
+        """Lowest stream sequence of any held record (the watermark must stay below it)."""
+        if not self.held_count:
+            return None
+        return int(min(r.sseq for held in self._held.values() for _, r in held.values()))
+
+    # ------------------------------------------------------------------ events
+
+    def push(self, rec: Any, now: float, out: list[Any]) -> None:
+        """Feed one record (with ``.key`` and ``.seq``); released records are appended to
+        ``out`` in order."""
+        key, seq = rec.key, rec.seq
+        last = self._last.get(key)
+        if last is None:
+            if seq <= 1 and key not in self._held:
+                self._last[key] = seq
+                out.append(rec)
+                return
+        elif seq <= last:
+            self.duplicates += 1
+            return
+        elif seq == last + 1:
+            self._last[key] = seq
+            out.append(rec)
+            if key in self._held:
+                # Its successors came first: this one arrived out of order.
+                self.reordered += 1
+                self._release_contiguous(key, out)
+            return
+        held = self._held.get(key)
+        if held is None:
+            held = self._held[key] = {}
+        elif seq in held:
+            self.duplicates += 1
+            return
+        elif held and seq < max(held):
+            self.reordered += 1
+        deadline = now + self.hold
+        if not held:
+            heapq.heappush(self._deadlines, (deadline, key))
+        held[seq] = (deadline, rec)
+        self.held_count += 1
+        if len(held) > self.max_held:
+            self._give_up(key, out, now, force=True)
+
+    def expire(self, now: float, out: list[Any]) -> None:
+        """Release what has been held past its time, giving up on the sequences it waited for."""
+        dl = self._deadlines
+        while dl and dl[0][0] <= now:
+            _, key = heapq.heappop(dl)
+            if self._held.get(key):
+                self._give_up(key, out, now, force=False)
+
+    def flush(self, out: list[Any]) -> None:
+        """Release everything held, in order (end of input)."""
+        for key in list(self._held):
+            self._give_up(key, out, math.inf, force=False)
+        self._deadlines.clear()
+
+    # ------------------------------------------------------------------ internals
+
+    def _release_contiguous(self, key: str, out: list[Any]) -> None:
+        held = self._held[key]
+        nxt = self._last[key] + 1
+        while nxt in held:
+            out.append(held.pop(nxt)[1])
+            self.held_count -= 1
+            nxt += 1
+        self._last[key] = nxt - 1
+        if not held:
+            del self._held[key]
+        else:
+            self._schedule(key)
+
+    def _give_up(self, key: str, out: list[Any], now: float, *, force: bool) -> None:
+        """Stop waiting: with ``force`` (too many held) for the lowest missing sequences until
+        the key is within ``max_held``; in any case for every sequence below a held record
+        whose time is up. Skipped ranges count as gaps (not for a key without a baseline)."""
+        held = self._held.get(key)
+        if held:
+            if force:
+                while len(held) > self.max_held:
+                    self._release_upto(key, held, min(held), out)
+            due = [s for s, (d, _) in held.items() if d <= now]
+            if due:
+                self._release_upto(key, held, max(due), out)
+        if not held:
+            self._held.pop(key, None)
+        else:
+            self._schedule(key)
+
+    def _release_upto(self, key: str, held: dict[int, tuple[float, Any]], upto: int,
+                      out: list[Any]) -> None:
+        for seq in sorted(s for s in held if s <= upto):
+            last = self._last.get(key)
+            if last is not None and seq > last + 1:
+                self.gaps += 1
+                self.gap_missing += seq - last - 1
+            out.append(held.pop(seq)[1])
+            self.held_count -= 1
+            self._last[key] = seq
+        nxt = self._last[key] + 1
+        while nxt in held:
+            out.append(held.pop(nxt)[1])
+            self.held_count -= 1
+            nxt += 1
+        self._last[key] = nxt - 1
+
+    def _schedule(self, key: str) -> None:
+        held = self._held[key]
+        heapq.heappush(self._deadlines, (min(d for d, _ in held.values()), key))

@@ -1,0 +1,328 @@
+"""A synthetic but realistic market: instruments, random-walk ticks, faults, tapes, ground truth.
+
+Sans-I/O: :class:`MarketSim` makes ticks, :class:`FaultInjector` mangles a message stream the
+way real feeds do, :class:`GroundTruth` remembers what was really sent, :class:`Pacer` says how
+many ticks are due at a given time. The ``publisher`` stage and ``xypipe publish`` wire them to
+NATS; the tests and benchmarks use them to know the right answer.
+
+Everything random comes from one ``random.Random(seed)``: the same seed gives the same ticks.
+
+Tapes are length-delimited ``Tick`` records (varint length, then the message), written before
+faults and without the arrival time; a replay stamps ``ts_arrival_us`` when it sends (a scalar
+field appended to a message overrides the earlier value, so stamping is an append, not a
+re-encode).
+"""
+
+from __future__ import annotations
+
+import random
+import zlib
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any, BinaryIO, cast
+
+import attrs
+from google.protobuf.internal import encoder, wire_format
+
+from xypipe._md.wire import iter_delimited, write_delimited
+from xypipe.contracts import Contract, PriceLevel, Priority, Tick, TickFlag
+
+TRADE = int(TickFlag.TICK_FLAG_TRADE)
+_ARRIVAL_TAG = bytes(encoder.TagBytes(5, wire_format.WIRETYPE_VARINT))
+_varint: Callable[[int], bytes] = encoder._VarintBytes  # type: ignore[attr-defined]
+
+#: Demo groups and how much each matters under load (L3 pauses the low ones).
+DEFAULT_GROUPS: tuple[tuple[str, int], ...] = (
+    ("equities", Priority.PRIORITY_HIGH),
+    ("futures", Priority.PRIORITY_HIGH),
+    ("fx", Priority.PRIORITY_NORMAL),
+    ("crypto", Priority.PRIORITY_NORMAL),
+    ("rates", Priority.PRIORITY_LOW),
+)
+DEFAULT_VENUES = ("XNAS", "XNYS", "BATS")
+
+
+def tick_subject(venue: str, symbol: str) -> str:
+    return f"xy.src.tick.{venue}.{symbol}"
+
+
+def contract_subject(venue: str, symbol: str) -> str:
+    return f"xy.ref.contract.{venue}.{symbol}"
+
+
+def stamp_arrival(payload: bytes, ts_arrival_us: int) -> bytes:
+    """``payload`` (a serialised Tick) with ``ts_arrival_us`` set, by appending the field."""
+    return payload + _ARRIVAL_TAG + _varint(ts_arrival_us)
+
+
+def contract_for(venue: str, symbol: str,
+                 groups: tuple[tuple[str, int], ...] = DEFAULT_GROUPS,
+                 price_decimals: int = 2) -> Contract:
+    """The reference contract of an instrument; the group is a stable hash of the symbol, so a
+    tape replay re-derives the same contracts without storing them."""
+    name, prio = groups[zlib.crc32(symbol.encode()) % len(groups)]
+    return Contract(venue=venue, symbol=symbol, group=name, name=f"{symbol} on {venue}",
+                    currency="USD", price_decimals=price_decimals, tick_size=1, lot_size=1,
+                    priority=cast(Any, prio), version=1)
+
+
+class _Inst:
+    __slots__ = ("last", "last_size", "mid", "oi", "seq", "spread", "symbol", "venue", "vol")
+
+    def __init__(self, venue: str, symbol: str, mid: int, oi: int) -> None:
+        self.venue = venue
+        self.symbol = symbol
+        self.mid = mid
+        self.spread = 2
+        self.last = mid
+        self.last_size = 0
+        self.vol = 0
+        self.oi = oi
+        self.seq = 0
+
+
+class MarketSim:
+    """``symbols`` instruments spread over ``venues``; :meth:`next_tick` moves one of them.
+
+    Activity is skewed (a few symbols trade much more than the rest, as on real markets).
+    Prices are fixed-point integers with ``price_decimals`` decimals; volume and open interest
+    only grow.
+    """
+
+    def __init__(self, symbols: int = 500, *, venues: Iterable[str] = DEFAULT_VENUES,
+                 seed: int = 0, depth: int = 5, trade_prob: float = 0.35,
+                 price_decimals: int = 2, source: str = "xy-sim",
+                 groups: tuple[tuple[str, int], ...] = DEFAULT_GROUPS) -> None:
+        self.rng = random.Random(seed)
+        self.venues = tuple(venues)
+        self.depth = depth
+        self.trade_prob = trade_prob
+        self.price_decimals = price_decimals
+        self.source = source
+        self.groups = groups
+        rng = self.rng
+        self.instruments = [
+            _Inst(self.venues[i % len(self.venues)], f"S{i:05d}",
+                  mid=rng.randrange(1_000, 50_000) * 10, oi=rng.randrange(1_000, 100_000))
+            for i in range(symbols)
+        ]
+
+    def contracts(self) -> list[Contract]:
+        return [contract_for(i.venue, i.symbol, self.groups, self.price_decimals)
+                for i in self.instruments]
+
+    def next_tick(self, ts_exchange_us: int = 0) -> Tick:
+        rng = self.rng
+        r = rng.random
+        inst = self.instruments[int(len(self.instruments) * r() * r())]
+        step = r()
+        if step < 0.3:
+            inst.mid -= 1
+        elif step > 0.7:
+            inst.mid += 1
+        if inst.mid < 10:
+            inst.mid = 10
+        flags = 0
+        if r() < self.trade_prob:
+            flags = TRADE
+            inst.last = inst.mid + (1 if r() < 0.5 else -1)
+            inst.last_size = 1 + int(r() * 500)
+            inst.vol += inst.last_size
+            if r() < 0.2:
+                inst.oi += 1 + int(r() * 10)
+        inst.seq += 1
+        mid, half = inst.mid, inst.spread // 2 or 1
+        bids = [PriceLevel(price=mid - half - i, size=1 + int(r() * 1000), orders=1 + i)
+                for i in range(self.depth)]
+        asks = [PriceLevel(price=mid + half + i, size=1 + int(r() * 1000), orders=1 + i)
+                for i in range(self.depth)]
+        return Tick(venue=inst.venue, symbol=inst.symbol, seq=inst.seq,
+                    ts_exchange_us=ts_exchange_us, last=inst.last, last_size=inst.last_size,
+                    bids=bids, asks=asks, vol=inst.vol, oi=inst.oi, flags=flags,
+                    source=self.source, price_decimals=self.price_decimals)
+
+
+# --------------------------------------------------------------------------- faults
+
+
+@attrs.frozen
+class FaultRates:
+    """Probabilities per tick of each fault (0..1)."""
+
+    duplicate: float = 0.0
+    reorder: float = 0.0
+    gap: float = 0.0
+    malformed: float = 0.0
+
+    @property
+    def any(self) -> bool:
+        return bool(self.duplicate or self.reorder or self.gap or self.malformed)
+
+
+@attrs.define
+class FaultCounts:
+    duplicates: int = 0
+    reordered: int = 0
+    gaps: int = 0
+    malformed: int = 0
+
+
+class FaultInjector:
+    """Turns a clean stream of ``(key, subject, payload)`` into what a bad feed sends:
+
+    * duplicate: the message is sent twice in a row;
+    * reorder: the message is held back and sent right after the next message of the same
+      key (a guaranteed inversion);
+    * gap: the message is never sent (its sequence is lost);
+    * malformed: an extra message of garbage bytes is sent on the same subject.
+    """
+
+    def __init__(self, rates: FaultRates, rng: random.Random) -> None:
+        self.rates = rates
+        self.rng = rng
+        self.counts = FaultCounts()
+        self._held: dict[str, tuple[str, bytes]] = {}
+
+    def feed(self, key: str, subject: str, payload: bytes,
+             out: list[tuple[str, bytes]]) -> bool:
+        """Append what goes on the wire to ``out``; returns False if the message was lost
+        (a gap), so ground truth must not count it."""
+        rates, r = self.rates, self.rng.random
+        if rates.gap and r() < rates.gap:
+            self.counts.gaps += 1
+            return False
+        if rates.malformed and r() < rates.malformed:
+            self.counts.malformed += 1
+            out.append((subject, b"\xff\xff\xff" + self.rng.randbytes(5)))
+        held = self._held.pop(key, None)
+        if held is None and rates.reorder and r() < rates.reorder:
+            self._held[key] = (subject, payload)
+            return True
+        out.append((subject, payload))
+        if rates.duplicate and r() < rates.duplicate:
+            self.counts.duplicates += 1
+            out.append((subject, payload))
+        if held is not None:
+            self.counts.reordered += 1  # counted once the inversion really happened
+            out.append(held)
+        return True
+
+    def flush(self, out: list[tuple[str, bytes]]) -> None:
+        """Send what is still held back (in order: nothing came after it)."""
+        out.extend(self._held.values())
+        self._held.clear()
+
+
+# --------------------------------------------------------------------------- truth
+
+
+class GroundTruth:
+    """What was really sent, per ``venue.symbol``: the newest tick, trade count, volume."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, Tick | bytes] = {}
+        self._seq: dict[str, int] = {}
+        self.trades: dict[str, int] = {}
+        self.traded_volume: dict[str, int] = {}
+        self.ticks = 0
+
+    def record(self, key: str, tick: Tick) -> None:
+        self.record_raw(key, tick.seq, tick, bool(tick.flags & TRADE), tick.last_size)
+
+    def record_raw(self, key: str, seq: int, tick: Tick | bytes, trade: bool,
+                   size: int) -> None:
+        """Record a tick given its fields and the message or its bytes (decoded on demand)."""
+        self.ticks += 1
+        if seq > self._seq.get(key, 0):
+            self._seq[key] = seq
+            self._last[key] = tick
+        if trade:
+            self.trades[key] = self.trades.get(key, 0) + 1
+            self.traded_volume[key] = self.traded_volume.get(key, 0) + size
+
+    @property
+    def last(self) -> dict[str, Tick]:
+        """The newest tick sent per key."""
+        for key, value in self._last.items():
+            if isinstance(value, bytes):
+                self._last[key] = Tick.FromString(value)
+        return self._last  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------- pacing
+
+
+@attrs.define
+class Pacer:
+    """How many ticks are due by ``now`` at ``rate`` per second, with periodic bursts of
+    ``burst_factor`` x rate lasting ``burst_s`` every ``burst_every_s`` (0 = no bursts)."""
+
+    rate: float
+    burst_factor: float = 1.0
+    burst_every_s: float = 0.0
+    burst_s: float = 1.0
+    _start: float | None = None
+    _last: float = 0.0
+    _carry: float = 0.0
+
+    def rate_at(self, t: float) -> float:
+        if self.burst_every_s and self.burst_factor > 1:
+            phase = t % self.burst_every_s
+            if phase >= self.burst_every_s - self.burst_s:
+                return self.rate * self.burst_factor
+        return self.rate
+
+    def due(self, now: float) -> int:
+        if self._start is None:
+            self._start = self._last = now
+            return 0
+        elapsed = now - self._last
+        self._last = now
+        self._carry += elapsed * self.rate_at(now - self._start)
+        n = int(self._carry)
+        self._carry -= n
+        return n
+
+
+# --------------------------------------------------------------------------- tapes
+
+
+def write_tape(path: str | Path, ticks: Iterable[Tick]) -> int:
+    """Write ticks (as sent before faults) to a tape; returns how many."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    with p.open("wb") as f:
+        return write_delimited(f, (t.SerializeToString() for t in ticks))
+
+
+class TapeWriter:
+    def __init__(self, f: BinaryIO) -> None:
+        self._f = f
+        self.count = 0
+
+    def write(self, payload: bytes) -> None:
+        self.count += write_delimited(self._f, (payload,))
+
+
+class TapeTick:
+    """One tick of a loaded tape: decoded once at load, so a replay only sends bytes."""
+
+    __slots__ = ("key", "payload", "seq", "size", "subject", "trade")
+
+    def __init__(self, payload: bytes) -> None:
+        t = Tick.FromString(payload)
+        self.key = f"{t.venue}.{t.symbol}"
+        self.subject = tick_subject(t.venue, t.symbol)
+        self.payload = payload
+        self.seq = t.seq
+        self.trade = bool(t.flags & TRADE)
+        self.size = t.last_size
+
+
+def load_tape(path: str | Path) -> list[TapeTick]:
+    return [TapeTick(p) for p in read_tape(path)]
+
+
+def read_tape(path: str | Path) -> Iterator[bytes]:
+    """The serialised ticks of a tape, in order (raises ``TruncatedStream`` if cut short)."""
+    return iter_delimited(Path(path).read_bytes())

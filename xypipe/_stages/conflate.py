@@ -1,0 +1,146 @@
+"""``conflate``: one delta per (group, shard) every ``interval_ms`` with the latest state of each
+symbol that changed — nothing for a quiet window.
+
+Input: ``Restore`` then routed ``Batch`` values. Output: ``Restore`` (forwarded once), then one
+``list[DeltaOut]`` per window that had changes.
+
+Degradation (see :mod:`xypipe._md.conflation`): L1 stretches the window ``l1_factor`` times,
+L2 trims depth beyond ``trim_depth`` levels on the wire, L3 holds back groups whose priority is
+in ``pause_priorities`` (priorities from ``priorities`` or, failing that, the highest priority
+of the group's reference contracts). Going back down restores the normal window at once and
+sends whatever the paused groups accumulated in the next window.
+
+The window clock is Trio's, so the mock clock drives it in tests: windows close exactly every
+``interval_ms`` (a window that falls behind is skipped, not bunched up).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import trio
+
+from xypipe._md.conflation import Conflator
+from xypipe._md.records import Restore
+from xypipe._stage import Stage
+from xypipe._stages._md_common import PRIORITIES, is_token, wall_us
+from xypipe._validate import Invalid, in_range
+
+
+@attrs.frozen
+class ConflateConfig:
+    interval_ms: int = attrs.field(default=33, validator=in_range(16, 100))
+    #: At L1 the window is this many times longer.
+    l1_factor: int = attrs.field(default=3, validator=in_range(1, 10))
+    #: At L2 entries keep this many levels per side on the wire.
+    trim_depth: int = attrs.field(default=1, validator=in_range(1, 10))
+    #: At L3 groups with these priorities stop updating.
+    pause_priorities: list[str] = attrs.field(factory=lambda: ["low"])
+    #: Group -> "low" | "normal" | "high" (wins over the reference contracts).
+    priorities: dict[str, str] = attrs.field(factory=dict)
+    #: Epoch until ingest's ``Restore`` names one (which always wins); 0 = from the clock.
+    epoch: int = attrs.field(default=0, validator=in_range(0, 1 << 62))
+
+    def __attrs_post_init__(self) -> None:
+        for p in self.pause_priorities:
+            if p not in PRIORITIES:
+                raise Invalid("pause_priorities", 'expected a list of "low", "normal", "high"',
+                              list(self.pause_priorities))
+        for group, p in self.priorities.items():
+            if not is_token(group):
+                raise Invalid("priorities", "expected group names made of letters, digits, "
+                              "'_' or '-'", group)
+            if p not in PRIORITIES:
+                raise Invalid(f"priorities.{group}", 'expected one of "low", "normal", "high"',
+                              p)
+
+
+class Conflate(Stage):
+    """Merge ticks into per-symbol state; emit one delta per group/shard per window."""
+
+    Config = ConflateConfig
+
+    async def run(self) -> None:
+        cfg: ConflateConfig = self.config
+        self.core = Conflator(
+            cfg.epoch or wall_us(),
+            trim_depth=cfg.trim_depth,
+            paused_priorities=[PRIORITIES[p] for p in cfg.pause_priorities],
+            priorities={g: PRIORITIES[p] for g, p in cfg.priorities.items()},
+        )
+        m = self.ctx.metrics
+        self._deltas = m.counter("conflate_deltas", "Deltas emitted by conflation")
+        self._pending = m.gauge("conflate_pending_symbols",
+                                "Symbols changed but not yet emitted (paused groups included)")
+        self._rebuild_s = m.gauge("aggregator_rebuild_seconds",
+                                  "Time the last start took to rebuild state (snapshot + replay)")
+        self._rebuilds = m.counter("aggregator_rebuilds", "Starts that rebuilt state",
+                                   ["continued"])
+        self._rebuild: Restore | None = None
+        self._stop = False
+        self._wake = trio.Event()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._watch_level)
+            async with trio.open_nursery() as windows:
+                windows.start_soon(self._ticker)
+                async for item in self.inbox:
+                    if isinstance(item, Restore):
+                        self.core.restore(item)
+                        await self.outbox.send(item)
+                        if item.snapshots:
+                            if item.target_seq < item.replay_from:
+                                self._rebuilt(item)  # nothing to replay
+                            else:
+                                self._rebuild = item
+                        continue
+                    self.core.apply(item)
+                    if self._rebuild is not None and item.watermark >= self._rebuild.target_seq:
+                        self._rebuilt(self._rebuild)
+                        self._rebuild = None
+                self._stop = True
+                self._wake.set()
+            nursery.cancel_scope.cancel()
+
+    def _rebuilt(self, r: Restore) -> None:
+        took = trio.current_time() - r.started_at
+        self._rebuild_s.set(took)
+        self._rebuilds.labels("true" if r.continued else "false").inc()
+        self.ctx.log.info("state rebuilt", seconds=round(took, 4), epoch=r.epoch,
+                          continued=r.continued, symbols=len(self.core.books),
+                          snapshots=len(r.snapshots), replayed_to=r.target_seq)
+
+    async def _watch_level(self) -> None:
+        seen = self.ctx.level
+        while True:
+            seen = await self.ctx.degradation.wait_change(seen)
+            self._wake.set()
+
+    async def _ticker(self) -> None:
+        """Close a window every interval; a level change re-times the running window at once
+        (L1 stretches it, recovery shortens it and closes it now if it is already due)."""
+        cfg: ConflateConfig = self.config
+        base = cfg.interval_ms / 1000
+        start = trio.current_time()
+        while True:
+            level = int(self.ctx.level)
+            interval = base * cfg.l1_factor if level >= 1 else base
+            deadline = start + interval
+            with trio.move_on_at(deadline):
+                await self._wake.wait()
+            now = trio.current_time()
+            if self._wake.is_set():
+                self._wake = trio.Event()
+                if not self._stop and now < deadline:
+                    continue  # re-time this window for the new level
+            if self._stop:
+                level = min(level, 2)  # the last window: paused groups go out too
+            deltas: list[Any] = self.core.emit(wall_us(), level, round((now - start) * 1000))
+            self._pending.set(self.core.pending())
+            # A window that fell behind (a slow downstream) is skipped, never bunched up.
+            start = deadline if now - deadline < interval else now
+            if deltas:
+                self._deltas.inc(len(deltas))
+                await self.outbox.send(deltas)
+            if self._stop:
+                return

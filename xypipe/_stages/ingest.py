@@ -1,0 +1,291 @@
+"""``ingest``: raw ticks and reference contracts from a JetStream stream, decoded once.
+
+Input: nothing (a source). Output: first one :class:`~xypipe._md.records.Restore`, then
+:class:`~xypipe._md.records.Batch` values of ``TickRec``/``ContractRec`` in stream order.
+
+The source subjects live in a JetStream stream (retention by age/size) so the same stage can
+consume live, replay from a sequence or a time (benchmarks), or — the default ``start =
+"resume"`` — rebuild a restarted aggregator: read the last snapshot of every group and the last
+emitted delta sequence of every (group, shard), then replay the stream from the oldest
+snapshot's ``source_stream_seq + 1``. Messages arrive in batches of up to ``batch`` and the
+server sends at most ``max_pending`` beyond what has been handed downstream (see
+:mod:`xypipe._stages._jsfeed`), so a full edge downstream stops the stream: the budget sets the
+pace.
+
+Malformed payloads are counted (``src_bad_total{reason}``), logged with code ``XY-SRC-001``
+(at most ``log_bad_per_s`` lines a second) and skipped.
+"""
+
+from __future__ import annotations
+
+import datetime
+import time
+from typing import Any
+
+import attrs
+import trio
+from google.protobuf.message import DecodeError
+
+from xypipe._errors import RebuildError, SourceDataError
+from xypipe._md.records import Batch, ContractRec, Restore, TickRec
+from xypipe._stage import Stage
+from xypipe._stages._jsfeed import js_feed, stream_seq_of
+from xypipe._stages._md_common import StateStreams, is_token, wall_us
+from xypipe._validate import Invalid, in_range, non_empty, one_of, subject_patterns
+from xypipe.contracts import Contract, Delta, Snapshot, Tick
+
+TICK_PREFIX = "xy.src.tick."
+CONTRACT_PREFIX = "xy.ref.contract."
+
+
+@attrs.frozen
+class IngestConfig:
+    stream: str = attrs.field(default="XY_SRC", validator=non_empty())
+    subjects: list[str] = attrs.field(factory=lambda: ["xy.src.>", "xy.ref.>"],
+                                      validator=subject_patterns())
+    #: Retention of the source stream: by age (seconds) and by size (bytes); 0 = unlimited.
+    max_age_s: int = attrs.field(default=3600, validator=in_range(0, 31_536_000))
+    max_bytes: int = attrs.field(default=1 << 30, validator=in_range(0, 1 << 44))
+    storage: str = attrs.field(default="file", validator=one_of(["file", "memory"]))
+    #: "resume": rebuild from the last snapshots and replay since (fresh epoch if none);
+    #: "new": only what arrives from now; "all": the whole stream; "seq"/"time": from
+    #: ``start_seq`` / ``start_time`` (RFC 3339), for replay benchmarks.
+    start: str = attrs.field(default="resume",
+                             validator=one_of(["resume", "new", "all", "seq", "time"]))
+    start_seq: int = attrs.field(default=0, validator=in_range(0, 1 << 62))
+    start_time: str = ""
+    #: Most messages per batch handed downstream.
+    batch: int = attrs.field(default=1024, validator=in_range(1, 65_536))
+    #: Most messages the server sends ahead of what has been handed downstream (its
+    #: ``max_ack_pending``): the bound that carries backpressure back to the stream.
+    max_pending: int = attrs.field(default=8192, validator=in_range(1, 1_000_000))
+    log_bad_per_s: int = attrs.field(default=5, validator=in_range(0, 10_000))
+    state: StateStreams = attrs.field(factory=StateStreams)
+
+    def __attrs_post_init__(self) -> None:
+        if self.start == "seq" and self.start_seq < 1:
+            raise Invalid("start_seq", 'expected a stream sequence >= 1 with start = "seq"',
+                          self.start_seq)
+        if self.start == "time":
+            try:
+                datetime.datetime.fromisoformat(self.start_time)
+            except ValueError:
+                raise Invalid("start_time", 'expected an RFC 3339 time with start = "time", '
+                              'e.g. "2026-11-25T10:00:00+00:00"', self.start_time) from None
+
+
+class BadSourceCounter:
+    """``src_bad_total{reason}`` plus a rate-limited log line per bad message."""
+
+    def __init__(self, ctx: Any, per_s: int) -> None:
+        self._counter = ctx.metrics.counter(
+            "src_bad", "Source messages skipped as malformed, per reason", ["reason"])
+        self._log = ctx.log
+        self._per_s = per_s
+        self._window = -1
+        self._logged = 0
+        self.suppressed = 0
+
+    def __call__(self, reason: str, subject: str, detail: str) -> None:
+        self._counter.labels(reason).inc()
+        second = int(time.monotonic())
+        if second != self._window:
+            if self.suppressed:
+                self._log.warning("bad source messages not logged", code=SourceDataError.code,
+                                  suppressed=self.suppressed)
+            self._window, self._logged, self.suppressed = second, 0, 0
+        if self._logged < self._per_s:
+            self._logged += 1
+            self._log.warning(f"skipped a bad source message: {detail}",
+                              code=SourceDataError.code, reason=reason, subject=subject)
+        else:
+            self.suppressed += 1
+
+
+def decode_messages(msgs: list[Any], now: float, bad: BadSourceCounter) -> list[Any]:
+    """Source messages (with ``.subject``, ``.data``, ``.seq``) to records; bad ones counted."""
+    recs: list[Any] = []
+    append = recs.append
+    tlen, clen = len(TICK_PREFIX), len(CONTRACT_PREFIX)
+    for m in msgs:
+        subject = m.subject
+        sseq = m.seq or (stream_seq_of(m.reply) if m.reply else 0)
+        if subject.startswith(TICK_PREFIX):
+            try:
+                t = Tick.FromString(m.data)
+            except DecodeError as exc:
+                bad("decode", subject, f"{len(m.data)} bytes do not decode as xy.md.v1.Tick: "
+                                       f"{exc}")
+                continue
+            key = subject[tlen:]
+            if key != f"{t.venue}.{t.symbol}":
+                bad("subject_mismatch", subject,
+                    f"expected a tick for {key!r}, got venue={t.venue!r} symbol={t.symbol!r}")
+                continue
+            if t.seq < 1:
+                bad("no_seq", subject, f"expected seq >= 1, got {t.seq}")
+                continue
+            append(TickRec(key, t, sseq, now))
+        elif subject.startswith(CONTRACT_PREFIX):
+            try:
+                c = Contract.FromString(m.data)
+            except DecodeError as exc:
+                bad("decode", subject,
+                    f"{len(m.data)} bytes do not decode as xy.md.v1.Contract: {exc}")
+                continue
+            key = subject[clen:]
+            if key != f"{c.venue}.{c.symbol}":
+                bad("subject_mismatch", subject,
+                    f"expected a contract for {key!r}, got venue={c.venue!r} "
+                    f"symbol={c.symbol!r}")
+                continue
+            if c.group and not is_token(c.group):
+                bad("bad_group", subject,
+                    f"expected a group made of letters, digits, '_' or '-', got {c.group!r}")
+                continue
+            append(ContractRec(key, c, sseq, now))
+        else:
+            bad("unknown_subject", subject,
+                f"expected a subject under {TICK_PREFIX}* or {CONTRACT_PREFIX}*")
+    return recs
+
+
+class Ingest(Stage):
+    """Consume source ticks and contracts from JetStream at the budget's pace; rebuild state."""
+
+    Config = IngestConfig
+    consumes = False
+    ready_on_start = False
+
+    async def run(self) -> None:
+        nc = self.ctx.nats
+        if nc is None:
+            raise RuntimeError("ingest needs a [nats] section in the config")
+        cfg: IngestConfig = self.config
+        t0 = trio.current_time()
+        js = nc.jetstream()
+        metrics = self.ctx.metrics
+        self._rate = metrics.rate("src_ingest_rate", "Source ticks ingested per second",
+                                  "src_ingest")
+        self._contracts = metrics.counter("src_contracts", "Reference contracts ingested")
+        self._bad = BadSourceCounter(self.ctx, cfg.log_bad_per_s)
+        src = await js.ensure_stream(
+            cfg.stream, list(cfg.subjects),
+            max_age_s=float(cfg.max_age_s) if cfg.max_age_s else None,
+            max_bytes=cfg.max_bytes or None, storage=cfg.storage,
+        )
+        await cfg.state.ensure(js)
+
+        restore = await self._restore(js, src) if cfg.start == "resume" else None
+        if restore is None:
+            restore = Restore(epoch=wall_us())
+        deliver: Any
+        if restore.replay_from:
+            deliver = ("seq", restore.replay_from)
+        elif cfg.start == "all":
+            deliver = "all"
+        elif cfg.start == "seq":
+            deliver = ("seq", cfg.start_seq)
+        elif cfg.start == "time":
+            deliver = ("time", datetime.datetime.fromisoformat(cfg.start_time))
+        else:
+            deliver = ("seq", src.last_seq + 1)
+        contracts = await self._last_per_subject(js, cfg.stream, "xy.ref.>", src.messages)
+        restore = attrs.evolve(restore, target_seq=src.last_seq, started_at=t0)
+        await self.outbox.send(restore)
+        if contracts:
+            now = trio.current_time()
+            recs = decode_messages(contracts, now, self._bad)
+            self._contracts.inc(len(recs))
+            await self.outbox.send(Batch(recs, 0))
+        self.ctx.log.info("ingest starting", stream=cfg.stream, deliver=str(deliver),
+                          epoch=restore.epoch, continued=restore.continued,
+                          snapshots=len(restore.snapshots), contracts=len(contracts))
+        async with js_feed(nc, cfg.stream, deliver=deliver, max_pending=cfg.max_pending,
+                           max_batch=cfg.batch) as feed:
+            self.ctx.set_ready()
+            await self._consume(feed)
+
+    async def _consume(self, feed: Any) -> None:
+        rate, bad, send = self._rate, self._bad, self.outbox.send
+        async for msgs in feed:
+            now = trio.current_time()
+            recs = decode_messages(msgs, now, bad)
+            ticks = sum(1 for r in recs if type(r) is TickRec)
+            rate.add(ticks)
+            if ticks < len(recs):
+                self._contracts.inc(len(recs) - ticks)
+            last = msgs[-1]
+            await send(Batch(recs, last.seq or stream_seq_of(last.reply)))
+            # Only now may the server send more: the downstream budget sets the pace.
+            feed.ack(msgs)
+
+    # ------------------------------------------------------------------ rebuild
+
+    async def _last_per_subject(self, js: Any, stream: str, subjects: str,
+                                stored: int) -> list[Any]:
+        """Every subject's last message in ``stream`` (empty stream: no round trip)."""
+        if stored == 0:
+            return []
+        out: list[Any] = []
+        async with js.pull(stream, subjects, deliver="last_per_subject",
+                           batch=10_000) as consumer:
+            while True:
+                got = await consumer.fetch(10_000, timeout=0.2)
+                out.extend(got)
+                if len(got) < 10_000:
+                    return out
+
+    async def _restore(self, js: Any, src: Any) -> Restore | None:
+        cfg: IngestConfig = self.config
+        state = cfg.state
+        log = self.ctx.log
+        snap_state = await js.stream_state(state.snapshot_stream)
+        ckpt_state = await js.stream_state(state.checkpoint_stream)
+        snapshots: list[Snapshot] = []
+        for m in await self._last_per_subject(js, state.snapshot_stream,
+                                              f"{state.snapshot_prefix}.>",
+                                              snap_state.messages):
+            try:
+                snapshots.append(Snapshot.FromString(m.data))
+            except DecodeError as exc:
+                log.warning("ignoring an undecodable stored snapshot", code=RebuildError.code,
+                            subject=m.subject, error=str(exc))
+        checkpoints: dict[tuple[str, int], int] = {}
+        epochs: set[int] = set()
+        for m in await self._last_per_subject(js, state.checkpoint_stream,
+                                              f"{state.checkpoint_prefix}.>",
+                                              ckpt_state.messages):
+            try:
+                d = Delta.FromString(m.data)
+            except DecodeError as exc:
+                log.warning("ignoring an undecodable delta checkpoint", code=RebuildError.code,
+                            subject=m.subject, error=str(exc))
+                continue
+            checkpoints[(d.group, d.shard)] = d.seq
+            epochs.add(d.epoch)
+        if not snapshots:
+            if checkpoints:
+                log.warning("delta checkpoints but no snapshot: starting a new epoch",
+                            code=RebuildError.code)
+            return None
+        replay_from = min(s.source_stream_seq for s in snapshots) + 1
+        snap_epochs = {s.epoch for s in snapshots}
+        reasons = []
+        if len(epochs) != 1 or snap_epochs != epochs:
+            reasons.append(f"epochs disagree (snapshots {sorted(snap_epochs)}, "
+                           f"checkpoints {sorted(epochs)})")
+        if src.messages and src.first_seq > replay_from:
+            reasons.append(f"source stream starts at {src.first_seq}, replay needs "
+                           f"{replay_from}")
+            replay_from = src.first_seq
+        continued = not reasons
+        epoch = next(iter(epochs)) if continued else wall_us()
+        if not continued:
+            log.warning("cannot continue the delta sequence: new epoch",
+                        code=RebuildError.code, reasons=reasons, epoch=epoch)
+        return Restore(epoch=epoch, snapshots=tuple(snapshots), checkpoints=checkpoints,
+                       continued=continued, replay_from=replay_from)
+
+
+__all__ = ["Ingest", "IngestConfig", "decode_messages"]

@@ -1,0 +1,132 @@
+"""``shard``: route each symbol to its group and to a shard of that group.
+
+The group comes from the symbol's reference contract (``Contract.group``), else from the first
+config rule that matches (venue list and ``fnmatch`` symbol patterns), else ``default_group``.
+The shard is a stable hash of ``venue.symbol`` (CRC-32 modulo the group's shard count), so every
+instance and every restart agrees. The delta subject becomes ``{prefix}.{group}`` for a
+one-shard group and ``{prefix}.{group}.{shard}`` otherwise.
+
+Input/output: ``Batch`` values (records get their ``route``) and the ``Restore`` record (whose
+snapshots say where each symbol was, so routing survives a restart before contracts are read).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import zlib
+from typing import Any
+
+import attrs
+
+from xypipe._md.conflation import delta_subject
+from xypipe._md.records import Batch, ContractRec, Restore, Route, TickRec
+from xypipe._stage import Stage
+from xypipe._stages._md_common import is_token
+from xypipe._validate import Invalid, in_range, non_empty, subject_pattern
+
+
+def _check_group(inst: Any, attribute: Any, value: str) -> None:
+    if not is_token(value):
+        raise Invalid(attribute.name,
+                      "expected a group name of letters, digits, '_' or '-' (it becomes a "
+                      "subject token)", value)
+
+
+@attrs.frozen
+class GroupRule:
+    """Symbols matching ``symbols`` (fnmatch patterns) on ``venues`` (all if empty) belong to
+    ``group``."""
+
+    group: str = attrs.field(validator=_check_group)
+    symbols: list[str] = attrs.field(factory=lambda: ["*"], validator=non_empty())
+    venues: list[str] = attrs.field(factory=list)
+
+
+@attrs.frozen
+class ShardConfig:
+    prefix: str = attrs.field(default="xy.md.tick", validator=subject_pattern())
+    #: Shards per group unless ``group_shards`` says otherwise.
+    shards: int = attrs.field(default=1, validator=in_range(1, 256))
+    group_shards: dict[str, int] = attrs.field(factory=dict)
+    default_group: str = attrs.field(default="default", validator=_check_group)
+    rules: list[GroupRule] = attrs.field(factory=list)
+    #: Let reference contracts choose the group (they win over the rules).
+    use_contracts: bool = True
+
+    def __attrs_post_init__(self) -> None:
+        for group, n in self.group_shards.items():
+            if not is_token(group):
+                raise Invalid("group_shards", "expected group names made of letters, digits, "
+                              "'_' or '-'", group)
+            if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= 256:
+                raise Invalid(f"group_shards.{group}", "expected an integer 1..256", n)
+
+
+class Router:
+    """The sans-I/O core: symbol -> Route, learning groups from contracts."""
+
+    def __init__(self, cfg: ShardConfig) -> None:
+        self.cfg = cfg
+        self._routes: dict[str, Route] = {}
+        self._shared: dict[tuple[str, int], Route] = {}
+        self._group_of: dict[str, str] = {}
+
+    def shards_of(self, group: str) -> int:
+        return self.cfg.group_shards.get(group, self.cfg.shards)
+
+    def _by_rules(self, key: str) -> str:
+        venue, _, symbol = key.partition(".")
+        for rule in self.cfg.rules:
+            if rule.venues and venue not in rule.venues:
+                continue
+            if any(fnmatch.fnmatchcase(symbol, p) for p in rule.symbols):
+                return rule.group
+        return self.cfg.default_group
+
+    def learn(self, key: str, group: str) -> None:
+        if self._group_of.get(key) != group:
+            self._group_of[key] = group
+            self._routes.pop(key, None)
+
+    def route(self, key: str) -> Route:
+        r = self._routes.get(key)
+        if r is not None:
+            return r
+        group = self._group_of.get(key) or self._by_rules(key)
+        shards = self.shards_of(group)
+        shard = zlib.crc32(key.encode()) % shards if shards > 1 else 0
+        r = self._shared.get((group, shard))
+        if r is None:
+            r = self._shared[(group, shard)] = Route(
+                group, shard, shards, delta_subject(self.cfg.prefix, group, shard, shards))
+        self._routes[key] = r
+        return r
+
+
+class Shard(Stage):
+    """Map each symbol to its group and shard; set the delta subject."""
+
+    Config = ShardConfig
+
+    async def run(self) -> None:
+        router = Router(self.config)
+        use_contracts = self.config.use_contracts
+        routes = router._routes
+        route_of = router.route
+        send = self.outbox.send
+        async for item in self.inbox:
+            if isinstance(item, Restore):
+                for snap in item.snapshots:
+                    for s in snap.symbols:
+                        router.learn(f"{s.venue}.{s.symbol}", snap.group)
+                await send(item)
+                continue
+            for rec in item.recs:
+                if type(rec) is TickRec:
+                    r = routes.get(rec.key)
+                    rec.route = r if r is not None else route_of(rec.key)
+                elif type(rec) is ContractRec:
+                    if use_contracts and rec.contract.group:
+                        router.learn(rec.key, rec.contract.group)
+                    rec.route = route_of(rec.key)
+            await send(item if isinstance(item, Batch) else Batch(list(item), 0))
