@@ -1,0 +1,451 @@
+"""Gateway fan-out benchmark: N browser connections, each subscribed to 5 groups at 30 deltas/s.
+
+Three processes, as in production: the gateway (``xypipe run`` on a generated config, one core),
+the clients (one process of N WebSocket connections driven with wsproto), and this script, which
+runs nats-server and a publisher emitting 5 groups x 30 deltas/s (valid ``Delta``
+protos: 4 symbols, 5 levels a side, ~0.6 KB) plus a snapshot per group every 2 s.
+
+For each N it measures over ``--seconds``:
+
+- frames/s delivered (all clients together) and the ideal (N x 30: one frame per connection per
+  flush tick carrying that tick's 5 deltas), and deltas/s delivered (ideal N x 150);
+- gateway CPU (its process's user+system time over the window, % of one core);
+- latency p50/p99 from the publisher's ``ts_emit_us`` (just before the NATS publish) to the
+  client holding the frame, sampled on every 10th frame of every client: NATS → gateway →
+  socket → client process. Both ends share this machine's clock.
+
+    python bench/fanout.py                         # 100, 500, 1000 clients, 3 runs each
+    python bench/fanout.py --clients 100 --runs 1 --seconds 5
+Writes bench/results/fanout.{json,md}; the tables quote medians of the runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from xypipe._errors import BridgeError
+
+SCRIPT = Path(__file__).resolve()
+HERE = SCRIPT.parent
+REPO = HERE.parent
+RESULTS = HERE / "results"
+GROUPS = [f"g{i}" for i in range(5)]
+RATE_HZ = 30
+SAMPLE_EVERY = 10
+_PORT = [0]
+
+
+# --------------------------------------------------------------------------- the client process
+
+
+async def _client(port: int, token: str, stats: dict[str, Any], ready: trio.Event,
+                  connected: list[int], total: int, stop: trio.Event, slow: bool = False) -> None:
+    from wsproto import ConnectionType, WSConnection
+    from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, Ping, Request
+
+    from xypipe.contracts import ClientFrame, GroupRef, Hello, ServerFrame, Subscribe
+
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    ws = WSConnection(ConnectionType.CLIENT)
+    await stream.send_all(ws.send(Request(host="127.0.0.1", target="/ws")))
+    accepted = False
+    while not accepted:
+        ws.receive_data(await stream.receive_some(65536))
+        accepted = any(isinstance(e, AcceptConnection) for e in ws.events())
+    from wsproto.events import Message
+
+    hello = ClientFrame(id=1, hello=Hello(token=token, protocol_version=1, client="bench"))
+    sub = ClientFrame(id=2, subscribe=Subscribe(groups=[GroupRef(group=g) for g in GROUPS]))
+    await stream.send_all(ws.send(Message(data=hello.SerializeToString()))
+                          + ws.send(Message(data=sub.SerializeToString())))
+    connected[0] += 1
+    if connected[0] == total:
+        ready.set()
+    buf = bytearray()
+    n = 0
+    last_ping = time.monotonic()
+    lat = stats["lat"]
+    while not stop.is_set():
+        if slow and stats.get("pause_until", 0) > time.monotonic():
+            # The slow reader: not reading at all, so its socket and then its queue fill up.
+            await trio.sleep_until(trio.current_time()
+                                   + stats["pause_until"] - time.monotonic())
+            continue
+        data = await stream.receive_some(65536)
+        if not data:
+            return
+        ws.receive_data(data)
+        now_us = time.time() * 1e6
+        for e in ws.events():
+            if isinstance(e, BytesMessage):
+                buf += e.data
+                if not e.message_finished:
+                    continue
+                n += 1
+                if stats["measuring"]:
+                    stats["frames"] += 1
+                    stats["bytes"] += len(buf)
+                    if slow or n % SAMPLE_EVERY == 0:
+                        f = ServerFrame()
+                        f.ParseFromString(bytes(buf))
+                        stats["deltas_sampled"] += len(f.deltas)
+                        if f.deltas:
+                            lat.append((now_us - min(d.ts_emit_us for d in f.deltas)) / 1000)
+                        if f.HasField("degrade"):
+                            stats["degrades"].append(f.degrade.level)
+                buf.clear()
+            elif isinstance(e, Ping):
+                await stream.send_all(ws.send(e.response()))
+            elif isinstance(e, CloseConnection):
+                return
+        if time.monotonic() - last_ping > 2.0:
+            last_ping = time.monotonic()
+            from xypipe.contracts import Ping as PingMsg
+
+            await stream.send_all(ws.send(Message(
+                data=ClientFrame(ping=PingMsg(nonce=1)).SerializeToString())))
+    await trio.aclose_forcefully(stream)
+
+
+def _new_stats() -> dict[str, Any]:
+    return {"frames": 0, "bytes": 0, "deltas_sampled": 0, "lat": [], "measuring": False,
+            "degrades": []}
+
+
+async def _worker(port: int, token: str, clients: int, seconds: float, slow: int = 0,
+                  slow_pause: float = 0.0) -> dict[str, Any]:
+    stats = _new_stats()
+    slow_stats = _new_stats()
+    ready, stop = trio.Event(), trio.Event()
+    connected = [0]
+    async with trio.open_nursery() as nursery:
+        limiter = trio.CapacityLimiter(50)
+
+        async def one() -> None:
+            async with limiter:
+                pass
+            await _client(port, token, stats, ready, connected, clients, stop)
+
+        for _ in range(clients):
+            nursery.start_soon(one)
+        for _ in range(slow):
+            nursery.start_soon(_client, port, token, slow_stats, trio.Event(), [0], -1, stop,
+                               True)
+        await ready.wait()
+        await trio.sleep(5.0)  # warm-up: snapshots delivered, levels settled at L0
+        print("READY", flush=True)
+        stats["measuring"] = slow_stats["measuring"] = True
+        slow_stats["pause_until"] = time.monotonic() + slow_pause
+        t0 = time.monotonic()
+        await trio.sleep(seconds)
+        stats["measuring"] = slow_stats["measuring"] = False
+        elapsed = time.monotonic() - t0
+        stop.set()
+        nursery.cancel_scope.cancel()
+    lat = sorted(stats["lat"])
+    return {
+        "clients": clients, "seconds": elapsed,
+        "frames_per_s": stats["frames"] / elapsed,
+        "mbytes_per_s": stats["bytes"] / elapsed / 1e6,
+        "deltas_per_frame": stats["deltas_sampled"] / max(1, len(lat)),
+        "lat_p50_ms": _pct(lat, 0.50), "lat_p99_ms": _pct(lat, 0.99),
+        "lat_samples": len(lat),
+        "slow_levels": _squash(slow_stats["degrades"]),
+        "slow_frames": slow_stats["frames"],
+    }
+
+
+def _squash(levels: list[int]) -> list[int]:
+    out: list[int] = []
+    for lvl in levels:
+        if not out or out[-1] != lvl:
+            out.append(lvl)
+    return out
+
+
+def _pct(xs: list[float], q: float) -> float:
+    if not xs:
+        return float("nan")
+    return xs[min(len(xs) - 1, int(q * len(xs)))]
+
+
+# --------------------------------------------------------------------------- the orchestrator
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _gateway_pid(parent: int) -> int:
+    """The process actually serving the gateway (xypipe run may supervise a child)."""
+    children = Path(f"/proc/{parent}/task/{parent}/children")
+    kids = children.read_text().split() if children.exists() else []
+    return int(kids[0]) if kids else parent
+
+
+async def _publish(nc: Any, stop: trio.Event) -> None:
+    from xypipe.contracts import Delta, PriceLevel, Snapshot, SymbolState
+
+    seq = dict.fromkeys(GROUPS, 0)
+    version = dict.fromkeys(GROUPS, 0)
+    js = nc.jetstream()
+    await js.ensure_stream("XY_MD_SNAPSHOT", ["xy.md.snapshot.>"], max_msgs_per_subject=1,
+                           storage="memory")
+
+    def symbols(g: str, now_us: int) -> list[SymbolState]:
+        return [SymbolState(venue="XBEN", symbol=f"{g}-{i}", seq=seq[g], last=10_000 + seq[g],
+                            ts_arrival_us=now_us, vol=seq[g] * 10,
+                            bids=[PriceLevel(price=9_999 - k, size=5) for k in range(5)],
+                            asks=[PriceLevel(price=10_001 + k, size=5) for k in range(5)])
+                for i in range(4)]
+
+    async def snapshots() -> None:
+        now_us = int(time.time() * 1e6)
+        for g in GROUPS:
+            version[g] += 1
+            s = Snapshot(group=g, version=version[g], epoch=1, shard_seq={0: seq[g]}, shards=1,
+                         ts_emit_us=now_us, symbols=symbols(g, now_us))
+            # Core publish: the stream still stores it, and a slow ack cannot stall the cadence.
+            nc.publish_nowait(f"xy.md.snapshot.{g}", s.SerializeToString())
+
+    await snapshots()
+    period = 1 / RATE_HZ
+    next_t = trio.current_time()
+    tick = 0
+    while not stop.is_set():
+        now_us = int(time.time() * 1e6)
+        for g in GROUPS:
+            seq[g] += 1
+            d = Delta(group=g, shard=0, seq=seq[g], epoch=1, ts_emit_us=now_us,
+                      symbols=symbols(g, now_us), window_ms=33)
+            nc.publish_nowait(f"xy.md.tick.{g}", d.SerializeToString())
+        tick += 1
+        if tick % (2 * RATE_HZ) == 0:
+            await snapshots()
+        next_t += period
+        await trio.sleep_until(next_t)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _gateway_config(nats_url: str, port: int, extra: str = "") -> str:
+    return f"""
+[log]
+level = "warning"
+[nats]
+url = "{nats_url}"
+[http]
+port = {port}
+[pipelines.gateway]
+[[pipelines.gateway.stages]]
+use = "nats_source"
+name = "md"
+subjects = ["xy.md.tick.>", "xy.md.snapshot.>"]
+budget = {{ max_items = 4096 }}
+[[pipelines.gateway.stages]]
+use = "gateway"
+name = "gateway"
+public_key = "{REPO / 'configs/dev-keys/gateway-dev.pub.pem'}"
+allowed_origins = ["*"]
+max_connections = 5000
+{extra}
+"""
+
+
+async def _run_worker(port: int, token: str, clients: int, seconds: float,
+                      gw_pid: int, slow: int = 0, slow_pause: float = 0.0) -> dict[str, Any]:
+    proc = await trio.lowlevel.open_process(
+        [sys.executable, str(SCRIPT), "--worker", "--port", str(port),
+         "--token", token, "--clients", str(clients), "--seconds", str(seconds),
+         "--slow", str(slow), "--slow-pause", str(slow_pause)],
+        stdout=subprocess.PIPE, cwd=str(REPO),
+    )
+    assert proc.stdout is not None
+    out = b""
+    cpu0 = t0 = None
+    slow0 = 0.0
+    async with proc.stdout:
+        while True:
+            chunk = await proc.stdout.receive_some(65536)
+            if not chunk:
+                break
+            out += chunk
+            if cpu0 is None and b"READY" in out:
+                cpu0, t0 = _cpu_seconds(gw_pid), time.monotonic()
+                slow0 = _metric_sum(_PORT[0], "backpressure_events_total")
+            if b"RESULT" in out and out.endswith(b"\n"):
+                break
+    cpu1, t1 = _cpu_seconds(gw_pid), time.monotonic()
+    await proc.wait()
+    result = json.loads(out.split(b"RESULT ", 1)[1])
+    assert cpu0 is not None and t0 is not None
+    result["gateway_cpu_pct"] = 100 * (cpu1 - cpu0) / (t1 - t0)
+    # Level changes during the window (connections degraded because the box was saturated).
+    result["level_changes_in_window"] = (
+        _metric_sum(_PORT[0], "backpressure_events_total") - slow0)
+    result["ideal_frames_per_s"] = clients * RATE_HZ
+    return result
+
+
+def _get(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return bytes(r.read())
+
+
+def _metric_sum(port: int, sample: str) -> float:
+    """Sum of every sample named ``sample`` on the gateway's /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    return sum(s.value for fam in text_string_to_metric_families(text) for s in fam.samples
+               if s.name == sample)
+
+
+@asynccontextmanager
+async def _nats_server() -> AsyncIterator[str]:
+    """A nats-server child for the benchmark's lifetime (started directly: see the report on
+    die-with-parent children)."""
+    from xypipe._embedded import find_nats_server
+    from xypipe._nats import connect
+
+    port = _free_port()
+    with tempfile.TemporaryDirectory(prefix="xy-bench-nats-") as data:
+        proc = await trio.lowlevel.open_process(
+            [str(find_nats_server()), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", data],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        url = f"nats://127.0.0.1:{port}"
+        try:
+            for _ in range(100):
+                try:
+                    async with connect(url, connect_timeout=0.2):
+                        break
+                except BridgeError:
+                    await trio.sleep(0.05)  # the server is starting
+            yield url
+        finally:
+            proc.terminate()
+            await proc.wait()
+
+
+async def bench(sizes: list[int], runs: int, seconds: float, extra: str = "",
+                slow: tuple[int, float] | None = None) -> list[dict]:
+    from xypipe._gateway._tokens import load_private_key, mint
+    from xypipe._nats import connect
+
+    key = load_private_key(REPO / "configs/dev-keys/gateway-dev.key.pem")
+    token = mint(key, subject="bench", allow=["xy.md.>"], now=time.time(), ttl_s=3600)
+    results: list[dict] = []
+    async with _nats_server() as url, connect(url) as nc:
+        port = _free_port()
+        _PORT[0] = port
+        with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
+            f.write(_gateway_config(url, port, extra))
+            cfg = f.name
+        gw = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "xypipe", "run", cfg], cwd=str(REPO))
+        try:
+            for _ in range(100):
+                try:
+                    await trio.to_thread.run_sync(_get, f"http://127.0.0.1:{port}/healthz")
+                    break
+                except OSError:
+                    await trio.sleep(0.1)  # the gateway process is starting
+            gw_pid = _gateway_pid(gw.pid)
+            stop = trio.Event()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_publish, nc, stop)
+                for n in sizes:
+                    for r in range(runs):
+                        for nslow, pause in ([(0, 0.0), slow] if slow else [(0, 0.0)]):
+                            res = await _run_worker(port, token, n, seconds, gw_pid, nslow, pause)
+                            res["run"] = r
+                            res["slow"] = nslow
+                            results.append(res)
+                        print(json.dumps(res), flush=True)
+                stop.set()
+        finally:
+            gw.terminate()
+            await gw.wait()
+            os.unlink(cfg)
+    return results
+
+
+def summarize(results: list[dict]) -> list[dict]:
+    rows = []
+    for n in sorted({r["clients"] for r in results}):
+        rs = [r for r in results if r["clients"] == n]
+        med = {k: statistics.median(r[k] for r in rs)
+               for k in ("frames_per_s", "ideal_frames_per_s", "mbytes_per_s", "gateway_cpu_pct",
+                         "lat_p50_ms", "lat_p99_ms", "deltas_per_frame")}
+        med["clients"] = n
+        med["runs"] = len(rs)
+        rows.append(med)
+    return rows
+
+
+def markdown(rows: list[dict], title: str) -> str:
+    lines = [f"# {title}", "",
+             f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python "
+             f"{platform.python_version()}; medians of {rows[0]['runs'] if rows else 0} runs.", "",
+             "| clients | frames/s delivered | ideal | deltas/frame | MB/s | gateway CPU % "
+             "| latency p50 ms | p99 ms |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(
+            f"| {r['clients']} | {r['frames_per_s']:.0f} | {r['ideal_frames_per_s']:.0f} | "
+            f"{r['deltas_per_frame']:.1f} | {r['mbytes_per_s']:.1f} | "
+            f"{r['gateway_cpu_pct']:.0f} | {r['lat_p50_ms']:.1f} | {r['lat_p99_ms']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--clients", type=int, nargs="*", default=[100, 500, 1000])
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--seconds", type=float, default=8.0)
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--token", help=argparse.SUPPRESS)
+    p.add_argument("--slow", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--slow-pause", type=float, default=0.0, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        res = trio.run(_worker, args.port, args.token, args.clients[0], args.seconds, args.slow,
+                       args.slow_pause)
+        print("RESULT " + json.dumps(res), flush=True)
+        return
+    results = trio.run(bench, args.clients, args.runs, args.seconds)
+    rows = summarize(results)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "fanout.json").write_text(json.dumps({"runs": results, "medians": rows},
+                                                    indent=2))
+    md = markdown(rows, "Gateway fan-out: 5 groups x 30 deltas/s per client")
+    (RESULTS / "fanout.md").write_text(md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()

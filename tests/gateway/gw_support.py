@@ -1,0 +1,351 @@
+"""Shared helpers for the gateway tests: keys, tokens, a tiny aggregator, a browser-like client."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import time
+import zlib
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import trio
+import trio_websocket
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+import xypipe
+from xypipe._gateway._tokens import DEV_AUDIENCE, DEV_ISSUER, mint
+from xypipe._log import JsonFormatter
+from xypipe.contracts import (
+    ClientFrame,
+    Delta,
+    Hello,
+    PriceLevel,
+    ServerFrame,
+    Snapshot,
+    SymbolState,
+)
+
+SNAPSHOT_STREAM = "XY_MD_SNAPSHOT"
+
+
+# --------------------------------------------------------------------------- keys and tokens
+
+
+def new_key(kind: str = "ed25519") -> Any:
+    if kind == "ed25519":
+        return ed25519.Ed25519PrivateKey.generate()
+    if kind == "es256":
+        return ec.generate_private_key(ec.SECP256R1())
+    if kind == "rs256":
+        return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    raise ValueError(kind)
+
+
+def public_pem(key: Any) -> bytes:
+    return key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+class Keys:
+    """A keypair whose public half is a file the gateway reads."""
+
+    def __init__(self, tmp: Path, kind: str = "ed25519") -> None:
+        self.private = new_key(kind)
+        self.public_path = tmp / f"gateway-{kind}.pub.pem"
+        self.public_path.write_bytes(public_pem(self.private))
+
+    def token(self, subject: str = "alice", allow: Sequence[str] = ("xy.md.>",), *,
+              ttl_s: float = 300, roles: Sequence[str] = (), now: float | None = None,
+              **kw: Any) -> str:
+        return mint(self.private, subject=subject, allow=allow,
+                    now=time.time() if now is None else now, ttl_s=ttl_s, roles=roles, **kw)
+
+
+# --------------------------------------------------------------------------- the gateway
+
+
+def gateway_config(nats_url: str, keys: Keys, **options: Any) -> xypipe.AppConfig:
+    gw: dict[str, Any] = {
+        "use": "gateway", "name": "gateway", "public_key": str(keys.public_path),
+        "allowed_origins": ["*"], "issuer": DEV_ISSUER, "audience": DEV_AUDIENCE,
+        "snapshot_stream": SNAPSHOT_STREAM,
+    }
+    gw.update(options)
+    return xypipe.parse_config({
+        "nats": {"url": nats_url},
+        "http": {"port": 0},
+        "pipelines": {"gateway": {"stages": [
+            {"use": "nats_source", "name": "md",
+             "subjects": ["xy.md.tick.>", "xy.md.snapshot.>"]},
+            gw,
+        ]}},
+    }, "gateway-test.toml")
+
+
+@asynccontextmanager
+async def running_gateway(nats_url: str, keys: Keys, **options: Any
+                          ) -> AsyncIterator[xypipe.Runner]:
+    runner = xypipe.Runner(gateway_config(nats_url, keys, **options))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(runner.run)
+        with trio.fail_after(10):
+            for s in runner.pipelines[0].stages:
+                await s.ctx.wait_ready()
+        yield runner
+        runner.stop()
+
+
+def server_of(runner: xypipe.Runner) -> Any:
+    return runner.resources["gateway.servers"][-1]
+
+
+# --------------------------------------------------------------------------- a tiny aggregator
+
+
+def _checksum(s: SymbolState) -> int:
+    return zlib.crc32(f"{s.venue}:{s.symbol}:{s.last}:{s.vol}".encode())
+
+
+class FakeAggregator:
+    """Publishes valid deltas and snapshots for some groups, the way the aggregator does."""
+
+    def __init__(self, nc: Any, groups: Sequence[str], *, symbols: int = 3, epoch: int = 7,
+                 depth: int = 5) -> None:
+        self.nc = nc
+        self.groups = list(groups)
+        self.epoch = epoch
+        self.depth = depth
+        self.seq = {g: 0 for g in groups}
+        self.version = {g: 0 for g in groups}
+        self.state: dict[str, dict[str, SymbolState]] = {
+            g: {f"S{i}": SymbolState(venue="XTST", symbol=f"{g}-S{i}", last=1000 + i)
+                for i in range(symbols)} for g in groups
+        }
+
+    async def setup(self) -> None:
+        await self.nc.jetstream().ensure_stream(
+            SNAPSHOT_STREAM, ["xy.md.snapshot.>"], max_msgs_per_subject=1, storage="file")
+
+    def _step(self, group: str) -> Delta:
+        self.seq[group] += 1
+        seq = self.seq[group]
+        now_us = int(time.time() * 1e6)
+        changed = []
+        for i, s in enumerate(self.state[group].values()):
+            if (seq + i) % 2 == 0 and i:
+                continue
+            s.last += 1
+            s.vol += 10
+            s.seq = seq
+            s.ts_arrival_us = now_us
+            del s.bids[:]
+            del s.asks[:]
+            s.bids.extend(PriceLevel(price=s.last - k - 1, size=10 + k) for k in range(self.depth))
+            s.asks.extend(PriceLevel(price=s.last + k + 1, size=10 + k) for k in range(self.depth))
+            s.window_trades = 1
+            s.window_volume = 10
+            s.window_high = s.last
+            s.window_low = s.last
+            s.window_ticks = 1
+            s.checksum = _checksum(s)
+            c = SymbolState()
+            c.CopyFrom(s)
+            changed.append(c)
+        return Delta(group=group, shard=0, seq=seq, epoch=self.epoch, ts_emit_us=now_us,
+                     symbols=changed, window_ms=33)
+
+    def delta_bytes(self, group: str) -> bytes:
+        return self._step(group).SerializeToString()
+
+    async def publish_deltas(self, n: int = 1, groups: Sequence[str] | None = None) -> None:
+        for _ in range(n):
+            for g in groups or self.groups:
+                self.nc.publish_nowait(f"xy.md.tick.{g}", self.delta_bytes(g))
+        await self.nc.flush()
+
+    def snapshot(self, group: str) -> Snapshot:
+        self.version[group] += 1
+        return Snapshot(
+            group=group, version=self.version[group], epoch=self.epoch,
+            shard_seq={0: self.seq[group]}, shards=1, ts_emit_us=int(time.time() * 1e6),
+            symbols=list(self.state[group].values()), window_ms=33,
+        )
+
+    async def publish_snapshots(self, groups: Sequence[str] | None = None) -> None:
+        js = self.nc.jetstream()
+        for g in groups or self.groups:
+            await js.publish(f"xy.md.snapshot.{g}", self.snapshot(g).SerializeToString())
+        await self.nc.flush()
+
+
+# --------------------------------------------------------------------------- a client
+
+
+class Client:
+    """A browser stand-in on trio-websocket that checks every stream's continuity."""
+
+    def __init__(self, ws: trio_websocket.WebSocketConnection) -> None:
+        self.ws = ws
+        self.frames: list[ServerFrame] = []
+        self.errors: list[Any] = []
+        self.degrades: list[Any] = []
+        self.last: dict[tuple[str, int], tuple[int, int]] = {}  # (group, shard) -> (epoch, seq)
+        self.snapshots: dict[str, int] = {}
+        self.deltas = 0
+        self.next_id = 1
+
+    async def send(self, **fields: Any) -> int:
+        fid = self.next_id
+        self.next_id += 1
+        await self.ws.send_message(ClientFrame(id=fid, **fields).SerializeToString())
+        return fid
+
+    async def hello(self, token: str, **kw: Any) -> ServerFrame:
+        await self.send(hello=Hello(token=token, protocol_version=1, client="test", **kw))
+        return await self.recv()
+
+    async def recv(self) -> ServerFrame:
+        data = await self.ws.get_message()
+        assert isinstance(data, bytes), f"expected a binary frame, got {data!r}"
+        f = ServerFrame()
+        f.ParseFromString(data)
+        self._check(f)
+        self.frames.append(f)
+        return f
+
+    async def recv_until(self, pred: Any, limit_s: float = 10) -> ServerFrame:
+        with trio.fail_after(limit_s):
+            while True:
+                f = await self.recv()
+                if pred(f):
+                    return f
+
+    def _check(self, f: ServerFrame) -> None:
+        if f.HasField("error"):
+            self.errors.append(f.error)
+        if f.HasField("degrade"):
+            self.degrades.append(f.degrade)
+        for s in f.snapshots:
+            self.snapshots[s.group] = s.version
+            for shard, seq in s.shard_seq.items():
+                self.last[(s.group, shard)] = (s.epoch, seq)
+        for d in f.deltas:
+            key = (d.group, d.shard)
+            first = d.first_seq or d.seq
+            assert key in self.last, f"delta {d.group}/{d.shard} #{d.seq} before any snapshot"
+            epoch, seq = self.last[key]
+            assert d.epoch == epoch and first == seq + 1, (
+                f"{d.group}/{d.shard}: expected #{seq + 1} of epoch {epoch}, got "
+                f"#{first}..{d.seq} of epoch {d.epoch}"
+            )
+            self.last[key] = (d.epoch, d.seq)
+            self.deltas += 1
+
+    def resume_points(self) -> list[Any]:
+        from xypipe.contracts import ResumePoint
+
+        return [ResumePoint(group=g, shard=s, epoch=e, seq=q)
+                for (g, s), (e, q) in self.last.items()]
+
+
+@asynccontextmanager
+async def ws_client(port: int, *, origin: str | None = None, path: str = "/ws",
+                    **kw: Any) -> AsyncIterator[Client]:
+    """A trio-websocket client on a TCP stream this helper owns and always closes (trio-websocket
+    leaves the socket to the garbage collector when the server closes first)."""
+    headers = [(b"origin", origin.encode())] if origin else None
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    try:
+        async with _unwrapped(), trio.open_nursery() as nursery:
+            ws = await trio_websocket.wrap_client_stream(
+                nursery, stream, "127.0.0.1", path, extra_headers=headers,
+                max_message_size=16 << 20, **kw,
+            )
+            try:
+                yield Client(ws)
+            finally:
+                with trio.CancelScope(shield=True), trio.move_on_after(2):
+                    await ws.aclose()
+                nursery.cancel_scope.cancel()
+    finally:
+        await trio.aclose_forcefully(stream)
+
+
+@asynccontextmanager
+async def _unwrapped() -> AsyncIterator[None]:
+    """Let a lone error out of the client's nursery as itself (so pytest.raises sees it)."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) == 1 and not isinstance(group.exceptions[0], BaseExceptionGroup):
+            raise group.exceptions[0] from None
+        raise
+
+
+def http_port(runner: xypipe.Runner) -> int:
+    assert runner.http is not None
+    return int(runner.http.port)
+
+
+# --------------------------------------------------------------------------- logs
+
+
+class JsonLogCapture:
+    """The JSON lines the xypipe loggers write, parsed."""
+
+    def __init__(self) -> None:
+        self.stream = io.StringIO()
+        self.handler = logging.StreamHandler(self.stream)
+        self.handler.setFormatter(JsonFormatter())
+
+    def lines(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.stream.getvalue().splitlines() if line]
+
+    def find(self, **match: Any) -> list[dict[str, Any]]:
+        return [d for d in self.lines() if all(d.get(k) == v for k, v in match.items())]
+
+
+# --------------------------------------------------------------------------- forged tokens
+
+
+def _b64(data: bytes) -> str:
+    import base64
+
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def forge(header: dict[str, Any], claims: dict[str, Any], secret: bytes | None = None) -> str:
+    """A token an attacker could write: unsigned (alg none) or HMAC-signed with ``secret``."""
+    import hashlib
+    import hmac
+
+    signing_input = f"{_b64(json.dumps(header).encode())}.{_b64(json.dumps(claims).encode())}"
+    if secret is None:
+        return signing_input + "."
+    sig = hmac.new(secret, signing_input.encode(), hashlib.sha256).digest()
+    return f"{signing_input}.{_b64(sig)}"
+
+
+def claims(subject: str = "mallory", allow: Sequence[str] = ("xy.md.>",), ttl_s: float = 300,
+           **kw: Any) -> dict[str, Any]:
+    now = int(time.time())
+    doc = {"sub": subject, "iss": DEV_ISSUER, "aud": DEV_AUDIENCE, "iat": now, "nbf": now,
+           "exp": now + int(ttl_s), "allow": list(allow), "roles": ["admin"]}
+    doc.update(kw)
+    return doc
+
+
+async def expect_close(c: Client, limit_s: float = 10) -> int:
+    """Read until the server closes; returns the close code."""
+    with trio.fail_after(limit_s):
+        while True:
+            try:
+                await c.recv()
+            except trio_websocket.ConnectionClosed as exc:
+                return int(exc.reason.code)

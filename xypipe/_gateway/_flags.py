@@ -1,0 +1,101 @@
+"""Admin feature flags: validation, the store (a JetStream KV bucket), and their meaning.
+
+Flags are health and rollout switches, never on the trading path. Each flag is one key in the
+bucket holding a ``FeatureFlag`` (JSON value, who, when); every gateway instance watches the
+bucket, so a change made through any instance applies everywhere, live. The bucket keeps a few
+revisions per key, so the store itself also remembers old values.
+
+Known flags:
+
+``gateway.force_level``
+    ``null`` or an integer 0..3: pin every connection's degradation level (``null`` hands the
+    level back to each connection's send-queue pressure).
+``gateway.disabled_groups``
+    a list of group names: those groups stop flowing to every connection (they are reported as
+    paused in a ``DegradeChange``) and resync from a snapshot when re-enabled.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+
+from xypipe.contracts import FeatureFlag
+
+FORCE_LEVEL = "gateway.force_level"
+DISABLED_GROUPS = "gateway.disabled_groups"
+
+_GROUP_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class FlagError(ValueError):
+    """A flag change is invalid; the message says which flag and what was expected."""
+
+
+def _check_force_level(value: Any) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 3:
+        raise FlagError(f"{FORCE_LEVEL}: expected null or an integer 0..3, got {json.dumps(value)}")
+    return value
+
+
+def _check_groups(value: Any) -> Any:
+    if not isinstance(value, list) or not all(
+        isinstance(g, str) and _GROUP_RE.match(g) for g in value
+    ):
+        raise FlagError(
+            f"{DISABLED_GROUPS}: expected a list of group names (A-Z a-z 0-9 _ -), got "
+            f"{json.dumps(value)}"
+        )
+    return sorted(set(value))
+
+
+KNOWN: dict[str, tuple[Callable[[Any], Any], Any]] = {
+    FORCE_LEVEL: (_check_force_level, None),
+    DISABLED_GROUPS: (_check_groups, []),
+}
+
+
+def validate(name: str, value: Any) -> Any:
+    known = KNOWN.get(name)
+    if known is None:
+        raise FlagError(f"unknown flag {name!r}: expected one of {', '.join(sorted(KNOWN))}")
+    return known[0](value)
+
+
+@attrs.frozen
+class FlagValue:
+    name: str
+    value: Any
+    updated_by: str = ""
+    updated_at_us: int = 0
+    revision: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "value": self.value, "updated_by": self.updated_by,
+                "updated_at_us": self.updated_at_us, "revision": self.revision}
+
+    def encode(self) -> bytes:
+        return FeatureFlag(
+            name=self.name, value_json=json.dumps(self.value), updated_by=self.updated_by,
+            updated_at_us=self.updated_at_us,
+        ).SerializeToString()
+
+    @classmethod
+    def decode(cls, data: bytes, revision: int = 0) -> FlagValue:
+        f = FeatureFlag()
+        f.ParseFromString(data)
+        try:
+            value = json.loads(f.value_json) if f.value_json else None
+        except json.JSONDecodeError as exc:
+            raise FlagError(f"flag {f.name!r}: stored value is not JSON ({exc})") from None
+        return cls(f.name, validate(f.name, value), f.updated_by, f.updated_at_us, revision)
+
+
+def defaults() -> dict[str, FlagValue]:
+    return {name: FlagValue(name, default) for name, (_, default) in KNOWN.items()}

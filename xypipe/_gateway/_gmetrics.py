@@ -1,0 +1,65 @@
+"""The gateway's metrics (names and meanings in docs/observability/field-dictionary.md)."""
+
+from __future__ import annotations
+
+from xypipe._metrics import Metrics
+
+#: Render latency as browsers report it spans more than the server-side buckets.
+RENDER_BUCKETS = (0.005, 0.01, 0.0167, 0.025, 0.033, 0.05, 0.075, 0.1, 0.12, 0.15, 0.18, 0.25,
+                  0.5, 1.0, 2.5, 5.0)
+
+
+class GatewayMetrics:
+    def __init__(self, m: Metrics) -> None:
+        self.ws_active = m.gauge("ws_active", "Open browser WebSocket connections")
+        self.ws_msgs = m.rate(
+            "ws_msgs_rate", "Deltas and snapshots forwarded to browsers per second",
+            "xy_ws_messages_forwarded",
+        )
+        self.frames = m.counter("ws_frames_sent", "WebSocket frames sent to browsers")
+        self.bytes_out = m.counter("ws_bytes_sent", "Bytes written to browser sockets")
+        self.slow_consumers = m.gauge(
+            "slow_consumers", "Browser connections currently degraded (level L1 or higher)"
+        )
+        self.by_level = m.gauge(
+            "ws_connections_by_level", "Open browser connections per degradation level", ["level"]
+        )
+        # Same name, labels and doc as the runner's, so either may create it first.
+        self.backpressure = m.counter(
+            "backpressure_events",
+            "Degradation level transitions (pipeline budgets or gateway connections)",
+            ["scope", "direction", "level"],
+        )
+        self.nats_req = m.histogram(
+            "nats_req_latency", "Latency of the gateway's NATS requests (seconds)", ["op"]
+        )
+        self.acl_denied = m.counter(
+            "acl_denied", "Subscriptions refused by the subject ACL", ["action"]
+        )
+        self.auth = m.counter("ws_auth", "Authentication attempts by outcome", ["outcome"])
+        self.protocol_errors = m.counter(
+            "ws_protocol_errors", "Error frames sent to browsers, by error code", ["code"]
+        )
+        self.connections = m.counter(
+            "ws_connections", "WebSocket upgrade attempts by outcome", ["outcome"]
+        )
+        self.closes = m.counter("ws_closes", "Connections closed, by close code", ["code"])
+        self.e2e = m.histogram(
+            "e2e_latency_seconds",
+            "End-to-end latency from the tick's arrival at the aggregator: to the gateway's "
+            "send (point=gateway_send) and to the browser's render (point=client_render)",
+            ["point"], buckets=RENDER_BUCKETS,
+        )
+        self.bad_input = m.counter(
+            "gateway_bad_messages", "Aggregator messages the gateway could not use", ["reason"]
+        )
+        self.resumes = m.counter("ws_resumes", "Resume requests by outcome", ["outcome"])
+        self.resyncs = m.counter(
+            "ws_resyncs", "Subscriptions resent from a snapshot (gap, epoch, pause, request)"
+        )
+        self.client_mismatch = m.counter(
+            "client_checksum_mismatches", "Checksum mismatches reported by browsers"
+        )
+        self.flag_changes = m.counter(
+            "feature_flag_changes", "Feature-flag changes through the admin API", ["outcome"]
+        )

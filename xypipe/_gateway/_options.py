@@ -1,0 +1,79 @@
+"""The gateway stage's options (the ``[[pipelines.*.stages]]`` table with ``use = "gateway"``)."""
+
+from __future__ import annotations
+
+import attrs
+
+from xypipe._degrade import DegradePolicy
+from xypipe._validate import Invalid, in_range, non_empty
+
+
+def _default_degrade() -> DegradePolicy:
+    return DegradePolicy(enter=(0.5, 0.75, 0.9), leave=(0.25, 0.5, 0.7), dwell_ms=2000,
+                         sample_ms=100)
+
+
+@attrs.frozen
+class GatewayOptions:
+    #: PEM public key (Ed25519, EC P-256 or RSA ≥ 2048) that verifies browser tokens.
+    public_key: str = attrs.field(validator=non_empty())
+    #: Origins allowed to open a socket (exact ``scheme://host[:port]``); ``["*"]`` only in dev.
+    allowed_origins: list[str] = attrs.field(validator=non_empty())
+    issuer: str = attrs.field(default="xypipe-dev", validator=non_empty())
+    audience: str = attrs.field(default="xypipe-gateway", validator=non_empty())
+    leeway_s: float = attrs.field(default=5.0, validator=in_range(0.0, 300.0))
+    #: Longest token lifetime (exp - iat) accepted; tokens must be short-lived.
+    max_token_lifetime_s: float = attrs.field(default=3600.0, validator=in_range(1.0, 86400.0))
+    #: URL path of the WebSocket endpoint.
+    path: str = "/ws"
+    hello_timeout_ms: int = attrs.field(default=5000, validator=in_range(10, 120_000))
+    heartbeat_ms: int = attrs.field(default=5000, validator=in_range(10, 600_000))
+    heartbeat_timeout_ms: int = attrs.field(default=15000, validator=in_range(20, 1_800_000))
+    max_frame_bytes: int = attrs.field(default=65536, validator=in_range(256, 16 * 1024 * 1024))
+    rate_per_s: float = attrs.field(default=50.0, validator=in_range(0.1, 100_000.0))
+    burst: int = attrs.field(default=100, validator=in_range(1, 100_000))
+    max_bad_frames: int = attrs.field(default=10, validator=in_range(0, 1_000_000))
+    max_groups: int = attrs.field(default=64, validator=in_range(1, 100_000))
+    max_connections: int = attrs.field(default=10_000, validator=in_range(1, 1_000_000))
+    #: Per-connection send-queue budget: bytes not yet written and age of the oldest.
+    queue_max_bytes: int = attrs.field(default=1 << 20, validator=in_range(1024, 1 << 34))
+    queue_max_age_ms: int = attrs.field(default=1000, validator=in_range(1, 600_000))
+    degrade: DegradePolicy = attrs.field(factory=_default_degrade)
+    #: Pause between frames at L0..L3 (longer pauses at higher levels: fewer, fuller frames).
+    level_interval_ms: list[int] = attrs.field(factory=lambda: [0, 100, 250, 500])
+    #: At L3, pressure at or above ``close_pressure`` for ``close_after_ms`` closes (4010).
+    close_pressure: float = attrs.field(default=1.0, validator=in_range(0.01, 1000.0))
+    close_after_ms: int = attrs.field(default=5000, validator=in_range(1, 600_000))
+    #: Groups that keep flowing at L3 (fnmatch patterns).
+    priority_groups: list[str] = attrs.field(factory=list)
+    #: Deltas kept per (group, shard) for resume and for bridging snapshots.
+    history: int = attrs.field(default=256, validator=in_range(2, 100_000))
+    snapshot_stream: str = attrs.field(default="XY_MD_SNAPSHOT", validator=non_empty())
+    tick_prefix: str = "xy.md.tick"
+    snapshot_prefix: str = "xy.md.snapshot"
+    flags_bucket: str = attrs.field(default="xy_feature_flags", validator=non_empty())
+    admin_role: str = attrs.field(default="admin", validator=non_empty())
+    #: SO_SNDBUF for browser sockets (bytes); bounds what the kernel holds for a slow reader
+    #: so the gateway's own queue, which it can degrade, sees the backlog. None = OS default.
+    send_buffer_bytes: int | None = attrs.field(default=None, validator=in_range(4096, 1 << 30))
+    close_grace_ms: int = attrs.field(default=1000, validator=in_range(1, 60_000))
+    nats_timeout_ms: int = attrs.field(default=2000, validator=in_range(1, 60_000))
+
+    def __attrs_post_init__(self) -> None:
+        if self.heartbeat_timeout_ms <= self.heartbeat_ms:
+            raise Invalid("heartbeat_timeout_ms",
+                          f"expected more than heartbeat_ms ({self.heartbeat_ms})",
+                          self.heartbeat_timeout_ms)
+        if len(self.level_interval_ms) != 4 or not all(
+            isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 60_000
+            for v in self.level_interval_ms
+        ):
+            raise Invalid("level_interval_ms", "expected 4 integers 0..60000 (L0..L3)",
+                          self.level_interval_ms)
+        for origin in self.allowed_origins:
+            if origin != "*" and "://" not in origin:
+                raise Invalid("allowed_origins",
+                              'expected "*" or origins like "https://app.example.com"',
+                              self.allowed_origins)
+        if not self.path.startswith("/"):
+            raise Invalid("path", 'expected a URL path like "/ws"', self.path)

@@ -1,0 +1,438 @@
+"""The gateway's Trio shell: accepts sockets, feeds the hub, samples pressure, serves admin.
+
+:class:`GatewayServer` is created by the ``gateway`` stage. It owns the hub (fan-out core), the
+set of live connections, the snapshot fetches (JetStream direct get on a cache miss), the
+feature flags (JetStream KV, watched live) and the ``/admin/feature-flags`` route.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from xypipe._degrade import Level, Pressure, Transition
+from xypipe._errors import AuthError, BridgeError
+from xypipe._gateway._auth import TokenVerifier
+from xypipe._gateway._conn import Connection
+from xypipe._gateway._flags import (
+    DISABLED_GROUPS,
+    FORCE_LEVEL,
+    FlagError,
+    FlagValue,
+    defaults,
+    validate,
+)
+from xypipe._gateway._gmetrics import GatewayMetrics
+from xypipe._gateway._hub import BadMessage, Built, Hub
+from xypipe._gateway._options import GatewayOptions
+from xypipe._gateway._session import (
+    CLOSE_GOING_AWAY,
+    Audit,
+    Session,
+    SessionPolicy,
+)
+from xypipe._http import Request, Response
+from xypipe._log import Logger, get_logger
+from xypipe._metrics import Metrics
+from xypipe.contracts import ClientMetrics, Error, ErrorCode, ServerFrame
+
+_ids = itertools.count(1)
+
+
+class GatewayServer:
+    def __init__(
+        self,
+        options: GatewayOptions,
+        metrics: Metrics,
+        log: Logger,
+        *,
+        nats: Any = None,
+        scope: str = "gateway",
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.options = options
+        self.metrics = GatewayMetrics(metrics)
+        self.log = log
+        self.audit = get_logger("audit", component="gateway")
+        self.nats = nats
+        self.scope = scope
+        self.wall = wall
+        self.verifier = TokenVerifier.from_file(
+            options.public_key, issuer=options.issuer, audience=options.audience,
+            leeway_s=options.leeway_s, max_lifetime_s=options.max_token_lifetime_s,
+        )
+        self.policy = SessionPolicy(
+            hello_timeout_s=options.hello_timeout_ms / 1000,
+            heartbeat_ms=options.heartbeat_ms,
+            heartbeat_timeout_ms=options.heartbeat_timeout_ms,
+            max_frame_bytes=options.max_frame_bytes,
+            rate_per_s=options.rate_per_s,
+            burst=options.burst,
+            max_bad_frames=options.max_bad_frames,
+            max_groups=options.max_groups,
+            degrade=options.degrade,
+            close_pressure=options.close_pressure,
+            close_after_ms=options.close_after_ms,
+            priority_groups=tuple(options.priority_groups),
+        )
+        self.hub = Hub(history=options.history, tick_prefix=options.tick_prefix,
+                       snapshot_prefix=options.snapshot_prefix)
+        self.connections: dict[int, Connection] = {}
+        self.flags: dict[str, FlagValue] = defaults()
+        self._flags_version = 0
+        self._conn_flags: dict[int, int] = {}
+        self._fetching: set[str] = set()
+        self._nursery: trio.Nursery | None = None
+        self._kv: Any = None
+        self._accepting = True
+        self._drained = trio.Event()
+        self._level_counts = [0, 0, 0, 0]
+        for lvl in range(4):
+            self.metrics.by_level.labels(f"L{lvl}").set(0)
+        self.metrics.slow_consumers.set(0)
+        self.metrics.ws_active.set(0)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def run(self, inbox: Any, http: Any, *,
+                  task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve until ``inbox`` ends (the pipeline is stopping), then close every socket."""
+        if "*" in self.options.allowed_origins:
+            self.log.warning("any Origin may connect (allowed_origins = [\"*\"]): dev only",
+                             code="XY-WS-001")
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            if self.nats is not None:
+                await nursery.start(self._watch_flags)
+            if http is not None:
+                http.set_upgrade_handler(self.handle_upgrade)
+                http.route("/admin/feature-flags", self.admin_flags, methods=("GET", "PUT"))
+            nursery.start_soon(self._sampler)
+            task_status.started()
+            try:
+                async for batch in inbox:
+                    self.ingest(batch if isinstance(batch, list) else [batch])
+            finally:
+                self._accepting = False
+                with trio.CancelScope(shield=True):
+                    await self._close_all()
+                nursery.cancel_scope.cancel()
+
+    async def _close_all(self) -> None:
+        for conn in list(self.connections.values()):
+            conn.close(CLOSE_GOING_AWAY, "gateway shutting down")
+        with trio.move_on_after(self.options.close_grace_ms / 1000 + 0.5):
+            while self.connections:
+                self._drained = trio.Event()
+                await self._drained.wait()
+
+    # -- NATS input -------------------------------------------------------------------------------
+
+    def ingest(self, batch: list[Any]) -> None:
+        now = trio.current_time()
+        hub = self.hub
+        for msg in batch:
+            kind = hub.classify(msg.subject)
+            try:
+                if kind == "delta":
+                    hub.on_delta(msg.subject, msg.data, now)
+                elif kind == "snapshot":
+                    hub.on_snapshot(msg.subject, msg.data, now)
+                else:
+                    raise BadMessage(msg.subject, "subject is neither a delta nor a snapshot "
+                                                  f"({self.options.tick_prefix}.* / "
+                                                  f"{self.options.snapshot_prefix}.*)")
+            except BadMessage as exc:
+                self.metrics.bad_input.labels(kind).inc()
+                self.log.warning("unusable message from the aggregator", code="XY-GW-001",
+                                 subject=exc.subject, reason=exc.reason)
+
+    def ensure_snapshot(self, group: str) -> None:
+        """Fetch the group's last snapshot by JetStream direct get if the cache has none."""
+        if not self.hub.needs_snapshot(group) or group in self._fetching:
+            return
+        if self.nats is None or self._nursery is None:
+            return
+        self._fetching.add(group)
+        self._nursery.start_soon(self._fetch_snapshot, group)
+
+    async def _fetch_snapshot(self, group: str) -> None:
+        subject = f"{self.options.snapshot_prefix}.{group}"
+        t0 = trio.current_time()
+        try:
+            with trio.fail_after(self.options.nats_timeout_ms / 1000):
+                msg = await self.nats.jetstream().direct_get_last(
+                    self.options.snapshot_stream, subject)
+        except (BridgeError, trio.TooSlowError) as exc:
+            self.metrics.nats_req.labels("direct_get_error").observe(trio.current_time() - t0)
+            self.log.warning("snapshot direct get failed", code=getattr(exc, "code", "XY-GW-002"),
+                             subject=subject, stream=self.options.snapshot_stream,
+                             error=str(exc))
+            msg = None
+            failed = True
+        else:
+            self.metrics.nats_req.labels("direct_get").observe(trio.current_time() - t0)
+            failed = False
+        finally:
+            self._fetching.discard(group)
+        if msg is not None:
+            try:
+                self.hub.on_snapshot(subject, msg.data, trio.current_time())
+            except BadMessage as exc:
+                self.metrics.bad_input.labels("snapshot").inc()
+                self.log.warning("stored snapshot unusable", code="XY-GW-001",
+                                 subject=subject, reason=exc.reason)
+                msg = None
+        if msg is None and self.hub.needs_snapshot(group):
+            why = ("the snapshot store could not be reached" if failed
+                   else "no snapshot stored yet")
+            frame = ServerFrame(error=Error(
+                code=ErrorCode.ERROR_CODE_SNAPSHOT_UNAVAILABLE, group=group,
+                message=f"group {group!r}: {why}; the subscription stays open and the data "
+                        "starts with the next snapshot the aggregator publishes",
+            )).SerializeToString()
+            from xypipe._gateway._hub import ws_binary
+
+            data = ws_binary(frame)
+            for ob in self.hub.subscribers.get(group, set()):
+                ob.push_control(data)
+
+    # -- connections ------------------------------------------------------------------------------
+
+    def origin_allowed(self, origin: str | None) -> bool:
+        allowed = self.options.allowed_origins
+        if "*" in allowed:
+            return True
+        return origin is not None and origin in allowed
+
+    def at_capacity(self) -> bool:
+        return len(self.connections) >= self.options.max_connections
+
+    def new_session(self, peer: str) -> Session:
+        return Session(secrets.token_hex(8), self.verifier, self.policy, trio.current_time(),
+                       peer=peer)
+
+    async def handle_upgrade(self, stream: trio.abc.Stream, request: Request) -> None:
+        if not self._accepting:
+            return
+        conn = Connection(self, stream, next(_ids), request.peer)
+        try:
+            if not await conn.handshake(request.headers.get("origin")):
+                return
+            self.connections[conn.conn_id] = conn
+            self._set_level_count(conn, None, Level.L0)
+            self.metrics.ws_active.set(len(self.connections))
+            try:
+                await conn.run()
+            finally:
+                self.hub.drop(conn.outbox)
+                self.connections.pop(conn.conn_id, None)
+                self._conn_flags.pop(conn.conn_id, None)
+                self._set_level_count(conn, conn.outbox.level, None)
+                self.metrics.ws_active.set(len(self.connections))
+                if not self.connections:
+                    self._drained.set()
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    def _set_level_count(self, conn: Connection, old: Level | None, new: Level | None) -> None:
+        if old is not None:
+            self._level_counts[old] -= 1
+            self.metrics.by_level.labels(f"L{int(old)}").set(self._level_counts[old])
+        if new is not None:
+            self._level_counts[new] += 1
+            self.metrics.by_level.labels(f"L{int(new)}").set(self._level_counts[new])
+        self.metrics.slow_consumers.set(sum(self._level_counts[1:]))
+
+    def level_changed(self, conn: Connection, t: Transition) -> None:
+        self._set_level_count(conn, t.old, t.new)
+        self.metrics.backpressure.labels(f"{self.scope}:connection", t.direction,
+                                         f"L{int(t.new)}").inc()
+        fields = {"old_level": int(t.old), "new_level": int(t.new), "reason": t.reason,
+                  "recovery": t.recovery, "principal": conn._principal()}
+        if t.direction == "up":
+            conn.log.warning("slow consumer: connection level raised", code="XY-WS-010",
+                             **fields)
+        else:
+            conn.log.info("connection level lowered", **fields)
+
+    def sent(self, built: Built) -> None:
+        n = built.deltas + built.snapshots
+        if n:
+            self.metrics.ws_msgs.add(n)
+        if built.oldest_arrival_us:
+            lat = self.wall() - built.oldest_arrival_us / 1e6
+            if lat >= 0:
+                self.metrics.e2e.labels("gateway_send").observe(lat)
+
+    def client_report(self, m: ClientMetrics) -> None:
+        hist = self.metrics.e2e.labels("client_render")
+        for ms in m.render_latency_ms[:1000]:
+            if 0 <= ms < 3_600_000:
+                hist.observe(ms / 1000)
+        if m.checksum_mismatches:
+            self.metrics.client_mismatch.inc(m.checksum_mismatches)
+
+    def audit_line(self, conn: Connection, a: Audit) -> None:
+        fields = {"audit": True, "action": a.action, "outcome": a.outcome,
+                  "session": conn.session.session_id if conn.session else "", **a.fields}
+        if a.action == "auth":
+            self.metrics.auth.labels(a.outcome).inc()
+        if a.outcome == "denied":
+            if a.action in ("subscribe", "resume", "refresh") and "group" in a.fields:
+                self.metrics.acl_denied.labels(a.action).inc()
+                self.audit.warning("subscription denied by ACL", code="XY-ACL-001", **fields)
+            else:
+                self.audit.warning(f"{a.action} denied", code="XY-AUTH-001", **fields)
+        else:
+            self.audit.info(f"{a.action} {a.outcome}", **fields)
+
+    async def _sampler(self) -> None:
+        opts = self.options
+        max_age = opts.queue_max_age_ms / 1000
+        interval = opts.degrade.sample_ms / 1000
+        zero = Pressure(0.0, "send queue empty")
+        while True:
+            await trio.sleep(interval)
+            now = trio.current_time()
+            for conn in list(self.connections.values()):
+                s = conn.session
+                if s is None or not s.is_open:
+                    continue
+                if conn.idle and not conn.outbox.control:
+                    if s.level == Level.L0:
+                        continue
+                    p = zero
+                else:
+                    p = self.hub.pressure(conn.outbox, now, opts.queue_max_bytes, max_age)
+                s.pressure(now, p)
+                conn.apply(s)
+
+    # -- feature flags ----------------------------------------------------------------------------
+
+    def flags_pending(self, conn: Connection) -> bool:
+        return self._conn_flags.get(conn.conn_id, -1) != self._flags_version
+
+    def apply_flags_to(self, conn: Connection) -> None:
+        s = conn.session
+        if s is None or not s.is_open:
+            return
+        self._conn_flags[conn.conn_id] = self._flags_version
+        forced = self.flags[FORCE_LEVEL].value
+        s.force_level(trio.current_time(), None if forced is None else Level(forced))
+        s.set_disabled_groups(frozenset(self.flags[DISABLED_GROUPS].value))
+        conn.apply(s)
+
+    def _flag_changed(self, flag: FlagValue) -> None:
+        old = self.flags.get(flag.name)
+        self.flags[flag.name] = flag
+        self._flags_version += 1
+        self.log.info("feature flag applied", flag=flag.name, value=flag.value,
+                      old=old.value if old else None, updated_by=flag.updated_by,
+                      revision=flag.revision)
+        for conn in list(self.connections.values()):
+            self.apply_flags_to(conn)
+
+    async def _watch_flags(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                           ) -> None:
+        js = self.nats.jetstream(timeout=self.options.nats_timeout_ms / 1000)
+        t0 = trio.current_time()
+        self._kv = await js.kv(self.options.flags_bucket, history=16)
+        self.metrics.nats_req.labels("kv_open").observe(trio.current_time() - t0)
+        async with self._kv.watch(">") as watch:
+            task_status.started()
+            async for entry in watch:
+                if entry.op != "PUT":
+                    name = entry.key
+                    if name in self.flags:
+                        self._flag_changed(defaults()[name])
+                    continue
+                try:
+                    flag = FlagValue.decode(entry.value, entry.revision)
+                except (FlagError, ValueError) as exc:
+                    self.metrics.bad_input.labels("feature_flag").inc()
+                    self.log.warning("unusable feature flag in the bucket", code="XY-FLAG-002",
+                                     key=entry.key, error=str(exc))
+                    continue
+                self._flag_changed(flag)
+
+    def _admin_principal(self, req: Request) -> tuple[Any, Response | None]:
+        header = req.headers.get("authorization", "")
+        fields = {"audit": True, "action": "admin", "method": req.method, "path": req.path,
+                  "peer": req.peer}
+        if not header.lower().startswith("bearer "):
+            self.metrics.flag_changes.labels("unauthenticated").inc()
+            self.audit.warning("admin request without a bearer token", code="XY-ADM-001",
+                               outcome="denied", **fields)
+            return None, Response.json({"error": "missing 'Authorization: Bearer <JWT>'"}, 401)
+        try:
+            principal = self.verifier.verify(header[7:].strip(), self.wall())
+        except AuthError as exc:
+            self.metrics.flag_changes.labels("unauthenticated").inc()
+            self.audit.warning("admin request with a bad token", code="XY-ADM-001",
+                               outcome="denied", reason=exc.message, **fields)
+            return None, Response.json({"error": f"token refused: {exc.message}"}, 401)
+        if not principal.has_role(self.options.admin_role):
+            self.metrics.flag_changes.labels("forbidden").inc()
+            self.audit.warning("admin request without the admin role", code="XY-ADM-002",
+                               outcome="denied", principal=principal.subject,
+                               roles=sorted(principal.roles), **fields)
+            return None, Response.json(
+                {"error": f"principal {principal.subject!r} lacks role "
+                          f"{self.options.admin_role!r}"}, 403)
+        return principal, None
+
+    async def admin_flags(self, req: Request) -> Response:
+        principal, refusal = self._admin_principal(req)
+        if refusal is not None:
+            return refusal
+        if req.method == "GET":
+            self.audit.info("admin read feature flags", audit=True, action="admin.read",
+                            outcome="allowed", principal=principal.subject)
+            return Response.json({"flags": [f.to_json() for f in self.flags.values()]})
+        try:
+            doc = req.json()
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            return self._flag_refused(principal, f"body is not JSON: {exc}")
+        if not isinstance(doc, dict) or "name" not in doc or "value" not in doc:
+            return self._flag_refused(
+                principal, 'expected a JSON object {"name": <flag>, "value": <JSON value>}')
+        name = doc["name"]
+        try:
+            value = validate(str(name), doc["value"])
+        except FlagError as exc:
+            return self._flag_refused(principal, str(exc))
+        old = self.flags.get(name)
+        flag = FlagValue(name, value, principal.subject, int(self.wall() * 1e6))
+        if self._kv is not None:
+            t0 = trio.current_time()
+            try:
+                revision = await self._kv.put(name, flag.encode())
+            except BridgeError as exc:
+                self.metrics.nats_req.labels("kv_put_error").observe(trio.current_time() - t0)
+                self.log.error("feature flag store failed", code=exc.code, exc=exc, flag=name)
+                return Response.json({"error": f"flag store unavailable: {exc}"}, 503)
+            self.metrics.nats_req.labels("kv_put").observe(trio.current_time() - t0)
+            flag = FlagValue(name, value, flag.updated_by, flag.updated_at_us, revision)
+        else:
+            self._flag_changed(flag)
+        self.metrics.flag_changes.labels("changed").inc()
+        self.audit.warning(
+            "feature flag changed", code="XY-ADM-010", audit=True, action="admin.flag",
+            outcome="allowed", principal=principal.subject, flag=name,
+            old=old.value if old else None, new=value, at_us=flag.updated_at_us,
+        )
+        return Response.json({"flag": flag.to_json(), "old": old.value if old else None})
+
+    def _flag_refused(self, principal: Any, why: str) -> Response:
+        self.metrics.flag_changes.labels("invalid").inc()
+        self.audit.warning("feature flag change refused", code="XY-ADM-003", audit=True,
+                           action="admin.flag", outcome="invalid", principal=principal.subject,
+                           reason=why)
+        return Response.json({"error": why}, 400)

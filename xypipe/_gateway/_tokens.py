@@ -1,0 +1,74 @@
+"""Minting tokens with a private key (the dev keypair, tests, ``xypipe token``).
+
+Production tokens come from the deployment's identity provider; this exists so the demo, the
+tests and the browser tests can speak to a gateway configured with the dev public key.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from xypipe._errors import AuthError
+from xypipe._gateway._auth import algorithm_for_key
+
+DEV_ISSUER = "xypipe-dev"
+DEV_AUDIENCE = "xypipe-gateway"
+
+
+def load_private_key(path: str | os.PathLike[str]) -> Any:
+    try:
+        with open(path, "rb") as f:
+            return serialization.load_pem_private_key(f.read(), password=None)
+    except OSError as exc:
+        raise AuthError(f"private key file {os.fspath(path)!r}: {exc.strerror}") from exc
+    except ValueError as exc:
+        raise AuthError(f"private key file {os.fspath(path)!r}: not a PEM private key") from exc
+
+
+def mint(
+    private_key: Any,
+    *,
+    subject: str,
+    allow: Sequence[str],
+    now: float,
+    ttl_s: float = 300.0,
+    roles: Sequence[str] = (),
+    issuer: str = DEV_ISSUER,
+    audience: str = DEV_AUDIENCE,
+    extra: dict[str, Any] | None = None,
+) -> str:
+    """A signed JWT; the algorithm follows the key (EdDSA, ES256, RS256)."""
+    alg = algorithm_for_key(private_key.public_key())
+    claims: dict[str, Any] = {
+        "sub": subject,
+        "iss": issuer,
+        "aud": audience,
+        "iat": int(now),
+        "nbf": int(now),
+        "exp": int(now + ttl_s),
+        "jti": uuid.uuid4().hex,
+        "allow": list(allow),
+        "roles": list(roles),
+    }
+    claims.update(extra or {})
+    return jwt.encode(claims, private_key, algorithm=alg)
+
+
+def generate_ed25519_keypair() -> tuple[bytes, bytes]:
+    """``(private_pem, public_pem)`` of a fresh Ed25519 key."""
+    key = ed25519.Ed25519PrivateKey.generate()
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return private, public
