@@ -1,0 +1,26 @@
+"""Fixtures for the browser tests: a real stack (nats-server, aggregator, gateway, ui_server,
+publisher) in this process, and Debian's Chromium (scripts/setup_browser.sh installs it)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from browser_stack import CHROMIUM, Stack, running_stack
+
+from xypipe._embedded import EmbeddedNats
+
+
+@pytest.fixture(autouse=True)
+def chromium_installed() -> None:
+    if not os.access(CHROMIUM, os.X_OK):
+        raise RuntimeError(f"{CHROMIUM} not found: run scripts/setup_browser.sh (Debian's "
+                           "chromium; the browser tests never download a browser)")
+
+
+@pytest.fixture
+async def stack(nats_server: EmbeddedNats, tmp_path: Path) -> AsyncIterator[Stack]:
+    async with running_stack(nats_server.url, tmp_path) as s:
+        yield s

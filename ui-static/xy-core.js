@@ -1,0 +1,612 @@
+// The browser side's pure logic: reconnect backoff and the cap on concurrent attempts,
+// per-stream sequence/epoch tracking, trade-safe merging of symbol states into batches,
+// per-group reference counting across tabs, the state checksum and small statistics.
+//
+// Nothing here touches a socket, a timer, a port or the clock: every method takes `now`
+// (milliseconds) and returns what the caller should do. xy-worker.js wraps it with I/O, and
+// tests/node/ drives it directly.
+
+// ------------------------------------------------------------------------------ numbers
+
+/** A protobuf int64/uint64 field as a JS number, whether the generated code gave bigint or number. */
+export function num(value) {
+  return typeof value === "bigint" ? Number(value) : (value ?? 0);
+}
+
+// ------------------------------------------------------------------------------ backoff
+
+/**
+ * Exponential backoff with "equal jitter": the n-th retry waits between half and all of
+ * min(cap, base * factor^n), so retries spread out without ever collapsing to zero.
+ * The first retry after a connection that was up is immediate (`firstImmediate`): a dropped
+ * socket usually reconnects at once, and the ≤ 3 s recovery target leaves no room to wait.
+ */
+export class Backoff {
+  constructor({ baseMs = 100, capMs = 2000, factor = 2, firstImmediate = true, random = Math.random } = {}) {
+    if (!(baseMs > 0) || !(capMs >= baseMs) || !(factor >= 1)) {
+      throw new RangeError(`Backoff: expected 0 < baseMs <= capMs and factor >= 1, got baseMs=${baseMs} capMs=${capMs} factor=${factor}`);
+    }
+    this.baseMs = baseMs;
+    this.capMs = capMs;
+    this.factor = factor;
+    this.firstImmediate = firstImmediate;
+    this.random = random;
+  }
+
+  /** Delay before retry number `attempt` (0 = the first retry). */
+  delay(attempt) {
+    if (attempt === 0 && this.firstImmediate) return 0;
+    const n = this.firstImmediate ? attempt - 1 : attempt;
+    const ceiling = Math.min(this.capMs, this.baseMs * this.factor ** Math.min(n, 64));
+    return ceiling / 2 + this.random() * (ceiling / 2);
+  }
+}
+
+/**
+ * When to (re)connect, and how many connection attempts may be in flight at once.
+ *
+ * The caller asks `due(now)`; when it says so it calls `begin(now)` (which refuses beyond
+ * `maxConcurrent`), then reports `opened(id, now)` or `failed(id, now)`. Attempts that neither
+ * opened nor failed within `attemptTimeoutMs` come back from `expired(now)` so the caller can
+ * abandon them. A connection counts as stable (resetting the backoff) after `stableMs`.
+ */
+export class Reconnector {
+  constructor({ backoff = new Backoff(), maxConcurrent = 1, attemptTimeoutMs = 5000, stableMs = 5000 } = {}) {
+    if (!(maxConcurrent >= 1)) throw new RangeError(`Reconnector: maxConcurrent must be >= 1, got ${maxConcurrent}`);
+    this.backoff = backoff;
+    this.maxConcurrent = maxConcurrent;
+    this.attemptTimeoutMs = attemptTimeoutMs;
+    this.stableMs = stableMs;
+    this.failures = 0; // consecutive failed attempts since the last stable connection
+    this.nextAt = 0; // earliest time the next attempt may start
+    this.inFlight = new Map(); // id -> start time
+    this.openedAt = null; // when the current connection opened
+    this.reconnects = 0; // connections opened after the first
+    this.everOpened = false;
+    this._ids = 0;
+  }
+
+  /** May an attempt start now? (connected == false and not at the concurrency cap) */
+  due(now) {
+    return this.openedAt === null && this.inFlight.size < this.maxConcurrent && now >= this.nextAt;
+  }
+
+  /** Milliseconds until `due` may turn true (0 when it is already). */
+  waitMs(now) {
+    return Math.max(0, this.nextAt - now);
+  }
+
+  begin(now) {
+    if (this.inFlight.size >= this.maxConcurrent) return null;
+    const id = ++this._ids;
+    this.inFlight.set(id, now);
+    return id;
+  }
+
+  opened(id, now) {
+    this.inFlight.delete(id);
+    if (this.everOpened) this.reconnects += 1;
+    this.everOpened = true;
+    this.openedAt = now;
+  }
+
+  /**
+   * An attempt failed (`id`) or the open connection closed (`id` null); returns the delay
+   * before the next attempt. Failures only reset once a connection stayed up `stableMs`, so a
+   * flapping gateway keeps pushing the delay up instead of being hammered.
+   */
+  failed(id, now) {
+    if (id !== null) this.inFlight.delete(id);
+    if (this.openedAt !== null && now - this.openedAt >= this.stableMs) this.failures = 0;
+    this.openedAt = null;
+    const delay = this.backoff.delay(this.failures);
+    this.failures += 1;
+    this.nextAt = now + delay;
+    return delay;
+  }
+
+  /** Attempts that have been in flight longer than attemptTimeoutMs (the caller abandons them). */
+  expired(now) {
+    const out = [];
+    for (const [id, started] of this.inFlight) {
+      if (now - started >= this.attemptTimeoutMs) out.push(id);
+    }
+    return out;
+  }
+}
+
+// ------------------------------------------------------------------------------ refcount
+
+/** Which tabs want which keys (groups). A key stays wanted while any tab holds it. */
+export class RefCount {
+  constructor() {
+    this.byKey = new Map(); // key -> Set(tab)
+    this.byTab = new Map(); // tab -> Set(key)
+  }
+
+  /** Returns true when `key` went from unwanted to wanted (subscribe upstream). */
+  add(tab, key) {
+    let tabs = this.byKey.get(key);
+    const first = tabs === undefined;
+    if (first) this.byKey.set(key, (tabs = new Set()));
+    tabs.add(tab);
+    let keys = this.byTab.get(tab);
+    if (keys === undefined) this.byTab.set(tab, (keys = new Set()));
+    keys.add(key);
+    return first;
+  }
+
+  /** Returns true when `key` is no longer wanted by anyone (unsubscribe upstream). */
+  remove(tab, key) {
+    const tabs = this.byKey.get(key);
+    if (tabs === undefined || !tabs.delete(tab)) return false;
+    this.byTab.get(tab)?.delete(key);
+    if (tabs.size === 0) {
+      this.byKey.delete(key);
+      return true;
+    }
+    return false;
+  }
+
+  /** Forget a tab; returns the keys nobody wants any more. */
+  removeTab(tab) {
+    const keys = this.byTab.get(tab);
+    this.byTab.delete(tab);
+    const dropped = [];
+    if (keys === undefined) return dropped;
+    for (const key of keys) {
+      const tabs = this.byKey.get(key);
+      if (tabs === undefined) continue;
+      tabs.delete(tab);
+      if (tabs.size === 0) {
+        this.byKey.delete(key);
+        dropped.push(key);
+      }
+    }
+    return dropped;
+  }
+
+  holders(key) {
+    return this.byKey.get(key) ?? new Set();
+  }
+
+  keysOf(tab) {
+    return this.byTab.get(tab) ?? new Set();
+  }
+
+  keys() {
+    return [...this.byKey.keys()];
+  }
+
+  get tabs() {
+    return this.byTab.size;
+  }
+}
+
+// ------------------------------------------------------------------------------ sequences
+
+/**
+ * Per-(group, shard) epoch and sequence. Classifies each delta:
+ *   "apply"     – next in sequence (or the first seen for the stream), apply it;
+ *   "duplicate" – already applied, drop it;
+ *   "gap"       – deltas were missed: ask for a snapshot, hold this one;
+ *   "epoch"     – the aggregator restarted without its state: ask for a snapshot, hold this one;
+ *   "held"      – a snapshot is already on its way for this group: hold the delta until it lands.
+ * Held deltas are replayed by `applySnapshot`, which returns those newer than the snapshot.
+ */
+export class SeqTracker {
+  constructor({ maxHeld = 256 } = {}) {
+    this.streams = new Map(); // "group\u0000shard" -> {group, shard, epoch, seq}
+    this.resyncing = new Map(); // group -> {since, held: [delta]}
+    this.maxHeld = maxHeld;
+  }
+
+  static key(group, shard) {
+    return `${group}\u0000${shard}`;
+  }
+
+  check(delta) {
+    const group = delta.group;
+    const shard = delta.shard ?? 0;
+    const seq = num(delta.seq);
+    const first = num(delta.firstSeq) || seq;
+    const epoch = num(delta.epoch);
+    const pending = this.resyncing.get(group);
+    const known = this.streams.get(SeqTracker.key(group, shard));
+    if (pending !== undefined) {
+      if (known !== undefined && known.epoch === epoch && seq <= known.seq) return "duplicate";
+      this._hold(pending, delta);
+      return "held";
+    }
+    if (known === undefined) {
+      this.streams.set(SeqTracker.key(group, shard), { group, shard, epoch, seq });
+      return "apply";
+    }
+    if (epoch !== known.epoch) return "epoch";
+    if (seq <= known.seq) return "duplicate";
+    if (first > known.seq + 1) return "gap";
+    known.seq = seq;
+    return "apply";
+  }
+
+  /** Start holding the group's deltas until its snapshot arrives (returns false if already). */
+  beginResync(group, now, delta = null) {
+    let pending = this.resyncing.get(group);
+    const fresh = pending === undefined;
+    if (fresh) this.resyncing.set(group, (pending = { since: now, held: [] }));
+    if (delta !== null) this._hold(pending, delta);
+    return fresh;
+  }
+
+  isResyncing(group) {
+    return this.resyncing.has(group);
+  }
+
+  /** Groups whose snapshot has not arrived within `timeoutMs` (ask again). */
+  overdue(now, timeoutMs) {
+    const out = [];
+    for (const [group, p] of this.resyncing) {
+      if (now - p.since >= timeoutMs) {
+        p.since = now;
+        out.push(group);
+      }
+    }
+    return out;
+  }
+
+  _hold(pending, delta) {
+    pending.held.push(delta);
+    if (pending.held.length > this.maxHeld) pending.held.shift();
+  }
+
+  /**
+   * A snapshot of `group` arrived: its epoch and per-shard sequences become the baseline.
+   * Returns the held deltas that follow it, in order, already accounted for (apply them).
+   */
+  applySnapshot(snapshot) {
+    const group = snapshot.group;
+    const epoch = num(snapshot.epoch);
+    for (const k of [...this.streams.keys()]) {
+      if (this.streams.get(k).group === group) this.streams.delete(k);
+    }
+    for (const [shard, seq] of Object.entries(snapshot.shardSeq ?? {})) {
+      const s = Number(shard);
+      this.streams.set(SeqTracker.key(group, s), { group, shard: s, epoch, seq: num(seq) });
+    }
+    const pending = this.resyncing.get(group);
+    this.resyncing.delete(group);
+    const follow = [];
+    if (pending === undefined) return follow;
+    const held = [...pending.held].sort((a, b) => (a.shard - b.shard) || (num(a.seq) - num(b.seq)));
+    for (const d of held) {
+      if (num(d.epoch) !== epoch) continue;
+      const verdict = this.check(d);
+      if (verdict === "apply") follow.push(d);
+      else if (verdict === "gap") {
+        // Still missing deltas between the snapshot and what we held: drop the held rest and
+        // ask again; the caller sees the group resyncing.
+        this.beginResync(group, pending.since);
+        return follow;
+      }
+    }
+    return follow;
+  }
+
+  forgetGroup(group) {
+    for (const k of [...this.streams.keys()]) {
+      if (this.streams.get(k).group === group) this.streams.delete(k);
+    }
+    this.resyncing.delete(group);
+  }
+
+  /** Where we stand in every stream of `groups`, for a Resume frame after reconnecting. */
+  resumePoints(groups) {
+    const wanted = new Set(groups);
+    const out = [];
+    for (const s of this.streams.values()) {
+      if (wanted.has(s.group)) out.push({ group: s.group, shard: s.shard, epoch: s.epoch, seq: s.seq });
+    }
+    return out;
+  }
+}
+
+// ------------------------------------------------------------------------------ symbol states
+
+/** A SymbolState (protobuf-es message) as a plain object with JS numbers; what tabs receive. */
+export function plainState(s) {
+  return {
+    venue: s.venue,
+    symbol: s.symbol,
+    seq: num(s.seq),
+    tsExchangeUs: num(s.tsExchangeUs),
+    tsArrivalUs: num(s.tsArrivalUs),
+    last: num(s.last),
+    lastSize: num(s.lastSize),
+    bids: (s.bids ?? []).map((l) => ({ price: num(l.price), size: num(l.size), orders: l.orders ?? 0 })),
+    asks: (s.asks ?? []).map((l) => ({ price: num(l.price), size: num(l.size), orders: l.orders ?? 0 })),
+    vol: num(s.vol),
+    oi: num(s.oi),
+    flags: s.flags ?? 0,
+    priceDecimals: s.priceDecimals ?? 0,
+    windowHigh: num(s.windowHigh),
+    windowLow: num(s.windowLow),
+    windowTrades: s.windowTrades ?? 0,
+    windowVolume: num(s.windowVolume),
+    windowTicks: s.windowTicks ?? 0,
+    totalTrades: num(s.totalTrades),
+    checksum: s.checksum ?? 0,
+    trimmed: Boolean(s.trimmed),
+  };
+}
+
+export function symbolKey(s) {
+  return `${s.venue}:${s.symbol}`;
+}
+
+/**
+ * Merge a newer state of the same symbol over an older one without hiding a trade (the same
+ * rule as the aggregator's and the gateway's merge, xypipe/_md/conflation.py merge_entries):
+ * the current-state fields come from the newer entry, the window fields cover both windows
+ * (high/low over the windows that traded, trades/volume/ticks summed) and the arrival time is
+ * the oldest, so latency is measured from the first tick the merged entry stands for.
+ */
+export function mergeState(older, newer) {
+  let windowHigh = newer.windowHigh;
+  let windowLow = newer.windowLow;
+  if (older.windowTrades) {
+    if (newer.windowTrades) {
+      windowHigh = Math.max(older.windowHigh, newer.windowHigh);
+      windowLow = Math.min(older.windowLow, newer.windowLow);
+    } else {
+      windowHigh = older.windowHigh;
+      windowLow = older.windowLow;
+    }
+  }
+  return {
+    ...newer,
+    tsArrivalUs: older.tsArrivalUs && (!newer.tsArrivalUs || older.tsArrivalUs < newer.tsArrivalUs)
+      ? older.tsArrivalUs
+      : newer.tsArrivalUs,
+    windowHigh,
+    windowLow,
+    windowTrades: older.windowTrades + newer.windowTrades,
+    windowVolume: older.windowVolume + newer.windowVolume,
+    windowTicks: older.windowTicks + newer.windowTicks,
+  };
+}
+
+/**
+ * The batch being built for each group between two flushes. Deltas fold into one entry per
+ * symbol (mergeState); a snapshot replaces whatever was pending for its group. `drain()`
+ * returns one batch per group with something new, and starts over.
+ */
+export class BatchMerger {
+  constructor() {
+    this.pending = new Map(); // group -> {snapshot, symbols: Map, deltas, merged, minArrivalUs, lastSeq}
+    this.merged = 0; // symbol entries folded into an existing one (lifetime)
+    this.stale = 0; // symbol entries dropped as older than the pending one (lifetime)
+  }
+
+  _entry(group) {
+    let e = this.pending.get(group);
+    if (e === undefined) {
+      e = { snapshot: null, symbols: new Map(), deltas: 0, minArrivalUs: 0, seqs: {} };
+      this.pending.set(group, e);
+    }
+    return e;
+  }
+
+  /** `states` are plain states (plainState) of one delta. */
+  addDelta(group, shard, seq, states) {
+    const e = this._entry(group);
+    e.deltas += 1;
+    e.seqs[shard] = seq;
+    for (const s of states) {
+      const k = symbolKey(s);
+      const prev = e.symbols.get(k);
+      if (prev === undefined) {
+        e.symbols.set(k, s);
+      } else if (s.seq !== 0 && prev.seq !== 0 && s.seq < prev.seq) {
+        this.stale += 1;
+      } else {
+        e.symbols.set(k, mergeState(prev, s));
+        this.merged += 1;
+      }
+      if (s.tsArrivalUs && (!e.minArrivalUs || s.tsArrivalUs < e.minArrivalUs)) e.minArrivalUs = s.tsArrivalUs;
+    }
+  }
+
+  /** `snapshot` = {group, version, epoch, symbols: [plain], top, topBy, tsEmitUs}. */
+  addSnapshot(group, snapshot) {
+    const e = this._entry(group);
+    e.snapshot = snapshot;
+    e.symbols.clear();
+    e.deltas = 0;
+    e.minArrivalUs = 0;
+  }
+
+  get size() {
+    return this.pending.size;
+  }
+
+  drain() {
+    const out = [];
+    for (const [group, e] of this.pending) {
+      out.push({
+        group,
+        snapshot: e.snapshot,
+        symbols: [...e.symbols.values()],
+        deltas: e.deltas,
+        minArrivalUs: e.minArrivalUs,
+        seqs: e.seqs,
+      });
+    }
+    this.pending.clear();
+    return out;
+  }
+}
+
+/**
+ * The live state of one group, kept by the hub so a tab that subscribes to a group another
+ * tab already has gets the current view at once instead of waiting for the next snapshot.
+ */
+export class GroupBook {
+  constructor(group) {
+    this.group = group;
+    this.symbols = new Map();
+    this.top = [];
+    this.topBy = "";
+    this.version = 0;
+    this.epoch = 0;
+  }
+
+  applySnapshot(snap) {
+    this.symbols.clear();
+    for (const s of snap.symbols) this.symbols.set(symbolKey(s), s);
+    this.top = snap.top ?? [];
+    this.topBy = snap.topBy ?? "";
+    this.version = snap.version ?? 0;
+    this.epoch = snap.epoch ?? 0;
+  }
+
+  applyStates(states) {
+    for (const s of states) {
+      const k = symbolKey(s);
+      const prev = this.symbols.get(k);
+      this.symbols.set(k, prev === undefined ? s : mergeState(prev, s));
+    }
+  }
+
+  /** The whole group as a snapshot-shaped object (what a late-joining tab is sent). */
+  view() {
+    return {
+      group: this.group,
+      version: this.version,
+      epoch: this.epoch,
+      symbols: [...this.symbols.values()],
+      top: this.top,
+      topBy: this.topBy,
+      synthetic: true,
+    };
+  }
+}
+
+// ------------------------------------------------------------------------------ checksum
+
+const CRC_TABLE = (() => {
+  const t = new Uint32Array(256);
+  for (let n = 0; n < 256; n++) {
+    let c = n;
+    for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+    t[n] = c >>> 0;
+  }
+  return t;
+})();
+
+/** CRC-32 (IEEE 802.3, as zlib.crc32) of a byte array. */
+export function crc32(bytes) {
+  let c = 0xffffffff;
+  for (let i = 0; i < bytes.length; i++) c = CRC_TABLE[(c ^ bytes[i]) & 0xff] ^ (c >>> 8);
+  return (c ^ 0xffffffff) >>> 0;
+}
+
+const UTF8 = new TextEncoder();
+
+/**
+ * The canonical text SymbolState.checksum covers (docs/protocol.md, "Canonical checksum";
+ * xypipe/_md/book.py canonical_string):
+ *   venue:symbol:seq:last:last_size:vol:oi:flags:total_trades[:bid_px:bid_sz][:ask_px:ask_sz]...
+ * the book interleaved level by level (best first), a missing level on one side skipped, every
+ * number a base-10 integer (prices are fixed-point).
+ */
+export function canonicalState(s) {
+  const parts = [s.venue, s.symbol, s.seq, s.last, s.lastSize, s.vol, s.oi, s.flags, s.totalTrades];
+  const nb = s.bids.length;
+  const na = s.asks.length;
+  for (let i = 0; i < Math.max(nb, na); i++) {
+    if (i < nb) parts.push(s.bids[i].price, s.bids[i].size);
+    if (i < na) parts.push(s.asks[i].price, s.asks[i].size);
+  }
+  return parts.join(":");
+}
+
+/** "ok", "mismatch", or "skipped" (trimmed entries and producers that send no checksum). */
+export function verifyChecksum(s) {
+  if (s.trimmed || s.checksum === 0) return "skipped";
+  return crc32(UTF8.encode(canonicalState(s))) === s.checksum ? "ok" : "mismatch";
+}
+
+// ------------------------------------------------------------------------------ statistics
+
+/** Nearest-rank percentiles of a list of numbers: percentiles([..], [50, 95, 99]). */
+export function percentiles(values, ps) {
+  const out = {};
+  if (values.length === 0) {
+    for (const p of ps) out[`p${p}`] = null;
+    return out;
+  }
+  const sorted = Float64Array.from(values).sort();
+  for (const p of ps) {
+    const rank = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1));
+    out[`p${p}`] = sorted[rank];
+  }
+  return out;
+}
+
+/**
+ * A bounded sample of values between two reports: keeps at most `cap` of them by reservoir
+ * sampling (Algorithm R), so a report is representative however many were added.
+ */
+export class Reservoir {
+  constructor(cap = 512, random = Math.random) {
+    this.cap = cap;
+    this.random = random;
+    this.values = [];
+    this.seen = 0;
+  }
+
+  add(v) {
+    this.seen += 1;
+    if (this.values.length < this.cap) {
+      this.values.push(v);
+    } else {
+      const j = Math.floor(this.random() * this.seen);
+      if (j < this.cap) this.values[j] = v;
+    }
+  }
+
+  drain() {
+    const out = this.values;
+    this.values = [];
+    this.seen = 0;
+    return out;
+  }
+}
+
+/**
+ * Maps the local wall clock to the gateway's (microseconds). Each Pong gives one estimate
+ * server - (sent + received) / 2; the one with the shortest round trip wins, since its error
+ * is bounded by half that round trip.
+ */
+export class ClockOffset {
+  constructor() {
+    this.offsetUs = 0;
+    this.bestRttUs = Infinity;
+    this.samples = 0;
+  }
+
+  observe(sentUs, receivedUs, serverUs) {
+    const rtt = receivedUs - sentUs;
+    if (!(rtt >= 0) || !serverUs) return;
+    this.samples += 1;
+    if (rtt <= this.bestRttUs) {
+      this.bestRttUs = rtt;
+      this.offsetUs = serverUs - (sentUs + receivedUs) / 2;
+    }
+  }
+
+  /** Before any Pong: one-way estimate from a server timestamp received now. */
+  seed(receivedUs, serverUs) {
+    if (this.samples === 0 && serverUs) this.offsetUs = serverUs - receivedUs;
+  }
+}

@@ -1,0 +1,702 @@
+// The hub: the browser's one WebSocket to the gateway, shared by every tab.
+//
+// Loaded as a module SharedWorker it serves the tabs of the browser over MessagePorts. Where
+// SharedWorker does not exist, xy-client.js imports the same Hub into the tab that won the
+// leader election (Web Locks) and serves the other tabs over a BroadcastChannel.
+//
+// What it does: hello with a short-lived JWT, subscribe/unsubscribe by reference count across
+// tabs, per-(group, shard) epoch/sequence tracking with a snapshot request on a gap, an epoch
+// change or a checksum mismatch, merge/dedupe per group and a broadcast every `batchMs`,
+// resume after a reconnect (last sequence per stream), exponential backoff with jitter and a
+// cap on concurrent attempts, heartbeats and dead-socket detection, ClientMetrics reports.
+//
+// Tab -> hub messages ({t: ...}): hello {tab, config}, sub {group}, unsub {group},
+// render {lat: [ms...], fps, frameP95}, bye, resync {group}.
+// Hub -> tab messages: status {...}, batch {id, group, snapshot, symbols, ...}, error {...}.
+
+import {
+  ClientFrameSchema,
+  ServerFrameSchema,
+  create,
+  fromBinary,
+  toBinary,
+} from "./gen/xy_contracts.js";
+import {
+  Backoff,
+  BatchMerger,
+  ClockOffset,
+  GroupBook,
+  Reconnector,
+  RefCount,
+  Reservoir,
+  SeqTracker,
+  num,
+  plainState,
+  verifyChecksum,
+} from "./xy-core.js";
+
+export const PROTOCOL_VERSION = 1;
+
+export const DEFAULTS = Object.freeze({
+  wsUrl: "",
+  token: "", // a fixed token, or:
+  tokenUrl: "", // an endpoint answering {"token": "..."} (fetched for every connection)
+  batchMs: 16, // 16..33: how often merged batches go to the tabs
+  heartbeatMs: 5000, // used until the gateway's Welcome says otherwise
+  deadAfterBeats: 3, // no frame for this many heartbeats -> the socket is dead
+  metricsMs: 2000, // ClientMetrics report period
+  statusMs: 1000, // status broadcast to tabs
+  backoffBaseMs: 100,
+  backoffCapMs: 1000, // one socket per browser: a short cap keeps recovery within ~1 s of the gateway's return
+  maxConcurrentConnects: 1,
+  connectTimeoutMs: 4000, // open + Welcome within this, or the attempt is abandoned
+  stableMs: 5000,
+  snapshotTimeoutMs: 2000, // re-ask for a snapshot not received within this
+  client: "xy-worker/0.1",
+});
+
+// Gateway error codes the hub reacts to (ErrorCode in ws.proto).
+const ERR_SNAPSHOT_UNAVAILABLE = 9;
+
+/** What the hub needs from its surroundings; tests and the leader tab pass the same shape. */
+export function browserEnv() {
+  return {
+    WebSocket: globalThis.WebSocket,
+    setTimeout: globalThis.setTimeout.bind(globalThis),
+    clearTimeout: globalThis.clearTimeout.bind(globalThis),
+    now: () => performance.now(),
+    wallUs: () => (performance.timeOrigin + performance.now()) * 1000,
+    fetch: globalThis.fetch?.bind(globalThis),
+    locks: globalThis.navigator?.locks,
+  };
+}
+
+export class Hub {
+  constructor(mode, env = browserEnv()) {
+    this.mode = mode; // "shared-worker" | "leader"
+    this.env = env;
+    this.config = null;
+    this.tabs = new Map(); // tab -> {sink, fps, frameP95}
+    this.refs = new RefCount();
+    this.tracker = new SeqTracker();
+    this.books = new Map(); // group -> GroupBook
+    this.merger = new BatchMerger();
+    this.clock = new ClockOffset();
+    this.latencies = new Reservoir(512);
+    this.multicast = null; // optional (tabs, msg) => void, set by the leader tab
+    this.state = "idle"; // idle | connecting | open | waiting | stopped
+    this.ws = null;
+    this.attempt = null;
+    this.sessionId = "";
+    this.principal = "";
+    this.heartbeatMs = DEFAULTS.heartbeatMs;
+    this.tokenExpiresUs = 0;
+    this.subscribed = new Set(); // groups the gateway confirmed
+    this.snapshotAsked = new Map(); // group -> time asked
+    this.degrade = { level: 0, reason: "", recovery: "", paused: [] };
+    this.lastError = null;
+    this.frameIds = 0;
+    this.batchIds = 0;
+    this.nonce = 0;
+    this.lastRx = 0;
+    this.lastFlush = 0;
+    this.connectedAt = 0;
+    this.disconnectedAt = 0;
+    this.lastRecoveryMs = null; // disconnect -> first data on the prior subscriptions
+    this.awaitingRecovery = false;
+    this.counters = {
+      frames: 0, bytes: 0, deltas: 0, snapshots: 0, duplicates: 0, gaps: 0, epochChanges: 0,
+      snapshotRequests: 0, checksumMismatches: 0, checksumsVerified: 0, batches: 0,
+      droppedBatches: 0, badFrames: 0, errors: 0, connects: 0,
+    };
+    this._reported = { reconnects: 0, droppedBatches: 0, checksumMismatches: 0 };
+    this.timers = {};
+  }
+
+  // ------------------------------------------------------------------ tabs
+
+  attach(tab, sink) {
+    const known = this.tabs.get(tab);
+    this.tabs.set(tab, { sink, fps: known?.fps ?? 0, frameP95: known?.frameP95 ?? 0 });
+    // A tab's lock is released when the tab goes away (closed, crashed, navigated): waiting
+    // for it is how the hub learns of a tab that never said goodbye.
+    if (!known && this.env.locks) {
+      this.env.locks.request(`xy-tab:${tab}`, () => this.detach(tab)).catch(() => this.detach(tab));
+    }
+  }
+
+  detach(tab) {
+    if (!this.tabs.delete(tab)) return;
+    for (const group of this.refs.removeTab(tab)) this._dropGroup(group);
+    this._broadcastStatus();
+  }
+
+  /** A message from a tab (already attached by the transport). */
+  handle(tab, msg) {
+    switch (msg?.t) {
+      case "hello":
+        if (this.config === null) this.configure(msg.config);
+        this._post(tab, this._status());
+        break;
+      case "sub":
+        if (this.refs.add(tab, msg.group)) {
+          this._sendSubscribe([msg.group]);
+        } else {
+          this._sendView(tab, msg.group);
+        }
+        this._broadcastStatus();
+        break;
+      case "unsub":
+        if (this.refs.remove(tab, msg.group)) this._dropGroup(msg.group);
+        this._broadcastStatus();
+        break;
+      case "render": {
+        for (const ms of msg.lat ?? []) if (Number.isFinite(ms)) this.latencies.add(ms);
+        const t = this.tabs.get(tab);
+        if (t) {
+          t.fps = msg.fps ?? t.fps;
+          t.frameP95 = msg.frameP95 ?? t.frameP95;
+        }
+        break;
+      }
+      case "resync":
+        this._askSnapshot(msg.group, "tab");
+        break;
+      case "bye":
+        this.detach(tab);
+        break;
+      default:
+        this._post(tab, { t: "error", code: "XY-UI-001", message: `unknown message type ${JSON.stringify(msg?.t)} from tab` });
+    }
+  }
+
+  configure(config) {
+    this.config = { ...DEFAULTS, ...config };
+    const c = this.config;
+    if (!c.wsUrl) throw new Error("xy hub: config.wsUrl is required (the gateway's ws:// URL)");
+    this.heartbeatMs = c.heartbeatMs;
+    this.reconnector = new Reconnector({
+      backoff: new Backoff({ baseMs: c.backoffBaseMs, capMs: c.backoffCapMs }),
+      maxConcurrent: c.maxConcurrentConnects,
+      attemptTimeoutMs: c.connectTimeoutMs,
+      stableMs: c.stableMs,
+    });
+    this._schedule("status", c.statusMs, () => this._onStatusTimer());
+    this._schedule("metrics", c.metricsMs, () => this._onMetricsTimer());
+    this._driveConnection();
+  }
+
+  stop() {
+    this.state = "stopped";
+    for (const name of Object.keys(this.timers)) this._cancel(name);
+    this._closeSocket("hub stopped");
+  }
+
+  // ------------------------------------------------------------------ connection
+
+  _driveConnection() {
+    if (this.state === "stopped" || this.config === null) return;
+    const now = this.env.now();
+    for (const id of this.reconnector.expired(now)) {
+      if (this.attempt?.id === id) this._socketGone(`no Welcome within ${this.config.connectTimeoutMs} ms`);
+    }
+    if (this.reconnector.due(now)) {
+      this._connect();
+    } else if (this.state !== "open" && this.state !== "connecting") {
+      this.state = "waiting";
+      this._scheduleOnce("connect", Math.max(1, this.reconnector.waitMs(now)), () => this._driveConnection());
+    }
+  }
+
+  async _connect() {
+    const id = this.reconnector.begin(this.env.now());
+    if (id === null) return;
+    this.state = "connecting";
+    this.attempt = { id, ws: null };
+    this._scheduleOnce("connect", this.config.connectTimeoutMs + 1, () => this._driveConnection());
+    this._broadcastStatus();
+    let token;
+    try {
+      token = await this._token();
+    } catch (err) {
+      if (this.attempt?.id !== id) return;
+      this.lastError = { code: "XY-UI-002", message: `token: ${err.message ?? err}` };
+      this._attemptFailed();
+      return;
+    }
+    if (this.attempt?.id !== id || this.state === "stopped") return;
+    let ws;
+    try {
+      ws = new this.env.WebSocket(this.config.wsUrl);
+    } catch (err) {
+      this.lastError = { code: "XY-UI-003", message: `WebSocket(${this.config.wsUrl}): ${err.message ?? err}` };
+      this._attemptFailed();
+      return;
+    }
+    ws.binaryType = "arraybuffer";
+    this.attempt.ws = ws;
+    this.ws = ws;
+    this.counters.connects += 1;
+    ws.onopen = () => {
+      if (this.ws !== ws) return;
+      this.lastRx = this.env.now();
+      this._send({
+        hello: { token, protocolVersion: PROTOCOL_VERSION, client: `${this.config.client} (${this.mode})`, sessionId: this.sessionId },
+      });
+    };
+    ws.onmessage = (ev) => {
+      if (this.ws === ws) this._onFrame(ev.data);
+    };
+    ws.onclose = (ev) => {
+      if (this.ws === ws) this._socketGone(`closed ${ev.code}${ev.reason ? ` ${ev.reason}` : ""}`);
+    };
+    ws.onerror = () => {
+      // A close event always follows; the reason is reported there.
+    };
+  }
+
+  async _token() {
+    const c = this.config;
+    if (c.token) return c.token;
+    if (!c.tokenUrl) return "";
+    const res = await this.env.fetch(c.tokenUrl, { method: "POST", cache: "no-store" });
+    if (!res.ok) throw new Error(`${c.tokenUrl} answered ${res.status}`);
+    const doc = await res.json();
+    if (typeof doc.token !== "string" || !doc.token) throw new Error(`${c.tokenUrl}: expected {"token": "<jwt>"}, got keys ${Object.keys(doc)}`);
+    return doc.token;
+  }
+
+  _attemptFailed() {
+    const id = this.attempt?.id ?? null;
+    this.attempt = null;
+    this.ws = null;
+    this.state = "waiting";
+    this.reconnector.failed(id, this.env.now());
+    this._cancel("heartbeat");
+    this._broadcastStatus();
+    this._driveConnection();
+  }
+
+  _socketGone(why) {
+    const ws = this.ws;
+    const wasOpen = this.state === "open";
+    this.ws = null;
+    if (ws) {
+      ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
+      if (ws.readyState <= 1) ws.close(4900, why.slice(0, 100)); // 4900: the client gave up on this socket
+    }
+    if (wasOpen) {
+      this.disconnectedAt = this.env.now();
+      this.awaitingRecovery = true;
+    }
+    this.lastError = { code: "XY-UI-004", message: `gateway connection: ${why}` };
+    this.subscribed.clear();
+    this.snapshotAsked.clear();
+    const id = wasOpen ? null : (this.attempt?.id ?? null);
+    this.attempt = null;
+    this.state = "waiting";
+    this.reconnector.failed(id, this.env.now());
+    this._cancel("heartbeat");
+    this._cancel("refresh");
+    this._broadcastStatus();
+    this._driveConnection();
+  }
+
+  _closeSocket(why) {
+    const ws = this.ws;
+    this.ws = null;
+    if (ws) {
+      ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
+      if (ws.readyState <= 1) ws.close(1000, why);
+    }
+  }
+
+  _send(fields) {
+    const ws = this.ws;
+    if (ws === null || ws.readyState !== 1) return false;
+    const frame = create(ClientFrameSchema, { id: ++this.frameIds, ...fields });
+    ws.send(toBinary(ClientFrameSchema, frame));
+    return true;
+  }
+
+  // ------------------------------------------------------------------ frames in
+
+  _onFrame(data) {
+    const now = this.env.now();
+    this.lastRx = now;
+    this.counters.frames += 1;
+    if (!(data instanceof ArrayBuffer)) {
+      this.counters.badFrames += 1;
+      this.lastError = { code: "XY-UI-005", message: `gateway sent a ${typeof data} frame; expected binary protobuf ServerFrame` };
+      return;
+    }
+    this.counters.bytes += data.byteLength;
+    let frame;
+    try {
+      frame = fromBinary(ServerFrameSchema, new Uint8Array(data));
+    } catch (err) {
+      this.counters.badFrames += 1;
+      this.lastError = { code: "XY-UI-005", message: `undecodable ServerFrame (${data.byteLength} bytes): ${err.message ?? err}` };
+      return;
+    }
+    const wall = this.env.wallUs();
+    if (frame.tsSendUs) this.clock.seed(wall, num(frame.tsSendUs));
+    if (frame.welcome) this._onWelcome(frame.welcome, now);
+    if (frame.pong) this.clock.observe(num(frame.pong.tsUs), wall, num(frame.pong.serverTimeUs));
+    if (frame.subscribed) for (const g of frame.subscribed.groups) this.subscribed.add(g.group);
+    if (frame.degrade) this._onDegrade(frame.degrade);
+    if (frame.error) this._onError(frame.error);
+    for (const snap of frame.snapshots) this._onSnapshot(snap, now);
+    for (const delta of frame.deltas) this._onDelta(delta, now);
+    if (this.merger.size && now - this.lastFlush >= this.config.batchMs) this._flush();
+    if (this.merger.size) this._scheduleOnce("flush", this.config.batchMs, () => this._flush());
+  }
+
+  _onWelcome(w, now) {
+    this.reconnector.opened(this.attempt?.id ?? null, now);
+    this.attempt = null;
+    this._cancel("connect");
+    this.state = "open";
+    this.connectedAt = now;
+    this.sessionId = w.sessionId;
+    this.principal = w.principal;
+    if (w.heartbeatMs) this.heartbeatMs = w.heartbeatMs;
+    this.tokenExpiresUs = num(w.tokenExpiresUs);
+    this.clock.seed(this.env.wallUs(), num(w.serverTimeUs));
+    this._heartbeat();
+    this._scheduleRefresh();
+    // Back on the prior subscriptions: resume the streams we were in, subscribe the rest.
+    const groups = this.refs.keys();
+    if (groups.length) {
+      const points = this.tracker.resumePoints(groups).filter((p) => !this.tracker.isResyncing(p.group));
+      const resumed = new Set(points.map((p) => p.group));
+      if (points.length) this._send({ resume: { points } });
+      const rest = groups.filter((g) => !resumed.has(g));
+      if (rest.length) this._send({ subscribe: { groups: rest.map((group) => ({ group })) } });
+    }
+    this._broadcastStatus();
+  }
+
+  _onDegrade(d) {
+    this.degrade = { level: d.level, reason: d.reason, recovery: d.recovery, paused: [...d.pausedGroups] };
+    this._broadcastAll({ t: "degrade", ...this.degrade });
+    this._broadcastStatus();
+  }
+
+  _onError(e) {
+    this.counters.errors += 1;
+    this.lastError = { code: `gateway:${e.code}`, message: e.message, group: e.group, fatal: e.fatal };
+    if (e.code === ERR_SNAPSHOT_UNAVAILABLE && e.group) {
+      // Nothing to resynchronise from yet: take the next delta as the baseline.
+      this.tracker.forgetGroup(e.group);
+      this.snapshotAsked.delete(e.group);
+    }
+    const msg = { t: "error", code: e.code, message: e.message, group: e.group, fatal: e.fatal };
+    if (e.group) this._fanout(e.group, msg);
+    else this._broadcastAll(msg);
+  }
+
+  _onSnapshot(snap, now) {
+    const group = snap.group;
+    if (!this.refs.holders(group).size) return;
+    this.counters.snapshots += 1;
+    this.snapshotAsked.delete(group);
+    const follow = this.tracker.applySnapshot(snap);
+    const plain = {
+      group,
+      version: num(snap.version),
+      epoch: num(snap.epoch),
+      symbols: snap.symbols.map(plainState),
+      top: snap.top.map((t) => ({ venue: t.venue, symbol: t.symbol, value: num(t.value) })),
+      topBy: snap.topBy,
+      tsEmitUs: num(snap.tsEmitUs),
+    };
+    this._book(group).applySnapshot(plain);
+    this.merger.addSnapshot(group, plain);
+    for (const d of follow) this._applyDelta(d, now);
+    if (this.tracker.isResyncing(group)) this._askSnapshot(group, "gap after snapshot");
+    this._noteRecovery(now);
+  }
+
+  _onDelta(delta, now) {
+    const group = delta.group;
+    if (!this.refs.holders(group).size) return;
+    this.counters.deltas += 1;
+    const verdict = this.tracker.check(delta);
+    switch (verdict) {
+      case "apply":
+        this._applyDelta(delta, now);
+        this._noteRecovery(now);
+        break;
+      case "duplicate":
+        this.counters.duplicates += 1;
+        break;
+      case "gap":
+      case "epoch":
+        if (verdict === "gap") this.counters.gaps += 1;
+        else this.counters.epochChanges += 1;
+        this.tracker.beginResync(group, now, delta);
+        this._askSnapshot(group, verdict);
+        break;
+      case "held":
+        break;
+    }
+  }
+
+  _applyDelta(delta, now) {
+    const states = delta.symbols.map(plainState);
+    let mismatch = false;
+    for (const s of states) {
+      const v = verifyChecksum(s);
+      if (v === "ok") this.counters.checksumsVerified += 1;
+      else if (v === "mismatch") mismatch = true;
+    }
+    this._book(delta.group).applyStates(states);
+    this.merger.addDelta(delta.group, delta.shard, num(delta.seq), states);
+    if (mismatch) {
+      this.counters.checksumMismatches += 1;
+      this.tracker.beginResync(delta.group, now);
+      this._askSnapshot(delta.group, "checksum");
+    }
+  }
+
+  _noteRecovery(now) {
+    if (this.awaitingRecovery) {
+      this.awaitingRecovery = false;
+      this.lastRecoveryMs = now - this.disconnectedAt;
+      this._broadcastStatus();
+    }
+  }
+
+  _askSnapshot(group, why) {
+    if (!group || !this.refs.holders(group).size) return;
+    const now = this.env.now();
+    const asked = this.snapshotAsked.get(group);
+    if (asked !== undefined && now - asked < this.config.snapshotTimeoutMs) return;
+    if (!this.tracker.isResyncing(group)) this.tracker.beginResync(group, now);
+    if (this._send({ snapshotRequest: { group } })) {
+      this.snapshotAsked.set(group, now);
+      this.counters.snapshotRequests += 1;
+      this.lastError = { code: "XY-UI-006", message: `snapshot requested for ${group}: ${why}` };
+    }
+  }
+
+  _book(group) {
+    let b = this.books.get(group);
+    if (b === undefined) this.books.set(group, (b = new GroupBook(group)));
+    return b;
+  }
+
+  // ------------------------------------------------------------------ subscriptions
+
+  _sendSubscribe(groups) {
+    if (this.state === "open") this._send({ subscribe: { groups: groups.map((group) => ({ group })) } });
+  }
+
+  _dropGroup(group) {
+    if (this.state === "open") this._send({ unsubscribe: { groups: [{ group }] } });
+    this.subscribed.delete(group);
+    this.tracker.forgetGroup(group);
+    this.books.delete(group);
+    this.snapshotAsked.delete(group);
+  }
+
+  _sendView(tab, group) {
+    const book = this.books.get(group);
+    if (book === undefined || book.symbols.size === 0) return;
+    this._post(tab, this._batchMessage({
+      group, snapshot: book.view(), symbols: [], deltas: 0, minArrivalUs: 0, seqs: {},
+    }));
+  }
+
+  // ------------------------------------------------------------------ fan-out
+
+  _flush() {
+    this._cancel("flush");
+    this.lastFlush = this.env.now();
+    for (const batch of this.merger.drain()) {
+      const tabs = this.refs.holders(batch.group);
+      if (!tabs.size) {
+        this.counters.droppedBatches += 1;
+        continue;
+      }
+      this._fanout(batch.group, this._batchMessage(batch));
+    }
+  }
+
+  _batchMessage(batch) {
+    this.counters.batches += 1;
+    return {
+      t: "batch",
+      id: ++this.batchIds,
+      group: batch.group,
+      snapshot: batch.snapshot,
+      symbols: batch.symbols,
+      deltas: batch.deltas,
+      minArrivalUs: batch.minArrivalUs,
+      seqs: batch.seqs,
+      offsetUs: this.clock.offsetUs,
+      flushedUs: this.env.wallUs(),
+    };
+  }
+
+  _fanout(group, msg) {
+    const tabs = [...this.refs.holders(group)];
+    if (this.multicast) {
+      this.multicast(tabs, msg);
+      return;
+    }
+    for (const tab of tabs) this._post(tab, msg);
+  }
+
+  _broadcastAll(msg) {
+    const tabs = [...this.tabs.keys()];
+    if (this.multicast) this.multicast(tabs, msg);
+    else for (const tab of tabs) this._post(tab, msg);
+  }
+
+  _post(tab, msg) {
+    this.tabs.get(tab)?.sink.post(msg);
+  }
+
+  _status() {
+    const latest = this.latencies.values;
+    return {
+      t: "status",
+      mode: this.mode,
+      state: this.state,
+      wsUrl: this.config?.wsUrl ?? "",
+      sessionId: this.sessionId,
+      principal: this.principal,
+      reconnects: this.reconnector?.reconnects ?? 0,
+      failures: this.reconnector?.failures ?? 0,
+      tabs: this.tabs.size,
+      groups: this.refs.keys(),
+      subscribed: [...this.subscribed],
+      degrade: this.degrade,
+      heartbeatMs: this.heartbeatMs,
+      rttMs: Number.isFinite(this.clock.bestRttUs) ? this.clock.bestRttUs / 1000 : null,
+      offsetUs: this.clock.offsetUs,
+      lastRecoveryMs: this.lastRecoveryMs,
+      pendingLatencySamples: latest.length,
+      counters: { ...this.counters },
+      lastError: this.lastError,
+    };
+  }
+
+  _broadcastStatus() {
+    this._broadcastAll(this._status());
+  }
+
+  // ------------------------------------------------------------------ timers
+
+  _heartbeat() {
+    this._scheduleOnce("heartbeat", Math.max(250, this.heartbeatMs / 2), () => {
+      if (this.state !== "open") return;
+      const idle = this.env.now() - this.lastRx;
+      const deadAfter = this.heartbeatMs * this.config.deadAfterBeats;
+      if (idle > deadAfter) {
+        this._socketGone(`no frame from the gateway for ${Math.round(idle)} ms (dead after ${deadAfter} ms)`);
+        return;
+      }
+      this._send({ ping: { tsUs: Math.round(this.env.wallUs()), nonce: ++this.nonce } });
+      this._heartbeat();
+    });
+  }
+
+  _scheduleRefresh() {
+    if (!this.tokenExpiresUs || this.config.token) return;
+    const leftMs = (this.tokenExpiresUs - (this.env.wallUs() + this.clock.offsetUs)) / 1000;
+    if (!(leftMs > 0)) return;
+    this._scheduleOnce("refresh", Math.max(1000, leftMs * 0.8), async () => {
+      try {
+        const token = await this._token();
+        if (this.state === "open") this._send({ refresh: { token } });
+      } catch (err) {
+        this.lastError = { code: "XY-UI-002", message: `token refresh: ${err.message ?? err}` };
+      }
+    });
+  }
+
+  _onStatusTimer() {
+    const now = this.env.now();
+    for (const group of this.tracker.overdue(now, this.config.snapshotTimeoutMs)) {
+      this.snapshotAsked.delete(group);
+      this._askSnapshot(group, "snapshot overdue");
+    }
+    this._broadcastStatus();
+  }
+
+  _onMetricsTimer() {
+    if (this.state !== "open") return;
+    const reconnects = this.reconnector.reconnects;
+    const c = this.counters;
+    const tabs = [...this.tabs.values()];
+    const fps = tabs.length ? tabs.reduce((a, t) => a + (t.fps || 0), 0) / tabs.length : 0;
+    const latencies = this.latencies.drain();
+    // Counters go as increments since the last report: a new session cannot be diffed by the
+    // gateway against the previous connection's totals.
+    const sent = this._send({
+      metrics: {
+        renderLatencyMs: latencies,
+        tabs: this.tabs.size,
+        fps,
+        droppedBatches: c.droppedBatches - this._reported.droppedBatches,
+        reconnects: reconnects - this._reported.reconnects,
+        checksumMismatches: c.checksumMismatches - this._reported.checksumMismatches,
+      },
+    });
+    if (sent) this._reported = { reconnects, droppedBatches: c.droppedBatches, checksumMismatches: c.checksumMismatches };
+  }
+
+  _schedule(name, everyMs, fn) {
+    const tick = () => {
+      this.timers[name] = this.env.setTimeout(tick, everyMs);
+      fn();
+    };
+    this._cancel(name);
+    this.timers[name] = this.env.setTimeout(tick, everyMs);
+  }
+
+  _scheduleOnce(name, ms, fn) {
+    this._cancel(name);
+    this.timers[name] = this.env.setTimeout(() => {
+      delete this.timers[name];
+      fn();
+    }, ms);
+  }
+
+  _cancel(name) {
+    if (this.timers[name] !== undefined) {
+      this.env.clearTimeout(this.timers[name]);
+      delete this.timers[name];
+    }
+  }
+}
+
+// ---------------------------------------------------------------------- SharedWorker entry
+
+if (typeof SharedWorkerGlobalScope !== "undefined" && globalThis instanceof SharedWorkerGlobalScope) {
+  const hub = new Hub("shared-worker");
+  globalThis.onconnect = (event) => {
+    const port = event.ports[0];
+    let tab = null;
+    port.onmessage = (ev) => {
+      const msg = ev.data;
+      if (msg?.t === "hello") {
+        tab = msg.tab;
+        hub.attach(tab, { post: (m) => port.postMessage(m) });
+      }
+      if (tab === null) {
+        port.postMessage({ t: "error", code: "XY-UI-001", message: `first message must be hello, got ${JSON.stringify(msg?.t)}` });
+        return;
+      }
+      try {
+        hub.handle(tab, msg);
+      } catch (err) {
+        port.postMessage({ t: "error", code: "XY-UI-007", message: `hub: ${err.message ?? err}` });
+      }
+    };
+    port.start();
+  };
+}
