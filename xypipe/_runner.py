@@ -24,6 +24,7 @@ from typing import Any
 import trio
 
 from xypipe._config import AppConfig, PipelineConfig, StageDecl
+from xypipe._contracts import use_registry
 from xypipe._degrade import DegradationController, Level, LevelWatch, Pressure, Transition
 from xypipe._edge import Edge
 from xypipe._errors import StageError, find_in_group
@@ -264,6 +265,8 @@ class Runner:
         self.config = config
         self.process = process
         self.metrics = metrics or Metrics()
+        # Contract decoding anywhere in the process counts unknown fields into our registry.
+        use_registry(self.metrics.registry)
         self.nats_url = nats_url
         self.nats: Any = None
         self.http: Any = None

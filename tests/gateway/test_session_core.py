@@ -238,3 +238,20 @@ def test_bad_frames_are_answered_then_close_after_the_limit(keys: Keys) -> None:
     effects = s.take_effects()
     assert "no known field" in sent(effects)[0].error.message
     assert closes(effects) == [4005]
+
+
+def test_a_newer_clients_unknown_fields_are_tolerated_and_counted(keys: Keys) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from xypipe._contracts import ContractDecoder
+
+    registry = CollectorRegistry()
+    s = make(keys)
+    s.decoder = ContractDecoder(registry)
+    hello = frame(hello=Hello(token=keys.token("ann", ("xy.md.>",), now=WALL, ttl_s=60)))
+    # A v1+ client adds field 99 (varint 7) and field 100 (bytes "x") to its hello frame.
+    newer = hello + bytes([0x98, 0x06, 0x07]) + bytes([0xA2, 0x06, 0x01]) + b"x"
+    s.receive(0.1, WALL, newer)
+    assert sent(s.take_effects())[0].HasField("welcome")
+    assert registry.get_sample_value(
+        "contract_unknown_fields_total", {"message": "xy.md.v1.ClientFrame"}) == 2

@@ -16,6 +16,7 @@ from typing import Any
 
 import trio
 
+from xypipe._contracts import decoder_for
 from xypipe._degrade import Level, Pressure, Transition
 from xypipe._errors import AuthError, BridgeError
 from xypipe._gateway._auth import TokenVerifier
@@ -58,6 +59,7 @@ class GatewayServer:
     ) -> None:
         self.options = options
         self.metrics = GatewayMetrics(metrics)
+        self.decoder = decoder_for(metrics.registry)
         self.log = log
         self.audit = get_logger("audit", component="gateway")
         self.nats = nats
@@ -216,7 +218,7 @@ class GatewayServer:
 
     def new_session(self, peer: str) -> Session:
         return Session(secrets.token_hex(8), self.verifier, self.policy, trio.current_time(),
-                       peer=peer)
+                       peer=peer, decoder=self.decoder)
 
     async def handle_upgrade(self, stream: trio.abc.Stream, request: Request) -> None:
         if not self._accepting:

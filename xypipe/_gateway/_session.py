@@ -28,10 +28,10 @@ from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar, cast
 
 import attrs
-from google.protobuf.message import DecodeError
 
+from xypipe._contracts import ContractDecoder
 from xypipe._degrade import DegradationController, DegradePolicy, Level, Pressure, Transition
-from xypipe._errors import AuthError, ProtocolError
+from xypipe._errors import AuthError, ContractError, ProtocolError
 from xypipe._gateway._auth import AuthExpired, Principal, TokenVerifier
 from xypipe.contracts import (
     ClientFrame,
@@ -240,7 +240,10 @@ class Session:
         now: float,
         *,
         peer: str = "",
+        decoder: ContractDecoder | None = None,
     ) -> None:
+        #: Decodes client frames and counts the unknown fields a newer client sends.
+        self.decoder = decoder or ContractDecoder()
         self.session_id = session_id
         self.verifier = verifier
         self.policy = policy
@@ -382,11 +385,10 @@ class Session:
             self._admit_refund()
             self.frame_too_large(now, len(data))
             return
-        frame = ClientFrame()
         try:
-            frame.ParseFromString(data)
-        except DecodeError as exc:
-            self._bad(f"frame of {len(data)} bytes is not a ClientFrame: {exc}",
+            frame = self.decoder.decode(ClientFrame, data, where="client frame")
+        except ContractError as exc:
+            self._bad(f"frame of {len(data)} bytes is not a ClientFrame: {exc.__cause__}",
                       fatal=self.state == State.AUTH)
             return
         if self.state == State.AUTH:
