@@ -205,3 +205,25 @@ async def test_forced_level_reaches_stages_and_is_counted(autojump_clock):
     assert runner.metrics.sample(
         "backpressure_events_total", {"scope": "pipeline:p", "direction": "up", "level": "L2"}
     ) == 1
+
+
+class Lagging(xypipe.Stage):
+    """A source that reports a backlog outside the pipeline (as ingest does for its stream)."""
+
+    consumes = False
+
+    async def run(self) -> None:
+        self.ctx.report_pressure(0.95, "stream SRC backlog 19000/20000 messages")
+        await trio.sleep(1.0)
+        self.ctx.report_pressure(0.0, "stream SRC backlog 0/20000 messages")
+        await trio.sleep(3.0)
+
+
+async def test_a_backlog_reported_by_a_stage_drives_the_level_like_an_edge(autojump_clock):
+    cfg = config({"use": "test_runner:Lagging"}, {"use": "list_sink"},
+                 degrade={"dwell_ms": 500, "sample_ms": 50})
+    runner = await run(cfg)
+    (pipe,) = runner.pipelines
+    up, down = pipe.transitions
+    assert (up.new, down.new) == (Level.L3, Level.L0)
+    assert "stream SRC backlog 19000/20000 messages at 0.95" in up.reason

@@ -228,6 +228,9 @@ class PipelineRun:
             self.rmetrics.edge_age.labels(edge.name).set(st.oldest_age)
             finite = p.value if math.isfinite(p.value) else 0.0
             self.rmetrics.edge_pressure.labels(edge.name).set(finite)
+        readings.extend(
+            s.ctx.reported_pressure for s in self.stages if s.ctx.reported_pressure is not None
+        )
         transition = self.controller.update(trio.current_time(), Pressure.worst(readings))
         self._apply(transition)
         return transition

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 import attrs
 import trio
 
-from xypipe._degrade import Level, LevelWatch
+from xypipe._degrade import Level, LevelWatch, Pressure
 from xypipe._edge import EdgeReceiveChannel, EdgeSendChannel
 from xypipe._log import Logger
 from xypipe._metrics import Metrics
@@ -42,10 +42,20 @@ class StageContext:
     #: Process-wide values shared between stages (e.g. the aggregator epoch).
     resources: dict[str, Any] = attrs.field(factory=dict)
     _ready: trio.Event = attrs.field(factory=trio.Event)
+    #: The latest pressure the stage reported (see :meth:`report_pressure`).
+    reported_pressure: Pressure | None = None
 
     @property
     def level(self) -> Level:
         return self.degradation.level
+
+    def report_pressure(self, value: float, source: str) -> None:
+        """Tell the runner about a backlog its edges cannot see (e.g. a stream's lag).
+
+        The runner folds the latest report into the pipeline's pressure at every sample, like
+        an edge's budget use: 1.0 means "as full as this stage's budget allows".
+        """
+        self.reported_pressure = Pressure(value, source)
 
     def set_ready(self) -> None:
         """Tell the runner the stage is serving (counted by /healthz readiness)."""

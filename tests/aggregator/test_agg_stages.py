@@ -132,3 +132,14 @@ def test_stream_sequence_is_read_from_both_reply_subject_formats() -> None:
                          ) == 4242
     with pytest.raises(BridgeError, match="not a JetStream delivery"):
         stream_seq_of("_INBOX.abc")
+
+
+def test_consumer_lag_is_read_from_both_reply_subject_formats() -> None:
+    from xypipe._errors import BridgeError
+    from xypipe._stages._jsfeed import pending_of
+
+    assert pending_of("$JS.ACK.XY_SRC.c1.1.4242.17.1795600000000000000.3") == 3
+    assert pending_of("$JS.ACK.dom.acchash.XY_SRC.c1.1.4242.17.1795600000000000000.9000.tok"
+                      ) == 9000
+    with pytest.raises(BridgeError, match="not a JetStream delivery"):
+        pending_of("_INBOX.abc")

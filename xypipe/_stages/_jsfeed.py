@@ -40,6 +40,18 @@ def stream_seq_of(reply: str) -> int:
     raise BridgeError(f"not a JetStream delivery reply subject: {reply!r}")
 
 
+def pending_of(reply: str) -> int:
+    """Messages still waiting in the stream for this consumer after this one (the last token
+    of the reply subject before v2's random token): the consumer's lag, for free."""
+    tokens = reply.split(".")
+    n = len(tokens)
+    if n == 9:
+        return int(tokens[8])
+    if n >= 11:
+        return int(tokens[10])
+    raise BridgeError(f"not a JetStream delivery reply subject: {reply!r}")
+
+
 def _deliver_config(deliver: Any) -> dict[str, Any]:
     if deliver in ("all", "new", "last_per_subject"):
         return {"deliver_policy": deliver}

@@ -29,7 +29,7 @@ from google.protobuf.message import DecodeError
 from xypipe._errors import RebuildError, SourceDataError
 from xypipe._md.records import Batch, ContractRec, Restore, TickRec
 from xypipe._stage import Stage
-from xypipe._stages._jsfeed import js_feed, stream_seq_of
+from xypipe._stages._jsfeed import js_feed, pending_of, stream_seq_of
 from xypipe._stages._md_common import StateStreams, is_token, wall_us
 from xypipe._validate import Invalid, in_range, non_empty, one_of, subject_patterns
 from xypipe.contracts import Contract, Delta, Snapshot, Tick
@@ -59,6 +59,9 @@ class IngestConfig:
     #: Most messages the server sends ahead of what has been handed downstream (its
     #: ``max_ack_pending``): the bound that carries backpressure back to the stream.
     max_pending: int = attrs.field(default=8192, validator=in_range(1, 1_000_000))
+    #: Messages waiting in the stream (the consumer's lag) that count as a full budget: a
+    #: backlog at the server raises the pipeline's degradation level like a full edge does.
+    max_lag: int = attrs.field(default=20_000, validator=in_range(1, 100_000_000))
     log_bad_per_s: int = attrs.field(default=5, validator=in_range(0, 10_000))
     state: StateStreams = attrs.field(factory=StateStreams)
 
@@ -216,6 +219,12 @@ class Ingest(Stage):
             if ticks < len(recs):
                 self._contracts.inc(len(recs) - ticks)
             last = msgs[-1]
+            if last.reply:
+                lag = pending_of(last.reply)
+                self.ctx.report_pressure(
+                    lag / self.config.max_lag,
+                    f"stream {self.config.stream} backlog {lag}/{self.config.max_lag} messages",
+                )
             await send(Batch(recs, last.seq or stream_seq_of(last.reply)))
             # Only now may the server send more: the downstream budget sets the pace.
             feed.ack(msgs)
