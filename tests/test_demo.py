@@ -32,9 +32,8 @@ def free_port() -> int:
 
 def demo_copy(tmp_path: pathlib.Path) -> pathlib.Path:
     text = (ROOT / "configs" / "demo.toml").read_text()
-    text = re.sub(r"(?m)^(\s*port\s*=\s*)\d+", lambda m: f"{m.group(1)}{free_port()}", text)
-    text = re.sub(r"(?m)^(\s*(?:http\.)?port\s*=\s*)\d+", lambda m: f"{m.group(1)}{free_port()}",
-                  text)
+    # Every `port = N`, at the start of a line or inside an inline table.
+    text = re.sub(r"\bport(\s*=\s*)\d+", lambda m: f"port{m.group(1)}{free_port()}", text)
     text = re.sub(r'(?m)^(\s*data_dir\s*=\s*)"[^"]*"', rf'\1"{tmp_path / "nats"}"', text)
     path = tmp_path / "demo.toml"
     path.write_text(text)
