@@ -407,6 +407,12 @@ class NatsClient:
             return await self._portal.run(fn, *args)
         except _NATS_ERRORS as exc:
             raise _map_error(exc, what) from exc
+        except asyncio.CancelledError as exc:
+            # A Trio cancellation arrives as trio.Cancelled; an asyncio one means nats-py gave
+            # up on the call itself (the connection is closing), which is a bridge error.
+            raise NatsConnectionError(
+                f"{what}: abandoned by nats-py (the connection is closing)"
+            ) from exc
 
     @property
     def _aio(self) -> _AioClient:
