@@ -60,6 +60,27 @@ async def wait_healthy(port: int, deadline: float) -> dict:
             await trio.sleep(0.2)
 
 
+def samples(text: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            if "{" not in name:
+                out[name] = float(value)
+    return out
+
+
+async def wait_metrics(port: int, names: tuple[str, ...], deadline: float) -> dict[str, float]:
+    """Poll an external process's /metrics until every counter in ``names`` is above zero."""
+    with trio.fail_after(deadline):
+        while True:
+            _, text = await trio.to_thread.run_sync(http_get, port, "/metrics")
+            found = samples(text)
+            if all(found.get(n, 0) > 0 for n in names):
+                return found
+            await trio.sleep(0.5)
+
+
 def nats_servers_for(data_dir: pathlib.Path) -> list[int]:
     out = subprocess.run(["ps", "-ww", "-eo", "pid,args"], capture_output=True, text=True).stdout
     return [int(line.split()[0]) for line in out.splitlines()
@@ -83,6 +104,12 @@ async def test_demo_runs_serves_health_and_metrics_and_ctrl_c_stops_everything(t
             assert status == 200
             assert "pipeline_running" in text and "backpressure_events_total" in text
         assert nats_servers_for(tmp_path / "nats"), "the embedded nats-server should be running"
+
+        # The market flows: the aggregator ingests the publisher's ticks, emits deltas and
+        # snapshots, and the gateway is up beside it.
+        moving = await wait_metrics(ports["aggregator"], (
+            "src_ingest_total", "ticks_out_total", "snapshots_out_total"), 60)
+        assert moving["src_ingest_rate"] > 0, moving
 
         proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
         with trio.fail_after(5):  # the acceptance bound, not a performance measurement
