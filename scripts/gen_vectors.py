@@ -29,7 +29,8 @@ from typing import Any
 from google.protobuf import descriptor_pb2, descriptor_pool, json_format, message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
-from google.protobuf.unknown_fields import UnknownFieldSet
+
+from xypipe._contracts import count_unknown_fields
 
 PACKAGE = "xy.md.v1"
 # Largest integer a JavaScript number holds exactly; the 64-bit fields use jstype = JS_NUMBER.
@@ -258,22 +259,6 @@ def fill(msg: Message, *, seed: int = 1, depth: int = 0) -> None:
             setattr(msg, field.name, _scalar(field, seed))
 
 
-def count_unknown(msg: Message) -> int:
-    """Unknown field entries (one per tag on the wire) in ``msg`` and every nested message."""
-    total = len(UnknownFieldSet(msg))
-    for field, value in msg.ListFields():
-        if field.message_type is None:
-            continue
-        if field.message_type.GetOptions().map_entry:
-            if field.message_type.fields_by_name["value"].message_type is not None:
-                total += sum(count_unknown(v) for v in value.values())
-        elif field.is_repeated:
-            total += sum(count_unknown(v) for v in value)
-        else:
-            total += count_unknown(value)
-    return total
-
-
 def canonical_json(msg: Message) -> str:
     return json.dumps(json_format.MessageToDict(msg), indent=2, sort_keys=True) + "\n"
 
@@ -291,7 +276,7 @@ def build(image: bytes) -> dict[str, bytes]:
         files[f"{name}.binpb"] = data
         files[f"{name}.json"] = canonical_json(v1).encode()
         manifest.append({"name": name, "message": full_name, "binary": f"{name}.binpb",
-                         "json": f"{name}.json", "unknown_fields": count_unknown(v1)})
+                         "json": f"{name}.json", "unknown_fields": count_unknown_fields(v1)})
 
     for desc in message_types(pool, image):
         msg = message_factory.GetMessageClass(desc)()

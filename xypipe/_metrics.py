@@ -110,15 +110,20 @@ class Metrics:
         return self.registry.get_sample_value(name, labels or {})
 
 
+def backpressure_events(metrics: Metrics) -> Counter:
+    """The one definition of ``backpressure_events``: pipelines and gateway connections share it."""
+    return metrics.counter(
+        "backpressure_events",
+        "Degradation level transitions (pipeline budgets or gateway connections)",
+        ["scope", "direction", "level"],
+    )
+
+
 class RunnerMetrics:
     """The metrics the runner itself maintains."""
 
     def __init__(self, metrics: Metrics) -> None:
-        self.backpressure_events = metrics.counter(
-            "backpressure_events",
-            "Degradation level transitions (pipeline budgets or gateway connections)",
-            ["scope", "direction", "level"],
-        )
+        self.backpressure_events = backpressure_events(metrics)
         self.level = metrics.gauge(
             "degradation_level", "Current degradation level 0..3", ["scope"]
         )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from xypipe._metrics import Metrics
+from xypipe._metrics import Metrics, backpressure_events
 
 #: Render latency as browsers report it spans more than the server-side buckets.
 RENDER_BUCKETS = (0.005, 0.01, 0.0167, 0.025, 0.033, 0.05, 0.075, 0.1, 0.12, 0.15, 0.18, 0.25,
@@ -24,12 +24,7 @@ class GatewayMetrics:
         self.by_level = m.gauge(
             "ws_connections_by_level", "Open browser connections per degradation level", ["level"]
         )
-        # Same name, labels and doc as the runner's, so either may create it first.
-        self.backpressure = m.counter(
-            "backpressure_events",
-            "Degradation level transitions (pipeline budgets or gateway connections)",
-            ["scope", "direction", "level"],
-        )
+        self.backpressure = backpressure_events(m)
         self.nats_req = m.histogram(
             "nats_req_latency", "Latency of the gateway's NATS requests (seconds)", ["op"]
         )
