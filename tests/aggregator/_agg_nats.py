@@ -47,9 +47,8 @@ async def start_aggregator(nursery: trio.Nursery, url: str, **over: Any) -> tupl
             except BaseException as exc:
                 if not scope.cancel_called or isinstance(exc, KeyboardInterrupt):
                     raise
-                # Killed on purpose: whatever its teardown raised (the bridge can surface
-                # asyncio's CancelledError from in-flight calls) is part of the crash being
-                # simulated, not a result.
+                # Killed on purpose: whatever its teardown raised (in-flight NATS calls end
+                # with NatsConnectionError) is part of the crash being simulated, not a result.
                 runner.kill_error = exc  # type: ignore[attr-defined]
 
     await nursery.start(_run)

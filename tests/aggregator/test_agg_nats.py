@@ -134,3 +134,37 @@ async def test_killed_aggregator_restarts_without_a_sequence_hole_or_repeat(
     assert second.metrics.sample("aggregator_rebuilds_total", {"continued": "true"}) == 1
     rebuild_s = second.metrics.sample("aggregator_rebuild_seconds")
     assert rebuild_s is not None and rebuild_s > 0
+
+
+async def test_a_restarted_publisher_is_followed_after_an_aggregator_restart(
+    nats_url: str,
+) -> None:
+    """`make demo` twice: the aggregator restores last session's state, and the publisher starts
+    its sequences over at 1 with newer timestamps — a new session, not duplicates."""
+    async with connect(nats_url) as nc, trio.open_nursery() as nursery:
+        sub = Subscriber(nc)
+        await nursery.start(sub.run)
+        _, scope = await start_aggregator(nursery, nats_url)
+        first = await _publish(nats_url, symbols=30, rate=3000, max_ticks=3000, seed=5)
+        sub.condition = lambda: converged(sub.view, first.resources["publisher.truth"])
+        with trio.fail_after(20):
+            sub.check()
+            await sub.settled.wait()
+        scope.cancel()
+        agg, scope2 = await start_aggregator(nursery, nats_url)
+        second = await _publish(nats_url, symbols=30, rate=3000, max_ticks=1500, seed=5)
+        truth = second.resources["publisher.truth"]
+        sub.settled = trio.Event()
+        sub.condition = lambda: converged(sub.view, truth)
+        with trio.fail_after(20):
+            sub.check()
+            await sub.settled.wait()
+        scope2.cancel()
+        nursery.cancel_scope.cancel()
+    state = sub.view.state()
+    assert {(t.venue, t.symbol): t.seq for t in truth.last.values()} == {
+        k: state[k].seq for k in ((t.venue, t.symbol) for t in truth.last.values())}
+    assert agg.metrics.sample("src_resets_total") == len(truth.last)
+    assert agg.metrics.sample("src_duplicates_total") == 0
+    stats = sub.view.stats
+    assert (stats.gaps, stats.repeats, stats.checksum_mismatches) == (0, 0, 0), stats.problems

@@ -47,6 +47,31 @@ def test_duplicate_seq_is_dropped_and_counted() -> None:
     assert w.duplicates == 2
 
 
+class T(R):
+    """A record with an exchange timestamp (equal to 100 x its sequence unless given)."""
+
+    __slots__ = ("ts",)
+
+    def __init__(self, key: str, seq: int, ts: int | None = None) -> None:
+        super().__init__(key, seq)
+        self.ts = 100 * seq if ts is None else ts
+
+
+def test_a_source_that_starts_over_at_1_is_followed_not_dropped() -> None:
+    w = ReorderWindow(0.02, 8, stamp=lambda r: r.ts)
+    w.restore({"A": 500}, {"A": 50_000})  # a snapshot from before the publisher restarted
+    out = run(w, [(0.0, T("A", i, ts=60_000 + i)) for i in range(1, 5)], 1.0)
+    assert seqs(out) == [1, 2, 3, 4]
+    assert (w.resets, w.duplicates) == (1, 0)
+
+
+def test_a_late_duplicate_of_seq_1_keeps_its_old_timestamp_and_is_dropped() -> None:
+    w = ReorderWindow(0.02, 1, stamp=lambda r: r.ts)
+    out = run(w, [(0.0, T("A", i)) for i in (1, 2, 3, 4, 5, 1)], 1.0)
+    assert seqs(out) == [1, 2, 3, 4, 5]
+    assert (w.resets, w.duplicates) == (0, 1)
+
+
 def test_out_of_order_tick_is_held_and_released_in_order() -> None:
     w = ReorderWindow(0.02, 8)
     out: list[R] = []

@@ -10,6 +10,13 @@ Each key (``venue.symbol``) has an expected next sequence. A record is
   passes, or the key holds ``max_held`` records. Then the window gives up on the missing
   sequences (one ``gaps`` event, ``gap_missing`` sequences) and moves on.
 
+A sequence that starts over at 1 with a timestamp newer than anything released for its key is
+the source restarting (a new session of the feed, a restarted publisher), not a duplicate — a
+duplicate carries its original, older timestamp. Whatever is held for the key is released, the
+key starts over from 1, and the restart is counted (``resets``). Without this, a restored state
+would drop every tick of a restarted source as a duplicate. Detection needs a ``stamp``
+function (the dedupe stage passes the exchange timestamp); without one, the window never resets.
+
 A key never seen (a fresh start without a restored state) takes its first sequence as the
 baseline, except that a first sequence above 1 is held for the hold time so ticks reordered at
 the very start still come out in order.
@@ -21,11 +28,13 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections.abc import Callable
 from typing import Any
 
 
 class ReorderWindow:
-    def __init__(self, hold: float, max_held: int) -> None:
+    def __init__(self, hold: float, max_held: int,
+                 stamp: Callable[[Any], int] | None = None) -> None:
         if hold < 0 or max_held < 1:
             raise ValueError(f"hold must be >= 0 and max_held >= 1, got {hold}, {max_held}")
         self.hold = hold
@@ -39,14 +48,23 @@ class ReorderWindow:
         self.gaps = 0
         self.gap_missing = 0
         self.held_count = 0
+        self.resets = 0
+        self._stamp = stamp
+        self._last_rec: dict[str, Any] = {}
+        self._restored_stamp: dict[str, int] = {}
 
     # ------------------------------------------------------------------ state
 
-    def restore(self, last_seqs: dict[str, int]) -> None:
-        """Continue from known last sequences (e.g. from a snapshot's symbol states)."""
+    def restore(self, last_seqs: dict[str, int],
+                last_stamps: dict[str, int] | None = None) -> None:
+        """Continue from known last sequences (e.g. from a snapshot's symbol states), and the
+        timestamps of those last records (to tell a restarted source from a duplicate)."""
         for key, seq in last_seqs.items():
             if seq > self._last.get(key, 0):
                 self._last[key] = seq
+                self._last_rec.pop(key, None)
+                if last_stamps and key in last_stamps:
+                    self._restored_stamp[key] = last_stamps[key]
 
     def last_seq(self, key: str) -> int | None:
         return self._last.get(key)
@@ -78,13 +96,23 @@ class ReorderWindow:
         if last is None:
             if seq <= 1 and key not in self._held:
                 self._last[key] = seq
+                self._last_rec[key] = rec
                 out.append(rec)
                 return
         elif seq <= last:
+            if seq == 1 and self._restarted(key, rec):
+                self.resets += 1
+                if key in self._held:
+                    self._give_up(key, out, math.inf, force=False)
+                self._last[key] = 1
+                self._last_rec[key] = rec
+                out.append(rec)
+                return
             self.duplicates += 1
             return
         elif seq == last + 1:
             self._last[key] = seq
+            self._last_rec[key] = rec
             out.append(rec)
             if key in self._held:
                 # Its successors came first: this one arrived out of order.
@@ -123,11 +151,20 @@ class ReorderWindow:
 
     # ------------------------------------------------------------------ internals
 
+    def _restarted(self, key: str, rec: Any) -> bool:
+        if self._stamp is None:
+            return False
+        prev = self._last_rec.get(key)
+        prev_ts = self._stamp(prev) if prev is not None else self._restored_stamp.get(key)
+        return prev_ts is not None and self._stamp(rec) > prev_ts
+
     def _release_contiguous(self, key: str, out: list[Any]) -> None:
         held = self._held[key]
         nxt = self._last[key] + 1
         while nxt in held:
-            out.append(held.pop(nxt)[1])
+            rec = held.pop(nxt)[1]
+            out.append(rec)
+            self._last_rec[key] = rec
             self.held_count -= 1
             nxt += 1
         self._last[key] = nxt - 1
@@ -160,12 +197,16 @@ class ReorderWindow:
             if last is not None and seq > last + 1:
                 self.gaps += 1
                 self.gap_missing += seq - last - 1
-            out.append(held.pop(seq)[1])
+            rec = held.pop(seq)[1]
+            out.append(rec)
+            self._last_rec[key] = rec
             self.held_count -= 1
             self._last[key] = seq
         nxt = self._last[key] + 1
         while nxt in held:
-            out.append(held.pop(nxt)[1])
+            rec = held.pop(nxt)[1]
+            out.append(rec)
+            self._last_rec[key] = rec
             self.held_count -= 1
             nxt += 1
         self._last[key] = nxt - 1

@@ -39,7 +39,7 @@ class Dedupe(Stage):
 
     async def run(self) -> None:
         cfg: DedupeConfig = self.config
-        window = ReorderWindow(cfg.hold_ms / 1000, cfg.max_held)
+        window = ReorderWindow(cfg.hold_ms / 1000, cfg.max_held, stamp=_exchange_time)
         m = self.ctx.metrics
         dups = m.counter("src_duplicates", "Duplicate source ticks dropped")
         reorders = m.counter("reorder_count", "Source ticks that arrived out of order and were "
@@ -47,7 +47,10 @@ class Dedupe(Stage):
         gaps = m.counter("src_gap", "Sequence gaps the reorder window could not close")
         gap_ticks = m.counter("src_gap_ticks", "Source sequences skipped by those gaps")
         held = m.gauge("dedupe_held", "Ticks held by the reorder window")
+        resets = m.counter("src_resets", "Sources that restarted their sequence at 1 (a new "
+                                         "session): the key starts over instead of dropping")
         seen = [0, 0, 0, 0]
+        seen_resets = 0
         watermark_in = 0
         inbox, send = self.inbox, self.outbox.send
         while True:
@@ -61,8 +64,9 @@ class Dedupe(Stage):
             now = trio.current_time()
             out: list[Any] = []
             if isinstance(item, Restore):
-                window.restore({f"{s.venue}.{s.symbol}": s.seq
-                                for snap in item.snapshots for s in snap.symbols})
+                states = [s for snap in item.snapshots for s in snap.symbols]
+                window.restore({f"{s.venue}.{s.symbol}": s.seq for s in states},
+                               {f"{s.venue}.{s.symbol}": s.ts_exchange_us for s in states})
                 watermark_in = max(item.replay_from - 1, 0)
                 await send(item)
                 continue
@@ -83,6 +87,11 @@ class Dedupe(Stage):
                 gaps.inc(counts[2] - seen[2])
                 gap_ticks.inc(counts[3] - seen[3])
                 seen = list(counts)
+            if window.resets != seen_resets:
+                resets.inc(window.resets - seen_resets)
+                self.ctx.log.warning("source sequences restarted at 1; following the new session",
+                                     code="XY-SRC-002", restarted=window.resets - seen_resets)
+                seen_resets = window.resets
             held.set(window.held_count)
             lowest = window.min_held_sseq()
             watermark = watermark_in if lowest is None else min(watermark_in, lowest - 1)
@@ -92,3 +101,8 @@ class Dedupe(Stage):
         window.flush(out)
         if out:
             await send(Batch(out, watermark_in))
+
+
+def _exchange_time(rec: TickRec) -> int:
+    ts: int = rec.tick.ts_exchange_us
+    return ts
