@@ -96,6 +96,7 @@ class EmbeddedNats:
         self._proc: trio.Process | None = None
         self._log_tail: deque[bytes] = deque(maxlen=_LOG_TAIL)
         self._nursery: trio.Nursery | None = None
+        self.config_file: Path | None = None
 
     @property
     def url(self) -> str:
@@ -122,6 +123,8 @@ class EmbeddedNats:
         ]
         if self.jetstream:
             argv += ["-js", "-sd", str(self.data_dir)]
+        if self.config_file is not None:
+            argv += ["-c", str(self.config_file)]
         return argv
 
     async def start(self) -> None:
@@ -210,6 +213,7 @@ async def embedded_nats(
     binary: str | os.PathLike[str] | None = None,
     jetstream: bool = True,
     *,
+    config_file: str | os.PathLike[str] | None = None,
     startup_timeout_s: float = 10.0,
     stop_grace_s: float = 3.0,
 ) -> AsyncIterator[EmbeddedNats]:
@@ -217,6 +221,8 @@ async def embedded_nats(
 
     ``port=0`` picks a free port (read back as ``server.port``). ``data_dir=None`` uses a
     temporary directory removed on exit; a given ``data_dir`` is kept (JetStream state survives).
+    ``config_file`` is a nats-server configuration (accounts, users, permissions, TLS); the
+    host, port and JetStream options given here override what it says.
     """
     path = find_nats_server(binary)
     tmp: tempfile.TemporaryDirectory[str] | None = None
@@ -226,6 +232,7 @@ async def embedded_nats(
     server = EmbeddedNats(
         path, host, port, Path(data_dir), jetstream, startup_timeout_s, stop_grace_s
     )
+    server.config_file = Path(config_file) if config_file is not None else None
     try:
         with single_error_unwrapped():
             async with trio.open_nursery() as nursery:

@@ -159,3 +159,9 @@ class RebuildError(XyError):
     history, epochs that disagree) and starts a new epoch; clients resynchronise."""
 
     code = "XY-AGG-001"
+
+
+class NatsPermissionDenied(BridgeError):
+    """The NATS server refused a publish or subscribe under the user's permissions."""
+
+    code = "XY-NATS-008"

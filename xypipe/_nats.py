@@ -60,6 +60,7 @@ from xypipe._errors import (
     NatsConnectionError,
     NatsNoResponders,
     NatsNotFound,
+    NatsPermissionDenied,
     NatsSlowConsumer,
     NatsTimeout,
 )
@@ -136,6 +137,8 @@ class BridgeStatistics:
     slow_consumer_drops: int
     reconnects: int
     events_dropped: int
+    #: Publishes/subscriptions the server refused under this user's permissions.
+    permission_denied: int = 0
 
 
 @attrs.frozen(slots=True)
@@ -385,6 +388,7 @@ class NatsClient:
         self._published = 0
         self._pub_dropped = 0
         self._slow_consumer_drops = 0
+        self._permission_denied = 0
         self._slow_reported_at = -_SLOW_REPORT_INTERVAL_S * 2
         self._reconnects = 0
         self._events_dropped = 0
@@ -439,6 +443,8 @@ class NatsClient:
                 return
             if isinstance(exc, nats.errors.SlowConsumerError):
                 portal.to_trio(self._on_slow_consumer, exc.subject, exc.sid)
+            elif "permissions violation" in str(exc).lower():
+                portal.to_trio(self._on_permission_denied, str(exc))
             else:
                 portal.to_trio(self._emit, BridgeEvent("error", f"{type(exc).__name__}: {exc}"))
 
@@ -496,6 +502,14 @@ class NatsClient:
                 inbox.fail(err)
         self._emit(BridgeEvent(kind))
 
+    def _on_permission_denied(self, detail: str) -> None:
+        # The server refuses a publish or subscribe outside this user's permissions (its
+        # account ACL) without closing the connection; make every refusal visible.
+        self._permission_denied += 1
+        _log.warning("nats refused an operation (permissions)", code=NatsPermissionDenied.code,
+                     detail=detail.strip(" '\""), denied_total=self._permission_denied)
+        self._emit(BridgeEvent("error", detail))
+
     def _on_slow_consumer(self, subject: str | None, sid: int | None) -> None:
         self._slow_consumer_drops += 1
         now = trio.current_time()
@@ -547,6 +561,7 @@ class NatsClient:
             slow_consumer_drops=self._slow_consumer_drops,
             reconnects=self._reconnects,
             events_dropped=self._events_dropped,
+            permission_denied=self._permission_denied,
         )
 
     # -- publish -----------------------------------------------------------------------------
