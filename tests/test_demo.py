@@ -168,3 +168,41 @@ use = "list_sink"
     assert code == 1
     assert "pipeline 'doomed', stage 'boom' failed: ValueError: cannot handle item 20" in text
     assert "xypipe: process 'worker' exited on its own with status 1" in text
+
+
+async def test_a_killed_parent_takes_its_nats_server_with_it(tmp_path):
+    config_path = tmp_path / "solo.toml"
+    port = free_port()
+    config_path.write_text(f"""
+[nats]
+url = "embedded"
+[nats.embedded]
+port = 0
+data_dir = "{tmp_path / 'nats'}"
+[http]
+port = {port}
+[pipelines.p]
+[[pipelines.p.stages]]
+use = "nats_source"
+subjects = ["xy.src.tick.>"]
+[[pipelines.p.stages]]
+use = "nats_sink"
+""")
+    proc = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "xypipe", "run", str(config_path)],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        await wait_healthy(port, 60)
+        assert nats_servers_for(tmp_path / "nats")
+        proc.kill()  # SIGKILL: no cleanup code runs in the parent
+        await proc.wait()
+        # The orphaned server is not our child, so nothing can await its exit: poll the process
+        # table (an exited process shows as "<defunct>" without its arguments).
+        with trio.fail_after(10):
+            while nats_servers_for(tmp_path / "nats"):  # noqa: ASYNC110
+                await trio.sleep(0.1)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()

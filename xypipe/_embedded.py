@@ -30,6 +30,7 @@ from pathlib import Path
 import trio
 
 from xypipe._errors import EmbeddedServerError
+from xypipe._process import Child
 from xypipe._trio_util import single_error_unwrapped
 
 __all__ = ["EmbeddedNats", "embedded_nats", "find_nats_server"]
@@ -93,7 +94,7 @@ class EmbeddedNats:
         self.jetstream = jetstream
         self._startup_timeout_s = startup_timeout_s
         self._stop_grace_s = stop_grace_s
-        self._proc: trio.Process | None = None
+        self._proc: Child | None = None
         self._log_tail: deque[bytes] = deque(maxlen=_LOG_TAIL)
         self._nursery: trio.Nursery | None = None
         self.config_file: Path | None = None
@@ -135,9 +136,7 @@ class EmbeddedNats:
         self._log_tail.clear()
         argv = self._argv()
         try:
-            proc = await trio.lowlevel.open_process(
-                argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-            )
+            proc = Child.spawn(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         except OSError as exc:
             raise EmbeddedServerError(f"could not start {argv[0]}: {exc}") from exc
         self._proc = proc
@@ -160,7 +159,7 @@ class EmbeddedNats:
             f"embedded nats-server ({' '.join(argv)}) {why}; last log lines:\n{tail}"
         )
 
-    async def _read_log(self, proc: trio.Process, ready: trio.Event, settled: trio.Event) -> None:
+    async def _read_log(self, proc: Child, ready: trio.Event, settled: trio.Event) -> None:
         # Always drain stderr: a full pipe would block the server.
         assert proc.stderr is not None
         buf = b""

@@ -19,6 +19,7 @@ import trio
 from xypipe._config import AppConfig
 from xypipe._errors import XyError
 from xypipe._log import get_logger
+from xypipe._process import Child
 from xypipe._runner import Runner
 
 _log = get_logger("supervisor")
@@ -128,14 +129,14 @@ async def _own_nats(cfg: AppConfig, nursery: trio.Nursery) -> str | None:
 
 async def _child(
     cfg: AppConfig, name: str, nats_url: str | None, stop_all: trio.Event, failures: list[str],
-    *, task_status: trio.TaskStatus[trio.Process] = trio.TASK_STATUS_IGNORED,
+    *, task_status: trio.TaskStatus[Child] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     cmd = [sys.executable, "-m", "xypipe", "run", cfg.path, "--process", name]
     if nats_url:
         cmd += ["--nats-url", nats_url]
     # Own process group: a Ctrl-C in the terminal reaches the parent only, which then stops the
     # children in order (pipelines drain before NATS goes away).
-    proc = await trio.lowlevel.open_process(cmd, start_new_session=True, env=dict(os.environ))
+    proc = Child.spawn(cmd, start_new_session=True, env=os.environ)
     _log.info("child started", process=name, pid=proc.pid)
     task_status.started(proc)
     try:
@@ -153,12 +154,12 @@ async def _child(
             await _terminate(proc, name)
 
 
-async def _stop_child_when(stop_all: trio.Event, proc: trio.Process, name: str) -> None:
+async def _stop_child_when(stop_all: trio.Event, proc: Child, name: str) -> None:
     await stop_all.wait()
     await _terminate(proc, name)
 
 
-async def _terminate(proc: trio.Process, name: str) -> None:
+async def _terminate(proc: Child, name: str) -> None:
     if proc.returncode is not None:
         return
     proc.send_signal(signal.SIGTERM)
