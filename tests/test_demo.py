@@ -18,6 +18,7 @@ import urllib.error
 import urllib.request
 
 import trio
+from prometheus_client.parser import text_string_to_metric_families
 
 from xypipe import load_config
 
@@ -61,13 +62,9 @@ async def wait_healthy(port: int, deadline: float) -> dict:
 
 
 def samples(text: str) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            if "{" not in name:
-                out[name] = float(value)
-    return out
+    """The unlabelled samples of a /metrics page, parsed by prometheus-client's own parser."""
+    return {s.name: s.value for family in text_string_to_metric_families(text)
+            for s in family.samples if not s.labels}
 
 
 async def wait_metrics(port: int, names: tuple[str, ...], deadline: float) -> dict[str, float]:

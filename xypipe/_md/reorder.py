@@ -158,16 +158,24 @@ class ReorderWindow:
         prev_ts = self._stamp(prev) if prev is not None else self._restored_stamp.get(key)
         return prev_ts is not None and self._stamp(rec) > prev_ts
 
-    def _release_contiguous(self, key: str, out: list[Any]) -> None:
-        held = self._held[key]
+    def _release_one(self, key: str, held: dict[int, tuple[float, Any]], seq: int,
+                     out: list[Any]) -> None:
+        rec = held.pop(seq)[1]
+        out.append(rec)
+        self._last_rec[key] = rec
+        self._last[key] = seq
+        self.held_count -= 1
+
+    def _release_run(self, key: str, held: dict[int, tuple[float, Any]], out: list[Any]) -> None:
+        """Release every held successor of the last released sequence that is contiguous."""
         nxt = self._last[key] + 1
         while nxt in held:
-            rec = held.pop(nxt)[1]
-            out.append(rec)
-            self._last_rec[key] = rec
-            self.held_count -= 1
+            self._release_one(key, held, nxt, out)
             nxt += 1
-        self._last[key] = nxt - 1
+
+    def _release_contiguous(self, key: str, out: list[Any]) -> None:
+        held = self._held[key]
+        self._release_run(key, held, out)
         if not held:
             del self._held[key]
         else:
@@ -197,19 +205,8 @@ class ReorderWindow:
             if last is not None and seq > last + 1:
                 self.gaps += 1
                 self.gap_missing += seq - last - 1
-            rec = held.pop(seq)[1]
-            out.append(rec)
-            self._last_rec[key] = rec
-            self.held_count -= 1
-            self._last[key] = seq
-        nxt = self._last[key] + 1
-        while nxt in held:
-            rec = held.pop(nxt)[1]
-            out.append(rec)
-            self._last_rec[key] = rec
-            self.held_count -= 1
-            nxt += 1
-        self._last[key] = nxt - 1
+            self._release_one(key, held, seq, out)
+        self._release_run(key, held, out)
 
     def _schedule(self, key: str) -> None:
         held = self._held[key]
