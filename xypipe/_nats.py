@@ -439,7 +439,7 @@ class NatsClient:
         async def on_error(exc: Exception) -> None:
             if self._nc is None:  # still connecting: keep the reason for the error message
                 self._connect_errors.append(f"{type(exc).__name__}: {exc}")
-                del self._connect_errors[:-3]
+                del self._connect_errors[:-8]
                 return
             if isinstance(exc, nats.errors.SlowConsumerError):
                 portal.to_trio(self._on_slow_consumer, exc.subject, exc.sid)
@@ -815,7 +815,11 @@ async def connect(
             with trio.fail_after(deadline):
                 await client._call(what, client._aio_connect, server_list, options)
         except trio.TooSlowError:
-            last = client._connect_errors[-1] if client._connect_errors else "no error reported"
+            # A refusal (-ERR 'Authorization Violation') is often followed by a reset of the
+            # same attempt; name every distinct recent error, not just the last, so the cause
+            # an operator must fix is never hidden behind the symptom.
+            seen = list(dict.fromkeys(reversed(client._connect_errors)))
+            last = "; earlier: ".join(seen) if seen else "no error reported"
             raise NatsConnectionError(
                 f"{what}: no server reachable within {deadline:g} s (last error: {last})"
             ) from None
