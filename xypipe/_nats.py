@@ -58,6 +58,7 @@ from xypipe._errors import (
     BridgeError,
     NatsBackpressure,
     NatsConnectionError,
+    NatsJsUnavailable,
     NatsNoResponders,
     NatsNotFound,
     NatsPermissionDenied,
@@ -114,7 +115,7 @@ class Msg:
 
 
 EventKind: TypeAlias = Literal[
-    "connected", "disconnected", "reconnected", "closed", "error", "slow_consumer"
+    "connected", "disconnected", "reconnected", "closed", "error", "slow_consumer", "lame_duck"
 ]
 
 
@@ -174,7 +175,9 @@ def _map_error(exc: BaseException, what: str) -> BridgeError:
     if isinstance(exc, nats.js.errors.NoStreamResponseError):
         return NatsNotFound(f"{what}: no stream captures this subject")
     if isinstance(exc, nats.js.errors.ServiceUnavailableError):
-        return NatsNotFound(f"{what}: JetStream is not enabled or not available ({detail})")
+        return NatsJsUnavailable(
+            f"{what}: JetStream is not enabled or not available ({detail})"
+        )
     if isinstance(exc, nats.js.errors.NotFoundError):
         return NatsNotFound(f"{what}: not found ({detail})")
     if isinstance(exc, nats.errors.SlowConsumerError):
@@ -396,6 +399,7 @@ class NatsClient:
         self._inboxes: set[_Inbox[Any]] = set()
         self._closed = False
         self._closing = False
+        self._lost = False
         self._connect_errors: list[str] = []
 
     # -- plumbing ----------------------------------------------------------------------------
@@ -457,6 +461,12 @@ class NatsClient:
         async def on_closed() -> None:
             portal.to_trio(self._on_state, "closed")
 
+        async def on_lame_duck() -> None:
+            # The server is shutting down gracefully (lame-duck mode, or a cluster node being
+            # drained): nats-py moves to another server when this one closes the connection;
+            # JetStream users re-check their consumers (see _stages/_jsfeed.py).
+            portal.to_trio(self._on_state, "lame_duck")
+
         nc = _AioClient()
         await nc.connect(
             servers,
@@ -464,6 +474,7 @@ class NatsClient:
             disconnected_cb=on_disconnected,
             reconnected_cb=on_reconnected,
             closed_cb=on_closed,
+            lame_duck_mode_cb=on_lame_duck,
             **options,
         )
         self._nc = nc
@@ -489,13 +500,19 @@ class NatsClient:
             await nc.close()
 
     # -- Trio side: connection state ---------------------------------------------------------
-    def _on_state(self, kind: Literal["disconnected", "reconnected", "closed"]) -> None:
-        if kind == "reconnected":
+    def _on_state(
+        self, kind: Literal["disconnected", "reconnected", "closed", "lame_duck"]
+    ) -> None:
+        if kind == "lame_duck":
+            _log.warning("nats server entered lame-duck mode", code=NatsConnectionError.code,
+                         url=self._connected_url())
+        elif kind == "reconnected":
             self._reconnects += 1
             _log.info("nats reconnected", url=self._connected_url())
         elif kind == "disconnected" and not self._closing:
             _log.warning("nats disconnected", code=NatsConnectionError.code)
         elif kind == "closed" and not self._closing:
+            self._lost = True
             err = NatsConnectionError("the NATS connection closed (reconnect attempts exhausted)")
             _log.error("nats connection closed", code=err.code)
             for inbox in list(self._inboxes):
@@ -534,6 +551,11 @@ class NatsClient:
         nc = self._nc
         url = nc.connected_url if nc is not None else None
         return url.geturl() if url is not None else None
+
+    @property
+    def closed(self) -> bool:
+        """Closed for good (by us, or reconnect attempts exhausted): retrying is pointless."""
+        return self._closed or self._closing or self._lost
 
     @property
     def is_connected(self) -> bool:
@@ -1089,6 +1111,15 @@ class PullConsumer:
             return [_from_aio_js(m) for m in msgs]
 
         return await self._c._call(f"fetch from {self._what}", _fetch)
+
+    async def num_pending(self) -> int:
+        """Messages the consumer has yet to deliver (consumer info): read right after opening
+        it, how many a complete read must return."""
+
+        async def _info() -> int:
+            return int((await self._psub.consumer_info()).num_pending)
+
+        return await self._c._call(f"info of {self._what}", _info)
 
     def ack(self, batch: list[Msg]) -> None:
         """Acknowledge a processed batch (``ack="all"`` consumers): one ack for its last message,
