@@ -55,6 +55,7 @@ from nats.js import api as _js_api
 
 from xypipe._bridge_portal import BridgeKind, Portal, open_portal
 from xypipe._errors import (
+    KV_WATCH_RESTARTED,
     BridgeError,
     NatsBackpressure,
     NatsConnectionError,
@@ -66,6 +67,8 @@ from xypipe._errors import (
     NatsTimeout,
 )
 from xypipe._log import get_logger
+from xypipe._retry import retrying
+from xypipe._trio_util import single_error_unwrapped
 
 __all__ = [
     "BridgeEvent",
@@ -1210,32 +1213,69 @@ class KeyValue:
         self, keys: str = ">", *, include_history: bool = False, max_pending: int = 4096
     ) -> AsyncIterator[KvWatch]:
         """Watch ``keys`` (a subject-style pattern): first the current values, then every change
-        (deletes come with ``op="DEL"``)."""
+        (deletes come with ``op="DEL"``).
+
+        The watch survives server restarts: its consumer lives on the server, so after every
+        reconnect the watch is started again (retried with backoff while JetStream is away)
+        and entries at or below the last revision already delivered are skipped — changes made
+        while the server was away arrive once, nothing arrives twice."""
         inbox: _Inbox[KvEntry] = _Inbox(
             self._c._portal, max_pending, 256, f"KV watch {self.bucket}/{keys}"
         )
+        what = f"KV watch {self.bucket}/{keys}"
+        # Written and read on the asyncio side only.
+        seen = [0]
+        current: list[tuple[Any, asyncio.Task[None]]] = []
 
-        async def _start() -> tuple[Any, asyncio.Task[None]]:
+        async def _start() -> None:
             watcher = await self._kv.watch(keys, include_history=include_history)
 
             async def pump() -> None:
                 async for e in watcher:
-                    if e is not None:  # None marks "initial values delivered"
+                    # None marks "initial values delivered"; older revisions were delivered
+                    # before a restart of the watch.
+                    if e is not None and (e.revision or 0) > seen[0]:
+                        seen[0] = e.revision or 0
                         await inbox.aio_put(self._entry(e))
 
-            return watcher, asyncio.get_running_loop().create_task(pump())
-
-        watcher, task = await self._c._call(f"KV watch {self.bucket}/{keys}", _start)
+            current.append((watcher, asyncio.get_running_loop().create_task(pump())))
 
         async def _stop() -> None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            await watcher.stop()
+            while current:
+                watcher, task = current.pop()
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                try:
+                    await watcher.stop()
+                except _NATS_ERRORS:
+                    pass  # The server that held it may be gone; its consumer with it.
 
+        async def _restart() -> None:
+            await _stop()
+            await _start()
+
+        async def follow(events: trio.MemoryReceiveChannel[BridgeEvent]) -> None:
+            async for ev in events:
+                if ev.kind != "reconnected":
+                    continue
+                await retrying(f"restart {what}", lambda: self._c._call(what, _restart),
+                               log=_log, gave_up=lambda: self._c.closed)
+                _log.warning("KV watch restarted after a reconnect", code=KV_WATCH_RESTARTED,
+                             bucket=self.bucket, keys=keys, last_revision=seen[0])
+
+        events = self._c.events()
+        await self._c._call(what, _start)
         self._c._inboxes.add(inbox)
         try:
-            yield KvWatch(inbox)
+            with single_error_unwrapped():
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(follow, events)
+                    try:
+                        yield KvWatch(inbox)
+                    finally:
+                        nursery.cancel_scope.cancel()
         finally:
+            events.close()
             self._c._inboxes.discard(inbox)
             inbox.close()
-            await self._c._quietly(f"stop KV watch {self.bucket}/{keys}", _stop)
+            await self._c._quietly(f"stop {what}", _stop)
