@@ -186,6 +186,16 @@ class EmbeddedNats:
         """SIGTERM the child, SIGKILL it after the grace period; wait until it is gone."""
         await self._terminate()
 
+    async def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Send ``sig`` (SIGKILL: a crash; SIGUSR2: lame-duck mode, after which the server exits
+        by itself) and wait until the child has exited; ``start()`` brings it back on the same
+        port and data dir. For fault-injection tests."""
+        proc = self._proc
+        if proc is None or proc.returncode is not None:
+            return
+        proc.send_signal(sig)
+        await proc.wait()
+
     async def restart(self) -> None:
         """Stop, then start again on the same port and data dir (streams survive)."""
         await self._terminate()

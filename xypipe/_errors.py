@@ -165,3 +165,25 @@ class NatsPermissionDenied(BridgeError):
     """The NATS server refused a publish or subscribe under the user's permissions."""
 
     code = "XY-NATS-008"
+
+
+class NatsJsUnavailable(NatsNotFound):
+    """JetStream does not answer (not enabled, restarting, no meta leader): a transient state
+    that callers ride out with a retry (see :mod:`xypipe._retry`). A ``NatsNotFound`` for code
+    that only knew that one."""
+
+    code = "XY-NATS-009"
+
+
+#: A JetStream push consumer the pipeline depends on was found missing (server restart, lame
+#: duck, node loss, deleted) or stale after a reconnect, and was re-created from the last
+#: stream sequence handed downstream + 1.
+JS_CONSUMER_RECREATED = "XY-NATS-010"
+#: A JetStream operation failed with a transient error (JetStream or the server away) and is
+#: retried with backoff; logged once per attempt (attempts are at most ``max_s`` apart).
+JS_RETRYING = "XY-NATS-011"
+#: The publish stage lost messages while the server was away (nats-py's reconnect buffer was
+#: full); it keeps running and counts them.
+PUBLISH_DROPPED = "XY-NATS-012"
+#: A KV watch was restarted after a reconnect (its ordered consumer lives on the server).
+KV_WATCH_RESTARTED = "XY-NATS-013"

@@ -55,9 +55,11 @@ from nats.js import api as _js_api
 
 from xypipe._bridge_portal import BridgeKind, Portal, open_portal
 from xypipe._errors import (
+    KV_WATCH_RESTARTED,
     BridgeError,
     NatsBackpressure,
     NatsConnectionError,
+    NatsJsUnavailable,
     NatsNoResponders,
     NatsNotFound,
     NatsPermissionDenied,
@@ -65,6 +67,8 @@ from xypipe._errors import (
     NatsTimeout,
 )
 from xypipe._log import get_logger
+from xypipe._retry import retrying
+from xypipe._trio_util import single_error_unwrapped
 
 __all__ = [
     "BridgeEvent",
@@ -114,7 +118,7 @@ class Msg:
 
 
 EventKind: TypeAlias = Literal[
-    "connected", "disconnected", "reconnected", "closed", "error", "slow_consumer"
+    "connected", "disconnected", "reconnected", "closed", "error", "slow_consumer", "lame_duck"
 ]
 
 
@@ -174,7 +178,9 @@ def _map_error(exc: BaseException, what: str) -> BridgeError:
     if isinstance(exc, nats.js.errors.NoStreamResponseError):
         return NatsNotFound(f"{what}: no stream captures this subject")
     if isinstance(exc, nats.js.errors.ServiceUnavailableError):
-        return NatsNotFound(f"{what}: JetStream is not enabled or not available ({detail})")
+        return NatsJsUnavailable(
+            f"{what}: JetStream is not enabled or not available ({detail})"
+        )
     if isinstance(exc, nats.js.errors.NotFoundError):
         return NatsNotFound(f"{what}: not found ({detail})")
     if isinstance(exc, nats.errors.SlowConsumerError):
@@ -396,6 +402,7 @@ class NatsClient:
         self._inboxes: set[_Inbox[Any]] = set()
         self._closed = False
         self._closing = False
+        self._lost = False
         self._connect_errors: list[str] = []
 
     # -- plumbing ----------------------------------------------------------------------------
@@ -457,6 +464,12 @@ class NatsClient:
         async def on_closed() -> None:
             portal.to_trio(self._on_state, "closed")
 
+        async def on_lame_duck() -> None:
+            # The server is shutting down gracefully (lame-duck mode, or a cluster node being
+            # drained): nats-py moves to another server when this one closes the connection;
+            # JetStream users re-check their consumers (see _stages/_jsfeed.py).
+            portal.to_trio(self._on_state, "lame_duck")
+
         nc = _AioClient()
         await nc.connect(
             servers,
@@ -464,6 +477,7 @@ class NatsClient:
             disconnected_cb=on_disconnected,
             reconnected_cb=on_reconnected,
             closed_cb=on_closed,
+            lame_duck_mode_cb=on_lame_duck,
             **options,
         )
         self._nc = nc
@@ -489,13 +503,19 @@ class NatsClient:
             await nc.close()
 
     # -- Trio side: connection state ---------------------------------------------------------
-    def _on_state(self, kind: Literal["disconnected", "reconnected", "closed"]) -> None:
-        if kind == "reconnected":
+    def _on_state(
+        self, kind: Literal["disconnected", "reconnected", "closed", "lame_duck"]
+    ) -> None:
+        if kind == "lame_duck":
+            _log.warning("nats server entered lame-duck mode", code=NatsConnectionError.code,
+                         url=self._connected_url())
+        elif kind == "reconnected":
             self._reconnects += 1
             _log.info("nats reconnected", url=self._connected_url())
         elif kind == "disconnected" and not self._closing:
             _log.warning("nats disconnected", code=NatsConnectionError.code)
         elif kind == "closed" and not self._closing:
+            self._lost = True
             err = NatsConnectionError("the NATS connection closed (reconnect attempts exhausted)")
             _log.error("nats connection closed", code=err.code)
             for inbox in list(self._inboxes):
@@ -534,6 +554,11 @@ class NatsClient:
         nc = self._nc
         url = nc.connected_url if nc is not None else None
         return url.geturl() if url is not None else None
+
+    @property
+    def closed(self) -> bool:
+        """Closed for good (by us, or reconnect attempts exhausted): retrying is pointless."""
+        return self._closed or self._closing or self._lost
 
     @property
     def is_connected(self) -> bool:
@@ -1094,6 +1119,15 @@ class PullConsumer:
 
         return await self._c._call(f"fetch from {self._what}", _fetch)
 
+    async def num_pending(self) -> int:
+        """Messages the consumer has yet to deliver (consumer info): read right after opening
+        it, how many a complete read must return."""
+
+        async def _info() -> int:
+            return int((await self._psub.consumer_info()).num_pending)
+
+        return await self._c._call(f"info of {self._what}", _info)
+
     def ack(self, batch: list[Msg]) -> None:
         """Acknowledge a processed batch (``ack="all"`` consumers): one ack for its last message,
         sent with the next publish batch."""
@@ -1183,32 +1217,69 @@ class KeyValue:
         self, keys: str = ">", *, include_history: bool = False, max_pending: int = 4096
     ) -> AsyncIterator[KvWatch]:
         """Watch ``keys`` (a subject-style pattern): first the current values, then every change
-        (deletes come with ``op="DEL"``)."""
+        (deletes come with ``op="DEL"``).
+
+        The watch survives server restarts: its consumer lives on the server, so after every
+        reconnect the watch is started again (retried with backoff while JetStream is away)
+        and entries at or below the last revision already delivered are skipped — changes made
+        while the server was away arrive once, nothing arrives twice."""
         inbox: _Inbox[KvEntry] = _Inbox(
             self._c._portal, max_pending, 256, f"KV watch {self.bucket}/{keys}"
         )
+        what = f"KV watch {self.bucket}/{keys}"
+        # Written and read on the asyncio side only.
+        seen = [0]
+        current: list[tuple[Any, asyncio.Task[None]]] = []
 
-        async def _start() -> tuple[Any, asyncio.Task[None]]:
+        async def _start() -> None:
             watcher = await self._kv.watch(keys, include_history=include_history)
 
             async def pump() -> None:
                 async for e in watcher:
-                    if e is not None:  # None marks "initial values delivered"
+                    # None marks "initial values delivered"; older revisions were delivered
+                    # before a restart of the watch.
+                    if e is not None and (e.revision or 0) > seen[0]:
+                        seen[0] = e.revision or 0
                         await inbox.aio_put(self._entry(e))
 
-            return watcher, asyncio.get_running_loop().create_task(pump())
-
-        watcher, task = await self._c._call(f"KV watch {self.bucket}/{keys}", _start)
+            current.append((watcher, asyncio.get_running_loop().create_task(pump())))
 
         async def _stop() -> None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            await watcher.stop()
+            while current:
+                watcher, task = current.pop()
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                try:
+                    await watcher.stop()
+                except _NATS_ERRORS:
+                    pass  # The server that held it may be gone; its consumer with it.
 
+        async def _restart() -> None:
+            await _stop()
+            await _start()
+
+        async def follow(events: trio.MemoryReceiveChannel[BridgeEvent]) -> None:
+            async for ev in events:
+                if ev.kind != "reconnected":
+                    continue
+                await retrying(f"restart {what}", lambda: self._c._call(what, _restart),
+                               log=_log, gave_up=lambda: self._c.closed)
+                _log.warning("KV watch restarted after a reconnect", code=KV_WATCH_RESTARTED,
+                             bucket=self.bucket, keys=keys, last_revision=seen[0])
+
+        events = self._c.events()
+        await self._c._call(what, _start)
         self._c._inboxes.add(inbox)
         try:
-            yield KvWatch(inbox)
+            with single_error_unwrapped():
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(follow, events)
+                    try:
+                        yield KvWatch(inbox)
+                    finally:
+                        nursery.cancel_scope.cancel()
         finally:
+            events.close()
             self._c._inboxes.discard(inbox)
             inbox.close()
-            await self._c._quietly(f"stop KV watch {self.bucket}/{keys}", _stop)
+            await self._c._quietly(f"stop {what}", _stop)

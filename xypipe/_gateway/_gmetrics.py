@@ -48,6 +48,10 @@ class GatewayMetrics:
         self.bad_input = m.counter(
             "gateway_bad_messages", "Aggregator messages the gateway could not use", ["reason"]
         )
+        self.snapshot_get_failures = m.counter(
+            "gateway_snapshot_get_failures",
+            "Snapshot direct gets that failed (each is retried with backoff)",
+        )
         self.resumes = m.counter("ws_resumes", "Resume requests by outcome", ["outcome"])
         self.resyncs = m.counter(
             "ws_resyncs", "Subscriptions resent from a snapshot (gap, epoch, pause, request)"

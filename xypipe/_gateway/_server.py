@@ -41,9 +41,12 @@ from xypipe._gateway._session import (
 from xypipe._http import Request, Response
 from xypipe._log import Logger, get_logger
 from xypipe._metrics import Metrics
+from xypipe._retry import Backoff, retrying
 from xypipe.contracts import ClientMetrics, Error, ErrorCode, ServerFrame
 
 _ids = itertools.count(1)
+# Snapshot direct gets while the store is away: quick at first, then once a second.
+_SNAPSHOT_BACKOFF = Backoff(initial_s=0.05, max_s=1.0)
 
 
 class GatewayServer:
@@ -165,24 +168,46 @@ class GatewayServer:
         self._nursery.start_soon(self._fetch_snapshot, group)
 
     async def _fetch_snapshot(self, group: str) -> None:
+        """Direct get of the group's last snapshot, retried with backoff while the store cannot
+        be reached (JetStream restarting, lame duck, node loss) for as long as someone waits
+        for the group and no live snapshot has arrived: a subscriber who asked while
+        JetStream was away gets the snapshot once it is back."""
         subject = f"{self.options.snapshot_prefix}.{group}"
-        t0 = trio.current_time()
+        attempt = 0
         try:
-            with trio.fail_after(self.options.nats_timeout_ms / 1000):
-                msg = await self.nats.jetstream().direct_get_last(
-                    self.options.snapshot_stream, subject)
-        except (BridgeError, trio.TooSlowError) as exc:
-            self.metrics.nats_req.labels("direct_get_error").observe(trio.current_time() - t0)
-            self.log.warning("snapshot direct get failed", code=getattr(exc, "code", "XY-GW-002"),
-                             subject=subject, stream=self.options.snapshot_stream,
-                             error=str(exc))
-            msg = None
-            failed = True
-        else:
-            self.metrics.nats_req.labels("direct_get").observe(trio.current_time() - t0)
-            failed = False
+            while self.hub.needs_snapshot(group) and self.hub.subscribers.get(group):
+                t0 = trio.current_time()
+                try:
+                    with trio.fail_after(self.options.nats_timeout_ms / 1000):
+                        msg = await self.nats.jetstream().direct_get_last(
+                            self.options.snapshot_stream, subject)
+                except (BridgeError, trio.TooSlowError) as exc:
+                    self.metrics.nats_req.labels("direct_get_error").observe(
+                        trio.current_time() - t0)
+                    self.metrics.snapshot_get_failures.inc()
+                    attempt += 1
+                    delay = _SNAPSHOT_BACKOFF.delay(attempt)
+                    self.log.warning("snapshot direct get failed; retrying",
+                                     code="XY-GW-002", subject=subject,
+                                     stream=self.options.snapshot_stream, attempt=attempt,
+                                     retry_in_ms=round(delay * 1000),
+                                     error=str(exc) or "timed out",
+                                     error_code=getattr(exc, "code", None))
+                    if attempt == 1:
+                        self._snapshot_unavailable(
+                            group, "the snapshot store could not be reached (retrying)")
+                    await trio.sleep(delay)
+                    continue
+                self.metrics.nats_req.labels("direct_get").observe(trio.current_time() - t0)
+                if attempt:
+                    self.log.info("snapshot direct get succeeded after retries",
+                                  subject=subject, attempts=attempt)
+                self._stored_snapshot(group, subject, msg)
+                return
         finally:
             self._fetching.discard(group)
+
+    def _stored_snapshot(self, group: str, subject: str, msg: Any) -> None:
         if msg is not None:
             try:
                 self.hub.on_snapshot(subject, msg.data, trio.current_time())
@@ -192,18 +217,19 @@ class GatewayServer:
                                  subject=subject, reason=exc.reason)
                 msg = None
         if msg is None and self.hub.needs_snapshot(group):
-            why = ("the snapshot store could not be reached" if failed
-                   else "no snapshot stored yet")
-            frame = ServerFrame(error=Error(
-                code=ErrorCode.ERROR_CODE_SNAPSHOT_UNAVAILABLE, group=group,
-                message=f"group {group!r}: {why}; the subscription stays open and the data "
-                        "starts with the next snapshot the aggregator publishes",
-            )).SerializeToString()
-            from xypipe._gateway._hub import ws_binary
+            self._snapshot_unavailable(group, "no snapshot stored yet")
 
-            data = ws_binary(frame)
-            for ob in self.hub.subscribers.get(group, set()):
-                ob.push_control(data)
+    def _snapshot_unavailable(self, group: str, why: str) -> None:
+        frame = ServerFrame(error=Error(
+            code=ErrorCode.ERROR_CODE_SNAPSHOT_UNAVAILABLE, group=group,
+            message=f"group {group!r}: {why}; the subscription stays open and the data "
+                    "starts with the next snapshot available",
+        )).SerializeToString()
+        from xypipe._gateway._hub import ws_binary
+
+        data = ws_binary(frame)
+        for ob in self.hub.subscribers.get(group, set()):
+            ob.push_control(data)
 
     # -- connections ------------------------------------------------------------------------------
 
@@ -345,7 +371,14 @@ class GatewayServer:
                            ) -> None:
         js = self.nats.jetstream(timeout=self.options.nats_timeout_ms / 1000)
         t0 = trio.current_time()
-        self._kv = await js.kv(self.options.flags_bucket, history=16)
+        # JetStream may be away at start-up (restarting, lame duck): wait for it, counted and
+        # logged, instead of failing the gateway. The watch then survives restarts itself.
+        self._kv = await retrying(
+            f"open the feature-flag bucket {self.options.flags_bucket!r}",
+            lambda: js.kv(self.options.flags_bucket, history=16), backoff=_SNAPSHOT_BACKOFF,
+            log=self.log, on_failure=lambda exc: self.metrics.nats_req.labels(
+                "kv_open_error").observe(trio.current_time() - t0),
+            gave_up=lambda: bool(self.nats.closed))
         self.metrics.nats_req.labels("kv_open").observe(trio.current_time() - t0)
         async with self._kv.watch(">") as watch:
             task_status.started()

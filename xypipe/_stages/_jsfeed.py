@@ -9,6 +9,19 @@ still set by the downstream budget — backpressure reaches the server.
 
 Consumers are created and deleted through the JetStream JSON API (``$JS.API.CONSUMER.*``)
 with the bridge's ``request``; no nats-py object crosses into this module.
+
+The consumer is ephemeral (memory, R1) and lives on the server, so it can vanish: a server
+restart (SIGKILL included), lame-duck mode, a cluster node loss, the inactivity reaper, an
+operator. The feed notices (idle heartbeats, the bridge's ``reconnected``/``lame_duck`` events,
+consumer info, heartbeats that report deliveries we never received) and re-creates it from the
+last stream sequence handed downstream + 1; deliveries the caller already has are dropped, so
+the caller sees no hole and no repeat. The decisions are :class:`~xypipe._stages._jswatch.
+ConsumerWatch`'s (sans-I/O); this module is its Trio shell. Why not a durable file consumer:
+``docs/architecture.md``, "JetStream choices".
+
+Status messages (idle heartbeats: header-only, ``Status: 100``, no reply subject) arrive on the
+same inbox as deliveries — the bridge hands every message over as it is — and are consumed
+here, never returned as data.
 """
 
 from __future__ import annotations
@@ -16,14 +29,22 @@ from __future__ import annotations
 import datetime
 import json
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 import trio
 
-from xypipe._errors import BridgeError
+from xypipe._errors import (
+    JS_CONSUMER_RECREATED,
+    BridgeError,
+    NatsJsUnavailable,
+    NatsNotFound,
+)
 from xypipe._log import get_logger
+from xypipe._retry import DEFAULT_BACKOFF, Backoff, retrying, transient
+from xypipe._stages._jswatch import HEARTBEAT, MISSING, Check, ConsumerWatch
+from xypipe._trio_util import single_error_unwrapped
 
 _log = get_logger("jsfeed")
 
@@ -68,47 +89,257 @@ def _deliver_config(deliver: Any) -> dict[str, Any]:
                      f"('time', datetime), got {deliver!r}")
 
 
-async def _api(nc: Any, subject: str, body: dict[str, Any] | None, what: str) -> dict[str, Any]:
+# JetStream API error codes this module tells apart.
+_ERR_CONSUMER_NOT_FOUND = 10014
+
+
+def _api_error(what: str, err: dict[str, Any]) -> BridgeError:
+    text = (f"{what}: {err.get('description', err)} (code {err.get('code')}, "
+            f"err_code {err.get('err_code')})")
+    if err.get("code") == 404:
+        return NatsNotFound(text)
+    if err.get("code") == 503:
+        return NatsJsUnavailable(text)
+    return BridgeError(text)
+
+
+async def _api_doc(nc: Any, subject: str, body: dict[str, Any] | None,
+                   what: str) -> dict[str, Any]:
+    """The API's JSON answer, error or not (bridge errors are raised as they are)."""
     msg = await nc.request(subject, json.dumps(body).encode() if body is not None else b"",
                            timeout=5.0)
+    if msg.headers and msg.headers.get("Status") == "503":
+        raise NatsJsUnavailable(f"{what}: JetStream did not answer (no responders)")
     try:
         doc: dict[str, Any] = json.loads(msg.data)
     except ValueError:
         raise BridgeError(f"{what}: the server's answer is not JSON: {msg.data[:200]!r}") from None
-    err = doc.get("error")
-    if err:
-        raise BridgeError(f"{what}: {err.get('description', err)} (code {err.get('code')}, "
-                          f"err_code {err.get('err_code')})")
     return doc
 
 
-class JsFeed:
-    def __init__(self, sub: Any, nc: Any) -> None:
-        self._sub = sub
-        self._nc = nc
+async def _api(nc: Any, subject: str, body: dict[str, Any] | None, what: str) -> dict[str, Any]:
+    doc = await _api_doc(nc, subject, body, what)
+    err = doc.get("error")
+    if err:
+        raise _api_error(what, err)
+    return doc
 
+
+def _status(m: Any) -> str | None:
+    """A status message's code (``"100"`` heartbeat / flow control, ``"409"`` ...), else None."""
+    h = m.headers
+    if h and not m.data:
+        code = h.get("Status")
+        return str(code) if code else None
+    return None
+
+
+class JsFeed:
+    """Batches of deliveries (``list[Msg]``, never empty, never a status message); call
+    :meth:`ack` with each batch once it is handed downstream."""
+
+    def __init__(self, nc: Any, sub: Any, stream: str, config: dict[str, Any], what: str,
+                 watch: ConsumerWatch, *, gap_check: bool,
+                 on_recreate: Callable[[str], None] | None, log: Any) -> None:
+        self._nc = nc
+        self._sub = sub
+        self.stream = stream
+        self._config = config
+        self._what = what
+        self.watch = watch
+        self._gap_check = gap_check
+        self._on_recreate = on_recreate
+        self._log = log
+        self.name = ""
+        #: Re-creations so far (also counted by ``on_recreate``).
+        self.recreated = 0
+        self._scope: trio.CancelScope | None = None
+        # After a re-creation the inbox may hold the old consumer's deliveries followed by the
+        # new one's overlapping ones: check every sequence until the new consumer's first
+        # delivery beyond what the caller has.
+        self._overlap = False
+        self._ack_reply = ""
+
+    # -- consumer management ------------------------------------------------------------------
+    async def _create(self, deliver_cfg: dict[str, Any]) -> int:
+        config = {**self._config, **deliver_cfg}
+        doc = await _api(self._nc, f"$JS.API.CONSUMER.CREATE.{self.stream}",
+                         {"stream_name": self.stream, "config": config}, f"create {self._what}")
+        self.name = str(doc["name"])
+        return int((doc.get("delivered") or {}).get("stream_seq") or 0)
+
+    async def start(self, deliver_cfg: dict[str, Any]) -> None:
+        delivered = await self._create(deliver_cfg)
+        self.watch.started(trio.current_time(), delivered)
+
+    async def _exists(self) -> bool:
+        what = f"info of {self._what}"
+        doc = await _api_doc(self._nc, f"$JS.API.CONSUMER.INFO.{self.stream}.{self.name}", None,
+                             what)
+        err = doc.get("error")
+        if not err:
+            return True
+        if err.get("err_code") == _ERR_CONSUMER_NOT_FOUND:
+            return False
+        raise _api_error(what, err)
+
+    async def _delete(self, name: str) -> None:
+        try:
+            await _api(self._nc, f"$JS.API.CONSUMER.DELETE.{self.stream}.{name}", None,
+                       f"delete {self._what}")
+        except NatsNotFound:
+            pass
+        except BridgeError as exc:
+            if transient(exc):
+                raise
+            # e.g. "consumer not found" reported as another code by an older server: the goal
+            # (no consumer of that name) holds.
+            self._log.info("consumer not deleted", consumer=name, reason=str(exc))
+
+    async def _recreate(self, reason: str) -> None:
+        old = self.name
+        # Never two consumers pushing into one inbox: the old one goes first.
+        if old:
+            await self._delete(old)
+        resume = self.watch.resume_seq
+        await self._create({"deliver_policy": "by_start_sequence", "opt_start_seq": resume})
+        self._overlap = True
+        self.recreated += 1
+        self.watch.recreated(trio.current_time())
+        if self._on_recreate is not None:
+            self._on_recreate(reason)
+        self._log.warning("JetStream consumer re-created", code=JS_CONSUMER_RECREATED,
+                          stream=self.stream, consumer=self.name, old_consumer=old,
+                          reason=reason, resume_seq=resume)
+
+    async def _check(self, check: Check) -> None:
+        watch = self.watch
+        try:
+            if not check.recreate:
+                if await self._exists():
+                    watch.confirmed(trio.current_time(), check)
+                    return
+                check = Check(MISSING if check.reason == HEARTBEAT else check.reason, True)
+            await self._recreate(check.reason)
+        except BridgeError as exc:
+            if not transient(exc) or self._nc.closed:
+                raise
+            delay = watch.failed(trio.current_time(), check)
+            self._log.warning(f"checking {self._what} failed; retrying", code=exc.code,
+                              reason=check.reason, retry_in_ms=round(delay * 1000),
+                              error=str(exc))
+
+    async def follow_events(self, events: Any) -> None:
+        """Reconnects and lame-duck notices from the bridge; wakes a waiting ``__anext__``."""
+        async for ev in events:
+            if ev.kind == "reconnected":
+                self.watch.reconnected()
+            elif ev.kind == "lame_duck":
+                self.watch.lame_duck()
+            else:
+                continue
+            if self._scope is not None:
+                self._scope.cancel()
+
+    # -- deliveries ---------------------------------------------------------------------------
     def __aiter__(self) -> JsFeed:
         return self
 
     async def __anext__(self) -> list[Any]:
-        try:
-            return list(await self._sub.receive())
-        except trio.EndOfChannel:
-            raise StopAsyncIteration from None
+        watch = self.watch
+        while True:
+            now = trio.current_time()
+            check = watch.due(now)
+            if check is not None:
+                await self._check(check)
+                continue
+            watch.waiting(now)
+            with trio.CancelScope(deadline=watch.deadline()) as scope:
+                self._scope = scope
+                try:
+                    raw = await self._sub.receive()
+                except trio.EndOfChannel:
+                    raise StopAsyncIteration from None
+                finally:
+                    self._scope = None
+            if scope.cancelled_caught:
+                continue
+            batch = self._accept(raw, trio.current_time())
+            if batch:
+                watch.got_batch()
+                return batch
+
+    def _accept(self, raw: list[Any], now: float) -> list[Any]:
+        watch = self.watch
+        data = [m for m in raw if m.reply]
+        if len(data) == len(raw) and not self._overlap:
+            # The hot path: only deliveries, all new.
+            watch.heard(now)
+            last = data[-1].reply
+            watch.last_received = stream_seq_of(last)
+            self._ack_reply = last
+            return data
+        out: list[Any] = []
+        last_reply = ""
+        for m in raw:
+            code = _status(m)
+            if code is None and m.reply:
+                last_reply = m.reply
+                seq = stream_seq_of(m.reply)
+                if watch.accept(seq):
+                    out.append(m)
+                    if self._overlap and f".{self.name}." in m.reply:
+                        self._overlap = False
+                continue
+            self._on_status(m, code, now)
+        if data:
+            watch.heard(now)
+        if last_reply:
+            self._ack_reply = last_reply
+            if not out:
+                # All seen already (overlap after a re-creation): ack so the new consumer moves
+                # on past them.
+                self._nc.publish_nowait(last_reply, b"+ACK")
+        return out
+
+    def _on_status(self, m: Any, code: str | None, now: float) -> None:
+        h = m.headers or {}
+        desc = str(h.get("Description", ""))
+        if code == "100" and m.reply:
+            # Flow control (not enabled on our consumers, answered in case a server sends it).
+            self._nc.publish_nowait(m.reply, b"")
+            self.watch.heard(now)
+        elif code == "100":
+            last = h.get("Nats-Last-Stream")
+            self.watch.heartbeat(now, int(last) if self._gap_check and last else None)
+        elif code == "409" and "deleted" in desc.lower():
+            self.watch.heard(now)
+            self.watch.deleted()
+        else:
+            self._log.info("status message on the feed ignored", status=code, description=desc,
+                           subject=m.subject)
 
     def ack(self, batch: list[Any]) -> None:
-        """Acknowledge everything up to the batch's last message (ack-all)."""
-        if batch and batch[-1].reply:
-            self._nc.publish_nowait(batch[-1].reply, b"+ACK")
+        """Acknowledge everything up to the batch's last delivery (ack-all): the caller has
+        handed it downstream, so a re-created consumer starts after it."""
+        if batch and self._ack_reply:
+            self.watch.handed(stream_seq_of(batch[-1].reply))
+            self._nc.publish_nowait(self._ack_reply, b"+ACK")
 
 
 @asynccontextmanager
 async def js_feed(nc: Any, stream: str, *, deliver: Any, filter_subject: str = ">",
-                  max_pending: int = 4096, max_batch: int = 1024) -> AsyncIterator[JsFeed]:
-    """Deliveries of ``stream`` from ``deliver`` on, at most ``max_pending`` unacknowledged."""
+                  max_pending: int = 4096, max_batch: int = 1024,
+                  heartbeat_s: float = 0.5, missed_heartbeats: int = 3,
+                  backoff: Backoff = DEFAULT_BACKOFF,
+                  on_recreate: Callable[[str], None] | None = None,
+                  on_retry: Callable[[BridgeError], None] | None = None,
+                  log: Any = None) -> AsyncIterator[JsFeed]:
+    """Deliveries of ``stream`` from ``deliver`` on, at most ``max_pending`` unacknowledged;
+    the consumer is re-created whenever it goes missing (``on_recreate(reason)`` counts it)."""
+    logger = log if log is not None else _log
     inbox = f"_INBOX.xyfeed.{secrets.token_hex(8)}"
     config = {
-        **_deliver_config(deliver),
         "ack_policy": "all",
         "max_ack_pending": max_pending,
         "deliver_subject": inbox,
@@ -120,20 +351,35 @@ async def js_feed(nc: Any, stream: str, *, deliver: Any, filter_subject: str = "
         # The deliveries sit in the bridge's bounded inbox until acked; no redelivery races.
         "ack_wait": 3_600_000_000_000,
         "max_deliver": 1,
+        # The server says "still here, nothing for you" this often when idle.
+        "idle_heartbeat": int(heartbeat_s * 1e9),
     }
     what = f"push consumer on {stream!r} ({filter_subject})"
-    async with nc.subscribe(inbox, max_batch=max_batch, max_pending=max_pending * 2) as sub:
-        doc = await _api(nc, f"$JS.API.CONSUMER.CREATE.{stream}",
-                         {"stream_name": stream, "config": config}, f"create {what}")
-        name = doc["name"]
-        try:
-            yield JsFeed(sub, nc)
-        finally:
-            with trio.CancelScope(shield=True), trio.move_on_after(2.0):
-                try:
-                    await _api(nc, f"$JS.API.CONSUMER.DELETE.{stream}.{name}", None,
-                               f"delete {what}")
-                except BridgeError as exc:
-                    # Gone already, or the connection is closing: the server removes it after
-                    # inactive_threshold anyway.
-                    _log.info("consumer not deleted", consumer=name, reason=str(exc))
+    watch = ConsumerWatch(heartbeat_s, missed_heartbeats, trio.current_time(), backoff)
+    # Events from now on: a reconnect during the creation below still counts.
+    events = nc.events()
+    with single_error_unwrapped():
+        async with nc.subscribe(inbox, max_batch=max_batch, max_pending=max_pending * 2) as sub, \
+                trio.open_nursery() as nursery:
+            # Gap detection reads the heartbeat's last *stream* sequence, which is only
+            # comparable with our deliveries when the consumer sees every subject.
+            feed = JsFeed(nc, sub, stream, config, what, watch, gap_check=filter_subject == ">",
+                          on_recreate=on_recreate, log=logger)
+            await retrying(f"create {what}", lambda: feed.start(_deliver_config(deliver)),
+                           backoff=backoff, log=logger, on_failure=on_retry,
+                           gave_up=lambda: bool(nc.closed))
+            nursery.start_soon(feed.follow_events, events)
+            try:
+                yield feed
+            finally:
+                nursery.cancel_scope.cancel()
+                events.close()
+                with trio.CancelScope(shield=True), trio.move_on_after(2.0):
+                    try:
+                        await _api(nc, f"$JS.API.CONSUMER.DELETE.{stream}.{feed.name}", None,
+                                   f"delete {what}")
+                    except BridgeError as exc:
+                        # Gone already, or the connection is closing: the server removes it
+                        # after inactive_threshold anyway.
+                        logger.info("consumer not deleted", consumer=feed.name,
+                                    reason=str(exc))

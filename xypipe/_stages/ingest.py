@@ -26,8 +26,9 @@ import attrs
 import trio
 from google.protobuf.message import DecodeError
 
-from xypipe._errors import RebuildError, SourceDataError
+from xypipe._errors import NatsTimeout, RebuildError, SourceDataError
 from xypipe._md.records import Batch, ContractRec, Restore, TickRec
+from xypipe._retry import Backoff, retrying
 from xypipe._stage import Stage
 from xypipe._stages._jsfeed import js_feed, pending_of, stream_seq_of
 from xypipe._stages._md_common import StateStreams, is_token, wall_us
@@ -63,6 +64,15 @@ class IngestConfig:
     #: backlog at the server raises the pipeline's degradation level like a full edge does.
     max_lag: int = attrs.field(default=20_000, validator=in_range(1, 100_000_000))
     log_bad_per_s: int = attrs.field(default=5, validator=in_range(0, 10_000))
+    #: The source consumer's idle heartbeat: the server sends one this often when it has
+    #: nothing to deliver; ``missed_heartbeats`` silent intervals make the feed ask whether the
+    #: consumer still exists (and re-create it if not). A reconnect re-creates it at once.
+    heartbeat_ms: int = attrs.field(default=500, validator=in_range(50, 60_000))
+    missed_heartbeats: int = attrs.field(default=3, validator=in_range(1, 100))
+    #: Backoff of JetStream calls retried while JetStream is unavailable (start-up, rebuild,
+    #: consumer re-creation): from ``retry_initial_ms``, doubling, capped at ``retry_max_ms``.
+    retry_initial_ms: int = attrs.field(default=50, validator=in_range(1, 60_000))
+    retry_max_ms: int = attrs.field(default=1000, validator=in_range(1, 600_000))
     state: StateStreams = attrs.field(factory=StateStreams)
 
     def __attrs_post_init__(self) -> None:
@@ -172,14 +182,32 @@ class Ingest(Stage):
                                   "src_ingest")
         self._contracts = metrics.counter("src_contracts", "Reference contracts ingested")
         self._bad = BadSourceCounter(self.ctx, cfg.log_bad_per_s)
-        src = await js.ensure_stream(
-            cfg.stream, list(cfg.subjects),
-            max_age_s=float(cfg.max_age_s) if cfg.max_age_s else None,
-            max_bytes=cfg.max_bytes or None, storage=cfg.storage,
-        )
-        await cfg.state.ensure(js)
+        recreated = metrics.counter(
+            "js_consumer_recreated", "JetStream consumers re-created after they went missing",
+            ["stream", "reason"])
+        retries = metrics.counter(
+            "js_retries", "JetStream calls that failed transiently and were retried", ["op"])
+        backoff = Backoff(cfg.retry_initial_ms / 1000, cfg.retry_max_ms / 1000)
 
-        restore = await self._restore(js, src) if cfg.start == "resume" else None
+        def retried(op: str) -> Any:
+            return lambda exc: retries.labels(op).inc()
+
+        async def prepare() -> tuple[Any, Restore | None, list[Any]]:
+            # Everything read before the first delivery, retried as a whole while JetStream
+            # is unavailable (a half-read restore point is worthless).
+            src = await js.ensure_stream(
+                cfg.stream, list(cfg.subjects),
+                max_age_s=float(cfg.max_age_s) if cfg.max_age_s else None,
+                max_bytes=cfg.max_bytes or None, storage=cfg.storage,
+            )
+            await cfg.state.ensure(js)
+            restore = await self._restore(js, src) if cfg.start == "resume" else None
+            contracts = await self._last_per_subject(js, cfg.stream, "xy.ref.>", src.messages)
+            return src, restore, contracts
+
+        src, restore, contracts = await retrying(
+            "ingest start-up (streams, restore point, contracts)", prepare, backoff=backoff,
+            log=self.ctx.log, on_failure=retried("startup"), gave_up=lambda: nc.closed)
         if restore is None:
             restore = Restore(epoch=wall_us())
         deliver: Any
@@ -193,7 +221,6 @@ class Ingest(Stage):
             deliver = ("time", datetime.datetime.fromisoformat(cfg.start_time))
         else:
             deliver = ("seq", src.last_seq + 1)
-        contracts = await self._last_per_subject(js, cfg.stream, "xy.ref.>", src.messages)
         restore = attrs.evolve(restore, target_seq=src.last_seq, started_at=t0)
         await self.outbox.send(restore)
         if contracts:
@@ -205,7 +232,10 @@ class Ingest(Stage):
                           epoch=restore.epoch, continued=restore.continued,
                           snapshots=len(restore.snapshots), contracts=len(contracts))
         async with js_feed(nc, cfg.stream, deliver=deliver, max_pending=cfg.max_pending,
-                           max_batch=cfg.batch) as feed:
+                           max_batch=cfg.batch, heartbeat_s=cfg.heartbeat_ms / 1000,
+                           missed_heartbeats=cfg.missed_heartbeats, backoff=backoff,
+                           on_recreate=lambda reason: recreated.labels(cfg.stream, reason).inc(),
+                           on_retry=retried("consumer"), log=self.ctx.log) as feed:
             self.ctx.set_ready()
             await self._consume(feed)
 
@@ -233,17 +263,22 @@ class Ingest(Stage):
 
     async def _last_per_subject(self, js: Any, stream: str, subjects: str,
                                 stored: int) -> list[Any]:
-        """Every subject's last message in ``stream`` (empty stream: no round trip)."""
+        """Every subject's last message in ``stream`` (empty stream: no round trip). A read
+        cut short (the server went away) raises ``NatsTimeout`` instead of passing for the
+        whole: a restore point missing groups would rebuild them empty."""
         if stored == 0:
             return []
         out: list[Any] = []
         async with js.pull(stream, subjects, deliver="last_per_subject",
                            batch=10_000) as consumer:
-            while True:
-                got = await consumer.fetch(10_000, timeout=0.2)
+            expected = await consumer.num_pending()
+            while len(out) < expected:
+                got = await consumer.fetch(min(10_000, expected - len(out)), timeout=1.0)
+                if not got:
+                    raise NatsTimeout(f"last message per subject of {stream!r} ({subjects}): "
+                                      f"{len(out)} of {expected} read, then nothing")
                 out.extend(got)
-                if len(got) < 10_000:
-                    return out
+            return out
 
     async def _restore(self, js: Any, src: Any) -> Restore | None:
         cfg: IngestConfig = self.config

@@ -19,9 +19,10 @@ from typing import Any
 import attrs
 import trio
 
-from xypipe._errors import BridgeError, NatsBackpressure
+from xypipe._errors import PUBLISH_DROPPED, BridgeError, NatsBackpressure
 from xypipe._md.conflation import DeltaOut
 from xypipe._md.snapshots import SnapshotOut
+from xypipe._retry import retrying
 from xypipe._stage import Stage
 from xypipe._stages._md_common import StateStreams
 from xypipe.contracts import Delta
@@ -46,8 +47,16 @@ class Publish(Stage):
         if nc is None:
             raise RuntimeError("publish needs a [nats] section in the config")
         cfg: PublishConfig = self.config
-        await cfg.state.ensure(nc.jetstream())
         m = self.ctx.metrics
+        retries = m.counter(
+            "js_retries", "JetStream calls that failed transiently and were retried", ["op"])
+        dropped = m.counter(
+            "publish_dropped_reports",
+            "Times the bridge reported messages dropped while the server was away")
+        js = nc.jetstream()
+        await retrying("ensure the state streams", lambda: cfg.state.ensure(js),
+                       log=self.ctx.log, on_failure=lambda exc: retries.labels("state").inc(),
+                       gave_up=lambda: nc.closed)
         ticks_out = m.counter("ticks_out", "Deltas published on xy.md.tick.*")
         symbols_out = m.counter("ticks_out_symbols", "Symbol entries in published deltas")
         snaps_out = m.counter("snapshots_out", "Snapshots published on xy.md.snapshot.*")
@@ -55,7 +64,21 @@ class Publish(Stage):
                               "Ingest of the oldest tick in a delta to its publish")
         state = cfg.state
         checkpoint = cfg.checkpoint
-        publish = nc.publish
+        log = self.ctx.log
+
+        async def publish(subject: str, payload: bytes) -> None:
+            # A long outage fills nats-py's reconnect buffer: what did not fit is lost (the
+            # bridge says so once, on the next call) and this message is queued again. Deltas
+            # lost this way are a gap clients resync over; snapshots and checkpoints are
+            # superseded by the next ones. The stage keeps running either way.
+            try:
+                await nc.publish(subject, payload)
+            except NatsBackpressure as exc:
+                dropped.inc()
+                log.warning("messages lost while the NATS server was away", code=PUBLISH_DROPPED,
+                            error=str(exc))
+                await nc.publish(subject, payload)
+
         self.ctx.set_ready()
         try:
             async for item in self.inbox:
