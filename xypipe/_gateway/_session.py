@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import enum
 import fnmatch
-import re
 from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar, cast
 
@@ -33,6 +32,7 @@ from xypipe._contracts import ContractDecoder
 from xypipe._degrade import DegradationController, DegradePolicy, Level, Pressure, Transition
 from xypipe._errors import AuthError, ContractError, ProtocolError
 from xypipe._gateway._auth import AuthExpired, Principal, TokenVerifier
+from xypipe._validate import GROUP_MAX, group_problem
 from xypipe.contracts import (
     ClientFrame,
     ClientMetrics,
@@ -54,9 +54,6 @@ CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
 CLOSE_INTERNAL = 1011
 CLOSE_BASE = 4000
-
-_GROUP_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-
 
 def close_code(code: int) -> int:
     """The WebSocket close code for a fatal :class:`ErrorCode`."""
@@ -570,8 +567,10 @@ class Session:
 
     def _check_group(self, group: str, shards: Iterable[int], ref: int, action: str) -> bool:
         assert self.principal is not None
-        if not _GROUP_RE.match(group):
-            self._bad(f"group name {group!r}: expected 1-64 characters of A-Z a-z 0-9 _ -",
+        problem = group_problem(group)
+        if problem is not None:
+            self._bad(f"group name {group!r}: expected 1-{GROUP_MAX} characters of "
+                      f"A-Z a-z 0-9 _ -; {problem}",
                       ErrorCode.ERROR_CODE_UNKNOWN_GROUP, ref_id=ref, group=group)
             return False
         if group not in self.groups and len(self.groups) >= self.policy.max_groups:
