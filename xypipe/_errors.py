@@ -165,3 +165,25 @@ class NatsPermissionDenied(BridgeError):
     """The NATS server refused a publish or subscribe under the user's permissions."""
 
     code = "XY-NATS-008"
+
+
+class KvRevisionConflict(BridgeError):
+    """A conditional KV write found the key at another revision than the one it expected (someone
+    changed it meanwhile); the server stored nothing."""
+
+    code = "XY-ADM-012"
+
+    def __init__(self, message: str, *, current: int | None = None) -> None:
+        super().__init__(message)
+        self.current = current
+
+
+# Admin and audit codes logged without an exception of their own (defined once, here).
+#: A feature-flag change failed because the store could not be reached; it is not applied later.
+ADM_STORE_UNAVAILABLE = "XY-ADM-011"
+#: A feature-flag change was applied from the store (the watch's audit line: who, old -> new).
+ADM_FLAG_APPLIED = "XY-ADM-013"
+#: A change answered as failed reached the store late anyway and was reverted.
+ADM_LATE_WRITE_REVERTED = "XY-ADM-014"
+#: A late change could not be reverted (the store was unreachable again, or the key moved on).
+ADM_REVERT_FAILED = "XY-ADM-015"

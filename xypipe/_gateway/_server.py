@@ -14,11 +14,20 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import attrs
 import trio
 
 from xypipe._contracts import decoder_for
 from xypipe._degrade import Level, Pressure, Transition
-from xypipe._errors import AuthError, BridgeError
+from xypipe._errors import (
+    ADM_FLAG_APPLIED,
+    ADM_LATE_WRITE_REVERTED,
+    ADM_REVERT_FAILED,
+    ADM_STORE_UNAVAILABLE,
+    AuthError,
+    BridgeError,
+    KvRevisionConflict,
+)
 from xypipe._gateway._auth import TokenVerifier
 from xypipe._gateway._conn import Connection
 from xypipe._gateway._flags import (
@@ -41,9 +50,19 @@ from xypipe._gateway._session import (
 from xypipe._http import Request, Response
 from xypipe._log import Logger, get_logger
 from xypipe._metrics import Metrics
+from xypipe._nats import KeyValue, KvEntry
 from xypipe.contracts import ClientMetrics, Error, ErrorCode, ServerFrame
 
 _ids = itertools.count(1)
+
+#: ``updated_by`` of the value a gateway writes back over a late change.
+REVERT_PRINCIPAL = "xypipe-gateway (revert of a late change)"
+_MAX_IN_DOUBT = 64
+
+
+@attrs.frozen
+class _InDoubt:
+    expected: int
 
 
 class GatewayServer:
@@ -91,7 +110,12 @@ class GatewayServer:
         self._conn_flags: dict[int, int] = {}
         self._fetching: set[str] = set()
         self._nursery: trio.Nursery | None = None
-        self._kv: Any = None
+        self._kv: KeyValue | None = None
+        #: Flag writes answered as failed that might still reach the store (see _flag_entry).
+        #: The last revision of each flag key seen in the store (watched or written here):
+        #: what the next conditional write expects.
+        self._flag_revs: dict[str, int] = {}
+        self._in_doubt: dict[tuple[str, str, int], _InDoubt] = {}
         self._accepting = True
         self._drained = trio.Event()
         self._level_counts = [0, 0, 0, 0]
@@ -350,19 +374,80 @@ class GatewayServer:
         async with self._kv.watch(">") as watch:
             task_status.started()
             async for entry in watch:
-                if entry.op != "PUT":
-                    name = entry.key
-                    if name in self.flags:
-                        self._flag_changed(defaults()[name])
-                    continue
-                try:
-                    flag = FlagValue.decode(entry.value, entry.revision)
-                except (FlagError, ValueError) as exc:
-                    self.metrics.bad_input.labels("feature_flag").inc()
-                    self.log.warning("unusable feature flag in the bucket", code="XY-FLAG-002",
-                                     key=entry.key, error=str(exc))
-                    continue
-                self._flag_changed(flag)
+                self._flag_entry(entry)
+
+    def _flag_entry(self, entry: KvEntry) -> None:
+        """One entry from the flags bucket's watch: apply it and audit it (whoever wrote it),
+        or — when it is a change this gateway answered as failed — hold it back and revert it."""
+        name = entry.key
+        self._flag_revs[name] = max(self._flag_revs.get(name, 0), entry.revision)
+        current = self.flags.get(name)
+        if current is not None and entry.revision <= current.revision:
+            return  # already applied (a re-created watch delivers the current values again)
+        if entry.op != "PUT":
+            if current is None:
+                return
+            flag = FlagValue(name, defaults()[name].value, revision=entry.revision)
+        else:
+            try:
+                flag = FlagValue.decode(entry.value, entry.revision)
+            except (FlagError, ValueError) as exc:
+                self.metrics.bad_input.labels("feature_flag").inc()
+                self.log.warning("unusable feature flag in the bucket", code="XY-FLAG-002",
+                                 key=entry.key, error=str(exc))
+                return
+        doubt = self._in_doubt.pop((flag.name, flag.updated_by, flag.updated_at_us), None)
+        # A write in doubt expected an older revision: once the key moved past it without
+        # that write, the server can no longer accept it.
+        for key, d in list(self._in_doubt.items()):
+            if key[0] == name and d.expected < entry.revision:
+                del self._in_doubt[key]
+        if doubt is not None and current is not None:
+            # Answered as failed, arrived anyway: never applied here, and taken back out.
+            self.flags[name] = attrs.evolve(current, revision=entry.revision)
+            self.metrics.flag_changes.labels("late_reverted").inc()
+            self.audit.warning(
+                "feature flag change answered as failed reached the store late: not applied, "
+                "reverting", code=ADM_LATE_WRITE_REVERTED, audit=True, action="admin.flag",
+                outcome="reverted", principal=flag.updated_by, flag=name,
+                late_value=flag.value, restored=current.value, revision=entry.revision)
+            assert self._nursery is not None
+            self._nursery.start_soon(self._revert, current, entry.revision)
+            return
+        self._flag_changed(flag)
+        old = current.value if current is not None else None
+        self.audit.warning(
+            "feature flag change applied", code=ADM_FLAG_APPLIED, audit=True,
+            action="admin.flag.applied", outcome="applied",
+            principal=flag.updated_by or "(unknown: written outside the admin API)",
+            flag=name, old=old, new=flag.value, revision=entry.revision,
+            deleted=entry.op != "PUT", at_us=flag.updated_at_us)
+
+    async def _revert(self, restore: FlagValue, late_revision: int) -> None:
+        """Put ``restore`` back over a late write at ``late_revision`` (conditional on it, so
+        every gateway may try and exactly one succeeds)."""
+        value = FlagValue(restore.name, restore.value, REVERT_PRINCIPAL,
+                          int(self.wall() * 1e6))
+        kv = self._kv
+        assert kv is not None
+        delay = 0.25
+        for attempt in range(1, 9):
+            try:
+                with trio.fail_after(self.options.nats_timeout_ms / 1000 * 2):
+                    await kv.update(restore.name, value.encode(), last=late_revision,
+                                          headers={"Xy-Principal": REVERT_PRINCIPAL})
+                return
+            except KvRevisionConflict:
+                return  # the key moved on: another gateway reverted it, or a newer change won
+            except (BridgeError, trio.TooSlowError) as exc:
+                self.log.warning("could not revert a late feature flag change yet",
+                                 code=ADM_REVERT_FAILED, flag=restore.name, attempt=attempt,
+                                 error=str(exc))
+            await trio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+        self.audit.error("late feature flag change could not be reverted", code=ADM_REVERT_FAILED,
+                         audit=True, action="admin.flag", outcome="revert_failed",
+                         flag=restore.name, revision=late_revision)
 
     def _admin_principal(self, req: Request) -> tuple[Any, Response | None]:
         header = req.headers.get("authorization", "")
@@ -413,14 +498,34 @@ class GatewayServer:
         old = self.flags.get(name)
         flag = FlagValue(name, value, principal.subject, int(self.wall() * 1e6))
         if self._kv is not None:
+            expected = self._flag_revs.get(name, 0)
             t0 = trio.current_time()
             try:
-                revision = await self._kv.put(name, flag.encode())
+                revision = await self._kv.update(name, flag.encode(), last=expected,
+                                                 headers={"Xy-Principal": principal.subject})
+            except KvRevisionConflict as exc:
+                self.metrics.nats_req.labels("kv_put_error").observe(trio.current_time() - t0)
+                self.metrics.flag_changes.labels("conflict").inc()
+                self.audit.warning(
+                    "feature flag change refused: the flag changed meanwhile", code=exc.code,
+                    audit=True, action="admin.flag", outcome="conflict",
+                    principal=principal.subject, flag=name, expected_revision=expected)
+                return Response.json({"error": f"{name}: changed since revision {expected} "
+                                               "(another change won); read it again and retry",
+                                      "expected_revision": expected}, 409)
             except BridgeError as exc:
                 self.metrics.nats_req.labels("kv_put_error").observe(trio.current_time() - t0)
-                self.log.error("feature flag store failed", code=exc.code, exc=exc, flag=name)
-                return Response.json({"error": f"flag store unavailable: {exc}"}, 503)
+                self.metrics.flag_changes.labels("failed").inc()
+                self._remember_in_doubt(flag, expected)
+                self.audit.error(
+                    "feature flag change failed: the store is unreachable; not applied, and it "
+                    "will not take effect later", code=ADM_STORE_UNAVAILABLE, audit=True,
+                    action="admin.flag", outcome="failed", principal=principal.subject,
+                    flag=name, new=value, error=str(exc), error_code=exc.code)
+                return Response.json({"error": f"flag store unavailable, change not applied "
+                                               f"(it will not take effect later): {exc}"}, 503)
             self.metrics.nats_req.labels("kv_put").observe(trio.current_time() - t0)
+            self._flag_revs[name] = max(self._flag_revs.get(name, 0), revision)
             flag = FlagValue(name, value, flag.updated_by, flag.updated_at_us, revision)
         else:
             self._flag_changed(flag)
@@ -431,6 +536,14 @@ class GatewayServer:
             old=old.value if old else None, new=value, at_us=flag.updated_at_us,
         )
         return Response.json({"flag": flag.to_json(), "old": old.value if old else None})
+
+    def _remember_in_doubt(self, flag: FlagValue, expected: int) -> None:
+        """A write that failed after it may have left: if it ever lands it is reverted. Bounded:
+        the oldest record goes first (its write can only land while the key stays at its
+        expected revision, which the next successful change ends)."""
+        self._in_doubt[(flag.name, flag.updated_by, flag.updated_at_us)] = _InDoubt(expected)
+        while len(self._in_doubt) > _MAX_IN_DOUBT:
+            del self._in_doubt[next(iter(self._in_doubt))]
 
     def _flag_refused(self, principal: Any, why: str) -> Response:
         self.metrics.flag_changes.labels("invalid").inc()

@@ -525,7 +525,7 @@ class Session:
         if principal.subject != self.principal.subject:
             self._effects.append(Audit("refresh", "denied", {
                 "principal": self._who(), "reason": "token for another subject",
-                "token_subject": principal.subject,
+                "presented_subject": principal.subject,  # a "token" field name would be masked
             }))
             self._bad(
                 f"refresh refused: token is for {principal.subject!r}, this session belongs to "
