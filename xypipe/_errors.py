@@ -187,3 +187,7 @@ ADM_FLAG_APPLIED = "XY-ADM-013"
 ADM_LATE_WRITE_REVERTED = "XY-ADM-014"
 #: A late change could not be reverted (the store was unreachable again, or the key moved on).
 ADM_REVERT_FAILED = "XY-ADM-015"
+#: A client address was locked out after repeated authentication failures (one audit summary).
+AUTH_LOCKOUT = "XY-AUTH-004"
+#: An authentication attempt was refused unchecked because its address is locked out.
+AUTH_THROTTLED = "XY-AUTH-005"

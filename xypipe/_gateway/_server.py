@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import secrets
 import time
 from collections.abc import Callable
@@ -24,11 +25,13 @@ from xypipe._errors import (
     ADM_LATE_WRITE_REVERTED,
     ADM_REVERT_FAILED,
     ADM_STORE_UNAVAILABLE,
+    AUTH_LOCKOUT,
+    AUTH_THROTTLED,
     AuthError,
     BridgeError,
     KvRevisionConflict,
 )
-from xypipe._gateway._auth import TokenVerifier
+from xypipe._gateway._auth import AuthExpired, TokenVerifier
 from xypipe._gateway._conn import Connection
 from xypipe._gateway._flags import (
     DISABLED_GROUPS,
@@ -47,6 +50,7 @@ from xypipe._gateway._session import (
     Session,
     SessionPolicy,
 )
+from xypipe._gateway._throttle import AuthThrottle, Lockout, client_address
 from xypipe._http import Request, Response
 from xypipe._log import Logger, get_logger
 from xypipe._metrics import Metrics
@@ -102,6 +106,7 @@ class GatewayServer:
             close_after_ms=options.close_after_ms,
             priority_groups=tuple(options.priority_groups),
         )
+        self.throttle = AuthThrottle(options.auth_throttle)
         self.hub = Hub(history=options.history, tick_prefix=options.tick_prefix,
                        snapshot_prefix=options.snapshot_prefix)
         self.connections: dict[int, Connection] = {}
@@ -242,7 +247,8 @@ class GatewayServer:
 
     def new_session(self, peer: str) -> Session:
         return Session(secrets.token_hex(8), self.verifier, self.policy, trio.current_time(),
-                       peer=peer, decoder=self.decoder)
+                       peer=peer, decoder=self.decoder, throttle=self.throttle,
+                       address=client_address(peer))
 
     async def handle_upgrade(self, stream: trio.abc.Stream, request: Request) -> None:
         if not self._accepting:
@@ -310,6 +316,9 @@ class GatewayServer:
                   "session": conn.session.session_id if conn.session else "", **a.fields}
         if a.action == "auth":
             self.metrics.auth.labels(a.outcome).inc()
+            if a.outcome == "denied":
+                reason = "expired" if a.fields.get("error_code") == AuthExpired.code else "invalid"
+                self.metrics.auth_failures.labels("ws", reason).inc()
         if a.outcome == "denied":
             if a.action in ("subscribe", "resume", "refresh") and "group" in a.fields:
                 self.metrics.acl_denied.labels(a.action).inc()
@@ -318,6 +327,30 @@ class GatewayServer:
                 self.audit.warning(f"{a.action} denied", code="XY-AUTH-001", **fields)
         else:
             self.audit.info(f"{a.action} {a.outcome}", **fields)
+
+    # -- auth throttling ----------------------------------------------------------------------
+
+    def auth_throttled(self, surface: str, address: str) -> None:
+        """An attempt refused unchecked (address locked out): counted, not logged one by one."""
+        self.metrics.auth_throttled.labels(surface).inc()
+
+    def auth_locked_out(self, surface: str, lock: Lockout) -> None:
+        """One audit summary line per address per lockout."""
+        self.metrics.auth_lockouts.labels(surface).inc()
+        self.metrics.auth_throttle_addresses.set(
+            self.throttle.statistics(trio.current_time()).addresses)
+        self.audit.warning(
+            "client address locked out after repeated authentication failures",
+            code=AUTH_LOCKOUT, audit=True, action="auth.throttle", outcome="locked",
+            surface=surface, address=lock.address, failures=lock.failures,
+            window_s=lock.window_s, lockout_s=lock.lockout_s, strike=lock.strike,
+            reasons=dict(lock.reasons), refused_during_previous_lockout=lock.refused_before)
+
+    def _admin_auth_failed(self, address: str, reason: str) -> None:
+        self.metrics.auth_failures.labels("admin", reason).inc()
+        lock = self.throttle.failure(address, trio.current_time(), reason)
+        if lock is not None:
+            self.auth_locked_out("admin", lock)
 
     async def _sampler(self) -> None:
         opts = self.options
@@ -453,7 +486,19 @@ class GatewayServer:
         header = req.headers.get("authorization", "")
         fields = {"audit": True, "action": "admin", "method": req.method, "path": req.path,
                   "peer": req.peer}
+        address = client_address(req.peer)
+        verdict = self.throttle.check(address, trio.current_time())
+        if not verdict.allowed:
+            # Answered before the token is looked at; counted, and summarised at the lockout.
+            self.auth_throttled("admin", address)
+            retry = math.ceil(verdict.retry_after_s)
+            return None, attrs.evolve(
+                Response.json({"error": f"authentication throttled: too many failed attempts "
+                                        f"from {address}; retry in {retry} s",
+                               "code": AUTH_THROTTLED, "retry_after_s": retry}, 429),
+                headers=(("retry-after", str(retry)),))
         if not header.lower().startswith("bearer "):
+            self._admin_auth_failed(address, "missing")
             self.metrics.flag_changes.labels("unauthenticated").inc()
             self.audit.warning("admin request without a bearer token", code="XY-ADM-001",
                                outcome="denied", **fields)
@@ -461,10 +506,13 @@ class GatewayServer:
         try:
             principal = self.verifier.verify(header[7:].strip(), self.wall())
         except AuthError as exc:
+            self._admin_auth_failed(address, "expired" if isinstance(exc, AuthExpired)
+                                    else "invalid")
             self.metrics.flag_changes.labels("unauthenticated").inc()
             self.audit.warning("admin request with a bad token", code="XY-ADM-001",
                                outcome="denied", reason=exc.message, **fields)
             return None, Response.json({"error": f"token refused: {exc.message}"}, 401)
+        self.throttle.success(address, trio.current_time())
         if not principal.has_role(self.options.admin_role):
             self.metrics.flag_changes.labels("forbidden").inc()
             self.audit.warning("admin request without the admin role", code="XY-ADM-002",
