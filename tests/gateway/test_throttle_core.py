@@ -3,10 +3,27 @@
 from __future__ import annotations
 
 import pytest
+from gw_support import Keys
 from hypothesis import given
 from hypothesis import strategies as st
 
+from xypipe._gateway._auth import TokenVerifier
+from xypipe._gateway._session import (
+    Audit,
+    AuthLockedOut,
+    AuthThrottled,
+    Close,
+    ProtocolViolation,
+    Send,
+    Session,
+    SessionPolicy,
+)
 from xypipe._gateway._throttle import AuthThrottle, ThrottlePolicy, client_address
+from xypipe._gateway._tokens import DEV_AUDIENCE, DEV_ISSUER
+from xypipe._validate import Invalid
+from xypipe.contracts import ClientFrame, ErrorCode, Hello
+
+WALL = 1_900_000_000.0
 
 POLICY = ThrottlePolicy(max_failures=3, window_s=10, lockout_s=2, max_lockout_s=7, forget_s=100,
                         max_addresses=4)
@@ -107,3 +124,28 @@ def test_a_flood_of_new_addresses_evicts_the_least_recently_active_first() -> No
 ])
 def test_client_address_keys_ipv4_by_host_and_ipv6_by_its_64(peer: str, address: str) -> None:
     assert client_address(peer) == address
+
+
+def test_policy_refuses_a_cap_below_the_first_lockout() -> None:
+    with pytest.raises(Invalid, match="max_lockout_s: expected at least lockout_s"):
+        ThrottlePolicy(lockout_s=10, max_lockout_s=5)
+
+
+def test_session_core_refuses_a_locked_out_hello_unchecked_with_4007(keys: Keys) -> None:
+    throttle = AuthThrottle(POLICY)
+    v = TokenVerifier(keys.public_path.read_bytes(), issuer=DEV_ISSUER, audience=DEV_AUDIENCE)
+
+    def hello(now: float, token: str) -> list[object]:
+        s = Session(f"s{now}", v, SessionPolicy(), now, throttle=throttle, address="10.0.0.9")
+        s.receive(now, WALL, ClientFrame(hello=Hello(token=token)).SerializeToString())
+        return list(s.take_effects())
+
+    locks = [e for now in (1.0, 2.0, 3.0) for e in hello(now, "forged")
+             if isinstance(e, AuthLockedOut)]
+    assert len(locks) == 1 and locks[0].lockout.address == "10.0.0.9"
+    effects = hello(3.5, keys.token(now=WALL))  # a valid token, refused without a look
+    assert [type(e) for e in effects] == [AuthThrottled, Send, Close]
+    assert effects[2].code == 4000 + ErrorCode.ERROR_CODE_RATE_LIMITED  # type: ignore[attr-defined]
+    assert not any(isinstance(e, ProtocolViolation) for e in effects)
+    assert any(isinstance(e, Audit) and e.outcome == "allowed"
+               for e in hello(5.5, keys.token(now=WALL)))  # lockout over

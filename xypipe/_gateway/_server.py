@@ -319,6 +319,7 @@ class GatewayServer:
             if a.outcome == "denied":
                 reason = "expired" if a.fields.get("error_code") == AuthExpired.code else "invalid"
                 self.metrics.auth_failures.labels("ws", reason).inc()
+                self.metrics.auth_throttle_addresses.set(len(self.throttle))
         if a.outcome == "denied":
             if a.action in ("subscribe", "resume", "refresh") and "group" in a.fields:
                 self.metrics.acl_denied.labels(a.action).inc()
@@ -337,8 +338,6 @@ class GatewayServer:
     def auth_locked_out(self, surface: str, lock: Lockout) -> None:
         """One audit summary line per address per lockout."""
         self.metrics.auth_lockouts.labels(surface).inc()
-        self.metrics.auth_throttle_addresses.set(
-            self.throttle.statistics(trio.current_time()).addresses)
         self.audit.warning(
             "client address locked out after repeated authentication failures",
             code=AUTH_LOCKOUT, audit=True, action="auth.throttle", outcome="locked",
@@ -349,6 +348,7 @@ class GatewayServer:
     def _admin_auth_failed(self, address: str, reason: str) -> None:
         self.metrics.auth_failures.labels("admin", reason).inc()
         lock = self.throttle.failure(address, trio.current_time(), reason)
+        self.metrics.auth_throttle_addresses.set(len(self.throttle))
         if lock is not None:
             self.auth_locked_out("admin", lock)
 

@@ -31,7 +31,7 @@ from collections import Counter, OrderedDict, deque
 
 import attrs
 
-from xypipe._validate import in_range
+from xypipe._validate import Invalid, in_range
 
 __all__ = ["AuthThrottle", "Lockout", "ThrottlePolicy", "ThrottleStatistics", "Verdict",
            "client_address"]
@@ -51,6 +51,11 @@ class ThrottlePolicy:
     forget_s: float = attrs.field(default=900.0, validator=in_range(0.001, 604_800.0))
     #: Addresses tracked at most (memory bound).
     max_addresses: int = attrs.field(default=10_000, validator=in_range(1, 10_000_000))
+
+    def __attrs_post_init__(self) -> None:
+        if self.max_lockout_s < self.lockout_s:
+            raise Invalid("max_lockout_s", f"expected at least lockout_s ({self.lockout_s:g})",
+                          self.max_lockout_s)
 
     def lockout_for(self, strike: int) -> float:
         return min(self.max_lockout_s, self.lockout_s * 2.0 ** (strike - 1))
@@ -108,6 +113,10 @@ class AuthThrottle:
         self.policy = policy
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._evicted = 0
+
+    def __len__(self) -> int:
+        """Addresses tracked now (O(1), for a gauge)."""
+        return len(self._entries)
 
     @property
     def enabled(self) -> bool:
