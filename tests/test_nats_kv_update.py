@@ -8,10 +8,11 @@ of the buffer (what ``update`` does when it fails) never reaches the server.
 
 from __future__ import annotations
 
+import pytest
 import trio
 
 from xypipe._embedded import EmbeddedNats
-from xypipe._errors import KvRevisionConflict, NatsConnectionError, NatsTimeout
+from xypipe._errors import BridgeError, KvRevisionConflict, NatsConnectionError, NatsTimeout
 from xypipe._nats import NatsClient, _withdraw, connect
 
 
@@ -97,3 +98,14 @@ async def test_update_expects_the_revision_and_refuses_a_stale_one(
             raise AssertionError("a stale expected revision must be refused")
         entry = await kv.get("k")
         assert entry is not None and entry.value == b"two" and entry.revision == r2
+
+
+@pytest.mark.parametrize("key", ["flag\n", " flag", "flag ", "", ".flag", "fl\u0430g", "a b"])
+async def test_kv_keys_are_checked_whole_before_anything_is_sent(
+    nats_client: NatsClient, key: str
+) -> None:
+    kv = await nats_client.jetstream(timeout=2).kv("flags_test")
+    for call in (kv.get(key), kv.put(key, b"x"), kv.update(key, b"x", last=0), kv.delete(key)):
+        with pytest.raises(BridgeError, match="expected letters, digits"):
+            await call
+    assert await kv.keys() == []

@@ -1105,6 +1105,18 @@ class PullConsumer:
 # Key/value
 
 
+# nats-py's own key check is ``re.match`` with ``$``, which lets a trailing newline through.
+_KV_KEY = re.compile(r"[-/_=.a-zA-Z0-9]+")
+
+
+def _check_key(bucket: str, key: str) -> None:
+    if _KV_KEY.fullmatch(key) is None or key.startswith(".") or key.endswith("."):
+        raise BridgeError(
+            f"KV key {key!r} in {bucket!r}: expected letters, digits and - / _ = . "
+            "(not first or last)"
+        )
+
+
 def _withdraw(nc: _AioClient, marker: bytes) -> int:
     """Remove the queued commands carrying ``marker`` from nats-py's outgoing buffer (the one a
     reconnect flushes); returns how many were removed. Asyncio side only."""
@@ -1158,6 +1170,7 @@ class KeyValue:
 
     async def get(self, key: str) -> KvEntry | None:
         """The current value, or ``None`` if the key is absent or deleted."""
+        _check_key(self.bucket, key)
 
         async def _get() -> KvEntry | None:
             try:
@@ -1169,6 +1182,7 @@ class KeyValue:
 
     async def put(self, key: str, value: bytes) -> int:
         """Store ``value``; returns the new revision."""
+        _check_key(self.bucket, key)
 
         async def _put() -> int:
             return int(await self._kv.put(key, value))
@@ -1192,6 +1206,7 @@ class KeyValue:
 
         Raises :class:`~xypipe._errors.KvRevisionConflict` when the server refuses ``last``.
         """
+        _check_key(self.bucket, key)
         what = f"KV update {self.bucket}/{key} (expected revision {last})"
         marker = f"Xy-Write-Id: {uuid.uuid4().hex}"
         hdrs = {"Nats-Expected-Last-Subject-Sequence": str(last), **(headers or {}),
@@ -1217,6 +1232,8 @@ class KeyValue:
         return await self._c._call(what, _update)
 
     async def delete(self, key: str) -> None:
+        _check_key(self.bucket, key)
+
         async def _delete() -> None:
             await self._kv.delete(key)
 
