@@ -389,12 +389,8 @@ class GatewayServer:
         conn.apply(s)
 
     def _flag_changed(self, flag: FlagValue) -> None:
-        old = self.flags.get(flag.name)
         self.flags[flag.name] = flag
         self._flags_version += 1
-        self.log.info("feature flag applied", flag=flag.name, value=flag.value,
-                      old=old.value if old else None, updated_by=flag.updated_by,
-                      revision=flag.revision)
         for conn in list(self.connections.values()):
             self.apply_flags_to(conn)
 
