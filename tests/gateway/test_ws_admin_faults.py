@@ -100,7 +100,7 @@ async def test_a_write_that_reaches_a_stalled_server_late_is_never_applied_and_i
         assert status == 503
         # ... and the server stores it when it resumes. This gateway recognises its failed
         # write, never applies it and puts the old value back (conditional on the late
-        # revision, so of several gateways exactly one reverts).
+        # revision, so a newer change would win over the revert).
         with trio.fail_after(15):
             while True:
                 stored = await _stored(nats_server.url, FORCE_LEVEL)

@@ -453,8 +453,8 @@ class GatewayServer:
             deleted=entry.op != "PUT", at_us=flag.updated_at_us)
 
     async def _revert(self, restore: FlagValue, late_revision: int) -> None:
-        """Put ``restore`` back over a late write at ``late_revision`` (conditional on it, so
-        every gateway may try and exactly one succeeds)."""
+        """Put ``restore`` back over a late write at ``late_revision``, conditional on it: a
+        newer change by anyone wins over the revert, and a retry never reverts twice."""
         value = FlagValue(restore.name, restore.value, REVERT_PRINCIPAL,
                           int(self.wall() * 1e6))
         kv = self._kv
@@ -464,7 +464,7 @@ class GatewayServer:
             try:
                 with trio.fail_after(self.options.nats_timeout_ms / 1000 * 2):
                     await kv.update(restore.name, value.encode(), last=late_revision,
-                                          headers={"Xy-Principal": REVERT_PRINCIPAL})
+                                    headers={"Xy-Principal": REVERT_PRINCIPAL})
                 return
             except KvRevisionConflict:
                 return  # the key moved on: another gateway reverted it, or a newer change won
