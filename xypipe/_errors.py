@@ -187,3 +187,27 @@ JS_RETRYING = "XY-NATS-011"
 PUBLISH_DROPPED = "XY-NATS-012"
 #: A KV watch was restarted after a reconnect (its ordered consumer lives on the server).
 KV_WATCH_RESTARTED = "XY-NATS-013"
+class KvRevisionConflict(BridgeError):
+    """A conditional KV write found the key at another revision than the one it expected (someone
+    changed it meanwhile); the server stored nothing."""
+
+    code = "XY-ADM-012"
+
+    def __init__(self, message: str, *, current: int | None = None) -> None:
+        super().__init__(message)
+        self.current = current
+
+
+# Admin and audit codes logged without an exception of their own (defined once, here).
+#: A feature-flag change failed because the store could not be reached; it is not applied later.
+ADM_STORE_UNAVAILABLE = "XY-ADM-011"
+#: A feature-flag change was applied from the store (the watch's audit line: who, old -> new).
+ADM_FLAG_APPLIED = "XY-ADM-013"
+#: A change answered as failed reached the store late anyway and was reverted.
+ADM_LATE_WRITE_REVERTED = "XY-ADM-014"
+#: A late change could not be reverted (the store was unreachable again, or the key moved on).
+ADM_REVERT_FAILED = "XY-ADM-015"
+#: A client address was locked out after repeated authentication failures (one audit summary).
+AUTH_LOCKOUT = "XY-AUTH-004"
+#: An authentication attempt was refused unchecked because its address is locked out.
+AUTH_THROTTLED = "XY-AUTH-005"

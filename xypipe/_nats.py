@@ -40,6 +40,7 @@ import asyncio
 import datetime
 import re
 import ssl
+import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
@@ -57,6 +58,7 @@ from xypipe._bridge_portal import BridgeKind, Portal, open_portal
 from xypipe._errors import (
     KV_WATCH_RESTARTED,
     BridgeError,
+    KvRevisionConflict,
     NatsBackpressure,
     NatsConnectionError,
     NatsJsUnavailable,
@@ -1141,6 +1143,32 @@ class PullConsumer:
 # Key/value
 
 
+# nats-py's own key check is ``re.match`` with ``$``, which lets a trailing newline through.
+_KV_KEY = re.compile(r"[-/_=.a-zA-Z0-9]+")
+
+
+def _check_key(bucket: str, key: str) -> None:
+    if _KV_KEY.fullmatch(key) is None or key.startswith(".") or key.endswith("."):
+        raise BridgeError(
+            f"KV key {key!r} in {bucket!r}: expected letters, digits and - / _ = . "
+            "(not first or last)"
+        )
+
+
+def _withdraw(nc: _AioClient, marker: bytes) -> int:
+    """Remove the queued commands carrying ``marker`` from nats-py's outgoing buffer (the one a
+    reconnect flushes); returns how many were removed. Asyncio side only."""
+    pending = getattr(nc, "_pending", None)
+    if not isinstance(pending, list):
+        return 0
+    keep = [cmd for cmd in pending if marker not in cmd]
+    removed = len(pending) - len(keep)
+    if removed:
+        pending[:] = keep
+        nc._pending_data_size = sum(len(c) for c in keep)
+    return removed
+
+
 class KvWatch:
     """Changes to watched keys, one :class:`KvEntry` at a time (carried across in batches)."""
 
@@ -1180,6 +1208,7 @@ class KeyValue:
 
     async def get(self, key: str) -> KvEntry | None:
         """The current value, or ``None`` if the key is absent or deleted."""
+        _check_key(self.bucket, key)
 
         async def _get() -> KvEntry | None:
             try:
@@ -1191,13 +1220,58 @@ class KeyValue:
 
     async def put(self, key: str, value: bytes) -> int:
         """Store ``value``; returns the new revision."""
+        _check_key(self.bucket, key)
 
         async def _put() -> int:
             return int(await self._kv.put(key, value))
 
         return await self._c._call(f"KV put {self.bucket}/{key}", _put)
 
+    async def update(
+        self, key: str, value: bytes, *, last: int, headers: dict[str, str] | None = None
+    ) -> int:
+        """Store ``value`` only while the key's last revision is ``last`` (0: never written), and
+        only now: returns the new revision, or raises — and a write that raised never lands later.
+
+        * Not connected (nats-py reconnecting): refused at once, never put in nats-py's reconnect
+          buffer.
+        * Failed or cancelled after it was queued (timeout, disconnect, Trio cancellation): taken
+          back out of nats-py's outgoing buffer if it is still there, so a reconnect cannot send
+          it after the caller was told it failed.
+        * Bytes already on a socket to a server that stalled cannot be recalled; if they arrive
+          late, the expected revision makes the server refuse them unless the key is unchanged —
+          the caller can recognise its own write by ``headers`` and revert it.
+
+        Raises :class:`~xypipe._errors.KvRevisionConflict` when the server refuses ``last``.
+        """
+        _check_key(self.bucket, key)
+        what = f"KV update {self.bucket}/{key} (expected revision {last})"
+        marker = f"Xy-Write-Id: {uuid.uuid4().hex}"
+        hdrs = {"Nats-Expected-Last-Subject-Sequence": str(last), **(headers or {}),
+                "Xy-Write-Id": marker.split(": ", 1)[1]}
+
+        async def _update() -> int:
+            nc = self._c._aio
+            if not nc.is_connected or nc.is_reconnecting:
+                raise NatsConnectionError(
+                    f"{what}: not connected to NATS; refused instead of buffered")
+            try:
+                ack = await self._kv._js.publish(f"{self._kv._pre}{key}", value, headers=hdrs)
+            except nats.js.errors.APIError as exc:
+                if exc.err_code in (10071, 10164):
+                    raise KvRevisionConflict(
+                        f"{what}: the key has moved on ({exc.description})") from None
+                raise
+            except BaseException:
+                _withdraw(nc, marker.encode())
+                raise
+            return int(ack.seq)
+
+        return await self._c._call(what, _update)
+
     async def delete(self, key: str) -> None:
+        _check_key(self.bucket, key)
+
         async def _delete() -> None:
             await self._kv.delete(key)
 

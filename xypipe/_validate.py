@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -71,11 +72,67 @@ def non_empty() -> _Validator:
     return _Validator("expected a non-empty value", lambda v: bool(v))
 
 
-_SUBJECT = re.compile(r"^(?:[A-Za-z0-9_\-$]+|\*|>)(?:\.(?:[A-Za-z0-9_\-$]+|\*|>))*$")
+# Names are checked with ``fullmatch`` (never ``match`` with ``$``, which also accepts a trailing
+# newline), in ASCII only: a Unicode look-alike or a stray space is refused, not normalised.
+_SUBJECT = re.compile(r"(?:[A-Za-z0-9_\-$]+|\*|>)(?:\.(?:[A-Za-z0-9_\-$]+|\*|>))*")
+_SUBJECT_CHAR = re.compile(r"[A-Za-z0-9_\-$.*>]")
+#: One NATS subject token made of letters, digits, ``_`` or ``-`` (groups become one).
+_TOKEN = re.compile(r"[A-Za-z0-9_\-]+")
+_TOKEN_CHAR = re.compile(r"[A-Za-z0-9_\-]")
+#: A group name as clients, flags and configs spell it: one token of at most 64 characters.
+GROUP_MAX = 64
+
+
+def _char(ch: str) -> str:
+    name = unicodedata.name(ch, "") or {"\n": "LINE FEED", "\r": "CARRIAGE RETURN",
+                                       "\t": "TAB", "\x00": "NUL"}.get(ch, "control character")
+    return f"{ch!r} (U+{ord(ch):04X} {name})"
+
+
+def name_problem(value: object, allowed: re.Pattern[str], max_len: int | None = None
+                 ) -> str | None:
+    """What is wrong with a name checked against the one-character class ``allowed``, as a
+    phrase to append to an "expected ..." message; ``None`` when every character fits."""
+    if not isinstance(value, str):
+        return f"got {type(value).__name__} {show(value)}, not a string"
+    if not value:
+        return "got an empty string"
+    if max_len is not None and len(value) > max_len:
+        return f"got {len(value)} characters"
+    for i, ch in enumerate(value):
+        if not allowed.fullmatch(ch):
+            return f"found {_char(ch)} at position {i}"
+    return None
+
+
+def is_subject_token(v: object) -> bool:
+    """A single NATS subject token of letters, digits, ``_`` or ``-``."""
+    return isinstance(v, str) and _TOKEN.fullmatch(v) is not None
+
+
+def token_problem(v: object) -> str | None:
+    return None if is_subject_token(v) else name_problem(v, _TOKEN_CHAR)
+
+
+def is_group_name(v: object) -> bool:
+    """A group name: a subject token of 1..64 characters."""
+    return is_subject_token(v) and len(str(v)) <= GROUP_MAX
+
+
+def group_problem(v: object) -> str | None:
+    """``None`` for a valid group name, else what is wrong (for an error message)."""
+    return None if is_group_name(v) else name_problem(v, _TOKEN_CHAR, GROUP_MAX)
+
+
+def subject_problem(v: object) -> str | None:
+    """``None`` for a valid subject or pattern, else what is wrong (for an error message)."""
+    if _is_subject(v):
+        return None
+    return name_problem(v, _SUBJECT_CHAR) or "tokens must be non-empty and '>' only last"
 
 
 def _is_subject(v: object) -> bool:
-    if not isinstance(v, str) or not _SUBJECT.match(v):
+    if not isinstance(v, str) or _SUBJECT.fullmatch(v) is None:
         return False
     parts = v.split(".")
     return ">" not in parts[:-1]

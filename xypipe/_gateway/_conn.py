@@ -38,6 +38,8 @@ from xypipe._gateway._session import (
     CLOSE_GOING_AWAY,
     CLOSE_INTERNAL,
     Audit,
+    AuthLockedOut,
+    AuthThrottled,
     ClientReport,
     Close,
     LevelChanged,
@@ -200,6 +202,10 @@ class Connection:
                 srv.client_report(eff.metrics)
             elif isinstance(eff, Audit):
                 srv.audit_line(self, eff)
+            elif isinstance(eff, AuthThrottled):
+                srv.auth_throttled("ws", eff.address)
+            elif isinstance(eff, AuthLockedOut):
+                srv.auth_locked_out("ws", eff.lockout)
             elif isinstance(eff, ProtocolViolation):
                 err = eff.error
                 name = ErrorCode.Name(err.error_code)

@@ -18,18 +18,16 @@ Known flags:
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable
 from typing import Any
 
 import attrs
 
+from xypipe._validate import GROUP_MAX, group_problem
 from xypipe.contracts import FeatureFlag
 
 FORCE_LEVEL = "gateway.force_level"
 DISABLED_GROUPS = "gateway.disabled_groups"
-
-_GROUP_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 class FlagError(ValueError):
@@ -45,13 +43,16 @@ def _check_force_level(value: Any) -> Any:
 
 
 def _check_groups(value: Any) -> Any:
-    if not isinstance(value, list) or not all(
-        isinstance(g, str) and _GROUP_RE.match(g) for g in value
-    ):
-        raise FlagError(
-            f"{DISABLED_GROUPS}: expected a list of group names (A-Z a-z 0-9 _ -), got "
-            f"{json.dumps(value)}"
-        )
+    if not isinstance(value, list):
+        raise FlagError(f"{DISABLED_GROUPS}: expected a list of group names, got "
+                        f"{json.dumps(value)}")
+    for i, g in enumerate(value):
+        problem = group_problem(g)
+        if problem is not None:
+            raise FlagError(
+                f"{DISABLED_GROUPS}[{i}]: expected a group name of 1-{GROUP_MAX} characters "
+                f"A-Z a-z 0-9 _ -, got {json.dumps(g)}: {problem}"
+            )
     return sorted(set(value))
 
 

@@ -32,6 +32,20 @@ class GatewayMetrics:
             "acl_denied", "Subscriptions refused by the subject ACL", ["action"]
         )
         self.auth = m.counter("ws_auth", "Authentication attempts by outcome", ["outcome"])
+        self.auth_failures = m.counter(
+            "auth_failures", "Failed authentications by surface (ws, admin) and reason",
+            ["surface", "reason"],
+        )
+        self.auth_throttled = m.counter(
+            "auth_throttled", "Authentication attempts refused unchecked: address locked out",
+            ["surface"],
+        )
+        self.auth_lockouts = m.counter(
+            "auth_lockouts", "Client addresses locked out after repeated failures", ["surface"]
+        )
+        self.auth_throttle_addresses = m.gauge(
+            "auth_throttle_addresses", "Client addresses the auth throttle tracks (bounded)"
+        )
         self.protocol_errors = m.counter(
             "ws_protocol_errors", "Error frames sent to browsers, by error code", ["code"]
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import attrs
 
 from xypipe._degrade import DegradePolicy
+from xypipe._gateway._throttle import ThrottlePolicy
 from xypipe._validate import Invalid, in_range, non_empty
 
 
@@ -58,6 +59,9 @@ class GatewayOptions:
     send_buffer_bytes: int | None = attrs.field(default=None, validator=in_range(4096, 1 << 30))
     close_grace_ms: int = attrs.field(default=1000, validator=in_range(1, 60_000))
     nats_timeout_ms: int = attrs.field(default=2000, validator=in_range(1, 60_000))
+    #: Authentication failures per client address (WebSocket hello, admin bearer token)
+    #: before the address is locked out for a while; see docs/protocol.md "Auth throttling".
+    auth_throttle: ThrottlePolicy = attrs.field(factory=ThrottlePolicy)
 
     def __attrs_post_init__(self) -> None:
         if self.heartbeat_timeout_ms <= self.heartbeat_ms:

@@ -9,17 +9,29 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import secrets
 import time
 from collections.abc import Callable
 from typing import Any
 
+import attrs
 import trio
 
 from xypipe._contracts import decoder_for
 from xypipe._degrade import Level, Pressure, Transition
-from xypipe._errors import AuthError, BridgeError
-from xypipe._gateway._auth import TokenVerifier
+from xypipe._errors import (
+    ADM_FLAG_APPLIED,
+    ADM_LATE_WRITE_REVERTED,
+    ADM_REVERT_FAILED,
+    ADM_STORE_UNAVAILABLE,
+    AUTH_LOCKOUT,
+    AUTH_THROTTLED,
+    AuthError,
+    BridgeError,
+    KvRevisionConflict,
+)
+from xypipe._gateway._auth import AuthExpired, TokenVerifier
 from xypipe._gateway._conn import Connection
 from xypipe._gateway._flags import (
     DISABLED_GROUPS,
@@ -38,15 +50,26 @@ from xypipe._gateway._session import (
     Session,
     SessionPolicy,
 )
+from xypipe._gateway._throttle import AuthThrottle, Lockout, client_address
 from xypipe._http import Request, Response
 from xypipe._log import Logger, get_logger
 from xypipe._metrics import Metrics
+from xypipe._nats import KeyValue, KvEntry
 from xypipe._retry import Backoff, retrying
 from xypipe.contracts import ClientMetrics, Error, ErrorCode, ServerFrame
 
 _ids = itertools.count(1)
 # Snapshot direct gets while the store is away: quick at first, then once a second.
 _SNAPSHOT_BACKOFF = Backoff(initial_s=0.05, max_s=1.0)
+
+#: ``updated_by`` of the value a gateway writes back over a late change.
+REVERT_PRINCIPAL = "xypipe-gateway (revert of a late change)"
+_MAX_IN_DOUBT = 64
+
+
+@attrs.frozen
+class _InDoubt:
+    expected: int
 
 
 class GatewayServer:
@@ -86,6 +109,7 @@ class GatewayServer:
             close_after_ms=options.close_after_ms,
             priority_groups=tuple(options.priority_groups),
         )
+        self.throttle = AuthThrottle(options.auth_throttle)
         self.hub = Hub(history=options.history, tick_prefix=options.tick_prefix,
                        snapshot_prefix=options.snapshot_prefix)
         self.connections: dict[int, Connection] = {}
@@ -94,7 +118,12 @@ class GatewayServer:
         self._conn_flags: dict[int, int] = {}
         self._fetching: set[str] = set()
         self._nursery: trio.Nursery | None = None
-        self._kv: Any = None
+        self._kv: KeyValue | None = None
+        #: Flag writes answered as failed that might still reach the store (see _flag_entry).
+        #: The last revision of each flag key seen in the store (watched or written here):
+        #: what the next conditional write expects.
+        self._flag_revs: dict[str, int] = {}
+        self._in_doubt: dict[tuple[str, str, int], _InDoubt] = {}
         self._accepting = True
         self._drained = trio.Event()
         self._level_counts = [0, 0, 0, 0]
@@ -244,7 +273,8 @@ class GatewayServer:
 
     def new_session(self, peer: str) -> Session:
         return Session(secrets.token_hex(8), self.verifier, self.policy, trio.current_time(),
-                       peer=peer, decoder=self.decoder)
+                       peer=peer, decoder=self.decoder, throttle=self.throttle,
+                       address=client_address(peer))
 
     async def handle_upgrade(self, stream: trio.abc.Stream, request: Request) -> None:
         if not self._accepting:
@@ -312,6 +342,10 @@ class GatewayServer:
                   "session": conn.session.session_id if conn.session else "", **a.fields}
         if a.action == "auth":
             self.metrics.auth.labels(a.outcome).inc()
+            if a.outcome == "denied":
+                reason = "expired" if a.fields.get("error_code") == AuthExpired.code else "invalid"
+                self.metrics.auth_failures.labels("ws", reason).inc()
+                self.metrics.auth_throttle_addresses.set(len(self.throttle))
         if a.outcome == "denied":
             if a.action in ("subscribe", "resume", "refresh") and "group" in a.fields:
                 self.metrics.acl_denied.labels(a.action).inc()
@@ -320,6 +354,29 @@ class GatewayServer:
                 self.audit.warning(f"{a.action} denied", code="XY-AUTH-001", **fields)
         else:
             self.audit.info(f"{a.action} {a.outcome}", **fields)
+
+    # -- auth throttling ----------------------------------------------------------------------
+
+    def auth_throttled(self, surface: str, address: str) -> None:
+        """An attempt refused unchecked (address locked out): counted, not logged one by one."""
+        self.metrics.auth_throttled.labels(surface).inc()
+
+    def auth_locked_out(self, surface: str, lock: Lockout) -> None:
+        """One audit summary line per address per lockout."""
+        self.metrics.auth_lockouts.labels(surface).inc()
+        self.audit.warning(
+            "client address locked out after repeated authentication failures",
+            code=AUTH_LOCKOUT, audit=True, action="auth.throttle", outcome="locked",
+            surface=surface, address=lock.address, failures=lock.failures,
+            window_s=lock.window_s, lockout_s=lock.lockout_s, strike=lock.strike,
+            reasons=dict(lock.reasons), refused_during_previous_lockout=lock.refused_before)
+
+    def _admin_auth_failed(self, address: str, reason: str) -> None:
+        self.metrics.auth_failures.labels("admin", reason).inc()
+        lock = self.throttle.failure(address, trio.current_time(), reason)
+        self.metrics.auth_throttle_addresses.set(len(self.throttle))
+        if lock is not None:
+            self.auth_locked_out("admin", lock)
 
     async def _sampler(self) -> None:
         opts = self.options
@@ -358,12 +415,8 @@ class GatewayServer:
         conn.apply(s)
 
     def _flag_changed(self, flag: FlagValue) -> None:
-        old = self.flags.get(flag.name)
         self.flags[flag.name] = flag
         self._flags_version += 1
-        self.log.info("feature flag applied", flag=flag.name, value=flag.value,
-                      old=old.value if old else None, updated_by=flag.updated_by,
-                      revision=flag.revision)
         for conn in list(self.connections.values()):
             self.apply_flags_to(conn)
 
@@ -373,35 +426,109 @@ class GatewayServer:
         t0 = trio.current_time()
         # JetStream may be away at start-up (restarting, lame duck): wait for it, counted and
         # logged, instead of failing the gateway. The watch then survives restarts itself.
-        self._kv = await retrying(
+        kv: KeyValue = await retrying(
             f"open the feature-flag bucket {self.options.flags_bucket!r}",
             lambda: js.kv(self.options.flags_bucket, history=16), backoff=_SNAPSHOT_BACKOFF,
             log=self.log, on_failure=lambda exc: self.metrics.nats_req.labels(
                 "kv_open_error").observe(trio.current_time() - t0),
             gave_up=lambda: bool(self.nats.closed))
+        self._kv = kv
         self.metrics.nats_req.labels("kv_open").observe(trio.current_time() - t0)
-        async with self._kv.watch(">") as watch:
+        async with kv.watch(">") as watch:
             task_status.started()
             async for entry in watch:
-                if entry.op != "PUT":
-                    name = entry.key
-                    if name in self.flags:
-                        self._flag_changed(defaults()[name])
-                    continue
-                try:
-                    flag = FlagValue.decode(entry.value, entry.revision)
-                except (FlagError, ValueError) as exc:
-                    self.metrics.bad_input.labels("feature_flag").inc()
-                    self.log.warning("unusable feature flag in the bucket", code="XY-FLAG-002",
-                                     key=entry.key, error=str(exc))
-                    continue
-                self._flag_changed(flag)
+                self._flag_entry(entry)
+
+    def _flag_entry(self, entry: KvEntry) -> None:
+        """One entry from the flags bucket's watch: apply it and audit it (whoever wrote it),
+        or — when it is a change this gateway answered as failed — hold it back and revert it."""
+        name = entry.key
+        self._flag_revs[name] = max(self._flag_revs.get(name, 0), entry.revision)
+        current = self.flags.get(name)
+        if current is not None and entry.revision <= current.revision:
+            return  # already applied (a re-created watch delivers the current values again)
+        if entry.op != "PUT":
+            if current is None:
+                return
+            flag = FlagValue(name, defaults()[name].value, revision=entry.revision)
+        else:
+            try:
+                flag = FlagValue.decode(entry.value, entry.revision)
+            except (FlagError, ValueError) as exc:
+                self.metrics.bad_input.labels("feature_flag").inc()
+                self.log.warning("unusable feature flag in the bucket", code="XY-FLAG-002",
+                                 key=entry.key, error=str(exc))
+                return
+        doubt = self._in_doubt.pop((flag.name, flag.updated_by, flag.updated_at_us), None)
+        # A write in doubt expected an older revision: once the key moved past it without
+        # that write, the server can no longer accept it.
+        for key, d in list(self._in_doubt.items()):
+            if key[0] == name and d.expected < entry.revision:
+                del self._in_doubt[key]
+        if doubt is not None and current is not None:
+            # Answered as failed, arrived anyway: never applied here, and taken back out.
+            self.flags[name] = attrs.evolve(current, revision=entry.revision)
+            self.metrics.flag_changes.labels("late_reverted").inc()
+            self.audit.warning(
+                "feature flag change answered as failed reached the store late: not applied, "
+                "reverting", code=ADM_LATE_WRITE_REVERTED, audit=True, action="admin.flag",
+                outcome="reverted", principal=flag.updated_by, flag=name,
+                late_value=flag.value, restored=current.value, revision=entry.revision)
+            assert self._nursery is not None
+            self._nursery.start_soon(self._revert, current, entry.revision)
+            return
+        self._flag_changed(flag)
+        old = current.value if current is not None else None
+        self.audit.warning(
+            "feature flag change applied", code=ADM_FLAG_APPLIED, audit=True,
+            action="admin.flag.applied", outcome="applied",
+            principal=flag.updated_by or "(unknown: written outside the admin API)",
+            flag=name, old=old, new=flag.value, revision=entry.revision,
+            deleted=entry.op != "PUT", at_us=flag.updated_at_us)
+
+    async def _revert(self, restore: FlagValue, late_revision: int) -> None:
+        """Put ``restore`` back over a late write at ``late_revision``, conditional on it: a
+        newer change by anyone wins over the revert, and a retry never reverts twice."""
+        value = FlagValue(restore.name, restore.value, REVERT_PRINCIPAL,
+                          int(self.wall() * 1e6))
+        kv = self._kv
+        assert kv is not None
+        delay = 0.25
+        for attempt in range(1, 9):
+            try:
+                with trio.fail_after(self.options.nats_timeout_ms / 1000 * 2):
+                    await kv.update(restore.name, value.encode(), last=late_revision,
+                                    headers={"Xy-Principal": REVERT_PRINCIPAL})
+                return
+            except KvRevisionConflict:
+                return  # the key moved on: another gateway reverted it, or a newer change won
+            except (BridgeError, trio.TooSlowError) as exc:
+                self.log.warning("could not revert a late feature flag change yet",
+                                 code=ADM_REVERT_FAILED, flag=restore.name, attempt=attempt,
+                                 error=str(exc))
+            await trio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+        self.audit.error("late feature flag change could not be reverted", code=ADM_REVERT_FAILED,
+                         audit=True, action="admin.flag", outcome="revert_failed",
+                         flag=restore.name, revision=late_revision)
 
     def _admin_principal(self, req: Request) -> tuple[Any, Response | None]:
         header = req.headers.get("authorization", "")
         fields = {"audit": True, "action": "admin", "method": req.method, "path": req.path,
                   "peer": req.peer}
+        address = client_address(req.peer)
+        verdict = self.throttle.check(address, trio.current_time())
+        if not verdict.allowed:
+            # Answered before the token is looked at; counted, and summarised at the lockout.
+            self.auth_throttled("admin", address)
+            retry = math.ceil(verdict.retry_after_s)
+            return None, attrs.evolve(
+                Response.json({"error": f"authentication throttled: too many failed attempts "
+                                        f"from {address}; retry in {retry} s",
+                               "code": AUTH_THROTTLED, "retry_after_s": retry}, 429),
+                headers=(("retry-after", str(retry)),))
         if not header.lower().startswith("bearer "):
+            self._admin_auth_failed(address, "missing")
             self.metrics.flag_changes.labels("unauthenticated").inc()
             self.audit.warning("admin request without a bearer token", code="XY-ADM-001",
                                outcome="denied", **fields)
@@ -409,10 +536,13 @@ class GatewayServer:
         try:
             principal = self.verifier.verify(header[7:].strip(), self.wall())
         except AuthError as exc:
+            self._admin_auth_failed(address, "expired" if isinstance(exc, AuthExpired)
+                                    else "invalid")
             self.metrics.flag_changes.labels("unauthenticated").inc()
             self.audit.warning("admin request with a bad token", code="XY-ADM-001",
                                outcome="denied", reason=exc.message, **fields)
             return None, Response.json({"error": f"token refused: {exc.message}"}, 401)
+        self.throttle.success(address, trio.current_time())
         if not principal.has_role(self.options.admin_role):
             self.metrics.flag_changes.labels("forbidden").inc()
             self.audit.warning("admin request without the admin role", code="XY-ADM-002",
@@ -446,14 +576,34 @@ class GatewayServer:
         old = self.flags.get(name)
         flag = FlagValue(name, value, principal.subject, int(self.wall() * 1e6))
         if self._kv is not None:
+            expected = self._flag_revs.get(name, 0)
             t0 = trio.current_time()
             try:
-                revision = await self._kv.put(name, flag.encode())
+                revision = await self._kv.update(name, flag.encode(), last=expected,
+                                                 headers={"Xy-Principal": principal.subject})
+            except KvRevisionConflict as exc:
+                self.metrics.nats_req.labels("kv_put_error").observe(trio.current_time() - t0)
+                self.metrics.flag_changes.labels("conflict").inc()
+                self.audit.warning(
+                    "feature flag change refused: the flag changed meanwhile", code=exc.code,
+                    audit=True, action="admin.flag", outcome="conflict",
+                    principal=principal.subject, flag=name, expected_revision=expected)
+                return Response.json({"error": f"{name}: changed since revision {expected} "
+                                               "(another change won); read it again and retry",
+                                      "expected_revision": expected}, 409)
             except BridgeError as exc:
                 self.metrics.nats_req.labels("kv_put_error").observe(trio.current_time() - t0)
-                self.log.error("feature flag store failed", code=exc.code, exc=exc, flag=name)
-                return Response.json({"error": f"flag store unavailable: {exc}"}, 503)
+                self.metrics.flag_changes.labels("failed").inc()
+                self._remember_in_doubt(flag, expected)
+                self.audit.error(
+                    "feature flag change failed: the store is unreachable; not applied, and it "
+                    "will not take effect later", code=ADM_STORE_UNAVAILABLE, audit=True,
+                    action="admin.flag", outcome="failed", principal=principal.subject,
+                    flag=name, new=value, error=str(exc), error_code=exc.code)
+                return Response.json({"error": f"flag store unavailable, change not applied "
+                                               f"(it will not take effect later): {exc}"}, 503)
             self.metrics.nats_req.labels("kv_put").observe(trio.current_time() - t0)
+            self._flag_revs[name] = max(self._flag_revs.get(name, 0), revision)
             flag = FlagValue(name, value, flag.updated_by, flag.updated_at_us, revision)
         else:
             self._flag_changed(flag)
@@ -464,6 +614,14 @@ class GatewayServer:
             old=old.value if old else None, new=value, at_us=flag.updated_at_us,
         )
         return Response.json({"flag": flag.to_json(), "old": old.value if old else None})
+
+    def _remember_in_doubt(self, flag: FlagValue, expected: int) -> None:
+        """A write that failed after it may have left: if it ever lands it is reverted. Bounded:
+        the oldest record goes first (its write can only land while the key stays at its
+        expected revision, which the next successful change ends)."""
+        self._in_doubt[(flag.name, flag.updated_by, flag.updated_at_us)] = _InDoubt(expected)
+        while len(self._in_doubt) > _MAX_IN_DOUBT:
+            del self._in_doubt[next(iter(self._in_doubt))]
 
     def _flag_refused(self, principal: Any, why: str) -> Response:
         self.metrics.flag_changes.labels("invalid").inc()

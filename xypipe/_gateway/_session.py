@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import enum
 import fnmatch
-import re
+import math
 from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar, cast
 
@@ -33,6 +33,8 @@ from xypipe._contracts import ContractDecoder
 from xypipe._degrade import DegradationController, DegradePolicy, Level, Pressure, Transition
 from xypipe._errors import AuthError, ContractError, ProtocolError
 from xypipe._gateway._auth import AuthExpired, Principal, TokenVerifier
+from xypipe._gateway._throttle import AuthThrottle, Lockout
+from xypipe._validate import GROUP_MAX, group_problem
 from xypipe.contracts import (
     ClientFrame,
     ClientMetrics,
@@ -54,9 +56,6 @@ CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
 CLOSE_INTERNAL = 1011
 CLOSE_BASE = 4000
-
-_GROUP_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-
 
 def close_code(code: int) -> int:
     """The WebSocket close code for a fatal :class:`ErrorCode`."""
@@ -179,6 +178,21 @@ class Audit:
 
 
 @attrs.frozen
+class AuthThrottled:
+    """A hello was refused unchecked: its address is locked out (counted, not audited)."""
+
+    address: str
+    retry_after_s: float
+
+
+@attrs.frozen
+class AuthLockedOut:
+    """This hello's failure locked its address out: one audit summary line."""
+
+    lockout: Lockout
+
+
+@attrs.frozen
 class ProtocolViolation:
     """The peer broke a rule; counted and logged by the connection (the Error frame is a Send)."""
 
@@ -193,7 +207,8 @@ class Close:
 
 Effect = (
     Send | SubscribeGroup | UnsubscribeGroup | ResumeGroup | RequestSnapshot | PauseGroups
-    | LevelChanged | ClientReport | Audit | ProtocolViolation | Close
+    | LevelChanged | ClientReport | Audit | ProtocolViolation | Close | AuthThrottled
+    | AuthLockedOut
 )
 
 
@@ -241,6 +256,8 @@ class Session:
         *,
         peer: str = "",
         decoder: ContractDecoder | None = None,
+        throttle: AuthThrottle | None = None,
+        address: str = "",
     ) -> None:
         #: Decodes client frames and counts the unknown fields a newer client sends.
         self.decoder = decoder or ContractDecoder()
@@ -248,6 +265,9 @@ class Session:
         self.verifier = verifier
         self.policy = policy
         self.peer = peer
+        #: Failed hellos are counted per client ``address`` in the gateway-wide ``throttle``.
+        self.throttle = throttle
+        self.address = address or peer
         self.state = State.AUTH
         self.principal: Principal | None = None
         #: group -> shards (empty = every shard), as accepted.
@@ -429,6 +449,19 @@ class Session:
             )
             return
         hello = frame.hello
+        if self.throttle is not None:
+            verdict = self.throttle.check(self.address, now)
+            if not verdict.allowed:
+                # Refused before the signature is checked: a locked-out address costs little.
+                # Counted by the effect; not a ProtocolViolation, which logs every attempt.
+                self._effects.append(AuthThrottled(self.address, verdict.retry_after_s))
+                why = (f"authentication throttled: too many failed attempts from "
+                       f"{self.address}; retry in {math.ceil(verdict.retry_after_s)} s")
+                code = ErrorCode.ERROR_CODE_RATE_LIMITED
+                self._send(ServerFrame(error=Error(code=code, message=why, ref_id=frame.id,
+                                                   fatal=True)))
+                self._close(close_code(code), why)
+                return
         if hello.protocol_version not in (0, self.policy.protocol_version):
             self._bad(
                 f"protocol version {hello.protocol_version} not supported; this gateway speaks "
@@ -444,12 +477,19 @@ class Session:
                 "reason": exc.message, "error_code": exc.code, "peer": self.peer,
                 "client": hello.client,
             }))
+            if self.throttle is not None:
+                lockout = self.throttle.failure(self.address, now,
+                                                "expired" if expired else "invalid")
+                if lockout is not None:
+                    self._effects.append(AuthLockedOut(lockout))
             self._bad(
                 exc.message,
                 ErrorCode.ERROR_CODE_AUTH_EXPIRED if expired else ErrorCode.ERROR_CODE_AUTH_INVALID,
                 ref_id=frame.id, fatal=True,
             )
             return
+        if self.throttle is not None:
+            self.throttle.success(self.address, now)
         self.principal = principal
         self.resumed_from = hello.session_id
         self._token_deadline = now + (principal.expires_at + self.verifier.leeway_s - wall)
@@ -528,7 +568,7 @@ class Session:
         if principal.subject != self.principal.subject:
             self._effects.append(Audit("refresh", "denied", {
                 "principal": self._who(), "reason": "token for another subject",
-                "token_subject": principal.subject,
+                "presented_subject": principal.subject,  # a "token" field name would be masked
             }))
             self._bad(
                 f"refresh refused: token is for {principal.subject!r}, this session belongs to "
@@ -570,8 +610,10 @@ class Session:
 
     def _check_group(self, group: str, shards: Iterable[int], ref: int, action: str) -> bool:
         assert self.principal is not None
-        if not _GROUP_RE.match(group):
-            self._bad(f"group name {group!r}: expected 1-64 characters of A-Z a-z 0-9 _ -",
+        problem = group_problem(group)
+        if problem is not None:
+            self._bad(f"group name {group!r}: expected 1-{GROUP_MAX} characters of "
+                      f"A-Z a-z 0-9 _ -; {problem}",
                       ErrorCode.ERROR_CODE_UNKNOWN_GROUP, ref_id=ref, group=group)
             return False
         if group not in self.groups and len(self.groups) >= self.policy.max_groups:

@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
-import re
 import time
 from typing import Any
 
 import attrs
 
-from xypipe._validate import in_range, non_empty, subject_pattern
+from xypipe._validate import in_range, is_subject_token, non_empty, subject_pattern
 from xypipe.contracts import Priority
 
 PRIORITIES = {"low": Priority.PRIORITY_LOW, "normal": Priority.PRIORITY_NORMAL,
               "high": Priority.PRIORITY_HIGH}
 
-_TOKEN = re.compile(r"^[A-Za-z0-9_\-]+$")
-
-
 def is_token(value: str) -> bool:
     """A single NATS subject token (groups become one)."""
-    return bool(_TOKEN.match(value))
+    return is_subject_token(value)
 
 
 def wall_us() -> int:

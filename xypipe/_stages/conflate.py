@@ -24,8 +24,8 @@ import trio
 from xypipe._md.conflation import Conflator
 from xypipe._md.records import Restore
 from xypipe._stage import Stage
-from xypipe._stages._md_common import PRIORITIES, is_token, wall_us
-from xypipe._validate import Invalid, in_range
+from xypipe._stages._md_common import PRIORITIES, wall_us
+from xypipe._validate import Invalid, group_problem, in_range
 
 
 @attrs.frozen
@@ -48,9 +48,10 @@ class ConflateConfig:
                 raise Invalid("pause_priorities", 'expected a list of "low", "normal", "high"',
                               list(self.pause_priorities))
         for group, p in self.priorities.items():
-            if not is_token(group):
+            problem = group_problem(group)
+            if problem is not None:
                 raise Invalid("priorities", "expected group names made of letters, digits, "
-                              "'_' or '-'", group)
+                              f"'_' or '-'; {problem}", group)
             if p not in PRIORITIES:
                 raise Invalid(f"priorities.{group}", 'expected one of "low", "normal", "high"',
                               p)

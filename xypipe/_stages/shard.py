@@ -21,15 +21,15 @@ import attrs
 from xypipe._md.conflation import delta_subject
 from xypipe._md.records import Batch, ContractRec, Restore, Route, TickRec
 from xypipe._stage import Stage
-from xypipe._stages._md_common import is_token
-from xypipe._validate import Invalid, in_range, non_empty, subject_pattern
+from xypipe._validate import Invalid, group_problem, in_range, non_empty, subject_pattern
 
 
 def _check_group(inst: Any, attribute: Any, value: str) -> None:
-    if not is_token(value):
+    problem = group_problem(value)
+    if problem is not None:
         raise Invalid(attribute.name,
-                      "expected a group name of letters, digits, '_' or '-' (it becomes a "
-                      "subject token)", value)
+                      "expected a group name of 1-64 letters, digits, '_' or '-' (it becomes a "
+                      f"subject token); {problem}", value)
 
 
 @attrs.frozen
@@ -55,9 +55,10 @@ class ShardConfig:
 
     def __attrs_post_init__(self) -> None:
         for group, n in self.group_shards.items():
-            if not is_token(group):
+            problem = group_problem(group)
+            if problem is not None:
                 raise Invalid("group_shards", "expected group names made of letters, digits, "
-                              "'_' or '-'", group)
+                              f"'_' or '-'; {problem}", group)
             if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= 256:
                 raise Invalid(f"group_shards.{group}", "expected an integer 1..256", n)
 
