@@ -122,7 +122,10 @@ async def test_demo_runs_serves_health_and_metrics_and_ctrl_c_stops_everything(t
 
 
 
-async def test_a_child_process_that_dies_stops_the_whole_tree_with_an_error(tmp_path):
+async def test_a_dying_child_with_restart_policy_never_stops_the_whole_tree_with_an_error(
+    tmp_path,
+):
+    # The default policy restarts it (tests/test_supervisor.py); "never" keeps the strict rule.
     config_path = tmp_path / "tree.toml"
     main_port, child_port = free_port(), free_port()
     config_path.write_text(f"""
@@ -131,6 +134,7 @@ port = {main_port}
 
 [processes.worker]
 http = {{ port = {child_port} }}
+restart = "never"
 
 [pipelines.steady]
 [[pipelines.steady.stages]]
@@ -164,7 +168,8 @@ use = "list_sink"
     text = stderr.decode()
     assert code == 1
     assert "pipeline 'doomed', stage 'boom' failed: ValueError: cannot handle item 20" in text
-    assert "xypipe: process 'worker' exited on its own with status 1" in text
+    assert "xypipe: process 'worker' exited with status 1; restart policy \"never\"" in text
+    assert '"code":"XY-SUP-004"' not in text  # not restarted
 
 
 async def test_a_killed_parent_takes_its_nats_server_with_it(tmp_path):
