@@ -467,3 +467,30 @@ async def _supervise_started(
     await supervise("w", unit, ProcessRestartPolicy(), stopping=trio.Event(),
                     metrics=SupervisionMetrics(Metrics()), codes=WORKER_CODES,
                     task_status=task_status)
+
+
+async def test_a_second_ctrl_c_kills_what_is_still_draining_at_once(tmp_path):
+    path, ports = tree_config(tmp_path, nats_port=None, children={"stuck": '"on-failure"'},
+                              extra="""
+[pipelines.slow]
+process = "stuck"
+shutdown_grace_ms = 600000
+[[pipelines.slow.stages]]
+use = "runner_stages:Endless"
+[[pipelines.slow.stages]]
+use = "runner_stages:SlowSink"
+per_item_ms = 60000
+""")
+    async with running_tree(path) as tree:
+        await wait_healthy(ports["stuck"], 60)
+        stuck = await tree.started_pid("stuck")
+        os.killpg(tree.proc.pid, signal.SIGINT)
+        # The child got its SIGTERM and drains; its slow sink would hold it for minutes.
+        await tree.wait_for(lambda x: x.get("msg") == "pipeline stopping"
+                            and x.get("pipeline") == "slow")
+        os.killpg(tree.proc.pid, signal.SIGINT)
+    assert tree.coded("XY-SUP-002"), "the second signal is acknowledged"
+    # Killed by the second signal, not by the end of its grace period.
+    assert tree.coded("XY-SUP-003") == []
+    [killed] = tree.supervisor("process killed (stopping now)", "stuck")
+    assert killed["status"] == -signal.SIGKILL and not _alive(stuck)

@@ -168,8 +168,10 @@ async def supervise(
     finally:
         loop.up.set(0)
         # Cancelled (a second Ctrl-C, a failure elsewhere) or done: nothing outlives the loop.
-        with trio.CancelScope(shield=True):
-            await unit.kill()
+        if unit.pid is not None and unit.returncode is None:
+            with trio.CancelScope(shield=True):
+                await unit.kill()
+            loop.log.info("process killed (stopping now)", pid=unit.pid, status=unit.returncode)
 
 
 class _Loop:
