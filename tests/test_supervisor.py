@@ -125,17 +125,18 @@ async def running_tree(config_path: pathlib.Path) -> AsyncIterator[Tree]:
 
 
 def tree_config(tmp_path: pathlib.Path, *, nats_port: int | None, children: dict[str, str],
-                extra: str = "") -> tuple[pathlib.Path, dict[str, int]]:
+                extra: str = "", main: bool = True) -> tuple[pathlib.Path, dict[str, int]]:
     """Two-stage pipelines (a counter into a list) in ``main`` and in each child process;
     ``children`` maps a process name to its ``restart`` value."""
     ports = {name: free_port() for name in ["main", *children]}
+    processes = ["main", *children] if main else list(children)
     text = f"[http]\nport = {ports['main']}\n"
     if nats_port is not None:
         text += (f'[nats]\nurl = "embedded"\n[nats.embedded]\nport = {nats_port}\n'
                  f'data_dir = "{tmp_path / "nats"}"\nrestart = {{ backoff_ms = 10 }}\n')
     for name, restart in children.items():
         text += f"[processes.{name}]\nhttp = {{ port = {ports[name]} }}\nrestart = {restart}\n"
-    for name in ["main", *children]:
+    for name in processes:
         text += (f'[pipelines.{name}]\nprocess = "{name}"\n'
                  f'[[pipelines.{name}.stages]]\nuse = "runner_stages:Endless"\ninterval_ms = 20\n'
                  f'[[pipelines.{name}.stages]]\nuse = "list_sink"\n')
@@ -201,6 +202,22 @@ async def test_a_killed_child_comes_back_in_place_while_the_other_keeps_serving(
         assert right_answers and set(right_answers) == {200}
         assert await parent_restarts(ports["main"]) == {"left": 1.0}
 
+        os.killpg(tree.proc.pid, signal.SIGINT)
+    assert tree.proc.returncode == 0
+
+
+async def test_without_main_pipelines_the_supervisor_serves_its_own_health_and_metrics(tmp_path):
+    # The production shape: every pipeline in a child, the parent only supervises.
+    path, ports = tree_config(tmp_path, nats_port=free_port(), main=False,
+                              children={"left": "{ backoff_ms = 10 }"})
+    async with running_tree(path) as tree:
+        health = await wait_healthy(ports["main"], 60)
+        assert health["processes"] == {"left": True, "nats": True}
+        left = await tree.started_pid("left")
+        os.kill(left, signal.SIGKILL)
+        await tree.wait_for(lambda x: _is(x, "process restarted", "left"))
+        await wait_healthy(ports["main"], 60)
+        assert await parent_restarts(ports["main"]) == {"left": 1.0}
         os.killpg(tree.proc.pid, signal.SIGINT)
     assert tree.proc.returncode == 0
 

@@ -126,6 +126,8 @@ SUP_BUDGET_SPENT = "XY-SUP-005"
 SUP_START_FAILED = "XY-SUP-006"
 #: A process exited with status 0 under policy "on-failure": not restarted, the rest keeps running.
 SUP_FINISHED = "XY-SUP-007"
+#: Without main pipelines the parent serves /metrics on [http], but a child has that port.
+SUP_HTTP_PORT_TAKEN = "XY-SUP-008"
 #: The embedded nats-server died; it is restarted on the same host, port and data directory.
 EMB_RESTARTING = "XY-EMB-002"
 #: The embedded nats-server died once more than its restart budget allows: the tree stops.

@@ -26,7 +26,7 @@ from collections.abc import Callable
 import trio
 
 from xypipe._config import AppConfig
-from xypipe._errors import ChildFailed, XyError
+from xypipe._errors import SUP_HTTP_PORT_TAKEN, ChildFailed, XyError
 from xypipe._log import get_logger
 from xypipe._metrics import Metrics
 from xypipe._process import Child
@@ -121,6 +121,9 @@ async def _run_tree(
             if url is None and cfg.nats is not None and cfg.nats.url == "embedded":
                 server = await base.start(_own_nats, cfg, metrics, nats_stop, tree)
                 url = server.url
+            if not main_pipelines and cfg.http.enabled:
+                # In `outer`: /metrics answers until NATS too has stopped.
+                await _serve_supervisor(cfg, children, metrics, outer)
             try:
                 async with trio.open_nursery() as work:
                     for name in children:
@@ -139,6 +142,39 @@ async def _run_tree(
         for extra in tree.failures[1:]:
             _log.error("also failed", code=extra.code, error=str(extra))
         raise tree.failures[0]
+
+
+async def _serve_supervisor(
+    cfg: AppConfig, children: list[str], metrics: Metrics, nursery: trio.Nursery
+) -> None:
+    """Without ``main`` pipelines nobody serves the parent's registry: serve it on ``[http]``,
+    with a /healthz that is ready while every supervised process runs."""
+    from xypipe._http import HttpServer, Request, Response
+    from xypipe._runner import _server_tls
+
+    taken = {cfg.http_for(name).port: name for name in children}
+    if cfg.http.port in taken:
+        _log.warning("the supervisor's [http] port is a child's; it serves no /metrics",
+                     code=SUP_HTTP_PORT_TAKEN, port=cfg.http.port, process=taken[cfg.http.port])
+        return
+    supervised = [*children, *(["nats"] if cfg.nats is not None and cfg.nats.url == "embedded"
+                               else [])]
+    server = HttpServer(cfg.http.host, cfg.http.port, ssl_context=_server_tls(cfg.http.tls))
+
+    async def healthz(_req: Request) -> Response:
+        up = {name: metrics.registry.get_sample_value("process_up", {"process": name}) == 1
+              for name in supervised}
+        ready = all(up.values())
+        return Response.json({"status": "ok" if ready else "not-ready", "live": True,
+                              "ready": ready, "process": "supervisor", "processes": up},
+                             200 if ready else 503)
+
+    async def metrics_page(_req: Request) -> Response:
+        return Response(200, metrics.render(), "text/plain; version=0.0.4; charset=utf-8")
+
+    server.route("/healthz", healthz)
+    server.route("/metrics", metrics_page)
+    await nursery.start(server.serve)
 
 
 async def _main_runner(runner: Runner, tree: _Tree) -> None:
