@@ -118,6 +118,10 @@ class ChildFailed(XyError):
 # log XY-SUP-*, the embedded nats-server XY-EMB-*, so an operator can grep for either.
 #: A process exited and its restart policy is "never": the tree stops.
 SUP_NOT_RESTARTED = ChildFailed.code
+#: A second signal while stopping: whatever still runs is killed now.
+SUP_SECOND_SIGNAL = "XY-SUP-002"
+#: A child did not stop within its grace period after SIGTERM and was killed.
+SUP_KILLED_AFTER_GRACE = "XY-SUP-003"
 #: A process died (non-zero status or a signal); it is restarted after a backoff.
 SUP_RESTARTING = "XY-SUP-004"
 #: A process died once more than its restart budget allows: the tree stops.

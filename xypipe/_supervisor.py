@@ -26,7 +26,13 @@ from collections.abc import Callable
 import trio
 
 from xypipe._config import AppConfig
-from xypipe._errors import SUP_HTTP_PORT_TAKEN, ChildFailed, XyError
+from xypipe._errors import (
+    SUP_HTTP_PORT_TAKEN,
+    SUP_KILLED_AFTER_GRACE,
+    SUP_SECOND_SIGNAL,
+    ChildFailed,
+    XyError,
+)
 from xypipe._log import get_logger
 from xypipe._metrics import Metrics
 from xypipe._process import Child
@@ -81,7 +87,7 @@ async def _stop_on_signals(
                 _log.info("stopping (signal)", signal=signal.Signals(signum).name)
                 stop()
             else:
-                _log.warning("second signal: stopping now", code="XY-SUP-002")
+                _log.warning("second signal: stopping now", code=SUP_SECOND_SIGNAL)
                 scope.cancel()
 
 
@@ -118,12 +124,14 @@ async def _run_tree(
         # Nesting is the stop order: `work` (children, main runner) ends before NATS is asked to.
         async with trio.open_nursery() as base:
             url = nats_url
+            supervised = list(children)
             if url is None and cfg.nats is not None and cfg.nats.url == "embedded":
                 server = await base.start(_own_nats, cfg, metrics, nats_stop, tree)
                 url = server.url
+                supervised.append("nats")
             if not main_pipelines and cfg.http.enabled:
                 # In `outer`: /metrics answers until NATS too has stopped.
-                await _serve_supervisor(cfg, children, metrics, outer)
+                await _serve_supervisor(cfg, supervised, metrics, outer)
             try:
                 async with trio.open_nursery() as work:
                     for name in children:
@@ -145,20 +153,18 @@ async def _run_tree(
 
 
 async def _serve_supervisor(
-    cfg: AppConfig, children: list[str], metrics: Metrics, nursery: trio.Nursery
+    cfg: AppConfig, supervised: list[str], metrics: Metrics, nursery: trio.Nursery
 ) -> None:
     """Without ``main`` pipelines nobody serves the parent's registry: serve it on ``[http]``,
     with a /healthz that is ready while every supervised process runs."""
     from xypipe._http import HttpServer, Request, Response
     from xypipe._runner import _server_tls
 
-    taken = {cfg.http_for(name).port: name for name in children}
+    taken = {cfg.http_for(name).port: name for name in supervised if name in cfg.processes}
     if cfg.http.port in taken:
         _log.warning("the supervisor's [http] port is a child's; it serves no /metrics",
                      code=SUP_HTTP_PORT_TAKEN, port=cfg.http.port, process=taken[cfg.http.port])
         return
-    supervised = [*children, *(["nats"] if cfg.nats is not None and cfg.nats.url == "embedded"
-                               else [])]
     server = HttpServer(cfg.http.host, cfg.http.port, ssl_context=_server_tls(cfg.http.tls))
 
     async def healthz(_req: Request) -> Response:
@@ -234,7 +240,8 @@ class _Worker:
         with trio.move_on_after(CHILD_GRACE):
             await proc.wait()
             return
-        _log.warning("child did not stop in time; killing", code="XY-SUP-003", process=self.name)
+        _log.warning("child did not stop in time; killing", code=SUP_KILLED_AFTER_GRACE,
+                     process=self.name)
         await self.kill()
 
     async def kill(self) -> None:
