@@ -208,3 +208,45 @@ use = "nats_sink"
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+def processes_for(config_path: pathlib.Path, process: str) -> list[int]:
+    out = subprocess.run(["ps", "-ww", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    return [int(line.split()[0]) for line in out.splitlines()
+            if str(config_path) in line and f"--process {process}" in line]
+
+
+async def test_the_demo_heals_a_killed_aggregator_and_the_market_flows_again(tmp_path):
+    config_path = demo_copy(tmp_path)
+    cfg = load_config(config_path)
+    ports = {name: cfg.http_for(name).port for name in cfg.process_names()}
+    proc = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "xypipe", "run", str(config_path)],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        await wait_metrics(ports["aggregator"], ("ticks_out_total",), 60)
+        [aggregator] = processes_for(config_path, "aggregator")
+        [gateway] = processes_for(config_path, "gateway")
+        os.kill(aggregator, signal.SIGKILL)
+        # A fresh process (its counters start at zero) publishes deltas again.
+        with trio.fail_after(60):
+            while processes_for(config_path, "aggregator") in ([], [aggregator]):  # noqa: ASYNC110
+                await trio.sleep(0.1)
+        moving = await wait_metrics(ports["aggregator"], ("ticks_out_total",), 60)
+        assert moving["ticks_out_total"] > 0
+        assert processes_for(config_path, "gateway") == [gateway]  # untouched
+        _, text = await trio.to_thread.run_sync(http_get, ports["main"], "/metrics")
+        restarts = {s.labels["process"]: s.value for f in text_string_to_metric_families(text)
+                    for s in f.samples if s.name == "process_restarts_total"}
+        assert restarts == {"aggregator": 1.0}
+
+        proc.send_signal(signal.SIGINT)
+        with trio.fail_after(10):
+            assert await proc.wait() == 0
+        assert nats_servers_for(tmp_path / "nats") == []
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
