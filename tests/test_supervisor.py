@@ -24,7 +24,7 @@ from test_demo import free_port, http_get, nats_servers_for, wait_healthy
 
 from xypipe import load_config
 from xypipe._config import ProcessRestartPolicy
-from xypipe._errors import ChildFailed
+from xypipe._errors import ChildFailed, find_in_group
 from xypipe._metrics import Metrics
 from xypipe._nats import connect
 from xypipe._runner import Runner
@@ -373,6 +373,34 @@ use = "list_sink"
         assert restarts == 1.0
         runner.stop()
     assert not server.running
+
+
+async def test_a_single_process_whose_nats_server_is_down_for_good_stops_with_its_error(tmp_path):
+    path = tmp_path / "solo.toml"
+    path.write_text(f"""
+[nats]
+url = "embedded"
+[nats.embedded]
+port = 0
+data_dir = "{tmp_path / 'nats'}"
+restart = "never"
+[http]
+enabled = false
+[pipelines.p]
+[[pipelines.p.stages]]
+use = "runner_stages:Endless"
+[[pipelines.p.stages]]
+use = "list_sink"
+""")
+    runner = Runner(load_config(path))
+    with pytest.raises(BaseExceptionGroup) as info:
+        async with trio.open_nursery() as nursery:  # the runner's own error, out of our nursery
+            await nursery.start(runner.run)
+            os.kill(runner.embedded.pid, signal.SIGKILL)
+    error = find_in_group(info.value, ChildFailed)
+    assert error is not None and error.code == "XY-EMB-005"
+    assert str(error) == "process 'nats' was killed by SIGKILL; restart policy \"never\""
+    assert all(p.state == "stopped" for p in runner.pipelines)
 
 
 # --------------------------------------------------------------------------- the loop itself
