@@ -317,62 +317,57 @@ class Runner:
             raise err from None
 
     async def _run(self, task_status: trio.TaskStatus[Runner]) -> None:
+        from xypipe._http import HttpServer, Response
+
         # Nested nurseries give the shutdown order: pipelines, then the NATS connection and the
         # HTTP server, then the embedded nats-server they talk to (stopped, not cancelled, so it
         # gets its SIGTERM and grace; a cancelled run kills it).
         async with trio.open_nursery() as base:
             url = await self._start_nats(base) if self.config.nats is not None else None
-            try:
-                await self._serve(url, task_status)
-            finally:
-                self._nats_stop.set()
+            async with trio.open_nursery() as services:
+                if url is not None:
+                    from xypipe._nats import connect
 
-    async def _serve(self, url: str | None, task_status: trio.TaskStatus[Runner]) -> None:
-        from xypipe._http import HttpServer, Response
+                    self.nats = await services.start(_hold_nats, connect, url, self.config.nats)
 
-        async with trio.open_nursery() as services:
-            if url is not None:
-                from xypipe._nats import connect
+                http_cfg = self.config.http_for(self.process)
+                if http_cfg.enabled:
+                    self.http = HttpServer(http_cfg.host, http_cfg.port,
+                                           ssl_context=_server_tls(http_cfg.tls))
 
-                self.nats = await services.start(_hold_nats, connect, url, self.config.nats)
+                    async def healthz(_req: Any) -> Response:
+                        doc = self.health()
+                        return Response.json(doc, 200 if doc["ready"] else 503)
 
-            http_cfg = self.config.http_for(self.process)
-            if http_cfg.enabled:
-                self.http = HttpServer(http_cfg.host, http_cfg.port,
-                                       ssl_context=_server_tls(http_cfg.tls))
+                    async def metrics(_req: Any) -> Response:
+                        return Response(200, self.metrics.render(),
+                                        "text/plain; version=0.0.4; charset=utf-8")
 
-                async def healthz(_req: Any) -> Response:
-                    doc = self.health()
-                    return Response.json(doc, 200 if doc["ready"] else 503)
+                    self.http.route("/healthz", healthz)
+                    self.http.route("/metrics", metrics)
 
-                async def metrics(_req: Any) -> Response:
-                    return Response(200, self.metrics.render(),
-                                    "text/plain; version=0.0.4; charset=utf-8")
+                self.pipelines = [
+                    PipelineRun(p, self.metrics, nats=self.nats, http=self.http,
+                                resources=self.resources)
+                    for p in self.pipeline_configs()
+                ]
+                if self.http is not None:
+                    await services.start(self.http.serve)
+                if self.nats is not None:
+                    await services.start(self._health_on_nats)
 
-                self.http.route("/healthz", healthz)
-                self.http.route("/metrics", metrics)
-
-            self.pipelines = [
-                PipelineRun(p, self.metrics, nats=self.nats, http=self.http,
-                            resources=self.resources)
-                for p in self.pipeline_configs()
-            ]
-            if self.http is not None:
-                await services.start(self.http.serve)
-            if self.nats is not None:
-                await services.start(self._health_on_nats)
-
-            async with trio.open_nursery() as watcher:
-                watcher.start_soon(self._stop_on_request)
-                async with trio.open_nursery() as pipes:
-                    for p in self.pipelines:
-                        await pipes.start(p.run)
-                    task_status.started(self)
-                watcher.cancel_scope.cancel()
-            if self.nats is not None and self.nats.is_connected:
-                with trio.move_on_after(1.0):
-                    await self.nats.flush(timeout=1.0)
-            services.cancel_scope.cancel()
+                async with trio.open_nursery() as watcher:
+                    watcher.start_soon(self._stop_on_request)
+                    async with trio.open_nursery() as pipes:
+                        for p in self.pipelines:
+                            await pipes.start(p.run)
+                        task_status.started(self)
+                    watcher.cancel_scope.cancel()
+                if self.nats is not None and self.nats.is_connected:
+                    with trio.move_on_after(1.0):
+                        await self.nats.flush(timeout=1.0)
+                services.cancel_scope.cancel()
+            self._nats_stop.set()
 
     def health_report(self) -> bytes:
         from xypipe.contracts import HealthReport
