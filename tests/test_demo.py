@@ -122,7 +122,10 @@ async def test_demo_runs_serves_health_and_metrics_and_ctrl_c_stops_everything(t
 
 
 
-async def test_a_child_process_that_dies_stops_the_whole_tree_with_an_error(tmp_path):
+async def test_a_dying_child_with_restart_policy_never_stops_the_whole_tree_with_an_error(
+    tmp_path,
+):
+    # The default policy restarts it (tests/test_supervisor.py); "never" keeps the strict rule.
     config_path = tmp_path / "tree.toml"
     main_port, child_port = free_port(), free_port()
     config_path.write_text(f"""
@@ -131,6 +134,7 @@ port = {main_port}
 
 [processes.worker]
 http = {{ port = {child_port} }}
+restart = "never"
 
 [pipelines.steady]
 [[pipelines.steady.stages]]
@@ -164,7 +168,8 @@ use = "list_sink"
     text = stderr.decode()
     assert code == 1
     assert "pipeline 'doomed', stage 'boom' failed: ValueError: cannot handle item 20" in text
-    assert "xypipe: process 'worker' exited on its own with status 1" in text
+    assert "xypipe: process 'worker' exited with status 1; restart policy \"never\"" in text
+    assert '"code":"XY-SUP-004"' not in text  # not restarted
 
 
 async def test_a_killed_parent_takes_its_nats_server_with_it(tmp_path):
@@ -199,6 +204,48 @@ use = "nats_sink"
         with trio.fail_after(10):
             while nats_servers_for(tmp_path / "nats"):  # noqa: ASYNC110
                 await trio.sleep(0.1)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+def processes_for(config_path: pathlib.Path, process: str) -> list[int]:
+    out = subprocess.run(["ps", "-ww", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    return [int(line.split()[0]) for line in out.splitlines()
+            if str(config_path) in line and f"--process {process}" in line]
+
+
+async def test_the_demo_heals_a_killed_aggregator_and_the_market_flows_again(tmp_path):
+    config_path = demo_copy(tmp_path)
+    cfg = load_config(config_path)
+    ports = {name: cfg.http_for(name).port for name in cfg.process_names()}
+    proc = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "xypipe", "run", str(config_path)],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        await wait_metrics(ports["aggregator"], ("ticks_out_total",), 60)
+        [aggregator] = processes_for(config_path, "aggregator")
+        [gateway] = processes_for(config_path, "gateway")
+        os.kill(aggregator, signal.SIGKILL)
+        # A fresh process (its counters start at zero) publishes deltas again.
+        with trio.fail_after(60):
+            while processes_for(config_path, "aggregator") in ([], [aggregator]):  # noqa: ASYNC110
+                await trio.sleep(0.1)
+        moving = await wait_metrics(ports["aggregator"], ("ticks_out_total",), 60)
+        assert moving["ticks_out_total"] > 0
+        assert processes_for(config_path, "gateway") == [gateway]  # untouched
+        _, text = await trio.to_thread.run_sync(http_get, ports["main"], "/metrics")
+        restarts = {s.labels["process"]: s.value for f in text_string_to_metric_families(text)
+                    for s in f.samples if s.name == "process_restarts_total"}
+        assert restarts == {"aggregator": 1.0}
+
+        proc.send_signal(signal.SIGINT)
+        with trio.fail_after(10):
+            assert await proc.wait() == 0
+        assert nats_servers_for(tmp_path / "nats") == []
     finally:
         if proc.returncode is None:
             proc.kill()

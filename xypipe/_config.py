@@ -15,6 +15,7 @@ from __future__ import annotations
 import difflib
 import os
 import pathlib
+import re
 import tomllib
 import typing
 from collections.abc import Mapping
@@ -22,7 +23,7 @@ from typing import Any
 
 import attrs
 import cattrs
-from cattrs.errors import ForbiddenExtraKeysError
+from cattrs.errors import ForbiddenExtraKeysError, IterableValidationError, IterableValidationNote
 from cattrs.gen import make_dict_structure_fn
 
 from xypipe._degrade import DegradePolicy
@@ -64,6 +65,39 @@ class RestartPolicy:
 
 
 @attrs.frozen
+class ProcessRestartPolicy:
+    """What the supervisor does when a child process (or the embedded nats-server) dies.
+
+    ``on-failure`` restarts after a non-zero exit or a signal, ``always`` also after a clean exit
+    while the tree is not stopping, ``never`` stops the whole tree. At most ``max_restarts`` in
+    any ``window_s`` seconds; the next failure stops the tree. The delay before a restart doubles
+    from ``backoff_ms`` up to ``max_backoff_ms`` and starts over after a run of ``stable_s``.
+    """
+
+    policy: str = attrs.field(
+        default="on-failure", validator=one_of(["always", "on-failure", "never"])
+    )
+    max_restarts: int = attrs.field(default=5, validator=in_range(0, 1_000_000))
+    window_s: float = attrs.field(default=60.0, validator=in_range(0.001, 86_400.0))
+    backoff_ms: int = attrs.field(default=100, validator=in_range(0, 600_000))
+    max_backoff_ms: int = attrs.field(default=5000, validator=in_range(0, 3_600_000))
+    stable_s: float = attrs.field(default=10.0, validator=in_range(0.0, 86_400.0))
+
+    def __attrs_post_init__(self) -> None:
+        if self.max_backoff_ms < self.backoff_ms:
+            raise Invalid(
+                "max_backoff_ms",
+                f"expected at least backoff_ms ({self.backoff_ms})",
+                self.max_backoff_ms,
+            )
+
+
+def _nats_restart_default() -> ProcessRestartPolicy:
+    # Nothing works without the server, so it comes back even after a clean exit (lame duck).
+    return ProcessRestartPolicy(policy="always")
+
+
+@attrs.frozen
 class TlsConfig:
     ca: str | None = None
     cert: str | None = None
@@ -80,6 +114,7 @@ class EmbeddedNatsConfig:
     data_dir: str = "var/nats"
     binary: str | None = None
     jetstream: bool = True
+    restart: ProcessRestartPolicy = attrs.field(factory=_nats_restart_default)
 
 
 @attrs.frozen
@@ -145,6 +180,7 @@ class ProcessConfig:
     """A child process of ``xypipe run``; pipelines that name it run there, on their own core."""
 
     http: HttpConfig = attrs.field(factory=HttpConfig)
+    restart: ProcessRestartPolicy = attrs.field(factory=ProcessRestartPolicy)
 
 
 @attrs.frozen
@@ -261,7 +297,20 @@ def _make_converter() -> cattrs.Converter:
         if not isinstance(value, dict):
             raise _WrongType("a table", value)
         val_t = typing.get_args(t)[1]
-        return {k: v if val_t is Any else conv.structure(v, val_t) for k, v in value.items()}
+        if val_t is Any:
+            return dict(value)
+        out, errors = {}, []
+        for k, v in value.items():
+            try:
+                out[k] = conv.structure(v, val_t)
+            except Exception as exc:
+                # The key becomes part of the reported path (processes.gateway.restart...).
+                exc.add_note(IterableValidationNote(f"Structuring table value @ key {k!r}",
+                                                    k, val_t))
+                errors.append(exc)
+        if errors:
+            raise IterableValidationError(f"While structuring {t!r}", errors, t)
+        return out
 
     def attrs_factory(cls: Any) -> Any:
         inner = make_dict_structure_fn(cls, conv, _cattrs_forbid_extra_keys=True)
@@ -282,6 +331,13 @@ def _make_converter() -> cattrs.Converter:
     conv.register_structure_hook_func(is_sequence, check_list)
     conv.register_structure_hook_func(is_table, check_table)
     conv.register_structure_hook_factory(attrs.has, attrs_factory)
+    restart_table = attrs_factory(ProcessRestartPolicy)
+
+    def process_restart(value: Any, t: Any) -> Any:
+        # `restart = "always"` is short for `restart = { policy = "always" }`.
+        return restart_table({"policy": value} if isinstance(value, str) else value, t)
+
+    conv.register_structure_hook(ProcessRestartPolicy, process_restart)
     return conv
 
 
@@ -289,6 +345,10 @@ _converter = _make_converter()
 
 
 # --------------------------------------------------------------------------- error reporting
+
+
+# A TOML bare key: shown as `.key` in a path; anything else as `["key"]`.
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
 
 def _did_you_mean(word: str, choices: list[str]) -> str:
@@ -313,7 +373,10 @@ def _flatten(exc: BaseException, cls: type | None, path: str, out: list[str]) ->
                     field_type = attrs.fields_dict(sub_cls)[name].type
                     sub_cls = _unwrap(field_type)
                 elif index is not None and type(note).__name__ != "AttributeValidationNote":
-                    sub_path = f"{sub_path}[{show(index) if isinstance(index, str) else index}]"
+                    if isinstance(index, str) and _BARE_KEY.fullmatch(index):
+                        sub_path = _join(sub_path, index)
+                    else:
+                        sub_path = f"{sub_path}[{show(index) if isinstance(index, str) else index}]"
             _flatten(sub, sub_cls, sub_path, out)
         return
     if isinstance(exc, ForbiddenExtraKeysError):
@@ -383,11 +446,17 @@ def _with_ranges(lines: list[str], cls: type, path: str) -> list[str]:
 def _owner_of(cls: type, rel: str) -> type | None:
     parts = [p for p in rel.replace("]", "").split(".") if p]
     owner: Any = cls
+    table_key = False
     for part in parts[:-1]:
+        if table_key:  # the key inside a table of tables (processes.gateway)
+            table_key = False
+            continue
         name = part.split("[", 1)[0]
         if not attrs.has(owner) or name not in attrs.fields_dict(owner):
             return None
-        owner = _unwrap(attrs.fields_dict(owner)[name].type)
+        field_type = attrs.fields_dict(owner)[name].type
+        owner = _unwrap(field_type)
+        table_key = typing.get_origin(field_type) is dict and "[" not in part
     return owner if attrs.has(owner) else None
 
 

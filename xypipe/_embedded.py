@@ -10,7 +10,13 @@ server as ``-p -1`` (its "random port") and the chosen port is read from the sam
 there is no probe-then-bind race.
 
 The child is stopped with SIGTERM, then SIGKILL after ``stop_grace_s``, when the context exits —
-whatever way it exits.
+whatever way it exits. It runs in its own session (process group), so a terminal's Ctrl-C reaches
+only its owner, which stops its clients first and the server last; ``PR_SET_PDEATHSIG`` still
+takes it down with an owner killed without cleanup (:mod:`xypipe._process`).
+
+:func:`supervised_embedded_nats` is ``nats.url = "embedded"`` at run time: the server under its
+``[nats.embedded] restart`` policy (:func:`xypipe._supervise.supervise`), restarted on the same
+host, port and data directory if it dies, so JetStream state survives and clients reconnect.
 """
 
 from __future__ import annotations
@@ -29,11 +35,14 @@ from pathlib import Path
 
 import trio
 
-from xypipe._errors import EmbeddedServerError
+from xypipe._config import EmbeddedNatsConfig
+from xypipe._errors import ChildFailed, EmbeddedServerError
+from xypipe._metrics import Metrics
 from xypipe._process import Child
+from xypipe._supervise import NATS_CODES, Failed, Finished, SupervisionMetrics, supervise
 from xypipe._trio_util import single_error_unwrapped
 
-__all__ = ["EmbeddedNats", "embedded_nats", "find_nats_server"]
+__all__ = ["EmbeddedNats", "embedded_nats", "find_nats_server", "supervised_embedded_nats"]
 
 ENV_BINARY = "XY_NATS_SERVER"
 
@@ -111,6 +120,10 @@ class EmbeddedNats:
     def running(self) -> bool:
         return self._proc is not None and self._proc.returncode is None
 
+    @property
+    def returncode(self) -> int | None:
+        return self._proc.returncode if self._proc is not None else None
+
     def _argv(self) -> list[str]:
         argv = [
             str(self.binary),
@@ -136,7 +149,8 @@ class EmbeddedNats:
         self._log_tail.clear()
         argv = self._argv()
         try:
-            proc = Child.spawn(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            proc = Child.spawn(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               start_new_session=True)
         except OSError as exc:
             raise EmbeddedServerError(f"could not start {argv[0]}: {exc}") from exc
         self._proc = proc
@@ -186,15 +200,24 @@ class EmbeddedNats:
         """SIGTERM the child, SIGKILL it after the grace period; wait until it is gone."""
         await self._terminate()
 
+    async def wait(self) -> int:
+        """Wait until the server exits (on its own, or stopped); its exit status."""
+        if self._proc is None:
+            raise EmbeddedServerError("nats-server was never started")
+        return await self._proc.wait()
+
     async def kill(self, sig: int = signal.SIGKILL) -> None:
         """Send ``sig`` (SIGKILL: a crash; SIGUSR2: lame-duck mode, after which the server exits
-        by itself) and wait until the child has exited; ``start()`` brings it back on the same
-        port and data dir. For fault-injection tests."""
+        by itself) and wait until the child has exited (no-op when it is not running);
+        ``start()`` brings it back on the same port and data dir. For fault injection."""
         proc = self._proc
         if proc is None or proc.returncode is not None:
             return
-        proc.send_signal(sig)
-        await proc.wait()
+        # A SIGKILLed child is gone at once: reap it even if we are cancelled. Lame duck may
+        # take seconds, so that wait stays cancellable.
+        with trio.CancelScope(shield=sig == signal.SIGKILL):
+            proc.send_signal(sig)
+            await proc.wait()
 
     async def restart(self) -> None:
         """Stop, then start again on the same port and data dir (streams survive)."""
@@ -225,13 +248,15 @@ async def embedded_nats(
     config_file: str | os.PathLike[str] | None = None,
     startup_timeout_s: float = 10.0,
     stop_grace_s: float = 3.0,
+    start: bool = True,
 ) -> AsyncIterator[EmbeddedNats]:
     """Run a nats-server for the duration of the ``async with`` block.
 
     ``port=0`` picks a free port (read back as ``server.port``). ``data_dir=None`` uses a
     temporary directory removed on exit; a given ``data_dir`` is kept (JetStream state survives).
     ``config_file`` is a nats-server configuration (accounts, users, permissions, TLS); the
-    host, port and JetStream options given here override what it says.
+    host, port and JetStream options given here override what it says. ``start=False`` yields
+    the server before it is started (its owner calls :meth:`EmbeddedNats.start`).
     """
     path = find_nats_server(binary)
     tmp: tempfile.TemporaryDirectory[str] | None = None
@@ -247,10 +272,44 @@ async def embedded_nats(
             async with trio.open_nursery() as nursery:
                 server._nursery = nursery
                 try:
-                    await server.start()
+                    if start:
+                        await server.start()
                     yield server
                 finally:
                     await server._terminate()
     finally:
         if tmp is not None:
             tmp.cleanup()
+
+
+async def supervised_embedded_nats(
+    cfg: EmbeddedNatsConfig,
+    *,
+    metrics: Metrics,
+    stopping: trio.Event,
+    task_status: trio.TaskStatus[EmbeddedNats] = trio.TASK_STATUS_IGNORED,
+) -> ChildFailed | None:
+    """Run the configured server until ``stopping`` is set, restarting it by its policy.
+
+    Reports the running server (its ``url``) through ``task_status``. Returns None once stopped on
+    request, or the error that should stop the tree when the server is down for good (its
+    budget spent, policy ``never``, or a clean exit that ``on-failure`` does not restart —
+    nothing works without it).
+    """
+    async with embedded_nats(
+        port=cfg.port, host=cfg.host, data_dir=cfg.data_dir, binary=cfg.binary,
+        jetstream=cfg.jetstream, start=False,
+    ) as server:
+        outcome = await supervise(
+            "nats", server, cfg.restart, stopping=stopping,
+            metrics=SupervisionMetrics(metrics), codes=NATS_CODES, task_status=task_status,
+        )
+    if isinstance(outcome, Failed):
+        return outcome.error
+    if isinstance(outcome, Finished):
+        return ChildFailed(
+            f"the embedded nats-server exited with status {outcome.status}; restart policy "
+            f'"{cfg.restart.policy}" does not restart a clean exit',
+            code=NATS_CODES.not_restarted,
+        )
+    return None

@@ -106,6 +106,42 @@ class EmbeddedServerError(XyError):
     code = "XY-EMB-001"
 
 
+class ChildFailed(XyError):
+    """A supervised process (a worker child or the embedded nats-server) exited and is not
+    restarted — its policy says ``never``, or its restart budget is spent — so the tree stops.
+    The code says which (see the constants below)."""
+
+    code = "XY-SUP-001"
+
+
+# Supervision (xypipe/_supervise.py): what happened to a supervised process. Worker processes
+# log XY-SUP-*, the embedded nats-server XY-EMB-*, so an operator can grep for either.
+#: A process exited and its restart policy is "never": the tree stops.
+SUP_NOT_RESTARTED = ChildFailed.code
+#: A second signal while stopping: whatever still runs is killed now.
+SUP_SECOND_SIGNAL = "XY-SUP-002"
+#: A child did not stop within its grace period after SIGTERM and was killed.
+SUP_KILLED_AFTER_GRACE = "XY-SUP-003"
+#: A process died (non-zero status or a signal); it is restarted after a backoff.
+SUP_RESTARTING = "XY-SUP-004"
+#: A process died once more than its restart budget allows: the tree stops.
+SUP_BUDGET_SPENT = "XY-SUP-005"
+#: A restart could not start the process; counts as a failure against the budget.
+SUP_START_FAILED = "XY-SUP-006"
+#: A process exited with status 0 under policy "on-failure": not restarted, the rest keeps running.
+SUP_FINISHED = "XY-SUP-007"
+#: Without main pipelines the parent serves /metrics on [http], but a child has that port.
+SUP_HTTP_PORT_TAKEN = "XY-SUP-008"
+#: The embedded nats-server died; it is restarted on the same host, port and data directory.
+EMB_RESTARTING = "XY-EMB-002"
+#: The embedded nats-server died once more than its restart budget allows: the tree stops.
+EMB_BUDGET_SPENT = "XY-EMB-003"
+#: A restart of the embedded nats-server failed (port taken, data dir unusable...).
+EMB_START_FAILED = "XY-EMB-004"
+#: The embedded nats-server exited and its policy does not restart it: the tree stops.
+EMB_NOT_RESTARTED = "XY-EMB-005"
+
+
 class AuthError(XyError):
     """A client failed authentication (bad token, expired, wrong audience...)."""
 

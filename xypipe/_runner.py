@@ -27,7 +27,7 @@ from xypipe._config import AppConfig, PipelineConfig, StageDecl
 from xypipe._contracts import use_registry
 from xypipe._degrade import DegradationController, Level, LevelWatch, Pressure, Transition
 from xypipe._edge import Edge
-from xypipe._errors import StageError, find_in_group
+from xypipe._errors import StageError, XyError, find_in_group
 from xypipe._log import get_logger
 from xypipe._metrics import Metrics, RunnerMetrics
 from xypipe._stage import StageContext
@@ -276,6 +276,9 @@ class Runner:
         self.pipelines: list[PipelineRun] = []
         self.embedded: Any = None
         self._stop_requested = trio.Event()
+        # Set last on the way out: the embedded nats-server stops after everything that uses it.
+        self._nats_stop = trio.Event()
+        self._nats_failed: XyError | None = None
         self.resources: dict[str, Any] = {}
 
     def pipeline_configs(self) -> list[PipelineConfig]:
@@ -303,6 +306,8 @@ class Runner:
 
         try:
             await self._run(task_status)
+            if self._nats_failed is not None:
+                raise self._nats_failed
         except BaseExceptionGroup as group:
             # A failed stage arrives wrapped by each nursery it crossed; the operator wants the
             # stage's own error, once.
@@ -315,7 +320,8 @@ class Runner:
         from xypipe._http import HttpServer, Response
 
         # Nested nurseries give the shutdown order: pipelines, then the NATS connection and the
-        # HTTP server, then the embedded nats-server they talk to.
+        # HTTP server, then the embedded nats-server they talk to (stopped, not cancelled, so it
+        # gets its SIGTERM and grace; a cancelled run kills it).
         async with trio.open_nursery() as base:
             url = await self._start_nats(base) if self.config.nats is not None else None
             async with trio.open_nursery() as services:
@@ -361,7 +367,7 @@ class Runner:
                     with trio.move_on_after(1.0):
                         await self.nats.flush(timeout=1.0)
                 services.cancel_scope.cancel()
-            base.cancel_scope.cancel()
+            self._nats_stop.set()
 
     def health_report(self) -> bytes:
         from xypipe.contracts import HealthReport
@@ -410,16 +416,24 @@ class Runner:
             return self.nats_url
         if self.config.nats.url != "embedded":
             return self.config.nats.url
-        from xypipe._embedded import embedded_nats
-
-        emb = self.config.nats.embedded
-        self.embedded = await nursery.start(
-            _hold_embedded, embedded_nats,
-            {"port": emb.port, "host": emb.host, "data_dir": emb.data_dir,
-             "binary": emb.binary, "jetstream": emb.jetstream},
-        )
+        self.embedded = await nursery.start(self._supervise_nats)
         url: str = self.embedded.url
         return url
+
+    async def _supervise_nats(
+        self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        from xypipe._embedded import supervised_embedded_nats
+
+        assert self.config.nats is not None
+        error = await supervised_embedded_nats(
+            self.config.nats.embedded, metrics=self.metrics, stopping=self._nats_stop,
+            task_status=task_status,
+        )
+        if error is not None:
+            # Down for good: the pipelines stop (they drain what they can), then run() raises.
+            self._nats_failed = error
+            self.stop()
 
 
 def _server_tls(tls: Any) -> Any:
@@ -457,11 +471,3 @@ async def _hold_nats(
         task_status.started(nc)
         await trio.sleep_forever()
 
-
-async def _hold_embedded(
-    factory: Any, kwargs: dict[str, Any],
-    *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    async with factory(**kwargs) as server:
-        task_status.started(server)
-        await trio.sleep_forever()

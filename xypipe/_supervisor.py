@@ -1,10 +1,19 @@
 """One ``xypipe run`` for a whole deployment: processes, embedded NATS, signals.
 
 A Python process uses one core, so pipelines that name a ``[processes.X]`` table run in a child
-``xypipe run CONFIG --process X``. The parent owns the embedded nats-server (children get its URL),
-runs the ``main`` process's pipelines itself, and stops everything together: on SIGINT/SIGTERM it
-asks every child to stop (SIGTERM: they drain), waits a bounded time, then kills what is left. A
-child that dies on its own stops the whole tree, so a half-running deployment never hides.
+``xypipe run CONFIG --process X``. The parent owns the embedded nats-server (children get its URL)
+and runs the ``main`` process's pipelines itself.
+
+Every child and the embedded server are supervised (:func:`xypipe._supervise.supervise`): one
+that dies is restarted in place (same argv, same ports) by its ``restart`` policy while the others
+keep serving; the tree stops only when a restart budget is spent (or the policy is ``never``), and
+then exits non-zero naming the process.
+
+Stopping (SIGINT/SIGTERM, or a process down for good) goes in order: the children are asked to
+stop (SIGTERM: they drain) and the main runner stops, then — once all of them are gone — the
+embedded nats-server, so the pipelines' last messages still reach it. Children and the server run
+in their own sessions, so a terminal's Ctrl-C reaches this process only. A second signal stops
+at once: everything left is killed.
 """
 
 from __future__ import annotations
@@ -12,24 +21,30 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from typing import Any
+from collections.abc import Callable
 
 import trio
 
 from xypipe._config import AppConfig
-from xypipe._errors import XyError
+from xypipe._errors import (
+    SUP_HTTP_PORT_TAKEN,
+    SUP_KILLED_AFTER_GRACE,
+    SUP_SECOND_SIGNAL,
+    ChildFailed,
+    XyError,
+)
 from xypipe._log import get_logger
+from xypipe._metrics import Metrics
 from xypipe._process import Child
 from xypipe._runner import Runner
+from xypipe._supervise import WORKER_CODES, Failed, Finished, SupervisionMetrics, supervise
+
+__all__ = ["CHILD_GRACE", "ChildFailed", "run_process_tree"]
 
 _log = get_logger("supervisor")
 
 #: Children get this long after SIGTERM before they are killed.
 CHILD_GRACE = 4.0
-
-
-class ChildFailed(XyError):
-    code = "XY-SUP-001"
 
 
 async def run_process_tree(
@@ -61,7 +76,9 @@ async def _run_single(
         nursery.cancel_scope.cancel()
 
 
-async def _stop_on_signals(stop: Any, scope: trio.CancelScope, signals: tuple[int, ...]) -> None:
+async def _stop_on_signals(
+    stop: Callable[[], object], scope: trio.CancelScope, signals: tuple[int, ...]
+) -> None:
     with trio.open_signal_receiver(*signals) as received:
         count = 0
         async for signum in received:
@@ -70,103 +87,183 @@ async def _stop_on_signals(stop: Any, scope: trio.CancelScope, signals: tuple[in
                 _log.info("stopping (signal)", signal=signal.Signals(signum).name)
                 stop()
             else:
-                _log.warning("second signal: stopping now", code="XY-SUP-002")
+                _log.warning("second signal: stopping now", code=SUP_SECOND_SIGNAL)
                 scope.cancel()
+
+
+class _Tree:
+    """What the members of a running tree share: the stop request and why it was made."""
+
+    def __init__(self, members: int) -> None:
+        self.stop_all = trio.Event()
+        self.failures: list[XyError] = []
+        self._running = members
+
+    def fail(self, error: XyError) -> None:
+        self.failures.append(error)
+        self.stop_all.set()
+
+    def finished(self) -> None:
+        """A member ended cleanly and is not coming back; the tree ends with the last one."""
+        self._running -= 1
+        if self._running <= 0:
+            self.stop_all.set()
 
 
 async def _run_tree(
     cfg: AppConfig, children: list[str], nats_url: str | None, signals: tuple[int, ...]
 ) -> None:
     main_pipelines = [p for p in cfg.pipelines.values() if p.process == "main"]
-    async with trio.open_nursery() as base:
-        url = nats_url
-        if url is None and cfg.nats is not None:
-            url = await _own_nats(cfg, base)
-        stop_all = trio.Event()
-        failures: list[str] = []
-        async with trio.open_nursery() as nursery:
-            if signals:
-                nursery.start_soon(_stop_on_signals, stop_all.set, nursery.cancel_scope, signals)
-            # Ends when every child has exited and the main runner has returned.
-            async with trio.open_nursery() as work:
-                for name in children:
-                    await work.start(_child, cfg, name, url, stop_all, failures)
-                runner = Runner(cfg, process="main", nats_url=url) if main_pipelines else None
-                if runner is not None:
-                    work.start_soon(_main_runner, runner, stop_all)
-                await stop_all.wait()
-                if runner is not None:
-                    runner.stop()
-            nursery.cancel_scope.cancel()
-        base.cancel_scope.cancel()
-    if failures:
-        raise ChildFailed("; ".join(failures))
+    # The parent's registry: process_restarts_total, served by the main runner's /metrics.
+    metrics = Metrics()
+    tree = _Tree(len(children) + (1 if main_pipelines else 0))
+    nats_stop = trio.Event()
+    async with trio.open_nursery() as outer:
+        if signals:
+            outer.start_soon(_stop_on_signals, tree.stop_all.set, outer.cancel_scope, signals)
+        # Nesting is the stop order: `work` (children, main runner) ends before NATS is asked to.
+        async with trio.open_nursery() as base:
+            url = nats_url
+            supervised = list(children)
+            if url is None and cfg.nats is not None and cfg.nats.url == "embedded":
+                server = await base.start(_own_nats, cfg, metrics, nats_stop, tree)
+                url = server.url
+                supervised.append("nats")
+            if not main_pipelines and cfg.http.enabled:
+                # In `outer`: /metrics answers until NATS too has stopped.
+                await _serve_supervisor(cfg, supervised, metrics, outer)
+            try:
+                async with trio.open_nursery() as work:
+                    for name in children:
+                        await work.start(_child, cfg, name, url, metrics, tree)
+                    runner = None
+                    if main_pipelines:
+                        runner = Runner(cfg, process="main", nats_url=url, metrics=metrics)
+                        work.start_soon(_main_runner, runner, tree)
+                    await tree.stop_all.wait()
+                    if runner is not None:
+                        runner.stop()
+            finally:
+                nats_stop.set()
+        outer.cancel_scope.cancel()
+    if tree.failures:
+        for extra in tree.failures[1:]:
+            _log.error("also failed", code=extra.code, error=str(extra))
+        raise tree.failures[0]
 
 
-async def _main_runner(runner: Runner, stop_all: trio.Event) -> None:
+async def _serve_supervisor(
+    cfg: AppConfig, supervised: list[str], metrics: Metrics, nursery: trio.Nursery
+) -> None:
+    """Without ``main`` pipelines nobody serves the parent's registry: serve it on ``[http]``,
+    with a /healthz that is ready while every supervised process runs."""
+    from xypipe._http import HttpServer, Request, Response
+    from xypipe._runner import _server_tls
+
+    taken = {cfg.http_for(name).port: name for name in supervised if name in cfg.processes}
+    if cfg.http.port in taken:
+        _log.warning("the supervisor's [http] port is a child's; it serves no /metrics",
+                     code=SUP_HTTP_PORT_TAKEN, port=cfg.http.port, process=taken[cfg.http.port])
+        return
+    server = HttpServer(cfg.http.host, cfg.http.port, ssl_context=_server_tls(cfg.http.tls))
+
+    async def healthz(_req: Request) -> Response:
+        up = {name: metrics.registry.get_sample_value("process_up", {"process": name}) == 1
+              for name in supervised}
+        ready = all(up.values())
+        return Response.json({"status": "ok" if ready else "not-ready", "live": True,
+                              "ready": ready, "process": "supervisor", "processes": up},
+                             200 if ready else 503)
+
+    async def metrics_page(_req: Request) -> Response:
+        return Response(200, metrics.render(), "text/plain; version=0.0.4; charset=utf-8")
+
+    server.route("/healthz", healthz)
+    server.route("/metrics", metrics_page)
+    await nursery.start(server.serve)
+
+
+async def _main_runner(runner: Runner, tree: _Tree) -> None:
     try:
         await runner.run()
-    finally:
-        stop_all.set()
+    except XyError as exc:
+        # The children still drain and NATS stops last; the error is raised once they have.
+        tree.fail(exc)
+    else:
+        tree.finished()
 
 
-async def _own_nats(cfg: AppConfig, nursery: trio.Nursery) -> str | None:
+async def _own_nats(
+    cfg: AppConfig, metrics: Metrics, stopping: trio.Event, tree: _Tree,
+    *, task_status: trio.TaskStatus[object] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    from xypipe._embedded import supervised_embedded_nats
+
     assert cfg.nats is not None
-    if cfg.nats.url != "embedded":
-        return None
-    from xypipe._embedded import embedded_nats
-    from xypipe._runner import _hold_embedded
-
-    emb = cfg.nats.embedded
-    server = await nursery.start(
-        _hold_embedded, embedded_nats,
-        {"port": emb.port, "host": emb.host, "data_dir": emb.data_dir, "binary": emb.binary,
-         "jetstream": emb.jetstream},
+    error = await supervised_embedded_nats(
+        cfg.nats.embedded, metrics=metrics, stopping=stopping, task_status=task_status
     )
-    url: str = server.url
-    return url
+    if error is not None:
+        tree.fail(error)
+
+
+class _Worker:
+    """``xypipe run CONFIG --process NAME`` as a :class:`~xypipe._supervise.Supervised` unit."""
+
+    def __init__(self, name: str, argv: list[str]) -> None:
+        self.name = name
+        self.argv = argv
+        self._proc: Child | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def returncode(self) -> int | None:
+        return self._proc.returncode if self._proc is not None else None
+
+    async def start(self) -> None:
+        # Own session: a Ctrl-C in the terminal reaches the parent only, which then stops the
+        # children in order (pipelines drain before NATS goes away).
+        self._proc = Child.spawn(self.argv, start_new_session=True, env=os.environ)
+
+    async def wait(self) -> int:
+        assert self._proc is not None
+        return await self._proc.wait()
+
+    async def stop(self) -> None:
+        proc = self._proc
+        if proc is None or proc.returncode is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        with trio.move_on_after(CHILD_GRACE):
+            await proc.wait()
+            return
+        _log.warning("child did not stop in time; killing", code=SUP_KILLED_AFTER_GRACE,
+                     process=self.name)
+        await self.kill()
+
+    async def kill(self) -> None:
+        proc = self._proc
+        if proc is None or proc.returncode is not None:
+            return
+        proc.kill()
+        await proc.wait()
 
 
 async def _child(
-    cfg: AppConfig, name: str, nats_url: str | None, stop_all: trio.Event, failures: list[str],
-    *, task_status: trio.TaskStatus[Child] = trio.TASK_STATUS_IGNORED,
+    cfg: AppConfig, name: str, nats_url: str | None, metrics: Metrics, tree: _Tree,
+    *, task_status: trio.TaskStatus[object] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    cmd = [sys.executable, "-m", "xypipe", "run", cfg.path, "--process", name]
+    argv = [sys.executable, "-m", "xypipe", "run", cfg.path, "--process", name]
     if nats_url:
-        cmd += ["--nats-url", nats_url]
-    # Own process group: a Ctrl-C in the terminal reaches the parent only, which then stops the
-    # children in order (pipelines drain before NATS goes away).
-    proc = Child.spawn(cmd, start_new_session=True, env=os.environ)
-    _log.info("child started", process=name, pid=proc.pid)
-    task_status.started(proc)
-    try:
-        async with trio.open_nursery() as watch:
-            watch.start_soon(_stop_child_when, stop_all, proc, name)
-            code = await proc.wait()
-            watch.cancel_scope.cancel()
-        if not stop_all.is_set():
-            _log.error("child exited; stopping everything", code=ChildFailed.code,
-                       process=name, returncode=code)
-            failures.append(f"process {name!r} exited on its own with status {code}")
-            stop_all.set()
-    finally:
-        with trio.CancelScope(shield=True):
-            await _terminate(proc, name)
-
-
-async def _stop_child_when(stop_all: trio.Event, proc: Child, name: str) -> None:
-    await stop_all.wait()
-    await _terminate(proc, name)
-
-
-async def _terminate(proc: Child, name: str) -> None:
-    if proc.returncode is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    with trio.move_on_after(CHILD_GRACE):
-        await proc.wait()
-        return
-    _log.warning("child did not stop in time; killing", code="XY-SUP-003", process=name)
-    proc.kill()
-    await proc.wait()
-
+        argv += ["--nats-url", nats_url]
+    outcome = await supervise(
+        name, _Worker(name, argv), cfg.processes[name].restart, stopping=tree.stop_all,
+        metrics=SupervisionMetrics(metrics), codes=WORKER_CODES, task_status=task_status,
+    )
+    if isinstance(outcome, Failed):
+        tree.fail(outcome.error)
+    elif isinstance(outcome, Finished):
+        tree.finished()
