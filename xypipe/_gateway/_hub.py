@@ -108,6 +108,8 @@ class StreamHistory:
         #: Sequence of the delta that started the current run unconfirmed (a gap, or the first
         #: delta seen): a checkpoint below it proves that run was never emitted.
         self.unconfirmed_from: int | None = None
+        #: The head before that run (None for a run that started the stream).
+        self.confirmed_seq: int | None = None
         #: Deltas of a newer epoch, held until a snapshot of that epoch arrives.
         self.held: deque[tuple[int, Entry]] = deque(maxlen=capacity)
 
@@ -126,8 +128,10 @@ class StreamHistory:
         if verdict not in (Verdict.APPLY, Verdict.GAP):
             return verdict
         if base is None:
-            self.unconfirmed_from = entry.seq
+            self.unconfirmed_from, self.confirmed_seq = entry.seq, None
         elif verdict == Verdict.GAP:
+            if self.unconfirmed_from is None:
+                self.confirmed_seq = self.last_seq
             self.entries.clear()
             self.resets += 1
             self.unconfirmed_from = entry.seq
@@ -147,7 +151,7 @@ class StreamHistory:
         self.resets += 1
         self.epoch, self.last_seq = epoch, seq
         self.anchored = True
-        self.unconfirmed_from = None
+        self.unconfirmed_from = self.confirmed_seq = None
         held = sorted((e for ep, e in self.held if ep == epoch), key=lambda e: e.seq)
         self.held.clear()
         for e in held:
@@ -158,7 +162,7 @@ class StreamHistory:
         """JetStream holds this stream up to ``seq`` (same epoch)."""
         self.anchored = True
         if self.unconfirmed_from is not None and seq >= self.unconfirmed_from:
-            self.unconfirmed_from = None
+            self.unconfirmed_from = self.confirmed_seq = None
 
     def covers(self, next_seq: int) -> bool:
         """Can everything from ``next_seq`` on be sent from here? (A cursor beyond the head is
@@ -207,8 +211,19 @@ class GroupSub:
     state: SubState = SubState.SYNC
     epoch: int = 0
     cursors: dict[int, int] = attrs.field(factory=dict)
-    #: Snapshot versions not newer than this cannot be used (they were not bridgeable).
+    #: Snapshot versions not newer than this cannot be used (they were not bridgeable);
+    #: versions count within an epoch, so this holds only for snapshots of ``min_epoch``.
     min_version: int = -1
+    min_epoch: int = -1
+
+    def can_use(self, snap: SnapRec) -> bool:
+        return snap.epoch != self.min_epoch or snap.version > self.min_version
+
+    def skip_up_to(self, snap: SnapRec | None) -> None:
+        if snap is None:
+            self.min_version = self.min_epoch = -1
+        else:
+            self.min_version, self.min_epoch = snap.version, snap.epoch
     resyncs: int = 0
 
     def wants(self, shard: int) -> bool:
@@ -395,29 +410,40 @@ class Hub:
     # -- re-anchoring from JetStream ------------------------------------------------------------
 
     def _ask_anchor(self, key: tuple[str, int], now: float) -> None:
-        asked = self._anchor_asked.get(key)
-        if asked is None or now - asked >= self.anchor_interval:
-            self._anchor_asked[key] = now
-            self._anchor_due[key] = None
+        self._anchor_due.setdefault(key, None)
 
-    def take_anchor_requests(self) -> list[tuple[str, int]]:
+    def take_anchor_requests(self, now: float) -> list[tuple[str, int]]:
         """Streams whose JetStream record (the group's last snapshot, the stream's last
         checkpoint) the shell should fetch and feed back (:meth:`on_snapshot`,
-        :meth:`on_checkpoint`); at most one per stream per ``anchor_interval``."""
-        out = list(self._anchor_due)
-        self._anchor_due.clear()
+        :meth:`on_checkpoint`); at most one per stream per ``anchor_interval`` (a request
+        made sooner waits for its turn, it is not dropped)."""
+        out = []
+        for key in list(self._anchor_due):
+            asked = self._anchor_asked.get(key)
+            if asked is None or now - asked >= self.anchor_interval:
+                self._anchor_asked[key] = now
+                del self._anchor_due[key]
+                out.append(key)
         return out
 
     def on_checkpoint(self, group: str, shard: int, epoch: int, seq: int, now: float) -> None:
         """The aggregator's stored checkpoint of ``(group, shard)``: the last sequence it
         emitted (``xy.agg.seq.{group}.{shard}``, stored before the delta is published)."""
         hist = self.streams.get((group, shard))
-        if hist is None or hist.epoch is None or epoch != hist.epoch:
-            return  # another epoch is re-anchored by its snapshot
+        if hist is None or hist.epoch is None:
+            return
+        if epoch != hist.epoch:
+            if (epoch < hist.epoch and hist.unconfirmed_from is not None
+                    and hist.confirmed_seq is not None):
+                # The aggregator has emitted nothing in this epoch beyond the point a
+                # snapshot vouched for: the unconfirmed run was never emitted.
+                self._reanchor(hist, hist.epoch, hist.confirmed_seq, REANCHOR_CHECKPOINT_BEHIND)
+            return  # a newer epoch is re-anchored by its snapshot
         if seq > hist.last_seq + self.max_gap:
             self._reanchor(hist, epoch, seq, REANCHOR_CHECKPOINT_AHEAD)
         elif hist.unconfirmed_from is not None and seq < hist.unconfirmed_from:
-            self._reanchor(hist, epoch, seq, REANCHOR_CHECKPOINT_BEHIND)
+            self._reanchor(hist, epoch, max(seq, hist.confirmed_seq or 0),
+                           REANCHOR_CHECKPOINT_BEHIND)
         else:
             hist.confirm(seq)
 
@@ -585,7 +611,7 @@ class Hub:
         sub.state = SubState.SYNC
         sub.cursors = {}
         if not keep_min_version:
-            sub.min_version = -1
+            sub.skip_up_to(None)
 
     # -- the send queue -------------------------------------------------------------------------
 
@@ -616,7 +642,7 @@ class Hub:
         for sub in ob.subs.values():
             if sub.state == SubState.SYNC:
                 snap = self.snapshots.get(sub.group)
-                if snap is not None and snap.version > sub.min_version:
+                if snap is not None and sub.can_use(snap):
                     return True
             elif sub.state == SubState.LIVE:
                 for shard, cursor in sub.cursors.items():
@@ -642,18 +668,22 @@ class Hub:
         chunks: list[tuple[str, Any]] = []
         level = ob.level
         for sub in ob.subs.values():
-            if sub.state == SubState.PAUSED:
-                continue
-            if sub.state == SubState.SYNC:
-                snap = self.snapshots.get(sub.group)
-                if snap is None or snap.version <= sub.min_version:
-                    continue
-                if not self._start_from(sub, snap):
-                    sub.min_version = snap.version
-                    continue
-                parts.append(("S", snap.group, snap.epoch, snap.version))
-                chunks.append(("S", snap))
-            self._collect(sub, level, parts, chunks)
+            # Twice at most: a live subscription that has to resync (a new epoch, a
+            # re-anchored stream) takes the snapshot that is already here in the same frame.
+            for _ in range(2):
+                if sub.state == SubState.PAUSED:
+                    break
+                if sub.state == SubState.SYNC:
+                    snap = self.snapshots.get(sub.group)
+                    if snap is None or not sub.can_use(snap):
+                        break
+                    if not self._start_from(sub, snap):
+                        sub.skip_up_to(snap)
+                        break
+                    parts.append(("S", snap.group, snap.epoch, snap.version))
+                    chunks.append(("S", snap))
+                if self._collect(sub, level, parts, chunks):
+                    break
         if not chunks:
             return None
         if self._cache_gen != self._generation:
@@ -687,7 +717,8 @@ class Hub:
         return True
 
     def _collect(self, sub: GroupSub, level: Level, parts: list[tuple[Any, ...]],
-                 chunks: list[tuple[str, Any]]) -> None:
+                 chunks: list[tuple[str, Any]]) -> bool:
+        """Add the deltas ``sub`` is due; False when it had to go back to a snapshot."""
         if not sub.shards:
             for known in self.group_streams.get(sub.group, ()):
                 if known.shard not in sub.cursors and known.epoch == sub.epoch:
@@ -699,21 +730,19 @@ class Hub:
                 continue
             if hist.epoch != sub.epoch or not hist.covers(cursor):
                 # A gap, a new epoch, a re-anchored stream or a cursor that fell off the
-                # history: resync. A snapshot of the stream's new epoch may already be here;
-                # in the same epoch only a newer one than the cached can bridge.
-                self._to_sync(sub, keep_min_version=True,
+                # history: resync, from the cached snapshot if the history bridges it (a new
+                # epoch's or a re-anchoring one), else from the next.
+                self._to_sync(sub, keep_min_version=False,
                               reason="epoch" if hist.epoch != sub.epoch else "gap")
-                snap = self.snapshots.get(sub.group)
-                sub.min_version = (snap.version if snap is not None and hist.epoch == sub.epoch
-                                   else -1)
                 # Drop what this frame already holds for the group.
                 keep = [i for i, c in enumerate(chunks) if not _chunk_group_is(c, sub.group)]
                 chunks[:] = [chunks[i] for i in keep]
                 parts[:] = [parts[i] for i in keep]
-                return
+                return False
             sub.cursors[shard] = hist.last_seq + 1
             parts.append(("D", sub.group, shard, cursor, hist.last_seq))
             chunks.append(("D", (hist, cursor)))
+        return True
 
     def _assemble(self, chunks: list[tuple[str, Any]], level: Level, wall_us: int) -> Built:
         out: list[bytes] = []

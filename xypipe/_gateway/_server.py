@@ -205,7 +205,7 @@ class GatewayServer:
         self._export("snapshots_rejected",
                      {r: n for (k, r), n in st.rejected.items() if k == "snapshot"},
                      self.metrics.snapshots_rejected)
-        for key in hub.take_anchor_requests():
+        for key in hub.take_anchor_requests(now):
             if key in self._anchoring or self.nats is None or self._nursery is None:
                 continue
             self._anchoring.add(key)
