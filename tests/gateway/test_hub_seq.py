@@ -381,3 +381,44 @@ def test_rejections_are_logged_once_per_interval_with_their_count(h: Harness) ->
     assert h.hub.take_events(0.5) == []  # within the interval: held for the next line
     (ev,) = h.hub.take_events(1.0)
     assert ev.count == 1
+
+
+def test_a_delta_or_snapshot_may_only_speak_for_the_stream_on_whose_subject_it_is() -> None:
+    from xypipe._gateway._hub import BadMessage
+
+    hub = Hub()
+    with pytest.raises(BadMessage, match=r"group 'fx' shard 0 on another stream's subject"):
+        hub.on_delta("xy.md.tick.rates", delta(1, 1), 0.0)
+    with pytest.raises(BadMessage, match=r"expected xy\.md\.tick\.fx or xy\.md\.tick\.fx\.3"):
+        hub.on_delta("xy.md.tick.fx.2", Delta(group="fx", shard=3, seq=1, epoch=1)
+                     .SerializeToString(), 0.0)
+    with pytest.raises(BadMessage, match=r"snapshot of group 'fx' on another group's subject"):
+        hub.on_snapshot("xy.md.snapshot.rates", Snapshot(group="fx", epoch=1)
+                        .SerializeToString(), 0.0)
+    hub.on_delta("xy.md.tick.fx.3", Delta(group="fx", shard=3, seq=1, epoch=1)
+                 .SerializeToString(), 0.0)
+    assert hub.stats.deltas_in == 1
+
+
+def test_a_gateway_starting_mid_stream_keeps_its_first_deltas_behind_an_older_snapshot() -> None:
+    h = Harness()
+    h.hub.on_snapshot(SNAP, h.agg.snapshot(), 0.0)  # stored, then the hub restarts
+    h.hub = Hub(history=32)
+    for _ in range(20):
+        h.agg.next_delta()  # published before this gateway was up
+    for _ in range(2):
+        assert h.deliver(h.agg.next_delta()) == Verdict.APPLY
+    h.jetstream()  # the stored snapshot is 20 behind: normal, the checkpoint confirms
+    assert h.hub.stats.reanchors == {}
+    assert h.hub.streams[(GROUP, 0)].unconfirmed_from is None
+    assert h.deliver(h.agg.next_delta()) == Verdict.APPLY
+
+
+def test_a_forged_first_delta_far_ahead_of_the_snapshot_is_undone() -> None:
+    h = Harness()
+    h.hub.on_snapshot(SNAP, h.agg.snapshot(), 0.0)
+    h.hub = Hub(history=32)
+    h.deliver(delta(h.agg.epoch, 10**9))  # the first delta this gateway sees: forged
+    h.jetstream()
+    assert h.hub.stats.reanchors == {"snapshot": 1}
+    assert h.deliver(h.agg.next_delta()) == Verdict.APPLY

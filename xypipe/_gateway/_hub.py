@@ -366,6 +366,12 @@ class Hub:
         if d.first_seq and d.first_seq != d.seq:
             raise BadMessage(subject, "merged delta (first_seq set): the gateway expects the "
                                       "aggregator's own, one-window deltas")
+        where = subject[len(self.tick_prefix):]
+        if where != d.group and where != f"{d.group}.{d.shard}":
+            # Permissions are per subject: a delta may only speak for the stream it is on.
+            raise BadMessage(subject, f"delta of group {d.group!r} shard {d.shard} on another "
+                                      f"stream's subject (expected {self.tick_prefix}{d.group} "
+                                      f"or {self.tick_prefix}{d.group}.{d.shard})")
         self.stats.deltas_in += 1
         key = (d.group, d.shard)
         hist = self.streams.get(key)
@@ -486,6 +492,9 @@ class Hub:
             raise BadMessage(subject, f"not a Snapshot ({exc})") from None
         if not s.group:
             raise BadMessage(subject, "snapshot without group")
+        if subject != self.snapshot_prefix + s.group:
+            raise BadMessage(subject, f"snapshot of group {s.group!r} on another group's subject "
+                                      f"(expected {self.snapshot_prefix}{s.group})")
         self.stats.snapshots_in += 1
         old = self.snapshots.get(s.group)
         streams = self.group_streams.get(s.group, [])
@@ -522,7 +531,10 @@ class Hub:
                 self._reanchor(hist, s.epoch, seq, REANCHOR_EPOCH)
             elif seq > hist.last_seq:
                 self._reanchor(hist, s.epoch, seq, REANCHOR_SNAPSHOT_AHEAD)
-            elif not hist.anchored and not hist.covers(seq + 1):
+            elif (not hist.anchored and hist.unconfirmed_from is not None
+                  and hist.unconfirmed_from > seq + 1 + self.max_gap):
+                # The first delta seen is too far beyond the group's record to be believed
+                # (a stored snapshot a little behind it is normal: the checkpoint settles it).
                 self._reanchor(hist, s.epoch, seq, REANCHOR_SNAPSHOT)
             else:
                 hist.confirm(seq)
