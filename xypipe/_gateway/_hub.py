@@ -17,6 +17,15 @@ A connection whose cursor falls off the history (or that meets a gap or a new ep
 snapshot: it waits for a snapshot whose ``shard_seq`` the history can bridge, then gets that
 snapshot followed by exactly the deltas after it — no gap, no duplicate.
 
+**No sequence is believed before it is checked** (:mod:`xypipe._md.seqrules`, the rule the
+clients apply too): a delta continues its stream, is a duplicate, or opens a gap of at most
+``max_gap``; anything else (a far-future jump, an older epoch, a newer epoch without its
+snapshot) is held back and counted, and the stream is re-anchored from JetStream's record — the
+group's stored snapshot, the aggregator's checkpoint — which the shell fetches when the hub asks
+(:meth:`Hub.take_anchor_requests`) and feeds back (:meth:`Hub.on_snapshot`,
+:meth:`Hub.on_checkpoint`). What the checks did comes back as :class:`SeqEvent` values for the
+shell to log (:meth:`Hub.take_events`).
+
 **Per-connection degradation** (the level comes from :class:`~xypipe._gateway._session.Session`):
 L1 merges each stream's due deltas into one (``merge_deltas``, the aggregator's own rule, so
 checksums and trades stay valid) and the connection is flushed less often; L2 also trims depth
@@ -215,6 +224,7 @@ class GroupSub:
     #: versions count within an epoch, so this holds only for snapshots of ``min_epoch``.
     min_version: int = -1
     min_epoch: int = -1
+    resyncs: int = 0
 
     def can_use(self, snap: SnapRec) -> bool:
         return snap.epoch != self.min_epoch or snap.version > self.min_version
@@ -224,7 +234,6 @@ class GroupSub:
             self.min_version = self.min_epoch = -1
         else:
             self.min_version, self.min_epoch = snap.version, snap.epoch
-    resyncs: int = 0
 
     def wants(self, shard: int) -> bool:
         return not self.shards or shard in self.shards
