@@ -104,9 +104,10 @@ class Harness:
     # -- inputs ----------------------------------------------------------------------------
 
     def deliver(self, raw: bytes) -> Verdict:
-        before = dict(self.hub.stats.verdicts)
+        before = self.hub.stats.verdict_counts()
         self.hub.on_delta(TICK, raw, self.now)
-        (verdict,) = [v for v, n in self.hub.stats.verdicts.items() if n != before.get(v, 0)]
+        (verdict,) = [v for v, n in self.hub.stats.verdict_counts().items()
+                      if n != before.get(v, 0)]
         return Verdict(verdict)
 
     def forge(self, kind: str, x: int) -> None:
@@ -257,7 +258,7 @@ def test_after_any_hostile_prefix_one_snapshot_interval_brings_every_subscriber_
     for kind, n in h.forged.items():
         assert h.hub.stats.rejected.get(("delta", kind), 0) >= n
     assert h.hub.stats.rejected.get(("delta", "far_future"), 0) == h.forged.get("far_future", 0)
-    assert sum(h.hub.stats.verdicts.values()) == h.hub.stats.deltas_in
+    assert sum(h.hub.stats.verdict_counts().values()) == h.hub.stats.deltas_in
 
 
 # --------------------------------------------------------------------------- examples

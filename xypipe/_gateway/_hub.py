@@ -52,6 +52,9 @@ from xypipe._md.seqrules import DEFAULT_MAX_GAP, ResumeOutcome, Verdict, judge, 
 from xypipe._md.wire import field_tag
 from xypipe.contracts import Delta, ResumePoint, Snapshot, SymbolState
 
+_APPLY, _GAP, _DUPLICATE, _FUTURE_EPOCH = (Verdict.APPLY, Verdict.GAP, Verdict.DUPLICATE,
+                                            Verdict.FUTURE_EPOCH)
+
 DELTAS_TAG = field_tag(2)  # ServerFrame.deltas
 SNAPSHOTS_TAG = field_tag(3)  # ServerFrame.snapshots
 TS_SEND_TAG = bytes(encoder.TagBytes(8, wire_format.WIRETYPE_VARINT))  # ServerFrame.ts_send_us
@@ -130,15 +133,20 @@ class StreamHistory:
         """Judge the next delta and keep it if it is believed (``APPLY`` or ``GAP``; a gap
         restarts the history and its subscribers resync). A ``FUTURE_EPOCH`` delta is held
         for :meth:`reanchor`; other rejected and duplicate deltas are dropped."""
-        base = None if self.epoch is None else (self.epoch, self.last_seq)
-        verdict = judge(base, epoch, entry.delta.first_seq, entry.seq, max_gap)
-        if verdict == Verdict.FUTURE_EPOCH:
-            self.held.append((epoch, entry))
-        if verdict not in (Verdict.APPLY, Verdict.GAP):
-            return verdict
+        if epoch == self.epoch and entry.seq == self.last_seq + 1 and (
+                not entry.delta.first_seq or entry.delta.first_seq == entry.seq):
+            verdict = _APPLY  # the common case, without the general rule's cost
+            base: tuple[int, int] | None = (epoch, self.last_seq)
+        else:
+            base = None if self.epoch is None else (self.epoch, self.last_seq)
+            verdict = judge(base, epoch, entry.delta.first_seq, entry.seq, max_gap)
+            if verdict is _FUTURE_EPOCH:
+                self.held.append((epoch, entry))
+            if verdict is not _APPLY and verdict is not _GAP:
+                return verdict
         if base is None:
             self.unconfirmed_from, self.confirmed_seq = entry.seq, None
-        elif verdict == Verdict.GAP:
+        elif verdict is _GAP:
             if self.unconfirmed_from is None:
                 self.confirmed_seq = self.last_seq
             self.entries.clear()
@@ -294,12 +302,21 @@ class HubStats:
     reanchors: dict[str, int] = attrs.field(factory=dict)
     #: Resume requests by outcome (:class:`~xypipe._md.seqrules.ResumeOutcome` values).
     resumes: dict[str, int] = attrs.field(factory=dict)
-    #: Every delta judged, by :class:`~xypipe._md.seqrules.Verdict` value.
+    #: Deltas judged ``apply``, and the others by :class:`~xypipe._md.seqrules.Verdict`
+    #: value (:meth:`verdict_counts` has both).
+    applied: int = 0
     verdicts: dict[str, int] = attrs.field(factory=dict)
     #: Subscriptions sent back to a snapshot, by reason: ``gap`` (the cursor is no longer in
     #: the history: a gap, a re-anchor, a connection that fell behind), ``epoch``, ``pause``
     #: (a paused group resumes), ``request`` (the client asked).
     resync_reasons: dict[str, int] = attrs.field(factory=dict)
+
+
+    def verdict_counts(self) -> dict[str, int]:
+        out = dict(self.verdicts)
+        if self.applied:
+            out[Verdict.APPLY.value] = self.applied
+        return out
 
 
 @attrs.frozen
@@ -388,22 +405,25 @@ class Hub:
             hist = self._new_stream(d.group, d.shard, now)
         arrival = min((s.ts_arrival_us for s in d.symbols if s.ts_arrival_us), default=0)
         entry = Entry(d.seq, framed(DELTAS_TAG, raw), d, now, arrival, 0)
-        head = (hist.epoch, hist.last_seq)
+        head_epoch, head_seq = hist.epoch, hist.last_seq
         verdict = hist.append(entry, d.epoch, self.max_gap)
-        self.stats.verdicts[verdict.value] = self.stats.verdicts.get(verdict.value, 0) + 1
-        if verdict == Verdict.DUPLICATE:
-            self.stats.duplicates += 1
-            return set()
-        if verdict.rejected:
-            self._reject(d.group, d.shard, "delta", verdict.value, d.epoch, d.seq, head)
-            # A far-future delta may mean this gateway lost more than the bound (the
-            # checkpoint says so); a future epoch needs its snapshot.
-            self._ask_anchor(key, now)
-            return set()
-        self._generation += 1
-        if verdict == Verdict.GAP:
+        if verdict is _APPLY:
+            self.stats.applied += 1
+        else:
+            self.stats.verdicts[verdict.value] = self.stats.verdicts.get(verdict.value, 0) + 1
+            if verdict is _DUPLICATE:
+                self.stats.duplicates += 1
+                return set()
+            if verdict is not _GAP:
+                self._reject(d.group, d.shard, "delta", verdict.value, d.epoch, d.seq,
+                             (head_epoch, head_seq))
+                # A far-future delta may mean this gateway lost more than the bound (the
+                # checkpoint says so); a future epoch needs its snapshot.
+                self._ask_anchor(key, now)
+                return set()
             self.stats.gaps += 1
             self._ask_anchor(key, now)  # believed, but checked against the checkpoint
+        self._generation += 1
         subs = self.subscribers.get(d.group, set())
         for ob in subs:
             ob.notify()

@@ -199,7 +199,7 @@ class GatewayServer:
                 self.log.warning("delta rejected by the sequence rules (never believed)",
                                  code=GW_DELTA_REJECTED, count=ev.count, **fields)
         st = hub.stats
-        self._export("verdicts", st.verdicts, self.metrics.deltas)
+        self._export("verdicts", st.verdict_counts(), self.metrics.deltas)
         self._export("resyncs", st.resync_reasons, self.metrics.resyncs)
         self._export("reanchors", st.reanchors, self.metrics.reanchors)
         self._export("snapshots_rejected",
