@@ -186,19 +186,69 @@ export class RefCount {
 // ------------------------------------------------------------------------------ sequences
 
 /**
- * Per-(group, shard) epoch and sequence. Classifies each delta:
- *   "apply"     – next in sequence (or the first seen for the stream), apply it;
- *   "duplicate" – already applied, drop it;
- *   "gap"       – deltas were missed: ask for a snapshot, hold this one;
- *   "epoch"     – the aggregator restarted without its state: ask for a snapshot, hold this one;
- *   "held"      – a snapshot is already on its way for this group: hold the delta until it lands.
+ * How far a delta may jump past its stream's last sequence and still be believed as a gap
+ * (the same bound as xypipe/_md/seqrules.py DEFAULT_MAX_GAP; docs/protocol.md "Sequence rules").
+ */
+export const MAX_GAP = 256;
+
+/** Verdicts that are never believed: counted, the baseline stays where it was. */
+export const REJECTED = new Set(["far_future", "stale_epoch", "future_epoch"]);
+
+/**
+ * Judge a delta `{epoch, firstSeq, seq}` against its stream's baseline `[epoch, last]` (null
+ * when there is none). The one rule both languages apply (proto/scenarios/sequence.json):
+ *   "apply"        – no baseline yet, or same epoch and first = last + 1;
+ *   "duplicate"    – same epoch, seq <= last;
+ *   "gap"          – same epoch, last + 1 < first <= last + 1 + maxGap (or an overlap): resync;
+ *   "far_future"   – same epoch, first beyond last + 1 + maxGap: rejected, re-anchor from a snapshot;
+ *   "stale_epoch"  – an older epoch: rejected, nothing else happens;
+ *   "future_epoch" – a newer epoch: held until a snapshot of it arrives.
+ */
+export function judgeDelta(baseline, epoch, firstSeq, seq, maxGap = MAX_GAP) {
+  if (baseline === null || baseline === undefined) return "apply";
+  const [baseEpoch, last] = baseline;
+  if (epoch < baseEpoch) return "stale_epoch";
+  if (epoch > baseEpoch) return "future_epoch";
+  const first = firstSeq || seq;
+  if (seq <= last) return "duplicate";
+  if (first === last + 1) return "apply";
+  if (first > last + 1 + maxGap) return "far_future";
+  return "gap";
+}
+
+/**
+ * The gateway's resume rule for one stream `[epoch, firstHeld, last]` (null: unknown shard)
+ * and the client's point `[epoch, seq]` (null: none for that stream); "bridged" or the reason
+ * the group restarts from a snapshot.
+ */
+export function judgeResume(stream, point) {
+  if (stream === null || stream === undefined) return "unknown_shard";
+  if (point === null || point === undefined) return "missing_shard";
+  const [epoch, firstHeld, last] = stream;
+  const [pEpoch, pSeq] = point;
+  if (pEpoch !== epoch) return "other_epoch";
+  if (pSeq > last) return "ahead";
+  if (pSeq + 1 < firstHeld) return "too_old";
+  return "bridged";
+}
+
+/**
+ * Per-(group, shard) epoch and sequence. Classifies each delta with `judgeDelta`:
+ *   "apply"        – next in sequence (or the first seen for the stream), apply it;
+ *   "duplicate"    – already applied, drop it;
+ *   "gap"          – deltas were missed: ask for a snapshot, hold this one;
+ *   "far_future"   – implausible jump: drop it (never the baseline) and ask for a snapshot;
+ *   "stale_epoch"  – from an aggregator incarnation already replaced: drop it, nothing else;
+ *   "future_epoch" – a new aggregator incarnation: ask for a snapshot, hold this one;
+ *   "held"         – a snapshot is already on its way for this group: hold the delta until it lands.
  * Held deltas are replayed by `applySnapshot`, which returns those newer than the snapshot.
  */
 export class SeqTracker {
-  constructor({ maxHeld = 256 } = {}) {
+  constructor({ maxHeld = 256, maxGap = MAX_GAP } = {}) {
     this.streams = new Map(); // "group\u0000shard" -> {group, shard, epoch, seq}
     this.resyncing = new Map(); // group -> {since, held: [delta]}
     this.maxHeld = maxHeld;
+    this.maxGap = maxGap;
   }
 
   static key(group, shard) {
@@ -213,20 +263,17 @@ export class SeqTracker {
     const epoch = num(delta.epoch);
     const pending = this.resyncing.get(group);
     const known = this.streams.get(SeqTracker.key(group, shard));
+    const verdict = judgeDelta(known === undefined ? null : [known.epoch, known.seq], epoch, first, seq, this.maxGap);
     if (pending !== undefined) {
-      if (known !== undefined && known.epoch === epoch && seq <= known.seq) return "duplicate";
-      this._hold(pending, delta);
-      return "held";
+      if (verdict === "duplicate" || verdict === "stale_epoch") return verdict;
+      if (verdict !== "far_future") this._hold(pending, delta);
+      return verdict === "far_future" ? verdict : "held";
     }
-    if (known === undefined) {
-      this.streams.set(SeqTracker.key(group, shard), { group, shard, epoch, seq });
-      return "apply";
+    if (verdict === "apply") {
+      if (known === undefined) this.streams.set(SeqTracker.key(group, shard), { group, shard, epoch, seq });
+      else known.seq = seq;
     }
-    if (epoch !== known.epoch) return "epoch";
-    if (seq <= known.seq) return "duplicate";
-    if (first > known.seq + 1) return "gap";
-    known.seq = seq;
-    return "apply";
+    return verdict;
   }
 
   /** Start holding the group's deltas until its snapshot arrives (returns false if already). */
@@ -282,7 +329,7 @@ export class SeqTracker {
       if (num(d.epoch) !== epoch) continue;
       const verdict = this.check(d);
       if (verdict === "apply") follow.push(d);
-      else if (verdict === "gap") {
+      else if (verdict === "gap" || verdict === "far_future") {
         // Still missing deltas between the snapshot and what we held: drop the held rest and
         // ask again; the caller sees the group resyncing.
         this.beginResync(group, pending.since);

@@ -105,7 +105,7 @@ export class Hub {
     this.lastRecoveryMs = null; // disconnect -> first data on the prior subscriptions
     this.awaitingRecovery = false;
     this.counters = {
-      frames: 0, bytes: 0, deltas: 0, snapshots: 0, duplicates: 0, gaps: 0, epochChanges: 0,
+      frames: 0, bytes: 0, deltas: 0, snapshots: 0, duplicates: 0, gaps: 0, epochChanges: 0, rejected: 0,
       snapshotRequests: 0, checksumMismatches: 0, checksumsVerified: 0, batches: 0,
       droppedBatches: 0, badFrames: 0, errors: 0, connects: 0,
     };
@@ -432,11 +432,20 @@ export class Hub {
         this.counters.duplicates += 1;
         break;
       case "gap":
-      case "epoch":
+      case "future_epoch":
         if (verdict === "gap") this.counters.gaps += 1;
         else this.counters.epochChanges += 1;
         this.tracker.beginResync(group, now, delta);
         this._askSnapshot(group, verdict);
+        break;
+      case "far_future":
+        // Never the baseline: re-anchor from a fresh snapshot, without holding the delta.
+        this.counters.rejected += 1;
+        this.tracker.beginResync(group, now);
+        this._askSnapshot(group, verdict);
+        break;
+      case "stale_epoch":
+        this.counters.rejected += 1;
         break;
       case "held":
         break;

@@ -215,6 +215,7 @@ async def _tail(args: argparse.Namespace) -> int:
         print(json.dumps({"messages": seen, "snapshots": s.snapshots, "deltas": s.deltas,
                           "skipped_before_snapshot": s.skipped, "gaps": s.gaps,
                           "repeats": s.repeats, "epoch_changes": s.epoch_changes,
+                          "rejected": s.rejected,
                           "checksums_verified": s.verified, "trimmed": s.trimmed,
                           "checksum_mismatches": s.checksum_mismatches,
                           "problems": s.problems[:10]}))

@@ -247,3 +247,14 @@ ADM_REVERT_FAILED = "XY-ADM-015"
 AUTH_LOCKOUT = "XY-AUTH-004"
 #: An authentication attempt was refused unchecked because its address is locked out.
 AUTH_THROTTLED = "XY-AUTH-005"
+# -- the gateway's sequence checks (docs/protocol.md, "Sequence rules"); log codes, not raised --
+
+#: A delta was rejected (far future, stale epoch, future epoch without its snapshot): never
+#: believed, counted in ``gateway_deltas_total{verdict}``.
+GW_DELTA_REJECTED = "XY-GW-010"
+#: A snapshot of an epoch already replaced was ignored (``gateway_snapshots_rejected_total``).
+GW_SNAPSHOT_REJECTED = "XY-GW-011"
+#: A stream was re-anchored from JetStream's record (``gateway_reanchors_total{reason}``).
+GW_REANCHORED = "XY-GW-012"
+#: Reading a stream's record (checkpoint or snapshot) from JetStream to re-anchor it failed.
+GW_ANCHOR_LOOKUP_FAILED = "XY-GW-013"

@@ -7,7 +7,11 @@ from gw_support import FakeAggregator
 
 from xypipe._degrade import Level
 from xypipe._gateway._hub import BadMessage, Hub, Outbox, SubState
+from xypipe._md.seqrules import ResumeOutcome
 from xypipe.contracts import ResumePoint, ServerFrame
+
+BRIDGED, TOO_OLD, OTHER_EPOCH = (ResumeOutcome.BRIDGED, ResumeOutcome.TOO_OLD,
+                                 ResumeOutcome.OTHER_EPOCH)
 
 
 def decode(built) -> ServerFrame:  # type: ignore[no-untyped-def]
@@ -83,11 +87,12 @@ def test_resume_from_history_or_not(agg) -> None:
     snap(hub, agg, "fx")
     feed(hub, agg, "fx", 6)
     ob = Outbox(1)
-    assert hub.resume(ob, "fx", [ResumePoint(group="fx", shard=0, epoch=7, seq=3)])
+    assert hub.resume(ob, "fx", [ResumePoint(group="fx", shard=0, epoch=7, seq=3)]) == BRIDGED
     assert [d.seq for d in decode(hub.build(ob, 1)).deltas] == [4, 5, 6]
     ob2 = Outbox(2)
-    assert not hub.resume(ob2, "fx", [ResumePoint(group="fx", shard=0, epoch=7, seq=1)])
-    assert not hub.resume(Outbox(3), "fx", [ResumePoint(group="fx", shard=0, epoch=8, seq=5)])
+    assert hub.resume(ob2, "fx", [ResumePoint(group="fx", shard=0, epoch=7, seq=1)]) == TOO_OLD
+    assert hub.resume(Outbox(3), "fx",
+                      [ResumePoint(group="fx", shard=0, epoch=8, seq=5)]) == OTHER_EPOCH
 
 
 def test_l1_merges_and_l2_trims_per_connection(agg) -> None:

@@ -35,7 +35,8 @@ async def test_resume_within_the_history_sends_only_the_missed_deltas(
             await c.recv_until(lambda f: c.last[("fx", 0)][1] == aggregator.seq["fx"])
             assert c.deltas == 4
             assert not any(f.snapshots for f in c.frames)
-        assert runner.metrics.sample("ws_resumes_total", {"outcome": "bridged"}) == 1
+        assert runner.metrics.sample("ws_resumes_total",
+                                     {"outcome": "bridged", "reason": "bridged"}) == 1
 
 
 async def test_resume_across_a_gateway_restart_falls_back_to_a_snapshot(
@@ -67,7 +68,8 @@ async def test_resume_across_a_gateway_restart_falls_back_to_a_snapshot(
                         await c.recv()
             await aggregator.publish_deltas(3, ["fx"])
             await c.recv_until(lambda f: c.last[("fx", 0)][1] == aggregator.seq["fx"])
-        assert runner.metrics.sample("ws_resumes_total", {"outcome": "snapshot"}) == 1
+        assert runner.metrics.sample("ws_resumes_total",
+                                     {"outcome": "snapshot", "reason": "no_history"}) == 1
 
 
 async def test_connected_client_stays_consistent_across_a_nats_restart(

@@ -177,6 +177,24 @@ test("a gap asks for a snapshot and the held deltas follow it", async () => {
   assert.equal(hub.counters.gaps, 1);
 });
 
+test("a far-future delta is rejected and never reaches a tab; a stale epoch changes nothing", async () => {
+  const { hub, clock, inbox } = setup();
+  const ws = await open(clock);
+  hub.handle("t1", { t: "sub", group: "fx" });
+  ws.frame({ deltas: [{ group: "fx", seq: 1, epoch: 5, symbols: [sym("AAA", 1)] }] });
+  ws.frame({ deltas: [{ group: "fx", seq: 1, epoch: 4, symbols: [sym("AAA", 99)] }] });
+  assert.ok(!ws.kinds().includes("snapshotRequest"), "a stale epoch asks for nothing");
+  ws.frame({ deltas: [{ group: "fx", seq: 1_000_000, epoch: 5, symbols: [sym("AAA", 77)] }] });
+  assert.equal(ws.kinds().at(-1), "snapshotRequest", "re-anchor from a fresh snapshot");
+  ws.frame({ snapshots: [{ group: "fx", epoch: 5, version: 2, shardSeq: { 0: 1 }, symbols: [sym("AAA", 1)] }] });
+  ws.frame({ deltas: [{ group: "fx", seq: 2, epoch: 5, symbols: [sym("AAA", 2)] }] });
+  await clock.advance(40);
+  const seen = batches(inbox.t1).flatMap((b) => b.symbols.map((s) => s.seq));
+  assert.ok(!seen.includes(77) && !seen.includes(99), `rejected states never reach a tab: ${seen}`);
+  assert.equal(seen.at(-1), 2);
+  assert.equal(hub.counters.rejected, 2);
+});
+
 test("a checksum mismatch asks for a snapshot", async () => {
   const { hub, clock } = setup();
   const ws = await open(clock);

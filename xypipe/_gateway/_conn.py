@@ -53,6 +53,7 @@ from xypipe._gateway._session import (
     SubscribeGroup,
     UnsubscribeGroup,
 )
+from xypipe._md.seqrules import ResumeOutcome
 from xypipe.contracts import ErrorCode, ServerFrame
 
 if TYPE_CHECKING:
@@ -182,13 +183,14 @@ class Connection:
             elif isinstance(eff, UnsubscribeGroup):
                 srv.hub.unsubscribe(self.outbox, eff.group)
             elif isinstance(eff, ResumeGroup):
-                bridged = srv.hub.resume(self.outbox, eff.group, eff.points)
-                srv.metrics.resumes.labels("bridged" if bridged else "snapshot").inc()
+                outcome = srv.hub.resume(self.outbox, eff.group, eff.points)
+                bridged = outcome is ResumeOutcome.BRIDGED
+                srv.metrics.resumes.labels("bridged" if bridged else "snapshot",
+                                           outcome.value).inc()
                 if not bridged:
                     srv.ensure_snapshot(eff.group)
             elif isinstance(eff, RequestSnapshot):
                 srv.hub.resync(self.outbox, eff.group)
-                srv.metrics.resyncs.inc()
                 srv.ensure_snapshot(eff.group)
             elif isinstance(eff, PauseGroups):
                 srv.hub.set_paused(self.outbox, eff.groups)

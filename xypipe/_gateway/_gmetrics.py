@@ -66,9 +66,25 @@ class GatewayMetrics:
             "gateway_snapshot_get_failures",
             "Snapshot direct gets that failed (each is retried with backoff)",
         )
-        self.resumes = m.counter("ws_resumes", "Resume requests by outcome", ["outcome"])
+        self.resumes = m.counter(
+            "ws_resumes", "Resume requests by outcome (bridged, snapshot) and reason",
+            ["outcome", "reason"],
+        )
         self.resyncs = m.counter(
-            "ws_resyncs", "Subscriptions resent from a snapshot (gap, epoch, pause, request)"
+            "ws_resyncs", "Subscriptions resent from a snapshot, by reason "
+            "(gap, epoch, pause, request)", ["reason"],
+        )
+        self.deltas = m.counter(
+            "gateway_deltas", "Deltas from the aggregator judged by the sequence rules, by verdict",
+            ["verdict"],
+        )
+        self.snapshots_rejected = m.counter(
+            "gateway_snapshots_rejected", "Snapshots ignored by the sequence rules, by reason",
+            ["reason"],
+        )
+        self.reanchors = m.counter(
+            "gateway_reanchors", "Streams restarted from JetStream's record, by reason",
+            ["reason"],
         )
         self.client_mismatch = m.counter(
             "client_checksum_mismatches", "Checksum mismatches reported by browsers"

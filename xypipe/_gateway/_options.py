@@ -50,6 +50,14 @@ class GatewayOptions:
     #: Deltas kept per (group, shard) for resume and for bridging snapshots.
     history: int = attrs.field(default=256, validator=in_range(2, 100_000))
     snapshot_stream: str = attrs.field(default="XY_MD_SNAPSHOT", validator=non_empty())
+    #: The largest jump past a stream's head believed as a gap (lost deltas); beyond it a delta
+    #: is rejected and the stream re-anchored from JetStream (docs/protocol.md, "Sequence rules").
+    max_seq_gap: int = attrs.field(default=256, validator=in_range(1, 1_000_000))
+    #: Where the aggregator keeps its last emitted sequence per (group, shard).
+    checkpoint_stream: str = attrs.field(default="XY_AGG_SEQ", validator=non_empty())
+    checkpoint_prefix: str = "xy.agg.seq"
+    #: At most one JetStream look-up (and one log line per reason) per stream this often.
+    anchor_interval_ms: int = attrs.field(default=1000, validator=in_range(10, 600_000))
     tick_prefix: str = "xy.md.tick"
     snapshot_prefix: str = "xy.md.snapshot"
     flags_bucket: str = attrs.field(default="xy_feature_flags", validator=non_empty())

@@ -17,6 +17,7 @@ from typing import Any
 
 import attrs
 import trio
+from google.protobuf.message import DecodeError
 
 from xypipe._contracts import decoder_for
 from xypipe._degrade import Level, Pressure, Transition
@@ -27,6 +28,10 @@ from xypipe._errors import (
     ADM_STORE_UNAVAILABLE,
     AUTH_LOCKOUT,
     AUTH_THROTTLED,
+    GW_ANCHOR_LOOKUP_FAILED,
+    GW_DELTA_REJECTED,
+    GW_REANCHORED,
+    GW_SNAPSHOT_REJECTED,
     AuthError,
     BridgeError,
     KvRevisionConflict,
@@ -56,7 +61,7 @@ from xypipe._log import Logger, get_logger
 from xypipe._metrics import Metrics
 from xypipe._nats import KeyValue, KvEntry
 from xypipe._retry import Backoff, retrying
-from xypipe.contracts import ClientMetrics, Error, ErrorCode, ServerFrame
+from xypipe.contracts import ClientMetrics, Delta, Error, ErrorCode, ServerFrame
 
 _ids = itertools.count(1)
 # Snapshot direct gets while the store is away: quick at first, then once a second.
@@ -70,6 +75,18 @@ _MAX_IN_DOUBT = 64
 @attrs.frozen
 class _InDoubt:
     expected: int
+
+
+def _checkpoint(subject: str, raw: bytes) -> Delta:
+    """A stored checkpoint: a Delta header (no symbols) with the stream's last sequence."""
+    d = Delta()
+    try:
+        d.ParseFromString(raw)
+    except DecodeError as exc:
+        raise BadMessage(subject, f"not a checkpoint Delta ({exc})") from None
+    if d.seq <= 0:
+        raise BadMessage(subject, f"checkpoint without seq (seq={d.seq})")
+    return d
 
 
 class GatewayServer:
@@ -111,7 +128,10 @@ class GatewayServer:
         )
         self.throttle = AuthThrottle(options.auth_throttle)
         self.hub = Hub(history=options.history, tick_prefix=options.tick_prefix,
-                       snapshot_prefix=options.snapshot_prefix)
+                       snapshot_prefix=options.snapshot_prefix, max_gap=options.max_seq_gap,
+                       anchor_interval=options.anchor_interval_ms / 1000)
+        self._anchoring: set[tuple[str, int]] = set()
+        self._exported: dict[str, dict[Any, int]] = {}
         self.connections: dict[int, Connection] = {}
         self.flags: dict[str, FlagValue] = defaults()
         self._flags_version = 0
@@ -186,6 +206,85 @@ class GatewayServer:
                 self.metrics.bad_input.labels(kind).inc()
                 self.log.warning("unusable message from the aggregator", code="XY-GW-001",
                                  subject=exc.subject, reason=exc.reason)
+        self.after_sequence_checks(now)
+
+    # -- sequence checks: log, count, re-anchor from JetStream ------------------------------------
+
+    def after_sequence_checks(self, now: float) -> None:
+        """Log what the hub's sequence checks did, export its counts, and fetch the JetStream
+        record of every stream it asked to re-anchor (docs/protocol.md, "Sequence rules")."""
+        hub = self.hub
+        for ev in hub.take_events(now):
+            fields = {"group": ev.group, "shard": ev.shard, "reason": ev.reason,
+                      "epoch": ev.epoch, "seq": ev.seq, "head_epoch": ev.head_epoch,
+                      "head_seq": ev.head_seq}
+            if ev.kind == "reanchored":
+                self.log.warning("stream re-anchored from JetStream's record",
+                                 code=GW_REANCHORED, **fields)
+            elif ev.reason.startswith("snapshot:"):
+                self.log.warning("snapshot from a replaced epoch ignored",
+                                 code=GW_SNAPSHOT_REJECTED, count=ev.count, **fields)
+            else:
+                self.log.warning("delta rejected by the sequence rules (never believed)",
+                                 code=GW_DELTA_REJECTED, count=ev.count, **fields)
+        st = hub.stats
+        self._export("verdicts", st.verdict_counts(), self.metrics.deltas)
+        self._export("resyncs", st.resync_reasons, self.metrics.resyncs)
+        self._export("reanchors", st.reanchors, self.metrics.reanchors)
+        self._export("snapshots_rejected",
+                     {r: n for (k, r), n in st.rejected.items() if k == "snapshot"},
+                     self.metrics.snapshots_rejected)
+        for key in hub.take_anchor_requests(now):
+            if key in self._anchoring or self.nats is None or self._nursery is None:
+                continue
+            self._anchoring.add(key)
+            self._nursery.start_soon(self._fetch_anchor, *key)
+
+    def _export(self, name: str, counts: dict[Any, int], counter: Any) -> None:
+        done = self._exported.setdefault(name, {})
+        for label, n in counts.items():
+            if n != done.get(label, 0):
+                counter.labels(label).inc(n - done.get(label, 0))
+                done[label] = n
+
+    async def _fetch_anchor(self, group: str, shard: int) -> None:
+        """Feed the hub JetStream's record of one stream: the group's last stored snapshot,
+        then the aggregator's last checkpoint of the stream (never the suspicious message)."""
+        opts = self.options
+        try:
+            for stream, subject in (
+                (opts.snapshot_stream, f"{opts.snapshot_prefix}.{group}"),
+                (opts.checkpoint_stream, f"{opts.checkpoint_prefix}.{group}.{shard}"),
+            ):
+                t0 = trio.current_time()
+                try:
+                    with trio.fail_after(opts.nats_timeout_ms / 1000):
+                        msg = await self.nats.jetstream().direct_get_last(stream, subject)
+                except (BridgeError, trio.TooSlowError) as exc:
+                    self.metrics.nats_req.labels("anchor_get_error").observe(
+                        trio.current_time() - t0)
+                    self.log.warning("reading a stream's record to re-anchor it failed",
+                                     code=GW_ANCHOR_LOOKUP_FAILED, stream=stream,
+                                     subject=subject, error=str(exc))
+                    continue
+                self.metrics.nats_req.labels("anchor_get").observe(trio.current_time() - t0)
+                if msg is None:
+                    continue
+                try:
+                    if stream == opts.snapshot_stream:
+                        self.hub.on_snapshot(subject, msg.data, trio.current_time())
+                    else:
+                        cp = _checkpoint(subject, msg.data)
+                        self.hub.on_checkpoint(group, shard, cp.epoch, cp.seq,
+                                               trio.current_time())
+                except BadMessage as exc:
+                    self.metrics.bad_input.labels("checkpoint" if stream != opts.snapshot_stream
+                                                  else "snapshot").inc()
+                    self.log.warning("stored record unusable", code="XY-GW-001",
+                                     subject=exc.subject, reason=exc.reason)
+        finally:
+            self._anchoring.discard((group, shard))
+        self.after_sequence_checks(trio.current_time())
 
     def ensure_snapshot(self, group: str) -> None:
         """Fetch the group's last snapshot by JetStream direct get if the cache has none."""
@@ -386,6 +485,8 @@ class GatewayServer:
         while True:
             await trio.sleep(interval)
             now = trio.current_time()
+            # Rejections held back for the log's rate limit, resyncs counted by frame builds.
+            self.after_sequence_checks(now)
             for conn in list(self.connections.values()):
                 s = conn.session
                 if s is None or not s.is_open:

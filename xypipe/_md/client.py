@@ -10,6 +10,7 @@ from __future__ import annotations
 import attrs
 
 from xypipe._md.book import state_checksum
+from xypipe._md.seqrules import DEFAULT_MAX_GAP, Verdict, judge
 from xypipe.contracts import Delta, Snapshot, SymbolState
 
 
@@ -33,6 +34,8 @@ class ViewStats:
     gaps: int = 0
     repeats: int = 0
     epoch_changes: int = 0
+    #: Deltas never believed, by verdict (``far_future``, ``stale_epoch``, ``future_epoch``).
+    rejected: dict[str, int] = attrs.field(factory=dict)
     verified: int = 0
     trimmed: int = 0
     checksum_mismatches: int = 0
@@ -43,9 +46,10 @@ class MarketView:
     """Groups rebuilt from snapshots + deltas. A gap or an epoch change marks the group out of
     sync until the next snapshot (what a real client would request)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, max_gap: int = DEFAULT_MAX_GAP) -> None:
         self.groups: dict[str, GroupView] = {}
         self.stats = ViewStats()
+        self.max_gap = max_gap
 
     def _problem(self, text: str) -> None:
         if len(self.stats.problems) < 50:
@@ -66,30 +70,25 @@ class MarketView:
             self._verify(s)
         g.synced = True
 
+    def judge_delta(self, d: Delta) -> str:
+        """The sequence rule's verdict for ``d`` (:func:`xypipe._md.seqrules.judge`, shared
+        with the browser), or ``"held"`` while the group waits for a snapshot. Pure."""
+        g = self.groups.get(d.group)
+        if g is None or (not g.synced and not g.seqs):
+            return "held"
+        verdict = judge((g.epoch, g.seqs.get(d.shard, 0)), d.epoch, d.first_seq, d.seq,
+                        self.max_gap)
+        if not g.synced and verdict not in (Verdict.DUPLICATE, Verdict.STALE_EPOCH):
+            return "held"
+        return verdict.value
+
     def apply_delta(self, d: Delta) -> bool:
-        """Apply if it continues the group; returns False when it was skipped."""
+        """Apply if it continues the group; returns False when it was not applied. A rejected
+        delta (far future, stale or future epoch) never becomes the group's baseline."""
         g = self.groups.setdefault(d.group, GroupView(d.group))
-        if not g.synced:
-            self.stats.skipped += 1
-            return False
-        if d.epoch != g.epoch:
-            self.stats.epoch_changes += 1
-            self._problem(f"{d.group}/{d.shard}: epoch {d.epoch} after {g.epoch}")
-            g.synced = False
-            return False
-        last = g.seqs.get(d.shard, 0)
-        first = d.first_seq or d.seq
-        if d.seq <= last:
-            if d.seq <= g.delta_seqs.get(d.shard, 0):
-                self.stats.repeats += 1
-                self._problem(f"{d.group}/{d.shard}: seq {d.seq} repeated (last {last})")
-            else:
-                self.stats.skipped += 1  # already in the snapshot
-            return False
-        if first != last + 1:
-            self.stats.gaps += 1
-            self._problem(f"{d.group}/{d.shard}: gap {last} -> {first}")
-            g.synced = False
+        verdict = self.judge_delta(d)
+        if verdict != Verdict.APPLY.value:
+            self._not_applied(g, d, verdict)
             return False
         g.seqs[d.shard] = d.seq
         g.delta_seqs[d.shard] = d.seq
@@ -111,6 +110,32 @@ class MarketView:
                 self._verify(s)
                 g.symbols[key] = s
         return True
+
+    def _not_applied(self, g: GroupView, d: Delta, verdict: str) -> None:
+        where = f"{d.group}/{d.shard}"
+        last = g.seqs.get(d.shard, 0)
+        if verdict == "held" or (not g.synced and verdict == Verdict.DUPLICATE.value):
+            self.stats.skipped += 1
+        elif verdict == Verdict.DUPLICATE.value:
+            if d.seq <= g.delta_seqs.get(d.shard, 0):
+                self.stats.repeats += 1
+                self._problem(f"{where}: seq {d.seq} repeated (last {last})")
+            else:
+                self.stats.skipped += 1  # already in the snapshot
+        elif verdict == Verdict.GAP.value:
+            self.stats.gaps += 1
+            self._problem(f"{where}: gap {last} -> {d.first_seq or d.seq}")
+            g.synced = False
+        else:
+            self.stats.rejected[verdict] = self.stats.rejected.get(verdict, 0) + 1
+            if verdict == Verdict.FUTURE_EPOCH.value:
+                self.stats.epoch_changes += 1
+            self._problem(f"{where}: {verdict} delta #{d.seq} of epoch {d.epoch} "
+                          f"(held: #{last} of epoch {g.epoch})")
+            # A stale epoch changes nothing; a far-future delta or a new epoch is re-anchored
+            # from the next snapshot, never from the delta itself.
+            if verdict != Verdict.STALE_EPOCH.value:
+                g.synced = False
 
     def _verify(self, s: SymbolState) -> None:
         if s.trimmed:
