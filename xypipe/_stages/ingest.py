@@ -31,6 +31,7 @@ from xypipe._md.records import Batch, ContractRec, Restore, TickRec
 from xypipe._stage import Stage
 from xypipe._stages._jsfeed import js_feed, pending_of, stream_seq_of
 from xypipe._stages._md_common import StateStreams, is_token, wall_us
+from xypipe._stages._srcwatch import SourceWatchConfig, watch_source
 from xypipe._validate import Invalid, in_range, non_empty, one_of, subject_patterns
 from xypipe.contracts import Contract, Delta, Snapshot, Tick
 
@@ -64,6 +65,8 @@ class IngestConfig:
     max_lag: int = attrs.field(default=20_000, validator=in_range(1, 100_000_000))
     log_bad_per_s: int = attrs.field(default=5, validator=in_range(0, 10_000))
     state: StateStreams = attrs.field(factory=StateStreams)
+    #: Freshness of the source stream for /healthz (see :mod:`xypipe._stages._srcwatch`).
+    watch: SourceWatchConfig = attrs.field(factory=SourceWatchConfig)
 
     def __attrs_post_init__(self) -> None:
         if self.start == "seq" and self.start_seq < 1:
@@ -204,8 +207,10 @@ class Ingest(Stage):
         self.ctx.log.info("ingest starting", stream=cfg.stream, deliver=str(deliver),
                           epoch=restore.epoch, continued=restore.continued,
                           snapshots=len(restore.snapshots), contracts=len(contracts))
-        async with js_feed(nc, cfg.stream, deliver=deliver, max_pending=cfg.max_pending,
-                           max_batch=cfg.batch) as feed:
+        async with watch_source(self.ctx, js, cfg.stream, cfg.watch, deliver=deliver,
+                                target=src.last_seq) as self._watch, \
+                js_feed(nc, cfg.stream, deliver=deliver, max_pending=cfg.max_pending,
+                        max_batch=cfg.batch) as feed:
             self.ctx.set_ready()
             await self._consume(feed)
 
@@ -225,7 +230,9 @@ class Ingest(Stage):
                     lag / self.config.max_lag,
                     f"stream {self.config.stream} backlog {lag}/{self.config.max_lag} messages",
                 )
-            await send(Batch(recs, last.seq or stream_seq_of(last.reply)))
+            watermark = last.seq or stream_seq_of(last.reply)
+            await send(Batch(recs, watermark))
+            self._watch.data(watermark)
             # Only now may the server send more: the downstream budget sets the pace.
             feed.ack(msgs)
 
