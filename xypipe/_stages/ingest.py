@@ -26,8 +26,9 @@ import attrs
 import trio
 from google.protobuf.message import DecodeError
 
-from xypipe._errors import RebuildError, SourceDataError
+from xypipe._errors import RESTORE_SNAPSHOT_IGNORED, RebuildError, SourceDataError
 from xypipe._md.records import Batch, ContractRec, Restore, TickRec
+from xypipe._md.restore_point import plan_restore
 from xypipe._stage import Stage
 from xypipe._stages._jsfeed import js_feed, pending_of, stream_seq_of
 from xypipe._stages._md_common import StateStreams, is_token, wall_us
@@ -285,7 +286,12 @@ class Ingest(Stage):
                 log.warning("delta checkpoints but no snapshot: starting a new epoch",
                             code=RebuildError.code)
             return None
-        replay_from = min(s.source_stream_seq for s in snapshots) + 1
+        point = plan_restore(snapshots, checkpoints)
+        for gone in point.ignored:
+            log.info("stored snapshot left out of the restore point", code=RESTORE_SNAPSHOT_IGNORED,
+                     group=gone.group, source_stream_seq=gone.source_stream_seq,
+                     reason=gone.reason, replay_from=point.replay_from)
+        snapshots, replay_from = list(point.snapshots), point.replay_from
         snap_epochs = {s.epoch for s in snapshots}
         reasons = []
         if len(epochs) != 1 or snap_epochs != epochs:
