@@ -83,3 +83,63 @@ async def test_idle_source_keeps_the_aggregator_ready(nats_url: str) -> None:
             assert agg.health()["ready"], agg.health()["reasons"]
         scope.cancel()
         nursery.cancel_scope.cancel()
+
+
+async def stored(js: Any, group: str) -> Any:
+    from xypipe.contracts import Snapshot
+
+    msg = await js.direct_get_last("XY_MD_SNAPSHOT", f"xy.md.snapshot.{group}")
+    return None if msg is None else Snapshot.FromString(msg.data)
+
+
+async def test_a_group_emptied_at_cold_start_does_not_hold_the_restore_point_back(
+    nats_url: str, caplog: pytest.LogCaptureFixture,
+) -> None:
+    import logging
+
+    from _agg_helpers import tick
+
+    from xypipe.contracts import Contract
+
+    caplog.set_level(logging.INFO, logger="xypipe")
+    async with connect(nats_url) as nc, trio.open_nursery() as nursery:
+        js = nc.jetstream()
+        _, scope = await start_aggregator(nursery, nats_url)
+        # Cold start: ticks before their contracts land in the default group ...
+        for seq in range(1, 4):
+            for s in ("X", "Y"):
+                await js.publish(f"xy.src.tick.V.{s}", tick(symbol=s, seq=seq).SerializeToString())
+        with trio.fail_after(10):
+            while (await stored(js, "default")) is None:  # noqa: ASYNC110 (a stored state)
+                await trio.sleep(0.05)
+        # ... until the contracts name their group; then the market goes on.
+        for s in ("X", "Y"):
+            await js.publish(f"xy.ref.contract.V.{s}",
+                             Contract(venue="V", symbol=s, group="fx").SerializeToString())
+        for seq in range(4, 100):
+            for s in ("X", "Y"):
+                await js.publish(f"xy.src.tick.V.{s}", tick(symbol=s, seq=seq).SerializeToString())
+        last = (await js.stream_state("XY_SRC")).last_seq
+
+        async def fresh(group: str) -> bool:
+            snap = await stored(js, group)
+            return snap is not None and snap.source_stream_seq == last
+
+        with trio.fail_after(10):
+            while not (await fresh("default") and await fresh("fx")):  # noqa: ASYNC110
+                await trio.sleep(0.05)
+        emptied = await stored(js, "default")
+        assert list(emptied.symbols) == []
+        scope.cancel()  # killed
+
+        caplog.clear()
+        second, scope2 = await start_aggregator(nursery, nats_url)
+        starts = [getattr(r, "xy_fields", {}) for r in caplog.records
+                  if r.getMessage() == "ingest starting"]
+        assert starts and starts[-1]["deliver"] == str(("seq", last + 1))
+        assert starts[-1]["continued"] is True
+        with trio.fail_after(10):
+            while not second.health()["ready"]:  # noqa: ASYNC110
+                await trio.sleep(0.05)
+        scope2.cancel()
+        nursery.cancel_scope.cancel()
