@@ -125,3 +125,37 @@ def test_a_stream_is_watched_once_and_stale_after_must_be_positive() -> None:
         dog.add(StreamWatch("s", 1.0, gated=False, now=0.0))
     with pytest.raises(ValueError, match="stale_after"):
         StreamWatch("t", 0.0, gated=False, now=0.0)
+
+
+def test_subject_matching_follows_nats_wildcards() -> None:
+    from xypipe._stages._cadence import subject_matches
+
+    def m(p: str, s: str) -> bool:
+        return subject_matches(p.split("."), s.split("."))
+
+    assert m("xy.md.snapshot.*", "xy.md.snapshot.fx")
+    assert not m("xy.md.snapshot.*", "xy.md.snapshot.fx.1")
+    assert not m("xy.md.snapshot.*", "xy.md.snapshot")
+    assert m("xy.md.>", "xy.md.snapshot.fx") and not m("xy.md.>", "xy.md")
+    assert not m("xy.md.tick.*", "xy.md.snapshot.fx")
+
+
+def test_cadence_watch_config_names_what_is_wrong() -> None:
+    from xypipe import parse_config
+    from xypipe._errors import ConfigError
+
+    with pytest.raises(ConfigError, match="forget_after_ms"):
+        parse_config({"nats": {"url": "nats://127.0.0.1:4222"}, "http": {"enabled": False},
+                      "pipelines": {"p": {"stages": [
+                          {"use": "nats_source", "subjects": ["xy.md.>"],
+                           "watch": [{"subject": "xy.md.snapshot.*", "cadence_ms": 2000,
+                                      "misses": 3, "forget_after_ms": 5000}]},
+                          {"use": "list_sink"}]}}}, "t.toml")
+
+
+def test_the_feed_start_gives_the_position_already_delivered() -> None:
+    from xypipe._stages._srcwatch import delivered_before
+
+    assert delivered_before(("seq", 101)) == 100
+    assert delivered_before("all") == 0
+    assert delivered_before(("time", None)) is None

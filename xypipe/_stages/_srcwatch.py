@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
@@ -21,6 +21,9 @@ from xypipe._errors import HEALTH_SOURCE_POLL_FAILED, BridgeError
 from xypipe._health import Watch
 from xypipe._stage import StageContext
 from xypipe._validate import in_range
+
+if TYPE_CHECKING:
+    from xypipe._nats import JetStream
 
 
 @attrs.frozen
@@ -44,7 +47,7 @@ def delivered_before(deliver: Any) -> int | None:
 
 
 @asynccontextmanager
-async def watch_source(ctx: StageContext, js: Any, stream: str, cfg: SourceWatchConfig, *,
+async def watch_source(ctx: StageContext, js: JetStream, stream: str, cfg: SourceWatchConfig, *,
                        deliver: Any, target: int) -> AsyncIterator[Watch]:
     """Watch ``stream`` while the body consumes it; call ``watch.data(seq)`` per batch."""
     position = delivered_before(deliver)
@@ -60,7 +63,7 @@ async def watch_source(ctx: StageContext, js: Any, stream: str, cfg: SourceWatch
             nursery.cancel_scope.cancel()
 
 
-async def _poll(ctx: StageContext, js: Any, stream: str, every: float, watch: Watch) -> None:
+async def _poll(ctx: StageContext, js: JetStream, stream: str, every: float, watch: Watch) -> None:
     failing = False
     while True:
         try:
