@@ -1,20 +1,34 @@
-"""Aggregator restart: how long a killed aggregator takes to rebuild 5,000 symbols, and whether
-a subscriber sees any sequence hole or repeat across the restart.
+"""Aggregator restart: how long a killed aggregator takes to rebuild 5,000 symbols when it is
+killed at any moment, and whether a subscriber sees any sequence hole or repeat across it.
 
-    python bench/rebuild.py              # 3 runs, medians
+    python bench/rebuild.py                 # 3 trials of each kind, p50/p95/max
+    python bench/rebuild.py --trials 5      # 5 of each kind
 
-Each run: a fresh nats-server; an aggregator (own process) fed by ``xypipe publish`` (5,000
-symbols, 4,000 ticks/s) with snapshots every 2 s; after 6 s the aggregator is killed (SIGKILL)
-and a new one started. Reported: the rebuild time the new aggregator measured itself
+Each trial: a fresh nats-server; an aggregator (own process, snapshots every 2 s) fed by
+``xypipe publish`` (5,000 symbols, 4,000 ticks/s); the aggregator is killed with SIGKILL and a
+new one started. Trial kinds:
+
+* ``random``: killed at a random moment 4-8 s in;
+* ``before-snapshot``: killed 50 ms before its next round of snapshots is due (the restore
+  point is then as old as it gets: a whole snapshot interval);
+* ``stale-group``: a cold start first — 500 extra symbols tick before their contracts exist (so
+  they land in the default group), then their contracts move them all to another group,
+  leaving the default group empty; killed at a random moment after that.
+
+Reported per trial and as p50/p95/max: the rebuild time the new aggregator measured itself
 (``aggregator_rebuild_seconds``: from its ingest stage starting to the state being rebuilt =
-last snapshots loaded + source stream replayed up to where it was), the time from spawning the
-process to that point, and what a subscriber rebuilding every group saw (gaps, repeats, epoch
-changes, checksum mismatches). Results: bench/results/rebuild.{json,md}.
+last snapshots loaded + source stream replayed up to where it was), how many source messages it
+replayed, the time from spawning the process to that point, and what a subscriber rebuilding
+every group saw (gaps, repeats, epoch changes, checksum mismatches). The bar is 1 s.
+Results: bench/results/rebuild.{json,md}.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import random
+import re
 import sys
 import tempfile
 import time
@@ -25,19 +39,65 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _aggbench import Aggregator, env_note, median, publish_sim, save
+from _aggbench import Aggregator, env_note, pct, publish_sim, save
 
 from xypipe._embedded import embedded_nats
 from xypipe._md.client import MarketView
 from xypipe._nats import connect
-from xypipe.contracts import Delta, Snapshot
+from xypipe._publisher import contract_subject
+from xypipe.contracts import Contract, Delta, PriceLevel, Snapshot, Tick
+
+KINDS = ("random", "before-snapshot", "stale-group")
+SNAPSHOT_S = 2.0
+COLD_SYMBOLS = 500
+STORED_DEFAULT = "xy.md.snapshot.default"
 
 
-async def one_run(work: Path, seconds_before_kill: float) -> dict[str, Any]:
+def cold_tick(symbol: str, seq: int) -> bytes:
+    return Tick(venue="XCLD", symbol=symbol, seq=seq, last=1000 + seq,
+                ts_exchange_us=time.time_ns() // 1000, ts_arrival_us=time.time_ns() // 1000,
+                bids=[PriceLevel(price=999, size=1, orders=1)],
+                asks=[PriceLevel(price=1001, size=1, orders=1)]).SerializeToString()
+
+
+async def cold_start(nc: Any) -> None:
+    """Ticks of symbols without contracts (default group), then contracts moving them away."""
+    js = nc.jetstream()
+    names = [f"COLD{i}" for i in range(COLD_SYMBOLS)]
+    await js.publish_many([(f"xy.src.tick.XCLD.{s}", cold_tick(s, 1)) for s in names])
+    with trio.fail_after(3 * SNAPSHOT_S):  # until the default group's snapshot is stored
+        while await js.direct_get_last("XY_MD_SNAPSHOT", STORED_DEFAULT) is None:  # noqa: ASYNC110
+            await trio.sleep(0.05)
+    await js.publish_many([(contract_subject("XCLD", s),
+                            Contract(venue="XCLD", symbol=s, group="cold").SerializeToString())
+                           for s in names])
+    await js.publish_many([(f"xy.src.tick.XCLD.{s}", cold_tick(s, 2)) for s in names])
+
+
+def replay_range(log: Path) -> tuple[int | None, int]:
+    """First and last source sequence the restarted aggregator replayed (from its "ingest
+    starting" and "state rebuilt" log lines)."""
+    start, done = None, 0
+    for line in log.read_text(errors="replace").splitlines():
+        try:
+            doc = json.loads(line)
+        except ValueError:
+            continue
+        if doc.get("msg") == "ingest starting":
+            found = re.fullmatch(r"\('seq', (\d+)\)", str(doc.get("deliver")))
+            start = int(found.group(1)) if found else None
+        elif doc.get("msg") == "state rebuilt":
+            done = int(doc["replayed_to"])
+    return start, done
+
+
+async def one_run(work: Path, kind: str, rng: random.Random) -> dict[str, Any]:
     async with embedded_nats(port=0, data_dir=work / f"nats-{time.monotonic_ns()}") as srv:
         view = MarketView()
-        first = Aggregator(work, srv.url, start="resume")
+        first = Aggregator(work, srv.url, start="resume", snapshot_ms=int(SNAPSHOT_S * 1000))
         await trio.to_thread.run_sync(first.start)
+        rounds: list[float] = []
+        first_round = trio.Event()
         async with connect(srv.url, name="bench-sub") as nc, trio.open_nursery() as nursery:
             async def follow(task_status: trio.TaskStatus[None]) -> None:
                 async with nc.subscribe("xy.md.>", max_batch=1024) as sub:
@@ -46,16 +106,37 @@ async def one_run(work: Path, seconds_before_kill: float) -> dict[str, Any]:
                         for m in batch:
                             if m.subject.startswith("xy.md.snapshot."):
                                 view.apply_snapshot(Snapshot.FromString(m.data))
+                                now = trio.current_time()
+                                if not rounds or now - rounds[-1] > 0.5:
+                                    rounds.append(now)
+                                    first_round.set()
                             elif m.subject.startswith("xy.md.tick."):
                                 view.apply_delta(Delta.FromString(m.data))
 
             await nursery.start(follow)
-            pub = publish_sim(srv.url, symbols=5000, rate=4000,
-                              duration=seconds_before_kill + 6)
-            await trio.sleep(seconds_before_kill)
+            t0 = trio.current_time()
+            kill_at = rng.uniform(4.0, 8.0)
+            pub = publish_sim(srv.url, symbols=5000, rate=4000, duration=kill_at + 8)
+            if kind == "stale-group":
+                await cold_start(nc)
+            await trio.sleep_until(t0 + kill_at)
+            if kind == "before-snapshot":
+                # Rounds come every interval_ms or sooner (by count): the next is due one
+                # observed period after the last one seen. Kill 50 ms before it.
+                with trio.fail_after(3 * SNAPSHOT_S):
+                    await first_round.wait()
+                period = rounds[-1] - rounds[-2] if len(rounds) > 1 else SNAPSHOT_S
+                due = rounds[-1] + period
+                while due - 0.05 < trio.current_time():
+                    due += period
+                await trio.sleep_until(due - 0.05)
             deltas_before = view.stats.deltas
             first.stop(kill=True)
-            second = Aggregator(work, srv.url, start="resume")
+            source_at_kill = (await nc.jetstream().stream_state("XY_SRC")).last_seq
+            killed_after = trio.current_time() - t0
+            since_round = trio.current_time() - rounds[-1] if rounds else float("nan")
+            period_s = rounds[-1] - rounds[-2] if len(rounds) > 1 else float("nan")
+            second = Aggregator(work, srv.url, start="resume", snapshot_ms=int(SNAPSHOT_S * 1000))
             spawned = time.monotonic()
             await trio.to_thread.run_sync(second.start)
             while True:
@@ -71,47 +152,88 @@ async def one_run(work: Path, seconds_before_kill: float) -> dict[str, Any]:
             nursery.cancel_scope.cancel()
         second.stop()
     s = view.stats
-    return {"rebuild_s": rebuild_s, "spawn_to_rebuilt_s": to_rebuilt,
+    replay_from, replayed_to = replay_range(second.log)
+    replayed = None if replay_from is None else max(replayed_to - replay_from + 1, 0)
+    return {"kind": kind, "killed_after_s": round(killed_after, 3),
+            "since_last_snapshot_s": round(since_round, 3),
+            "snapshot_period_s": round(period_s, 3),
+            "rebuild_s": rebuild_s, "spawn_to_rebuilt_s": to_rebuilt,
+            "replayed_msgs": replayed,
+            "behind_at_kill_msgs": (None if replay_from is None
+                                    else max(source_at_kill - replay_from + 1, 0)),
             "continued": bool(continued), "deltas_before_kill": deltas_before,
             "deltas": s.deltas, "snapshots": s.snapshots, "gaps": s.gaps, "repeats": s.repeats,
             "epoch_changes": s.epoch_changes, "checksum_mismatches": s.checksum_mismatches,
             "verified": s.verified, "symbols": len(view.state()), "problems": s.problems[:5]}
 
 
+def summary(runs: list[dict[str, Any]]) -> dict[str, float]:
+    rb = [float(r["rebuild_s"]) for r in runs]
+    sp = [float(r["spawn_to_rebuilt_s"]) for r in runs]
+    rp = [float(r["replayed_msgs"]) for r in runs if r["replayed_msgs"] is not None]
+    bh = [float(r["behind_at_kill_msgs"]) for r in runs if r["behind_at_kill_msgs"] is not None]
+    return {"trials": len(runs), "rebuild_p50_s": pct(rb, 0.5), "rebuild_p95_s": pct(rb, 0.95),
+            "rebuild_max_s": max(rb), "spawn_to_rebuilt_p50_s": pct(sp, 0.5),
+            "replayed_max_msgs": max(rp) if rp else float("nan"),
+            "behind_at_kill_max_msgs": max(bh) if bh else float("nan"),
+            "gaps": sum(r["gaps"] for r in runs), "repeats": sum(r["repeats"] for r in runs),
+            "epoch_changes": sum(r["epoch_changes"] for r in runs),
+            "checksum_mismatches": sum(r["checksum_mismatches"] for r in runs)}
+
+
+def row(name: str, s: dict[str, float]) -> str:
+    return (f"| {name} | {s['trials']:.0f} | {s['rebuild_p50_s'] * 1000:.0f} ms | "
+            f"{s['rebuild_p95_s'] * 1000:.0f} ms | {s['rebuild_max_s'] * 1000:.0f} ms | "
+            f"{s['behind_at_kill_max_msgs']:.0f} | {s['replayed_max_msgs']:.0f} | "
+            f"{s['spawn_to_rebuilt_p50_s'] * 1000:.0f} ms | "
+            f"{s['gaps']:.0f} | {s['repeats']:.0f} | {s['epoch_changes']:.0f} | "
+            f"{s['checksum_mismatches']:.0f} |")
+
+
 async def main(args: argparse.Namespace) -> None:
+    rng = random.Random(args.seed)
     runs = []
+    plan = [k for _ in range(args.trials) for k in KINDS]
     with tempfile.TemporaryDirectory(prefix="xy-rebuild-") as tmp:
-        for i in range(args.runs):
-            r = await one_run(Path(tmp), args.kill_after)
+        for i, kind in enumerate(plan):
+            r = await one_run(Path(tmp), kind, rng)
             runs.append(r)
-            print(f"run {i + 1}: rebuilt in {r['rebuild_s'] * 1000:.0f} ms "
+            print(f"trial {i + 1}/{len(plan)} [{kind}] killed at {r['killed_after_s']:.2f} s "
+                  f"({r['since_last_snapshot_s']:.2f} s after a snapshot round, rounds every "
+                  f"{r['snapshot_period_s']:.2f} s): rebuilt in "
+                  f"{r['rebuild_s'] * 1000:.0f} ms, restore point {r['behind_at_kill_msgs']} msgs "
+                  f"behind at the kill, replayed {r['replayed_msgs']} msgs "
                   f"(spawn to rebuilt {r['spawn_to_rebuilt_s'] * 1000:.0f} ms), "
                   f"continued={r['continued']} symbols={r['symbols']} gaps={r['gaps']} "
                   f"repeats={r['repeats']} epoch_changes={r['epoch_changes']} "
                   f"checksum_mismatches={r['checksum_mismatches']}", flush=True)
-    med = {k: median([float(r[k]) for r in runs])
-           for k in ("rebuild_s", "spawn_to_rebuilt_s", "gaps", "repeats", "epoch_changes",
-                     "checksum_mismatches")}
+    overall = summary(runs)
+    by_kind = {k: summary([r for r in runs if r["kind"] == k]) for k in KINDS}
     table = "\n".join([
-        f"# Aggregator restart, 5,000 symbols at 4,000 ticks/s (medians of {args.runs} runs)",
+        "# Aggregator killed (SIGKILL) at any moment, 5,000 symbols at 4,000 ticks/s",
         "",
-        "| rebuild (snapshots + replay) | process spawn to rebuilt | gaps | repeats "
+        "| trials | n | rebuild p50 | rebuild p95 | rebuild max | restore point behind at kill "
+        "(max msgs) | replayed (max msgs) | spawn to rebuilt p50 | gaps | repeats "
         "| epoch changes | checksum mismatches |",
-        "|---:|---:|---:|---:|---:|---:|",
-        f"| {med['rebuild_s'] * 1000:.0f} ms | {med['spawn_to_rebuilt_s'] * 1000:.0f} ms | "
-        f"{med['gaps']:.0f} | {med['repeats']:.0f} | {med['epoch_changes']:.0f} | "
-        f"{med['checksum_mismatches']:.0f} |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        row("all", overall),
+        *(row(k, s) for k, s in by_kind.items()),
         "",
         "Rebuild: from the restarted aggregator's ingest stage starting to its state holding "
-        "everything the stream had when it started (last snapshot per group + replay since).",
+        "everything the stream had when it started (last snapshot per group + replay since). "
+        "Restore point behind: source messages between the restore point and the stream's "
+        "end at the kill; the replay adds what arrived while the new process started. "
+        "Snapshots every 2 s, and early once 5,000 source messages have passed (at most every "
+        "0.5 s); kinds in bench/rebuild.py. Bar: 1 s.",
         f"Machine: {env_note()}",
     ])
     print(table)
-    save("rebuild", {"env": env_note(), "runs": runs, "medians": med}, table)
+    save("rebuild", {"env": env_note(), "runs": runs, "summary": overall, "by_kind": by_kind},
+         table)
 
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--kill-after", type=float, default=6.0)
+    ap.add_argument("--trials", type=int, default=3, help="trials of each kind")
+    ap.add_argument("--seed", type=int, default=7)
     trio.run(main, ap.parse_args())

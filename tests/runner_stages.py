@@ -120,3 +120,32 @@ class MutableConfig:
 
 class MutableConfigStage(xypipe.Stage):
     Config = MutableConfig
+
+
+@attrs.frozen
+class BurstyConfig:
+    #: Items to send, then a pause, then items again; the stream "feed" is watched with a
+    #: cadence of ``stale_after_ms``.
+    first: int = attrs.field(default=5, validator=xypipe.in_range(0, 1_000_000))
+    pause_ms: int = attrs.field(default=5000, validator=xypipe.in_range(0, 3_600_000))
+    interval_ms: int = attrs.field(default=100, validator=xypipe.in_range(1, 60_000))
+    stale_after_ms: int = attrs.field(default=1000, validator=xypipe.in_range(1, 60_000))
+
+
+class Bursty(xypipe.Stage):
+    """A source that feeds a watched stream, falls silent for ``pause_ms``, then resumes."""
+
+    Config = BurstyConfig
+    consumes = False
+
+    async def run(self) -> None:
+        cfg = self.config
+        watch = self.ctx.watch("feed", stale_after=cfg.stale_after_ms / 1000, gated=False)
+        i = 0
+        while True:
+            if i == cfg.first:
+                await trio.sleep(cfg.pause_ms / 1000)
+            await trio.sleep(cfg.interval_ms / 1000)
+            await self.outbox.send(i)
+            watch.data()
+            i += 1

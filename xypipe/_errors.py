@@ -258,3 +258,17 @@ GW_SNAPSHOT_REJECTED = "XY-GW-011"
 GW_REANCHORED = "XY-GW-012"
 #: Reading a stream's record (checkpoint or snapshot) from JetStream to re-anchor it failed.
 GW_ANCHOR_LOOKUP_FAILED = "XY-GW-013"
+# Health and restore points (XY-HLT-001..019): log codes, not exceptions — nothing is raised
+# when an input stream goes quiet, the process reports not-ready and keeps serving.
+
+#: A watched input stream went stale (no data for N x its cadence while its source is live).
+HEALTH_STREAM_STALE = "XY-HLT-001"
+#: A stale input stream delivers data again.
+HEALTH_STREAM_RECOVERED = "XY-HLT-002"
+#: A watched stream was dropped (its subject fell silent while its siblings kept flowing).
+HEALTH_STREAM_FORGOTTEN = "XY-HLT-003"
+#: Polling a source stream's position (JetStream stream info) failed; retried next poll.
+HEALTH_SOURCE_POLL_FAILED = "XY-HLT-004"
+#: A stored group snapshot left out of the restore point (its group is gone or emptied, so it
+#: would only drag the replay start back).
+RESTORE_SNAPSHOT_IGNORED = "XY-HLT-010"

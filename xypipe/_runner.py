@@ -21,6 +21,7 @@ import socket
 import time
 from typing import Any
 
+import attrs
 import trio
 
 from xypipe._config import AppConfig, PipelineConfig, StageDecl
@@ -28,14 +29,28 @@ from xypipe._contracts import use_registry
 from xypipe._degrade import DegradationController, Level, LevelWatch, Pressure, Transition
 from xypipe._edge import Edge
 from xypipe._errors import StageError, XyError, find_in_group
+from xypipe._health import CHECK_INTERVAL, PipelineWatchdog
 from xypipe._log import get_logger
 from xypipe._metrics import Metrics, RunnerMetrics
 from xypipe._stage import StageContext
+from xypipe._watchdog import Verdict
 
 _log = get_logger("runner")
 
 HEALTH_SUBJECT = "xy.exec.health"
 HEALTH_INTERVAL = 5.0
+
+
+@attrs.frozen
+class PipelineHealth:
+    """One pipeline's readiness: its watched streams and, when not ready, why."""
+
+    streams: tuple[Verdict, ...]
+    reasons: tuple[str, ...]
+
+    @property
+    def ready(self) -> bool:
+        return not self.reasons
 
 
 def _instance_id() -> str:
@@ -84,6 +99,7 @@ class PipelineRun:
         self._scope = trio.CancelScope()
         self._stopping = False
         self.log = _log.bind(pipeline=self.name)
+        self.watchdog = PipelineWatchdog(metrics, self.log)
         resources = resources if resources is not None else {}
 
         decls = config.stages
@@ -98,7 +114,7 @@ class PipelineRun:
                 pipeline=self.name, name=decl.name, inbox=inbox, outbox=outbox,
                 degradation=self.watch, metrics=metrics,
                 log=get_logger(f"stage.{decl.name}", pipeline=self.name, stage=decl.name),
-                nats=nats, http=http, resources=resources,
+                nats=nats, http=http, resources=resources, watchdog=self.watchdog,
             )
             self.stages.append(StageRun(decl, ctx))
 
@@ -106,9 +122,21 @@ class PipelineRun:
 
     @property
     def ready(self) -> bool:
-        return self.state == "running" and all(
-            s.ctx.is_ready or s.state == "done" for s in self.stages
-        )
+        return not self.health().reasons
+
+    def health(self) -> PipelineHealth:
+        """Readiness with its reasons: running, every stage serving, every watched stream
+        fresh (which also means no replay in progress and data seen since start)."""
+        reasons: list[str] = []
+        if self.state != "running":
+            reasons.append(f"pipeline {self.name}: {self.state}")
+        for s in self.stages:
+            if not (s.ctx.is_ready or s.state == "done"):
+                reasons.append(f"pipeline {self.name}: stage {s.decl.name} not serving yet "
+                               f"({s.state})")
+        verdicts = self.watchdog.check()
+        reasons.extend(f"pipeline {self.name}: {v.reason}" for v in verdicts if not v.fresh)
+        return PipelineHealth(tuple(verdicts), tuple(reasons))
 
     def stop(self) -> None:
         """Graceful stop: end the sources, let the rest drain within the grace period."""
@@ -138,6 +166,7 @@ class PipelineRun:
                 async with trio.open_nursery() as nursery:
                     stages_done = trio.Event()
                     nursery.start_soon(self._monitor, stages_done)
+                    nursery.start_soon(self._check_streams, stages_done)
                     async with trio.open_nursery() as stage_nursery:
                         for s in self.stages:
                             stage_nursery.start_soon(self._run_stage, s)
@@ -216,6 +245,14 @@ class PipelineRun:
             with trio.move_on_after(interval):
                 await stages_done.wait()
 
+    async def _check_streams(self, stages_done: trio.Event) -> None:
+        # Transitions are logged and counted by whoever checks first; this makes sure someone
+        # does even when no probe asks.
+        while not stages_done.is_set():
+            self.watchdog.check()
+            with trio.move_on_after(CHECK_INTERVAL):
+                await stages_done.wait()
+
     def sample(self) -> Transition | None:
         """Read every edge's budget, update the gauges and the degradation level."""
         readings = []
@@ -285,18 +322,44 @@ class Runner:
         return [p for p in self.config.pipelines.values() if p.process == self.process]
 
     def health(self) -> dict[str, Any]:
+        """The readiness document served on ``/healthz`` (shape in docs/operations.md).
+
+        Ready = NATS connected (when configured), every pipeline running with every stage
+        serving, and every watched input stream fresh. ``reasons`` says why not, one line per
+        cause, naming the pipeline, the stream and how long it has been silent.
+        """
         nats_ok = self.nats is None or bool(getattr(self.nats, "is_connected", False))
-        pipes = {p.name: {"state": p.state, "ready": p.ready, "level": int(p.watch.level)}
-                 for p in self.pipelines}
-        ready = nats_ok and bool(self.pipelines) and all(p.ready for p in self.pipelines)
+        reasons: list[str] = []
+        if not nats_ok:
+            reasons.append("nats: disconnected")
+        if not self.pipelines:
+            reasons.append(f"process {self.process}: no pipeline started")
+        pipes: dict[str, Any] = {}
+        for p in self.pipelines:
+            h = p.health()
+            reasons.extend(h.reasons)
+            pipes[p.name] = {
+                "state": p.state, "ready": h.ready, "level": int(p.watch.level),
+                "streams": {v.stream: {"status": v.status.value,
+                                       "silence_s": round(v.silence_s, 3),
+                                       "reason": v.reason}
+                            for v in h.streams},
+            }
+        ready = not reasons
         return {
             "status": "ok" if ready else "not-ready",
             "live": True,
             "ready": ready,
+            "reasons": reasons,
             "process": self.process,
             "nats": {"configured": self.config.nats is not None, "connected": nats_ok},
             "pipelines": pipes,
         }
+
+    def liveness(self) -> dict[str, Any]:
+        """``/livez``: answering at all proves the event loop runs; nothing else is checked
+        (a stale input is a readiness matter — restarting the process would not fix NATS)."""
+        return {"live": True, "process": self.process}
 
     def stop(self) -> None:
         self._stop_requested.set()
@@ -343,7 +406,12 @@ class Runner:
                         return Response(200, self.metrics.render(),
                                         "text/plain; version=0.0.4; charset=utf-8")
 
+                    async def livez(_req: Any) -> Response:
+                        return Response.json(self.liveness(), 200)
+
                     self.http.route("/healthz", healthz)
+                    self.http.route("/readyz", healthz)
+                    self.http.route("/livez", livez)
                     self.http.route("/metrics", metrics)
 
                 self.pipelines = [
@@ -373,8 +441,7 @@ class Runner:
         from xypipe.contracts import HealthReport
 
         doc = self.health()
-        checks = {"nats": "connected" if doc["nats"]["connected"] else "disconnected"}
-        checks.update({f"pipeline.{k}": v["state"] for k, v in doc["pipelines"].items()})
+        checks = health_checks(doc)
         return HealthReport(
             service=self.process, instance=_instance_id(), live=True, ready=doc["ready"],
             checks=checks, ts_us=int(time.time() * 1_000_000),
@@ -434,6 +501,23 @@ class Runner:
             # Down for good: the pipelines stop (they drain what they can), then run() raises.
             self._nats_failed = error
             self.stop()
+
+
+def health_checks(doc: dict[str, Any]) -> dict[str, str]:
+    """The ``checks`` map of a HealthReport: the same readiness and reasons as ``/healthz``.
+
+    Keys: ``nats``; ``pipeline.{name}`` (its state); ``stream.{pipeline}.{stream}`` (fresh,
+    starting, catching_up or stale); ``reasons`` (one line per cause, newline-separated) when
+    not ready.
+    """
+    checks = {"nats": "connected" if doc["nats"]["connected"] else "disconnected"}
+    for name, p in doc["pipelines"].items():
+        checks[f"pipeline.{name}"] = p["state"]
+        for stream, v in p["streams"].items():
+            checks[f"stream.{name}.{stream}"] = v["status"]
+    if doc["reasons"]:
+        checks["reasons"] = "\n".join(doc["reasons"])
+    return checks
 
 
 def _server_tls(tls: Any) -> Any:

@@ -15,6 +15,7 @@ import trio
 
 from xypipe._degrade import Level, LevelWatch, Pressure
 from xypipe._edge import EdgeReceiveChannel, EdgeSendChannel
+from xypipe._health import PipelineWatchdog, Watch
 from xypipe._log import Logger
 from xypipe._metrics import Metrics
 
@@ -44,6 +45,8 @@ class StageContext:
     _ready: trio.Event = attrs.field(factory=trio.Event)
     #: The latest pressure the stage reported (see :meth:`report_pressure`).
     reported_pressure: Pressure | None = None
+    #: The pipeline's staleness watchdog (shared by its stages; see :meth:`watch`).
+    watchdog: PipelineWatchdog | None = None
 
     @property
     def level(self) -> Level:
@@ -67,6 +70,22 @@ class StageContext:
 
     async def wait_ready(self) -> None:
         await self._ready.wait()
+
+    def watch(self, stream: str, *, stale_after: float, gated: bool,
+              position: int | None = None) -> Watch:
+        """Watch an input stream's freshness; readiness then requires it to be fresh.
+
+        ``gated=True``: stale only when the source is seen ahead (feed it
+        :meth:`Watch.source`) and no data came for ``stale_after`` seconds — an idle source is
+        not stale. ``gated=False``: data is promised every so often, so ``stale_after``
+        seconds of silence is stale. ``position``: the last position already delivered (e.g.
+        the stream sequence before the first one the feed will deliver). See
+        :mod:`xypipe._watchdog`.
+        """
+        if self.watchdog is None:
+            self.watchdog = PipelineWatchdog(self.metrics, self.log)
+        return self.watchdog.watch(stream, stale_after=stale_after, gated=gated,
+                                   position=position)
 
 
 class Stage:

@@ -96,5 +96,14 @@ class Restore:
     started_at: float = 0.0
 
 
+@attrs.frozen(slots=True)
+class Watermark:
+    """Sent by conflate after a window that emitted no delta while the source moved on (a quiet
+    market, contracts only, rejected ticks): every stream message up to ``seq`` is reflected in
+    what has been emitted, so snapshots may claim it."""
+
+    seq: int
+
+
 def key_of(venue: str, symbol: str) -> str:
     return f"{venue}.{symbol}"

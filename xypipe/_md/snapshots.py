@@ -130,10 +130,22 @@ class SnapshotBuilder:
             return lambda e, _p: e[6]
         return lambda e, prev: e[6] - prev.get(e[0], e[6])
 
+    def advance(self, watermark: int) -> None:
+        """Every source message up to ``watermark`` is reflected in the deltas applied (a quiet
+        window emits none, yet the restore point must move on)."""
+        if watermark > self.watermark:
+            self.watermark = watermark
+
     def build(self, group: str, ts_emit_us: int, window_ms: int) -> SnapshotOut | None:
-        """The group's snapshot now, or ``None`` if it has nothing consistent to show yet."""
+        """The group's snapshot now, or ``None`` if it has nothing consistent to show yet.
+
+        A group whose symbols all moved to other groups (at every cold start symbols sit in the
+        default group until their contracts arrive) still gets its snapshot, empty: clients
+        learn the symbols left, and its stored snapshot keeps up with the watermark instead of
+        dragging the restore point back to when it last held something.
+        """
         g = self.groups.get(group)
-        if g is None or not g.entries or not g.ready():
+        if g is None or not g.ready():
             return None
         g.version += 1
         value = self._value()

@@ -22,7 +22,7 @@ import attrs
 import trio
 
 from xypipe._md.conflation import Conflator
-from xypipe._md.records import Restore
+from xypipe._md.records import Restore, Watermark
 from xypipe._stage import Stage
 from xypipe._stages._md_common import PRIORITIES, wall_us
 from xypipe._validate import Invalid, group_problem, in_range
@@ -123,6 +123,7 @@ class Conflate(Stage):
         cfg: ConflateConfig = self.config
         base = cfg.interval_ms / 1000
         start = trio.current_time()
+        sent_watermark = 0
         while True:
             level = int(self.ctx.level)
             interval = base * cfg.l1_factor if level >= 1 else base
@@ -143,5 +144,8 @@ class Conflate(Stage):
             if deltas:
                 self._deltas.inc(len(deltas))
                 await self.outbox.send(deltas)
+            elif self.core.watermark > sent_watermark:
+                await self.outbox.send([Watermark(self.core.watermark)])
+            sent_watermark = self.core.watermark
             if self._stop:
                 return

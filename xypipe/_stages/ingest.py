@@ -26,12 +26,14 @@ import attrs
 import trio
 from google.protobuf.message import DecodeError
 
-from xypipe._errors import NatsTimeout, RebuildError, SourceDataError
+from xypipe._errors import RESTORE_SNAPSHOT_IGNORED, NatsTimeout, RebuildError, SourceDataError
 from xypipe._md.records import Batch, ContractRec, Restore, TickRec
+from xypipe._md.restore_point import plan_restore
 from xypipe._retry import Backoff, retrying
 from xypipe._stage import Stage
 from xypipe._stages._jsfeed import js_feed, pending_of, stream_seq_of
 from xypipe._stages._md_common import StateStreams, is_token, wall_us
+from xypipe._stages._srcwatch import SourceWatchConfig, watch_source
 from xypipe._validate import Invalid, in_range, non_empty, one_of, subject_patterns
 from xypipe.contracts import Contract, Delta, Snapshot, Tick
 
@@ -74,6 +76,8 @@ class IngestConfig:
     retry_initial_ms: int = attrs.field(default=50, validator=in_range(1, 60_000))
     retry_max_ms: int = attrs.field(default=1000, validator=in_range(1, 600_000))
     state: StateStreams = attrs.field(factory=StateStreams)
+    #: Freshness of the source stream for /healthz (see :mod:`xypipe._stages._srcwatch`).
+    watch: SourceWatchConfig = attrs.field(factory=SourceWatchConfig)
 
     def __attrs_post_init__(self) -> None:
         if self.start == "seq" and self.start_seq < 1:
@@ -231,11 +235,13 @@ class Ingest(Stage):
         self.ctx.log.info("ingest starting", stream=cfg.stream, deliver=str(deliver),
                           epoch=restore.epoch, continued=restore.continued,
                           snapshots=len(restore.snapshots), contracts=len(contracts))
-        async with js_feed(nc, cfg.stream, deliver=deliver, max_pending=cfg.max_pending,
-                           max_batch=cfg.batch, heartbeat_s=cfg.heartbeat_ms / 1000,
-                           missed_heartbeats=cfg.missed_heartbeats, backoff=backoff,
-                           on_recreate=lambda reason: recreated.labels(cfg.stream, reason).inc(),
-                           on_retry=retried("consumer"), log=self.ctx.log) as feed:
+        async with watch_source(self.ctx, js, cfg.stream, cfg.watch, deliver=deliver,
+                                target=src.last_seq) as self._watch, \
+                js_feed(nc, cfg.stream, deliver=deliver, max_pending=cfg.max_pending,
+                        max_batch=cfg.batch, heartbeat_s=cfg.heartbeat_ms / 1000,
+                        missed_heartbeats=cfg.missed_heartbeats, backoff=backoff,
+                        on_recreate=lambda reason: recreated.labels(cfg.stream, reason).inc(),
+                        on_retry=retried("consumer"), log=self.ctx.log) as feed:
             self.ctx.set_ready()
             await self._consume(feed)
 
@@ -255,7 +261,9 @@ class Ingest(Stage):
                     lag / self.config.max_lag,
                     f"stream {self.config.stream} backlog {lag}/{self.config.max_lag} messages",
                 )
-            await send(Batch(recs, last.seq or stream_seq_of(last.reply)))
+            watermark = last.seq or stream_seq_of(last.reply)
+            await send(Batch(recs, watermark))
+            self._watch.data(watermark)
             # Only now may the server send more: the downstream budget sets the pace.
             feed.ack(msgs)
 
@@ -313,7 +321,12 @@ class Ingest(Stage):
                 log.warning("delta checkpoints but no snapshot: starting a new epoch",
                             code=RebuildError.code)
             return None
-        replay_from = min(s.source_stream_seq for s in snapshots) + 1
+        point = plan_restore(snapshots, checkpoints)
+        for gone in point.ignored:
+            log.info("stored snapshot left out of the restore point", code=RESTORE_SNAPSHOT_IGNORED,
+                     group=gone.group, source_stream_seq=gone.source_stream_seq,
+                     reason=gone.reason, replay_from=point.replay_from)
+        snapshots, replay_from = list(point.snapshots), point.replay_from
         snap_epochs = {s.epoch for s in snapshots}
         reasons = []
         if len(epochs) != 1 or snap_epochs != epochs:

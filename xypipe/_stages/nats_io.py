@@ -9,6 +9,7 @@ import trio
 
 from xypipe._messages import Publish
 from xypipe._stage import Stage
+from xypipe._stages._cadence import CadenceWatch, CadenceWatches
 from xypipe._validate import in_range, subject_pattern, subject_patterns
 
 
@@ -19,6 +20,9 @@ class NatsSourceConfig:
     queue: str | None = None
     #: Most messages handed downstream as one batch (one item on the edge).
     max_batch: int = attrs.field(default=256, validator=in_range(1, 65536))
+    #: Subjects promised at a cadence, watched for /healthz readiness (see
+    #: :mod:`xypipe._stages._cadence`), e.g. ``[{ subject = "xy.md.snapshot.*" }]``.
+    watch: list[CadenceWatch] = attrs.field(factory=list)
 
 
 class NatsSource(Stage):
@@ -35,9 +39,12 @@ class NatsSource(Stage):
         received = self.ctx.metrics.counter(
             "nats_source_msgs", "Messages received by nats_source stages", ["stage"]
         ).labels(self.ctx.name)
+        self._watches = CadenceWatches(self.ctx, self.config.watch)
         async with trio.open_nursery() as nursery:
             for subject in self.config.subjects:
                 await nursery.start(self._pump, nc, subject, received)
+            if self._watches:
+                nursery.start_soon(self._watches.run_forgetting)
             self.ctx.set_ready()
 
     async def _pump(
@@ -48,8 +55,11 @@ class NatsSource(Stage):
             subject, queue=self.config.queue, max_batch=self.config.max_batch
         ) as sub:
             task_status.started()
+            watches = self._watches
             async for batch in sub:
                 received.inc(len(batch))
+                if watches:
+                    watches.seen([m.subject for m in batch])
                 await self.outbox.send(batch)
 
 

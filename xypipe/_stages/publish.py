@@ -21,6 +21,7 @@ import trio
 
 from xypipe._errors import PUBLISH_DROPPED, BridgeError, NatsBackpressure
 from xypipe._md.conflation import DeltaOut
+from xypipe._md.records import Watermark
 from xypipe._md.snapshots import SnapshotOut
 from xypipe._retry import retrying
 from xypipe._stage import Stage
@@ -105,6 +106,8 @@ class Publish(Stage):
                     elif type(x) is SnapshotOut:
                         await publish(x.subject, x.payload)
                         snaps_out.inc()
+                    elif type(x) is Watermark:
+                        pass  # for a snapshot stage; nothing to publish without one
                     else:
                         self._unexpected(x)
         finally:

@@ -11,12 +11,13 @@ stream holds the newest).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import attrs
 import trio
 
-from xypipe._md.records import Restore
+from xypipe._md.records import Restore, Watermark
 from xypipe._md.snapshots import TOP_BY, SnapshotBuilder, SnapshotOut
 from xypipe._stage import Stage
 from xypipe._stages._md_common import wall_us
@@ -32,6 +33,12 @@ class SnapshotConfig:
     top_k: int = attrs.field(default=20, validator=in_range(0, 1000))
     #: NATS subject answering on-demand snapshot requests (payload: the group); "" = none.
     request_subject: str = "xy.agg.snapshot.request"
+    #: Snapshot early once the source watermark has moved this many stream messages past the
+    #: last snapshot's (0 = by time only): a restart then replays at most about this many,
+    #: whatever the tick rate. By count and by time.
+    max_replay_msgs: int = attrs.field(default=5_000, validator=in_range(0, 100_000_000))
+    #: Early snapshots never come closer together than this.
+    min_interval_ms: int = attrs.field(default=500, validator=in_range(10, 60_000))
 
 
 class SnapshotStage(Stage):
@@ -45,6 +52,9 @@ class SnapshotStage(Stage):
                                        top_k=cfg.top_k)
         m = self.ctx.metrics
         self._built = m.counter("snapshots_built", "Group snapshots built")
+        self._rounds = m.counter("snapshot_rounds", "Rounds of snapshots of every group, by "
+                                 "trigger (time: interval_ms; count: max_replay_msgs)",
+                                 ["trigger"])
         self._size = m.gauge("snapshot_bytes", "Size of the last snapshot", ["group"])
         self._window_ms = 0
         async with trio.open_nursery() as nursery:
@@ -56,8 +66,12 @@ class SnapshotStage(Stage):
     async def _loop(self) -> None:
         cfg: SnapshotConfig = self.config
         interval = cfg.interval_ms / 1000
+        min_gap = cfg.min_interval_ms / 1000
+        max_lag = cfg.max_replay_msgs
         next_t = trio.current_time() + interval
+        last_t = -math.inf
         inbox, send, builder = self.inbox, self.outbox.send, self.builder
+        snapped = builder.watermark  # the watermark of the last round of snapshots
         while True:
             item: Any = None
             with trio.move_on_at(next_t):
@@ -67,19 +81,32 @@ class SnapshotStage(Stage):
                     return
             if isinstance(item, Restore):
                 builder.restore(item)
+                snapped = builder.watermark
                 continue
-            if item is not None:
+            if item and type(item[0]) is Watermark:
+                for w in item:
+                    builder.advance(w.seq)
+            elif item is not None:
                 for d in item:
                     builder.apply(d)
                     self._window_ms = d.window_ms
                 await send(item)
             now = trio.current_time()
             if now >= next_t:
+                trigger = "time"
                 next_t = max(next_t + interval, now)
-                snaps = builder.build_all(wall_us(), self._window_ms)
-                if snaps:
-                    self._count(snaps)
-                    await send(snaps)
+            elif max_lag and builder.watermark - snapped >= max_lag and now - last_t >= min_gap:
+                trigger = "count"
+                next_t = now + interval
+            else:
+                continue
+            last_t = now
+            snapped = builder.watermark
+            self._rounds.labels(trigger).inc()
+            snaps = builder.build_all(wall_us(), self._window_ms)
+            if snaps:
+                self._count(snaps)
+                await send(snaps)
 
     def _count(self, snaps: list[SnapshotOut]) -> None:
         self._built.inc(len(snaps))
