@@ -69,7 +69,7 @@ class TickBounds:
     #: Validate at all (off: only malformed payloads are refused).
     enabled: bool = True
     #: Most a symbol's sequence may move from its last accepted one, either way.
-    max_seq_jump: int = attrs.field(default=100_000, validator=in_range(1, MAX_SAFE))
+    max_seq_jump: int = attrs.field(default=1_000, validator=in_range(1, MAX_SAFE))
     #: Per-venue overrides of ``max_seq_jump`` (venue -> limit).
     seq_jump_by_venue: dict[str, int] = attrs.field(factory=dict, validator=_venue_jumps)
     #: Every price within this many percent of the symbol's last accepted price; 0 = no band.
