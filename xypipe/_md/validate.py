@@ -9,8 +9,10 @@ moves the anchor, so a hostile tick changes nothing — the next genuine tick is
 the same anchor as if the hostile one had never come.
 
 Absolute bounds (need no history): ``seq`` 1..2^53-1, every size-like field 0..2^53-1, every
-price 1..2^53-1 (fixed-point integers, so "finite" means JavaScript-exact), timestamps within a
-skew window of the arrival time (0 = not provided, not checked).
+price 1..2^53-1 (fixed-point integers, so "finite" means JavaScript-exact), the exchange
+timestamp within a skew window of the arrival time (0 = not provided, not checked). The tick's
+own ``ts_arrival_us`` (the publisher's clock) is not judged: it never leaves ingest — the
+aggregator stamps its own arrival time.
 
 Relative bounds (against the anchor): the sequence moves at most ``max_seq_jump`` either way
 (a sequence that starts over at 1 with a newer exchange timestamp is a source restart — the
@@ -146,11 +148,13 @@ class TickValidator:
         if not 1 <= seq <= MAX_SAFE:
             return self._reject(Reason.SEQ_RANGE, f"seq: expected 1..{MAX_SAFE}, got {seq}")
         ts = t.ts_exchange_us
-        ta = t.ts_arrival_us
-        lo_ts = arrival_us - self._behind
-        hi_ts = arrival_us + self._ahead
-        if (ts and not lo_ts <= ts <= hi_ts) or (ta and not lo_ts <= ta <= hi_ts):
-            return self._skew(t, arrival_us)
+        if ts and not arrival_us - self._behind <= ts <= arrival_us + self._ahead:
+            b = self.bounds
+            return self._reject(
+                Reason.TS_SKEW,
+                f"ts_exchange_us: expected within -{b.max_behind_ms}/+{b.max_ahead_ms} ms of "
+                f"the server's arrival time {arrival_us}, got {ts} "
+                f"({(ts - arrival_us) / 1000:+.0f} ms)")
         if not (0 <= t.last_size <= MAX_SAFE and 0 <= t.vol <= MAX_SAFE
                 and 0 <= t.oi <= MAX_SAFE):
             return self._sizes(t)
@@ -225,18 +229,6 @@ class TickValidator:
     def _reject(self, reason: Reason, detail: str) -> Reason:
         self.detail = detail
         return reason
-
-    def _skew(self, t: Tick, arrival_us: int) -> Reason:
-        b = self.bounds
-        for name in ("ts_exchange_us", "ts_arrival_us"):
-            v = getattr(t, name)
-            if v and not arrival_us - self._behind <= v <= arrival_us + self._ahead:
-                off = (v - arrival_us) / 1000
-                self.detail = (f"{name}: expected within -{b.max_behind_ms}/+{b.max_ahead_ms} "
-                               f"ms of the server's arrival time {arrival_us}, got {v} "
-                               f"({off:+.0f} ms)")
-                break
-        return Reason.TS_SKEW
 
     def _sizes(self, t: Tick) -> Reason:
         for name in ("last_size", "vol", "oi"):
