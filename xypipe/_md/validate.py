@@ -159,31 +159,34 @@ class TickValidator:
                 and 0 <= t.oi <= MAX_SAFE):
             return self._sizes(t)
         a = self._anchors.get(key)
-        bids, asks, last = t.bids, t.asks, t.last
-        ref = a.ref if a is not None else 0
-        if ref and self._band:
+        last = t.last
+        if a is not None and a.ref and self._band:
+            ref = a.ref
             d = abs(ref) * self._band
             plo, phi = max(ref - d, self._pmin), min(ref + d, MAX_SAFE)
         else:
             plo, phi = self._pmin, MAX_SAFE
+        # The costly part: every level's price and size (a protobuf attribute read each).
         ok = not last or plo <= last <= phi
+        bids = t.bids
         if ok:
             for lv in bids:
                 if not (plo <= lv.price <= phi and 0 <= lv.size <= MAX_SAFE):
                     ok = False
                     break
-            else:
-                for lv in asks:
-                    if not (plo <= lv.price <= phi and 0 <= lv.size <= MAX_SAFE):
-                        ok = False
-                        break
+        asks = t.asks
+        if ok:
+            for lv in asks:
+                if not (plo <= lv.price <= phi and 0 <= lv.size <= MAX_SAFE):
+                    ok = False
+                    break
         band_failed = False
         if not ok:
             absolute = self._levels(t)
             if absolute is not None:
                 return absolute
             band_failed = True  # in range, but out of the band
-        mark = reference_price(last, bids, asks)
+        mark = last or reference_price(0, bids, asks)
         if a is None:
             self._anchors[key] = _Anchor(seq, ts, mark, self._jumps.get(t.venue, self._jump))
             return None
