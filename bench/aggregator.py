@@ -11,8 +11,10 @@ of the runs):
 * processing latency p50/p99, tick ingest -> delta publish, from the aggregator's own histogram
   (``aggregator_latency_seconds``: the oldest tick of each delta, so a conservative figure that
   includes the wait for the 33 ms window to close);
-* end-to-end p50/p99, publisher stamp (``ts_arrival_us``) -> delta received by a subscriber, per
-  symbol entry (again its oldest tick).
+* end-to-end p50/p99, the aggregator's arrival stamp (``SymbolState.ts_arrival_us``, its wall
+  clock when ingest took the tick in: metrics never use a publisher-supplied time) -> delta
+  received by a subscriber, per symbol entry (again its oldest tick). Results before 2026-12-07
+  measured from the publisher's stamp instead, so they include publisher -> NATS -> ingest.
 
 Then the replay capacity: the tape preloaded into the source stream, an aggregator started with
 ``start = "all"`` and timed until it has ingested everything (ticks/s flat out).
@@ -198,8 +200,9 @@ async def main(args: argparse.Namespace) -> None:
               f"Replay capacity (flat out from the stream): "
               f"{results['replay_capacity']['median_ticks_per_s']:,.0f} ticks/s.",
               "", "Processing latency: tick ingest to delta publish, oldest tick of each delta "
-              "(includes waiting for the 33 ms window). End-to-end: publisher stamp to delta "
-              "received by a subscriber, per symbol entry.",
+              "(includes waiting for the 33 ms window). End-to-end: the aggregator's arrival "
+              "stamp (SymbolState.ts_arrival_us) to delta received by a subscriber, per symbol "
+              "entry.",
               f"Machine: {results['env']}"]
     table = "\n".join(lines)
     print(table)

@@ -2,8 +2,9 @@
 
 The stack runs as compose runs it — a nats-server and one ``xypipe run`` per service
 (aggregator, gateway, publisher, ui_server), each in its own process — and the publisher sends
-synthetic ticks at ``--rate`` (4,000/s by default), each stamped with its
-``ts_arrival_us`` when it is published (the "adapter" time). ``--windows`` windows (5) of one
+synthetic ticks at ``--rate`` (4,000/s by default). Latency starts when the aggregator takes a
+tick in (``SymbolState.ts_arrival_us``, the aggregator's own stamp; results before 2026-12-07
+started at the publisher's ``ts_arrival_us`` instead). ``--windows`` windows (5) of one
 Chromium load the demo page; its SharedWorker holds the browser's single socket.
 
 Each window records, for every row it draws, tick arrival -> drawn (on the gateway's clock,
@@ -424,10 +425,10 @@ def markdown(doc: dict[str, Any]) -> str:
             f"{fmt(median_of(runs, 'panel_ms', panel, 'p99'))} | "
             f"{fmt(median_of(runs, 'panel_ms', panel, 'max'))} | "
             f"{fmt(median_of(runs, 'panel_ms', panel, 'over_budget_share'))} |")
-    lines += ["", "Latencies in ms. Render latency = tick `ts_arrival_us` (stamped by the "
-              "publisher when it sends the tick) to the moment the row is written in the DOM "
-              "(paint follows within the same frame), on the gateway's clock via the worker's "
-              "ping/pong offset. Server-side percentiles are interpolated from Prometheus "
+    lines += ["", "Latencies in ms. Render latency = `SymbolState.ts_arrival_us` (stamped by "
+              "the aggregator when it takes the tick in) to the moment the row is written in "
+              "the DOM (paint follows within the same frame), on the gateway's clock via the "
+              "worker's ping/pong offset. Server-side percentiles are interpolated from Prometheus "
               "histogram buckets over the measured window only.", ""]
     return "\n".join(lines)
 

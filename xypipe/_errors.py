@@ -190,6 +190,11 @@ class SourceDataError(ContractError):
     code = "XY-SRC-001"
 
 
+#: A source symbol re-anchored: ``reanchor_after`` consecutive, mutually consistent ticks out
+#: of its bounds (a venue renumbering, a real price move) made the last of them the new anchor.
+SRC_REANCHOR = "XY-SRC-003"
+
+
 class RebuildError(XyError):
     """A restarted aggregator could not continue its sequence (no snapshot, missing source
     history, epochs that disagree) and starts a new epoch; clients resynchronise."""

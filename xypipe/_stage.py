@@ -125,12 +125,11 @@ class Stage:
         return self.ctx.outbox
 
 
-def describe_stage(cls: type[Any]) -> dict[str, Any]:
-    """A stage's options, for ``xypipe stages``: name, type, default, what it expects."""
+def _describe_options(config: type[Any], prefix: str) -> list[dict[str, Any]]:
     from xypipe._validate import expected_of
 
-    options = []
-    for f in attrs.fields(cls.Config):
+    options: list[dict[str, Any]] = []
+    for f in attrs.fields(config):
         default: Any
         if f.default is attrs.NOTHING:
             default = "(required)"
@@ -138,12 +137,22 @@ def describe_stage(cls: type[Any]) -> dict[str, Any]:
             default = f.default.factory()
         else:
             default = f.default
+        if attrs.has(type(default)):
+            options.extend(_describe_options(type(default), f"{prefix}{f.name}."))
+            continue
         typ = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
         options.append(
-            {"name": f.name, "type": str(typ), "default": default,
+            {"name": f"{prefix}{f.name}", "type": str(typ), "default": default,
              "expects": expected_of(f.validator) or "",
              "doc": f.metadata.get("doc", "")}
         )
+    return options
+
+
+def describe_stage(cls: type[Any]) -> dict[str, Any]:
+    """A stage's options, for ``xypipe stages``: name, type, default, what it expects (a nested
+    table's options as ``table.option``)."""
+    options = _describe_options(cls.Config, "")
     doc = (cls.__doc__ or "").strip().splitlines()
     return {
         "summary": doc[0] if doc else "",

@@ -47,7 +47,7 @@ def test_ingest_decodes_ticks_and_contracts_and_counts_bad_ones_by_reason() -> N
     assert [type(r) for r in recs] == [TickRec, ContractRec]
     assert (recs[0].key, recs[0].seq, recs[0].sseq, recs[0].t_in) == ("V.AAA", 3, 10, 1.5)
     count = {r: ctx.metrics.sample("src_bad_total", {"reason": r})
-             for r in ("decode", "subject_mismatch", "no_seq", "bad_group", "unknown_subject")}
+             for r in ("decode", "subject_mismatch", "seq_range", "bad_group", "unknown_subject")}
     assert count == dict.fromkeys(count, 1.0)
 
 

@@ -118,7 +118,7 @@ class SymbolBook:
         t = rec.tick
         first = self.w_ticks == 0
         if first:
-            self.w_arrival_us = t.ts_arrival_us
+            self.w_arrival_us = rec.arrival_us
             self.w_t_in = rec.t_in
             self.w_sseq = rec.sseq
         self.w_ticks += 1
@@ -154,7 +154,9 @@ class SymbolBook:
         return SymbolState(
             venue=self.venue, symbol=self.symbol, seq=self.seq,
             ts_exchange_us=s.ts_exchange_us,
-            ts_arrival_us=self.w_arrival_us if self.w_ticks else s.ts_arrival_us,
+            # The server's own arrival stamp; a tick's publisher-set ts_arrival_us never leaves.
+            ts_arrival_us=self.w_arrival_us if self.w_ticks or type(s) is not SymbolState
+            else s.ts_arrival_us,
             last=s.last, last_size=s.last_size, bids=bids, asks=asks, vol=s.vol, oi=s.oi,
             flags=s.flags, price_decimals=self.price_decimals,
             window_high=self.w_high, window_low=self.w_low, window_trades=self.w_trades,

@@ -17,16 +17,23 @@ from xypipe.contracts import Contract, Snapshot, Tick
 
 class TickRec:
     """One decoded tick. ``sseq`` is its JetStream stream sequence (0 when not from a stream);
-    ``t_in`` the Trio time it was ingested (the start of the processing-latency clock)."""
+    ``t_in`` the Trio time it was ingested (the start of the processing-latency clock);
+    ``arrival_us`` the aggregator's wall clock at ingest (what ``SymbolState.ts_arrival_us``
+    carries: latency is measured from a time the server stamped, never the publisher's).
+    ``reanchor`` marks a tick the door validator accepted by re-anchoring its symbol (see
+    :mod:`xypipe._md.validate`): the reorder window follows it wherever its sequence is."""
 
-    __slots__ = ("key", "route", "seq", "sseq", "t_in", "tick")
+    __slots__ = ("arrival_us", "key", "reanchor", "route", "seq", "sseq", "t_in", "tick")
 
-    def __init__(self, key: str, tick: Tick, sseq: int, t_in: float) -> None:
+    def __init__(self, key: str, tick: Tick, sseq: int, t_in: float,
+                 arrival_us: int = 0) -> None:
         self.key = key
         self.tick = tick
         self.seq: int = tick.seq
         self.sseq = sseq
         self.t_in = t_in
+        self.arrival_us = arrival_us
+        self.reanchor = False
         self.route: Route | None = None
 
     def __repr__(self) -> str:

@@ -17,6 +17,10 @@ key starts over from 1, and the restart is counted (``resets``). Without this, a
 would drop every tick of a restarted source as a duplicate. Detection needs a ``stamp``
 function (the dedupe stage passes the exchange timestamp); without one, the window never resets.
 
+A record marked ``reanchor`` (the door validator confirmed that its source really moved to a
+new sequence range, see :mod:`xypipe._md.validate`) is followed wherever its sequence is:
+whatever is held for the key is released, and the key continues from it (``reanchors``).
+
 A key never seen (a fresh start without a restored state) takes its first sequence as the
 baseline, except that a first sequence above 1 is held for the hold time so ticks reordered at
 the very start still come out in order.
@@ -49,6 +53,7 @@ class ReorderWindow:
         self.gap_missing = 0
         self.held_count = 0
         self.resets = 0
+        self.reanchors = 0
         self._stamp = stamp
         self._last_rec: dict[str, Any] = {}
         self._restored_stamp: dict[str, int] = {}
@@ -108,6 +113,9 @@ class ReorderWindow:
                 self._last_rec[key] = rec
                 out.append(rec)
                 return
+            if getattr(rec, "reanchor", False):
+                self._reanchor(key, rec, out)
+                return
             self.duplicates += 1
             return
         elif seq == last + 1:
@@ -118,6 +126,9 @@ class ReorderWindow:
                 # Its successors came first: this one arrived out of order.
                 self.reordered += 1
                 self._release_contiguous(key, out)
+            return
+        elif getattr(rec, "reanchor", False):
+            self._reanchor(key, rec, out)
             return
         held = self._held.get(key)
         if held is None:
@@ -157,6 +168,14 @@ class ReorderWindow:
         prev = self._last_rec.get(key)
         prev_ts = self._stamp(prev) if prev is not None else self._restored_stamp.get(key)
         return prev_ts is not None and self._stamp(rec) > prev_ts
+
+    def _reanchor(self, key: str, rec: Any, out: list[Any]) -> None:
+        self.reanchors += 1
+        if key in self._held:
+            self._give_up(key, out, math.inf, force=False)
+        self._last[key] = rec.seq
+        self._last_rec[key] = rec
+        out.append(rec)
 
     def _release_one(self, key: str, held: dict[int, tuple[float, Any]], seq: int,
                      out: list[Any]) -> None:

@@ -73,6 +73,19 @@ def pending_of(reply: str) -> int:
     raise BridgeError(f"not a JetStream delivery reply subject: {reply!r}")
 
 
+def delivery_of(reply: str) -> tuple[int, int]:
+    """``(stream sequence, stored time in microseconds since the epoch)`` of a JetStream
+    delivery, from its reply subject: the time is the server's own stamp of when the message
+    entered the stream, the same on every replay."""
+    tokens = reply.split(".")
+    n = len(tokens)
+    if n == 9:
+        return int(tokens[5]), int(tokens[7]) // 1000
+    if n >= 11:
+        return int(tokens[7]), int(tokens[9]) // 1000
+    raise BridgeError(f"not a JetStream delivery reply subject: {reply!r}")
+
+
 def _deliver_config(deliver: Any) -> dict[str, Any]:
     if deliver in ("all", "new", "last_per_subject"):
         return {"deliver_policy": deliver}

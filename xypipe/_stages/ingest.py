@@ -12,8 +12,14 @@ server sends at most ``max_pending`` beyond what has been handed downstream (see
 :mod:`xypipe._stages._jsfeed`), so a full edge downstream stops the stream: the budget sets the
 pace.
 
-Malformed payloads are counted (``src_bad_total{reason}``), logged with code ``XY-SRC-001``
-(at most ``log_bad_per_s`` lines a second) and skipped.
+Malformed payloads, and ticks outside the ``bounds`` table (:mod:`xypipe._md.validate`:
+sequence jump, sizes, prices, timestamp skew against the server's arrival time — the JetStream
+stored time, the same on a replay), are counted (``src_bad_total{reason}``), logged with code
+``XY-SRC-001`` (at most ``log_bad_per_s`` lines a second) and skipped before they reach any
+state. A symbol re-anchored after a consistent run out of bounds is counted as
+``reason="reanchor"`` and logged with ``XY-SRC-003``. Every tick is stamped with the
+aggregator's own wall clock (``TickRec.arrival_us``): that, never a publisher's field, is where
+latency is measured from.
 """
 
 from __future__ import annotations
@@ -26,12 +32,19 @@ import attrs
 import trio
 from google.protobuf.message import DecodeError
 
-from xypipe._errors import RESTORE_SNAPSHOT_IGNORED, NatsTimeout, RebuildError, SourceDataError
+from xypipe._errors import (
+    RESTORE_SNAPSHOT_IGNORED,
+    SRC_REANCHOR,
+    NatsTimeout,
+    RebuildError,
+    SourceDataError,
+)
 from xypipe._md.records import Batch, ContractRec, Restore, TickRec
 from xypipe._md.restore_point import plan_restore
+from xypipe._md.validate import Reason, TickBounds, TickValidator
 from xypipe._retry import Backoff, retrying
 from xypipe._stage import Stage
-from xypipe._stages._jsfeed import js_feed, pending_of, stream_seq_of
+from xypipe._stages._jsfeed import delivery_of, js_feed, pending_of, stream_seq_of
 from xypipe._stages._md_common import StateStreams, is_token, wall_us
 from xypipe._stages._srcwatch import SourceWatchConfig, watch_source
 from xypipe._validate import Invalid, in_range, non_empty, one_of, subject_patterns
@@ -75,6 +88,9 @@ class IngestConfig:
     #: consumer re-creation): from ``retry_initial_ms``, doubling, capped at ``retry_max_ms``.
     retry_initial_ms: int = attrs.field(default=50, validator=in_range(1, 60_000))
     retry_max_ms: int = attrs.field(default=1000, validator=in_range(1, 600_000))
+    #: Bounds every source tick must respect before it may touch state (docs/protocol.md,
+    #: "Source tick bounds").
+    bounds: TickBounds = attrs.field(factory=TickBounds)
     state: StateStreams = attrs.field(factory=StateStreams)
     #: Freshness of the source stream for /healthz (see :mod:`xypipe._stages._srcwatch`).
     watch: SourceWatchConfig = attrs.field(factory=SourceWatchConfig)
@@ -96,14 +112,18 @@ class BadSourceCounter:
 
     def __init__(self, ctx: Any, per_s: int) -> None:
         self._counter = ctx.metrics.counter(
-            "src_bad", "Source messages skipped as malformed, per reason", ["reason"])
+            "src_bad", "Source messages skipped as malformed or out of bounds, per reason "
+            "(reason=reanchor: symbols re-anchored after a consistent run out of bounds)",
+            ["reason"])
         self._log = ctx.log
         self._per_s = per_s
         self._window = -1
         self._logged = 0
         self.suppressed = 0
 
-    def __call__(self, reason: str, subject: str, detail: str) -> None:
+    def __call__(self, reason: str, subject: str, detail: str, *,
+                 code: str = SourceDataError.code,
+                 what: str = "skipped a bad source message") -> None:
         self._counter.labels(reason).inc()
         second = int(time.monotonic())
         if second != self._window:
@@ -113,21 +133,33 @@ class BadSourceCounter:
             self._window, self._logged, self.suppressed = second, 0, 0
         if self._logged < self._per_s:
             self._logged += 1
-            self._log.warning(f"skipped a bad source message: {detail}",
-                              code=SourceDataError.code, reason=reason, subject=subject)
+            self._log.warning(f"{what}: {detail}", code=code, reason=reason, subject=subject)
         else:
             self.suppressed += 1
 
 
-def decode_messages(msgs: list[Any], now: float, bad: BadSourceCounter) -> list[Any]:
-    """Source messages (with ``.subject``, ``.data``, ``.seq``) to records; bad ones counted."""
+def decode_messages(msgs: list[Any], now: float, bad: BadSourceCounter,
+                    door: TickValidator | None = None, now_us: int = 0) -> list[Any]:
+    """Source messages (with ``.subject``, ``.data``, ``.seq``) to records; bad ones counted.
+
+    ``now`` is the Trio time and ``now_us`` the wall clock (microseconds) at which the batch
+    arrived. With a ``door``, every tick is checked against its bounds; the server's arrival
+    time it is judged by is the message's JetStream stored time (from the delivery's reply
+    subject), else ``now_us``.
+    """
     recs: list[Any] = []
     append = recs.append
     tlen, clen = len(TICK_PREFIX), len(CONTRACT_PREFIX)
+    check = door.check if door is not None and door.enabled else None
     for m in msgs:
         subject = m.subject
-        sseq = m.seq or (stream_seq_of(m.reply) if m.reply else 0)
         if subject.startswith(TICK_PREFIX):
+            if m.seq:
+                sseq, stored_us = m.seq, now_us
+            elif m.reply:
+                sseq, stored_us = delivery_of(m.reply)
+            else:
+                sseq, stored_us = 0, now_us
             try:
                 t = Tick.FromString(m.data)
             except DecodeError as exc:
@@ -139,11 +171,26 @@ def decode_messages(msgs: list[Any], now: float, bad: BadSourceCounter) -> list[
                 bad("subject_mismatch", subject,
                     f"expected a tick for {key!r}, got venue={t.venue!r} symbol={t.symbol!r}")
                 continue
-            if t.seq < 1:
-                bad("no_seq", subject, f"expected seq >= 1, got {t.seq}")
-                continue
-            append(TickRec(key, t, sseq, now))
+            if check is None:
+                if t.seq < 1:
+                    bad(Reason.SEQ_RANGE, subject, f"seq: expected >= 1, got {t.seq}")
+                    continue
+            else:
+                verdict = check(key, t, stored_us)
+                if verdict is not None:
+                    assert door is not None
+                    if verdict is not Reason.REANCHOR:
+                        bad(verdict, subject, door.detail)
+                        continue
+                    bad(verdict, subject, door.detail, code=SRC_REANCHOR,
+                        what="source symbol re-anchored")
+                    rec = TickRec(key, t, sseq, now, now_us)
+                    rec.reanchor = True
+                    append(rec)
+                    continue
+            append(TickRec(key, t, sseq, now, now_us))
         elif subject.startswith(CONTRACT_PREFIX):
+            sseq = m.seq or (stream_seq_of(m.reply) if m.reply else 0)
             try:
                 c = Contract.FromString(m.data)
             except DecodeError as exc:
@@ -226,6 +273,8 @@ class Ingest(Stage):
         else:
             deliver = ("seq", src.last_seq + 1)
         restore = attrs.evolve(restore, target_seq=src.last_seq, started_at=t0)
+        self._door = TickValidator(cfg.bounds)
+        self._door.restore(s for snap in restore.snapshots for s in snap.symbols)
         await self.outbox.send(restore)
         if contracts:
             now = trio.current_time()
@@ -246,10 +295,10 @@ class Ingest(Stage):
             await self._consume(feed)
 
     async def _consume(self, feed: Any) -> None:
-        rate, bad, send = self._rate, self._bad, self.outbox.send
+        rate, bad, send, door = self._rate, self._bad, self.outbox.send, self._door
         async for msgs in feed:
             now = trio.current_time()
-            recs = decode_messages(msgs, now, bad)
+            recs = decode_messages(msgs, now, bad, door, wall_us())
             ticks = sum(1 for r in recs if type(r) is TickRec)
             rate.add(ticks)
             if ticks < len(recs):

@@ -44,7 +44,8 @@ export declare type SymbolState = Message<"xy.md.v1.SymbolState"> & {
   tsExchangeUs: bigint;
 
   /**
-   * Arrival time of the oldest tick merged into this entry (end-to-end latency starts here).
+   * When the aggregator took in the oldest tick merged into this entry, on the aggregator's own
+   * clock (never a publisher-supplied time): end-to-end latency starts here.
    *
    * @generated from field: int64 ts_arrival_us = 5 [jstype = JS_NUMBER];
    */

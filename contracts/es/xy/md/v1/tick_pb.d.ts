@@ -67,7 +67,9 @@ export declare type Tick = Message<"xy.md.v1.Tick"> & {
   tsExchangeUs: bigint;
 
   /**
-   * When the adapter received it: the start of the end-to-end latency clock.
+   * When the adapter received it, on the publisher's clock. Informational only: the aggregator
+   * neither judges nor publishes it; latency starts at its own arrival stamp
+   * (SymbolState.ts_arrival_us, see docs/protocol.md "Times: whose clock").
    *
    * @generated from field: int64 ts_arrival_us = 5 [jstype = JS_NUMBER];
    */

@@ -35,7 +35,8 @@ type SymbolState struct {
 	// Source sequence of the last tick folded into this state.
 	Seq          uint64 `protobuf:"varint,3,opt,name=seq,proto3" json:"seq,omitempty"`
 	TsExchangeUs int64  `protobuf:"varint,4,opt,name=ts_exchange_us,json=tsExchangeUs,proto3" json:"ts_exchange_us,omitempty"`
-	// Arrival time of the oldest tick merged into this entry (end-to-end latency starts here).
+	// When the aggregator took in the oldest tick merged into this entry, on the aggregator's own
+	// clock (never a publisher-supplied time): end-to-end latency starts here.
 	TsArrivalUs   int64         `protobuf:"varint,5,opt,name=ts_arrival_us,json=tsArrivalUs,proto3" json:"ts_arrival_us,omitempty"`
 	Last          int64         `protobuf:"zigzag64,6,opt,name=last,proto3" json:"last,omitempty"`
 	LastSize      int64         `protobuf:"varint,7,opt,name=last_size,json=lastSize,proto3" json:"last_size,omitempty"`

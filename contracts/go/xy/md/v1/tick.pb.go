@@ -153,7 +153,9 @@ type Tick struct {
 	// Per (venue, symbol) sequence number assigned by the source; strictly increasing by one.
 	Seq          uint64 `protobuf:"varint,3,opt,name=seq,proto3" json:"seq,omitempty"`
 	TsExchangeUs int64  `protobuf:"varint,4,opt,name=ts_exchange_us,json=tsExchangeUs,proto3" json:"ts_exchange_us,omitempty"`
-	// When the adapter received it: the start of the end-to-end latency clock.
+	// When the adapter received it, on the publisher's clock. Informational only: the aggregator
+	// neither judges nor publishes it; latency starts at its own arrival stamp
+	// (SymbolState.ts_arrival_us, see docs/protocol.md "Times: whose clock").
 	TsArrivalUs int64 `protobuf:"varint,5,opt,name=ts_arrival_us,json=tsArrivalUs,proto3" json:"ts_arrival_us,omitempty"`
 	Last        int64 `protobuf:"zigzag64,6,opt,name=last,proto3" json:"last,omitempty"`
 	LastSize    int64 `protobuf:"varint,7,opt,name=last_size,json=lastSize,proto3" json:"last_size,omitempty"`
