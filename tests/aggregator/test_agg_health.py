@@ -99,6 +99,7 @@ async def test_a_group_emptied_at_cold_start_does_not_hold_the_restore_point_bac
 
     from _agg_helpers import tick
 
+    from xypipe._stages._md_common import wall_us
     from xypipe.contracts import Contract
 
     caplog.set_level(logging.INFO, logger="xypipe")
@@ -108,7 +109,7 @@ async def test_a_group_emptied_at_cold_start_does_not_hold_the_restore_point_bac
         # Cold start: ticks before their contracts land in the default group ...
         for seq in range(1, 4):
             for s in ("X", "Y"):
-                await js.publish(f"xy.src.tick.V.{s}", tick(symbol=s, seq=seq).SerializeToString())
+                await js.publish(f"xy.src.tick.V.{s}", tick(symbol=s, seq=seq, arrival_us=wall_us()).SerializeToString())
         with trio.fail_after(10):
             while (await stored(js, "default")) is None:  # noqa: ASYNC110 (a stored state)
                 await trio.sleep(0.05)
@@ -118,7 +119,7 @@ async def test_a_group_emptied_at_cold_start_does_not_hold_the_restore_point_bac
                              Contract(venue="V", symbol=s, group="fx").SerializeToString())
         for seq in range(4, 100):
             for s in ("X", "Y"):
-                await js.publish(f"xy.src.tick.V.{s}", tick(symbol=s, seq=seq).SerializeToString())
+                await js.publish(f"xy.src.tick.V.{s}", tick(symbol=s, seq=seq, arrival_us=wall_us()).SerializeToString())
         last = (await js.stream_state("XY_SRC")).last_seq
 
         async def fresh(group: str) -> bool:
