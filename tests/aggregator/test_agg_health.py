@@ -109,7 +109,8 @@ async def test_a_group_emptied_at_cold_start_does_not_hold_the_restore_point_bac
         # Cold start: ticks before their contracts land in the default group ...
         for seq in range(1, 4):
             for s in ("X", "Y"):
-                await js.publish(f"xy.src.tick.V.{s}", tick(symbol=s, seq=seq, arrival_us=wall_us()).SerializeToString())
+                t = tick(symbol=s, seq=seq, arrival_us=wall_us())
+                await js.publish(f"xy.src.tick.V.{s}", t.SerializeToString())
         with trio.fail_after(10):
             while (await stored(js, "default")) is None:  # noqa: ASYNC110 (a stored state)
                 await trio.sleep(0.05)
@@ -119,7 +120,8 @@ async def test_a_group_emptied_at_cold_start_does_not_hold_the_restore_point_bac
                              Contract(venue="V", symbol=s, group="fx").SerializeToString())
         for seq in range(4, 100):
             for s in ("X", "Y"):
-                await js.publish(f"xy.src.tick.V.{s}", tick(symbol=s, seq=seq, arrival_us=wall_us()).SerializeToString())
+                t = tick(symbol=s, seq=seq, arrival_us=wall_us())
+                await js.publish(f"xy.src.tick.V.{s}", t.SerializeToString())
         last = (await js.stream_state("XY_SRC")).last_seq
 
         async def fresh(group: str) -> bool:
