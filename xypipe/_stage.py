@@ -83,6 +83,9 @@ class Stage:
     consumes: ClassVar[bool] = True
     produces: ClassVar[bool] = True
     ready_on_start: ClassVar[bool] = True
+    #: The embedded bus role (:data:`xypipe._nats_roles.ROLES`) this stage's NATS work needs;
+    #: None for stages that use no NATS or work with whatever role their process has.
+    nats_role: ClassVar[str | None] = None
 
     def __init__(self, config: Any, ctx: StageContext) -> None:
         self.config = config

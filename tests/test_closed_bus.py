@@ -1,0 +1,124 @@
+"""The demo is not an open bus: its embedded NATS admits only the role users it generated.
+
+The demo runs as a user runs it (``xypipe run`` on a copy of configs/demo.toml, free ports, its
+own data dir). Then, from outside: a client without credentials is refused at connect; one with
+the publisher's key (read from the data dir, as ``xypipe publish`` does) cannot publish
+``xy.md.*`` — the server refuses it, the client logs ``XY-NATS-008`` and counts it — while the
+same subject with the aggregator's key flows, and the demo's own market keeps flowing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import stat
+import subprocess
+import sys
+
+import pytest
+import trio
+from prometheus_client.parser import text_string_to_metric_families
+from test_demo import ROOT, demo_copy, http_get, nats_servers_for, wait_metrics
+
+from xypipe import load_config
+from xypipe._errors import NatsConnectionError
+from xypipe._nats import connect
+from xypipe._nats_keys import seed_file_of
+from xypipe._nats_roles import inbox_prefix
+
+pytestmark = pytest.mark.nats
+
+
+async def gateway_received(port: int) -> float:
+    """Market data messages the demo's gateway process has received from NATS."""
+    _, text = await trio.to_thread.run_sync(http_get, port, "/metrics")
+    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
+               if s.name == "nats_source_msgs_total")
+
+
+async def test_only_the_aggregator_may_publish_market_data_on_the_demo_bus(
+    tmp_path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config_path = demo_copy(tmp_path)
+    cfg = load_config(config_path)
+    assert cfg.nats is not None
+    ports = {name: cfg.http_for(name).port for name in cfg.process_names()}
+    url = f"nats://127.0.0.1:{cfg.nats.embedded.port}"
+    data = tmp_path / "nats"
+    proc = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "xypipe", "run", str(config_path)],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        # The demo's market flows end to end, every process signed in as its role.
+        await wait_metrics(ports["aggregator"], ("ticks_out_total",), 60)
+        with trio.fail_after(60):
+            while await gateway_received(ports["gateway"]) == 0:
+                await trio.sleep(0.2)  # another process's counter: a state to poll
+
+        # The keys are kept with the data, private to their owner.
+        for role in ("aggregator", "gateway", "publisher", "reader", "basic", "admin"):
+            assert stat.S_IMODE(seed_file_of(data, role).stat().st_mode) == 0o600
+        assert stat.S_IMODE((data / "auth").stat().st_mode) == 0o700
+
+        with pytest.raises(NatsConnectionError, match=r"[Aa]uthorization"):
+            async with connect(url, connect_timeout=1.0):
+                pass
+
+        caplog.set_level(logging.WARNING, logger="xypipe")
+
+        def as_role(role: str):  # type: ignore[no-untyped-def]
+            return connect(url, name=f"test-{role}", nkeys_seed=str(seed_file_of(data, role)),
+                           inbox_prefix=inbox_prefix(role))
+
+        async with as_role("reader") as reader, as_role("publisher") as publisher, \
+                as_role("gateway") as gateway, as_role("aggregator") as aggregator, \
+                reader.subscribe("xy.md.x") as seen:
+            await reader.flush()
+            events = publisher.events()
+            await publisher.publish("xy.md.x", b"forged")
+            await publisher.flush()
+            with trio.fail_after(5):
+                async for event in events:
+                    if event.kind == "error":
+                        break
+            assert 'permissions violation for publish to "xy.md.x"' in event.detail
+            await gateway.publish("xy.md.x", b"forged by the gateway")
+            await gateway.flush()
+            # The aggregator's publish is the barrier: the server handles each connection's
+            # messages in order, so anything forged before it would have arrived first.
+            await aggregator.publish("xy.md.x", b"real")
+            await aggregator.flush()
+            with trio.fail_after(5):
+                batch = await seen.receive()
+            assert [m.data for m in batch] == [b"real"]
+            assert publisher.statistics().permission_denied == 1
+            with trio.fail_after(5):
+                while gateway.statistics().permission_denied < 1:  # noqa: ASYNC110
+                    await trio.sleep(0.01)  # the server's -ERR arrives on its own
+            assert aggregator.statistics().permission_denied == 0
+            # A publisher cannot read the market either, nor another role's replies.
+            sub_events = publisher.events()
+            async with publisher.subscribe("_INBOX.gateway.>"):
+                await publisher.flush()
+                with trio.fail_after(5):
+                    async for event in sub_events:
+                        if event.kind == "error":
+                            break
+            assert ('permissions violation for subscription to "_inbox.gateway.>"'
+                    in event.detail.lower())
+        refused = [getattr(r, "xy_fields", {}) for r in caplog.records]
+        assert len([f for f in refused if f.get("code") == "XY-NATS-008"]) == 3
+
+        # The demo is untouched by all of this: it still flows, and stops cleanly.
+        await wait_metrics(ports["aggregator"], ("ticks_out_total",), 10)
+        proc.send_signal(signal.SIGINT)
+        with trio.fail_after(15):
+            assert await proc.wait() == 0
+        assert nats_servers_for(data) == []
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
