@@ -55,7 +55,7 @@ async def test_only_the_aggregator_may_publish_market_data_on_the_demo_bus(
         # The demo's market flows end to end, every process signed in as its role.
         await wait_metrics(ports["aggregator"], ("ticks_out_total",), 60)
         with trio.fail_after(60):
-            while await gateway_received(ports["gateway"]) == 0:
+            while await gateway_received(ports["gateway"]) == 0:  # noqa: ASYNC110
                 await trio.sleep(0.2)  # another process's counter: a state to poll
 
         # The keys are kept with the data, private to their owner.

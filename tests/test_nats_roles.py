@@ -161,7 +161,8 @@ async def test_a_process_connects_as_its_role_and_its_refusals_are_counted(
             assert reply.data
         runner.nats.publish_nowait("xy.md.tick.forged", b"x")
         with trio.fail_after(5):
-            while runner.metrics.sample("nats_permission_denied_total", {"op": "publish"}) != 1:
+            while runner.metrics.sample(  # noqa: ASYNC110
+                    "nats_permission_denied_total", {"op": "publish"}) != 1:
                 await trio.sleep(0.01)  # the server's -ERR arrives on its own
         runner.stop()
 
