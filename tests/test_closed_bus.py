@@ -9,6 +9,7 @@ same subject with the aggregator's key flows, and the demo's own market keeps fl
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -28,6 +29,12 @@ from xypipe._nats_keys import seed_file_of
 from xypipe._nats_roles import inbox_prefix
 
 pytestmark = pytest.mark.nats
+
+
+async def cli(*args: str) -> subprocess.CompletedProcess[bytes]:
+    with trio.fail_after(60):
+        return await trio.run_process([sys.executable, "-m", "xypipe", *args], cwd=ROOT,
+                                      capture_stdout=True, capture_stderr=True, check=False)
 
 
 async def gateway_received(port: int) -> float:
@@ -111,6 +118,19 @@ async def test_only_the_aggregator_may_publish_market_data_on_the_demo_bus(
                     in event.detail.lower())
         refused = [getattr(r, "xy_fields", {}) for r in caplog.records]
         assert len([f for f in refused if f.get("code") == "XY-NATS-008"]) == 3
+
+        # The command line tools sign in with the keys kept in the data dir.
+        tail = await cli("tail", "xy.md.>", "--url", url, "--count", "5",
+                         "--nkey", str(seed_file_of(data, "reader")))
+        assert tail.returncode == 0, tail.stderr
+        assert tail.stdout.decode().count("xy.md.") == 5
+        publish = await cli("publish", "--url", url, "--count", "50", "--rate", "1000",
+                            "--nkey", str(seed_file_of(data, "publisher")))
+        assert publish.returncode == 0, publish.stderr
+        assert json.loads(publish.stdout)["ticks"] == 50
+        anonymous = await cli("publish", "--url", url, "--count", "1")
+        assert anonymous.returncode == 1
+        assert b"Authorization Violation" in anonymous.stderr
 
         # The demo is untouched by all of this: it still flows, and stops cleanly.
         await wait_metrics(ports["aggregator"], ("ticks_out_total",), 10)

@@ -191,3 +191,19 @@ async def test_a_restarted_server_admits_the_same_users(tmp_path: Path) -> None:
         await nursery.start(runner.run)
         assert runner.embedded.keys.public == keys_before
         runner.stop()
+
+
+def test_the_command_line_tools_find_the_demos_keys_from_its_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from xypipe._cli_md import DEFAULT_URL, Credentials, credentials
+
+    monkeypatch.chdir(tmp_path)
+    assert credentials(DEFAULT_URL, None, "publisher") == Credentials()
+    BusKeys.load_or_create(tmp_path / "var" / "nats")
+    assert credentials(DEFAULT_URL, None, "publisher") == Credentials(
+        "var/nats/auth/publisher.nk", "_INBOX.publisher")
+    # Another server: nothing is guessed; an explicit role key brings its inbox along.
+    assert credentials("nats://elsewhere:4222", None, "reader") == Credentials()
+    assert credentials("nats://elsewhere:4222", "/keys/reader.nk", "publisher") == Credentials(
+        "/keys/reader.nk", "_INBOX.reader")

@@ -36,6 +36,7 @@ from xypipe._validate import (
     non_empty,
     one_of,
     show,
+    subject_pattern,
 )
 
 # --------------------------------------------------------------------------- value objects
@@ -137,6 +138,8 @@ class NatsConfig:
     creds: str | None = None
     #: Path of a file holding an NKey seed to sign in with (a server that knows its public key).
     nkey: str | None = None
+    #: Where replies to this process's requests arrive (a server may allow each user its own).
+    inbox_prefix: str = attrs.field(default="_INBOX", validator=subject_pattern())
     #: The embedded bus role of the ``main`` process (``[processes.X] nats_role`` for the
     #: others); by default the one its stages need (docs/security.md).
     role: str | None = attrs.field(default=None, validator=one_of(ROLES))

@@ -447,7 +447,7 @@ class Runner:
             self.log_role()
         await _hold_nats(
             connect, url, cfg, nkey=self.nats_nkey if role_auth else cfg.nkey,
-            inbox=inbox_prefix(self.nats_role) if role_auth else "_INBOX",
+            inbox=inbox_prefix(self.nats_role) if role_auth else cfg.inbox_prefix,
             on_denied=lambda op: denied.labels(op).inc(), task_status=task_status)
 
     def log_role(self) -> None:
