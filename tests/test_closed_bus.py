@@ -16,17 +16,23 @@ import signal
 import stat
 import subprocess
 import sys
+import time
+import urllib.request
+from typing import Any
 
 import pytest
 import trio
+import trio_websocket
 from prometheus_client.parser import text_string_to_metric_families
 from test_demo import ROOT, demo_copy, http_get, nats_servers_for, wait_metrics
 
 from xypipe import load_config
 from xypipe._errors import NatsConnectionError
+from xypipe._gateway._tokens import load_private_key, mint
 from xypipe._nats import connect
 from xypipe._nats_keys import seed_file_of
 from xypipe._nats_roles import inbox_prefix
+from xypipe.contracts import ClientFrame, ErrorCode, GroupRef, Hello, ServerFrame, Subscribe
 
 pytestmark = pytest.mark.nats
 
@@ -35,6 +41,48 @@ async def cli(*args: str) -> subprocess.CompletedProcess[bytes]:
     with trio.fail_after(60):
         return await trio.run_process([sys.executable, "-m", "xypipe", *args], cwd=ROOT,
                                       capture_stdout=True, capture_stderr=True, check=False)
+
+
+def _dev_token(**kw: Any) -> str:
+    key = load_private_key(ROOT / "configs" / "dev-keys" / "gateway-dev.key.pem")
+    return mint(key, now=time.time(), **kw)
+
+
+async def browser_sees_equities(port: int) -> None:
+    """A WebSocket client subscribed to one group gets its snapshot, then deltas. Right after a
+    cold start the group may have no snapshot yet (``SNAPSHOT_UNAVAILABLE``): ask again."""
+    token = _dev_token(subject="closed-bus-test", allow=["xy.md.*.equities",
+                                                         "xy.md.*.equities.>"])
+    with trio.fail_after(30):
+        while not await _one_browser_session(port, token):  # noqa: ASYNC110
+            await trio.sleep(0.5)  # the aggregator's first snapshot: another process's state
+
+
+async def _one_browser_session(port: int, token: str) -> bool:
+    async with trio_websocket.open_websocket_url(f"ws://127.0.0.1:{port}/ws") as ws:
+        await ws.send_message(ClientFrame(id=1, hello=Hello(
+            token=token, protocol_version=1, client="closed-bus-test")).SerializeToString())
+        await ws.send_message(ClientFrame(id=2, subscribe=Subscribe(
+            groups=[GroupRef(group="equities")])).SerializeToString())
+        snapshots = deltas = 0
+        while not (snapshots and deltas):
+            frame = ServerFrame.FromString(await ws.get_message())
+            if frame.HasField("error"):
+                assert frame.error.code == ErrorCode.ERROR_CODE_SNAPSHOT_UNAVAILABLE, frame.error
+                return False
+            snapshots += len(frame.snapshots)
+            deltas += len(frame.deltas) if snapshots else 0
+    return True
+
+
+def put_flag(port: int) -> int:
+    token = _dev_token(subject="closed-bus-admin", allow=[], roles=["admin"])
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/admin/feature-flags", method="PUT",
+        data=json.dumps({"name": "gateway.disabled_groups", "value": ["fx"]}).encode(),
+        headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req, timeout=5) as r:
+        return int(r.status)
 
 
 async def gateway_received(port: int) -> float:
@@ -53,9 +101,11 @@ async def test_only_the_aggregator_may_publish_market_data_on_the_demo_bus(
     ports = {name: cfg.http_for(name).port for name in cfg.process_names()}
     url = f"nats://127.0.0.1:{cfg.nats.embedded.port}"
     data = tmp_path / "nats"
+    log_path = tmp_path / "demo.log"
+    log_file = log_path.open("wb")
     proc = await trio.lowlevel.open_process(
         [sys.executable, "-m", "xypipe", "run", str(config_path)],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log_file,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     try:
@@ -64,6 +114,12 @@ async def test_only_the_aggregator_may_publish_market_data_on_the_demo_bus(
         with trio.fail_after(60):
             while await gateway_received(ports["gateway"]) == 0:  # noqa: ASYNC110
                 await trio.sleep(0.2)  # another process's counter: a state to poll
+
+        # ... to a browser: the gateway reads snapshots and serves deltas under its role ...
+        await browser_sees_equities(ports["gateway"])
+        # ... and writes feature flags to its KV bucket.
+        status = await trio.to_thread.run_sync(put_flag, ports["gateway"])
+        assert status == 200
 
         # The keys are kept with the data, private to their owner.
         for role in ("aggregator", "gateway", "publisher", "reader", "basic", "admin"):
@@ -142,3 +198,8 @@ async def test_only_the_aggregator_may_publish_market_data_on_the_demo_bus(
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+        log_file.close()
+    # No process of the demo ever acted outside its role.
+    demo_log = log_path.read_text()
+    assert "signing in to the embedded NATS bus" in demo_log
+    assert "XY-NATS-008" not in demo_log and "ermissions violation" not in demo_log
