@@ -68,7 +68,8 @@ def _cmd_stages(args: argparse.Namespace) -> int:
             continue
         kind = ("source" if not info["consumes"] else "sink" if not info["produces"]
                 else "transform")
-        print(f"{name}  ({kind}; {info['entry_point']}, from {info['distribution']})")
+        role = f"; NATS role {info['nats_role']}" if info["nats_role"] else ""
+        print(f"{name}  ({kind}{role}; {info['entry_point']}, from {info['distribution']})")
         if info["summary"]:
             print(f"    {info['summary']}")
         for opt in info["options"]:

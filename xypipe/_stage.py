@@ -133,5 +133,6 @@ def describe_stage(cls: type[Any]) -> dict[str, Any]:
         "summary": doc[0] if doc else "",
         "consumes": getattr(cls, "consumes", True),
         "produces": getattr(cls, "produces", True),
+        "nats_role": getattr(cls, "nats_role", None),
         "options": options,
     }
