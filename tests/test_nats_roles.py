@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import signal
 import stat
 from pathlib import Path
 
+import nkeys
 import pytest
 import trio
 
 from xypipe import load_config, parse_config
 from xypipe._config import AppConfig
-from xypipe._errors import ConfigError, NatsConnectionError, NatsKeyError
+from xypipe._errors import ConfigError, NatsConnectionError, NatsKeyError, find_in_group
 from xypipe._nats import connect
 from xypipe._nats_keys import BusKeys, seed_file_of
 from xypipe._nats_roles import ROLES, BusLayout, inbox_prefix, permissions, process_role
@@ -119,11 +121,13 @@ def test_a_loose_seed_file_is_tightened_and_a_broken_one_is_refused(
     assert stat.S_IMODE(seed.stat().st_mode) == 0o600
     codes = [getattr(r, "xy_fields", {}).get("code") for r in caplog.records]
     assert codes == ["XY-NATS-021"]
-    seed.write_text("not a seed\n")
-    with pytest.raises(NatsKeyError, match=r"gateway\.nk: expected a NATS user seed") as info:
-        BusKeys.load_or_create(tmp_path)
-    assert info.value.code == "XY-NATS-020"
-    assert seed.read_text() == "not a seed\n"  # never replaced behind the operator's back
+    account_seed = nkeys.encode_seed(secrets.token_bytes(32), nkeys.PREFIX_BYTE_ACCOUNT)
+    for bad in (b"not a seed\n", account_seed):
+        seed.write_bytes(bad)
+        with pytest.raises(NatsKeyError, match=r"gateway\.nk: expected a NATS user seed") as info:
+            BusKeys.load_or_create(tmp_path)
+        assert info.value.code == "XY-NATS-020"
+        assert seed.read_bytes() == bad  # never replaced behind the operator's back
 
 
 # --------------------------------------------------------------------------- a real server
@@ -207,3 +211,19 @@ def test_the_command_line_tools_find_the_demos_keys_from_its_directory(
     assert credentials("nats://elsewhere:4222", None, "reader") == Credentials()
     assert credentials("nats://elsewhere:4222", "/keys/reader.nk", "publisher") == Credentials(
         "/keys/reader.nk", "_INBOX.reader")
+
+
+async def test_a_process_pointed_at_the_embedded_bus_without_its_key_is_told_what_to_pass(
+    tmp_path: Path
+) -> None:
+    cfg = _solo(tmp_path)
+    owner = Runner(cfg)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(owner.run)
+        stray = Runner(cfg, nats_url=owner.embedded.url)
+        with pytest.raises(BaseExceptionGroup) as info:
+            await stray.run()
+        error = find_in_group(info.value, NatsConnectionError)
+        assert error is not None and "Authorization Violation" in str(error)
+        assert "pass --nats-nkey DATA_DIR/auth/basic.nk" in str(error)
+        owner.stop()

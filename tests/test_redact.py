@@ -41,6 +41,11 @@ def test_a_secret_shaped_value_is_redacted_inside_any_text(text: str, kind: str)
     assert text.startswith(out.split("[redacted", 1)[0])
 
 
+def test_prose_about_auth_schemes_is_left_alone() -> None:
+    text = "Basic authentication and Bearer tokenization are documented elsewhere"
+    assert redact_text(text) == text
+
+
 def test_the_same_secret_has_the_same_fingerprint_so_lines_can_be_correlated() -> None:
     assert redact_text(f"a {JWT}").split(" ", 1)[1] == redact_text(f"b {JWT}").split(" ", 1)[1]
 

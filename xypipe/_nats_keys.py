@@ -89,16 +89,16 @@ class BusKeys:
                          code=NATS_KEY_MODE_TIGHTENED, file=str(path), mode=oct(mode))
         text = path.read_bytes().strip()
         try:
-            if not text.startswith(b"SU"):
-                raise nkeys.ErrInvalidSeed()
-            pair = nkeys.from_seed(bytearray(text))
-            return bytes(pair.public_key).decode()
-        except (nkeys.NkeysError, ValueError) as exc:
+            prefix, _ = nkeys.decode_seed(text)
+            pair = nkeys.from_seed(bytearray(text)) if prefix == nkeys.PREFIX_BYTE_USER else None
+        except (nkeys.NkeysError, ValueError):
+            pair = None
+        if pair is None:
             raise NatsKeyError(
                 f"{path}: expected a NATS user seed (one line starting with SU, as generated "
-                f"at the embedded server's first start), got something else ({exc or 'invalid'});"
-                " move the file away to generate a new key (clients must then use the new one)"
-            ) from None
+                "at the embedded server's first start), got something else; move the file away "
+                "to generate a new key (clients must then use the new one)")
+        return bytes(pair.public_key).decode()
 
     def seed_file(self, role: str) -> Path:
         return self.directory / f"{role}.nk"

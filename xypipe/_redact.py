@@ -48,7 +48,10 @@ _PEM_PRIVATE = re.compile(
     r"-----BEGIN ((?:[A-Z0-9]+ )*PRIVATE KEY)-----.*?(?:-----END \1-----|\Z)", re.DOTALL)
 # An NKey seed: "S" then the key type (User, Account, Operator, Server, Cluster), base32.
 _NKEY_SEED = re.compile(r"\bS[UAONC][A-Z2-7]{56}\b")
-_AUTH_HEADER = re.compile(r"\b(Bearer|Basic)\s+([A-Za-z0-9._~+/=-]{8,})", re.IGNORECASE)
+# Credentials after an auth scheme: 16+ token characters, at least one not a letter (so "Basic
+# authentication" in prose stays as it is).
+_AUTH_HEADER = re.compile(
+    r"\b(Bearer|Basic)\s+((?=[A-Za-z]*[0-9._~+/=-])[A-Za-z0-9._~+/=-]{16,})", re.IGNORECASE)
 
 
 def _fingerprint(secret: str) -> str:

@@ -27,7 +27,7 @@ from xypipe._config import AppConfig, PipelineConfig, StageDecl
 from xypipe._contracts import use_registry
 from xypipe._degrade import DegradationController, Level, LevelWatch, Pressure, Transition
 from xypipe._edge import Edge
-from xypipe._errors import StageError, XyError, find_in_group
+from xypipe._errors import NatsConnectionError, StageError, XyError, find_in_group
 from xypipe._log import get_logger
 from xypipe._metrics import Metrics, RunnerMetrics
 from xypipe._stage import StageContext
@@ -445,10 +445,19 @@ class Runner:
         role_auth = self.config.embedded_auth and self.nats_nkey is not None
         if role_auth:
             self.log_role()
-        await _hold_nats(
-            connect, url, cfg, nkey=self.nats_nkey if role_auth else cfg.nkey,
-            inbox=inbox_prefix(self.nats_role) if role_auth else cfg.inbox_prefix,
-            on_denied=lambda op: denied.labels(op).inc(), task_status=task_status)
+        try:
+            await _hold_nats(
+                connect, url, cfg, nkey=self.nats_nkey if role_auth else cfg.nkey,
+                inbox=inbox_prefix(self.nats_role) if role_auth else cfg.inbox_prefix,
+                on_denied=lambda op: denied.labels(op).inc(), task_status=task_status)
+        except NatsConnectionError as exc:
+            if not (self.config.embedded_auth and not role_auth
+                    and "authorization" in str(exc).lower()):
+                raise
+            raise NatsConnectionError(
+                f"{exc}; this config's embedded bus admits its role users only: pass "
+                f"--nats-nkey DATA_DIR/auth/{self.nats_role}.nk (xypipe run does that for the "
+                "processes it starts; docs/security.md)") from exc
 
     def log_role(self) -> None:
         _log.info("signing in to the embedded NATS bus", process=self.process,
