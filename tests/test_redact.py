@@ -30,7 +30,7 @@ def _pem() -> str:
 
 @pytest.mark.parametrize(("text", "kind"), [
     (f"token refused: {JWT} (bad signature)", "jwt"),
-    (f"header was Authorization: Bearer {secrets.token_urlsafe(24)}", "credentials"),
+    ("header was Authorization: Bearer 8f2kQ_zz9-Yh1bN0pLw3", "credentials"),
     (f"seed {_seed()} does not decode", "nkey-seed"),
     (f"key file holds\n{_pem()}", "pem-private-key"),
 ])
