@@ -27,6 +27,7 @@ from xypipe._config import ProcessRestartPolicy
 from xypipe._errors import ChildFailed, find_in_group
 from xypipe._metrics import Metrics
 from xypipe._nats import connect
+from xypipe._nats_keys import seed_file_of
 from xypipe._runner import Runner
 from xypipe._supervise import (
     WORKER_CODES,
@@ -153,6 +154,11 @@ async def parent_restarts(port: int) -> dict[str, float]:
             for s in f.samples if s.name == "process_restarts_total"}
 
 
+def admin_seed(tmp_path: pathlib.Path) -> str:
+    """The embedded server's admin role key (kept with the data in the test's data dir)."""
+    return str(seed_file_of(tmp_path / "nats", "admin"))
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -261,7 +267,8 @@ async def test_a_killed_embedded_nats_server_comes_back_on_its_port_with_its_str
         for name in ("left", "right"):
             await wait_healthy(ports[name], 60)
         nats_pid = await tree.started_pid("nats")
-        async with connect(url, name="supervisor-test") as nc:
+        # The server admits its role users only; a test signs in as the admin role.
+        async with connect(url, name="supervisor-test", nkeys_seed=admin_seed(tmp_path)) as nc:
             js = nc.jetstream()
             await js.ensure_stream("KEEP", ["keep.>"])
             await js.publish("keep.a", b"kept")
@@ -355,7 +362,7 @@ use = "list_sink"
         await nursery.start(runner.run)
         server = runner.embedded
         first_pid, port = server.pid, server.port
-        async with connect(server.url) as nc:
+        async with connect(server.url, nkeys_seed=admin_seed(tmp_path)) as nc:
             await nc.jetstream().ensure_stream("SOLO", ["solo.>"])
             await nc.jetstream().publish("solo.a", b"kept")
         os.kill(first_pid, signal.SIGKILL)
@@ -365,7 +372,8 @@ use = "list_sink"
                        and runner.nats.is_connected):
                 await trio.sleep(0.05)
         assert server.port == port
-        async with connect(server.url) as nc:
+        # Same keys, same users after the restart.
+        async with connect(server.url, nkeys_seed=admin_seed(tmp_path)) as nc:
             got = await nc.jetstream().direct_get_last("SOLO", "solo.a")
         assert got is not None and got.data == b"kept"
         restarts = runner.metrics.registry.get_sample_value(

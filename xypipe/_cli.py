@@ -68,7 +68,8 @@ def _cmd_stages(args: argparse.Namespace) -> int:
             continue
         kind = ("source" if not info["consumes"] else "sink" if not info["produces"]
                 else "transform")
-        print(f"{name}  ({kind}; {info['entry_point']}, from {info['distribution']})")
+        role = f"; NATS role {info['nats_role']}" if info["nats_role"] else ""
+        print(f"{name}  ({kind}{role}; {info['entry_point']}, from {info['distribution']})")
         if info["summary"]:
             print(f"    {info['summary']}")
         for opt in info["options"]:
@@ -111,13 +112,14 @@ async def _run_main(cfg: Any, args: argparse.Namespace) -> None:
     from xypipe._supervisor import run_process_tree
 
     await run_process_tree(cfg, process=args.process, nats_url=args.nats_url,
-                           signals=(signal.SIGINT, signal.SIGTERM))
+                           nats_nkey=args.nats_nkey, signals=(signal.SIGINT, signal.SIGTERM))
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     args.config = args.config or "configs/demo.toml"
     args.process = None
     args.nats_url = None
+    args.nats_nkey = None
     return _cmd_run(args)
 
 
@@ -146,6 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--process", default=None,
                    help="run only this process's pipelines (used by the supervisor)")
     p.add_argument("--nats-url", default=None, help="override [nats].url (used by the supervisor)")
+    p.add_argument("--nats-nkey", default=None,
+                   help="file with the NKey seed to sign in to the embedded bus with (used by "
+                        "the supervisor: each process as its role)")
     p.add_argument("--log-level", default=None, choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=_cmd_run)
 

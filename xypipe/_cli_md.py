@@ -7,28 +7,70 @@
     xypipe publish --replay bench/data/market.tape --rate 40000
     xypipe tail 'xy.md.>'                 # one line per delta / snapshot
     xypipe tail 'xy.md.>' --verify --seconds 10   # rebuild the books, check every checksum
+
+Against the embedded demo (its NATS admits its role users only, docs/security.md): run from the
+directory the demo runs in and both commands find the demo's keys in ``var/nats/auth/`` —
+``publish`` signs in as the ``publisher`` role, ``tail`` as ``reader``. Elsewhere, pass
+``--nkey DATA_DIR/auth/ROLE.nk``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import pathlib
 import sys
 from typing import Any
 
+import attrs
 import trio
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import DecodeError, Message
 
-from xypipe._errors import ConfigError, XyError
+from xypipe._errors import NATS_NO_CREDENTIALS, ConfigError, XyError
+from xypipe._log import get_logger
 from xypipe.contracts import Contract, Delta, Snapshot, Tick
 
 DEFAULT_URL = "nats://127.0.0.1:4222"
+#: Where the demo (configs/demo.toml, run from this directory) keeps its NATS role keys.
+DEMO_DATA_DIR = "var/nats"
+_NKEY_HELP = ("file with the NKey seed to sign in with (default: the embedded demo's {role} key "
+              f"in ./{DEMO_DATA_DIR}/auth/ when --url is the default and the file exists)")
+
+_log = get_logger("cli")
+
+
+@attrs.frozen
+class Credentials:
+    """How a command line tool signs in: an NKey seed file and the inbox its role may read."""
+
+    nkey: str | None = None
+    inbox_prefix: str = "_INBOX"
+
+
+def credentials(url: str, nkey: str | None, role: str) -> Credentials:
+    """``--nkey`` as given (a role's key file is known by its name: ``ROLE.nk``), else the
+    demo's key of ``role`` when the tool points at the demo's default URL, else none."""
+    from xypipe._nats_keys import seed_file_of
+    from xypipe._nats_roles import ROLES, inbox_prefix
+
+    if nkey is not None:
+        stem = pathlib.Path(nkey).stem
+        return Credentials(nkey, inbox_prefix(stem) if stem in ROLES else "_INBOX")
+    demo_key = seed_file_of(DEMO_DATA_DIR, role)
+    if url == DEFAULT_URL and demo_key.exists():
+        print(f"signing in as the embedded demo's {role!r} role ({demo_key})", file=sys.stderr)
+        return Credentials(str(demo_key), inbox_prefix(role))
+    if url == DEFAULT_URL:
+        _log.info("no embedded demo key found; connecting without credentials",
+                  code=NATS_NO_CREDENTIALS, looked_for=str(demo_key))
+    return Credentials()
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser("publish", help="publish synthetic ticks (the demo market)")
     p.add_argument("--url", default=DEFAULT_URL, help=f"NATS URL (default {DEFAULT_URL})")
+    p.add_argument("--nkey", default=None, help=_NKEY_HELP.format(role="publisher"))
     p.add_argument("--symbols", type=int, default=500)
     p.add_argument("--venues", default="XNAS,XNYS,BATS", help="comma-separated venue codes")
     p.add_argument("--rate", type=float, default=4000.0, help="ticks per second (default 4000)")
@@ -48,6 +90,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     t = subparsers.add_parser("tail", help="print (decoded) messages from NATS subjects")
     t.add_argument("subjects", nargs="*", default=["xy.md.>"])
     t.add_argument("--url", default=DEFAULT_URL, help=f"NATS URL (default {DEFAULT_URL})")
+    t.add_argument("--nkey", default=None, help=_NKEY_HELP.format(role="reader"))
     t.add_argument("--count", type=int, default=0, help="stop after this many messages")
     t.add_argument("--seconds", type=float, default=0.0, help="stop after this many seconds")
     t.add_argument("--json", action="store_true", help="print whole messages as JSON")
@@ -71,9 +114,13 @@ def _cmd_publish(args: argparse.Namespace) -> int:
         "malformed": args.malformed, "max_ticks": args.count, "record": args.record,
         "replay": args.replay,
     }
+    creds = credentials(args.url, args.nkey, "publisher")
+    nats: dict[str, Any] = {"url": args.url, "inbox_prefix": creds.inbox_prefix}
+    if creds.nkey is not None:
+        nats["nkey"] = creds.nkey
     try:
         cfg = parse_config(
-            {"nats": {"url": args.url}, "http": {"enabled": False},
+            {"nats": nats, "http": {"enabled": False},
              "pipelines": {"publisher": {"stages": [{"use": "publisher", **options}]}}},
             "xypipe publish",
         )
@@ -204,7 +251,10 @@ async def _tail(args: argparse.Namespace) -> int:
                         done.set()
                         return
 
-    async with connect(args.url, name="xypipe-tail") as nc, trio.open_nursery() as nursery:
+    creds = credentials(args.url, args.nkey, "reader")
+    async with connect(args.url, name="xypipe-tail", nkeys_seed=creds.nkey,
+                       inbox_prefix=creds.inbox_prefix) as nc, \
+            trio.open_nursery() as nursery:
         for subject in args.subjects:
             await nursery.start(follow, nc, subject)
         with trio.move_on_after(args.seconds or float("inf")):

@@ -28,6 +28,7 @@ from cattrs.gen import make_dict_structure_fn
 
 from xypipe._degrade import DegradePolicy
 from xypipe._errors import ConfigError, PluginError
+from xypipe._nats_roles import ROLES, role_conflicts
 from xypipe._validate import (
     Invalid,
     expected_of,
@@ -35,6 +36,7 @@ from xypipe._validate import (
     non_empty,
     one_of,
     show,
+    subject_pattern,
 )
 
 # --------------------------------------------------------------------------- value objects
@@ -107,7 +109,13 @@ class TlsConfig:
 
 @attrs.frozen
 class EmbeddedNatsConfig:
-    """The nats-server child started for ``url = "embedded"``."""
+    """The nats-server child started for ``url = "embedded"``.
+
+    ``auth = "roles"`` (the default): the server admits only per-role NKey users, generated at
+    the first start and kept in ``data_dir/auth/`` (docs/security.md); every process connects
+    as its role. ``auth = "none"``: an open bus anyone on the machine may publish to (logged
+    ``XY-NATS-022`` at every start).
+    """
 
     host: str = "127.0.0.1"
     port: int = attrs.field(default=4222, validator=in_range(0, 65535))
@@ -115,6 +123,7 @@ class EmbeddedNatsConfig:
     binary: str | None = None
     jetstream: bool = True
     restart: ProcessRestartPolicy = attrs.field(factory=_nats_restart_default)
+    auth: str = attrs.field(default="roles", validator=one_of(["roles", "none"]))
 
 
 @attrs.frozen
@@ -127,6 +136,13 @@ class NatsConfig:
     password: str | None = None
     token: str | None = None
     creds: str | None = None
+    #: Path of a file holding an NKey seed to sign in with (a server that knows its public key).
+    nkey: str | None = None
+    #: Where replies to this process's requests arrive (a server may allow each user its own).
+    inbox_prefix: str = attrs.field(default="_INBOX", validator=subject_pattern())
+    #: The embedded bus role of the ``main`` process (``[processes.X] nats_role`` for the
+    #: others); by default the one its stages need (docs/security.md).
+    role: str | None = attrs.field(default=None, validator=one_of(ROLES))
     tls: TlsConfig | None = None
     connect_timeout_ms: int = attrs.field(default=2000, validator=in_range(1, 600_000))
     reconnect_wait_ms: int = attrs.field(default=250, validator=in_range(1, 600_000))
@@ -181,6 +197,9 @@ class ProcessConfig:
 
     http: HttpConfig = attrs.field(factory=HttpConfig)
     restart: ProcessRestartPolicy = attrs.field(factory=ProcessRestartPolicy)
+    #: The user this process connects as on the embedded bus; by default the role its stages
+    #: need (docs/security.md).
+    nats_role: str | None = attrs.field(default=None, validator=one_of(ROLES))
 
 
 @attrs.frozen
@@ -224,6 +243,19 @@ class AppConfig:
     def http_for(self, process: str) -> HttpConfig:
         proc = self.processes.get(process)
         return proc.http if proc is not None else self.http
+
+    def declared_nats_role(self, process: str) -> str | None:
+        """The role set for ``process`` in the config (``[nats] role`` for ``main``)."""
+        if process == "main":
+            return self.nats.role if self.nats is not None else None
+        proc = self.processes.get(process)
+        return proc.nats_role if proc is not None else None
+
+    @property
+    def embedded_auth(self) -> bool:
+        """Whether processes sign in to an embedded bus with per-role users."""
+        return (self.nats is not None and self.nats.url == "embedded"
+                and self.nats.embedded.auth == "roles")
 
 
 # Raw shapes of the tables that hold other tables: structured first, checked again below.
@@ -556,10 +588,15 @@ def parse_config(doc: dict[str, Any], path: str = "<config>") -> AppConfig:
     if problems:
         raise ConfigError([f"{path}: {p}" for p in problems])
     assert app is not None
-    return AppConfig(
+    cfg = AppConfig(
         path=path, nats=app.nats, http=app.http, log=app.log, processes=app.processes,
         pipelines=pipelines,
     )
+    if cfg.embedded_auth:
+        conflicts = role_conflicts(cfg)
+        if conflicts:
+            raise ConfigError([f"{path}: {p}" for p in conflicts])
+    return cfg
 
 
 def _check_wiring(ppath: str, stages: tuple[StageDecl, ...], problems: list[str]) -> None:

@@ -17,6 +17,9 @@ takes it down with an owner killed without cleanup (:mod:`xypipe._process`).
 :func:`supervised_embedded_nats` is ``nats.url = "embedded"`` at run time: the server under its
 ``[nats.embedded] restart`` policy (:func:`xypipe._supervise.supervise`), restarted on the same
 host, port and data directory if it dies, so JetStream state survives and clients reconnect.
+With ``auth = "roles"`` (the default) it admits only the per-role NKey users kept in the data
+directory (:mod:`xypipe._nats_keys`, :mod:`xypipe._nats_roles`); the configuration is written
+once per run, and every restart starts from the same file and the same keys.
 """
 
 from __future__ import annotations
@@ -36,8 +39,11 @@ from pathlib import Path
 import trio
 
 from xypipe._config import EmbeddedNatsConfig
-from xypipe._errors import ChildFailed, EmbeddedServerError
+from xypipe._errors import NATS_OPEN_BUS, ChildFailed, EmbeddedServerError
+from xypipe._log import get_logger
 from xypipe._metrics import Metrics
+from xypipe._nats_keys import BusKeys
+from xypipe._nats_roles import BusLayout
 from xypipe._process import Child
 from xypipe._supervise import NATS_CODES, Failed, Finished, SupervisionMetrics, supervise
 from xypipe._trio_util import single_error_unwrapped
@@ -107,6 +113,8 @@ class EmbeddedNats:
         self._log_tail: deque[bytes] = deque(maxlen=_LOG_TAIL)
         self._nursery: trio.Nursery | None = None
         self.config_file: Path | None = None
+        #: The role keys clients sign in with (None: the server admits anyone).
+        self.keys: BusKeys | None = None
 
     @property
     def url(self) -> str:
@@ -287,19 +295,34 @@ async def supervised_embedded_nats(
     *,
     metrics: Metrics,
     stopping: trio.Event,
+    layout: BusLayout | None = None,
     task_status: trio.TaskStatus[EmbeddedNats] = trio.TASK_STATUS_IGNORED,
 ) -> ChildFailed | None:
     """Run the configured server until ``stopping`` is set, restarting it by its policy.
+
+    With ``cfg.auth == "roles"`` the server admits only the role users, with the permissions
+    of ``layout`` (the streams the config's stages use); ``server.keys`` has their seed files.
 
     Reports the running server (its ``url``) through ``task_status``. Returns None once stopped on
     request, or the error that should stop the tree when the server is down for good (its
     budget spent, policy ``never``, or a clean exit that ``on-failure`` does not restart —
     nothing works without it).
     """
+    keys: BusKeys | None = None
+    config_file: Path | None = None
+    if cfg.auth == "roles":
+        keys = BusKeys.load_or_create(cfg.data_dir)
+        config_file = keys.write_server_config(layout or BusLayout())
+    else:
+        get_logger("embedded").warning(
+            'the embedded nats-server admits anyone (auth = "none"): any process on this '
+            "machine can publish market data to browsers", code=NATS_OPEN_BUS,
+            data_dir=cfg.data_dir)
     async with embedded_nats(
         port=cfg.port, host=cfg.host, data_dir=cfg.data_dir, binary=cfg.binary,
-        jetstream=cfg.jetstream, start=False,
+        jetstream=cfg.jetstream, config_file=config_file, start=False,
     ) as server:
+        server.keys = keys
         outcome = await supervise(
             "nats", server, cfg.restart, stopping=stopping,
             metrics=SupervisionMetrics(metrics), codes=NATS_CODES, task_status=task_status,

@@ -277,3 +277,19 @@ HEALTH_SOURCE_POLL_FAILED = "XY-HLT-004"
 #: A stored group snapshot left out of the restore point (its group is gone or emptied, so it
 #: would only drag the replay start back).
 RESTORE_SNAPSHOT_IGNORED = "XY-HLT-010"
+
+
+# The embedded bus's per-role credentials (docs/security.md).
+class NatsKeyError(EmbeddedServerError):
+    """A kept NATS role key (``<data_dir>/auth/<role>.nk``) cannot be read or is not a user
+    seed; it is never replaced silently (every client using it would be locked out)."""
+
+    code = "XY-NATS-020"
+
+
+#: A kept seed file was readable by group or others; its mode was tightened to 0600.
+NATS_KEY_MODE_TIGHTENED = "XY-NATS-021"
+#: The embedded server runs without users (``[nats.embedded] auth = "none"``): an open bus.
+NATS_OPEN_BUS = "XY-NATS-022"
+#: A command line tool found no credentials for the embedded bus it was pointed at.
+NATS_NO_CREDENTIALS = "XY-NATS-023"

@@ -1,9 +1,10 @@
 """Structured JSON logs.
 
 One line per event, one JSON object per line, on stderr. Every line at WARNING or above carries
-an error ``code``; a missing code is itself a bug, so :meth:`Logger.error` requires one. Values of
-fields whose names look secret (token, password, secret, authorization, creds, jwt) are masked
-before they are written, wherever they come from.
+an error ``code``; a missing code is itself a bug, so :meth:`Logger.error` requires one. Secrets
+are redacted before a line is written, wherever they come from, by what a value *is* (a JWT, a
+private key, an NKey seed, a bearer credential) and for fields that are secret by name (a
+password): :mod:`xypipe._redact`. Identities (``sub``, ``principal``, ``user``) are never masked.
 """
 
 from __future__ import annotations
@@ -14,33 +15,14 @@ import sys
 import time
 from typing import Any
 
-_SECRET_MARKERS = ("token", "password", "secret", "authorization", "creds", "jwt", "nkey", "seed")
+from xypipe._redact import redact, redact_text
+
 _ROOT = "xypipe"
 
 
-def mask(value: object) -> str:
-    """Keep enough of a secret to correlate log lines, never enough to use it."""
-    text = str(value)
-    if len(text) <= 8:
-        return "***"
-    return f"{text[:4]}…{text[-2:]} (len={len(text)})"
-
-
-def _is_secret(key: str) -> bool:
-    k = key.lower()
-    return any(m in k for m in _SECRET_MARKERS)
-
-
 def scrub(fields: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in fields.items():
-        if isinstance(v, dict):
-            out[k] = scrub(v)
-        elif _is_secret(k) and v is not None:
-            out[k] = mask(v)
-        else:
-            out[k] = v
-    return out
+    """The fields of a log line with every secret redacted (see :mod:`xypipe._redact`)."""
+    return {k: redact(v, k) for k, v in fields.items()}
 
 
 class JsonFormatter(logging.Formatter):
@@ -49,14 +31,14 @@ class JsonFormatter(logging.Formatter):
             "ts": round(record.created, 6),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": redact_text(record.getMessage()),
         }
         fields = getattr(record, "xy_fields", None)
         if fields:
             doc.update(scrub(fields))
         if record.exc_info and record.exc_info[1] is not None:
             exc = record.exc_info[1]
-            doc.setdefault("error", f"{type(exc).__name__}: {exc}")
+            doc.setdefault("error", redact_text(f"{type(exc).__name__}: {exc}"))
             doc.setdefault("code", getattr(exc, "code", "XY-GEN-000"))
         return json.dumps(doc, default=str, separators=(",", ":"))
 

@@ -375,8 +375,13 @@ class NatsClient:
         *,
         publish_queue: int,
         close_timeout: float,
+        inbox_prefix: str = "_INBOX",
+        on_permission_denied: Callable[[str], None] | None = None,
     ) -> None:
         self._portal = portal
+        #: Where replies to this client's requests arrive (``<prefix>.<unique>``).
+        self.inbox_prefix = inbox_prefix
+        self._on_denied = on_permission_denied
         self._nc: _AioClient | None = None
         self._close_timeout = close_timeout
         # Trio → asyncio publish queue; deque append/popleft are atomic, so the two sides
@@ -530,6 +535,8 @@ class NatsClient:
         self._permission_denied += 1
         _log.warning("nats refused an operation (permissions)", code=NatsPermissionDenied.code,
                      detail=detail.strip(" '\""), denied_total=self._permission_denied)
+        if self._on_denied is not None:
+            self._on_denied("subscribe" if "subscription" in detail.lower() else "publish")
         self._emit(BridgeEvent("error", detail))
 
     def _on_slow_consumer(self, subject: str | None, sid: int | None) -> None:
@@ -791,6 +798,9 @@ async def connect(
     password: str | None = None,
     token: str | None = None,
     creds: str | None = None,
+    nkeys_seed: str | None = None,
+    inbox_prefix: str = "_INBOX",
+    on_permission_denied: Callable[[str], None] | None = None,
     tls: ssl.SSLContext | None = None,
     connect_timeout: float = 2.0,
     reconnect_wait: float = 0.25,
@@ -803,7 +813,12 @@ async def connect(
 ) -> AsyncIterator[NatsClient]:
     """Connect to NATS for the duration of the block (a Trio async context manager).
 
-    ``servers``: one URL or a list. ``creds``: path of a ``.creds`` file (JWT + NKey seed).
+    ``servers``: one URL or a list. ``creds``: path of a ``.creds`` file (JWT + NKey seed);
+    ``nkeys_seed``: path of a file holding an NKey seed (the embedded bus's role keys).
+    ``inbox_prefix``: where request replies arrive (a role's own prefix on the embedded bus).
+    ``on_permission_denied("publish" | "subscribe")`` is called for every operation the server
+    refuses under the user's permissions (also logged ``XY-NATS-008`` and counted in
+    :meth:`NatsClient.statistics`).
     ``max_reconnect_attempts=-1`` retries forever. ``bridge`` picks the Trio/asyncio bridge
     (``bench/bridge.py`` measures both; the default is the faster). Raises
     :class:`NatsConnectionError` if no server can be reached within ``connect_deadline``
@@ -828,10 +843,15 @@ async def connect(
         options["token"] = token
     if creds is not None:
         options["user_credentials"] = creds
+    if nkeys_seed is not None:
+        options["nkeys_seed"] = nkeys_seed
+    if inbox_prefix != "_INBOX":
+        options["inbox_prefix"] = inbox_prefix
     if tls is not None:
         options["tls"] = tls
     async with open_portal(bridge) as portal:
-        client = NatsClient(portal, publish_queue=publish_queue, close_timeout=close_timeout)
+        client = NatsClient(portal, publish_queue=publish_queue, close_timeout=close_timeout,
+                            inbox_prefix=inbox_prefix, on_permission_denied=on_permission_denied)
         what = f"connect to {', '.join(server_list)}"
         deadline = (
             connect_deadline

@@ -28,7 +28,7 @@ from xypipe._config import AppConfig, PipelineConfig, StageDecl
 from xypipe._contracts import use_registry
 from xypipe._degrade import DegradationController, Level, LevelWatch, Pressure, Transition
 from xypipe._edge import Edge
-from xypipe._errors import StageError, XyError, find_in_group
+from xypipe._errors import NatsConnectionError, StageError, XyError, find_in_group
 from xypipe._health import CHECK_INTERVAL, PipelineWatchdog
 from xypipe._log import get_logger
 from xypipe._metrics import Metrics, RunnerMetrics
@@ -301,9 +301,13 @@ class Runner:
         process: str = "main",
         metrics: Metrics | None = None,
         nats_url: str | None = None,
+        nats_nkey: str | None = None,
     ) -> None:
         self.config = config
         self.process = process
+        #: The seed file this process signs in to the embedded bus with (given by the
+        #: supervisor to its children; taken from the server when this runner starts it).
+        self.nats_nkey = nats_nkey
         self.metrics = metrics or Metrics()
         # Contract decoding anywhere in the process counts unknown fields into our registry.
         use_registry(self.metrics.registry)
@@ -389,9 +393,7 @@ class Runner:
             url = await self._start_nats(base) if self.config.nats is not None else None
             async with trio.open_nursery() as services:
                 if url is not None:
-                    from xypipe._nats import connect
-
-                    self.nats = await services.start(_hold_nats, connect, url, self.config.nats)
+                    self.nats = await services.start(self._hold_nats, url)
 
                 http_cfg = self.config.http_for(self.process)
                 if http_cfg.enabled:
@@ -484,8 +486,49 @@ class Runner:
         if self.config.nats.url != "embedded":
             return self.config.nats.url
         self.embedded = await nursery.start(self._supervise_nats)
+        if self.embedded.keys is not None and self.nats_nkey is None:
+            self.nats_nkey = str(self.embedded.keys.seed_file(self.nats_role))
         url: str = self.embedded.url
         return url
+
+    @property
+    def nats_role(self) -> str:
+        """The embedded bus role this process signs in as (docs/security.md)."""
+        from xypipe._nats_roles import process_role
+
+        return process_role(self.config, self.process)
+
+    async def _hold_nats(
+        self, url: str, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        from xypipe._nats import connect
+        from xypipe._nats_roles import inbox_prefix
+
+        cfg = self.config.nats
+        assert cfg is not None
+        denied = self.metrics.counter(
+            "nats_permission_denied", "Operations the NATS server refused under this "
+            "process's permissions (logged XY-NATS-008)", ["op"])
+        role_auth = self.config.embedded_auth and self.nats_nkey is not None
+        if role_auth:
+            self.log_role()
+        try:
+            await _hold_nats(
+                connect, url, cfg, nkey=self.nats_nkey if role_auth else cfg.nkey,
+                inbox=inbox_prefix(self.nats_role) if role_auth else cfg.inbox_prefix,
+                on_denied=lambda op: denied.labels(op).inc(), task_status=task_status)
+        except NatsConnectionError as exc:
+            if not (self.config.embedded_auth and not role_auth
+                    and "authorization" in str(exc).lower()):
+                raise
+            raise NatsConnectionError(
+                f"{exc}; this config's embedded bus admits its role users only: pass "
+                f"--nats-nkey DATA_DIR/auth/{self.nats_role}.nk (xypipe run does that for the "
+                "processes it starts; docs/security.md)") from exc
+
+    def log_role(self) -> None:
+        _log.info("signing in to the embedded NATS bus", process=self.process,
+                  role=self.nats_role, user_key_file=self.nats_nkey)
 
     async def _supervise_nats(
         self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED
@@ -493,9 +536,11 @@ class Runner:
         from xypipe._embedded import supervised_embedded_nats
 
         assert self.config.nats is not None
+        from xypipe._nats_roles import BusLayout
+
         error = await supervised_embedded_nats(
             self.config.nats.embedded, metrics=self.metrics, stopping=self._nats_stop,
-            task_status=task_status,
+            layout=BusLayout.of(self.config), task_status=task_status,
         )
         if error is not None:
             # Down for good: the pipelines stop (they drain what they can), then run() raises.
@@ -532,8 +577,8 @@ def _server_tls(tls: Any) -> Any:
 
 
 async def _hold_nats(
-    connect: Any, url: str, cfg: Any,
-    *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
+    connect: Any, url: str, cfg: Any, *, nkey: str | None, inbox: str,
+    on_denied: Any, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     import ssl
 
@@ -547,7 +592,8 @@ async def _hold_nats(
             tls.verify_mode = ssl.CERT_NONE
     async with connect(
         url.split(",") if "," in url else url, name=cfg.name, user=cfg.user,
-        password=cfg.password, token=cfg.token, creds=cfg.creds, tls=tls,
+        password=cfg.password, token=cfg.token, creds=cfg.creds, nkeys_seed=nkey,
+        inbox_prefix=inbox, on_permission_denied=on_denied, tls=tls,
         connect_timeout=cfg.connect_timeout_ms / 1000,
         reconnect_wait=cfg.reconnect_wait_ms / 1000,
         max_reconnect_attempts=cfg.max_reconnect_attempts,

@@ -102,6 +102,9 @@ class Stage:
     consumes: ClassVar[bool] = True
     produces: ClassVar[bool] = True
     ready_on_start: ClassVar[bool] = True
+    #: The embedded bus role (:data:`xypipe._nats_roles.ROLES`) this stage's NATS work needs;
+    #: None for stages that use no NATS or work with whatever role their process has.
+    nats_role: ClassVar[str | None] = None
 
     def __init__(self, config: Any, ctx: StageContext) -> None:
         self.config = config
@@ -158,5 +161,6 @@ def describe_stage(cls: type[Any]) -> dict[str, Any]:
         "summary": doc[0] if doc else "",
         "consumes": getattr(cls, "consumes", True),
         "produces": getattr(cls, "produces", True),
+        "nats_role": getattr(cls, "nats_role", None),
         "options": options,
     }

@@ -52,23 +52,25 @@ async def run_process_tree(
     *,
     process: str | None = None,
     nats_url: str | None = None,
+    nats_nkey: str | None = None,
     signals: tuple[int, ...] = (),
 ) -> None:
     """Run ``process`` (a child), or — with ``process=None`` — the whole tree."""
     if process is not None:
-        await _run_single(cfg, process, nats_url, signals)
+        await _run_single(cfg, process, nats_url, signals, nats_nkey)
         return
     children = [p for p in cfg.process_names() if p != "main"]
     if not children:
-        await _run_single(cfg, "main", nats_url, signals)
+        await _run_single(cfg, "main", nats_url, signals, nats_nkey)
         return
     await _run_tree(cfg, children, nats_url, signals)
 
 
 async def _run_single(
-    cfg: AppConfig, process: str, nats_url: str | None, signals: tuple[int, ...]
+    cfg: AppConfig, process: str, nats_url: str | None, signals: tuple[int, ...],
+    nats_nkey: str | None = None,
 ) -> None:
-    runner = Runner(cfg, process=process, nats_url=nats_url)
+    runner = Runner(cfg, process=process, nats_url=nats_url, nats_nkey=nats_nkey)
     async with trio.open_nursery() as nursery:
         if signals:
             nursery.start_soon(_stop_on_signals, runner.stop, nursery.cancel_scope, signals)
@@ -125,20 +127,32 @@ async def _run_tree(
         async with trio.open_nursery() as base:
             url = nats_url
             supervised = list(children)
+            keys = None
             if url is None and cfg.nats is not None and cfg.nats.url == "embedded":
                 server = await base.start(_own_nats, cfg, metrics, nats_stop, tree)
                 url = server.url
+                keys = server.keys
                 supervised.append("nats")
+
+            def nkey_of(process: str) -> str | None:
+                # Each process signs in as its own role on the embedded bus.
+                if keys is None:
+                    return None
+                from xypipe._nats_roles import process_role
+
+                return str(keys.seed_file(process_role(cfg, process)))
+
             if not main_pipelines and cfg.http.enabled:
                 # In `outer`: /metrics answers until NATS too has stopped.
                 await _serve_supervisor(cfg, supervised, metrics, outer)
             try:
                 async with trio.open_nursery() as work:
                     for name in children:
-                        await work.start(_child, cfg, name, url, metrics, tree)
+                        await work.start(_child, cfg, name, url, nkey_of(name), metrics, tree)
                     runner = None
                     if main_pipelines:
-                        runner = Runner(cfg, process="main", nats_url=url, metrics=metrics)
+                        runner = Runner(cfg, process="main", nats_url=url, metrics=metrics,
+                                        nats_nkey=nkey_of("main"))
                         work.start_soon(_main_runner, runner, tree)
                     await tree.stop_all.wait()
                     if runner is not None:
@@ -198,10 +212,12 @@ async def _own_nats(
     *, task_status: trio.TaskStatus[object] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     from xypipe._embedded import supervised_embedded_nats
+    from xypipe._nats_roles import BusLayout
 
     assert cfg.nats is not None
     error = await supervised_embedded_nats(
-        cfg.nats.embedded, metrics=metrics, stopping=stopping, task_status=task_status
+        cfg.nats.embedded, metrics=metrics, stopping=stopping, layout=BusLayout.of(cfg),
+        task_status=task_status,
     )
     if error is not None:
         tree.fail(error)
@@ -253,12 +269,15 @@ class _Worker:
 
 
 async def _child(
-    cfg: AppConfig, name: str, nats_url: str | None, metrics: Metrics, tree: _Tree,
-    *, task_status: trio.TaskStatus[object] = trio.TASK_STATUS_IGNORED,
+    cfg: AppConfig, name: str, nats_url: str | None, nats_nkey: str | None, metrics: Metrics,
+    tree: _Tree, *, task_status: trio.TaskStatus[object] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     argv = [sys.executable, "-m", "xypipe", "run", cfg.path, "--process", name]
     if nats_url:
         argv += ["--nats-url", nats_url]
+    if nats_nkey:
+        # A path, not the seed: argv is visible to every process on the machine.
+        argv += ["--nats-nkey", nats_nkey]
     outcome = await supervise(
         name, _Worker(name, argv), cfg.processes[name].restart, stopping=tree.stop_all,
         metrics=SupervisionMetrics(metrics), codes=WORKER_CODES, task_status=task_status,

@@ -65,7 +65,7 @@ async def test_flags_need_the_admin_role_and_every_attempt_is_audited(
     assert {d["code"] for d in denied} == {"XY-ADM-001", "XY-ADM-002"}
     changed = json_logs.find(audit=True, action="admin.flag", outcome="allowed")
     assert len(changed) == 1
-    assert changed[0]["principal"] == "root" and changed[0]["old"] == []
+    assert changed[0]["sub"] == "root" and changed[0]["old"] == []
     assert changed[0]["new"] == ["rates"] and changed[0]["at_us"] > 0
     assert len(json_logs.find(audit=True, action="admin.flag", outcome="invalid")) == 2
 

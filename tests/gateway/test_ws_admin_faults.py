@@ -69,7 +69,7 @@ async def test_flag_write_while_nats_is_down_fails_and_never_lands_later(
 
     failed = json_logs.find(audit=True, action="admin.flag", outcome="failed")
     assert len(failed) == 1
-    assert failed[0]["code"] == "XY-ADM-011" and failed[0]["principal"] == "root"
+    assert failed[0]["code"] == "XY-ADM-011" and failed[0]["sub"] == "root"
     assert not json_logs.find(audit=True, action="admin.flag.applied", flag=FORCE_LEVEL)
 
 
@@ -114,11 +114,11 @@ async def test_a_write_that_reaches_a_stalled_server_late_is_never_applied_and_i
 
     reverted = json_logs.find(audit=True, action="admin.flag", outcome="reverted")
     assert len(reverted) == 1
-    assert reverted[0]["principal"] == "root" and reverted[0]["late_value"] == 2
+    assert reverted[0]["sub"] == "root" and reverted[0]["late_value"] == 2
     assert reverted[0]["code"] == "XY-ADM-014"
     # The revert is itself a change in the store, audited like any other.
     applied = json_logs.find(audit=True, action="admin.flag.applied", flag=FORCE_LEVEL)
-    assert [a["principal"] for a in applied] == [REVERT_PRINCIPAL]
+    assert [a["sub"] for a in applied] == [REVERT_PRINCIPAL]
 
 
 async def test_changes_written_by_anyone_are_applied_and_audited_once(
@@ -139,5 +139,5 @@ async def test_changes_written_by_anyone_are_applied_and_audited_once(
         assert status == 200 and body["flag"]["revision"] > rev
         await _until(lambda: srv.flags[FORCE_LEVEL].value == 0)
     applied = json_logs.find(audit=True, action="admin.flag.applied", flag=FORCE_LEVEL)
-    assert [(a["principal"], a["old"], a["new"]) for a in applied] == [
+    assert [(a["sub"], a["old"], a["new"]) for a in applied] == [
         ("carol", None, 1), ("root", 1, 0)]

@@ -128,7 +128,7 @@ async def test_acl_allows_granted_groups_and_refuses_others_with_audit(
         assert runner.metrics.sample("acl_denied_total", {"action": "subscribe"}) == 1
     denied = json_logs.find(audit=True, action="subscribe", outcome="denied")
     assert len(denied) == 1
-    assert denied[0]["principal"] == "carol" and denied[0]["group"] == "rates"
+    assert denied[0]["sub"] == "carol" and denied[0]["group"] == "rates"
     assert denied[0]["code"] == "XY-ACL-001"
     allowed = json_logs.find(audit=True, action="subscribe", outcome="allowed")
     assert [a["group"] for a in allowed] == ["fx"]

@@ -106,8 +106,8 @@ class Connection:
                                     f"{srv.options.path}", "path")
             return False
         if not srv.origin_allowed(origin):
-            srv.audit.warning("websocket origin denied", code="XY-WS-002", audit=True,
-                              action="connect", outcome="denied", origin=origin, peer=self.peer)
+            srv.audit.record("websocket origin denied", code="XY-WS-002", action="connect",
+                             outcome="denied", sub=None, origin=origin, peer=self.peer)
             await self._reject(403, f"origin {origin!r} is not allowed", "origin_denied")
             return False
         if srv.at_capacity():

@@ -36,6 +36,7 @@ from xypipe._errors import (
     BridgeError,
     KvRevisionConflict,
 )
+from xypipe._gateway._audit import AuditLog, claimed_subject
 from xypipe._gateway._auth import AuthExpired, TokenVerifier
 from xypipe._gateway._conn import Connection
 from xypipe._gateway._flags import (
@@ -104,7 +105,7 @@ class GatewayServer:
         self.metrics = GatewayMetrics(metrics)
         self.decoder = decoder_for(metrics.registry)
         self.log = log
-        self.audit = get_logger("audit", component="gateway")
+        self.audit = AuditLog(get_logger("audit", component="gateway"))
         self.nats = nats
         self.scope = scope
         self.wall = wall
@@ -437,8 +438,11 @@ class GatewayServer:
             self.metrics.client_mismatch.inc(m.checksum_mismatches)
 
     def audit_line(self, conn: Connection, a: Audit) -> None:
-        fields = {"audit": True, "action": a.action, "outcome": a.outcome,
-                  "session": conn.session.session_id if conn.session else "", **a.fields}
+        fields: dict[str, Any] = dict(a.fields)
+        sub = fields.pop("principal", None)
+        fields["session"] = conn.session.session_id if conn.session else ""
+        audit = self.audit
+        action, outcome = a.action, a.outcome
         if a.action == "auth":
             self.metrics.auth.labels(a.outcome).inc()
             if a.outcome == "denied":
@@ -448,11 +452,17 @@ class GatewayServer:
         if a.outcome == "denied":
             if a.action in ("subscribe", "resume", "refresh") and "group" in a.fields:
                 self.metrics.acl_denied.labels(a.action).inc()
-                self.audit.warning("subscription denied by ACL", code="XY-ACL-001", **fields)
+                audit.record("subscription denied by ACL", action=action, outcome=outcome,
+                             sub=sub, code="XY-ACL-001", **fields)
             else:
-                self.audit.warning(f"{a.action} denied", code="XY-AUTH-001", **fields)
+                audit.record(f"{action} denied", action=action, outcome=outcome, sub=sub,
+                             code="XY-AUTH-001", **fields)
+        elif a.outcome == "expired":
+            audit.record(f"{action} {outcome}", action=action, outcome=outcome, sub=sub,
+                         code="XY-AUTH-003", **fields)
         else:
-            self.audit.info(f"{a.action} {a.outcome}", **fields)
+            audit.record(f"{action} {outcome}", action=action, outcome=outcome, sub=sub,
+                         **fields)
 
     # -- auth throttling ----------------------------------------------------------------------
 
@@ -463,9 +473,9 @@ class GatewayServer:
     def auth_locked_out(self, surface: str, lock: Lockout) -> None:
         """One audit summary line per address per lockout."""
         self.metrics.auth_lockouts.labels(surface).inc()
-        self.audit.warning(
+        self.audit.record(
             "client address locked out after repeated authentication failures",
-            code=AUTH_LOCKOUT, audit=True, action="auth.throttle", outcome="locked",
+            code=AUTH_LOCKOUT, action="auth.throttle", outcome="locked", sub=None,
             surface=surface, address=lock.address, failures=lock.failures,
             window_s=lock.window_s, lockout_s=lock.lockout_s, strike=lock.strike,
             reasons=dict(lock.reasons), refused_during_previous_lockout=lock.refused_before)
@@ -570,20 +580,20 @@ class GatewayServer:
             # Answered as failed, arrived anyway: never applied here, and taken back out.
             self.flags[name] = attrs.evolve(current, revision=entry.revision)
             self.metrics.flag_changes.labels("late_reverted").inc()
-            self.audit.warning(
+            self.audit.record(
                 "feature flag change answered as failed reached the store late: not applied, "
-                "reverting", code=ADM_LATE_WRITE_REVERTED, audit=True, action="admin.flag",
-                outcome="reverted", principal=flag.updated_by, flag=name,
+                "reverting", code=ADM_LATE_WRITE_REVERTED, action="admin.flag",
+                outcome="reverted", sub=flag.updated_by, flag=name,
                 late_value=flag.value, restored=current.value, revision=entry.revision)
             assert self._nursery is not None
             self._nursery.start_soon(self._revert, current, entry.revision)
             return
         self._flag_changed(flag)
         old = current.value if current is not None else None
-        self.audit.warning(
-            "feature flag change applied", code=ADM_FLAG_APPLIED, audit=True,
+        self.audit.record(
+            "feature flag change applied", code=ADM_FLAG_APPLIED,
             action="admin.flag.applied", outcome="applied",
-            principal=flag.updated_by or "(unknown: written outside the admin API)",
+            sub=flag.updated_by or "(unknown: written outside the admin API)",
             flag=name, old=old, new=flag.value, revision=entry.revision,
             deleted=entry.op != "PUT", at_us=flag.updated_at_us)
 
@@ -609,14 +619,14 @@ class GatewayServer:
                                  error=str(exc))
             await trio.sleep(delay)
             delay = min(delay * 2, 5.0)
-        self.audit.error("late feature flag change could not be reverted", code=ADM_REVERT_FAILED,
-                         audit=True, action="admin.flag", outcome="revert_failed",
-                         flag=restore.name, revision=late_revision)
+        self.audit.record("late feature flag change could not be reverted", code=ADM_REVERT_FAILED,
+                          severity="error", action="admin.flag", outcome="revert_failed",
+                          sub=REVERT_PRINCIPAL, flag=restore.name, revision=late_revision)
 
     def _admin_principal(self, req: Request) -> tuple[Any, Response | None]:
         header = req.headers.get("authorization", "")
-        fields = {"audit": True, "action": "admin", "method": req.method, "path": req.path,
-                  "peer": req.peer}
+        fields: dict[str, Any] = {"action": "admin", "method": req.method, "path": req.path,
+                                  "peer": req.peer}
         address = client_address(req.peer)
         verdict = self.throttle.check(address, trio.current_time())
         if not verdict.allowed:
@@ -631,8 +641,8 @@ class GatewayServer:
         if not header.lower().startswith("bearer "):
             self._admin_auth_failed(address, "missing")
             self.metrics.flag_changes.labels("unauthenticated").inc()
-            self.audit.warning("admin request without a bearer token", code="XY-ADM-001",
-                               outcome="denied", **fields)
+            self.audit.record("admin request without a bearer token", code="XY-ADM-001",
+                              outcome="denied", sub=None, **fields)
             return None, Response.json({"error": "missing 'Authorization: Bearer <JWT>'"}, 401)
         try:
             principal = self.verifier.verify(header[7:].strip(), self.wall())
@@ -640,15 +650,17 @@ class GatewayServer:
             self._admin_auth_failed(address, "expired" if isinstance(exc, AuthExpired)
                                     else "invalid")
             self.metrics.flag_changes.labels("unauthenticated").inc()
-            self.audit.warning("admin request with a bad token", code="XY-ADM-001",
-                               outcome="denied", reason=exc.message, **fields)
+            self.audit.record("admin request with a bad token", code="XY-ADM-001",
+                              outcome="denied", sub=None,
+                              claimed_sub=claimed_subject(header[7:].strip()),
+                              reason=exc.message, **fields)
             return None, Response.json({"error": f"token refused: {exc.message}"}, 401)
         self.throttle.success(address, trio.current_time())
         if not principal.has_role(self.options.admin_role):
             self.metrics.flag_changes.labels("forbidden").inc()
-            self.audit.warning("admin request without the admin role", code="XY-ADM-002",
-                               outcome="denied", principal=principal.subject,
-                               roles=sorted(principal.roles), **fields)
+            self.audit.record("admin request without the admin role", code="XY-ADM-002",
+                              outcome="denied", sub=principal.subject,
+                              roles=sorted(principal.roles), **fields)
             return None, Response.json(
                 {"error": f"principal {principal.subject!r} lacks role "
                           f"{self.options.admin_role!r}"}, 403)
@@ -659,8 +671,8 @@ class GatewayServer:
         if refusal is not None:
             return refusal
         if req.method == "GET":
-            self.audit.info("admin read feature flags", audit=True, action="admin.read",
-                            outcome="allowed", principal=principal.subject)
+            self.audit.record("admin read feature flags", action="admin.read",
+                              outcome="allowed", sub=principal.subject)
             return Response.json({"flags": [f.to_json() for f in self.flags.values()]})
         try:
             doc = req.json()
@@ -685,10 +697,10 @@ class GatewayServer:
             except KvRevisionConflict as exc:
                 self.metrics.nats_req.labels("kv_put_error").observe(trio.current_time() - t0)
                 self.metrics.flag_changes.labels("conflict").inc()
-                self.audit.warning(
+                self.audit.record(
                     "feature flag change refused: the flag changed meanwhile", code=exc.code,
-                    audit=True, action="admin.flag", outcome="conflict",
-                    principal=principal.subject, flag=name, expected_revision=expected)
+                    action="admin.flag", outcome="conflict",
+                    sub=principal.subject, flag=name, expected_revision=expected)
                 return Response.json({"error": f"{name}: changed since revision {expected} "
                                                "(another change won); read it again and retry",
                                       "expected_revision": expected}, 409)
@@ -696,10 +708,10 @@ class GatewayServer:
                 self.metrics.nats_req.labels("kv_put_error").observe(trio.current_time() - t0)
                 self.metrics.flag_changes.labels("failed").inc()
                 self._remember_in_doubt(flag, expected)
-                self.audit.error(
+                self.audit.record(
                     "feature flag change failed: the store is unreachable; not applied, and it "
-                    "will not take effect later", code=ADM_STORE_UNAVAILABLE, audit=True,
-                    action="admin.flag", outcome="failed", principal=principal.subject,
+                    "will not take effect later", code=ADM_STORE_UNAVAILABLE, severity="error",
+                    action="admin.flag", outcome="failed", sub=principal.subject,
                     flag=name, new=value, error=str(exc), error_code=exc.code)
                 return Response.json({"error": f"flag store unavailable, change not applied "
                                                f"(it will not take effect later): {exc}"}, 503)
@@ -709,9 +721,9 @@ class GatewayServer:
         else:
             self._flag_changed(flag)
         self.metrics.flag_changes.labels("changed").inc()
-        self.audit.warning(
-            "feature flag changed", code="XY-ADM-010", audit=True, action="admin.flag",
-            outcome="allowed", principal=principal.subject, flag=name,
+        self.audit.record(
+            "feature flag changed", code="XY-ADM-010", action="admin.flag",
+            outcome="allowed", sub=principal.subject, flag=name,
             old=old.value if old else None, new=value, at_us=flag.updated_at_us,
         )
         return Response.json({"flag": flag.to_json(), "old": old.value if old else None})
@@ -726,7 +738,7 @@ class GatewayServer:
 
     def _flag_refused(self, principal: Any, why: str) -> Response:
         self.metrics.flag_changes.labels("invalid").inc()
-        self.audit.warning("feature flag change refused", code="XY-ADM-003", audit=True,
-                           action="admin.flag", outcome="invalid", principal=principal.subject,
-                           reason=why)
+        self.audit.record("feature flag change refused", code="XY-ADM-003",
+                          action="admin.flag", outcome="invalid", sub=principal.subject,
+                          reason=why)
         return Response.json({"error": why}, 400)

@@ -32,6 +32,7 @@ import attrs
 from xypipe._contracts import ContractDecoder
 from xypipe._degrade import DegradationController, DegradePolicy, Level, Pressure, Transition
 from xypipe._errors import AuthError, ContractError, ProtocolError
+from xypipe._gateway._audit import ANONYMOUS, claimed_subject
 from xypipe._gateway._auth import AuthExpired, Principal, TokenVerifier
 from xypipe._gateway._throttle import AuthThrottle, Lockout
 from xypipe._validate import GROUP_MAX, group_problem
@@ -310,7 +311,7 @@ class Session:
         self.state = nxt
 
     def _who(self) -> str:
-        return self.principal.subject if self.principal is not None else "(anonymous)"
+        return self.principal.subject if self.principal is not None else ANONYMOUS
 
     def _send(self, frame: ServerFrame) -> None:
         self._effects.append(Send(frame))
@@ -475,7 +476,7 @@ class Session:
             expired = isinstance(exc, AuthExpired)
             self._effects.append(Audit("auth", "denied", {
                 "reason": exc.message, "error_code": exc.code, "peer": self.peer,
-                "client": hello.client,
+                "client": hello.client, "claimed_sub": claimed_subject(hello.token),
             }))
             if self.throttle is not None:
                 lockout = self.throttle.failure(self.address, now,
@@ -568,7 +569,7 @@ class Session:
         if principal.subject != self.principal.subject:
             self._effects.append(Audit("refresh", "denied", {
                 "principal": self._who(), "reason": "token for another subject",
-                "presented_subject": principal.subject,  # a "token" field name would be masked
+                "presented_subject": principal.subject,
             }))
             self._bad(
                 f"refresh refused: token is for {principal.subject!r}, this session belongs to "

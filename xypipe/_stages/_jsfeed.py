@@ -351,7 +351,8 @@ async def js_feed(nc: Any, stream: str, *, deliver: Any, filter_subject: str = "
     """Deliveries of ``stream`` from ``deliver`` on, at most ``max_pending`` unacknowledged;
     the consumer is re-created whenever it goes missing (``on_recreate(reason)`` counts it)."""
     logger = log if log is not None else _log
-    inbox = f"_INBOX.xyfeed.{secrets.token_hex(8)}"
+    # Below the client's own inbox prefix: on the embedded bus only its role may read there.
+    inbox = f"{getattr(nc, 'inbox_prefix', '_INBOX')}.xyfeed.{secrets.token_hex(8)}"
     config = {
         "ack_policy": "all",
         "max_ack_pending": max_pending,

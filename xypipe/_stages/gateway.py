@@ -28,6 +28,7 @@ class Gateway(Stage):
     """Fan the aggregator's deltas and snapshots out to authenticated browser WebSockets."""
 
     Config = GatewayOptions
+    nats_role = "gateway"
     produces = False
     ready_on_start = False
 

@@ -218,6 +218,7 @@ class Ingest(Stage):
     """Consume source ticks and contracts from JetStream at the budget's pace; rebuild state."""
 
     Config = IngestConfig
+    nats_role = "aggregator"
     consumes = False
     ready_on_start = False
 

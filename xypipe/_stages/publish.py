@@ -40,6 +40,7 @@ class Publish(Stage):
     """Publish deltas and snapshots; checkpoint each shard's delta sequence."""
 
     Config = PublishConfig
+    nats_role = "aggregator"
     produces = False
     ready_on_start = False
 

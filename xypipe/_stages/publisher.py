@@ -74,6 +74,7 @@ class Publisher(Stage):
     """Publish synthetic ticks (random walk, 5 levels, faults on demand) at a paced rate."""
 
     Config = PublisherConfig
+    nats_role = "publisher"
     consumes = False
     produces = False
 

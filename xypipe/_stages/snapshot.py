@@ -45,6 +45,7 @@ class SnapshotStage(Stage):
     """Keep a mirror of every group from the deltas; emit full snapshots periodically."""
 
     Config = SnapshotConfig
+    nats_role = "aggregator"
 
     async def run(self) -> None:
         cfg: SnapshotConfig = self.config
