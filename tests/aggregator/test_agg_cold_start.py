@@ -16,6 +16,7 @@ import pytest
 import trio
 from _agg_nats import Runner, publisher_config, start_aggregator
 
+from xypipe._errors import NatsNotFound
 from xypipe._nats import connect
 from xypipe._publisher import DEFAULT_GROUPS, contract_for
 from xypipe.contracts import Delta, Snapshot
@@ -133,7 +134,7 @@ async def _stream_has_ticks(nc: Any) -> None:
         while True:
             try:
                 state = await js.stream_state("XY_SRC")
-            except Exception:  # noqa: BLE001 - not created yet
+            except NatsNotFound:  # not created yet
                 state = None
             if state is not None and state.messages > SYMBOLS + 50:
                 return
@@ -215,7 +216,7 @@ async def test_a_stream_with_other_subjects_is_a_clear_error_not_an_overwrite(
         await js.delete_stream("XY_SRC")
         await js.ensure_stream("XY_SRC", ["xy.src.>", "xy.ref.>"], max_age_s=60.0)
         await SourceStream().ensure(js, owner=False, log=get_logger("test"))
-        state, have = await js.create_stream("XY_SRC", ["xy.src.>", "xy.ref.>"],
+        _, have = await js.create_stream("XY_SRC", ["xy.src.>", "xy.ref.>"],
                                              max_age_s=60.0)
         assert have is None  # still 60 s
         await SourceStream(max_age_s=3600).ensure(js, owner=True, log=get_logger("test"))
