@@ -301,3 +301,6 @@ GW_UNKNOWN_GROUP = "XY-GW-030"
 GW_SNAPSHOT_LOOKUPS_LIMITED = "XY-GW-031"
 #: The known-groups list is loaded (or reloaded) from its KV bucket.
 GW_KNOWN_GROUPS_LOADED = "XY-GW-032"
+#: The gateway's watch of the known-groups bucket failed (e.g. started while the server
+#: restarted); the list stays as it is and the bucket is read again with backoff.
+GW_KNOWN_GROUPS_WATCH_FAILED = "XY-GW-033"

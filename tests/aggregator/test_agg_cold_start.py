@@ -209,8 +209,9 @@ async def test_a_stream_with_other_subjects_is_a_clear_error_not_an_overwrite(
     async with connect(nats_url) as nc:
         js = nc.jetstream()
         await js.ensure_stream("XY_SRC", ["xy.src.>"], max_age_s=60.0)
-        with pytest.raises(SourceStreamMismatch, match=r"subjects is \['xy.src.>'\]"):
-            await SourceStream().ensure(js, owner=True, log=get_logger("test"))
+        for owner in (True, False):
+            with pytest.raises(SourceStreamMismatch, match=r"with subjects \['xy.src.>'\]"):
+                await SourceStream().ensure(js, owner=owner, log=get_logger("test"))
         assert (await js.stream_state("XY_SRC")).subjects == ("xy.src.>",)  # untouched
         # Retention differs only: a publisher leaves it, the aggregator sets its own.
         await js.delete_stream("XY_SRC")

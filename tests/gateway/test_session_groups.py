@@ -81,7 +81,7 @@ def test_resume_of_an_unknown_group_is_refused_too(keys: Keys) -> None:
     assert [e.group for e in effects if isinstance(e, ResumeGroup)] == ["fx"]
 
 
-def test_before_the_list_is_loaded_or_while_empty_every_well_formed_group_is_accepted(keys: Keys) -> None:
+def test_before_the_list_is_read_or_while_empty_any_good_name_is_accepted(keys: Keys) -> None:
     known = KnownGroups()  # not read yet
     s = opened(keys, known)
     assert errors(subscribe(s, 1.0, "anything")) == []

@@ -22,10 +22,10 @@ async def list_groups(nc: object, *groups: str) -> None:
 
 
 async def known_becomes(runner: object, groups: set[str]) -> None:
-    known = server_of(runner).known_groups
+    server = server_of(runner)
     with trio.fail_after(10):
-        while known.groups != frozenset(groups):
-            await trio.sleep(0.01)  # the KV watch runs in the gateway; polled under a guard
+        while server.known_groups.groups != frozenset(groups):
+            await server.known_changed.wait()
 
 
 async def test_unknown_groups_are_refused_and_the_list_follows_the_bucket(

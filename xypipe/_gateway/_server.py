@@ -31,6 +31,7 @@ from xypipe._errors import (
     GW_ANCHOR_LOOKUP_FAILED,
     GW_DELTA_REJECTED,
     GW_KNOWN_GROUPS_LOADED,
+    GW_KNOWN_GROUPS_WATCH_FAILED,
     GW_REANCHORED,
     GW_SNAPSHOT_REJECTED,
     AuthError,
@@ -132,6 +133,8 @@ class GatewayServer:
         )
         #: The aggregator's groups, shared by every session (None until first read).
         self.known_groups = KnownGroups()
+        #: Set (and replaced) whenever the known-groups list changes.
+        self.known_changed = trio.Event()
         self.metrics.known_groups.set(-1)
         self.throttle = AuthThrottle(options.auth_throttle)
         self.hub = Hub(history=options.history, tick_prefix=options.tick_prefix,
@@ -561,27 +564,44 @@ class GatewayServer:
             kv = await js.kv(bucket, history=1)
             return kv, await kv.keys()
 
-        kv, keys = await retrying(
-            f"read the known-groups bucket {bucket!r}", open_and_read,
-            backoff=_SNAPSHOT_BACKOFF, log=self.log,
-            gave_up=lambda: bool(self.nats.closed))
-        groups = set(keys)
-        self._set_known(groups)
-        # The watch repeats the current values, then every change; it survives restarts.
-        async with kv.watch(">") as watch:
-            async for entry in watch:
-                if entry.op == "PUT":
-                    if entry.key in groups:
-                        continue
-                    groups.add(entry.key)
-                else:
-                    groups.discard(entry.key)
-                self._set_known(groups)
+        backoff = Backoff(initial_s=0.1, max_s=5.0)
+        failures = 0
+        while True:
+            kv, keys = await retrying(
+                f"read the known-groups bucket {bucket!r}", open_and_read,
+                backoff=_SNAPSHOT_BACKOFF, log=self.log,
+                gave_up=lambda: bool(self.nats.closed))
+            groups = set(keys)
+            self._set_known(groups)
+            try:
+                # The watch repeats the current values, then every change; it survives
+                # reconnects itself. Starting it while the server restarts can still fail
+                # (its consumer not found): then the list stays as it is and is read again.
+                async with kv.watch(">") as watch:
+                    failures = 0
+                    async for entry in watch:
+                        if entry.op == "PUT":
+                            if entry.key in groups:
+                                continue
+                            groups.add(entry.key)
+                        else:
+                            groups.discard(entry.key)
+                        self._set_known(groups)
+            except BridgeError as exc:
+                if self.nats.closed:
+                    raise
+                self.log.warning("known-groups watch failed; reading the bucket again",
+                                 code=GW_KNOWN_GROUPS_WATCH_FAILED, bucket=bucket,
+                                 error=str(exc))
+                failures += 1
+                await trio.sleep(backoff.delay(failures))
 
     def _set_known(self, groups: set[str]) -> None:
         first = self.known_groups.groups is None
         self.known_groups.groups = frozenset(groups)
         self.metrics.known_groups.set(len(groups))
+        self.known_changed.set()
+        self.known_changed = trio.Event()
         if first:
             self.log.info("known groups loaded", code=GW_KNOWN_GROUPS_LOADED,
                           bucket=self.options.groups_bucket, groups=sorted(groups))

@@ -9,11 +9,14 @@ definition, whoever starts first (see docs/architecture.md, "Cold start").
 Creation is idempotent and never overwrites: an existing stream with another configuration is
 reconciled by one documented rule (:meth:`SourceStream.ensure`):
 
-* subjects or storage differ: :class:`SourceStreamMismatch` (``XY-AGG-010``). A stream that
-  does not capture the subjects this side expects loses data silently, and storage cannot be
-  changed on a live stream — an operator must decide.
-* retention (``max_age_s``, ``max_bytes``) differs: the aggregator (``owner=True``) owns
-  retention and sets its own, logged with ``XY-AGG-011``; a publisher leaves it as it is.
+* subjects differ: :class:`SourceStreamMismatch` (``XY-AGG-010``) — for the aggregator
+  (``owner=True``) any difference, for a publisher a stream that does not capture every subject
+  it publishes on. A stream capturing other subjects loses data silently; an operator decides.
+* retention (``max_age_s``, ``max_bytes``) differs: the aggregator owns retention and sets its
+  own, logged with ``XY-AGG-011``; a publisher leaves it as it is (logged at INFO).
+* storage differs: kept as it is (it cannot change on a live stream, and it decides durability,
+  not what is captured), logged with ``XY-AGG-011``. A stream a publisher created with the
+  default file storage stays file-backed for an aggregator configured with memory storage.
 """
 
 from __future__ import annotations
@@ -57,16 +60,17 @@ class SourceStream:
             max_bytes=want["max_bytes"], storage=self.storage)
         if have is None:
             return state  # type: ignore[no-any-return]
-        fatal = {k: (have[k], want[k]) for k in ("subjects", "storage")
-                 if (sorted(have[k]) if k == "subjects" else have[k])
-                 != (sorted(want[k]) if k == "subjects" else want[k])}
-        if fatal:
+        subjects_ok = (set(have["subjects"]) == set(want["subjects"]) if owner
+                       else set(want["subjects"]) <= set(have["subjects"]))
+        if not subjects_ok:
             raise SourceStreamMismatch(
-                f"source stream {self.name!r} exists with another configuration: "
-                + "; ".join(f"{k} is {old!r}, this side expects {new!r}"
-                            for k, (old, new) in fatal.items())
-                + " (subjects and storage are never changed automatically: align the configs "
-                  "or delete the stream)")
+                f"source stream {self.name!r} exists with subjects {have['subjects']!r}, this "
+                f"side expects {want['subjects']!r} (subjects are never changed "
+                "automatically: align the configs or delete the stream)")
+        if have["storage"] != want["storage"]:
+            log.warning("source stream keeps its storage (it cannot change on a live stream)",
+                        code=SOURCE_STREAM_RETENTION, stream=self.name,
+                        storage=have["storage"], configured=want["storage"])
         limits = {k: (have[k], want[k]) for k in ("max_age_s", "max_bytes")
                   if have[k] != want[k]}
         if not limits:
