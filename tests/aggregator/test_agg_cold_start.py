@@ -17,9 +17,10 @@ import trio
 from _agg_nats import Runner, publisher_config, start_aggregator
 
 from xypipe._errors import NatsNotFound
+from xypipe._md.client import MarketView
 from xypipe._nats import connect
 from xypipe._publisher import DEFAULT_GROUPS, contract_for
-from xypipe.contracts import Delta, Snapshot
+from xypipe.contracts import Contract, Delta, Snapshot
 
 pytestmark = pytest.mark.nats
 
@@ -170,10 +171,63 @@ async def test_aggregator_first_then_publisher(nats_url: str) -> None:
         await _wait_rounds(wire, 3)
         assert agg.metrics.sample("symbols_routed_without_contract_total") == 0
         assert agg.metrics.sample("symbols_moved_total") == 0
+        # Every group it published is listed for the gateways, before its first delta.
+        kv = await nc.jetstream().kv("xy_md_groups", create=False)
+        assert set(await kv.keys()) == GROUPS
+        assert agg.metrics.sample("known_groups") == len(GROUPS)
         pub_scope.cancel()
         agg_scope.cancel()
         nursery.cancel_scope.cancel()
     check_wire(wire.seen)
+
+
+async def test_a_symbol_moved_by_its_contract_leaves_the_old_group_at_once(
+    nats_url: str,
+) -> None:
+    """Live: a new contract names another group. The old group's next delta removes the
+    symbol, its next snapshot and Top-K do not list it, a live view drops it at once."""
+    async with connect(nats_url) as nc, trio.open_nursery() as nursery:
+        wire = Wire()
+        await nursery.start(wire.run, nc)
+        agg, agg_scope = await start_aggregator(nursery, nats_url, **AGGREGATOR)
+        pub_scope = trio.CancelScope()
+        await nursery.start(_publisher, nats_url, pub_scope)
+        await _wait_rounds(wire, 2)
+        view = MarketView()
+        for kind, msg in wire.seen:
+            (view.apply_snapshot if kind == "snapshot" else view.apply_delta)(msg)
+        c = contract_for("XNAS", "S00000")  # the busiest symbol
+        old = c.group
+        new = next(g for g in sorted(GROUPS) if g != old)
+        key = ("XNAS", "S00000")
+        assert key in view.groups[old].symbols
+        moved = Contract()
+        moved.CopyFrom(c)
+        moved.group, moved.version = new, 2
+        mark = len(wire.seen)
+        await nc.publish("xy.ref.contract.XNAS.S00000", moved.SerializeToString())
+        with trio.fail_after(20):
+            while not any(kind == "snapshot" and msg.group == old
+                          for kind, msg in wire.seen[mark:]):
+                await wire.changed.wait()
+        pub_scope.cancel()
+        agg_scope.cancel()
+        nursery.cancel_scope.cancel()
+    after = wire.seen[mark:]
+    removal = next(i for i, (kind, msg) in enumerate(after)
+                   if kind == "delta" and "XNAS.S00000" in msg.removed)
+    assert after[removal][1].group == old
+    for kind, msg in after[removal:]:
+        if msg.group == old:
+            assert "S00000" not in {s.symbol for s in msg.symbols}, (kind, msg.group)
+            if kind == "snapshot":
+                assert "S00000" not in {t.symbol for t in msg.top}
+    for kind, msg in after:
+        (view.apply_snapshot if kind == "snapshot" else view.apply_delta)(msg)
+    assert key not in view.groups[old].symbols
+    assert key in view.groups[new].symbols
+    assert view.stats.gaps == 0 and view.stats.checksum_mismatches == 0
+    assert agg.metrics.sample("symbols_moved_total") == 1
 
 
 async def test_both_at_once(nats_url: str) -> None:
