@@ -206,9 +206,17 @@ async def test_a_symbol_moved_by_its_contract_leaves_the_old_group_at_once(
         moved.group, moved.version = new, 2
         mark = len(wire.seen)
         await nc.publish("xy.ref.contract.XNAS.S00000", moved.SerializeToString())
+        def removal_then_snapshot() -> bool:
+            removed = False
+            for kind, msg in wire.seen[mark:]:
+                if kind == "delta" and "XNAS.S00000" in msg.removed:
+                    removed = True
+                elif removed and kind == "snapshot" and msg.group == old:
+                    return True
+            return False
+
         with trio.fail_after(20):
-            while not any(kind == "snapshot" and msg.group == old
-                          for kind, msg in wire.seen[mark:]):
+            while not removal_then_snapshot():
                 await wire.changed.wait()
         pub_scope.cancel()
         agg_scope.cancel()
