@@ -8,6 +8,13 @@ one-shard group and ``{prefix}.{group}.{shard}`` otherwise.
 
 Input/output: ``Batch`` values (records get their ``route``) and the ``Restore`` record (whose
 snapshots say where each symbol was, so routing survives a restart before contracts are read).
+
+A tick whose symbol no contract has named a group for yet is routed at once by the rules /
+default group, not held (ingest loads every stored contract before the first tick, and a
+publisher's contracts precede its ticks in the stream, so this is a feed without reference data
+for that symbol): counted in ``symbols_routed_without_contract_total`` and logged once per
+symbol (``XY-AGG-012``). A contract that changes a symbol's group carries the route it leaves
+(``ContractRec.moved_from``) so conflation removes the symbol from the old group at once.
 """
 
 from __future__ import annotations
