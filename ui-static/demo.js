@@ -76,6 +76,14 @@ class Watchlist {
     if (batch.snapshot) {
       for (const s of batch.snapshot.symbols) this._set(s, 0);
     }
+    for (const k of batch.removed ?? []) {
+      const row = this.rows.get(k);
+      if (row !== undefined) {
+        row.tr.remove();
+        this.rows.delete(k);
+        this.dirty.delete(k);
+      }
+    }
     for (const s of batch.symbols) this._set(s, s.tsArrivalUs);
   }
 
@@ -356,6 +364,7 @@ async function main() {
       }
       movers.setTop(batch.group, batch.snapshot);
     }
+    for (const k of batch.removed ?? []) book.delete(k);
     for (const s of batch.symbols) {
       book.set(symbolKey(s), s);
       ladder.offer(batch.group, s);

@@ -390,6 +390,12 @@ export function symbolKey(s) {
   return `${s.venue}:${s.symbol}`;
 }
 
+/** The symbolKey of a wire key "venue.symbol" (Delta.removed). */
+export function removedKey(wireKey) {
+  const i = wireKey.indexOf(".");
+  return i < 0 ? wireKey : `${wireKey.slice(0, i)}:${wireKey.slice(i + 1)}`;
+}
+
 /**
  * Merge a newer state of the same symbol over an older one without hiding a trade (the same
  * rule as the aggregator's and the gateway's merge, xypipe/_md/conflation.py merge_entries):
@@ -437,19 +443,27 @@ export class BatchMerger {
   _entry(group) {
     let e = this.pending.get(group);
     if (e === undefined) {
-      e = { snapshot: null, symbols: new Map(), deltas: 0, minArrivalUs: 0, seqs: {} };
+      e = { snapshot: null, symbols: new Map(), removed: new Set(), deltas: 0, minArrivalUs: 0, seqs: {} };
       this.pending.set(group, e);
     }
     return e;
   }
 
-  /** `states` are plain states (plainState) of one delta. */
-  addDelta(group, shard, seq, states) {
+  /**
+   * `states` are plain states (plainState) of one delta; `removed` the symbolKeys it says left
+   * the group (Delta.removed, applied first: a symbol in both came back).
+   */
+  addDelta(group, shard, seq, states, removed = []) {
     const e = this._entry(group);
     e.deltas += 1;
     e.seqs[shard] = seq;
+    for (const k of removed) {
+      e.symbols.delete(k);
+      e.removed.add(k);
+    }
     for (const s of states) {
       const k = symbolKey(s);
+      e.removed.delete(k);
       const prev = e.symbols.get(k);
       if (prev === undefined) {
         e.symbols.set(k, s);
@@ -468,6 +482,7 @@ export class BatchMerger {
     const e = this._entry(group);
     e.snapshot = snapshot;
     e.symbols.clear();
+    e.removed.clear();
     e.deltas = 0;
     e.minArrivalUs = 0;
   }
@@ -483,6 +498,7 @@ export class BatchMerger {
         group,
         snapshot: e.snapshot,
         symbols: [...e.symbols.values()],
+        removed: [...e.removed],
         deltas: e.deltas,
         minArrivalUs: e.minArrivalUs,
         seqs: e.seqs,
@@ -514,6 +530,11 @@ export class GroupBook {
     this.topBy = snap.topBy ?? "";
     this.version = snap.version ?? 0;
     this.epoch = snap.epoch ?? 0;
+  }
+
+  /** Drop symbols that left the group (symbolKeys). */
+  remove(keys) {
+    for (const k of keys) this.symbols.delete(k);
   }
 
   applyStates(states) {

@@ -32,6 +32,7 @@ import {
   SeqTracker,
   num,
   plainState,
+  removedKey,
   verifyChecksum,
 } from "./xy-core.js";
 
@@ -460,8 +461,12 @@ export class Hub {
       if (v === "ok") this.counters.checksumsVerified += 1;
       else if (v === "mismatch") mismatch = true;
     }
-    this._book(delta.group).applyStates(states);
-    this.merger.addDelta(delta.group, delta.shard, num(delta.seq), states);
+    // A symbol that moved to another group leaves this one before the states are applied.
+    const removed = (delta.removed ?? []).map(removedKey);
+    const book = this._book(delta.group);
+    if (removed.length) book.remove(removed);
+    book.applyStates(states);
+    this.merger.addDelta(delta.group, delta.shard, num(delta.seq), states, removed);
     if (mismatch) {
       this.counters.checksumMismatches += 1;
       this.tracker.beginResync(delta.group, now);
@@ -541,6 +546,7 @@ export class Hub {
       group: batch.group,
       snapshot: batch.snapshot,
       symbols: batch.symbols,
+      removed: batch.removed ?? [],
       deltas: batch.deltas,
       minArrivalUs: batch.minArrivalUs,
       seqs: batch.seqs,

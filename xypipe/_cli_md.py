@@ -85,6 +85,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds")
     p.add_argument("--record", default="", help="write the ticks to this tape")
     p.add_argument("--replay", default="", help="replay this tape instead of simulating")
+    p.add_argument("--stream", default="XY_SRC",
+                   help="source stream made sure to exist before the first contract (created "
+                        "with xy.src.> and xy.ref.> if missing; default XY_SRC)")
+    p.add_argument("--no-stream", action="store_true",
+                   help="core NATS only: do not make sure a stream keeps what is published")
     p.set_defaults(func=_cmd_publish)
 
     t = subparsers.add_parser("tail", help="print (decoded) messages from NATS subjects")
@@ -112,7 +117,8 @@ def _cmd_publish(args: argparse.Namespace) -> int:
         "burst_every_s": args.burst_every, "burst_s": args.burst_seconds, "seed": args.seed,
         "duplicate": args.duplicate, "reorder": args.reorder, "gap": args.gap,
         "malformed": args.malformed, "max_ticks": args.count, "record": args.record,
-        "replay": args.replay,
+        "replay": args.replay, "source": {"name": args.stream},
+        "ensure_stream": not args.no_stream,
     }
     creds = credentials(args.url, args.nkey, "publisher")
     nats: dict[str, Any] = {"url": args.url, "inbox_prefix": creds.inbox_prefix}

@@ -293,3 +293,33 @@ NATS_KEY_MODE_TIGHTENED = "XY-NATS-021"
 NATS_OPEN_BUS = "XY-NATS-022"
 #: A command line tool found no credentials for the embedded bus it was pointed at.
 NATS_NO_CREDENTIALS = "XY-NATS-023"
+# -- cold start and group names (docs/architecture.md "Cold start", docs/protocol.md "Groups") --
+
+
+class SourceStreamMismatch(XyError):
+    """The source stream exists with subjects or storage other than this side's definition;
+    neither is changed automatically (an operator aligns the configs or deletes the stream)."""
+
+    code = "XY-AGG-010"
+
+
+#: The source stream exists with other retention limits: the aggregator sets its own, a
+#: publisher leaves them as they are (logged either way).
+SOURCE_STREAM_RETENTION = "XY-AGG-011"
+#: A symbol's first tick arrived before any reference contract named its group: routed by the
+#: rules / default group at once (logged once per symbol, counted).
+ROUTED_WITHOUT_CONTRACT = "XY-AGG-012"
+#: A symbol moved to another group: removed explicitly from the old group's deltas and
+#: snapshots (logged, counted in ``symbols_moved_total``).
+SYMBOL_MOVED = "XY-AGG-013"
+#: Writing a group to the known-groups KV bucket failed; retried with the next delta.
+KNOWN_GROUPS_WRITE_FAILED = "XY-AGG-014"
+#: Subscribe/resume to a well-formed group the aggregator does not publish (``UNKNOWN_GROUP``).
+GW_UNKNOWN_GROUP = "XY-GW-030"
+#: A connection's snapshot look-ups were over its rate limit; the request was refused.
+GW_SNAPSHOT_LOOKUPS_LIMITED = "XY-GW-031"
+#: The known-groups list is loaded (or reloaded) from its KV bucket.
+GW_KNOWN_GROUPS_LOADED = "XY-GW-032"
+#: The gateway's watch of the known-groups bucket failed (e.g. started while the server
+#: restarted); the list stays as it is and the bucket is read again with backoff.
+GW_KNOWN_GROUPS_WATCH_FAILED = "XY-GW-033"

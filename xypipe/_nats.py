@@ -970,6 +970,63 @@ class JetStream:
 
         return await self._c._call(f"ensure stream {name!r}", _ensure)
 
+    async def create_stream(
+        self,
+        name: str,
+        subjects: list[str],
+        *,
+        max_age_s: float | None = None,
+        max_bytes: int | None = None,
+        storage: Literal["file", "memory"] = "file",
+    ) -> tuple[StreamState, dict[str, Any] | None]:
+        """Create the stream if it does not exist; never change an existing one.
+
+        Returns the stream's state and, when it already existed with another configuration,
+        that configuration (``subjects``, ``max_age_s``, ``max_bytes``, ``storage``) so the
+        caller decides what a difference means; ``None`` when it was created or matches."""
+        cfg = _js_api.StreamConfig(
+            name=name,
+            subjects=list(subjects),
+            max_age=max_age_s,
+            max_bytes=max_bytes if max_bytes is not None else -1,
+            storage=_js_api.StorageType.FILE if storage == "file" else _js_api.StorageType.MEMORY,
+            allow_direct=True,
+        )
+
+        async def _create() -> tuple[StreamState, dict[str, Any] | None]:
+            js = self._js()
+            try:
+                # Identical configuration: the server answers with the existing stream.
+                return _stream_state(await js.add_stream(cfg)), None
+            except nats.js.errors.BadRequestError as exc:
+                if exc.err_code != 10058:  # "stream name already in use" with another config
+                    raise
+            info = await js.stream_info(name)
+            c = info.config
+            have = {
+                "subjects": list(c.subjects or ()),
+                "max_age_s": float(c.max_age) if c.max_age else None,
+                "max_bytes": c.max_bytes if c.max_bytes and c.max_bytes > 0 else None,
+                "storage": "file" if c.storage == _js_api.StorageType.FILE else "memory",
+            }
+            return _stream_state(info), have
+
+        return await self._c._call(f"create stream {name!r}", _create)
+
+    async def update_stream_limits(
+        self, name: str, *, max_age_s: float | None, max_bytes: int | None
+    ) -> StreamState:
+        """Change only the retention limits of an existing stream (all else stays)."""
+
+        async def _update() -> StreamState:
+            js = self._js()
+            c = (await js.stream_info(name)).config
+            c.max_age = max_age_s
+            c.max_bytes = max_bytes if max_bytes is not None else -1
+            return _stream_state(await js.update_stream(c))
+
+        return await self._c._call(f"update limits of stream {name!r}", _update)
+
     async def stream_state(self, name: str) -> StreamState:
         async def _info() -> StreamState:
             return _stream_state(await self._js().stream_info(name))

@@ -18,6 +18,7 @@ import {
   mergeState,
   percentiles,
   plainState,
+  removedKey,
   verifyChecksum,
 } from "../../ui-static/xy-core.js";
 
@@ -282,6 +283,27 @@ test("a group book gives a late tab the whole current view", () => {
   assert.equal(view.symbols.find((s) => s.symbol === "AAA").last, 150);
   assert.equal(view.version, 3);
   assert.equal(view.synthetic, true);
+});
+
+test("a symbol that left its group (Delta.removed) leaves the batch and the book", () => {
+  const v = state().venue;
+  assert.equal(removedKey(`${v}.AAA`), `${v}:AAA`);
+  const bm = new BatchMerger();
+  bm.addDelta("fx", 0, 1, [state(), state({ symbol: "BBB" })]);
+  bm.addDelta("fx", 0, 2, [], [removedKey(`${v}.AAA`)]);
+  let [batch] = bm.drain();
+  assert.deepEqual(batch.symbols.map((s) => s.symbol), ["BBB"]);
+  assert.deepEqual(batch.removed, [`${v}:AAA`]);
+  // Removed, then back within the same batch: kept, not reported removed.
+  bm.addDelta("fx", 0, 3, [], [`${v}:BBB`]);
+  bm.addDelta("fx", 0, 4, [state({ symbol: "BBB", seq: 9 })]);
+  [batch] = bm.drain();
+  assert.deepEqual(batch.removed, []);
+  assert.deepEqual(batch.symbols.map((s) => s.seq), [9]);
+  const book = new GroupBook("fx");
+  book.applySnapshot({ symbols: [state(), state({ symbol: "BBB" })] });
+  book.remove([`${v}:AAA`]);
+  assert.deepEqual(book.view().symbols.map((s) => s.symbol), ["BBB"]);
 });
 
 test("plainState turns bigint fields into numbers", () => {

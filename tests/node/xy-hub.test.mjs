@@ -290,6 +290,24 @@ test("a late tab gets the group's current view at once", async () => {
   assert.equal(ws.kinds().filter((k) => k === "subscribe").length, 1);
 });
 
+test("a symbol a delta removes (it moved group) leaves the tabs' batch and the hub's view", async () => {
+  const { hub, clock, inbox } = setup();
+  const ws = await open(clock);
+  hub.handle("t1", { t: "sub", group: "fx" });
+  ws.frame({ snapshots: [{ group: "fx", epoch: 1, shardSeq: { 0: 1 }, symbols: [sym("AAA", 1), sym("BBB", 1)] }] });
+  await clock.advance(40);
+  ws.frame({ deltas: [{ group: "fx", seq: 2, epoch: 1, removed: ["X.AAA"], symbols: [sym("BBB", 2)] }] });
+  await clock.advance(40);
+  const last = batches(inbox.t1).at(-1);
+  assert.deepEqual(last.removed, ["X:AAA"]);
+  assert.deepEqual(last.symbols.map((s) => s.symbol), ["BBB"]);
+  assert.equal(hub.counters.gaps, 0);
+  // A tab joining later is not shown the symbol either.
+  hub.handle("t2", { t: "sub", group: "fx" });
+  const view = batches(inbox.t2).at(-1);
+  assert.deepEqual(view.snapshot.symbols.map((s) => s.symbol), ["BBB"]);
+});
+
 test("the gateway's degradation level reaches every tab", async () => {
   const { clock, inbox } = setup();
   const ws = await open(clock);

@@ -33,6 +33,7 @@ from wsproto.utilities import LocalProtocolError as WsLocalError
 from wsproto.utilities import RemoteProtocolError as WsRemoteError
 
 from xypipe._degrade import Level
+from xypipe._errors import GW_SNAPSHOT_LOOKUPS_LIMITED
 from xypipe._gateway._hub import Outbox, ws_binary
 from xypipe._gateway._session import (
     CLOSE_GOING_AWAY,
@@ -43,6 +44,7 @@ from xypipe._gateway._session import (
     ClientReport,
     Close,
     LevelChanged,
+    LookupLimited,
     PauseGroups,
     ProtocolViolation,
     RequestSnapshot,
@@ -215,6 +217,12 @@ class Connection:
                 self.log.warning("client broke the protocol", code=err.code, error_code=name,
                                  detail=err.message, fatal=err.fatal, ref_id=err.ref_id,
                                  group=err.group, principal=self._principal())
+            elif isinstance(eff, LookupLimited):
+                srv.metrics.lookups_limited.labels(eff.action).inc()
+                if eff.first:  # once per run of refusals, not per refused request
+                    self.log.warning("snapshot look-ups over the connection's rate limit",
+                                     code=GW_SNAPSHOT_LOOKUPS_LIMITED, action=eff.action,
+                                     group=eff.group, principal=self._principal())
             elif isinstance(eff, Close):
                 self._begin_close(eff)
         if session.is_open and srv.flags_pending(self):

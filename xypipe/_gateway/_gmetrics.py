@@ -92,3 +92,10 @@ class GatewayMetrics:
         self.flag_changes = m.counter(
             "feature_flag_changes", "Feature-flag changes through the admin API", ["outcome"]
         )
+        self.lookups_limited = m.counter(
+            "ws_snapshot_lookups_limited",
+            "Snapshot look-ups a connection asked for over its rate limit, refused, by action",
+            ["action"])
+        self.known_groups = m.gauge(
+            "gateway_known_groups",
+            "Groups in the aggregator's known-groups list as last read (-1: not loaded yet)")

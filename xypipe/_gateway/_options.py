@@ -61,6 +61,13 @@ class GatewayOptions:
     tick_prefix: str = "xy.md.tick"
     snapshot_prefix: str = "xy.md.snapshot"
     flags_bucket: str = attrs.field(default="xy_feature_flags", validator=non_empty())
+    #: The aggregator's known-groups KV bucket (the groups it publishes): subscribing to any
+    #: other group is answered UNKNOWN_GROUP; "" = no check (docs/protocol.md, "Groups").
+    groups_bucket: str = "xy_md_groups"
+    #: Snapshot look-ups per connection (subscribe, resume, snapshot request; one per group):
+    #: a token bucket of ``snapshot_lookup_burst``, refilled at ``snapshot_lookups_per_s``.
+    snapshot_lookups_per_s: float = attrs.field(default=4.0, validator=in_range(0.01, 10_000.0))
+    snapshot_lookup_burst: int = attrs.field(default=64, validator=in_range(1, 100_000))
     admin_role: str = attrs.field(default="admin", validator=non_empty())
     #: SO_SNDBUF for browser sockets (bytes); bounds what the kernel holds for a slow reader
     #: so the gateway's own queue, which it can degrade, sees the backlog. None = OS default.

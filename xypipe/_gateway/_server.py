@@ -30,6 +30,8 @@ from xypipe._errors import (
     AUTH_THROTTLED,
     GW_ANCHOR_LOOKUP_FAILED,
     GW_DELTA_REJECTED,
+    GW_KNOWN_GROUPS_LOADED,
+    GW_KNOWN_GROUPS_WATCH_FAILED,
     GW_REANCHORED,
     GW_SNAPSHOT_REJECTED,
     AuthError,
@@ -53,6 +55,7 @@ from xypipe._gateway._options import GatewayOptions
 from xypipe._gateway._session import (
     CLOSE_GOING_AWAY,
     Audit,
+    KnownGroups,
     Session,
     SessionPolicy,
 )
@@ -126,7 +129,14 @@ class GatewayServer:
             close_pressure=options.close_pressure,
             close_after_ms=options.close_after_ms,
             priority_groups=tuple(options.priority_groups),
+            snapshot_lookups_per_s=options.snapshot_lookups_per_s,
+            snapshot_lookup_burst=options.snapshot_lookup_burst,
         )
+        #: The aggregator's groups, shared by every session (None until first read).
+        self.known_groups = KnownGroups()
+        #: Set (and replaced) whenever the known-groups list changes.
+        self.known_changed = trio.Event()
+        self.metrics.known_groups.set(-1)
         self.throttle = AuthThrottle(options.auth_throttle)
         self.hub = Hub(history=options.history, tick_prefix=options.tick_prefix,
                        snapshot_prefix=options.snapshot_prefix, max_gap=options.max_seq_gap,
@@ -165,6 +175,8 @@ class GatewayServer:
             self._nursery = nursery
             if self.nats is not None:
                 await nursery.start(self._watch_flags)
+                if self.options.groups_bucket:
+                    nursery.start_soon(self._watch_groups)
             if http is not None:
                 http.set_upgrade_handler(self.handle_upgrade)
                 http.route("/admin/feature-flags", self.admin_flags, methods=("GET", "PUT"))
@@ -374,7 +386,7 @@ class GatewayServer:
     def new_session(self, peer: str) -> Session:
         return Session(secrets.token_hex(8), self.verifier, self.policy, trio.current_time(),
                        peer=peer, decoder=self.decoder, throttle=self.throttle,
-                       address=client_address(peer))
+                       address=client_address(peer), known=self.known_groups)
 
     async def handle_upgrade(self, stream: trio.abc.Stream, request: Request) -> None:
         if not self._accepting:
@@ -549,6 +561,60 @@ class GatewayServer:
             task_status.started()
             async for entry in watch:
                 self._flag_entry(entry)
+
+    async def _watch_groups(self) -> None:
+        """Keep :attr:`known_groups` equal to the aggregator's bucket. Until it is read once
+        the gateway accepts every well-formed group (it cannot tell yet; docs/protocol.md)."""
+        bucket = self.options.groups_bucket
+        js = self.nats.jetstream(timeout=self.options.nats_timeout_ms / 1000)
+
+        async def open_and_read() -> tuple[KeyValue, list[str]]:
+            # Created if the aggregator has not yet: the gateway may start first, and then
+            # knows no group until the first one appears.
+            kv = await js.kv(bucket, history=1)
+            return kv, await kv.keys()
+
+        backoff = Backoff(initial_s=0.1, max_s=5.0)
+        failures = 0
+        while True:
+            kv, keys = await retrying(
+                f"read the known-groups bucket {bucket!r}", open_and_read,
+                backoff=_SNAPSHOT_BACKOFF, log=self.log,
+                gave_up=lambda: bool(self.nats.closed))
+            groups = set(keys)
+            self._set_known(groups)
+            try:
+                # The watch repeats the current values, then every change; it survives
+                # reconnects itself. Starting it while the server restarts can still fail
+                # (its consumer not found): then the list stays as it is and is read again.
+                async with kv.watch(">") as watch:
+                    failures = 0
+                    async for entry in watch:
+                        if entry.op == "PUT":
+                            if entry.key in groups:
+                                continue
+                            groups.add(entry.key)
+                        else:
+                            groups.discard(entry.key)
+                        self._set_known(groups)
+            except BridgeError as exc:
+                if self.nats.closed:
+                    raise
+                self.log.warning("known-groups watch failed; reading the bucket again",
+                                 code=GW_KNOWN_GROUPS_WATCH_FAILED, bucket=bucket,
+                                 error=str(exc))
+                failures += 1
+                await trio.sleep(backoff.delay(failures))
+
+    def _set_known(self, groups: set[str]) -> None:
+        first = self.known_groups.groups is None
+        self.known_groups.groups = frozenset(groups)
+        self.metrics.known_groups.set(len(groups))
+        self.known_changed.set()
+        self.known_changed = trio.Event()
+        if first:
+            self.log.info("known groups loaded", code=GW_KNOWN_GROUPS_LOADED,
+                          bucket=self.options.groups_bucket, groups=sorted(groups))
 
     def _flag_entry(self, entry: KvEntry) -> None:
         """One entry from the flags bucket's watch: apply it and audit it (whoever wrote it),

@@ -31,7 +31,7 @@ import attrs
 
 from xypipe._contracts import ContractDecoder
 from xypipe._degrade import DegradationController, DegradePolicy, Level, Pressure, Transition
-from xypipe._errors import AuthError, ContractError, ProtocolError
+from xypipe._errors import GW_UNKNOWN_GROUP, AuthError, ContractError, ProtocolError
 from xypipe._gateway._audit import ANONYMOUS, claimed_subject
 from xypipe._gateway._auth import AuthExpired, Principal, TokenVerifier
 from xypipe._gateway._throttle import AuthThrottle, Lockout
@@ -75,6 +75,12 @@ class RemoteProtocolError(ProtocolError):
         self.fatal = fatal
         self.ref_id = ref_id
         self.group = group
+
+
+class UnknownGroupError(RemoteProtocolError):
+    """A well-formed group the aggregator does not publish (not in the known-groups list)."""
+
+    code: ClassVar[str] = GW_UNKNOWN_GROUP
 
 
 class LocalProtocolError(ProtocolError):
@@ -206,10 +212,42 @@ class Close:
     reason: str
 
 
+@attrs.frozen
+class LookupLimited:
+    """A snapshot look-up (``action``: subscribe, resume, snapshot_request) was refused over the
+    connection's rate limit; counted every time, logged when ``first`` of a run."""
+
+    group: str
+    action: str
+    first: bool
+
+
+@attrs.define
+class KnownGroups:
+    """The groups the aggregator publishes, as the gateway last read them from its KV bucket;
+    one instance shared by every session. ``groups is None``: not loaded yet (or no bucket
+    configured); empty: no aggregator has listed a group yet (a gateway up before the
+    aggregator's first delta). In both cases every well-formed group is accepted, as a
+    subscription served once the group appears (docs/protocol.md, "Groups")."""
+
+    groups: frozenset[str] | None = None
+
+    def knows(self, group: str) -> bool:
+        return not self.groups or group in self.groups
+
+    def like(self, group: str) -> str | None:
+        """A published group equal to ``group`` but for case (the usual mistake)."""
+        folded = group.casefold()
+        for g in sorted(self.groups or ()):
+            if g.casefold() == folded:
+                return g
+        return None
+
+
 Effect = (
     Send | SubscribeGroup | UnsubscribeGroup | ResumeGroup | RequestSnapshot | PauseGroups
     | LevelChanged | ClientReport | Audit | ProtocolViolation | Close | AuthThrottled
-    | AuthLockedOut
+    | AuthLockedOut | LookupLimited
 )
 
 
@@ -237,6 +275,10 @@ class SessionPolicy:
     #: Groups that keep flowing at L3 (fnmatch patterns); the others pause.
     priority_groups: tuple[str, ...] = ()
     protocol_version: int = PROTOCOL_VERSION
+    #: Snapshot look-ups a connection may cause (subscribe, resume, snapshot request: one per
+    #: group), a token bucket: ``snapshot_lookup_burst`` at once, then this many a second.
+    snapshot_lookups_per_s: float = 4.0
+    snapshot_lookup_burst: int = 64
 
     def is_priority(self, group: str) -> bool:
         return any(fnmatch.fnmatchcase(group, p) for p in self.priority_groups)
@@ -259,6 +301,7 @@ class Session:
         decoder: ContractDecoder | None = None,
         throttle: AuthThrottle | None = None,
         address: str = "",
+        known: KnownGroups | None = None,
     ) -> None:
         #: Decodes client frames and counts the unknown fields a newer client sends.
         self.decoder = decoder or ContractDecoder()
@@ -269,6 +312,8 @@ class Session:
         #: Failed hellos are counted per client ``address`` in the gateway-wide ``throttle``.
         self.throttle = throttle
         self.address = address or peer
+        #: Groups the aggregator publishes (shared, updated by the gateway's KV watch).
+        self.known = known if known is not None else KnownGroups()
         self.state = State.AUTH
         self.principal: Principal | None = None
         #: group -> shards (empty = every shard), as accepted.
@@ -286,6 +331,10 @@ class Session:
         self._limited_run = 0
         self._bad_frames = 0
         self._overload_since: float | None = None
+        self._lookups = float(policy.snapshot_lookup_burst)
+        self._lookups_at = now
+        self._lookup_limited_run = 0
+        self._now = now
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -400,6 +449,7 @@ class Session:
 
     def receive(self, now: float, wall: float, data: bytes) -> None:
         """One complete binary WebSocket message from the peer."""
+        self._now = now
         if not self._admit(now):
             return
         if len(data) > self.policy.max_frame_bytes:
@@ -539,7 +589,7 @@ class Session:
             if group not in self.groups:
                 self._bad(f"snapshot request for {group!r}, which this connection has not "
                           "subscribed", ErrorCode.ERROR_CODE_UNKNOWN_GROUP, ref_id=ref, group=group)
-            else:
+            elif self._lookup(group, "snapshot_request", ref):
                 self._effects.append(RequestSnapshot(group, ref))
         if frame.HasField("ping"):
             handled = True
@@ -625,7 +675,36 @@ class Session:
         if not decision.allowed:
             self._deny(group, decision.denied_subject, ref, action)
             return False
-        return True
+        if not self.known.knows(group):
+            like = self.known.like(group)
+            hint = f"; did you mean {like!r}? group names are case-sensitive" if like else ""
+            self._error(UnknownGroupError(
+                f"group {group!r} is not published by the aggregator{hint}",
+                ErrorCode.ERROR_CODE_UNKNOWN_GROUP, fatal=False, ref_id=ref, group=group))
+            return False
+        return self._lookup(group, action, ref)
+
+    def _lookup(self, group: str, action: str, ref: int) -> bool:
+        """Take one snapshot look-up from the connection's bucket; refuse (clear error,
+        counted) when it is empty. Nothing is subscribed or requested for a refused one."""
+        p = self.policy
+        now = self._now
+        self._lookups = min(float(p.snapshot_lookup_burst),
+                            self._lookups + (now - self._lookups_at) * p.snapshot_lookups_per_s)
+        self._lookups_at = now
+        if self._lookups >= 1.0:
+            self._lookups -= 1.0
+            self._lookup_limited_run = 0
+            return True
+        self._lookup_limited_run += 1
+        self._effects.append(LookupLimited(group, action, self._lookup_limited_run == 1))
+        self._send(ServerFrame(error=Error(
+            code=ErrorCode.ERROR_CODE_RATE_LIMITED, ref_id=ref, group=group, fatal=False,
+            message=(f"{action} of {group!r} refused: more than {p.snapshot_lookups_per_s:g} "
+                     f"snapshot look-ups/s (burst {p.snapshot_lookup_burst}) on this "
+                     "connection; retry later"),
+        )))
+        return False
 
     def _on_subscribe(self, refs: Sequence[GroupRef], ref: int) -> None:
         done: list[GroupRef] = []

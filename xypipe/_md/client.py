@@ -34,6 +34,8 @@ class ViewStats:
     gaps: int = 0
     repeats: int = 0
     epoch_changes: int = 0
+    #: Symbols dropped because a delta said they left their group.
+    removed: int = 0
     #: Deltas never believed, by verdict (``far_future``, ``stale_epoch``, ``future_epoch``).
     rejected: dict[str, int] = attrs.field(factory=dict)
     verified: int = 0
@@ -93,6 +95,12 @@ class MarketView:
         g.seqs[d.shard] = d.seq
         g.delta_seqs[d.shard] = d.seq
         self.stats.deltas += 1
+        for gone in d.removed:
+            # The symbol moved to another group: it leaves this one now (before ``symbols``,
+            # which may bring it back).
+            venue, _, symbol = gone.partition(".")
+            if g.symbols.pop((venue, symbol), None) is not None:
+                self.stats.removed += 1
         for s in d.symbols:
             key = (s.venue, s.symbol)
             if s.trimmed:

@@ -42,13 +42,14 @@ class DeltaOut:
     """One emitted delta: the wire payload plus what the snapshot and publish stages need."""
 
     __slots__ = (
-        "entries", "epoch", "group", "level", "n_ticks", "payload", "seq", "shard", "shards",
-        "subject", "t_oldest", "ts_emit_us", "watermark", "window_ms",
+        "entries", "epoch", "group", "level", "n_ticks", "payload", "removed", "seq", "shard",
+        "shards", "subject", "t_oldest", "ts_emit_us", "watermark", "window_ms",
     )
 
     def __init__(self, route: Route, seq: int, epoch: int, payload: bytes,
                  entries: list[Entry], *, t_oldest: float, n_ticks: int, ts_emit_us: int,
-                 level: int, window_ms: int, watermark: int) -> None:
+                 level: int, window_ms: int, watermark: int,
+                 removed: tuple[str, ...] = ()) -> None:
         self.group = route.group
         self.shard = route.shard
         self.shards = route.shards
@@ -63,13 +64,16 @@ class DeltaOut:
         self.level = level
         self.window_ms = window_ms
         self.watermark = watermark
+        #: Keys that left this (group, shard) at this sequence (moved to another group).
+        self.removed = removed
 
     @property
     def nbytes(self) -> int:
         return len(self.payload)
 
     def __repr__(self) -> str:
-        return f"DeltaOut({self.subject} seq={self.seq} symbols={len(self.entries)})"
+        return (f"DeltaOut({self.subject} seq={self.seq} symbols={len(self.entries)} "
+                f"removed={len(self.removed)})")
 
 
 class Conflator:
@@ -92,6 +96,11 @@ class Conflator:
         self.learned_priorities: dict[str, int] = {}
         self._decimals: dict[str, int] = {}
         self._dirty: dict[Route, dict[str, SymbolBook]] = {}
+        #: Route -> keys that left it since its last delta (sent in the next one, explicitly).
+        self._removed: dict[Route, set[str]] = {}
+        #: (key, from group, to group) of every move since :meth:`take_moves` (for the shell
+        #: to count and log).
+        self.moves: list[tuple[str, str, str]] = []
         #: Every source message up to here is reflected in what has been emitted.
         self.watermark = 0
         self._applied_watermark = 0
@@ -141,17 +150,40 @@ class Conflator:
             self._applied_watermark = batch.watermark
 
     def _move(self, book: SymbolBook, route: Route | None) -> None:
+        """The symbol now belongs to ``route``: it leaves its old (group, shard) explicitly (a
+        ``removed`` key in that stream's next delta, so every mirror and client drops it at
+        once) and shows in the new one with the next delta, whether it ticked or not."""
         old = book.route
-        if old is not None and book.w_ticks:
+        key = book.key
+        if old is not None:
             d = self._dirty.get(old)
             if d is not None:
-                d.pop(book.key, None)
-            if route is not None:
-                self._dirty.setdefault(route, {})[book.key] = book
+                d.pop(key, None)
+            self._removed.setdefault(old, set()).add(key)
+            if old.group != (route.group if route is not None else None):
+                self.moves.append((key, old.group, route.group if route is not None else ""))
+        if route is not None:
+            gone = self._removed.get(route)
+            if gone is not None:
+                gone.discard(key)  # it came back before the removal went out
+            if book.src is not None:
+                self._dirty.setdefault(route, {})[key] = book
         book.route = route
 
     def _learn(self, rec: ContractRec) -> None:
         c = rec.contract
+        moved_from = rec.moved_from
+        if moved_from is not None and rec.route is not None and rec.route is not moved_from:
+            # The contract moved the symbol: it leaves the old group now, not at its next tick.
+            book = self.books.get(rec.key)
+            if book is None:
+                pass  # never ticked here: no group holds it
+            elif book.route is None:
+                # Restored from a snapshot of ``moved_from``'s group (no route yet).
+                book.route = moved_from
+                self._move(book, rec.route)
+            elif book.route is not rec.route:
+                self._move(book, rec.route)
         if c.price_decimals:
             self._decimals[rec.key] = c.price_decimals
             book = self.books.get(rec.key)
@@ -169,21 +201,36 @@ class Conflator:
         """Symbols changed but not yet emitted."""
         return sum(len(d) for d in self._dirty.values())
 
+    def take_moves(self) -> list[tuple[str, str, str]]:
+        out, self.moves = self.moves, []
+        return out
+
     def emit(self, ts_emit_us: int, level: int, window_ms: int) -> list[DeltaOut]:
         """Close the window: one delta per (group, shard) with changes (none for a quiet one)."""
         out: list[DeltaOut] = []
         trim = self.trim_depth if level >= 2 else None
         pause = level >= 3
         paused_left = False
-        for route, changed in list(self._dirty.items()):
-            if not changed:
-                del self._dirty[route]
+        removed = self._removed
+        for route in list(self._dirty.keys() | removed.keys()):
+            changed = self._dirty.get(route) or {}
+            gone = removed.get(route)
+            if not changed and not gone:
+                self._dirty.pop(route, None)
+                removed.pop(route, None)
                 continue
-            if pause and self.priority_of(route.group) in self.paused_priorities:
+            # Removals are never paused: a symbol that moved must not linger in its old group.
+            if (changed and pause
+                    and self.priority_of(route.group) in self.paused_priorities):
                 paused_left = True
-                continue
-            del self._dirty[route]
-            out.append(self._delta(route, changed, ts_emit_us, level, window_ms, trim))
+                if not gone:
+                    continue
+                changed = {}
+            else:
+                self._dirty.pop(route, None)
+            removed.pop(route, None)
+            out.append(self._delta(route, changed, ts_emit_us, level, window_ms, trim,
+                                   tuple(sorted(gone or ()))))
         watermark = self._applied_watermark
         if paused_left:
             for changed in self._dirty.values():
@@ -197,7 +244,8 @@ class Conflator:
         return out
 
     def _delta(self, route: Route, changed: dict[str, SymbolBook], ts_emit_us: int,
-               level: int, window_ms: int, trim: int | None) -> DeltaOut:
+               level: int, window_ms: int, trim: int | None,
+               removed: tuple[str, ...] = ()) -> DeltaOut:
         k = (route.group, route.shard)
         seq = self.seqs.get(k, 0) + 1
         self.seqs[k] = seq
@@ -213,18 +261,19 @@ class Conflator:
                             book.total_trades))
             if trim is not None:
                 wire.append(book.to_state(cs, trim).SerializeToString())
-            if book.w_t_in < t_oldest:
+            if book.w_ticks and book.w_t_in < t_oldest:
                 t_oldest = book.w_t_in
             n_ticks += book.w_ticks
             book.reset_window()
         header = Delta(group=route.group, shard=route.shard, seq=seq, epoch=self.epoch,
-                       ts_emit_us=ts_emit_us, level=level, window_ms=window_ms)
+                       ts_emit_us=ts_emit_us, level=level, window_ms=window_ms,
+                       removed=removed)
         payload = header.SerializeToString() + repeated_field(
             DELTA_SYMBOLS_TAG, wire if trim is not None else (e[3] for e in entries)
         )
         return DeltaOut(route, seq, self.epoch, payload, entries, t_oldest=t_oldest,
                         n_ticks=n_ticks, ts_emit_us=ts_emit_us, level=level,
-                        window_ms=window_ms, watermark=0)
+                        window_ms=window_ms, watermark=0, removed=removed)
 
 
 # --------------------------------------------------------------------------- merging
@@ -257,13 +306,15 @@ def merge_deltas(deltas: Sequence[Delta]) -> Delta:
     The result is what one longer window would have produced: ``seq`` of the last,
     ``first_seq`` of the first, each symbol's newest state (its checksum stays valid: it is
     the checksum of that state) with the windows' trades, volume, high/low and ticks combined,
-    so nothing a trader needs is lost. Raises ``ValueError`` for an empty list, mixed streams
+    so nothing a trader needs is lost; a symbol removed and not back by the last delta is in
+    ``removed`` (and not in ``symbols``). Raises ``ValueError`` for an empty list, mixed streams
     or epochs, or a sequence gap (merging must never hide a gap).
     """
     if not deltas:
         raise ValueError("merge_deltas: expected at least one delta, got none")
     first, last = deltas[0], deltas[-1]
     merged: dict[tuple[str, str], SymbolState] = {}
+    removed: dict[str, None] = {}
     prev: Delta | None = None
     window_ms = 0
     for d in deltas:
@@ -279,7 +330,13 @@ def merge_deltas(deltas: Sequence[Delta]) -> Delta:
             )
         prev = d
         window_ms += d.window_ms
+        for key in d.removed:
+            # Gone since an earlier delta of the merge: its entry goes too, its removal stays.
+            venue, _, symbol = key.partition(".")
+            merged.pop((venue, symbol), None)
+            removed[key] = None
         for s in d.symbols:
+            removed.pop(f"{s.venue}.{s.symbol}", None)  # back again: kept, with this state
             k = (s.venue, s.symbol)
             old = merged.get(k)
             if old is None:
@@ -294,4 +351,5 @@ def merge_deltas(deltas: Sequence[Delta]) -> Delta:
         first_seq=(first.first_seq or first.seq) if len(deltas) > 1 or first.first_seq else 0,
     )
     out.symbols.extend(merged.values())
+    out.removed.extend(removed)
     return out

@@ -43,7 +43,7 @@ class TickRec:
 class ContractRec:
     """Reference data for one instrument (``xy.ref.contract.{venue}.{symbol}``)."""
 
-    __slots__ = ("contract", "key", "route", "sseq", "t_in")
+    __slots__ = ("contract", "key", "moved_from", "route", "sseq", "t_in")
 
     def __init__(self, key: str, contract: Contract, sseq: int, t_in: float) -> None:
         self.key = key
@@ -51,6 +51,9 @@ class ContractRec:
         self.sseq = sseq
         self.t_in = t_in
         self.route: Route | None = None
+        #: Set by the router when this contract moves the symbol out of a group it was routed
+        #: to (by an earlier contract, a rule, the default group or a restored snapshot).
+        self.moved_from: Route | None = None
 
 
 class Route:

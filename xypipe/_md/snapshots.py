@@ -105,13 +105,19 @@ class SnapshotBuilder:
         entries = g.entries
         group_of = self._group_of
         group = d.group
+        for key in d.removed:
+            # Moved to another group: gone from this group's next snapshot and Top-K.
+            entries.pop(key, None)
+            g.prev_last.pop(key, None)
+            if group_of.get(key) == group:
+                del group_of[key]
         for e in d.entries:
             key = e[0]
             entries[key] = e
             was = group_of.get(key)
             if was != group:
-                # The symbol moved (its contract named another group): the old group's next
-                # snapshot must not keep a stale copy.
+                # The symbol moved (its contract named another group). Its old group's delta
+                # says so explicitly (``removed``); this also covers a removal not seen yet.
                 if was is not None and was in self.groups:
                     self.groups[was].entries.pop(key, None)
                 group_of[key] = group

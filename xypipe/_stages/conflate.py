@@ -21,6 +21,7 @@ from typing import Any
 import attrs
 import trio
 
+from xypipe._errors import SYMBOL_MOVED
 from xypipe._md.conflation import Conflator
 from xypipe._md.records import Restore, Watermark
 from xypipe._stage import Stage
@@ -78,6 +79,8 @@ class Conflate(Stage):
                                   "Time the last start took to rebuild state (snapshot + replay)")
         self._rebuilds = m.counter("aggregator_rebuilds", "Starts that rebuilt state",
                                    ["continued"])
+        self._moves = m.counter("symbols_moved", "Symbols moved to another group (removed "
+                                "explicitly from the old group's stream)")
         self._rebuild: Restore | None = None
         self._stop = False
         self._wake = trio.Event()
@@ -96,12 +99,23 @@ class Conflate(Stage):
                                 self._rebuild = item
                         continue
                     self.core.apply(item)
+                    if self.core.moves:
+                        self._moved(self.core.take_moves())
                     if self._rebuild is not None and item.watermark >= self._rebuild.target_seq:
                         self._rebuilt(self._rebuild)
                         self._rebuild = None
                 self._stop = True
                 self._wake.set()
             nursery.cancel_scope.cancel()
+
+    def _moved(self, moves: list[tuple[str, str, str]]) -> None:
+        self._moves.inc(len(moves))
+        for key, old, new in moves[:5]:
+            self.ctx.log.info("symbol moved to another group: removed from the old one",
+                              code=SYMBOL_MOVED, symbol=key, old_group=old, new_group=new)
+        if len(moves) > 5:
+            self.ctx.log.info("more symbols moved to other groups", code=SYMBOL_MOVED,
+                              symbols=len(moves) - 5)
 
     def _rebuilt(self, r: Restore) -> None:
         took = trio.current_time() - r.started_at

@@ -46,6 +46,7 @@ from xypipe._retry import Backoff, retrying
 from xypipe._stage import Stage
 from xypipe._stages._jsfeed import delivery_of, js_feed, pending_of, stream_seq_of
 from xypipe._stages._md_common import StateStreams, is_token, wall_us
+from xypipe._stages._srcstream import DEFAULT_SUBJECTS, SourceStream
 from xypipe._stages._srcwatch import SourceWatchConfig, watch_source
 from xypipe._validate import Invalid, in_range, non_empty, one_of, subject_patterns
 from xypipe.contracts import Contract, Delta, Snapshot, Tick
@@ -57,7 +58,7 @@ CONTRACT_PREFIX = "xy.ref.contract."
 @attrs.frozen
 class IngestConfig:
     stream: str = attrs.field(default="XY_SRC", validator=non_empty())
-    subjects: list[str] = attrs.field(factory=lambda: ["xy.src.>", "xy.ref.>"],
+    subjects: list[str] = attrs.field(factory=lambda: list(DEFAULT_SUBJECTS),
                                       validator=subject_patterns())
     #: Retention of the source stream: by age (seconds) and by size (bytes); 0 = unlimited.
     max_age_s: int = attrs.field(default=3600, validator=in_range(0, 31_536_000))
@@ -94,6 +95,13 @@ class IngestConfig:
     state: StateStreams = attrs.field(factory=StateStreams)
     #: Freshness of the source stream for /healthz (see :mod:`xypipe._stages._srcwatch`).
     watch: SourceWatchConfig = attrs.field(factory=SourceWatchConfig)
+
+    @property
+    def source(self) -> SourceStream:
+        """The source stream as this stage defines it (the one definition, shared with the
+        publisher: :mod:`xypipe._stages._srcstream`)."""
+        return SourceStream(self.stream, list(self.subjects), self.max_age_s, self.max_bytes,
+                            self.storage)
 
     def __attrs_post_init__(self) -> None:
         if self.start == "seq" and self.start_seq < 1:
@@ -247,14 +255,18 @@ class Ingest(Stage):
         async def prepare() -> tuple[Any, Restore | None, list[Any]]:
             # Everything read before the first delivery, retried as a whole while JetStream
             # is unavailable (a half-read restore point is worthless).
-            src = await js.ensure_stream(
-                cfg.stream, list(cfg.subjects),
-                max_age_s=float(cfg.max_age_s) if cfg.max_age_s else None,
-                max_bytes=cfg.max_bytes or None, storage=cfg.storage,
-            )
+            # Created here or by a publisher that came first, never overwritten (see
+            # _srcstream): contracts published before this moment are in it.
+            src = await cfg.source.ensure(js, owner=True, log=self.ctx.log)
             await cfg.state.ensure(js)
             restore = await self._restore(js, src) if cfg.start == "resume" else None
-            contracts = await self._last_per_subject(js, cfg.stream, "xy.ref.>", src.messages)
+            # Reference data before any tick is routed: the last contract of every symbol.
+            # Read after ``src``: a contract stored between the two is read here and again by
+            # the feed (which starts at or before src.last_seq + 1); applying it twice is
+            # harmless, missing it is not. The stream itself orders a publisher's contracts
+            # before its ticks, so from here on no tick overtakes its contract.
+            contracts = await self._last_per_subject(js, cfg.stream, CONTRACT_PREFIX + ">",
+                                                     src.messages)
             return src, restore, contracts
 
         src, restore, contracts = await retrying(

@@ -8,24 +8,34 @@ last sequence it emitted per shard and continues after it. Both go out on the sa
 in that order, so a delta a client saw always has its checkpoint stored (see
 ``docs/architecture.md``, "Aggregator restart").
 
+Every group it publishes is listed, before its first delta, in the known-groups KV bucket
+(``groups_bucket``, key = group): gateways answer a subscription to any other group with
+``UNKNOWN_GROUP``.
+
 Metrics: ``ticks_out_total`` (deltas published), ``snapshots_out_total``,
 ``aggregator_latency_seconds`` (oldest tick of a delta: ingest to publish).
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import attrs
 import trio
 
-from xypipe._errors import PUBLISH_DROPPED, BridgeError, NatsBackpressure
+from xypipe._errors import (
+    KNOWN_GROUPS_WRITE_FAILED,
+    PUBLISH_DROPPED,
+    BridgeError,
+    NatsBackpressure,
+)
 from xypipe._md.conflation import DeltaOut
 from xypipe._md.records import Watermark
 from xypipe._md.snapshots import SnapshotOut
 from xypipe._retry import retrying
 from xypipe._stage import Stage
-from xypipe._stages._md_common import StateStreams
+from xypipe._stages._md_common import StateStreams, wall_us
 from xypipe.contracts import Delta
 
 
@@ -34,6 +44,10 @@ class PublishConfig:
     #: Store the last delta sequence per shard (needed to continue it after a restart).
     checkpoint: bool = True
     state: StateStreams = attrs.field(factory=StateStreams)
+    #: JetStream KV bucket listing every group this aggregator publishes (key = group), written
+    #: before a group's first delta or snapshot; gateways refuse other groups with
+    #: UNKNOWN_GROUP. "" = no list (gateways then accept every well-formed group).
+    groups_bucket: str = "xy_md_groups"
 
 
 class Publish(Stage):
@@ -81,10 +95,20 @@ class Publish(Stage):
                             error=str(exc))
                 await nc.publish(subject, payload)
 
+        known = KnownGroupsWriter(self.ctx, js, cfg.groups_bucket) if cfg.groups_bucket else None
+        if known is not None:
+            await retrying(f"open the known-groups bucket {cfg.groups_bucket!r}", known.open,
+                           log=self.ctx.log, on_failure=lambda exc: retries.labels("kv").inc(),
+                           gave_up=lambda: nc.closed)
         self.ctx.set_ready()
         try:
             async for item in self.inbox:
                 now = trio.current_time()
+                if known is not None:
+                    for x in item:
+                        group = getattr(x, "group", None)
+                        if group is not None and group not in known.written:
+                            await known.write(group, now)
                 for x in item:
                     if type(x) is DeltaOut:
                         if checkpoint:
@@ -123,3 +147,49 @@ class Publish(Stage):
     def _unexpected(self, x: Any) -> None:
         self.ctx.log.warning("publish got something that is neither a delta nor a snapshot",
                              code="XY-STG-002", type=type(x).__name__)
+
+
+class KnownGroupsWriter:
+    """Puts each group this aggregator publishes into the known-groups KV bucket, once, before
+    its first delta goes out (so a gateway that sees the delta already knows the group).
+
+    A failed put (the server away) does not hold the market data back: it is logged
+    (``XY-AGG-014``), counted and retried with a later item, at most every ``retry_s``."""
+
+    def __init__(self, ctx: Any, js: Any, bucket: str, retry_s: float = 1.0) -> None:
+        self.ctx = ctx
+        self.js = js
+        self.bucket = bucket
+        self.retry_s = retry_s
+        self.kv: Any = None
+        self.written: set[str] = set()
+        self._failed_at: dict[str, float] = {}
+        self._failures = ctx.metrics.counter(
+            "known_groups_write_failures", "Failed writes to the known-groups KV bucket")
+        self._groups = ctx.metrics.gauge(
+            "known_groups", "Groups this aggregator has listed in the known-groups bucket")
+
+    async def open(self) -> None:
+        self.kv = await self.js.kv(self.bucket, history=1)
+        # After a restart the list is already there: no rewrite per group.
+        self.written = set(await self.kv.keys())
+        self._groups.set(len(self.written))
+
+    async def write(self, group: str, now: float) -> None:
+        failed = self._failed_at.get(group)
+        if failed is not None and now - failed < self.retry_s:
+            return
+        value = json.dumps({"group": group, "first_seen_us": wall_us()}).encode()
+        try:
+            with trio.fail_after(self.retry_s):
+                await self.kv.put(group, value)
+        except (BridgeError, trio.TooSlowError) as exc:
+            self._failed_at[group] = now
+            self._failures.inc()
+            self.ctx.log.warning("could not list a group in the known-groups bucket; retried "
+                                 "with a later delta", code=KNOWN_GROUPS_WRITE_FAILED,
+                                 group=group, bucket=self.bucket, error=str(exc))
+            return
+        self._failed_at.pop(group, None)
+        self.written.add(group)
+        self._groups.set(len(self.written))

@@ -1,7 +1,9 @@
 """``publisher``: the demo's market — synthetic ticks (and their reference contracts) on
 ``xy.src.tick.{venue}.{symbol}`` at a paced rate, with optional faults, tape record/replay.
 
-A source and a sink at once (a pipeline of one stage): it publishes straight to NATS. The
+A source and a sink at once (a pipeline of one stage): it publishes straight to NATS, after
+making sure the source stream exists (so its first contracts are kept even when it starts
+before the aggregator). The
 ground truth of what it sent is kept in ``ctx.resources["publisher.truth"]`` for tests.
 """
 
@@ -29,8 +31,10 @@ from xypipe._publisher import (
     stamp_arrival,
     tick_subject,
 )
+from xypipe._retry import retrying
 from xypipe._stage import Stage
 from xypipe._stages._md_common import wall_us
+from xypipe._stages._srcstream import SourceStream
 from xypipe._validate import Invalid, in_range, non_empty
 
 
@@ -62,6 +66,13 @@ class PublisherConfig:
     replay: str = ""
     #: Re-publish the reference contracts every this many seconds (0 = only at start).
     contracts_every_s: float = attrs.field(default=30.0, validator=in_range(0.0, 86_400.0))
+    #: The stream that keeps what is published (the aggregator reads it): made sure to exist
+    #: before the first contract goes out, whoever starts first (see
+    #: :mod:`xypipe._stages._srcstream`). Must name the same stream and subjects as the
+    #: aggregator's ingest; retention is the aggregator's to set.
+    source: SourceStream = attrs.field(factory=SourceStream)
+    #: False: publish on core NATS only (no JetStream, nothing kept; tests and plain NATS).
+    ensure_stream: bool = True
 
     def __attrs_post_init__(self) -> None:
         if self.record and self.replay:
@@ -101,7 +112,17 @@ class Publisher(Stage):
         pacer = Pacer(cfg.rate, cfg.burst_factor, cfg.burst_every_s, cfg.burst_s)
         step = cfg.interval_ms / 1000
         total = 0
+        if cfg.ensure_stream:
+            js = nc.jetstream()
+            retries = self.ctx.metrics.counter(
+                "js_retries", "JetStream calls that failed transiently and were retried", ["op"])
+            await retrying(f"ensure the source stream {cfg.source.name!r}",
+                           lambda: cfg.source.ensure(js, owner=False, log=self.ctx.log),
+                           log=self.ctx.log, on_failure=lambda exc: retries.labels(
+                               "source_stream").inc(), gave_up=lambda: nc.closed)
         try:
+            # Contracts first, on the same connection as the ticks: the stream stores them in
+            # that order, so the aggregator knows every symbol's group before its first tick.
             for subject, payload in contracts:
                 await nc.publish(subject, payload)
             next_contracts = trio.current_time() + (cfg.contracts_every_s or float("inf"))

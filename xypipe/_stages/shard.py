@@ -8,6 +8,13 @@ one-shard group and ``{prefix}.{group}.{shard}`` otherwise.
 
 Input/output: ``Batch`` values (records get their ``route``) and the ``Restore`` record (whose
 snapshots say where each symbol was, so routing survives a restart before contracts are read).
+
+A tick whose symbol no contract has named a group for yet is routed at once by the rules /
+default group, not held (ingest loads every stored contract before the first tick, and a
+publisher's contracts precede its ticks in the stream, so this is a feed without reference data
+for that symbol): counted in ``symbols_routed_without_contract_total`` and logged once per
+symbol (``XY-AGG-012``). A contract that changes a symbol's group carries the route it leaves
+(``ContractRec.moved_from``) so conflation removes the symbol from the old group at once.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from typing import Any
 
 import attrs
 
+from xypipe._errors import ROUTED_WITHOUT_CONTRACT
 from xypipe._md.conflation import delta_subject
 from xypipe._md.records import Batch, ContractRec, Restore, Route, TickRec
 from xypipe._stage import Stage
@@ -71,6 +79,9 @@ class Router:
         self._routes: dict[str, Route] = {}
         self._shared: dict[tuple[str, int], Route] = {}
         self._group_of: dict[str, str] = {}
+        #: Keys routed by the rules / default group because no contract named their group yet
+        #: (drained by the stage, which counts and logs them).
+        self.without_contract: list[str] = []
 
     def shards_of(self, group: str) -> int:
         return self.cfg.group_shards.get(group, self.cfg.shards)
@@ -84,16 +95,26 @@ class Router:
                 return rule.group
         return self.cfg.default_group
 
-    def learn(self, key: str, group: str) -> None:
-        if self._group_of.get(key) != group:
-            self._group_of[key] = group
-            self._routes.pop(key, None)
+    def learn(self, key: str, group: str) -> Route | None:
+        """``key`` belongs to ``group`` from now on; returns the route it leaves (``None``
+        when it was never routed or stays in the same group)."""
+        if self._group_of.get(key) == group:
+            return None
+        old = self._routes.get(key)
+        if old is None and key in self._group_of:
+            old = self.route(key)  # known from a restored snapshot, not routed yet
+        self._group_of[key] = group
+        self._routes.pop(key, None)
+        return old if old is not None and old.group != group else None
 
     def route(self, key: str) -> Route:
         r = self._routes.get(key)
         if r is not None:
             return r
-        group = self._group_of.get(key) or self._by_rules(key)
+        group = self._group_of.get(key)
+        if group is None:
+            group = self._by_rules(key)
+            self.without_contract.append(key)
         shards = self.shards_of(group)
         shard = zlib.crc32(key.encode()) % shards if shards > 1 else 0
         r = self._shared.get((group, shard))
@@ -111,6 +132,10 @@ class Shard(Stage):
 
     async def run(self) -> None:
         router = Router(self.config)
+        self._no_contract = self.ctx.metrics.counter(
+            "symbols_routed_without_contract",
+            "Symbols whose first tick was routed by the rules / default group because no "
+            "reference contract named their group yet")
         use_contracts = self.config.use_contracts
         routes = router._routes
         route_of = router.route
@@ -128,6 +153,23 @@ class Shard(Stage):
                     rec.route = r if r is not None else route_of(rec.key)
                 elif type(rec) is ContractRec:
                     if use_contracts and rec.contract.group:
-                        router.learn(rec.key, rec.contract.group)
+                        rec.moved_from = router.learn(rec.key, rec.contract.group)
                     rec.route = route_of(rec.key)
+            if router.without_contract:
+                self._without_contract(router, use_contracts)
             await send(item if isinstance(item, Batch) else Batch(list(item), 0))
+
+    def _without_contract(self, router: Router, use_contracts: bool) -> None:
+        keys, router.without_contract = router.without_contract, []
+        if not use_contracts:
+            return  # routing by rules is the configuration, not a missing contract
+        self._no_contract.inc(len(keys))
+        for key in keys[:5]:
+            # Once per symbol (a route is computed once): a feed whose contracts come late,
+            # or from elsewhere, shows here. The symbol moves, explicitly, when one arrives.
+            self.ctx.log.info("symbol routed before any contract named its group",
+                              code=ROUTED_WITHOUT_CONTRACT, symbol=key,
+                              group=router.route(key).group)
+        if len(keys) > 5:
+            self.ctx.log.info("more symbols routed before any contract named their group",
+                              code=ROUTED_WITHOUT_CONTRACT, symbols=len(keys) - 5)

@@ -213,6 +213,15 @@ export declare type Delta = Message<"xy.md.v1.Delta"> & {
    * @generated from field: uint64 first_seq = 9 [jstype = JS_NUMBER];
    */
   firstSeq: bigint;
+
+  /**
+   * Symbols ("{venue}.{symbol}") that left this group/shard at this sequence (their contract
+   * moved them to another group). A client drops them before applying `symbols`; a symbol
+   * listed in both came back within the delta and is kept with its new state.
+   *
+   * @generated from field: repeated string removed = 10;
+   */
+  removed: string[];
 };
 
 /**

@@ -54,7 +54,7 @@ class SymbolState(_message.Message):
     def __init__(self, venue: _Optional[str] = ..., symbol: _Optional[str] = ..., seq: _Optional[int] = ..., ts_exchange_us: _Optional[int] = ..., ts_arrival_us: _Optional[int] = ..., last: _Optional[int] = ..., last_size: _Optional[int] = ..., bids: _Optional[_Iterable[_Union[_tick_pb2.PriceLevel, _Mapping]]] = ..., asks: _Optional[_Iterable[_Union[_tick_pb2.PriceLevel, _Mapping]]] = ..., vol: _Optional[int] = ..., oi: _Optional[int] = ..., flags: _Optional[int] = ..., price_decimals: _Optional[int] = ..., window_high: _Optional[int] = ..., window_low: _Optional[int] = ..., window_trades: _Optional[int] = ..., window_volume: _Optional[int] = ..., window_ticks: _Optional[int] = ..., total_trades: _Optional[int] = ..., checksum: _Optional[int] = ..., trimmed: _Optional[bool] = ...) -> None: ...
 
 class Delta(_message.Message):
-    __slots__ = ("group", "shard", "seq", "epoch", "ts_emit_us", "symbols", "level", "window_ms", "first_seq")
+    __slots__ = ("group", "shard", "seq", "epoch", "ts_emit_us", "symbols", "level", "window_ms", "first_seq", "removed")
     GROUP_FIELD_NUMBER: _ClassVar[int]
     SHARD_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
@@ -64,6 +64,7 @@ class Delta(_message.Message):
     LEVEL_FIELD_NUMBER: _ClassVar[int]
     WINDOW_MS_FIELD_NUMBER: _ClassVar[int]
     FIRST_SEQ_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
     group: str
     shard: int
     seq: int
@@ -73,7 +74,8 @@ class Delta(_message.Message):
     level: int
     window_ms: int
     first_seq: int
-    def __init__(self, group: _Optional[str] = ..., shard: _Optional[int] = ..., seq: _Optional[int] = ..., epoch: _Optional[int] = ..., ts_emit_us: _Optional[int] = ..., symbols: _Optional[_Iterable[_Union[SymbolState, _Mapping]]] = ..., level: _Optional[int] = ..., window_ms: _Optional[int] = ..., first_seq: _Optional[int] = ...) -> None: ...
+    removed: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, group: _Optional[str] = ..., shard: _Optional[int] = ..., seq: _Optional[int] = ..., epoch: _Optional[int] = ..., ts_emit_us: _Optional[int] = ..., symbols: _Optional[_Iterable[_Union[SymbolState, _Mapping]]] = ..., level: _Optional[int] = ..., window_ms: _Optional[int] = ..., first_seq: _Optional[int] = ..., removed: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class TopEntry(_message.Message):
     __slots__ = ("venue", "symbol", "value")
