@@ -65,8 +65,11 @@ class BusLayout:
 
     source_streams: tuple[str, ...] = ("XY_SRC",)
     state_streams: tuple[str, ...] = ("XY_MD_SNAPSHOT", "XY_AGG_SEQ")
-    snapshot_streams: tuple[str, ...] = ("XY_MD_SNAPSHOT",)
+    #: Streams gateways read by direct get: snapshots and the aggregator's checkpoints.
+    snapshot_streams: tuple[str, ...] = ("XY_MD_SNAPSHOT", "XY_AGG_SEQ")
     flag_buckets: tuple[str, ...] = ("xy_feature_flags",)
+    #: Known-groups buckets: written by the aggregator, read by gateways.
+    group_buckets: tuple[str, ...] = ("xy_md_groups",)
 
     @classmethod
     def of(cls, cfg: AppConfig) -> BusLayout:
@@ -80,6 +83,7 @@ class BusLayout:
         state: list[str] = []
         snapshots: list[str] = []
         buckets: list[str] = []
+        groups: list[str] = []
         for pipe in cfg.pipelines.values():
             for decl in pipe.stages:
                 c = decl.config
@@ -88,14 +92,18 @@ class BusLayout:
                     state += [c.state.snapshot_stream, c.state.checkpoint_stream]
                 elif isinstance(c, PublishConfig):
                     state += [c.state.snapshot_stream, c.state.checkpoint_stream]
+                    groups += [c.groups_bucket] if c.groups_bucket else []
                 elif isinstance(c, GatewayOptions):
-                    snapshots.append(c.snapshot_stream)
+                    # Snapshots, and the aggregator's checkpoints (re-anchoring a stream).
+                    snapshots += [c.snapshot_stream, c.checkpoint_stream]
                     buckets.append(c.flags_bucket)
+                    groups += [c.groups_bucket] if c.groups_bucket else []
         return cls(
             source_streams=_unique(source) or default.source_streams,
             state_streams=_unique(state) or default.state_streams,
             snapshot_streams=_unique(snapshots) or default.snapshot_streams,
             flag_buckets=_unique(buckets) or default.flag_buckets,
+            group_buckets=_unique(groups) or default.group_buckets,
         )
 
 
@@ -145,6 +153,9 @@ def permissions(role: str, layout: BusLayout) -> Permissions:
             pub += _manage(s) + _consume(s)
         for s in layout.state_streams:
             pub += _manage(s) + _consume(s) + _read(s)
+        for b in layout.group_buckets:
+            kv = f"KV_{b}"
+            pub += _manage(kv) + _consume(kv) + _read(kv) + [f"$KV.{b}.>"]
     elif role == "gateway":
         sub += ["xy.md.>"]
         for s in layout.snapshot_streams:
@@ -152,6 +163,10 @@ def permissions(role: str, layout: BusLayout) -> Permissions:
         for b in layout.flag_buckets:
             kv = f"KV_{b}"
             pub += _manage(kv) + _consume(kv) + _read(kv) + [f"$KV.{b}.>"]
+        for b in layout.group_buckets:
+            # Read-only: the aggregator owns the list of the groups it publishes.
+            kv = f"KV_{b}"
+            pub += [f"$JS.API.STREAM.INFO.{kv}", *_consume(kv), *_read(kv)]
     elif role == "publisher":
         pub += ["xy.src.>", "xy.ref.>"]
         for s in layout.source_streams:

@@ -37,6 +37,9 @@ from xypipe._errors import (
     AuthError,
     BridgeError,
     KvRevisionConflict,
+    NatsJsUnavailable,
+    NatsNotFound,
+    NatsTimeout,
 )
 from xypipe._gateway._audit import AuditLog, claimed_subject
 from xypipe._gateway._auth import AuthExpired, TokenVerifier
@@ -569,9 +572,16 @@ class GatewayServer:
         js = self.nats.jetstream(timeout=self.options.nats_timeout_ms / 1000)
 
         async def open_and_read() -> tuple[KeyValue, list[str]]:
-            # Created if the aggregator has not yet: the gateway may start first, and then
-            # knows no group until the first one appears.
-            kv = await js.kv(bucket, history=1)
+            # The aggregator creates and writes the bucket; a gateway only reads it (least
+            # privilege: docs/security.md). One that starts first waits for it, accepting every
+            # well-formed group meanwhile, as before the first read.
+            try:
+                kv = await js.kv(bucket, create=False)
+            except NatsNotFound as exc:
+                if isinstance(exc, NatsJsUnavailable):
+                    raise
+                raise NatsTimeout(f"known-groups bucket {bucket!r} does not exist yet (the "
+                                  "aggregator creates it with its first group)") from exc
             return kv, await kv.keys()
 
         backoff = Backoff(initial_s=0.1, max_s=5.0)
