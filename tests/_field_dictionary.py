@@ -279,6 +279,8 @@ class CodeScan:
             self._scan_aliases(path, tree)
         for path, tree in trees:
             self._scan_labels(path, tree, trees)
+        for path, tree in trees:
+            self._scan_handed(path, tree)
         self.literals = {n.value for _, t in trees for n in ast.walk(t)
                          if isinstance(n, ast.Constant) and isinstance(n.value, str)}
 
@@ -345,6 +347,26 @@ class CodeScan:
                     self.registrations.append(attrs.evolve(
                         reg, where=f"{rel}:{node.lineno}", binding=alias))
 
+    def _scan_handed(self, path: pathlib.Path, tree: ast.Module) -> None:
+        """A metric handed to a function (``self._export(..., self.metrics.resyncs)``) is
+        labelled where the scan cannot see: its values count as computed."""
+        rel = path.relative_to(ROOT)
+        for call in ast.walk(tree):
+            if not isinstance(call, ast.Call):
+                continue
+            for arg in [*call.args, *(k.value for k in call.keywords)]:
+                if not isinstance(arg, ast.Attribute | ast.Name):
+                    continue
+                reg = self._metric_for(_receiver_name(arg), path)
+                if isinstance(arg, ast.Name) and reg is not None and not reg.where.startswith(
+                        f"{rel}:"):
+                    continue  # a local variable of the same name, not the metric
+                if reg is None or not reg.labels:
+                    continue
+                uses = self.uses.setdefault(reg.family, {})
+                for label in reg.labels:
+                    uses.setdefault(label, LabelUse()).computed.append(f"{rel}:{call.lineno}")
+
     # -- label call sites --
 
     def _metric_for(self, receiver: str | None, path: pathlib.Path) -> Registration | None:
@@ -372,7 +394,7 @@ class CodeScan:
             else:
                 reg = self._metric_for(_receiver_name(recv), path)
             if reg is None:
-                continue  # e.g. a helper handed the counter: its callers' values are computed
+                continue  # e.g. a helper handed the counter: see _scan_handed
             uses = self.uses.setdefault(reg.family, {})
             args = list(zip(reg.labels, call.args, strict=False)) + [
                 (k.arg, k.value) for k in call.keywords if k.arg]
