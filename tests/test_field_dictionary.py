@@ -8,6 +8,7 @@ included); the dictionary side from its tables.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -31,6 +32,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from test_demo import demo_copy, http_get, wait_healthy, wait_metrics
 
 from xypipe import load_config
+from xypipe.contracts import GroupRef, Resume, ResumePoint, SnapshotRequest, Subscribe
+
+sys.path.insert(0, str(ROOT / "tests" / "gateway"))
+from gw_support import ws_client
 
 
 @pytest.fixture(scope="module")
@@ -190,6 +195,42 @@ async def _scrape(port: int) -> str:
     return text
 
 
+#: What the browser session below leaves on the gateway's page (checked like the rest).
+BROWSER_SAMPLES = {("ws_connections_total", (("outcome", "accepted"),)),
+                   ("ws_resyncs_total", (("reason", "request"),)),
+                   ("ws_resumes_total", (("outcome", "snapshot"), ("reason", "ahead")))}
+
+
+def _samples(text: str) -> set[tuple[str, tuple[tuple[str, str], ...]]]:
+    return {(s.name, tuple(sorted(s.labels.items())))
+            for f in text_string_to_metric_families(text) for s in f.samples}
+
+
+async def _browser_session(gateway_port: int, ui_port: int) -> None:
+    """What a browser does, so the gateway's labelled counters have children: connect with a
+    dev token, subscribe, ask for a snapshot, and resume from a point the stream has not
+    reached (answered with a snapshot). Whether the gateway looks the group's snapshot up
+    depends on whether a live one came first, so no lookup is required here."""
+    status, body = await trio.to_thread.run_sync(http_get, ui_port, "/dev/token")
+    assert status == 200, body
+    token = json.loads(body)["token"]
+    async with ws_client(gateway_port) as c:
+        await c.hello(token)
+        await c.send(subscribe=Subscribe(groups=[GroupRef(group="fx")]))
+        await c.recv_until(lambda f: len(f.snapshots) > 0, limit_s=30)
+        await c.send(snapshot_request=SnapshotRequest(group="fx"))
+        await c.recv_until(lambda f: len(f.snapshots) > 0, limit_s=30)
+        ahead = [attrs_evolve_point(p) for p in c.resume_points()]
+    async with ws_client(gateway_port) as c:
+        await c.hello(token)
+        await c.send(resume=Resume(points=ahead))
+        await c.recv_until(lambda f: len(f.snapshots) > 0, limit_s=30)
+
+
+def attrs_evolve_point(p: ResumePoint) -> ResumePoint:
+    return ResumePoint(group=p.group, shard=p.shard, epoch=p.epoch, seq=p.seq + 1_000_000)
+
+
 async def test_what_a_running_demo_emits_is_documented(tmp_path, scan, docs):
     config_path = demo_copy(tmp_path)
     cfg = load_config(config_path)
@@ -208,8 +249,14 @@ async def test_what_a_running_demo_emits_is_documented(tmp_path, scan, docs):
             await wait_healthy(port, 60)
         # Deltas and snapshots reach the gateway; the UI server answers a page and a token.
         await wait_metrics(ports["aggregator"], ("ticks_out_total", "snapshots_out_total"), 60)
-        for path in ("/", "/config.json", "/dev/token", "/missing.js"):
+        for path in ("/", "/config.json", "/missing.js"):
             await trio.to_thread.run_sync(http_get, ui_port, path)
+        await _browser_session(ports["gateway"], ui_port)
+        with trio.fail_after(30):  # the gateway exports its hub's counts with the next batch
+            while True:
+                if BROWSER_SAMPLES <= _samples(await _scrape(ports["gateway"])):
+                    break
+                await trio.sleep(0.2)
         for name, port in ports.items():
             pages[name] = await _scrape(port)
     finally:
@@ -253,3 +300,4 @@ async def test_what_a_running_demo_emits_is_documented(tmp_path, scan, docs):
     # The run covered every process and the metrics each is known for.
     assert {"ticks_out", "src_ingest", "ws_active", "ui_requests", "process_up"} <= set(seen), \
         sorted(seen)
+
