@@ -37,6 +37,7 @@ async def test_hello_then_subscribe_gets_snapshot_then_consecutive_deltas(
             assert m.sample("ws_connections_by_level", {"level": "L0"}) == 1
             assert m.sample("e2e_latency_seconds_count", {"point": "gateway_send"}) >= 1
             assert m.sample("nats_req_latency_count", {"op": "direct_get"}) == 1
+            assert m.sample("gateway_snapshot_lookups_total", {"outcome": "found"}) == 1
             await c.send(metrics=ClientMetrics(render_latency_ms=[12.5, 30.0], tabs=2))
             await c.send(ping=Ping(nonce=1))
             await c.recv_until(lambda f: f.HasField("pong"))

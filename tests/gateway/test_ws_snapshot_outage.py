@@ -28,11 +28,15 @@ async def test_snapshot_asked_while_jetstream_is_away_arrives_when_it_is_back(
             assert err.error.code == ErrorCode.ERROR_CODE_SNAPSHOT_UNAVAILABLE
             assert "could not be reached" in err.error.message
             assert runner.metrics.sample("gateway_snapshot_get_failures_total") >= 1
+            assert runner.metrics.sample("gateway_snapshot_lookups_total",
+                                         {"outcome": "failed"}) >= 1
             nats_server.jetstream = True
             await nats_server.restart()
             got = await c.recv_until(lambda f: len(f.snapshots) > 0, limit_s=20)
             assert got.snapshots[0].group == "fx"
             assert got.snapshots[0].shard_seq[0] == aggregator.seq["fx"]
+            assert runner.metrics.sample("gateway_snapshot_lookups_total",
+                                         {"outcome": "found"}) == 1
             # The live feed continues after the stored snapshot without a hole.
             await aggregator.publish_deltas(2, ["fx"])
             await c.recv_until(lambda f: c.last[("fx", 0)][1] == aggregator.seq["fx"])

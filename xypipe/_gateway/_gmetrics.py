@@ -66,6 +66,11 @@ class GatewayMetrics:
             "gateway_snapshot_get_failures",
             "Snapshot direct gets that failed (each is retried with backoff)",
         )
+        self.snapshot_lookups = m.counter(
+            "gateway_snapshot_lookups",
+            "Snapshot direct gets for subscribers, by outcome (found, missing, failed)",
+            ["outcome"],
+        )
         self.resumes = m.counter(
             "ws_resumes", "Resume requests by outcome (bridged, snapshot) and reason",
             ["outcome", "reason"],

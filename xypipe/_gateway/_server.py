@@ -329,6 +329,7 @@ class GatewayServer:
                     self.metrics.nats_req.labels("direct_get_error").observe(
                         trio.current_time() - t0)
                     self.metrics.snapshot_get_failures.inc()
+                    self.metrics.snapshot_lookups.labels("failed").inc()
                     attempt += 1
                     delay = _SNAPSHOT_BACKOFF.delay(attempt)
                     self.log.warning("snapshot direct get failed; retrying",
@@ -343,6 +344,7 @@ class GatewayServer:
                     await trio.sleep(delay)
                     continue
                 self.metrics.nats_req.labels("direct_get").observe(trio.current_time() - t0)
+                self.metrics.snapshot_lookups.labels("missing" if msg is None else "found").inc()
                 if attempt:
                     self.log.info("snapshot direct get succeeded after retries",
                                   subject=subject, attempts=attempt)
