@@ -164,7 +164,9 @@ class Subscriber:
                 await self._session()
             except* (OSError, trio_websocket.HandshakeError, trio_websocket.ConnectionClosed,
                      trio.BrokenResourceError) as group:
-                exc = group.exceptions[0]
+                exc: BaseException = group
+                while isinstance(exc, BaseExceptionGroup):
+                    exc = exc.exceptions[0]
                 self.stats.closes.append(f"{type(exc).__name__}: {exc}"[:200])
             if self.stats.frames > frames:
                 backoff = 0.05  # the last session worked: start over from a short wait

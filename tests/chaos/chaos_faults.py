@@ -355,6 +355,10 @@ async def inject_and_check(stack: Stack, kind: str) -> Outcome:
         stale = {c.name: c.stale_groups() for c in stack.clients if c.stale_groups()}
         failures.append(f"{kind}: no fresh deltas within {RECOVERY_GUARD_S} s after the fault "
                         f"was cleared; still stale: {stale}")
+        liars = [n for n, w in stack.health.items() if w.state == "ready"]
+        if liars:
+            failures.append(f"{kind}: /healthz of {liars} says ready although no fresh delta "
+                            f"has reached any client for {RECOVERY_GUARD_S} s")
 
     health: dict[str, tuple[float, float] | None] = {}
     deadline = trio.current_time() + HEALTH_GUARD_S  # one bound for all: the dips overlap

@@ -101,14 +101,17 @@ async def accepted(nc: NatsClient) -> dict[str, Accepted]:
     js = nc.jetstream()
     state = await js.stream_state(SOURCE_STREAM)
     seen: dict[str, tuple[int, int, int, int]] = {}
-    read = 0
+    # A tick stored twice is one tick (the aggregator drops the second): count each seq once.
+    counted: set[tuple[str, int]] = set()
     async with js.pull(SOURCE_STREAM, "xy.src.tick.>", deliver="all", batch=2048) as consumer:
         while True:
             got = await consumer.fetch(2048, timeout=0.5)
-            read += len(got)
             for m in got:
                 t = Tick.FromString(m.data)
                 key = f"{t.venue}.{t.symbol}"
+                if (key, t.seq) in counted:
+                    continue
+                counted.add((key, t.seq))
                 seq, vol, trades, volume = seen.get(key, (0, 0, 0, 0))
                 if t.flags & TRADE:
                     trades += 1
