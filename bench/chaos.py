@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "chaos
 
 from _aggbench import env_note, median, pct, save
 from chaos_faults import (
+    COUNTS,
     EMBEDDED_ONLY,
     FAULTS,
     Outcome,
@@ -44,12 +45,18 @@ SUPERVISED = frozenset({"kill-aggregator", "kill-gateway", "kill-embedded-nats"}
 BENCH_RESTART = ('{ policy = "on-failure", max_restarts = 1000, window_s = 60, '
                  'backoff_ms = 100, max_backoff_ms = 1000, stable_s = 1.0 }')
 
-PROBLEM_KEYS = ("gaps", "repeats", "epoch_changes", "checksum_mismatches", "resyncs", "rewinds",
-                "snapshot_unavailable")
 
 
-def client_totals(outcome: Outcome) -> dict[str, int]:
-    return {k: sum(int(c[k]) for c in outcome.clients.values()) for k in PROBLEM_KEYS}
+def health_times(outcomes: list[Outcome]) -> tuple[list[float], list[float]]:
+    """Per injection: the earliest not-ready and the latest ready-again of the affected
+    processes, from the injection (injections where a process did not dip are left out)."""
+    downs, ups = [], []
+    for o in outcomes:
+        dips = list(o.health.values())
+        if dips and all(d is not None for d in dips):
+            downs.append(min(d[0] for d in dips if d is not None))
+            ups.append(max(d[1] for d in dips if d is not None))
+    return downs, ups
 
 
 async def one_kind(kind: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -60,24 +67,23 @@ async def one_kind(kind: str, args: argparse.Namespace, work: Path) -> dict[str,
     async with running_stack(tmp, nats="embedded" if kind in EMBEDDED_ONLY else "external",
                              clients=args.clients, symbols=args.symbols, rate=args.rate,
                              restart=restart) as stack:
-        start_totals = {k: sum(int(c.summary()[k]) for c in stack.clients)
-                        for k in PROBLEM_KEYS}
         for i in range(args.repeat):
             outcome = await inject_and_check(stack, kind)
             outcomes.append(outcome)
             rec = f"{outcome.recovery_s * 1000:.0f} ms" if outcome.recovery_s is not None \
                 else "never"
             print(f"{kind} #{i + 1}: recovery {rec}; health {outcome.health}; "
-                  f"{len(outcome.failures)} failure(s)", flush=True)
+                  f"clients {outcome.counts}; {len(outcome.failures)} failed check(s)",
+                  flush=True)
             for f in outcome.failures:
                 print(f"    {f[:300]}", flush=True)
             if outcome.recovery_s is None:
                 break  # the stack did not come back: repeating would measure nothing
             await trio.sleep(args.settle)  # normal running between injections
         conservation, volumes = await check_conservation(stack)
-        end_totals = {k: sum(int(c.summary()[k]) for c in stack.clients)
-                      for k in PROBLEM_KEYS}
     recoveries = [o.recovery_s for o in outcomes if o.recovery_s is not None]
+    outages = [o.outage_s for o in outcomes if o.outage_s is not None]
+    downs, ups = health_times(outcomes)
     return {
         "kind": kind,
         "note": outcomes[0].note if outcomes else "",
@@ -87,9 +93,13 @@ async def one_kind(kind: str, args: argparse.Namespace, work: Path) -> dict[str,
         "p50_s": median(recoveries),
         "p95_s": pct(recoveries, 0.95),
         "max_s": max(recoveries, default=float("nan")),
+        "outage_p95_s": pct(outages, 0.95),
+        "health_dips": len(downs),
+        "not_ready_after_p50_s": median(downs),
+        "ready_again_after_p50_s": median(ups),
         "health": [o.health for o in outcomes],
         "failures": [f for o in outcomes for f in o.failures],
-        "clients": {k: end_totals[k] - start_totals[k] for k in PROBLEM_KEYS},
+        "clients": {k: sum(o.counts[k] for o in outcomes) for k in COUNTS},
         "conservation_failures": conservation,
         "volumes": volumes,
     }
@@ -111,15 +121,19 @@ async def main(args: argparse.Namespace) -> None:
     lines = [
         f"# Chaos recovery ({args.repeat} injections per kind; bar: p95 ≤ 1000 ms, spec 3000 ms)",
         "",
-        "| fault | recovered | p50 (ms) | p95 (ms) | max (ms) | gaps | repeats | epoch jumps "
-        "| checksum mismatches | resyncs | rewinds | failed checks | books = stream |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| fault | recovered | p50 (ms) | p95 (ms) | max (ms) | outage p95 (ms) "
+        "| health dipped | not-ready after (ms) | ready again after (ms) | gaps | repeats "
+        "| epoch jumps | checksum mismatches | resyncs | rewinds | failed checks "
+        "| books = stream |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         c = r["clients"]
         lines.append(
             f"| {r['kind']} | {r['recovered']}/{r['injections']} | {ms(r['p50_s'])} | "
-            f"{ms(r['p95_s'])} | {ms(r['max_s'])} | {c['gaps']} | {c['repeats']} | "
+            f"{ms(r['p95_s'])} | {ms(r['max_s'])} | {ms(r['outage_p95_s'])} | "
+            f"{r['health_dips']}/{r['injections']} | {ms(r['not_ready_after_p50_s'])} | "
+            f"{ms(r['ready_again_after_p50_s'])} | {c['gaps']} | {c['repeats']} | "
             f"{c['epoch_changes']} | {c['checksum_mismatches']} | {c['resyncs']} | "
             f"{c['rewinds']} | {len(r['failures'])} | "
             f"{'yes' if not r['conservation_failures'] else 'NO'} |")
@@ -127,9 +141,13 @@ async def main(args: argparse.Namespace) -> None:
         "",
         "Recovery: fault cleared (kill instant for a process xypipe must restart; restart of "
         "the externally managed nats-server; SIGCONT) → every client has applied, in "
-        "sequence, a delta of every group emitted after it. Counters are summed over the "
-        f"{args.clients} clients. Failed checks: health that did not dip and come back, holes, "
-        "repeats, or no recovery within the guard (see the JSON for each line).",
+        "sequence, a delta of every group emitted after it; outage: from the injection. "
+        "Health: the affected processes' /healthz (median of the earliest not-ready and the "
+        "latest ready again, from the injection). Client counters are summed over the "
+        f"{args.clients} clients and every injection. Failed checks: health that did not dip "
+        "and come back, holes, repeats, or no recovery within the guard (each in the JSON). "
+        "Books = stream: once the feed stopped, every client's books showed what XY_SRC "
+        "accepted (newest seq, session volume, trades per symbol).",
         f"Stack: {args.symbols} symbols, {args.rate:.0f} ticks/s, snapshots every 2 s. "
         f"Machine: {env_note()}",
     ]

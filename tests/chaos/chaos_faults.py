@@ -337,11 +337,18 @@ class Outcome:
     #: Per affected process: (went not-ready after s, ready again after s), from injection.
     health: dict[str, tuple[float, float] | None]
     clients: dict[str, dict[str, Any]]
+    #: What the clients saw during this injection, summed over them (see COUNTS).
+    counts: dict[str, int]
     failures: tuple[str, ...]
 
 
+#: Client counters an injection is accounted by (problems first, then the allowed resyncs).
+COUNTS = ("gaps", "repeats", "epoch_changes", "checksum_mismatches", "resyncs", "rewinds",
+          "snapshot_unavailable")
+
+
 async def inject_and_check(stack: Stack, kind: str) -> Outcome:
-    before = {c.name: c.problems() for c in stack.clients}
+    before = {c.name: c.summary() for c in stack.clients}
     inj = await FAULTS[kind](stack)
     failures: list[str] = []
     for c in stack.clients:
@@ -367,7 +374,7 @@ async def inject_and_check(stack: Stack, kind: str) -> Outcome:
         dip = None
         with trio.move_on_at(deadline):
             while (dip := watch.dip_after(inj.t_inject)) is None:
-                await watch._changed.wait()
+                await watch.changed()
         if dip is None:
             went = any(p.t >= inj.t_inject and p.state != "ready" for p in watch.timeline)
             failures.append(
@@ -379,15 +386,19 @@ async def inject_and_check(stack: Stack, kind: str) -> Outcome:
         else:
             health[name] = (dip[0].t - inj.t_inject, dip[1].t - inj.t_inject)
 
+    counts = dict.fromkeys(COUNTS, 0)
     for c in stack.clients:
-        was = before.get(c.name, dict.fromkeys(c.problems(), 0))
+        now = c.summary()
+        was = before.get(c.name, dict.fromkeys(COUNTS, 0))
+        for k in COUNTS:
+            counts[k] += now[k] - was[k]
         new = {k: v - was[k] for k, v in c.problems().items() if v > was[k]}
         if new:
             failures.append(f"{kind}: {c.name} saw {new}: {c.view.stats.problems[-5:]}")
 
     outage = recovery + (inj.t_clear - inj.t_inject) if recovery is not None else None
     return Outcome(kind, inj.note, recovery, outage, health,
-                   {c.name: c.summary() for c in stack.clients}, tuple(failures))
+                   {c.name: c.summary() for c in stack.clients}, counts, tuple(failures))
 
 
 async def check_conservation(stack: Stack) -> tuple[list[str], dict[str, int]]:

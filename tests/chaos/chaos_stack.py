@@ -371,11 +371,15 @@ class HealthWatch:
                 self._changed = trio.Event()
             await trio.sleep(self.interval_s)
 
+    async def changed(self) -> None:
+        """Until the next transition."""
+        await self._changed.wait()
+
     async def wait_ready(self, limit_s: float, what: str = "") -> float:
         """Wait until the process answers ready; returns when it did (monotonic)."""
         with trio.move_on_after(limit_s):
             while self.state != "ready":
-                await self._changed.wait()
+                await self.changed()
             return self.timeline[-1].t
         raise AssertionError(f"{self.name} /healthz not ready within {limit_s} s {what}; "
                              f"timeline: {self.describe()}")
