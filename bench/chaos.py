@@ -72,7 +72,9 @@ async def one_kind(kind: str, args: argparse.Namespace, work: Path) -> dict[str,
             outcomes.append(outcome)
             rec = f"{outcome.recovery_s * 1000:.0f} ms" if outcome.recovery_s is not None \
                 else "never"
-            print(f"{kind} #{i + 1}: recovery {rec}; health {outcome.health}; "
+            feed = (f"; feed reconnected {outcome.feed_reconnect_s * 1000:.0f} ms after clear"
+                    if outcome.feed_reconnect_s is not None else "")
+            print(f"{kind} #{i + 1}: recovery {rec}{feed}; health {outcome.health}; "
                   f"clients {outcome.counts}; {len(outcome.failures)} failed check(s)",
                   flush=True)
             for f in outcome.failures:
@@ -98,6 +100,7 @@ async def one_kind(kind: str, args: argparse.Namespace, work: Path) -> dict[str,
         "not_ready_after_p50_s": median(downs),
         "ready_again_after_p50_s": median(ups),
         "health": [o.health for o in outcomes],
+        "feed_reconnect_s": [o.feed_reconnect_s for o in outcomes],
         "failures": [f for o in outcomes for f in o.failures],
         "clients": {k: sum(o.counts[k] for o in outcomes) for k in COUNTS},
         "conservation_failures": conservation,

@@ -138,6 +138,7 @@ async def running_stack(tmp: Path, *, nats: str = "external", clients: int = 3,
                 feed = Feed(nc, symbols=symbols, rate=rate)
                 stack = Stack(tmp, inner, tree, server, url, nc, feed, snapshot_ms,
                               health=watches, extra_runs=extra_runs)
+                await inner.start(feed.watch_connection)
                 await inner.start(feed.run)
                 await inner.start(_follow_snapshots, stack)
                 for i in range(clients):
@@ -339,6 +340,8 @@ class Outcome:
     clients: dict[str, dict[str, Any]]
     #: What the clients saw during this injection, summed over them (see COUNTS).
     counts: dict[str, int]
+    #: Cleared → the feed's own NATS connection was back (None: it never dropped).
+    feed_reconnect_s: float | None
     failures: tuple[str, ...]
 
 
@@ -397,8 +400,11 @@ async def inject_and_check(stack: Stack, kind: str) -> Outcome:
             failures.append(f"{kind}: {c.name} saw {new}: {c.view.stats.problems[-5:]}")
 
     outage = recovery + (inj.t_clear - inj.t_inject) if recovery is not None else None
+    back = stack.feed.reconnected_after(inj.t_inject)
+    feed_back = back - (inj.t_clear - inj.t_inject) if back is not None else None
     return Outcome(kind, inj.note, recovery, outage, health,
-                   {c.name: c.summary() for c in stack.clients}, counts, tuple(failures))
+                   {c.name: c.summary() for c in stack.clients}, counts, feed_back,
+                   tuple(failures))
 
 
 async def check_conservation(stack: Stack) -> tuple[list[str], dict[str, int]]:

@@ -9,6 +9,8 @@ clients' books with the stream, not with what the adapter merely tried to send.
 
 from __future__ import annotations
 
+import time
+
 import attrs
 import trio
 
@@ -42,6 +44,21 @@ class Feed:
         self.publish_errors: list[str] = []
         self._stop = trio.Event()
         self.done = trio.Event()
+        #: ``(time.monotonic(), kind)`` of the feed's own connection events: when the adapter
+        #: itself was cut off and back, so a slow recovery is not blamed on the pipelines.
+        self.connection_events: list[tuple[float, str]] = []
+
+    async def watch_connection(self, *, task_status: trio.TaskStatus[None]
+                               = trio.TASK_STATUS_IGNORED) -> None:
+        with self.nc.events() as events:
+            task_status.started()
+            async for event in events:
+                self.connection_events.append((time.monotonic(), event.kind))
+
+    def reconnected_after(self, t0: float) -> float | None:
+        """Seconds from ``t0`` (monotonic) to the feed's first reconnect after it, if any."""
+        return next((t - t0 for t, kind in self.connection_events
+                     if t >= t0 and kind == "reconnected"), None)
 
     def stop(self) -> None:
         self._stop.set()
