@@ -30,7 +30,7 @@ from typing import Any
 
 import attrs
 import trio
-from chaos_clients import Subscriber
+from chaos_clients import GROUPS, Subscriber
 from chaos_feed import Feed, accepted
 from chaos_stack import (
     START_GUARD_S,
@@ -48,6 +48,9 @@ from chaos_stack import (
 
 from xypipe._embedded import EmbeddedNats
 from xypipe._nats import NatsClient, connect
+from xypipe.contracts import Snapshot
+
+SNAPSHOT_STREAM = "XY_MD_SNAPSHOT"
 
 #: Hang guards. Generous: the bar (1 s p95) is the benchmark's business, not the suite's.
 RECOVERY_GUARD_S = 30.0
@@ -194,6 +197,8 @@ class Injected:
     t_clear_wall: float  # the same instant, time.time()
     affected: tuple[str, ...]  # processes whose health must dip and come back
     note: str = ""
+    #: A check of this fault's own, run once the clients have recovered: failures.
+    verify: Callable[[], Awaitable[list[str]]] | None = None
 
 
 def _now() -> tuple[float, float]:
@@ -265,18 +270,48 @@ async def stop_nats(stack: Stack) -> Injected:
     return Injected(t0, t, wall, ("aggregator", "gateway"), f"SIGSTOP nats for {FREEZE_S} s")
 
 
+async def stored_snapshots(stack: Stack) -> dict[str, Snapshot]:
+    """The newest snapshot of every client group in the snapshot store (direct get)."""
+    js = stack.feed_nc.jetstream()
+    out = {}
+    for group in GROUPS:
+        msg = await js.direct_get_last(SNAPSHOT_STREAM, f"xy.md.snapshot.{group}")
+        if msg is not None:
+            out[group] = Snapshot.FromString(msg.data)
+    return out
+
+
 async def nats_down_over_snapshot_write(stack: Stack) -> Injected:
     """Freeze NATS from 0.5 s before the aggregator's next snapshot is due until well after:
-    the snapshot (and its JetStream write) happens while the store cannot take it."""
+    the snapshot (and its JetStream write) happens while the store cannot take it. Afterwards
+    the store must move on again (the restore point of a restart)."""
     period = stack.snapshot_ms / 1000
     with trio.fail_after(period * 3):
         seen = stack.last_snapshot_at
         while stack.last_snapshot_at == seen:  # noqa: ASYNC110 (a phase reference, bounded)
             await trio.sleep(0.01)
+    before = await stored_snapshots(stack)
+    # Timing the injection against the snapshot clock (not waiting for anything).
     await trio.sleep_until(trio.current_time() + period - 0.5)
     t0, t, wall = await freeze(stack.nats_pid(), FREEZE_S)
+
+    async def store_moves_on() -> list[str]:
+        behind: dict[str, str] = {}
+        with trio.move_on_after(period * 3):
+            while True:
+                now = await stored_snapshots(stack)
+                behind = {g: f"version {s.version} epoch {s.epoch}" for g, s in before.items()
+                          if g not in now or (now[g].epoch, now[g].version)
+                          <= (s.epoch, s.version)}
+                if not behind:
+                    return []
+                await trio.sleep(0.1)
+        return [f"the snapshot store did not move on within {period * 3:.0f} s after the "
+                f"outage; still the snapshot from before it for {behind}"]
+
     return Injected(t0, t, wall, ("aggregator", "gateway"),
-                    f"SIGSTOP nats for {FREEZE_S} s across a snapshot write")
+                    f"SIGSTOP nats for {FREEZE_S} s across a snapshot write",
+                    verify=store_moves_on)
 
 
 async def nats_down_during_direct_get(stack: Stack) -> Injected:
@@ -369,6 +404,9 @@ async def inject_and_check(stack: Stack, kind: str) -> Outcome:
         if liars:
             failures.append(f"{kind}: /healthz of {liars} says ready although no fresh delta "
                             f"has reached any client for {RECOVERY_GUARD_S} s")
+
+    if recovery is not None and inj.verify is not None:
+        failures += [f"{kind}: {f}" for f in await inj.verify()]
 
     health: dict[str, tuple[float, float] | None] = {}
     deadline = trio.current_time() + HEALTH_GUARD_S  # one bound for all: the dips overlap
