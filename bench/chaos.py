@@ -33,6 +33,7 @@ from chaos_faults import (
     COUNTS,
     EMBEDDED_ONLY,
     FAULTS,
+    FREEZE_S,
     Outcome,
     check_conservation,
     inject_and_check,
@@ -66,7 +67,7 @@ async def one_kind(kind: str, args: argparse.Namespace, work: Path) -> dict[str,
     outcomes: list[Outcome] = []
     async with running_stack(tmp, nats="embedded" if kind in EMBEDDED_ONLY else "external",
                              clients=args.clients, symbols=args.symbols, rate=args.rate,
-                             restart=restart) as stack:
+                             restart=restart, freeze_s=args.freeze) as stack:
         for i in range(args.repeat):
             outcome = await inject_and_check(stack, kind)
             outcomes.append(outcome)
@@ -165,6 +166,8 @@ if __name__ == "__main__":
     ap.add_argument("--kinds", default="", help=f"comma-separated, from {sorted(FAULTS)}")
     ap.add_argument("--settle", type=float, default=2.5,
                     help="seconds of normal running between injections")
+    ap.add_argument("--freeze", type=float, default=FREEZE_S,
+                    help="seconds a SIGSTOPped process stays stopped")
     ap.add_argument("--clients", type=int, default=3)
     ap.add_argument("--symbols", type=int, default=40)
     ap.add_argument("--rate", type=float, default=200.0)

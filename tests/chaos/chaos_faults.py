@@ -56,8 +56,10 @@ SNAPSHOT_STREAM = "XY_MD_SNAPSHOT"
 RECOVERY_GUARD_S = 30.0
 HEALTH_GUARD_S = 30.0
 SETTLE_GUARD_S = 30.0
-#: How long a stopped process stays stopped: longer than any sane staleness threshold.
-FREEZE_S = 3.0
+#: How long a stopped process stays stopped: longer than the staleness thresholds health
+#: is built on (ingest: source ahead and silent for 5 s; gateway: 3 missed snapshots of 2 s),
+#: so /healthz has a freeze to report — a shorter one is invisible by design.
+FREEZE_S = 8.0
 
 
 @attrs.define
@@ -70,6 +72,7 @@ class Stack:
     feed_nc: NatsClient
     feed: Feed
     snapshot_ms: int
+    freeze_s: float
     clients: list[Subscriber] = attrs.field(factory=list)
     health: dict[str, HealthWatch] = attrs.field(factory=dict)
     extra_runs: list[XypipeRun] = attrs.field(factory=list)
@@ -113,7 +116,8 @@ class Stack:
 @asynccontextmanager
 async def running_stack(tmp: Path, *, nats: str = "external", clients: int = 3,
                         symbols: int = 40, rate: float = 200.0, snapshot_ms: int = 2000,
-                        restart: str | None = None) -> AsyncIterator[Stack]:
+                        restart: str | None = None, freeze_s: float = FREEZE_S
+                        ) -> AsyncIterator[Stack]:
     """Start everything and return once every client is synced on every group."""
     ports = {"aggregator": free_port(), "gateway": free_port()}
     async with trio.open_nursery() as nursery:
@@ -139,7 +143,7 @@ async def running_stack(tmp: Path, *, nats: str = "external", clients: int = 3,
                 await w.wait_ready(START_GUARD_S, "after start")
             async with connect(url, name="chaos-feed") as nc, trio.open_nursery() as inner:
                 feed = Feed(nc, symbols=symbols, rate=rate)
-                stack = Stack(tmp, inner, tree, server, url, nc, feed, snapshot_ms,
+                stack = Stack(tmp, inner, tree, server, url, nc, feed, snapshot_ms, freeze_s,
                               health=watches, extra_runs=extra_runs)
                 await inner.start(feed.watch_connection)
                 await inner.start(feed.run)
@@ -261,13 +265,14 @@ async def freeze(pid: int | None, hold_s: float) -> tuple[float, float, float]:
 
 
 async def stop_gateway(stack: Stack) -> Injected:
-    t0, t, wall = await freeze(stack.tree.child_pid("gateway"), FREEZE_S)
-    return Injected(t0, t, wall, ("gateway",), f"SIGSTOP gateway for {FREEZE_S} s")
+    t0, t, wall = await freeze(stack.tree.child_pid("gateway"), stack.freeze_s)
+    return Injected(t0, t, wall, ("gateway",), f"SIGSTOP gateway for {stack.freeze_s} s")
 
 
 async def stop_nats(stack: Stack) -> Injected:
-    t0, t, wall = await freeze(stack.nats_pid(), FREEZE_S)
-    return Injected(t0, t, wall, ("aggregator", "gateway"), f"SIGSTOP nats for {FREEZE_S} s")
+    t0, t, wall = await freeze(stack.nats_pid(), stack.freeze_s)
+    return Injected(t0, t, wall, ("aggregator", "gateway"),
+                    f"SIGSTOP nats for {stack.freeze_s} s")
 
 
 async def stored_snapshots(stack: Stack) -> dict[str, Snapshot]:
@@ -286,14 +291,11 @@ async def nats_down_over_snapshot_write(stack: Stack) -> Injected:
     the snapshot (and its JetStream write) happens while the store cannot take it. Afterwards
     the store must move on again (the restore point of a restart)."""
     period = stack.snapshot_ms / 1000
-    with trio.fail_after(period * 3):
-        seen = stack.last_snapshot_at
-        while stack.last_snapshot_at == seen:  # noqa: ASYNC110 (a phase reference, bounded)
-            await trio.sleep(0.01)
+    await next_snapshot_round(stack)
     before = await stored_snapshots(stack)
     # Timing the injection against the snapshot clock (not waiting for anything).
     await trio.sleep_until(trio.current_time() + period - 0.5)
-    t0, t, wall = await freeze(stack.nats_pid(), FREEZE_S)
+    t0, t, wall = await freeze(stack.nats_pid(), stack.freeze_s)
 
     async def store_moves_on() -> list[str]:
         behind: dict[str, str] = {}
@@ -310,35 +312,56 @@ async def nats_down_over_snapshot_write(stack: Stack) -> Injected:
                 f"outage; still the snapshot from before it for {behind}"]
 
     return Injected(t0, t, wall, ("aggregator", "gateway"),
-                    f"SIGSTOP nats for {FREEZE_S} s across a snapshot write",
+                    f"SIGSTOP nats for {stack.freeze_s} s across a snapshot write",
                     verify=store_moves_on)
+
+
+async def next_snapshot_round(stack: Stack) -> float:
+    """Until the aggregator's next round of snapshots is seen (bounded); its time."""
+    with trio.fail_after(stack.snapshot_ms / 1000 * 3):
+        seen = stack.last_snapshot_at
+        while stack.last_snapshot_at == seen:  # noqa: ASYNC110 (a phase reference, bounded)
+            await trio.sleep(0.01)
+    return stack.last_snapshot_at
 
 
 async def nats_down_during_direct_get(stack: Stack) -> Injected:
     """A new gateway instance (scale-out) has no snapshot cached; a client subscribes to it
-    while NATS is frozen, so every snapshot direct get meets an unavailable JetStream."""
-    await stack.retire_extras()
-    port = free_port()
-    config = stack.tmp / f"gateway-{port}.toml"
-    config.write_text(gateway_only_toml(stack.nats_url, port))
-    run = XypipeRun(config, stack.tmp / f"gateway-{port}.log")
-    stack.extra_runs.append(run)
-    run.start()
-    name = f"gateway-{port}"
-    watch = stack.watch(name, port)
-    await watch.wait_ready(START_GUARD_S, "(second gateway starting)")
-    pid = stack.nats_pid()
-    t0 = time.monotonic()
-    send(pid, signal.SIGSTOP)
+    while NATS is frozen, so every snapshot direct get meets an unavailable JetStream.
+
+    The gateway is started right after a round of snapshots, and NATS frozen as soon as it is
+    ready; if another round arrived meanwhile (it would hold them in its cache and never need
+    a direct get), it is stopped and started again."""
+    for _attempt in range(3):
+        await stack.retire_extras()
+        await next_snapshot_round(stack)
+        port = free_port()
+        config = stack.tmp / f"gateway-{port}.toml"
+        config.write_text(gateway_only_toml(stack.nats_url, port))
+        run = XypipeRun(config, stack.tmp / f"gateway-{port}.log")
+        stack.extra_runs.append(run)
+        round_at = stack.last_snapshot_at
+        run.start()
+        name = f"gateway-{port}"
+        watch = stack.watch(name, port)
+        await watch.wait_ready(START_GUARD_S, "(second gateway starting)")
+        pid = stack.nats_pid()
+        t0 = time.monotonic()
+        send(pid, signal.SIGSTOP)
+        if stack.last_snapshot_at == round_at:
+            break
+        send(pid, signal.SIGCONT)  # a round reached the new gateway first: start over
+    else:
+        raise AssertionError("could not start a gateway between two rounds of snapshots")
     try:
         stack.add_client(f"late-client-{port}", port)
-        await trio.sleep(FREEZE_S)  # the fault's duration
+        await trio.sleep(stack.freeze_s)  # the fault's duration
     finally:
         send(pid, signal.SIGCONT)
     t, wall = _now()
     return Injected(t0, t, wall, (name,),
                     f"second gateway :{port}; client subscribed while NATS was frozen "
-                    f"{FREEZE_S} s")
+                    f"{stack.freeze_s} s")
 
 
 Fault = Callable[[Stack], Awaitable[Injected]]
