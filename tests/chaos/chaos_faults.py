@@ -43,6 +43,7 @@ from chaos_stack import (
     gateway_only_toml,
     process_state,
     send,
+    snapshot_interval_s,
     tree_toml,
 )
 
@@ -105,8 +106,7 @@ class Stack:
             await self.extra_runs.pop().stop()
 
     def diagnostics(self) -> str:
-        lines = [f"health {n}: {w.describe(since=w.timeline[0].t if w.timeline else 0)}"
-                 for n, w in self.health.items()]
+        lines = [f"health {n}: {w.describe()}" for n, w in self.health.items()]
         lines += [f"client {c.name}: {c.summary()}" for c in self.clients]
         lines.append(f"xypipe run exit status: {self.tree.exited}")
         lines.append("xypipe run warnings and errors (tail):\n" + self.tree.log_tail(20))
@@ -115,11 +115,11 @@ class Stack:
 
 @asynccontextmanager
 async def running_stack(tmp: Path, *, nats: str = "external", clients: int = 3,
-                        symbols: int = 40, rate: float = 200.0, snapshot_ms: int = 2000,
+                        symbols: int = 40, rate: float = 200.0,
                         restart: str | None = None, freeze_s: float = FREEZE_S
                         ) -> AsyncIterator[Stack]:
     """Start everything and return once every client is synced on every group."""
-    ports = {"aggregator": free_port(), "gateway": free_port()}
+    ports = {"main": free_port(), "aggregator": free_port(), "gateway": free_port()}
     async with trio.open_nursery() as nursery:
         server: EmbeddedNats | None = None
         if nats == "external":
@@ -131,16 +131,19 @@ async def running_stack(tmp: Path, *, nats: str = "external", clients: int = 3,
             url = f"nats://127.0.0.1:{port}"
             section = embedded_nats_section(port, tmp / "nats-embedded", restart)
         config = tmp / "chaos.toml"
-        config.write_text(tree_toml(section, ports, snapshot_ms=snapshot_ms, restart=restart))
+        config.write_text(tree_toml(section, ports, restart=restart))
+        snapshot_ms = int(snapshot_interval_s(config) * 1000)
         tree = XypipeRun(config, tmp / "xypipe-run.log")
         extra_runs: list[XypipeRun] = []
         tree.start()
         try:
-            watches = {name: HealthWatch(name, port) for name, port in ports.items()}
+            watches = {name: HealthWatch(name, port) for name, port in ports.items()
+                       if name != "main"}  # the parent runs no pipeline of its own
             for w in watches.values():
                 nursery.start_soon(w.run)
-            for w in watches.values():
-                await w.wait_ready(START_GUARD_S, "after start")
+            # The market starts once the aggregator can take it; a gateway is ready only once
+            # snapshots flow, which needs a market.
+            await watches["aggregator"].wait_ready(START_GUARD_S, "after start")
             async with connect(url, name="chaos-feed") as nc, trio.open_nursery() as inner:
                 feed = Feed(nc, symbols=symbols, rate=rate)
                 stack = Stack(tmp, inner, tree, server, url, nc, feed, snapshot_ms, freeze_s,
@@ -148,6 +151,7 @@ async def running_stack(tmp: Path, *, nats: str = "external", clients: int = 3,
                 await inner.start(feed.watch_connection)
                 await inner.start(feed.run)
                 await inner.start(_follow_snapshots, stack)
+                await watches["gateway"].wait_ready(START_GUARD_S, "after start")
                 for i in range(clients):
                     stack.add_client(f"client-{i}", ports["gateway"])
                 with trio.fail_after(START_GUARD_S):

@@ -4,7 +4,8 @@
   on a fixed port and data directory across restarts, with a short lame-duck period — or, for
   one case, the embedded server that ``xypipe run`` supervises itself.
 * **The tree**: ``python -m xypipe run CONFIG`` with the aggregator and the gateway as child
-  processes (the demo's pipelines, configs/demo.toml, without its publisher and UI).
+  processes: configs/demo.toml itself, read at run time (so the suite always runs what the
+  demo ships), with its NATS, its ports, and without its publisher and UI.
 * **Health**: every process's ``/healthz`` polled every 50 ms, transitions kept with their time.
 
 Everything is a real process; nothing here knows how xypipe works inside.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -28,10 +30,12 @@ import attrs
 import h11
 import trio
 
+from xypipe import load_config
 from xypipe._embedded import EmbeddedNats, embedded_nats
 from xypipe._process import Child
 
 ROOT = Path(__file__).resolve().parents[2]
+DEMO_CONFIG = ROOT / "configs" / "demo.toml"
 DEV_PUBLIC_KEY = ROOT / "configs" / "dev-keys" / "gateway-dev.pub.pem"
 DEV_PRIVATE_KEY = ROOT / "configs" / "dev-keys" / "gateway-dev.key.pem"
 
@@ -65,81 +69,50 @@ async def external_nats(workdir: Path) -> AsyncIterator[EmbeddedNats]:
 # --------------------------------------------------------------------------- configs
 
 
-def tree_toml(nats: str, ports: dict[str, int], *, snapshot_ms: int = 2000,
-              restart: str | None = None) -> str:
-    """The demo's aggregator and gateway (configs/demo.toml), each its own child process.
+#: A table header line of a TOML file: ``[a.b]`` or ``[[a.b.c]]``.
+_HEADER = re.compile(r"^\[\[?\s*([A-Za-z0-9_.\-]+)\s*\]\]?\s*(#.*)?$")
 
-    ``nats`` is the ``[nats]`` section; ``restart`` an optional ``restart = ...`` line for each
-    child (the default policy is what the suite tests; the benchmark raises the budget)."""
-    restart_line = f"restart = {restart}\n" if restart else ""
-    return f"""
-[log]
-level = "info"
 
-{nats}
+def tree_toml(nats: str, ports: dict[str, int], *, restart: str | None = None,
+              demo: Path = DEMO_CONFIG) -> str:
+    """The demo deployment (configs/demo.toml) as production runs it: its aggregator and
+    gateway processes, exactly as configured there, with NATS from ``nats`` (a ``[nats]``
+    section), the ports in ``ports``, and without the demo's publisher and UI.
 
-[processes.aggregator]
-http = {{ host = "127.0.0.1", port = {ports["aggregator"]} }}
-{restart_line}
-[processes.gateway]
-http = {{ host = "127.0.0.1", port = {ports["gateway"]} }}
-{restart_line}
-[pipelines.aggregator]
-process = "aggregator"
-degrade = {{ enter = [0.5, 0.75, 0.9], leave = [0.25, 0.5, 0.7], dwell_ms = 2000, sample_ms = 50 }}
+    ``restart`` is an optional ``restart = ...`` value for each child (the default policy is
+    what the suite tests; the benchmark raises the budget)."""
+    blocks: list[tuple[str, list[str]]] = [("", [])]
+    for line in demo.read_text().splitlines():
+        m = _HEADER.match(line)
+        if m:
+            blocks.append((m.group(1), []))
+        blocks[-1][1].append(line)
+    out = [nats]
+    for table, lines in blocks:
+        if table.split(".")[0] == "nats" or table.startswith(
+                ("pipelines.publisher", "pipelines.ui")):
+            continue
+        text = "\n".join(lines)
+        if table.startswith("processes."):
+            name = table.split(".")[1]
+            text = re.sub(r"\bport(\s*=\s*)\d+", rf"port\g<1>{ports[name]}", text)
+            if restart:
+                text = text.replace(lines[0], f"{lines[0]}\nrestart = {restart}", 1)
+        elif table == "http":
+            text = re.sub(r"\bport(\s*=\s*)\d+", rf"port\g<1>{ports['main']}", text)
+        # Paths in the demo are relative to the repository; the tree may run from anywhere.
+        text = text.replace('"configs/', f'"{ROOT}/configs/')
+        out.append(text)
+    return "\n".join(out) + "\n"
 
-[[pipelines.aggregator.stages]]
-use = "ingest"
-max_age_s = 3600
-start = "resume"
-budget = {{ max_items = 256, max_age_ms = 100 }}
 
-[[pipelines.aggregator.stages]]
-use = "dedupe"
-hold_ms = 20
-budget = {{ max_items = 256, max_age_ms = 100 }}
-
-[[pipelines.aggregator.stages]]
-use = "shard"
-shards = 1
-group_shards = {{ equities = 2 }}
-default_group = "misc"
-budget = {{ max_items = 256, max_age_ms = 100 }}
-
-[[pipelines.aggregator.stages]]
-use = "conflate"
-interval_ms = 33
-l1_factor = 3
-pause_priorities = ["low"]
-budget = {{ max_items = 64, max_age_ms = 100 }}
-
-[[pipelines.aggregator.stages]]
-use = "snapshot"
-interval_ms = {snapshot_ms}
-top_by = "vol"
-top_k = 20
-budget = {{ max_items = 64, max_age_ms = 100 }}
-
-[[pipelines.aggregator.stages]]
-use = "publish"
-
-[pipelines.gateway]
-process = "gateway"
-
-[[pipelines.gateway.stages]]
-use = "nats_source"
-name = "md"
-subjects = ["xy.md.tick.>", "xy.md.snapshot.>"]
-budget = {{ max_items = 1024, max_age_ms = 250 }}
-
-[[pipelines.gateway.stages]]
-use = "gateway"
-name = "gateway"
-public_key = "{DEV_PUBLIC_KEY}"
-allowed_origins = ["*"]
-issuer = "xypipe-dev"
-audience = "xypipe-gateway"
-"""
+def snapshot_interval_s(config: Path) -> float:
+    """The aggregator's snapshot interval in a config (the phase faults are timed against)."""
+    cfg = load_config(config)
+    for stage in cfg.pipelines["aggregator"].stages:
+        if stage.use == "snapshot":
+            return float(stage.config.interval_ms) / 1000
+    raise AssertionError(f"{config}: no snapshot stage in the aggregator pipeline")
 
 
 def external_nats_section(url: str) -> str:
@@ -393,6 +366,8 @@ class HealthWatch:
         up = next((p for p in self.timeline if p.t > down.t and p.state == "ready"), None)
         return (down, up) if up is not None else None
 
-    def describe(self, since: float = 0.0) -> str:
-        return "; ".join(f"+{p.t - since:.2f}s {p.state} ({p.detail[:160]})"
-                         for p in self.timeline if p.t >= since) or "nothing recorded"
+    def describe(self, since: float | None = None) -> str:
+        """The transitions from ``since`` (default: the first), times relative to it."""
+        t0 = since if since is not None else (self.timeline[0].t if self.timeline else 0.0)
+        return "; ".join(f"+{p.t - t0:.2f}s {p.state} ({p.detail[:160]})"
+                         for p in self.timeline if p.t >= t0) or "nothing recorded"
