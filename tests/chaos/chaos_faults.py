@@ -40,7 +40,6 @@ from chaos_stack import (
     external_nats,
     external_nats_section,
     free_port,
-    gateway_only_toml,
     process_state,
     send,
     snapshot_interval_s,
@@ -341,14 +340,16 @@ async def nats_down_during_direct_get(stack: Stack) -> Injected:
         await next_snapshot_round(stack)
         port = free_port()
         config = stack.tmp / f"gateway-{port}.toml"
-        config.write_text(gateway_only_toml(stack.nats_url, port))
+        # A gateway-only deployment of the demo (gateways scale out on their own).
+        config.write_text(tree_toml(external_nats_section(stack.nats_url),
+                                    {"main": free_port(), "gateway": port}))
         run = XypipeRun(config, stack.tmp / f"gateway-{port}.log")
         stack.extra_runs.append(run)
         round_at = stack.last_snapshot_at
         run.start()
         name = f"gateway-{port}"
         watch = stack.watch(name, port)
-        await watch.wait_ready(START_GUARD_S, "(second gateway starting)")
+        await watch.wait_serving(START_GUARD_S, "(second gateway starting)")
         pid = stack.nats_pid()
         t0 = time.monotonic()
         send(pid, signal.SIGSTOP)

@@ -75,12 +75,14 @@ _HEADER = re.compile(r"^\[\[?\s*([A-Za-z0-9_.\-]+)\s*\]\]?\s*(#.*)?$")
 
 def tree_toml(nats: str, ports: dict[str, int], *, restart: str | None = None,
               demo: Path = DEMO_CONFIG) -> str:
-    """The demo deployment (configs/demo.toml) as production runs it: its aggregator and
-    gateway processes, exactly as configured there, with NATS from ``nats`` (a ``[nats]``
-    section), the ports in ``ports``, and without the demo's publisher and UI.
+    """The demo deployment (configs/demo.toml) as production runs it: the processes named in
+    ``ports`` (besides ``main``: the aggregator and/or the gateway), exactly as configured
+    there, with NATS from ``nats`` (a ``[nats]`` section), those ports, and without the demo's
+    publisher and UI.
 
     ``restart`` is an optional ``restart = ...`` value for each child (the default policy is
     what the suite tests; the benchmark raises the budget)."""
+    keep = set(ports) - {"main"}
     blocks: list[tuple[str, list[str]]] = [("", [])]
     for line in demo.read_text().splitlines():
         m = _HEADER.match(line)
@@ -89,8 +91,9 @@ def tree_toml(nats: str, ports: dict[str, int], *, restart: str | None = None,
         blocks[-1][1].append(line)
     out = [nats]
     for table, lines in blocks:
-        if table.split(".")[0] == "nats" or table.startswith(
-                ("pipelines.publisher", "pipelines.ui")):
+        parts = table.split(".")
+        if parts[0] == "nats" or (parts[0] in ("processes", "pipelines") and len(parts) > 1
+                                  and parts[1] not in keep):
             continue
         text = "\n".join(lines)
         if table.startswith("processes."):
@@ -122,29 +125,6 @@ def external_nats_section(url: str) -> str:
 def embedded_nats_section(port: int, data_dir: Path, restart: str | None = None) -> str:
     return (f'[nats]\nurl = "embedded"\n\n[nats.embedded]\nport = {port}\n'
             f'data_dir = "{data_dir}"\n' + (f"restart = {restart}\n" if restart else ""))
-
-
-def gateway_only_toml(nats_url: str, port: int) -> str:
-    """A second gateway deployment (gateways scale out on their own)."""
-    return f"""
-{external_nats_section(nats_url)}
-[http]
-host = "127.0.0.1"
-port = {port}
-
-[[pipelines.gateway.stages]]
-use = "nats_source"
-name = "md"
-subjects = ["xy.md.tick.>", "xy.md.snapshot.>"]
-
-[[pipelines.gateway.stages]]
-use = "gateway"
-name = "gateway"
-public_key = "{DEV_PUBLIC_KEY}"
-allowed_origins = ["*"]
-issuer = "xypipe-dev"
-audience = "xypipe-gateway"
-"""
 
 
 # --------------------------------------------------------------------------- processes
@@ -357,10 +337,28 @@ class HealthWatch:
         raise AssertionError(f"{self.name} /healthz not ready within {limit_s} s {what}; "
                              f"timeline: {self.describe()}")
 
+    async def wait_serving(self, limit_s: float, what: str = "") -> None:
+        """Until the process answers and every stage serves (ready, or not ready only for
+        want of data: a fresh gateway is not ready before it has seen snapshots)."""
+        def serving() -> bool:
+            last = self.timeline[-1] if self.timeline else None
+            return last is not None and (last.state == "ready" or (
+                last.state == "not-ready" and "not serving" not in last.detail))
+
+        with trio.move_on_after(limit_s):
+            while not serving():
+                await self.changed()
+            return
+        raise AssertionError(f"{self.name} not serving within {limit_s} s {what}; "
+                             f"timeline: {self.describe()}")
+
     def dip_after(self, t0: float) -> tuple[HealthPoint, HealthPoint] | None:
-        """The first not-ready (or unreachable) point after ``t0`` and the first ready point
-        after it, if both happened."""
-        down = next((p for p in self.timeline if p.t >= t0 and p.state != "ready"), None)
+        """The first not-ready (or unreachable) point from ``t0`` on — the state at ``t0``
+        itself if it was not ready — and the first ready point after it, if both happened."""
+        at_t0 = next((p for p in reversed(self.timeline) if p.t <= t0), None)
+        down = (HealthPoint(t0, at_t0.state, at_t0.detail)
+                if at_t0 is not None and at_t0.state != "ready" else
+                next((p for p in self.timeline if p.t >= t0 and p.state != "ready"), None))
         if down is None:
             return None
         up = next((p for p in self.timeline if p.t > down.t and p.state == "ready"), None)
