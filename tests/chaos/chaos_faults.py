@@ -117,7 +117,7 @@ async def running_stack(tmp: Path, *, nats: str = "external", clients: int = 3,
                         symbols: int = 40, rate: float = 200.0,
                         restart: str | None = None, freeze_s: float = FREEZE_S
                         ) -> AsyncIterator[Stack]:
-    """Start everything and return once every client is synced on every group."""
+    """Start everything; yield once every client receives live deltas of every group."""
     ports = {"main": free_port(), "aggregator": free_port(), "gateway": free_port()}
     async with trio.open_nursery() as nursery:
         server: EmbeddedNats | None = None
