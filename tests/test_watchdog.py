@@ -28,6 +28,28 @@ def test_idle_source_never_turns_a_gated_stream_stale() -> None:
     assert v.silence_s == pytest.approx(599.0)
 
 
+def test_a_source_that_stops_answering_turns_a_silent_gated_stream_stale() -> None:
+    w = gated()
+    w.data(1.0, 100)
+    w.source(1.0, 100)
+    # The server freezes: no data, and no reading of the source's position either.
+    assert w.check(6.0).status is Status.FRESH
+    v = w.check(6.5)
+    assert v.status is Status.STALE
+    assert "position unread for 5.5 s" in v.reason
+    # It answers again: the position is read and the idle market is fresh at once.
+    w.source(7.0, 100)
+    assert w.check(7.0).status is Status.FRESH
+
+
+def test_data_keeps_a_stream_fresh_even_when_its_source_cannot_be_read() -> None:
+    w = gated()
+    w.source(0.0, 100)
+    for t in range(1, 60):
+        w.data(float(t), 100 + t)  # e.g. stream info refused, deliveries flowing
+    assert w.check(60.0).status is Status.FRESH
+
+
 def test_source_advancing_without_data_turns_stale_after_the_limit_only() -> None:
     w = gated()
     w.data(1.0, 100)
@@ -66,8 +88,8 @@ def test_source_seen_ahead_after_a_long_idle_spell_is_not_stale_at_once() -> Non
 
 def test_unknown_position_uses_the_growth_of_the_source() -> None:
     w = gated(position=None)
-    w.source(0.0, 1000)
-    w.source(3.0, 1000)
+    for t in range(11):  # polled every second
+        w.source(float(t), 1000)
     assert w.check(10.0).status is Status.FRESH  # nothing new at the source: nothing to wait for
     w.source(11.0, 1001)
     assert w.check(16.5).status is Status.STALE

@@ -68,6 +68,8 @@ class BusLayout:
     #: Streams gateways read by direct get: snapshots and the aggregator's checkpoints.
     snapshot_streams: tuple[str, ...] = ("XY_MD_SNAPSHOT", "XY_AGG_SEQ")
     flag_buckets: tuple[str, ...] = ("xy_feature_flags",)
+    #: Subjects gateways ask the aggregator for a fresh snapshot on.
+    snapshot_requests: tuple[str, ...] = ("xy.agg.snapshot.request",)
     #: Known-groups buckets: written by the aggregator, read by gateways.
     group_buckets: tuple[str, ...] = ("xy_md_groups",)
 
@@ -84,6 +86,7 @@ class BusLayout:
         snapshots: list[str] = []
         buckets: list[str] = []
         groups: list[str] = []
+        requests: list[str] = []
         for pipe in cfg.pipelines.values():
             for decl in pipe.stages:
                 c = decl.config
@@ -98,12 +101,14 @@ class BusLayout:
                     snapshots += [c.snapshot_stream, c.checkpoint_stream]
                     buckets.append(c.flags_bucket)
                     groups += [c.groups_bucket] if c.groups_bucket else []
+                    requests += [c.snapshot_request_subject] if c.snapshot_request_subject else []
         return cls(
             source_streams=_unique(source) or default.source_streams,
             state_streams=_unique(state) or default.state_streams,
             snapshot_streams=_unique(snapshots) or default.snapshot_streams,
             flag_buckets=_unique(buckets) or default.flag_buckets,
             group_buckets=_unique(groups) or default.group_buckets,
+            snapshot_requests=_unique(requests),
         )
 
 
@@ -158,6 +163,7 @@ def permissions(role: str, layout: BusLayout) -> Permissions:
             pub += _manage(kv) + _consume(kv) + _read(kv) + [f"$KV.{b}.>"]
     elif role == "gateway":
         sub += ["xy.md.>"]
+        pub += list(layout.snapshot_requests)
         for s in layout.snapshot_streams:
             pub += [f"$JS.API.STREAM.INFO.{s}", *_read(s)]
         for b in layout.flag_buckets:

@@ -11,8 +11,10 @@ Two kinds of stream:
 * **source-gated** (``gated=True``): silence alone proves nothing (an idle market is quiet).
   The stream is stale when the source is *ahead* of what was delivered (its last position is
   past the last delivered one, or — position unknown — it has grown since watching began) and
-  no data has arrived for ``stale_after`` seconds since it was first seen ahead. The
-  aggregator's ingest watches the source stream ``XY_SRC`` this way.
+  no data has arrived for ``stale_after`` seconds since it was first seen ahead — or when
+  neither data nor a reading of the source's position has come for ``stale_after`` seconds
+  (the server stopped answering). The aggregator's ingest watches the source stream
+  ``XY_SRC`` this way.
 * **cadence** (``gated=False``): the source promises data every so often whatever the market
   does (the aggregator publishes every group's snapshot every 2-5 s), so ``stale_after``
   seconds without data is stale. The gateway watches ``xy.md.snapshot.*`` this way.
@@ -85,6 +87,8 @@ class StreamWatch:
         self.position = position
         self.data_at: float | None = None
         self.source_position: int | None = None
+        #: When the source's position was last read (None: never).
+        self.source_at: float | None = None
         self._source_first: int | None = None
         #: When the source was first seen ahead of the delivered position (None: not ahead).
         self._behind_since: float | None = None
@@ -104,6 +108,7 @@ class StreamWatch:
 
     def source(self, now: float, position: int) -> None:
         """The source is at ``position`` (e.g. a stream's last sequence from stream info)."""
+        self.source_at = now
         if self._source_first is None:
             self._source_first = position
         if self.source_position is None or position > self.source_position:
@@ -151,6 +156,14 @@ class StreamWatch:
                         f"stream {name}: no data for {silence:.1f} s while the source advanced "
                         f"(source at {self.source_position}, delivered up to "
                         f"{_pos(self.position)}; stale after {self.stale_after:g} s)")
+            # A server that stopped answering (frozen, partitioned) neither delivers nor says
+            # how far the source is: that silence cannot be told from an idle market's, and
+            # the client library may still believe it is connected. Not ready.
+            unread = now - self.source_at if self.source_at is not None else 0.0
+            if unread > self.stale_after and silence > self.stale_after:
+                return Status.STALE, (
+                    f"stream {name}: no data for {silence:.1f} s and the source's position "
+                    f"unread for {unread:.1f} s (is NATS answering?)")
         elif silence > self.stale_after:
             return Status.STALE, (f"stream {name}: no data for {silence:.1f} s "
                                   f"(expected within {self.stale_after:g} s)")

@@ -48,6 +48,8 @@ from chaos_stack import (
 
 from xypipe._embedded import EmbeddedNats
 from xypipe._nats import NatsClient, connect
+from xypipe._nats_keys import seed_file_of
+from xypipe._nats_roles import inbox_prefix
 from xypipe.contracts import Snapshot
 
 SNAPSHOT_STREAM = "XY_MD_SNAPSHOT"
@@ -143,7 +145,12 @@ async def running_stack(tmp: Path, *, nats: str = "external", clients: int = 3,
             # The market starts once the aggregator can take it; a gateway is ready only once
             # snapshots flow, which needs a market.
             await watches["aggregator"].wait_ready(START_GUARD_S, "after start")
-            async with connect(url, name="chaos-feed") as nc, trio.open_nursery() as inner:
+            # The embedded bus admits its role users only: the harness is an operator.
+            auth = {} if nats == "external" else {
+                "nkeys_seed": str(seed_file_of(tmp / "nats-embedded", "admin")),
+                "inbox_prefix": inbox_prefix("admin")}
+            async with connect(url, name="chaos-feed", **auth) as nc, \
+                    trio.open_nursery() as inner:
                 feed = Feed(nc, symbols=symbols, rate=rate)
                 stack = Stack(tmp, inner, tree, server, url, nc, feed, snapshot_ms, freeze_s,
                               health=watches, extra_runs=extra_runs)

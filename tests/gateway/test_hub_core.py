@@ -82,6 +82,41 @@ def test_gap_sends_subscribers_back_to_a_snapshot_the_history_can_bridge(agg) ->
     assert len(f.snapshots) == 1 and [d.seq for d in f.deltas] == [agg.seq["fx"]]
 
 
+def test_a_subscriber_the_cache_cannot_serve_asks_for_a_fresh_snapshot_until_one_comes(
+    agg,
+) -> None:
+    hub = Hub(snapshot_request_interval=0.25)
+    snap(hub, agg, "fx")
+    ob = Outbox(1)
+    hub.subscribe(ob, "fx", frozenset())
+    hub.build(ob, 1)
+    assert hub.take_snapshot_requests(0.0) == []  # served from the cache: nothing to ask
+    feed(hub, agg, "fx", 1)
+    agg.seq["fx"] += 5  # a gap: the cached snapshot cannot be bridged any more
+    feed(hub, agg, "fx", 1)
+    assert hub.build(ob, 2) is None
+    assert hub.take_snapshot_requests(1.0) == ["fx"]
+    assert hub.take_snapshot_requests(1.1) == []  # not sooner than the interval ...
+    assert hub.take_snapshot_requests(1.3) == ["fx"]  # ... but again while it still waits
+    snap(hub, agg, "fx")  # the aggregator's answer
+    feed(hub, agg, "fx", 1)
+    f = decode(hub.build(ob, 3))
+    assert len(f.snapshots) == 1 and [d.seq for d in f.deltas] == [agg.seq["fx"]]
+    assert hub.take_snapshot_requests(5.0) == []
+
+
+def test_snapshots_are_asked_only_for_groups_the_aggregator_is_seen_publishing(agg) -> None:
+    hub = Hub()
+    ob = Outbox(1)
+    hub.subscribe(ob, "nobody", frozenset())
+    assert hub.take_snapshot_requests(0.0) == []
+    hub.subscribe(ob, "fx", frozenset())
+    feed(hub, agg, "fx", 1)  # the group exists, but no snapshot is cached yet
+    assert hub.take_snapshot_requests(1.0) == ["fx"]
+    hub.unsubscribe(ob, "fx")
+    assert hub.take_snapshot_requests(2.0) == []
+
+
 def test_resume_from_history_or_not(agg) -> None:
     hub = Hub(history=4)
     snap(hub, agg, "fx")

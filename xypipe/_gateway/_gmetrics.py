@@ -75,6 +75,10 @@ class GatewayMetrics:
             "ws_resumes", "Resume requests by outcome (bridged, snapshot) and reason",
             ["outcome", "reason"],
         )
+        self.snapshot_requests = m.counter(
+            "gateway_snapshot_requests",
+            "Fresh snapshots asked of the aggregator for subscribers the cache could not serve",
+        )
         self.resyncs = m.counter(
             "ws_resyncs", "Subscriptions resent from a snapshot, by reason "
             "(gap, epoch, pause, request)", ["reason"],

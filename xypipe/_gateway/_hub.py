@@ -349,13 +349,20 @@ class Hub:
 
     def __init__(self, *, history: int = 256, tick_prefix: str = "xy.md.tick",
                  snapshot_prefix: str = "xy.md.snapshot", max_gap: int = DEFAULT_MAX_GAP,
-                 anchor_interval: float = 1.0) -> None:
+                 anchor_interval: float = 1.0, snapshot_request_interval: float = 0.25) -> None:
         self.history_capacity = history
         self.max_gap = max_gap
         #: At most one JetStream look-up, and one log line per reason, per stream this often.
         self.anchor_interval = anchor_interval
         self._anchor_asked: dict[tuple[str, int], float] = {}
         self._anchor_due: dict[tuple[str, int], None] = {}
+        #: Groups with a subscriber waiting for a snapshot the cache cannot give (none yet,
+        #: or one the history cannot bridge after a gap or a restart): the shell asks the
+        #: aggregator for a fresh one at most every ``snapshot_request_interval`` per group,
+        #: rather than leaving the subscriber to wait for the next scheduled round (2-5 s).
+        self.snapshot_request_interval = snapshot_request_interval
+        self._snap_wanted: set[str] = set()
+        self._snap_asked: dict[str, float] = {}
         self._pending: dict[tuple[str, int, str], tuple[int, SeqEvent]] = {}
         self._logged: dict[tuple[str, int, str], float] = {}
         self._events: list[SeqEvent] = []
@@ -461,6 +468,27 @@ class Hub:
                 out.append(key)
         return out
 
+    def _want_snapshot(self, group: str) -> None:
+        self._snap_wanted.add(group)
+
+    def take_snapshot_requests(self, now: float) -> list[str]:
+        """Groups whose waiting subscribers need a fresher snapshot than the cache holds: the
+        shell asks the aggregator for one (its answer is published to every gateway). Only
+        groups the aggregator is known to publish (a stream or a snapshot was seen); asked
+        again every ``snapshot_request_interval`` until a snapshot arrives."""
+        out = []
+        for group in list(self._snap_wanted):
+            if group not in self.subscribers:
+                self._snap_wanted.discard(group)
+                continue
+            if group not in self.group_streams and group not in self.snapshots:
+                continue
+            asked = self._snap_asked.get(group)
+            if asked is None or now - asked >= self.snapshot_request_interval:
+                self._snap_asked[group] = now
+                out.append(group)
+        return out
+
     def on_checkpoint(self, group: str, shard: int, epoch: int, seq: int, now: float) -> None:
         """The aggregator's stored checkpoint of ``(group, shard)``: the last sequence it
         emitted (``xy.agg.seq.{group}.{shard}``, stored before the delta is published)."""
@@ -543,6 +571,8 @@ class Hub:
             s.group, s.version, s.epoch, dict(s.shard_seq), s.shards,
             framed(SNAPSHOTS_TAG, raw), now,
         )
+        # Whoever still cannot use this one says so again when its frame is built.
+        self._snap_wanted.discard(s.group)
         waiting = {ob for ob in self.subscribers.get(s.group, set())
                    if ob.subs[s.group].state == SubState.SYNC}
         for ob in waiting:
@@ -575,6 +605,8 @@ class Hub:
         sub = GroupSub(group, shards)
         ob.subs[group] = sub
         self.subscribers.setdefault(group, set()).add(ob)
+        if group not in self.snapshots:
+            self._want_snapshot(group)
         ob.notify()
         return sub
 
@@ -653,6 +685,9 @@ class Hub:
         sub.cursors = {}
         if not keep_min_version:
             sub.skip_up_to(None)
+        snap = self.snapshots.get(sub.group)
+        if snap is None or not sub.can_use(snap):
+            self._want_snapshot(sub.group)
 
     # -- the send queue -------------------------------------------------------------------------
 
@@ -717,9 +752,11 @@ class Hub:
                 if sub.state == SubState.SYNC:
                     snap = self.snapshots.get(sub.group)
                     if snap is None or not sub.can_use(snap):
+                        self._want_snapshot(sub.group)
                         break
                     if not self._start_from(sub, snap):
                         sub.skip_up_to(snap)
+                        self._want_snapshot(sub.group)
                         break
                     parts.append(("S", snap.group, snap.epoch, snap.version))
                     chunks.append(("S", snap))

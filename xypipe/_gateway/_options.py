@@ -58,6 +58,11 @@ class GatewayOptions:
     checkpoint_prefix: str = "xy.agg.seq"
     #: At most one JetStream look-up (and one log line per reason) per stream this often.
     anchor_interval_ms: int = attrs.field(default=1000, validator=in_range(10, 600_000))
+    #: Where to ask the aggregator for a fresh snapshot of a group when a subscriber waits for
+    #: one the cache cannot give (after a gap, a gateway restart); "" = wait for the next
+    #: scheduled snapshot instead. At most one request per group this often.
+    snapshot_request_subject: str = "xy.agg.snapshot.request"
+    snapshot_request_interval_ms: int = attrs.field(default=250, validator=in_range(10, 60_000))
     tick_prefix: str = "xy.md.tick"
     snapshot_prefix: str = "xy.md.snapshot"
     flags_bucket: str = attrs.field(default="xy_feature_flags", validator=non_empty())

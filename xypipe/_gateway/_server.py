@@ -143,7 +143,8 @@ class GatewayServer:
         self.throttle = AuthThrottle(options.auth_throttle)
         self.hub = Hub(history=options.history, tick_prefix=options.tick_prefix,
                        snapshot_prefix=options.snapshot_prefix, max_gap=options.max_seq_gap,
-                       anchor_interval=options.anchor_interval_ms / 1000)
+                       anchor_interval=options.anchor_interval_ms / 1000,
+                       snapshot_request_interval=options.snapshot_request_interval_ms / 1000)
         self._anchoring: set[tuple[str, int]] = set()
         self._exported: dict[str, dict[Any, int]] = {}
         self.connections: dict[int, Connection] = {}
@@ -250,11 +251,28 @@ class GatewayServer:
         self._export("snapshots_rejected",
                      {r: n for (k, r), n in st.rejected.items() if k == "snapshot"},
                      self.metrics.snapshots_rejected)
+        self._request_snapshots(hub.take_snapshot_requests(now))
         for key in hub.take_anchor_requests(now):
             if key in self._anchoring or self.nats is None or self._nursery is None:
                 continue
             self._anchoring.add(key)
             self._nursery.start_soon(self._fetch_anchor, *key)
+
+    def _request_snapshots(self, groups: list[str]) -> None:
+        """Ask the aggregator for fresh snapshots; it publishes them on the snapshot subject,
+        so the answer reaches every gateway (no reply needed). Fire and forget: a lost request
+        is asked again while the subscriber still waits."""
+        subject = self.options.snapshot_request_subject
+        if not groups or not subject or self.nats is None or not self.nats.is_connected:
+            return
+        for group in groups:
+            try:
+                self.nats.publish_nowait(subject, group.encode())
+            except BridgeError as exc:
+                self.log.warning("snapshot request not sent", code=exc.code, group=group,
+                                 error=str(exc))
+                return
+            self.metrics.snapshot_requests.inc()
 
     def _export(self, name: str, counts: dict[Any, int], counter: Any) -> None:
         done = self._exported.setdefault(name, {})

@@ -167,6 +167,11 @@ class JsFeed:
         #: Re-creations so far (also counted by ``on_recreate``).
         self.recreated = 0
         self._scope: trio.CancelScope | None = None
+        #: The check in flight, cancelled by a reconnect: a request sent to a server going
+        #: away (lame duck) would otherwise hold the feed for its whole timeout.
+        self._check_scope: trio.CancelScope | None = None
+        #: Consumers asked for whose creation was not confirmed (a timeout, a cancellation).
+        self._unconfirmed: set[str] = set()
         # After a re-creation the inbox may hold the old consumer's deliveries followed by the
         # new one's overlapping ones: check every sequence until the new consumer's first
         # delivery beyond what the caller has.
@@ -175,9 +180,13 @@ class JsFeed:
 
     # -- consumer management ------------------------------------------------------------------
     async def _create(self, deliver_cfg: dict[str, Any]) -> int:
-        config = {**self._config, **deliver_cfg}
-        doc = await _api(self._nc, f"$JS.API.CONSUMER.CREATE.{self.stream}",
+        # Named by us, so that one whose answer never came can be found and deleted.
+        name = f"xyfeed_{secrets.token_hex(8)}"
+        config = {**self._config, **deliver_cfg, "name": name}
+        self._unconfirmed.add(name)
+        doc = await _api(self._nc, f"$JS.API.CONSUMER.CREATE.{self.stream}.{name}",
                          {"stream_name": self.stream, "config": config}, f"create {self._what}")
+        self._unconfirmed.discard(name)
         self.name = str(doc["name"])
         return int((doc.get("delivered") or {}).get("stream_seq") or 0)
 
@@ -214,6 +223,11 @@ class JsFeed:
         # Never two consumers pushing into one inbox: the old one goes first.
         if old:
             await self._delete(old)
+        # A creation abandoned half-way (a reconnect cancels a request to a server going away)
+        # may have happened on the server: it has a name of ours, so it goes too.
+        for name in list(self._unconfirmed):
+            await self._delete(name)
+            self._unconfirmed.discard(name)
         resume = self.watch.resume_seq
         await self._create({"deliver_policy": "by_start_sequence", "opt_start_seq": resume})
         self._overlap = True
@@ -247,6 +261,8 @@ class JsFeed:
         async for ev in events:
             if ev.kind == "reconnected":
                 self.watch.reconnected()
+                if self._check_scope is not None:
+                    self._check_scope.cancel()
             elif ev.kind == "lame_duck":
                 self.watch.lame_duck()
             else:
@@ -264,7 +280,10 @@ class JsFeed:
             now = trio.current_time()
             check = watch.due(now)
             if check is not None:
-                await self._check(check)
+                # Cancelled by a reconnect: the check it raised (re-create) is due at once.
+                with trio.CancelScope() as self._check_scope:
+                    await self._check(check)
+                self._check_scope = None
                 continue
             watch.waiting(now)
             with trio.CancelScope(deadline=watch.deadline()) as scope:
