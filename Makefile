@@ -1,7 +1,7 @@
 # The two commands of the README:
 #   make demo   set up and run the demo (embedded NATS, pipelines, UI)
 #   make test   set up and run the whole test suite
-.PHONY: demo test setup setup-test proto proto-check bench lint clean
+.PHONY: demo test setup setup-test proto proto-check bench bench-chaos lint clean
 
 demo: setup
 	.venv/bin/xypipe run configs/demo.toml
@@ -25,6 +25,10 @@ bench: setup-test
 	.venv/bin/python bench/bridge.py
 	.venv/bin/python bench/aggregator.py
 	.venv/bin/python bench/fanout.py
+
+# Each fault of the chaos suite 20 times: recovery p50/p95/max (long: tens of minutes).
+bench-chaos: setup-test
+	.venv/bin/python bench/chaos.py
 
 lint: setup
 	.venv/bin/ruff check xypipe tests bench stages scripts
