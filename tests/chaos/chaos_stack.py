@@ -100,7 +100,10 @@ def tree_toml(nats: str, ports: dict[str, int], *, restart: str | None = None,
             name = table.split(".")[1]
             text = re.sub(r"\bport(\s*=\s*)\d+", rf"port\g<1>{ports[name]}", text)
             if restart:
-                text = text.replace(lines[0], f"{lines[0]}\nrestart = {restart}", 1)
+                # The demo's own policy, if it sets one, gives way to the benchmark's budget.
+                text, replaced = re.subn(r"(?m)^restart\s*=.*$", f"restart = {restart}", text)
+                if not replaced:
+                    text = text.replace(lines[0], f"{lines[0]}\nrestart = {restart}", 1)
         elif table == "http":
             text = re.sub(r"\bport(\s*=\s*)\d+", rf"port\g<1>{ports['main']}", text)
         # Paths in the demo are relative to the repository; the tree may run from anywhere.
