@@ -128,7 +128,7 @@ async def replay_capacity(work: Path, tape_path: Path, n: int) -> dict[str, Any]
         proc = publish(srv.url, tape_path, 2_000_000, n)
         await trio.to_thread.run_sync(proc.wait)
         agg = Aggregator(work, srv.url, start="all")
-        await trio.to_thread.run_sync(agg.start)
+        await trio.to_thread.run_sync(lambda: agg.start(ready=False))
         levels = [0.0]
         first: tuple[float, float] | None = None
         try:

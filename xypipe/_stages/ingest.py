@@ -335,20 +335,31 @@ class Ingest(Stage):
                                 stored: int) -> list[Any]:
         """Every subject's last message in ``stream`` (empty stream: no round trip). A read
         cut short (the server went away) raises ``NatsTimeout`` instead of passing for the
-        whole: a restore point missing groups would rebuild them empty."""
+        whole: a restore point missing groups would rebuild them empty.
+
+        How many there are comes from a pull consumer's info; the messages themselves come
+        through a push feed, in the bridge's batches: a pull ``fetch`` hands them over one
+        asyncio wake-up each (5,000 contracts took ~0.9 s of a rebuild that way)."""
         if stored == 0:
             return []
-        out: list[Any] = []
-        async with js.pull(stream, subjects, deliver="last_per_subject",
-                           batch=10_000) as consumer:
+        async with js.pull(stream, subjects, deliver="last_per_subject", batch=1) as consumer:
             expected = await consumer.num_pending()
-            while len(out) < expected:
-                got = await consumer.fetch(min(10_000, expected - len(out)), timeout=1.0)
-                if not got:
-                    raise NatsTimeout(f"last message per subject of {stream!r} ({subjects}): "
-                                      f"{len(out)} of {expected} read, then nothing")
-                out.extend(got)
-            return out
+        if expected == 0:
+            return []
+        out: list[Any] = []
+        with trio.move_on_after(max(5.0, expected / 5_000)) as guard:
+            async with js_feed(self.ctx.nats, stream, deliver="last_per_subject",
+                               filter_subject=subjects, max_pending=min(expected, 65_536),
+                               max_batch=4096, log=self.ctx.log) as feed:
+                async for msgs in feed:
+                    out.extend(msgs)
+                    feed.ack(msgs)
+                    if len(out) >= expected or pending_of(msgs[-1].reply) == 0:
+                        break
+        if guard.cancelled_caught:
+            raise NatsTimeout(f"last message per subject of {stream!r} ({subjects}): "
+                              f"{len(out)} of {expected} read, then nothing")
+        return out
 
     async def _restore(self, js: Any, src: Any) -> Restore | None:
         cfg: IngestConfig = self.config
