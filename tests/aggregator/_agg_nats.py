@@ -92,6 +92,15 @@ class Subscriber:
         if not self.settled.is_set() and self.condition():
             self.settled.set()
 
+    async def wait_until(self, condition: Callable[[], bool], limit: float = 20.0) -> None:
+        """Until ``condition`` holds after a batch (or already does); ``limit`` is a hang
+        guard."""
+        self.settled = trio.Event()
+        self.condition = condition
+        with trio.fail_after(limit):
+            self.check()
+            await self.settled.wait()
+
 
 def converged(view: MarketView, truth: GroundTruth) -> bool:
     state = view.state()

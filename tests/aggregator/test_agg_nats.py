@@ -42,11 +42,8 @@ async def test_faulty_feed_rebuilds_exact_books_with_every_checksum_verified(
         faults = pub.resources["publisher.faults"]
         m = agg.metrics
         # Converged, and the last duplicates (sent right after the last ticks) counted too.
-        sub.condition = lambda: converged(sub.view, truth) and (
-            m.sample("src_duplicates_total") == faults.duplicates)
-        with trio.fail_after(20):
-            sub.check()
-            await sub.settled.wait()
+        await sub.wait_until(lambda: converged(sub.view, truth) and (
+            m.sample("src_duplicates_total") == faults.duplicates))
         ingest = agg.pipelines[0].stages[0].ctx
         scope.cancel()
         nursery.cancel_scope.cancel()
@@ -82,10 +79,7 @@ async def test_malformed_payloads_are_counted_and_skipped(nats_url: str) -> None
                              gap=0.01, seed=5)
         truth = pub.resources["publisher.truth"]
         faults = pub.resources["publisher.faults"]
-        sub.condition = lambda: converged(sub.view, truth)
-        with trio.fail_after(20):
-            sub.check()
-            await sub.settled.wait()
+        await sub.wait_until(lambda: converged(sub.view, truth))
         scope.cancel()
         nursery.cancel_scope.cancel()
     assert faults.malformed > 5 and faults.gaps > 5
@@ -119,11 +113,7 @@ async def test_killed_aggregator_restarts_without_a_sequence_hole_or_repeat(
         with trio.fail_after(30):
             await pub_done.wait()
         truth = box["pub"].resources["publisher.truth"]
-        sub.settled = trio.Event()
-        sub.condition = lambda: converged(sub.view, truth)
-        with trio.fail_after(20):
-            sub.check()
-            await sub.settled.wait()
+        await sub.wait_until(lambda: converged(sub.view, truth))
         scope2.cancel()
         nursery.cancel_scope.cancel()
     stats = sub.view.stats
@@ -146,19 +136,12 @@ async def test_a_restarted_publisher_is_followed_after_an_aggregator_restart(
         await nursery.start(sub.run)
         _, scope = await start_aggregator(nursery, nats_url)
         first = await _publish(nats_url, symbols=30, rate=3000, max_ticks=3000, seed=5)
-        sub.condition = lambda: converged(sub.view, first.resources["publisher.truth"])
-        with trio.fail_after(20):
-            sub.check()
-            await sub.settled.wait()
+        await sub.wait_until(lambda: converged(sub.view, first.resources["publisher.truth"]))
         scope.cancel()
         agg, scope2 = await start_aggregator(nursery, nats_url)
         second = await _publish(nats_url, symbols=30, rate=3000, max_ticks=1500, seed=5)
         truth = second.resources["publisher.truth"]
-        sub.settled = trio.Event()
-        sub.condition = lambda: converged(sub.view, truth)
-        with trio.fail_after(20):
-            sub.check()
-            await sub.settled.wait()
+        await sub.wait_until(lambda: converged(sub.view, truth))
         scope2.cancel()
         nursery.cancel_scope.cancel()
     state = sub.view.state()

@@ -54,10 +54,7 @@ async def _scenario(server: EmbeddedNats, fault: Any, reason: str) -> None:
         await nursery.start(sub.run)
         agg, scope = await start_aggregator(nursery, url)
         first = await _publish(url, symbols=20, rate=3000, max_ticks=1500, seed=3)
-        sub.condition = lambda: converged(sub.view, first.resources["publisher.truth"])
-        with trio.fail_after(20):
-            sub.check()
-            await sub.settled.wait()
+        await sub.wait_until(lambda: converged(sub.view, first.resources["publisher.truth"]))
         ingested = agg.metrics.sample("src_ingest_total")
         assert ingested == first.resources["publisher.truth"].ticks
 
@@ -71,11 +68,7 @@ async def _scenario(server: EmbeddedNats, fault: Any, reason: str) -> None:
         second = await _publish(url, symbols=20, rate=3000, max_ticks=1500, seed=4,
                                 venues=["XAFT"])  # new symbols: totals start at 0
         truth = second.resources["publisher.truth"]
-        sub.settled = trio.Event()
-        sub.condition = lambda: converged(sub.view, truth)
-        with trio.fail_after(20):
-            sub.check()
-            await sub.settled.wait()
+        await sub.wait_until(lambda: converged(sub.view, truth))
         scope.cancel()
         nursery.cancel_scope.cancel()
     # Every tick published after the fault was ingested exactly once.
@@ -135,10 +128,7 @@ async def _scenario_without_reconnect(server: EmbeddedNats, fault: Any, reason: 
         await nursery.start(sub.run)
         agg, scope = await start_aggregator(nursery, url)
         first = await _publish(url, symbols=20, rate=3000, max_ticks=1000, seed=3)
-        sub.condition = lambda: converged(sub.view, first.resources["publisher.truth"])
-        with trio.fail_after(20):
-            sub.check()
-            await sub.settled.wait()
+        await sub.wait_until(lambda: converged(sub.view, first.resources["publisher.truth"]))
         ingested = agg.metrics.sample("src_ingest_total")
         await fault(server)
         # Published while the consumer is gone and before anything noticed: must not be lost.
@@ -146,11 +136,7 @@ async def _scenario_without_reconnect(server: EmbeddedNats, fault: Any, reason: 
                                 venues=["XAFT"])
         truth = second.resources["publisher.truth"]
         await _until(lambda: _recreated(agg, reason) >= 1)
-        sub.settled = trio.Event()
-        sub.condition = lambda: converged(sub.view, truth)
-        with trio.fail_after(20):
-            sub.check()
-            await sub.settled.wait()
+        await sub.wait_until(lambda: converged(sub.view, truth))
         scope.cancel()
         nursery.cancel_scope.cancel()
     assert agg.metrics.sample("src_ingest_total") == ingested + truth.ticks
