@@ -281,6 +281,19 @@ class GatewayServer:
                 counter.labels(label).inc(n - done.get(label, 0))
                 done[label] = n
 
+    async def _direct_get(self, stream: str, subject: str, op: str) -> Any:
+        """The last message on ``subject`` in ``stream`` (``None``: none stored), timed into
+        ``nats_req_latency{op}`` (``{op}_error`` when it fails, which it re-raises)."""
+        t0 = trio.current_time()
+        try:
+            with trio.fail_after(self.options.nats_timeout_ms / 1000):
+                msg = await self.nats.jetstream().direct_get_last(stream, subject)
+        except (BridgeError, trio.TooSlowError):
+            self.metrics.nats_req.labels(f"{op}_error").observe(trio.current_time() - t0)
+            raise
+        self.metrics.nats_req.labels(op).observe(trio.current_time() - t0)
+        return msg
+
     async def _fetch_anchor(self, group: str, shard: int) -> None:
         """Feed the hub JetStream's record of one stream: the group's last stored snapshot,
         then the aggregator's last checkpoint of the stream (never the suspicious message)."""
@@ -290,18 +303,13 @@ class GatewayServer:
                 (opts.snapshot_stream, f"{opts.snapshot_prefix}.{group}"),
                 (opts.checkpoint_stream, f"{opts.checkpoint_prefix}.{group}.{shard}"),
             ):
-                t0 = trio.current_time()
                 try:
-                    with trio.fail_after(opts.nats_timeout_ms / 1000):
-                        msg = await self.nats.jetstream().direct_get_last(stream, subject)
+                    msg = await self._direct_get(stream, subject, "anchor_get")
                 except (BridgeError, trio.TooSlowError) as exc:
-                    self.metrics.nats_req.labels("anchor_get_error").observe(
-                        trio.current_time() - t0)
                     self.log.warning("reading a stream's record to re-anchor it failed",
                                      code=GW_ANCHOR_LOOKUP_FAILED, stream=stream,
                                      subject=subject, error=str(exc))
                     continue
-                self.metrics.nats_req.labels("anchor_get").observe(trio.current_time() - t0)
                 if msg is None:
                     continue
                 try:
@@ -338,14 +346,10 @@ class GatewayServer:
         attempt = 0
         try:
             while self.hub.needs_snapshot(group) and self.hub.subscribers.get(group):
-                t0 = trio.current_time()
                 try:
-                    with trio.fail_after(self.options.nats_timeout_ms / 1000):
-                        msg = await self.nats.jetstream().direct_get_last(
-                            self.options.snapshot_stream, subject)
+                    msg = await self._direct_get(self.options.snapshot_stream, subject,
+                                                 "direct_get")
                 except (BridgeError, trio.TooSlowError) as exc:
-                    self.metrics.nats_req.labels("direct_get_error").observe(
-                        trio.current_time() - t0)
                     self.metrics.snapshot_get_failures.inc()
                     self.metrics.snapshot_lookups.labels("failed").inc()
                     attempt += 1
@@ -361,7 +365,6 @@ class GatewayServer:
                             group, "the snapshot store could not be reached (retrying)")
                     await trio.sleep(delay)
                     continue
-                self.metrics.nats_req.labels("direct_get").observe(trio.current_time() - t0)
                 self.metrics.snapshot_lookups.labels("missing" if msg is None else "found").inc()
                 if attempt:
                     self.log.info("snapshot direct get succeeded after retries",
