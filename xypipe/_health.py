@@ -83,6 +83,7 @@ class PipelineWatchdog:
         core = self.core.add(StreamWatch(stream, stale_after, gated=gated,
                                          now=trio.current_time(), position=position))
         self._fresh.labels(stream).set(0)
+        self._stale.labels(stream)  # reads 0 until the first stale: alerts see that one too
         return Watch(core, self)
 
     def get(self, stream: str) -> StreamWatch | None:

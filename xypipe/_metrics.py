@@ -16,6 +16,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from xypipe._degrade import Level
+
 M = TypeVar("M", Counter, Gauge, Histogram)
 
 #: Latency buckets in seconds, dense where the spec's targets are (P95 < 120 ms, P99 < 180 ms).
@@ -117,6 +119,17 @@ def backpressure_events(metrics: Metrics) -> Counter:
         "Degradation level transitions (pipeline budgets or gateway connections)",
         ["scope", "direction", "level"],
     )
+
+
+def zero_transitions(counter: Counter, scope: str) -> None:
+    """Every transition ``scope`` can make reads 0 before its first one: a series born at 1
+    has no ``increase()``, so an alert would miss the first transition, and a dashboard would
+    show "no data" instead of 0."""
+    for level in Level:
+        if level > Level.L0:
+            counter.labels(scope, "up", f"L{int(level)}")
+        if level < Level.L3:
+            counter.labels(scope, "down", f"L{int(level)}")
 
 
 class RunnerMetrics:

@@ -31,7 +31,7 @@ from xypipe._edge import Edge
 from xypipe._errors import NatsConnectionError, StageError, XyError, find_in_group
 from xypipe._health import CHECK_INTERVAL, PipelineWatchdog
 from xypipe._log import get_logger
-from xypipe._metrics import Metrics, RunnerMetrics
+from xypipe._metrics import Metrics, RunnerMetrics, zero_transitions
 from xypipe._stage import StageContext
 from xypipe._watchdog import Verdict
 
@@ -160,6 +160,7 @@ class PipelineRun:
         self.state = "running"
         self.rmetrics.pipeline_running.labels(self.name).set(1)
         self.rmetrics.level.labels(f"pipeline:{self.name}").set(0)
+        zero_transitions(self.rmetrics.backpressure_events, f"pipeline:{self.name}")
         self.log.info("pipeline starting", stages=[s.decl.name for s in self.stages])
         try:
             with self._scope:

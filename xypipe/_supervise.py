@@ -187,6 +187,7 @@ class _Loop:
         self.codes = codes
         self.log = _log.bind(process=name)
         self.up = metrics.up.labels(name)
+        metrics.restarts.labels(name)  # reads 0 before the first restart (alerts use increase())
 
     def running(self, restarts: int = 0) -> None:
         self.tracker.started(trio.current_time())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from xypipe._md.seqrules import Verdict
 from xypipe._metrics import Metrics, backpressure_events
 
 #: Render latency as browsers report it spans more than the server-side buckets.
@@ -108,3 +109,9 @@ class GatewayMetrics:
         self.known_groups = m.gauge(
             "gateway_known_groups",
             "Groups in the aggregator's known-groups list as last read (-1: not loaded yet)")
+        # The counters alert rules take increase() of read 0 before their first event (a series
+        # born at 1 has no increase): infra/prometheus/rules/xypipe-alerts.yml.
+        for verdict in Verdict:
+            self.deltas.labels(verdict.value)
+        for reason in ("gap", "epoch", "pause", "request"):
+            self.resyncs.labels(reason)

@@ -65,7 +65,7 @@ from xypipe._gateway._session import (
 from xypipe._gateway._throttle import AuthThrottle, Lockout, client_address
 from xypipe._http import Request, Response
 from xypipe._log import Logger, get_logger
-from xypipe._metrics import Metrics
+from xypipe._metrics import Metrics, zero_transitions
 from xypipe._nats import KeyValue, KvEntry
 from xypipe._retry import Backoff, retrying
 from xypipe.contracts import ClientMetrics, Delta, Error, ErrorCode, ServerFrame
@@ -164,6 +164,7 @@ class GatewayServer:
         self._level_counts = [0, 0, 0, 0]
         for lvl in range(4):
             self.metrics.by_level.labels(f"L{lvl}").set(0)
+        zero_transitions(self.metrics.backpressure, f"{self.scope}:connection")
         self.metrics.slow_consumers.set(0)
         self.metrics.ws_active.set(0)
 
