@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Install Debian's Prometheus for tests/test_prometheus_scrape.py (idempotent; quiet and fast
-# when already installed). The test runs the binary itself on a random port with a generated
-# config; the Debian service is stopped and disabled so it does not hold port 9090.
+# Install Debian's Prometheus for tests/test_prometheus_scrape.py and tests/test_ops_prometheus.py
+# (idempotent; quiet and fast when already installed): `prometheus` itself, run by the tests on a
+# random port with a generated config, and `promtool` (same package), which checks and unit-tests
+# infra/prometheus/. The Debian service is stopped and disabled so it does not hold port 9090.
 # Usage: scripts/setup_prometheus.sh   (root needed only when prometheus is missing)
 set -euo pipefail
 
-if command -v prometheus >/dev/null && dpkg-query -W -f='${Status}' prometheus 2>/dev/null | grep -q "install ok installed"; then
+if command -v prometheus >/dev/null && command -v promtool >/dev/null && dpkg-query -W -f='${Status}' prometheus 2>/dev/null | grep -q "install ok installed"; then
   exit 0
 fi
 echo "setup_prometheus: apt-get install prometheus"
@@ -28,3 +29,4 @@ if command -v systemctl >/dev/null && [[ -d /run/systemd/system ]]; then
   $SUDO systemctl disable --now prometheus >/dev/null 2>&1 || true
 fi
 prometheus --version 2>&1 | head -1
+command -v promtool >/dev/null || { echo "setup_prometheus: promtool missing after installing prometheus" >&2; exit 1; }
