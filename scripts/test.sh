@@ -18,7 +18,7 @@ say "contracts: buf lint, buf breaking, generated code up to date, Node and Go v
 bash scripts/test_contracts.sh
 
 say "node tests (browser core, worker hub)"
-node --test tests/node/xy-*.test.mjs
+bash scripts/node_test.sh browser tests/node/xy-*.test.mjs
 
 say "pytest"
 python -m pytest -q -p no:cacheprovider "$@"

@@ -50,7 +50,7 @@ step "generated code up to date (Python, JS, Go, golden vectors)"
 PYTHON="$PYTHON" scripts/gen_proto.sh --check
 
 step "golden vectors: Node (ui-static/gen/xy_contracts.js)"
-node --test tests/node/contracts.test.mjs
+bash scripts/node_test.sh contracts tests/node/contracts.test.mjs
 
 step "golden vectors: Go (contracts/go, offline against Debian's protobuf runtime)"
 (cd contracts/go && GOPROXY=off GOFLAGS=-mod=vendor go test ./...)
