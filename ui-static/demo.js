@@ -415,7 +415,7 @@ class StatusPanel {
       this.field("last recovery", st.lastRecoveryMs === null ? "—" : `${Math.round(st.lastRecoveryMs)} ms`);
       this.field("tabs", String(st.tabs));
       if (st.lastError) {
-        this.set(this.event, `${st.lastError.code}: ${st.lastError.message}`);
+        this.set(this.event, `last event ${st.lastError.code}: ${st.lastError.message}`);
         this.event.title = this.event.textContent;
       }
     }
