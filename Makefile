@@ -3,14 +3,15 @@
 #   make test   set up and run the whole test suite
 .PHONY: demo test setup setup-test proto proto-check bench bench-chaos lint clean
 
+# Quiet recipes: the first line `make demo` prints is the address of the page to open.
 demo: setup
-	.venv/bin/xypipe run configs/demo.toml
+	@.venv/bin/xypipe demo configs/demo.toml
 
 test: setup-test
 	bash scripts/test.sh
 
 setup:
-	bash scripts/setup.sh
+	@bash scripts/setup.sh
 
 setup-test:
 	bash scripts/setup.sh --test

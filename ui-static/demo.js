@@ -1,32 +1,43 @@
 // The demo page: five panels fed by the browser's single gateway connection.
 //
-// Batches only mark rows dirty; drawing happens in requestAnimationFrame, each panel within
-// its own budget (8 ms by default): whatever a panel cannot draw in time stays dirty for the
-// next frame, so a burst never produces a long frame. Frame times, per-panel render times and
-// tick-arrival -> drawn latencies are kept in window.__xy for the browser tests and
-// bench/e2e_latency.py, and latencies are reported to the hub (ClientMetrics).
+// Batches only mark rows dirty; drawing happens in requestAnimationFrame (at most once a frame),
+// each panel within its own budget (8 ms by default): whatever a panel cannot draw in time stays
+// dirty for the next frame, so a burst never produces a long frame. A cell is written only when
+// its text changes. Frame times, per-panel render times and tick-arrival -> drawn latencies are
+// kept in window.__xy for the browser tests and bench/e2e_latency.py, and latencies are
+// reported to the hub (ClientMetrics); the header shows their p50/p95 over the last 5 s.
 //
 // URL flags: ?mode=leader (no SharedWorker: leader election), ?groups=a,b, ?budget=8.
 
 import { connect, loadConfig } from "./xy-client.js";
 import { percentiles, symbolKey } from "./xy-core.js";
+import {
+  LEVEL_MEANING, RollingHistogram, Ring, WATCH_COLUMNS, nextSort, rowComparator, sortValues, topMovers,
+} from "./demo-core.js";
 
 const params = new URLSearchParams(location.search);
 const BUDGET_MS = Number(params.get("budget") ?? 8);
 const MAX_SAMPLES = 200_000;
-const MESSAGE_IDS_SHOWN = 24;
+const READOUT_MS = 250;
+const MAX_MOVERS = 15; // what the panel shows without scrolling at 1400x900
 
 const stats = {
   received: 0,
   byGroup: {}, // group -> batches received
-  batchIds: [],
-  latencies: [], // ms, tick arrival -> drawn (bounded)
-  frames: [], // ms between animation frames (bounded)
-  panels: {}, // name -> [ms] per frame (bounded)
+  latencies: [], // ms, tick arrival -> drawn (bounded; cleared by __xyReset)
+  frames: [], // ms between animation frames (bounded; cleared by __xyReset)
+  panels: {}, // name -> [ms] per frame (bounded; cleared by __xyReset)
   overBudget: {}, // name -> frames where the panel stopped at its budget
   status: null,
   errors: [],
   degrade: null,
+};
+// What the page shows: recent windows that keep moving however long the page runs (the arrays
+// above stop growing at MAX_SAMPLES).
+const recent = {
+  latency: new RollingHistogram({ windowMs: 5000 }),
+  frames: new Ring(300),
+  panels: {}, // name -> Ring
 };
 window.__xy = stats;
 window.__xyReset = () => {
@@ -35,13 +46,6 @@ window.__xyReset = () => {
   for (const k of Object.keys(stats.panels)) stats.panels[k] = [];
   for (const k of Object.keys(stats.overBudget)) stats.overBudget[k] = 0;
 };
-window.__xyStats = () => ({
-  received: stats.received,
-  latency: { n: stats.latencies.length, ...percentiles(stats.latencies, [50, 95, 99]) },
-  frame: { n: stats.frames.length, ...percentiles(stats.frames, [50, 95, 99]) },
-  panels: Object.fromEntries(Object.entries(stats.panels).map(([k, v]) => [k, { n: v.length, ...percentiles(v, [50, 95, 99]), max: v.length ? Math.max(...v) : null, overBudget: stats.overBudget[k] ?? 0 }])),
-  status: stats.status,
-});
 
 function push(list, value) {
   if (list.length < MAX_SAMPLES) list.push(value);
@@ -49,6 +53,18 @@ function push(list, value) {
 
 function fmtPrice(v, decimals) {
   return decimals ? (v / 10 ** decimals).toFixed(decimals) : String(v);
+}
+
+function fmtMs(v) {
+  return v === null ? "—" : v < 10 ? v.toFixed(1) : String(Math.round(v));
+}
+
+/** Write `text` into `cell` only when it differs from what `texts[i]` says is there. */
+function put(cell, texts, i, text) {
+  if (texts[i] !== text) {
+    texts[i] = text;
+    cell.textContent = text;
+  }
 }
 
 // Server "now" in µs: local wall clock plus the hub's estimate of the gateway clock offset.
@@ -66,25 +82,59 @@ class Watchlist {
     this.group = group;
     this.client = client;
     this.body = root.querySelector("tbody");
+    this.count = root.querySelector(".count");
     root.querySelector(".group").textContent = group;
-    this.rows = new Map(); // key -> {tr, cells, state, open, arrivalUs}
+    this.rows = new Map(); // key -> {key, tr, cells, texts, state, open, arrivalUs, vals}
     this.dirty = new Set();
     this.onSelect = onSelect;
+    this.sort = { col: 0, dir: 1 };
+    this.orderDirty = false;
+    this.heads = [...root.querySelectorAll("thead th")];
+    this.heads.forEach((th, col) => {
+      th.tabIndex = 0;
+      th.title = `sort by ${WATCH_COLUMNS[col]}`;
+      th.addEventListener("click", () => this.sortBy(col));
+      th.addEventListener("keydown", (ev) => {
+        if (ev.key === "Enter" || ev.key === " ") {
+          ev.preventDefault();
+          this.sortBy(col);
+        }
+      });
+    });
+    this._showSort();
+  }
+
+  sortBy(col) {
+    this.sort = nextSort(this.sort, col);
+    this._showSort();
+    this.orderDirty = true;
+  }
+
+  _showSort() {
+    this.heads.forEach((th, col) => {
+      if (col === this.sort.col) th.setAttribute("aria-sort", this.sort.dir > 0 ? "ascending" : "descending");
+      else th.removeAttribute("aria-sort");
+    });
   }
 
   apply(batch) {
     if (batch.snapshot) {
+      // A snapshot is the whole group: symbols it no longer has are gone.
+      const keep = new Set(batch.snapshot.symbols.map(symbolKey));
+      for (const k of this.rows.keys()) if (!keep.has(k)) this._remove(k);
       for (const s of batch.snapshot.symbols) this._set(s, 0);
     }
-    for (const k of batch.removed ?? []) {
-      const row = this.rows.get(k);
-      if (row !== undefined) {
-        row.tr.remove();
-        this.rows.delete(k);
-        this.dirty.delete(k);
-      }
-    }
+    for (const k of batch.removed ?? []) this._remove(k);
     for (const s of batch.symbols) this._set(s, s.tsArrivalUs);
+  }
+
+  _remove(key) {
+    const row = this.rows.get(key);
+    if (row === undefined) return;
+    row.tr.remove();
+    this.rows.delete(key);
+    this.dirty.delete(key);
+    this.orderDirty = true;
   }
 
   _set(s, arrivalUs) {
@@ -93,13 +143,14 @@ class Watchlist {
     if (row === undefined) {
       const tr = document.createElement("tr");
       const cells = [];
-      for (let i = 0; i < 7; i++) cells.push(tr.appendChild(document.createElement("td")));
+      for (let i = 0; i < WATCH_COLUMNS.length; i++) cells.push(tr.appendChild(document.createElement("td")));
       cells[0].textContent = s.symbol;
       tr.title = `${s.venue}:${s.symbol}`;
       tr.addEventListener("click", () => this.onSelect(this.group, key));
       this.body.appendChild(tr);
-      row = { tr, cells, state: s, open: s.last, arrivalUs: 0 };
+      row = { key, tr, cells, texts: [s.symbol, "", "", "", "", "", "", ""], state: s, open: s.last, arrivalUs: 0, vals: sortValues(s, s.last) };
       this.rows.set(key, row);
+      this.orderDirty = true;
     }
     row.state = s;
     if (arrivalUs && (!row.arrivalUs || arrivalUs < row.arrivalUs)) row.arrivalUs = arrivalUs;
@@ -108,6 +159,7 @@ class Watchlist {
 
   render(deadline) {
     let complete = true;
+    const col = this.sort.col;
     for (const key of this.dirty) {
       if (performance.now() > deadline) {
         complete = false;
@@ -119,25 +171,50 @@ class Watchlist {
       const d = s.priceDecimals;
       const chg = s.last - row.open;
       const c = row.cells;
-      c[1].textContent = fmtPrice(s.last, d);
-      c[2].textContent = fmtPrice(chg, d);
-      c[2].className = chg > 0 ? "up" : chg < 0 ? "down" : "";
-      c[3].textContent = s.bids.length ? fmtPrice(s.bids[0].price, d) : "";
-      c[4].textContent = s.asks.length ? fmtPrice(s.asks[0].price, d) : "";
-      c[5].textContent = String(s.vol);
-      c[6].textContent = String(s.totalTrades);
+      const t = row.texts;
+      put(c[1], t, 1, fmtPrice(s.last, d));
+      put(c[2], t, 2, fmtPrice(chg, d));
+      put(c[3], t, 3, s.bids.length ? fmtPrice(s.bids[0].price, d) : "");
+      put(c[4], t, 4, s.asks.length ? fmtPrice(s.asks[0].price, d) : "");
+      put(c[5], t, 5, String(s.vol));
+      put(c[6], t, 6, String(s.totalTrades));
+      const cls = chg > 0 ? "up" : chg < 0 ? "down" : "";
+      if (t[7] !== cls) {
+        t[7] = cls;
+        c[2].className = cls;
+      }
+      // Rows are ordered by what they show, so the table is sorted after every frame.
+      const vals = sortValues(s, row.open);
+      if (vals[col] !== row.vals[col]) this.orderDirty = true;
+      row.vals = vals;
       if (row.arrivalUs) {
         const ms = (serverNowUs() - row.arrivalUs) / 1000;
         row.arrivalUs = 0;
         push(stats.latencies, ms);
+        recent.latency.add(ms, performance.now());
         this.client.reportRender(ms);
       }
     }
+    if (this.orderDirty) this._reorder();
     return complete;
   }
 
+  /** Put the rows in sort order, moving only those out of place. */
+  _reorder() {
+    this.orderDirty = false;
+    const rows = [...this.rows.values()].sort(rowComparator(this.sort.col, this.sort.dir));
+    let node = this.body.firstElementChild;
+    for (const row of rows) {
+      if (row.tr === node) node = node.nextElementSibling;
+      else this.body.insertBefore(row.tr, node);
+    }
+    const n = String(rows.length);
+    if (this.count.textContent !== n) this.count.textContent = n;
+  }
+
   setPaused(paused) {
-    this.root.querySelector(".paused-flag").hidden = !paused;
+    const flag = this.root.querySelector(".paused-flag");
+    if (flag.hidden === paused) flag.hidden = !paused;
   }
 
   select(key) {
@@ -146,44 +223,58 @@ class Watchlist {
 }
 
 class Movers {
-  constructor(root, books) {
+  constructor(root, books, baseline) {
     this.name = "movers";
-    this.list = root.querySelector(".movers");
+    this.body = root.querySelector("tbody");
     this.topBy = root.querySelector(".top-by");
-    this.books = books; // group -> Map(key -> state)
-    this.top = [];
+    this.valueHead = root.querySelector(".top-col");
+    this.books = books; // group -> Map(key -> latest state)
+    this.baseline = baseline; // key -> last in the group's latest snapshot (for "change")
+    this.by = "vol";
+    this.k = 10;
     this.dirty = false;
-    this.items = [];
+    this.rows = []; // {cells, texts}
+    this._label();
   }
 
-  setTop(group, snapshot) {
-    // Top-K from the latest snapshot of the first group that has one.
-    if (!snapshot.top?.length && this.top.length) return;
-    this.top = snapshot.top.length
-      ? snapshot.top.map((t) => ({ group, key: `${t.venue}:${t.symbol}`, symbol: t.symbol, value: t.value }))
-      : snapshot.symbols.slice().sort((a, b) => b.vol - a.vol).slice(0, 10).map((s) => ({ group, key: symbolKey(s), symbol: s.symbol, value: s.vol }));
-    this.topBy.textContent = snapshot.topBy ? `by ${snapshot.topBy}` : "by vol";
+  _label() {
+    this.topBy.textContent = `by ${this.by}, live`;
+    this.valueHead.textContent = this.by === "change" ? "Chg" : this.by.charAt(0).toUpperCase() + this.by.slice(1);
+  }
+
+  /** Ranking and K follow the aggregator's snapshots (top_by, top_k); values come live. */
+  configure(snapshot) {
+    if (snapshot.topBy) this.by = snapshot.topBy;
+    if (snapshot.top?.length) this.k = Math.min(MAX_MOVERS, snapshot.top.length);
+    this._label();
     this.dirty = true;
   }
 
   touch() {
-    if (this.top.length) this.dirty = true;
+    this.dirty = true;
   }
 
-  render(deadline) {
+  render() {
     if (!this.dirty) return true;
     this.dirty = false;
-    while (this.items.length < this.top.length) this.items.push(this.list.appendChild(document.createElement("li")));
-    while (this.items.length > this.top.length) this.items.pop().remove();
-    for (let i = 0; i < this.top.length; i++) {
-      if (performance.now() > deadline) {
-        this.dirty = true;
-        return false;
-      }
-      const t = this.top[i];
-      const s = this.books.get(t.group)?.get(t.key);
-      const last = s ? ` · ${fmtPrice(s.last, s.priceDecimals)}` : "";
-      this.items[i].textContent = `${t.symbol} ${t.value}${last}`;
+    const top = topMovers(this.books, this.by, this.k, this.baseline);
+    while (this.rows.length < top.length) {
+      const tr = this.body.appendChild(document.createElement("tr"));
+      const cells = [0, 1, 2, 3, 4].map(() => tr.appendChild(document.createElement("td")));
+      cells[0].textContent = String(this.rows.length + 1);
+      cells[2].className = "muted";
+      this.rows.push({ tr, cells, texts: [String(this.rows.length + 1), "", "", "", ""] });
+    }
+    while (this.rows.length > top.length) this.rows.pop().tr.remove();
+    const price = this.by === "last" || this.by === "change";
+    for (let i = 0; i < top.length; i++) {
+      const m = top[i];
+      const s = m.state;
+      const { cells, texts } = this.rows[i];
+      put(cells[1], texts, 1, m.symbol);
+      put(cells[2], texts, 2, m.group);
+      put(cells[3], texts, 3, price ? fmtPrice(m.value, s.priceDecimals) : String(m.value));
+      put(cells[4], texts, 4, fmtPrice(s.last, s.priceDecimals));
     }
     return true;
   }
@@ -199,7 +290,8 @@ class Ladder {
     this.group = null;
     this.state = null;
     this.dirty = false;
-    this.rows = [];
+    this.rows = []; // {cells, texts}
+    this.noteText = "";
   }
 
   select(group, key) {
@@ -221,13 +313,16 @@ class Ladder {
     if (!this.dirty || this.state === null) return true;
     this.dirty = false;
     const s = this.state;
+    const d = s.priceDecimals;
     const levels = Math.max(s.bids.length, s.asks.length);
     while (this.rows.length < levels) {
       const tr = this.body.appendChild(document.createElement("tr"));
-      const cells = [0, 1, 2].map(() => tr.appendChild(document.createElement("td")));
+      const cells = [0, 1, 2, 3].map(() => tr.appendChild(document.createElement("td")));
       cells[0].className = "bid";
+      cells[1].className = "bid";
       cells[2].className = "ask";
-      this.rows.push(cells);
+      cells[3].className = "ask";
+      this.rows.push({ cells, texts: ["", "", "", ""] });
     }
     for (let i = 0; i < this.rows.length; i++) {
       if (performance.now() > deadline) {
@@ -236,90 +331,102 @@ class Ladder {
       }
       const b = s.bids[i];
       const a = s.asks[i];
-      const cells = this.rows[i];
-      cells[0].textContent = b ? String(b.size) : "";
-      cells[1].textContent = b && a ? `${fmtPrice(b.price, s.priceDecimals)} / ${fmtPrice(a.price, s.priceDecimals)}` : b ? fmtPrice(b.price, s.priceDecimals) : a ? fmtPrice(a.price, s.priceDecimals) : "";
-      cells[2].textContent = a ? String(a.size) : "";
+      const { cells, texts } = this.rows[i];
+      put(cells[0], texts, 0, b ? String(b.size) : "");
+      put(cells[1], texts, 1, b ? fmtPrice(b.price, d) : "");
+      put(cells[2], texts, 2, a ? fmtPrice(a.price, d) : "");
+      put(cells[3], texts, 3, a ? String(a.size) : "");
     }
-    this.note.textContent = s.trimmed ? "(depth trimmed by degradation)" : "";
+    const note = s.trimmed ? "depth trimmed (L2+)" : "";
+    if (note !== this.noteText) this.note.textContent = this.noteText = note;
     return true;
   }
 }
 
+// [label, wide]: a wide field takes a whole line of the two-pair grid.
+const STATUS_FIELDS = [
+  ["latency p50/95/99", true], ["frame p50/95/99", true], ["panel p95 (ms)", true],
+  ["batches", false], ["frames / deltas", false], ["rtt", false], ["reconnects", false],
+  ["dup / gaps / resyncs", false], ["checksums ok / bad", false], ["last recovery", false],
+  ["tabs", false],
+];
+
 class StatusPanel {
   constructor(root) {
     this.name = "status";
-    this.dl = root.querySelector(".stats");
     this.degrade = root.querySelector(".degrade");
-    this.messages = document.getElementById("messages");
+    this.event = root.querySelector(".event");
     this.conn = document.getElementById("conn");
     this.level = document.getElementById("level");
+    this.latency = document.getElementById("latency");
     this.mode = document.getElementById("mode");
+    const dl = root.querySelector(".stats");
     this.fields = new Map();
-    this.newIds = [];
-    this.dirty = true;
-    this.lastStats = 0;
-  }
-
-  field(label) {
-    let dd = this.fields.get(label);
-    if (dd === undefined) {
-      const dt = this.dl.appendChild(document.createElement("dt"));
-      dt.textContent = label;
-      dd = this.dl.appendChild(document.createElement("dd"));
+    for (const [label, wide] of STATUS_FIELDS) {
+      dl.appendChild(document.createElement("dt")).textContent = label;
+      const dd = dl.appendChild(document.createElement("dd"));
+      if (wide) dd.className = "wide";
+      dd.textContent = "—";
       this.fields.set(label, dd);
     }
-    return dd;
+    this.texts = new Map();
+    this.lastDrawn = -Infinity;
   }
 
-  message(id) {
-    this.newIds.push(id);
-    if (this.newIds.length > MESSAGE_IDS_SHOWN) this.newIds.splice(0, this.newIds.length - MESSAGE_IDS_SHOWN);
-  }
-
-  render(deadline) {
-    for (const id of this.newIds) {
-      const span = document.createElement("span");
-      span.textContent = `demo-msg-${id}`;
-      span.className = "demo-msg";
-      this.messages.prepend(span);
+  set(el, text) {
+    if (this.texts.get(el) !== text) {
+      this.texts.set(el, text);
+      el.textContent = text;
     }
-    this.newIds = [];
-    while (this.messages.childElementCount > MESSAGE_IDS_SHOWN) this.messages.lastElementChild.remove();
+  }
+
+  field(label, text) {
+    this.set(this.fields.get(label), text);
+  }
+
+  render() {
     const now = performance.now();
-    if (now - this.lastStats < 250 || performance.now() > deadline) return true;
-    this.lastStats = now;
+    if (now - this.lastDrawn < READOUT_MS) return true;
+    this.lastDrawn = now;
     const st = stats.status;
-    if (st) {
-      this.conn.textContent = st.state;
-      this.conn.dataset.state = st.state;
-      this.mode.textContent = `${st.mode}${st.role && st.role !== "worker-client" ? ` · this tab: ${st.role}` : ""} · ${st.tabs} tab(s)`;
-      const lvl = st.degrade?.level ?? 0;
-      this.level.textContent = `L${lvl}`;
-      this.level.dataset.level = String(lvl);
-      this.degrade.textContent = lvl
-        ? `Degraded to L${lvl}: ${st.degrade.reason || "gateway"} — recovers when ${st.degrade.recovery || "the queue drains"}`
-        : "";
-      this.field("gateway").textContent = st.wsUrl;
-      this.field("reconnects").textContent = String(st.reconnects);
-      this.field("last recovery").textContent = st.lastRecoveryMs === null ? "—" : `${Math.round(st.lastRecoveryMs)} ms`;
-      this.field("rtt").textContent = st.rttMs === null ? "—" : `${st.rttMs.toFixed(1)} ms`;
-      this.field("groups").textContent = st.groups.join(", ");
-      const c = st.counters;
-      this.field("frames / deltas").textContent = `${c.frames} / ${c.deltas}`;
-      this.field("dup / gaps / snaps asked").textContent = `${c.duplicates} / ${c.gaps} / ${c.snapshotRequests}`;
-      this.field("checksums ok / bad").textContent = `${c.checksumsVerified} / ${c.checksumMismatches}`;
-      if (st.lastError) this.field("last event").textContent = `${st.lastError.code}: ${st.lastError.message}`;
+    const deg = stats.degrade ?? st?.degrade ?? null;
+    if (deg) {
+      const lvl = deg.level ?? 0;
+      this.set(this.level, `L${lvl} · ${LEVEL_MEANING[lvl] ?? "degraded"}`);
+      if (this.level.dataset.level !== String(lvl)) this.level.dataset.level = String(lvl);
+      this.level.title = lvl
+        ? `degradation level ${lvl}: ${deg.reason || "gateway"}; recovery: ${deg.recovery || "when the queue drains"}`
+        : "degradation level 0: every delta at full rate";
+      this.set(this.degrade, lvl
+        ? `L${lvl}: ${deg.reason || "gateway"} — recovery: ${deg.recovery || "when the queue drains"}${deg.paused?.length ? ` · paused: ${deg.paused.join(", ")}` : ""}`
+        : "");
     }
-    const lat = percentiles(stats.latencies.slice(-2000), [50, 95, 99]);
-    const fr = percentiles(stats.frames.slice(-600), [50, 95, 99]);
-    const show = (v) => (v === null ? "—" : v.toFixed(1));
-    this.field("latency p50/95/99").textContent = `${show(lat.p50)} / ${show(lat.p95)} / ${show(lat.p99)} ms`;
-    this.field("frame p50/95/99").textContent = `${show(fr.p50)} / ${show(fr.p95)} / ${show(fr.p99)} ms`;
-    this.field("batches received").textContent = String(stats.received);
-    const panelTimes = Object.entries(stats.panels)
-      .map(([k, v]) => `${k} ${show(percentiles(v.slice(-600), [95]).p95)}`).join(" · ");
-    this.field("panel p95 (ms)").textContent = panelTimes;
+    if (st) {
+      this.set(this.conn, st.state);
+      if (this.conn.dataset.state !== st.state) this.conn.dataset.state = st.state;
+      this.conn.title = st.wsUrl;
+      this.set(this.mode, `${st.mode}${st.role && st.role !== "worker-client" ? ` · this tab: ${st.role}` : ""}`);
+      const c = st.counters;
+      this.field("frames / deltas", `${c.frames} / ${c.deltas}`);
+      this.field("rtt", st.rttMs === null ? "—" : `${st.rttMs.toFixed(1)} ms`);
+      this.field("reconnects", String(st.reconnects));
+      this.field("dup / gaps / resyncs", `${c.duplicates} / ${c.gaps} / ${c.snapshotRequests}`);
+      this.field("checksums ok / bad", `${c.checksumsVerified} / ${c.checksumMismatches}`);
+      this.field("last recovery", st.lastRecoveryMs === null ? "—" : `${Math.round(st.lastRecoveryMs)} ms`);
+      this.field("tabs", String(st.tabs));
+      if (st.lastError) {
+        this.set(this.event, `last event ${st.lastError.code}: ${st.lastError.message}`);
+        this.event.title = this.event.textContent;
+      }
+    }
+    const lat = recent.latency.percentiles(now, [50, 95, 99]);
+    this.set(this.latency, lat.n ? `latency (5 s) p50 ${fmtMs(lat.p50)} ms · p95 ${fmtMs(lat.p95)} ms` : "latency —");
+    this.field("latency p50/95/99", lat.n ? `${fmtMs(lat.p50)} / ${fmtMs(lat.p95)} / ${fmtMs(lat.p99)} ms (${lat.n} in 5 s)` : "—");
+    const fr = percentiles(recent.frames.values(), [50, 95, 99]);
+    this.field("frame p50/95/99", fr.p50 === null ? "—" : `${fmtMs(fr.p50)} / ${fmtMs(fr.p95)} / ${fmtMs(fr.p99)} ms`);
+    this.field("batches", String(stats.received));
+    this.field("panel p95 (ms)", Object.entries(recent.panels)
+      .map(([k, ring]) => `${k.replace("watch:", "")} ${fmtMs(percentiles(ring.values(), [95]).p95)}`).join(" · "));
     return true;
   }
 }
@@ -333,9 +440,10 @@ async function main() {
   const client = await connect({ config, mode });
   window.__xyClient = client;
 
-  const books = new Map(); // group -> Map(key -> latest state), for the movers panel
+  const books = new Map(); // group -> Map(key -> latest state), for the movers and the ladder
+  const baseline = new Map(); // key -> last in its group's latest snapshot
   const ladder = new Ladder(document.getElementById("panel-ladder"));
-  const movers = new Movers(document.getElementById("panel-movers"), books);
+  const movers = new Movers(document.getElementById("panel-movers"), books, baseline);
   const status = new StatusPanel(document.getElementById("panel-status"));
   const watchRoots = [document.getElementById("panel-watch-a"), document.getElementById("panel-watch-b")];
   const watches = [];
@@ -351,18 +459,18 @@ async function main() {
   const onBatch = (batch) => {
     stats.received += 1;
     stats.byGroup[batch.group] = (stats.byGroup[batch.group] ?? 0) + 1;
-    if (stats.batchIds.length < MAX_SAMPLES) stats.batchIds.push(batch.id);
     offsetUs = batch.offsetUs ?? offsetUs;
-    status.message(batch.id);
     let book = books.get(batch.group);
     if (book === undefined) books.set(batch.group, (book = new Map()));
     if (batch.snapshot) {
       book.clear();
       for (const s of batch.snapshot.symbols) {
-        book.set(symbolKey(s), s);
+        const key = symbolKey(s);
+        book.set(key, s);
+        baseline.set(key, s.last);
         ladder.offer(batch.group, s);
       }
-      movers.setTop(batch.group, batch.snapshot);
+      movers.configure(batch.snapshot);
     }
     for (const k of batch.removed ?? []) book.delete(k);
     for (const s of batch.symbols) {
@@ -373,11 +481,16 @@ async function main() {
     for (const w of watches) if (w.group === batch.group) w.apply(batch);
   };
   for (const g of groups) client.subscribe(g, onBatch);
-  client.on("status", (st) => { stats.status = st; });
-  client.on("degrade", (d) => {
+  // Both carry the hub's current level: a status also reaches a tab that opened after a change.
+  const onDegrade = (d) => {
     stats.degrade = d;
     for (const w of watches) w.setPaused(d.paused.includes(w.group));
+  };
+  client.on("status", (st) => {
+    stats.status = st;
+    if (st.degrade) onDegrade(st.degrade);
   });
+  client.on("degrade", onDegrade);
   client.on("error", (e) => {
     if (stats.errors.length < 100) stats.errors.push(e);
   });
@@ -386,25 +499,29 @@ async function main() {
   for (const p of panels) {
     stats.panels[p.name] = [];
     stats.overBudget[p.name] = 0;
+    recent.panels[p.name] = new Ring(300);
   }
   let lastTs = 0;
   let fpsFrames = 0;
   let fpsSince = performance.now();
   const frame = (ts) => {
-    if (lastTs) push(stats.frames, ts - lastTs);
+    if (lastTs) {
+      push(stats.frames, ts - lastTs);
+      recent.frames.push(ts - lastTs);
+    }
     lastTs = ts;
     for (const p of panels) {
       const t0 = performance.now();
       const complete = p.render(t0 + BUDGET_MS);
       const spent = performance.now() - t0;
       push(stats.panels[p.name], spent);
+      recent.panels[p.name].push(spent);
       if (!complete) stats.overBudget[p.name] += 1;
     }
     fpsFrames += 1;
     const now = performance.now();
     if (now - fpsSince >= 1000) {
-      const recent = stats.frames.slice(-120);
-      client.reportFrames((fpsFrames * 1000) / (now - fpsSince), percentiles(recent, [95]).p95 ?? 0);
+      client.reportFrames((fpsFrames * 1000) / (now - fpsSince), percentiles(recent.frames.values(), [95]).p95 ?? 0);
       fpsFrames = 0;
       fpsSince = now;
     }

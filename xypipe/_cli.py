@@ -11,11 +11,13 @@ import importlib
 import json
 import signal
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import trio
 
 from xypipe import _log
+from xypipe._config import AppConfig
 from xypipe._errors import ConfigError, PluginError, StageError, XyError, find_in_group
 
 _COMMAND_MODULES: list[str] = [
@@ -79,7 +81,8 @@ def _cmd_stages(args: argparse.Namespace) -> int:
     return status
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
+def _cmd_run(args: argparse.Namespace,
+             announce: Callable[[AppConfig], None] | None = None) -> int:
     from xypipe._config import load_config
 
     try:
@@ -87,6 +90,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         return 2
+    if announce is not None:
+        announce(cfg)
     _log.configure(args.log_level or cfg.log.level)
     try:
         try:
@@ -115,12 +120,34 @@ async def _run_main(cfg: Any, args: argparse.Namespace) -> None:
                            nats_nkey=args.nats_nkey, signals=(signal.SIGINT, signal.SIGTERM))
 
 
+def page_urls(cfg: AppConfig) -> list[str]:
+    """Where the demo page of each ``ui_server`` stage of ``cfg`` is served (fixed ports only:
+    port 0 is picked at start)."""
+    from xypipe._stages.ui_server import UiServerConfig
+
+    urls = []
+    for pipeline in cfg.pipelines.values():
+        for stage in pipeline.stages:
+            ui = stage.config
+            if isinstance(ui, UiServerConfig) and ui.port:
+                host = "localhost" if ui.host in ("0.0.0.0", "::") else (
+                    f"[{ui.host}]" if ":" in ui.host else ui.host)
+                urls.append(f"http://{host}:{ui.port}/")
+    return urls
+
+
+def _announce_page(cfg: AppConfig) -> None:
+    # The first line a person sees, before any log line: where to look.
+    for url in page_urls(cfg):
+        print(f"xypipe demo: open {url} in a browser (Ctrl-C stops the demo)", flush=True)
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     args.config = args.config or "configs/demo.toml"
     args.process = None
     args.nats_url = None
     args.nats_nkey = None
-    return _cmd_run(args)
+    return _cmd_run(args, announce=_announce_page)
 
 
 def _cmd_dev_proto(args: argparse.Namespace) -> int:

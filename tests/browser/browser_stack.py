@@ -14,7 +14,6 @@ browser code in a worker thread (``trio.to_thread.run_sync``) and call back into
 from __future__ import annotations
 
 import asyncio
-import re
 import socket
 import sys
 import time
@@ -325,15 +324,23 @@ def wait_until(page: Any, predicate: Callable[[], bool], timeout_s: float, what:
     return time.monotonic() - t0
 
 
+#: A watchlist row with its price drawn: the page shows market data.
+DRAWN_ROW = ".watch tbody tr:has(td:nth-child(2):not(:empty))"
+
+
+def rows_shown(page: Any) -> int:
+    """Watchlist rows the page has drawn."""
+    return int(page.locator(DRAWN_ROW).count())
+
+
 def wait_for_messages(w: Windows, groups: list[str], timeout_s: float = 30) -> None:
-    """Every window shows ``demo-msg-*`` and has had batches of every group (hang guard only);
+    """Every window shows watchlist rows and has had batches of every group (hang guard only);
     on a timeout the error carries each window's hub status and page problems."""
-    pattern = re.compile(r"demo-msg-\d+")
     for i, page in enumerate(w.pages):
         if page.is_closed():
             continue
         try:
-            page.get_by_text(pattern).first.wait_for(state="visible", timeout=timeout_s * 1000)
+            page.locator(DRAWN_ROW).first.wait_for(state="visible", timeout=timeout_s * 1000)
             wait_until(page, lambda p=page: set(by_group(p)) >= set(groups), timeout_s,
                        f"batches of every group {groups}")
         except Exception as exc:

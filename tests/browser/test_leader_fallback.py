@@ -9,7 +9,6 @@ receiving.
 
 from __future__ import annotations
 
-import re
 import time
 from typing import Any
 
@@ -29,7 +28,6 @@ from browser_stack import (
 
 pytestmark = pytest.mark.browser
 
-DEMO_MSG = re.compile(r"demo-msg-\d+")
 WINDOWS = 4
 
 

@@ -10,7 +10,6 @@ timings); the assertions are about correctness only.
 
 from __future__ import annotations
 
-import re
 import time
 from typing import Any
 
@@ -30,7 +29,6 @@ from browser_stack import (
 
 pytestmark = pytest.mark.browser
 
-DEMO_MSG = re.compile(r"demo-msg-\d+")
 WINDOWS = 4
 OUTAGE_S = 1.5
 

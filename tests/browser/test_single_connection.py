@@ -2,23 +2,24 @@
 
 Five windows of one browser context load the demo page against a real stack. The pages open no
 socket themselves: the SharedWorker holds the only one, which the gateway confirms
-(``ws_active`` = 1, one accepted upgrade). Every window shows ``demo-msg-*`` for the batches it
+(``ws_active`` = 1, one accepted upgrade). Every window draws watchlist rows from the batches it
 received, for every group it subscribed, and the render latencies the windows measured reach
 the gateway as ClientMetrics (the ``client_render`` latency histogram is no longer empty).
 """
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import pytest
 import trio
 from browser_stack import (
+    DRAWN_ROW,
     Stack,
     Windows,
     hub_status,
     received,
+    rows_shown,
     sample,
     scrape,
     wait_for_messages,
@@ -28,7 +29,6 @@ from browser_stack import (
 
 pytestmark = pytest.mark.browser
 
-DEMO_MSG = re.compile(r"demo-msg-\d+")
 WINDOWS = 5
 
 
@@ -49,11 +49,11 @@ def single_connection(browser: Any, stack: Stack) -> dict[str, Any]:
         "gateway": gateway_counts(stack),
         "hub_tabs": hub_status(page0).get("tabs"),
         "received": [received(p) for p in w.pages],
-        "shown": [p.get_by_text(DEMO_MSG).count() for p in w.pages],
+        "shown": [rows_shown(p) for p in w.pages],
     }
     # Opening another window and closing two adds no connection.
     extra = w.open(stack.page_url)
-    extra.get_by_text(DEMO_MSG).first.wait_for(state="visible", timeout=20_000)
+    extra.locator(DRAWN_ROW).first.wait_for(state="visible", timeout=20_000)
     w.pages[1].close()
     w.pages[2].close()
     alive = [p for p in w.pages if not p.is_closed()]
@@ -89,7 +89,7 @@ async def test_five_windows_share_one_websocket_and_all_receive(stack: Stack) ->
     assert r["gateway"] == (1.0, 1.0), "(ws_active, accepted upgrades) at the gateway"
     assert r["hub_tabs"] == WINDOWS
     assert all(n > 0 for n in r["received"])
-    assert all(n > 0 for n in r["shown"]), "every window shows demo-msg-*"
+    assert all(n > 0 for n in r["shown"]), "every window draws watchlist rows"
     after = r["after_churn"]
     assert after["page_sockets"] == 0
     assert after["shared_workers"] == 1
