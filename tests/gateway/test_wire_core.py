@@ -129,8 +129,9 @@ def srv(keys: Keys) -> GatewayServer:
 def test_an_upgrade_to_the_endpoint_from_an_allowed_origin_is_accepted_and_counted(
     srv: GatewayServer,
 ) -> None:
-    refusal, answer = Wire(srv.ports).upgrade()
-    assert refusal is None and isinstance(answer[0], AcceptConnection)
+    w = Wire(srv.ports)
+    w.open()
+    assert w.core.session is not None and w.core.session.state == State.AUTH
     assert sample(srv, "ws_connections_total", outcome="accepted") == 1
 
 

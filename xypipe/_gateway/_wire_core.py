@@ -261,7 +261,6 @@ class ConnectionCore:
     def accept(self) -> bytes:
         # No extension is accepted (permessage-deflate would make every connection's frame
         # bytes different); see docs/protocol.md.
-        self.ports.metrics.connections.labels("accepted").inc()
         return self.ws.send(AcceptConnection())
 
     def reject(self, refusal: Refusal) -> bytes:
@@ -280,7 +279,8 @@ class ConnectionCore:
     # -- the session ----------------------------------------------------------------------------
 
     def start(self, now: float) -> Session:
-        """Open the session (the socket is upgraded)."""
+        """Open the session (the upgrade was accepted and written)."""
+        self.ports.metrics.connections.labels("accepted").inc()
         self.session = self.ports.open_session(self.peer, now)
         self.last_send = now
         return self.session
