@@ -323,3 +323,35 @@ GW_KNOWN_GROUPS_LOADED = "XY-GW-032"
 #: The gateway's watch of the known-groups bucket failed (e.g. started while the server
 #: restarted); the list stays as it is and the bucket is read again with backoff.
 GW_KNOWN_GROUPS_WATCH_FAILED = "XY-GW-033"
+# -- the gateway shell (docs/architecture.md "The gateway's modules"): one name per code its
+# -- socket, admin and store modules log, instead of literals at the call sites.
+#: Any Origin may connect (``allowed_origins = ["*"]``): dev only.
+WS_ANY_ORIGIN = "XY-WS-001"
+#: A WebSocket upgrade from an Origin not in ``allowed_origins`` was refused (audited).
+WS_ORIGIN_DENIED = "XY-WS-002"
+#: SO_SNDBUF could not be set on a browser socket.
+WS_SNDBUF_FAILED = "XY-WS-003"
+#: A browser sent bytes that are not WebSocket framing; the connection ends.
+WS_BAD_FRAMING = "XY-WS-004"
+#: Slow consumer: a connection's degradation level went up.
+WS_LEVEL_RAISED = "XY-WS-010"
+#: An aggregator message or a stored record (snapshot, checkpoint) the gateway cannot use.
+GW_BAD_MESSAGE = "XY-GW-001"
+#: A snapshot direct get from JetStream failed (retried with backoff).
+GW_SNAPSHOT_GET_FAILED = "XY-GW-002"
+#: An unusable value in the feature-flag bucket (counted, ignored).
+FLAG_UNUSABLE = "XY-FLAG-002"
+#: A subscription or resume outside the token's subject patterns was refused (audited).
+ACL_DENIED = "XY-ACL-001"
+#: A token is malformed, forged, for someone else, or uses a refused algorithm.
+AUTH_INVALID = "XY-AUTH-002"
+#: A token has expired (or is not valid yet).
+AUTH_EXPIRED = "XY-AUTH-003"
+#: An admin request without a bearer token, or with a bad one (audited).
+ADM_UNAUTHENTICATED = "XY-ADM-001"
+#: An admin request from a principal without the admin role (audited).
+ADM_FORBIDDEN = "XY-ADM-002"
+#: A feature-flag change (or value) is invalid: which flag, what was expected.
+ADM_FLAG_INVALID = "XY-ADM-003"
+#: A feature flag was changed through the admin API (who, old -> new).
+ADM_FLAG_CHANGED = "XY-ADM-010"

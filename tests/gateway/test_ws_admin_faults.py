@@ -12,7 +12,7 @@ from test_ws_admin import http
 
 from xypipe._embedded import EmbeddedNats
 from xypipe._gateway._flags import FORCE_LEVEL, FlagValue
-from xypipe._gateway._server import REVERT_PRINCIPAL
+from xypipe._gateway._flagwatch import REVERT_PRINCIPAL
 from xypipe._nats import NatsClient, connect
 
 PATH = "/admin/feature-flags"
@@ -82,14 +82,14 @@ async def test_a_write_that_reaches_a_stalled_server_late_is_never_applied_and_i
         admin = keys.token("root", roles=["admin"])
         assert nats_server.pid is not None
         applied_levels: list[object] = []
-        original = srv._flag_changed
+        original = srv.flags.apply
 
         def spy(flag: FlagValue) -> None:
             if flag.name == FORCE_LEVEL:
                 applied_levels.append(flag.value)
             original(flag)
 
-        srv._flag_changed = spy  # type: ignore[method-assign]
+        srv.flags.apply = spy  # type: ignore[method-assign]
 
         # The server stops reading: the write sits in its socket, the request times out ...
         os.kill(nats_server.pid, signal.SIGSTOP)

@@ -25,7 +25,7 @@ async def known_becomes(runner: object, groups: set[str]) -> None:
     server = server_of(runner)
     with trio.fail_after(10):
         while server.known_groups.groups != frozenset(groups):
-            await server.known_changed.wait()
+            await server.groups.changed.wait()
 
 
 async def test_unknown_groups_are_refused_and_the_list_follows_the_bucket(

@@ -62,14 +62,14 @@ async def test_slow_reader_walks_up_the_levels_and_back_while_others_are_unaffec
     async with running_gateway(nats_server.url, keys, **SLOW_OPTIONS) as runner:
         port = http_port(runner)
         server = runner.resources["gateway.servers"][-1]
-        level_changed = server.level_changed
+        move = server.levels.move
 
-        def watch_levels(conn: Any, t: Any) -> None:
-            level_changed(conn, t)
-            if t.new == 3:
+        def watch_levels(old: Any, new: Any) -> None:
+            move(old, new)
+            if new == 3:
                 at_l3.set()
 
-        server.level_changed = watch_levels
+        server.levels.move = watch_levels
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_publish, agg, stop)
             for i in range(20):
@@ -122,13 +122,13 @@ async def test_reader_that_never_reads_is_closed_when_l3_does_not_help(
             async with ws_client(http_port(runner)) as slow:
                 await slow.hello(keys.token("stuck"))
                 conn = next(iter(server.connections.values()))
-                begin_close = conn._begin_close
+                began = conn.core.on_closing
 
-                def watch_close(eff: Any) -> None:
-                    begin_close(eff)
+                def watch_close() -> None:
+                    began()
                     closing.set()
 
-                conn._begin_close = watch_close
+                conn.core.on_closing = watch_close
                 await slow.send(subscribe=Subscribe(groups=[GroupRef(group=g) for g in GROUPS]))
                 with trio.fail_after(20):
                     await closing.wait()  # the client under test does not read, on purpose

@@ -18,7 +18,8 @@ line. Secrets never reach an audit line: the log redacts tokens, keys and seeds 
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from collections.abc import Mapping
+from typing import Literal
 
 import jwt
 
@@ -58,14 +59,16 @@ class AuditLog:
         sub: str | None,
         code: str | None = None,
         severity: Literal["warning", "error"] = "warning",
-        **fields: Any,
+        details: Mapping[str, object] | None = None,
+        **fields: object,
     ) -> None:
-        """One audit line; with ``code`` it is a warning (or ``severity="error"``)."""
+        """One audit line; with ``code`` it is a warning (or ``severity="error"``).
+        ``details`` are fields known only at run time (a session's audit effect)."""
         doc = {"audit": True, "action": action, "outcome": outcome,
-               "sub": sub if sub else ANONYMOUS, **fields}
+               "sub": sub if sub else ANONYMOUS, **(details or {}), **fields}
         if code is None:
             self._log.info(msg, **doc)
         elif severity == "error":
-            self._log.error(msg, code=code, **doc)
+            self._log.error(msg, code=code, exc=None, **doc)
         else:
             self._log.warning(msg, code=code, **doc)

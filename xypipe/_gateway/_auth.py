@@ -16,14 +16,15 @@ Claims::
 from __future__ import annotations
 
 import os
-from typing import Any, ClassVar
+from collections.abc import Mapping
+from typing import ClassVar
 
 import attrs
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from xypipe._errors import AuthError
+from xypipe._errors import AUTH_EXPIRED, AUTH_INVALID, AuthError
 from xypipe._gateway._acl import Acl, valid_pattern
 
 __all__ = [
@@ -31,20 +32,24 @@ __all__ = [
     "AuthInvalid",
     "Principal",
     "TokenVerifier",
+    "VerifyKey",
     "algorithm_for_key",
 ]
+
+#: The public keys a gateway verifies tokens with (the algorithm follows the key).
+VerifyKey = ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey | rsa.RSAPublicKey
 
 
 class AuthInvalid(AuthError):
     """The token is malformed, forged, for someone else, or uses a refused algorithm."""
 
-    code: ClassVar[str] = "XY-AUTH-002"
+    code: ClassVar[str] = AUTH_INVALID
 
 
 class AuthExpired(AuthError):
     """The token's ``exp`` has passed (beyond the leeway), or its ``nbf`` is still ahead."""
 
-    code: ClassVar[str] = "XY-AUTH-003"
+    code: ClassVar[str] = AUTH_EXPIRED
 
 
 @attrs.frozen
@@ -61,7 +66,7 @@ class Principal:
         return role in self.roles
 
 
-def algorithm_for_key(key: Any) -> str:
+def algorithm_for_key(key: object) -> str:
     if isinstance(key, ed25519.Ed25519PublicKey):
         return "EdDSA"
     if isinstance(key, ec.EllipticCurvePublicKey):
@@ -92,10 +97,12 @@ class TokenVerifier:
         max_lifetime_s: float | None = None,
     ) -> None:
         try:
-            self._key = load_pem_public_key(public_key_pem)
+            key = load_pem_public_key(public_key_pem)
         except ValueError as exc:
             raise AuthError(f"JWT public key: not a PEM public key ({exc})") from exc
-        self.algorithm = algorithm_for_key(self._key)
+        self.algorithm = algorithm_for_key(key)
+        assert isinstance(key, VerifyKey)  # algorithm_for_key refused every other kind
+        self._key: VerifyKey = key
         self.issuer = issuer
         self.audience = audience
         self.leeway_s = leeway_s
@@ -104,13 +111,25 @@ class TokenVerifier:
         self.max_lifetime_s = max_lifetime_s
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike[str], **kw: Any) -> TokenVerifier:
+    def from_file(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        issuer: str,
+        audience: str,
+        leeway_s: float = 5.0,
+        allow_claim: str = "allow",
+        roles_claim: str = "roles",
+        max_lifetime_s: float | None = None,
+    ) -> TokenVerifier:
         try:
             with open(path, "rb") as f:
                 pem = f.read()
         except OSError as exc:
             raise AuthError(f"JWT public key file {os.fspath(path)!r}: {exc.strerror}") from exc
-        return cls(pem, **kw)
+        return cls(pem, issuer=issuer, audience=audience, leeway_s=leeway_s,
+                   allow_claim=allow_claim, roles_claim=roles_claim,
+                   max_lifetime_s=max_lifetime_s)
 
     def verify(self, token: str, wall: float) -> Principal:
         """The principal of a valid token; :class:`AuthInvalid` / :class:`AuthExpired` otherwise."""
@@ -133,7 +152,7 @@ class TokenVerifier:
         try:
             claims = jwt.decode(
                 token,
-                self._key,  # type: ignore[arg-type]
+                self._key,
                 algorithms=[self.algorithm],
                 audience=self.audience,
                 issuer=self.issuer,
@@ -158,7 +177,7 @@ class TokenVerifier:
             raise AuthInvalid(f"token refused: {exc}") from None
         return self._principal(claims, wall)
 
-    def _principal(self, claims: dict[str, Any], wall: float) -> Principal:
+    def _principal(self, claims: Mapping[str, object], wall: float) -> Principal:
         exp = claims.get("exp")
         if not isinstance(exp, int | float) or isinstance(exp, bool):
             raise AuthInvalid(f"token claim 'exp': expected a number, got {exp!r}")

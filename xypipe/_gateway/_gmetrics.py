@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+from prometheus_client import Counter
+
+from xypipe._degrade import Level
 from xypipe._md.seqrules import Verdict
 from xypipe._metrics import Metrics, backpressure_events
 
@@ -115,3 +120,42 @@ class GatewayMetrics:
             self.deltas.labels(verdict.value)
         for reason in ("gap", "epoch", "pause", "request"):
             self.resyncs.labels(reason)
+
+
+class LevelGauges:
+    """Open connections per degradation level, and the slow consumers among them (L1+)."""
+
+    def __init__(self, metrics: GatewayMetrics) -> None:
+        self._metrics = metrics
+        self._counts = dict.fromkeys(Level, 0)
+        for lvl in Level:
+            metrics.by_level.labels(f"L{int(lvl)}").set(0)
+        metrics.slow_consumers.set(0)
+
+    def move(self, old: Level | None, new: Level | None) -> None:
+        """A connection left ``old`` (None: it is new) for ``new`` (None: it is gone)."""
+        by_level = self._metrics.by_level
+        if old is not None:
+            self._counts[old] -= 1
+            by_level.labels(f"L{int(old)}").set(self._counts[old])
+        if new is not None:
+            self._counts[new] += 1
+            by_level.labels(f"L{int(new)}").set(self._counts[new])
+        self._metrics.slow_consumers.set(
+            sum(n for lvl, n in self._counts.items() if lvl > Level.L0))
+
+
+class CounterExport:
+    """Mirrors a core's running counts (label -> total) into Prometheus counters: each call
+    adds only what grew since the last one."""
+
+    def __init__(self) -> None:
+        self._done: dict[str, dict[str, int]] = {}
+
+    def export(self, name: str, counts: Mapping[str, int], counter: Counter) -> None:
+        done = self._done.setdefault(name, {})
+        for label, n in counts.items():
+            seen = done.get(label, 0)
+            if n != seen:
+                counter.labels(label).inc(n - seen)
+                done[label] = n

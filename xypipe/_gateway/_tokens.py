@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
 
 import jwt
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from xypipe._errors import AuthError
 from xypipe._gateway._auth import algorithm_for_key
@@ -21,19 +20,26 @@ from xypipe._gateway._auth import algorithm_for_key
 DEV_ISSUER = "xypipe-dev"
 DEV_AUDIENCE = "xypipe-gateway"
 
+#: The private keys tokens are signed with (the algorithm follows the key).
+SigningKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 
-def load_private_key(path: str | os.PathLike[str]) -> Any:
+
+def load_private_key(path: str | os.PathLike[str]) -> SigningKey:
     try:
         with open(path, "rb") as f:
-            return serialization.load_pem_private_key(f.read(), password=None)
+            key = serialization.load_pem_private_key(f.read(), password=None)
     except OSError as exc:
         raise AuthError(f"private key file {os.fspath(path)!r}: {exc.strerror}") from exc
     except ValueError as exc:
         raise AuthError(f"private key file {os.fspath(path)!r}: not a PEM private key") from exc
+    if not isinstance(key, SigningKey):
+        raise AuthError(f"private key file {os.fspath(path)!r}: a {type(key).__name__}: "
+                        "expected Ed25519, EC P-256 or RSA")
+    return key
 
 
 def mint(
-    private_key: Any,
+    private_key: SigningKey,
     *,
     subject: str,
     allow: Sequence[str],
@@ -42,11 +48,11 @@ def mint(
     roles: Sequence[str] = (),
     issuer: str = DEV_ISSUER,
     audience: str = DEV_AUDIENCE,
-    extra: dict[str, Any] | None = None,
+    extra: Mapping[str, object] | None = None,
 ) -> str:
     """A signed JWT; the algorithm follows the key (EdDSA, ES256, RS256)."""
     alg = algorithm_for_key(private_key.public_key())
-    claims: dict[str, Any] = {
+    claims: dict[str, object] = {
         "sub": subject,
         "iss": issuer,
         "aud": audience,
