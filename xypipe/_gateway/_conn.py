@@ -327,7 +327,7 @@ class Connection:
         hub = srv.hub
         ob = self.outbox
         hb = srv.options.heartbeat_ms / 1000
-        intervals = [v / 1000 for v in srv.options.level_interval_ms]
+        intervals = [r.frame_interval_s for r in hub.levels.table()]
         self._last_send = trio.current_time()
         while True:
             if self._closing is None and not hub.has_due(ob):

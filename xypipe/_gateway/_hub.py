@@ -26,11 +26,12 @@ group's stored snapshot, the aggregator's checkpoint — which the shell fetches
 :meth:`Hub.on_checkpoint`). What the checks did comes back as :class:`SeqEvent` values for the
 shell to log (:meth:`Hub.take_events`).
 
-**Per-connection degradation** (the level comes from :class:`~xypipe._gateway._session.Session`):
-L1 merges each stream's due deltas into one (``merge_deltas``, the aggregator's own rule, so
-checksums and trades stay valid) and the connection is flushed less often; L2 also trims depth
-beyond the first level (``trimmed`` set); L3 pauses the connection's low-priority groups (they
-resync from a snapshot when the level comes down).
+**Per-connection degradation** (the level comes from :class:`~xypipe._gateway._session.Session`,
+what it does from the gateway's :class:`~xypipe._levels.LevelPolicy`, the table the aggregator
+reads too): L1 merges each stream's due deltas into one (``merge_deltas``, the aggregator's own
+rule, so checksums and trades stay valid) and the connection is flushed less often; L2 also
+trims depth beyond ``trim_depth`` levels a side (``trimmed`` set); L3 pauses the connection's
+low-priority groups (they resync from a snapshot when the level comes down).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from google.protobuf.message import DecodeError
 from wsproto.frame_protocol import FrameProtocol
 
 from xypipe._degrade import Level, Pressure
+from xypipe._levels import LevelPolicy
 from xypipe._md.conflation import merge_deltas
 from xypipe._md.seqrules import DEFAULT_MAX_GAP, ResumeOutcome, Verdict, judge, judge_resume
 from xypipe._md.wire import field_tag
@@ -349,8 +351,11 @@ class Hub:
 
     def __init__(self, *, history: int = 256, tick_prefix: str = "xy.md.tick",
                  snapshot_prefix: str = "xy.md.snapshot", max_gap: int = DEFAULT_MAX_GAP,
-                 anchor_interval: float = 1.0, snapshot_request_interval: float = 0.25) -> None:
+                 anchor_interval: float = 1.0, snapshot_request_interval: float = 0.25,
+                 levels: LevelPolicy | None = None) -> None:
         self.history_capacity = history
+        #: What each degradation level does to a connection's frames.
+        self.levels = levels or LevelPolicy()
         self.max_gap = max_gap
         #: At most one JetStream look-up, and one log line per reason, per stream this often.
         self.anchor_interval = anchor_interval
@@ -823,6 +828,7 @@ class Hub:
         return True
 
     def _assemble(self, chunks: list[tuple[str, Any]], level: Level, wall_us: int) -> Built:
+        reaction = self.levels.at(level)
         out: list[bytes] = []
         ndeltas = nsnaps = 0
         oldest = 0
@@ -836,17 +842,17 @@ class Hub:
             for e in entries:
                 if e.arrival_us and (not oldest or e.arrival_us < oldest):
                     oldest = e.arrival_us
-            if level == Level.L0:
+            if not reaction.merge:
                 out.extend(e.data for e in entries)
                 ndeltas += len(entries)
                 continue
             merged = merge_deltas([e.delta for e in entries]) if len(entries) > 1 else None
-            if merged is None and level < Level.L2:
+            if merged is None and reaction.trim_depth is None:
                 out.append(entries[0].data)
             else:
                 d = merged if merged is not None else _copy(entries[0].delta)
-                if level >= Level.L2:
-                    _trim(d.symbols)
+                if reaction.trim_depth is not None:
+                    _trim(d.symbols, reaction.trim_depth)
                 out.append(framed(DELTAS_TAG, d.SerializeToString()))
             ndeltas += 1
         out.append(TS_SEND_TAG + _varint(wall_us))
@@ -866,11 +872,13 @@ def _copy(d: Delta) -> Delta:
     return out
 
 
-def _trim(symbols: Iterable[SymbolState]) -> None:
+def _trim(symbols: Iterable[SymbolState], depth: int) -> None:
+    """Keep ``depth`` levels a side; an entry that lost a level says so (its checksum still
+    covers the full book, so a client must not verify it)."""
     for s in symbols:
-        if len(s.bids) > 1 or len(s.asks) > 1:
-            del s.bids[1:]
-            del s.asks[1:]
+        if len(s.bids) > depth or len(s.asks) > depth:
+            del s.bids[depth:]
+            del s.asks[depth:]
             s.trimmed = True
 
 

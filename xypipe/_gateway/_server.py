@@ -129,6 +129,7 @@ class GatewayServer:
             max_bad_frames=options.max_bad_frames,
             max_groups=options.max_groups,
             degrade=options.degrade,
+            levels=options.levels,
             close_pressure=options.close_pressure,
             close_after_ms=options.close_after_ms,
             priority_groups=tuple(options.priority_groups),
@@ -144,7 +145,8 @@ class GatewayServer:
         self.hub = Hub(history=options.history, tick_prefix=options.tick_prefix,
                        snapshot_prefix=options.snapshot_prefix, max_gap=options.max_seq_gap,
                        anchor_interval=options.anchor_interval_ms / 1000,
-                       snapshot_request_interval=options.snapshot_request_interval_ms / 1000)
+                       snapshot_request_interval=options.snapshot_request_interval_ms / 1000,
+                       levels=options.levels)
         self._anchoring: set[tuple[str, int]] = set()
         self._exported: dict[str, dict[Any, int]] = {}
         self.connections: dict[int, Connection] = {}

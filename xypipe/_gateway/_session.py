@@ -35,6 +35,7 @@ from xypipe._errors import GW_UNKNOWN_GROUP, AuthError, ContractError, ProtocolE
 from xypipe._gateway._audit import ANONYMOUS, claimed_subject
 from xypipe._gateway._auth import AuthExpired, Principal, TokenVerifier
 from xypipe._gateway._throttle import AuthThrottle, Lockout
+from xypipe._levels import LevelPolicy
 from xypipe._validate import GROUP_MAX, group_problem
 from xypipe.contracts import (
     ClientFrame,
@@ -44,6 +45,7 @@ from xypipe.contracts import (
     ErrorCode,
     GroupRef,
     Pong,
+    Priority,
     ResumePoint,
     ServerFrame,
     Subscribed,
@@ -269,10 +271,13 @@ class SessionPolicy:
     max_bad_frames: int = 10
     max_groups: int = 64
     degrade: DegradePolicy = attrs.field(factory=lambda: DegradePolicy(dwell_ms=2000))
-    #: At L3, a pressure at or above this for ``close_after_ms`` closes the connection.
+    #: What each level does (paused priorities, whether an overloaded connection may close).
+    levels: LevelPolicy = attrs.field(factory=LevelPolicy)
+    #: At a level that may close, a pressure at or above this for ``close_after_ms`` closes
+    #: the connection.
     close_pressure: float = 1.0
     close_after_ms: int = 5000
-    #: Groups that keep flowing at L3 (fnmatch patterns); the others pause.
+    #: Groups that keep flowing at L3 (fnmatch patterns): high priority; the others low.
     priority_groups: tuple[str, ...] = ()
     protocol_version: int = PROTOCOL_VERSION
     #: Snapshot look-ups a connection may cause (subscribe, resume, snapshot request: one per
@@ -282,6 +287,10 @@ class SessionPolicy:
 
     def is_priority(self, group: str) -> bool:
         return any(fnmatch.fnmatchcase(group, p) for p in self.priority_groups)
+
+    def priority_of(self, group: str) -> int:
+        """A gateway knows no contract priorities: ``priority_groups`` are high, others low."""
+        return Priority.PRIORITY_HIGH if self.is_priority(group) else Priority.PRIORITY_LOW
 
 
 # --------------------------------------------------------------------------- the core
@@ -755,8 +764,9 @@ class Session:
     def _update_paused(self) -> bool:
         """Recompute the paused groups; True when the set changed."""
         paused = {g for g in self.groups if g in self.disabled}
-        if self.level >= Level.L3:
-            paused |= {g for g in self.groups if not self.policy.is_priority(g)}
+        reaction = self.policy.levels.at(self.level)
+        if reaction.paused_priorities:
+            paused |= {g for g in self.groups if reaction.pauses(self.policy.priority_of(g))}
         new = frozenset(paused)
         if new == self.paused:
             return False
@@ -769,13 +779,15 @@ class Session:
         if not self.is_open:
             return
         self._apply(self.controller.update(now, pressure))
-        if self.level >= Level.L3 and pressure.value >= self.policy.close_pressure:
+        if (self.policy.levels.at(self.level).may_close
+                and pressure.value >= self.policy.close_pressure):
             if self._overload_since is None:
                 self._overload_since = now
             elif now - self._overload_since >= self.policy.close_after_ms / 1000:
                 self._bad(
                     f"slow consumer: send queue still at {pressure.value:.2f} of its budget "
-                    f"after {self.policy.close_after_ms} ms at L3 ({pressure.source})",
+                    f"after {self.policy.close_after_ms} ms at L{int(self.level)} "
+                    f"({pressure.source})",
                     ErrorCode.ERROR_CODE_SLOW_CONSUMER, fatal=True,
                 )
         else:
