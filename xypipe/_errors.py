@@ -323,3 +323,11 @@ GW_KNOWN_GROUPS_LOADED = "XY-GW-032"
 #: The gateway's watch of the known-groups bucket failed (e.g. started while the server
 #: restarted); the list stays as it is and the bucket is read again with backoff.
 GW_KNOWN_GROUPS_WATCH_FAILED = "XY-GW-033"
+# -- the gateway's fan-out core and browser session (xypipe/_gateway/_hub.py, _session.py) --
+#: An aggregator message or stored record the gateway cannot use (``BadMessage``), counted in
+#: ``gateway_bad_messages_total``.
+GW_BAD_MESSAGE = "XY-GW-001"
+#: The browser broke the protocol, its frame or its timing (``RemoteProtocolError``).
+PROTO_REMOTE_ERROR = "XY-PROTO-002"
+#: The gateway drove a session core against its transition table (``LocalProtocolError``).
+PROTO_LOCAL_ERROR = "XY-PROTO-003"
