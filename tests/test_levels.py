@@ -8,10 +8,13 @@ from typing import Any
 import pytest
 
 import xypipe
-from xypipe._degrade import DegradePolicy, Level
+from xypipe._degrade import DegradePolicy, Level, Pressure
 from xypipe._errors import ConfigError
+from xypipe._gateway._connlevel import ConnectionLevel
 from xypipe._gateway._hub import Hub, Outbox
 from xypipe._gateway._options import GatewayOptions
+from xypipe._gateway._session_effects import Effects, PauseGroups
+from xypipe._gateway._session_policy import SessionPolicy
 from xypipe._levels import LevelPolicy, Reaction, policy_table
 from xypipe._md.conflation import Conflator
 from xypipe._md.records import Batch, Route, TickRec
@@ -124,6 +127,32 @@ def test_aggregator_and_gateway_trim_to_the_same_configured_depth(depth: int) ->
     assert list(gw_state.bids) == list(agg_state.bids) and gw_state.trimmed
     assert list(gw_state.asks) == list(agg_state.asks)
     assert gw_state.checksum == agg_state.checksum  # of the full book, on both sides
+
+
+def test_a_connection_pauses_what_its_level_pauses_by_the_same_table() -> None:
+    out = Effects()
+    conn = ConnectionLevel(SessionPolicy(priority_groups=("fx",)), out)
+    conn.force(0.0, Level.L2)
+    assert not conn.repause(["fx", "news"]) and conn.paused == frozenset()
+    conn.force(1.0, Level.L3)
+    assert conn.repause(["fx", "news"]) and conn.paused == {"news"}  # fx: priority (high)
+    assert PauseGroups(frozenset({"news"})) in out.take()
+    pauses_nothing = SessionPolicy(levels=LevelPolicy(paused_priorities=[]))
+    quiet = ConnectionLevel(pauses_nothing, Effects())
+    quiet.force(0.0, Level.L3)
+    assert not quiet.repause(["news"]) and quiet.paused == frozenset()
+
+
+def test_only_a_level_that_may_close_closes_an_overloaded_connection() -> None:
+    conn = ConnectionLevel(SessionPolicy(close_after_ms=100), Effects())
+    conn.force(0.0, Level.L2)
+    assert [conn.sample(t, Pressure(2.0, "full"))[1] for t in (0.0, 0.2, 0.4)] == [None] * 3
+    conn.force(0.5, Level.L3)
+    assert conn.sample(0.6, Pressure(2.0, "full"))[1] is None  # the overload clock starts
+    assert conn.sample(0.65, Pressure(0.5, "drained"))[1] is None  # ...and stops
+    assert conn.sample(0.7, Pressure(2.0, "full"))[1] is None
+    why = conn.sample(0.8, Pressure(2.0, "full"))[1]
+    assert why == "slow consumer: send queue still at 2.00 of its budget after 100 ms at L3 (full)"
 
 
 def _config(gateway: dict[str, Any]) -> xypipe.AppConfig:
