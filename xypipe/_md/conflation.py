@@ -260,6 +260,7 @@ class Conflator:
             cs = book.checksum()
             data = book.to_state(cs).SerializeToString()
             s = book.src
+            assert s is not None  # checksummed above
             entries.append((book.key, book.venue, book.symbol, data, s.vol, s.oi, s.last,
                             book.total_trades))
             if trim is not None:
