@@ -19,10 +19,11 @@ from __future__ import annotations
 import enum
 import itertools
 import math
-from typing import Any
 
 import attrs
 import trio
+
+from xypipe._validate import Invalid
 
 
 class Level(enum.IntEnum):
@@ -45,18 +46,18 @@ _DESCRIPTIONS = {
 }
 
 
-def _check_thresholds(inst: Any, attribute: Any, value: Any) -> None:
-    from xypipe._validate import Invalid
-
-    seq = list(value)
-    numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in seq)
-    if len(seq) != 3 or not numbers:
+def _check_thresholds(_inst: object, attribute: attrs.Attribute[tuple[float, ...]],
+                      value: object) -> None:
+    seq = list(value) if isinstance(value, list | tuple | str) else [value]
+    numbers = [v for v in seq if isinstance(v, int | float) and not isinstance(v, bool)]
+    if len(seq) != 3 or len(numbers) != 3:
         raise Invalid(attribute.name, "expected 3 numbers for L1, L2, L3", value)
-    if not all(0 < v for v in seq) or any(b <= a for a, b in itertools.pairwise(seq)):
+    if not all(0 < v for v in numbers) or any(b <= a for a, b in itertools.pairwise(numbers)):
         raise Invalid(attribute.name, "expected 3 strictly increasing positive numbers", value)
 
 
-def _as_tuple(value: Any) -> tuple[float, ...]:
+def _as_tuple(value: object) -> object:
+    # Lists (TOML arrays) become tuples; anything else reaches the validator as it came.
     return tuple(value) if isinstance(value, list | tuple) else value
 
 
@@ -79,8 +80,6 @@ class DegradePolicy:
     sample_ms: int = 50
 
     def __attrs_post_init__(self) -> None:
-        from xypipe._validate import Invalid
-
         for i, (lo, hi) in enumerate(zip(self.leave, self.enter, strict=True)):
             if lo >= hi:
                 raise Invalid(

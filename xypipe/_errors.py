@@ -355,3 +355,8 @@ ADM_FORBIDDEN = "XY-ADM-002"
 ADM_FLAG_INVALID = "XY-ADM-003"
 #: A feature flag was changed through the admin API (who, old -> new).
 ADM_FLAG_CHANGED = "XY-ADM-010"
+# -- the gateway's fan-out core and browser session (xypipe/_gateway/_hub.py, _session.py) --
+#: The browser broke the protocol, its frame or its timing (``RemoteProtocolError``).
+PROTO_REMOTE_ERROR = "XY-PROTO-002"
+#: The gateway drove a session core against its transition table (``LocalProtocolError``).
+PROTO_LOCAL_ERROR = "XY-PROTO-003"

@@ -17,19 +17,17 @@ from __future__ import annotations
 
 import random
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
 import attrs
-from google.protobuf.internal import encoder, wire_format
 
-from xypipe._md.wire import iter_delimited, write_delimited
+from xypipe._md.wire import iter_delimited, varint_field, varint_tag, write_delimited
 from xypipe.contracts import Contract, PriceLevel, Priority, Tick, TickFlag
 
 TRADE = int(TickFlag.TICK_FLAG_TRADE)
-_ARRIVAL_TAG = bytes(encoder.TagBytes(5, wire_format.WIRETYPE_VARINT))
-_varint: Callable[[int], bytes] = encoder._VarintBytes  # type: ignore[attr-defined]
+_ARRIVAL_TAG = varint_tag(5)
 
 #: Demo groups and how much each matters under load (L3 pauses the low ones).
 DEFAULT_GROUPS: tuple[tuple[str, int], ...] = (
@@ -52,7 +50,7 @@ def contract_subject(venue: str, symbol: str) -> str:
 
 def stamp_arrival(payload: bytes, ts_arrival_us: int) -> bytes:
     """``payload`` (a serialised Tick) with ``ts_arrival_us`` set, by appending the field."""
-    return payload + _ARRIVAL_TAG + _varint(ts_arrival_us)
+    return payload + varint_field(_ARRIVAL_TAG, ts_arrival_us)
 
 
 def contract_for(venue: str, symbol: str,

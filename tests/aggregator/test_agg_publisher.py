@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from google.protobuf.message import DecodeError
 
+from xypipe._errors import XyError
 from xypipe._md.wire import TruncatedStream
 from xypipe._publisher import (
     FaultInjector,
@@ -85,8 +86,9 @@ def test_tape_round_trip_and_truncation_is_reported(tmp_path: Path) -> None:
     assert write_tape(path, ticks) == 100
     assert [Tick.FromString(p) for p in read_tape(path)] == ticks
     path.write_bytes(path.read_bytes()[:-3])
-    with pytest.raises(TruncatedStream, match="needs"):
+    with pytest.raises(TruncatedStream, match="needs") as info:
         list(read_tape(path))
+    assert isinstance(info.value, XyError) and info.value.code == "XY-CON-001"
 
 
 def test_stamping_the_arrival_time_overrides_the_field() -> None:

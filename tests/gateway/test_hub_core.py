@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import pytest
 from gw_support import FakeAggregator
+from prometheus_client import CollectorRegistry
 
+from xypipe._contracts import ContractDecoder
 from xypipe._degrade import Level
+from xypipe._errors import XyError
 from xypipe._gateway._hub import BadMessage, Hub, Outbox, SubState
 from xypipe._md.seqrules import ResumeOutcome
+from xypipe._md.wire import varint_field, varint_tag
 from xypipe.contracts import ResumePoint, ServerFrame
 
 BRIDGED, TOO_OLD, OTHER_EPOCH = (ResumeOutcome.BRIDGED, ResumeOutcome.TOO_OLD,
@@ -186,3 +190,29 @@ def test_unusable_aggregator_messages_raise_a_named_error() -> None:
         hub.on_delta("xy.md.tick.fx", b"\xff\xff", 0.0)
     with pytest.raises(BadMessage, match="without group or seq"):
         hub.on_delta("xy.md.tick.fx", b"", 0.0)
+
+
+def test_an_unusable_message_is_an_xy_error_with_the_gateway_code() -> None:
+    registry = CollectorRegistry()
+    hub = Hub(decoder=ContractDecoder(registry))
+    with pytest.raises(BadMessage) as info:
+        hub.on_delta("xy.md.tick.fx", b"\xff\xff", 0.0)
+    assert isinstance(info.value, XyError) and isinstance(info.value, ValueError)
+    assert info.value.code == "XY-GW-001" and info.value.subject == "xy.md.tick.fx"
+    assert registry.get_sample_value("contract_decode_errors_total",
+                                     {"message": "xy.md.v1.Delta"}) == 1
+
+
+def test_a_newer_aggregator_s_unknown_fields_are_counted_and_forwarded(agg) -> None:
+    registry = CollectorRegistry()
+    hub = Hub(decoder=ContractDecoder(registry))
+    snap(hub, agg, "fx")
+    ob = Outbox(1)
+    hub.subscribe(ob, "fx", frozenset())
+    hub.build(ob, 1)
+    newer = agg.delta_bytes("fx") + varint_field(varint_tag(99), 1)  # a field it has not heard of
+    hub.on_delta("xy.md.tick.fx", newer, 0.0)
+    assert registry.get_sample_value("contract_unknown_fields_total",
+                                     {"message": "xy.md.v1.Delta"}) == 1
+    built = hub.build(ob, 2)
+    assert built is not None and newer in built.data  # the bytes go on as they came

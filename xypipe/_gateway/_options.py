@@ -6,6 +6,7 @@ import attrs
 
 from xypipe._degrade import DegradePolicy
 from xypipe._gateway._throttle import ThrottlePolicy
+from xypipe._levels import LevelPolicy
 from xypipe._validate import Invalid, in_range, non_empty
 
 
@@ -42,6 +43,9 @@ class GatewayOptions:
     degrade: DegradePolicy = attrs.field(factory=_default_degrade)
     #: Pause between frames at L0..L3 (longer pauses at higher levels: fewer, fuller frames).
     level_interval_ms: list[int] = attrs.field(factory=lambda: [0, 100, 250, 500])
+    #: At L2 and above, entries keep this many book levels a side (as the ``conflate`` stage's
+    #: ``trim_depth`` does in the aggregator).
+    trim_depth: int = attrs.field(default=1, validator=in_range(1, 10))
     #: At L3, pressure at or above ``close_pressure`` for ``close_after_ms`` closes (4010).
     close_pressure: float = attrs.field(default=1.0, validator=in_range(0.01, 1000.0))
     close_after_ms: int = attrs.field(default=5000, validator=in_range(1, 600_000))
@@ -101,3 +105,9 @@ class GatewayOptions:
                               self.allowed_origins)
         if not self.path.startswith("/"):
             raise Invalid("path", 'expected a URL path like "/ws"', self.path)
+
+    @property
+    def levels(self) -> LevelPolicy:
+        """What each degradation level does to a connection (frames, trim depth, pauses)."""
+        return LevelPolicy(trim_depth=self.trim_depth,
+                           frame_interval_ms=tuple(self.level_interval_ms))

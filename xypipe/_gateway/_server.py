@@ -58,6 +58,7 @@ def session_policy(options: GatewayOptions) -> SessionPolicy:
         max_bad_frames=options.max_bad_frames,
         max_groups=options.max_groups,
         degrade=options.degrade,
+        levels=options.levels,
         close_pressure=options.close_pressure,
         close_after_ms=options.close_after_ms,
         priority_groups=tuple(options.priority_groups),
@@ -98,7 +99,8 @@ class GatewayServer:
         self.hub = Hub(history=options.history, tick_prefix=options.tick_prefix,
                        snapshot_prefix=options.snapshot_prefix, max_gap=options.max_seq_gap,
                        anchor_interval=options.anchor_interval_ms / 1000,
-                       snapshot_request_interval=options.snapshot_request_interval_ms / 1000)
+                       snapshot_request_interval=options.snapshot_request_interval_ms / 1000,
+                       levels=options.levels)
         self.snapshots = SnapshotFetcher(options, self.hub, self.metrics, log, self.decoder,
                                          nats)
         self.flags = FlagBoard(options, self.metrics, audit, log, self.decoder, wall=wall,

@@ -17,76 +17,61 @@ States and the only transitions allowed (``TRANSITIONS``)::
 A peer that breaks the protocol gets an ``Error`` frame (fatal ones close with
 ``4000 + ErrorCode``); the core itself being driven wrongly (an event the table does not allow)
 raises :class:`LocalProtocolError`, which is a bug in the gateway, not the peer's fault.
-"""
 
+The session owns the state, the frame dispatch, liveness and the frame rate limit; it delegates
+to socket-free parts that add their effects to the same buffer (:mod:`._session_effects`):
+who the peer is (:mod:`._session_auth`), which groups it holds (:mod:`._session_groups`), and
+its degradation level and paused groups (:mod:`._connlevel`). Limits live in
+:mod:`._session_policy`; effects, close codes and policy are importable from here too.
+"""
 from __future__ import annotations
 
 import enum
-import fnmatch
-import math
-from collections.abc import Iterable, Sequence
-from typing import Any, ClassVar, cast
-
-import attrs
+from typing import ClassVar
 
 from xypipe._contracts import ContractDecoder
-from xypipe._degrade import DegradationController, DegradePolicy, Level, Pressure, Transition
-from xypipe._errors import GW_UNKNOWN_GROUP, AuthError, ContractError, ProtocolError
-from xypipe._gateway._audit import ANONYMOUS, claimed_subject
-from xypipe._gateway._auth import AuthExpired, Principal, TokenVerifier
-from xypipe._gateway._throttle import AuthThrottle, Lockout
-from xypipe._validate import GROUP_MAX, group_problem
-from xypipe.contracts import (
-    ClientFrame,
-    ClientMetrics,
-    DegradeChange,
-    Error,
-    ErrorCode,
-    GroupRef,
-    Pong,
-    ResumePoint,
-    ServerFrame,
-    Subscribed,
-    Welcome,
+from xypipe._degrade import DegradationController, Level, Pressure, Transition
+from xypipe._errors import PROTO_LOCAL_ERROR, ContractError, ProtocolError
+from xypipe._gateway._audit import ANONYMOUS
+from xypipe._gateway._auth import Principal, TokenVerifier
+from xypipe._gateway._bucket import TokenBucket
+from xypipe._gateway._connlevel import ConnectionLevel
+from xypipe._gateway._session_auth import SessionAuth, Throttled
+from xypipe._gateway._session_effects import (
+    CLOSE_BASE,
+    CLOSE_GOING_AWAY,
+    CLOSE_INTERNAL,
+    CLOSE_NORMAL,
+    Audit,
+    AuthLockedOut,
+    AuthThrottled,
+    ClientReport,
+    Close,
+    Effect,
+    Effects,
+    LevelChanged,
+    LookupLimited,
+    PauseGroups,
+    ProtocolViolation,
+    RemoteProtocolError,
+    RequestSnapshot,
+    ResumeGroup,
+    Send,
+    SubscribeGroup,
+    UnknownGroupError,
+    UnsubscribeGroup,
+    close_code,
 )
-
-PROTOCOL_VERSION = 1
-
-#: WebSocket close codes: ``4000 + ErrorCode`` for protocol errors, plus the standard ones.
-CLOSE_NORMAL = 1000
-CLOSE_GOING_AWAY = 1001
-CLOSE_INTERNAL = 1011
-CLOSE_BASE = 4000
-
-def close_code(code: int) -> int:
-    """The WebSocket close code for a fatal :class:`ErrorCode`."""
-    return CLOSE_BASE + int(code)
-
-
-class RemoteProtocolError(ProtocolError):
-    """The peer broke the protocol (its frame, its timing)."""
-
-    code: ClassVar[str] = "XY-PROTO-002"
-
-    def __init__(self, message: str, error_code: int, *, fatal: bool, ref_id: int = 0,
-                 group: str = "") -> None:
-        super().__init__(message, remote=True)
-        self.error_code = error_code
-        self.fatal = fatal
-        self.ref_id = ref_id
-        self.group = group
-
-
-class UnknownGroupError(RemoteProtocolError):
-    """A well-formed group the aggregator does not publish (not in the known-groups list)."""
-
-    code: ClassVar[str] = GW_UNKNOWN_GROUP
+from xypipe._gateway._session_groups import SessionGroups
+from xypipe._gateway._session_policy import PROTOCOL_VERSION, KnownGroups, SessionPolicy
+from xypipe._gateway._throttle import AuthThrottle
+from xypipe.contracts import ClientFrame, ErrorCode, Pong, ServerFrame
 
 
 class LocalProtocolError(ProtocolError):
     """The gateway drove the session core in a way its transition table forbids (our bug)."""
 
-    code: ClassVar[str] = "XY-PROTO-003"
+    code: ClassVar[str] = PROTO_LOCAL_ERROR
 
     def __init__(self, message: str) -> None:
         super().__init__(message, remote=False)
@@ -123,170 +108,6 @@ TRANSITIONS: dict[tuple[State, Ev], State] = {
 }
 
 
-# --------------------------------------------------------------------------- effects
-
-
-@attrs.frozen
-class Send:
-    """Send this control frame (ahead of any queued market data)."""
-
-    frame: ServerFrame
-
-
-@attrs.frozen
-class SubscribeGroup:
-    group: str
-    shards: frozenset[int]  # empty = every shard
-    ref_id: int = 0
-
-
-@attrs.frozen
-class UnsubscribeGroup:
-    group: str
-
-
-@attrs.frozen
-class ResumeGroup:
-    group: str
-    points: tuple[ResumePoint, ...]
-    ref_id: int = 0
-
-
-@attrs.frozen
-class RequestSnapshot:
-    group: str
-    ref_id: int = 0
-
-
-@attrs.frozen
-class PauseGroups:
-    """The full set of this connection's groups that must not flow now (L3, operator flag)."""
-
-    groups: frozenset[str]
-
-
-@attrs.frozen
-class LevelChanged:
-    transition: Transition
-
-
-@attrs.frozen
-class ClientReport:
-    metrics: ClientMetrics
-
-
-@attrs.frozen
-class Audit:
-    """An audit line: ``action`` by ``principal`` with ``outcome`` (``allowed``/``denied``)."""
-
-    action: str
-    outcome: str
-    fields: dict[str, object] = attrs.field(factory=dict)
-
-
-@attrs.frozen
-class AuthThrottled:
-    """A hello was refused unchecked: its address is locked out (counted, not audited)."""
-
-    address: str
-    retry_after_s: float
-
-
-@attrs.frozen
-class AuthLockedOut:
-    """This hello's failure locked its address out: one audit summary line."""
-
-    lockout: Lockout
-
-
-@attrs.frozen
-class ProtocolViolation:
-    """The peer broke a rule; counted and logged by the connection (the Error frame is a Send)."""
-
-    error: RemoteProtocolError
-
-
-@attrs.frozen
-class Close:
-    code: int
-    reason: str
-
-
-@attrs.frozen
-class LookupLimited:
-    """A snapshot look-up (``action``: subscribe, resume, snapshot_request) was refused over the
-    connection's rate limit; counted every time, logged when ``first`` of a run."""
-
-    group: str
-    action: str
-    first: bool
-
-
-@attrs.define
-class KnownGroups:
-    """The groups the aggregator publishes, as the gateway last read them from its KV bucket;
-    one instance shared by every session. ``groups is None``: not loaded yet (or no bucket
-    configured); empty: no aggregator has listed a group yet (a gateway up before the
-    aggregator's first delta). In both cases every well-formed group is accepted, as a
-    subscription served once the group appears (docs/protocol.md, "Groups")."""
-
-    groups: frozenset[str] | None = None
-
-    def knows(self, group: str) -> bool:
-        return not self.groups or group in self.groups
-
-    def like(self, group: str) -> str | None:
-        """A published group equal to ``group`` but for case (the usual mistake)."""
-        folded = group.casefold()
-        for g in sorted(self.groups or ()):
-            if g.casefold() == folded:
-                return g
-        return None
-
-
-Effect = (
-    Send | SubscribeGroup | UnsubscribeGroup | ResumeGroup | RequestSnapshot | PauseGroups
-    | LevelChanged | ClientReport | Audit | ProtocolViolation | Close | AuthThrottled
-    | AuthLockedOut | LookupLimited
-)
-
-
-# --------------------------------------------------------------------------- policy
-
-
-@attrs.frozen
-class SessionPolicy:
-    """Per-connection limits and timings (from the gateway stage's config)."""
-
-    hello_timeout_s: float = 5.0
-    heartbeat_ms: int = 5000
-    heartbeat_timeout_ms: int = 15000
-    max_frame_bytes: int = 64 * 1024
-    #: Client frames per second (token bucket) and burst.
-    rate_per_s: float = 50.0
-    burst: int = 100
-    #: Bad frames tolerated over a session before it is closed.
-    max_bad_frames: int = 10
-    max_groups: int = 64
-    degrade: DegradePolicy = attrs.field(factory=lambda: DegradePolicy(dwell_ms=2000))
-    #: At L3, a pressure at or above this for ``close_after_ms`` closes the connection.
-    close_pressure: float = 1.0
-    close_after_ms: int = 5000
-    #: Groups that keep flowing at L3 (fnmatch patterns); the others pause.
-    priority_groups: tuple[str, ...] = ()
-    protocol_version: int = PROTOCOL_VERSION
-    #: Snapshot look-ups a connection may cause (subscribe, resume, snapshot request: one per
-    #: group), a token bucket: ``snapshot_lookup_burst`` at once, then this many a second.
-    snapshot_lookups_per_s: float = 4.0
-    snapshot_lookup_burst: int = 64
-
-    def is_priority(self, group: str) -> bool:
-        return any(fnmatch.fnmatchcase(group, p) for p in self.priority_groups)
-
-
-# --------------------------------------------------------------------------- the core
-
-
 class Session:
     """One connection's protocol state. See the module docstring."""
 
@@ -312,43 +133,59 @@ class Session:
         #: Failed hellos are counted per client ``address`` in the gateway-wide ``throttle``.
         self.throttle = throttle
         self.address = address or peer
-        #: Groups the aggregator publishes (shared, updated by the gateway's KV watch).
-        self.known = known if known is not None else KnownGroups()
         self.state = State.AUTH
         self.principal: Principal | None = None
-        #: group -> shards (empty = every shard), as accepted.
-        self.groups: dict[str, frozenset[int]] = {}
-        self.controller = DegradationController(policy.degrade)
-        self.disabled: frozenset[str] = frozenset()
-        self.paused: frozenset[str] = frozenset()
         self.resumed_from = ""
-        self._effects: list[Effect] = []
+        self._out = Effects()
+        #: Checks the hello and refreshes (throttle, version, token, subject).
+        self._auth = SessionAuth(verifier, policy, self._out, throttle=throttle,
+                                 address=self.address, peer=peer)
+        #: The groups this session holds (subscribe, resume, refresh) and their rules.
+        self._groups = SessionGroups(policy, known if known is not None else KnownGroups(),
+                                     self._out, now)
+        #: This connection's degradation level and the groups it pauses.
+        self._level = ConnectionLevel(policy, self._out)
         self._hello_deadline = now + policy.hello_timeout_s
         self._last_seen = now
         self._token_deadline = float("inf")
-        self._tokens = float(policy.burst)
-        self._bucket_at = now
+        self._frames = TokenBucket(policy.rate_per_s, policy.burst, now)
         self._limited_run = 0
         self._bad_frames = 0
-        self._overload_since: float | None = None
-        self._lookups = float(policy.snapshot_lookup_burst)
-        self._lookups_at = now
-        self._lookup_limited_run = 0
-        self._now = now
 
     # -- plumbing ---------------------------------------------------------------------------
 
     @property
     def level(self) -> Level:
-        return self.controller.level
+        return self._level.level
+
+    @property
+    def controller(self) -> DegradationController:
+        return self._level.controller
+
+    @property
+    def groups(self) -> dict[str, frozenset[int]]:
+        """group -> shards (empty = every shard), as accepted."""
+        return self._groups.groups
+
+    @property
+    def known(self) -> KnownGroups:
+        """Groups the aggregator publishes (shared, updated by the gateway's KV watch)."""
+        return self._groups.known
+
+    @property
+    def paused(self) -> frozenset[str]:
+        return self._level.paused
+
+    @property
+    def disabled(self) -> frozenset[str]:
+        return self._level.disabled
 
     @property
     def is_open(self) -> bool:
         return self.state in (State.SUBSCRIBED, State.DEGRADED)
 
     def take_effects(self) -> list[Effect]:
-        out, self._effects = self._effects, []
-        return out
+        return self._out.take()
 
     def _go(self, ev: Ev) -> None:
         nxt = TRANSITIONS.get((self.state, ev))
@@ -362,16 +199,8 @@ class Session:
     def _who(self) -> str:
         return self.principal.subject if self.principal is not None else ANONYMOUS
 
-    def _send(self, frame: ServerFrame) -> None:
-        self._effects.append(Send(frame))
-
     def _error(self, err: RemoteProtocolError) -> None:
-        self._effects.append(ProtocolViolation(err))
-        self._send(ServerFrame(error=Error(
-            code=cast(Any, err.error_code), message=err.message, ref_id=err.ref_id,
-            group=err.group,
-            fatal=err.fatal,
-        )))
+        self._out.violation(err)
         if err.fatal:
             self._close(close_code(err.error_code), err.message)
 
@@ -380,10 +209,10 @@ class Session:
             return
         self._go(Ev.FATAL)
         # Close reasons are limited to 123 bytes by RFC 6455.
-        self._effects.append(Close(code, reason.encode()[:120].decode(errors="ignore")))
+        self._out.add(Close(code, reason.encode()[:120].decode(errors="ignore")))
 
-    def _bad(self, message: str, code: int = ErrorCode.ERROR_CODE_BAD_FRAME, *, ref_id: int = 0,
-             group: str = "", fatal: bool = False) -> None:
+    def _bad(self, message: str, code: ErrorCode = ErrorCode.ERROR_CODE_BAD_FRAME, *,
+             ref_id: int = 0, group: str = "", fatal: bool = False) -> None:
         if code in (ErrorCode.ERROR_CODE_BAD_FRAME, ErrorCode.ERROR_CODE_FRAME_TOO_LARGE):
             self._bad_frames += 1
             if self._bad_frames > self.policy.max_bad_frames and not fatal:
@@ -413,7 +242,7 @@ class Session:
         if not self.is_open:
             return
         if now >= self._token_deadline:
-            self._effects.append(Audit("session", "expired", {"principal": self._who()}))
+            self._out.add(Audit("session", "expired", {"principal": self._who()}))
             self._bad(
                 "token expired and no RefreshToken arrived; reconnect with a new token",
                 ErrorCode.ERROR_CODE_AUTH_EXPIRED, fatal=True,
@@ -449,11 +278,10 @@ class Session:
 
     def receive(self, now: float, wall: float, data: bytes) -> None:
         """One complete binary WebSocket message from the peer."""
-        self._now = now
         if not self._admit(now):
             return
         if len(data) > self.policy.max_frame_bytes:
-            self._admit_refund()
+            self._frames.refund()
             self.frame_too_large(now, len(data))
             return
         try:
@@ -467,21 +295,15 @@ class Session:
             return
         self._on_open_frame(now, wall, frame)
 
-    def _admit_refund(self) -> None:
-        self._tokens = min(float(self.policy.burst), self._tokens + 1)
-
     def _admit(self, now: float) -> bool:
         """Liveness and the rate limit; False when the frame must be ignored."""
         if self.state in (State.CLOSING, State.CLOSED):
             return False
         self._last_seen = now
-        p = self.policy
-        self._tokens = min(float(p.burst), self._tokens + (now - self._bucket_at) * p.rate_per_s)
-        self._bucket_at = now
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
+        if self._frames.take(now):
             self._limited_run = 0
             return True
+        p = self.policy
         self._limited_run += 1
         if self._limited_run == 1:
             self._bad(f"more than {p.rate_per_s:g} frames/s (burst {p.burst}); frame dropped",
@@ -492,69 +314,18 @@ class Session:
         return False
 
     def _on_auth_frame(self, now: float, wall: float, frame: ClientFrame) -> None:
-        if not frame.HasField("hello"):
-            parts = [f.name for f, _ in frame.ListFields() if f.name != "id"]
-            self._bad(
-                f"expected a Hello as the first frame, got {', '.join(parts) or 'an empty frame'}",
-                ErrorCode.ERROR_CODE_AUTH_REQUIRED, ref_id=frame.id, fatal=True,
-            )
+        answer = self._auth.hello(now, wall, frame)
+        if isinstance(answer, RemoteProtocolError):
+            self._error(answer)
             return
-        hello = frame.hello
-        if self.throttle is not None:
-            verdict = self.throttle.check(self.address, now)
-            if not verdict.allowed:
-                # Refused before the signature is checked: a locked-out address costs little.
-                # Counted by the effect; not a ProtocolViolation, which logs every attempt.
-                self._effects.append(AuthThrottled(self.address, verdict.retry_after_s))
-                why = (f"authentication throttled: too many failed attempts from "
-                       f"{self.address}; retry in {math.ceil(verdict.retry_after_s)} s")
-                code = ErrorCode.ERROR_CODE_RATE_LIMITED
-                self._send(ServerFrame(error=Error(code=code, message=why, ref_id=frame.id,
-                                                   fatal=True)))
-                self._close(close_code(code), why)
-                return
-        if hello.protocol_version not in (0, self.policy.protocol_version):
-            self._bad(
-                f"protocol version {hello.protocol_version} not supported; this gateway speaks "
-                f"{self.policy.protocol_version}",
-                ErrorCode.ERROR_CODE_PROTOCOL_VERSION, ref_id=frame.id, fatal=True,
-            )
+        if isinstance(answer, Throttled):
+            self._close(close_code(answer.error_code), answer.message)
             return
-        try:
-            principal = self.verifier.verify(hello.token, wall)
-        except AuthError as exc:
-            expired = isinstance(exc, AuthExpired)
-            self._effects.append(Audit("auth", "denied", {
-                "reason": exc.message, "error_code": exc.code, "peer": self.peer,
-                "client": hello.client, "claimed_sub": claimed_subject(hello.token),
-            }))
-            if self.throttle is not None:
-                lockout = self.throttle.failure(self.address, now,
-                                                "expired" if expired else "invalid")
-                if lockout is not None:
-                    self._effects.append(AuthLockedOut(lockout))
-            self._bad(
-                exc.message,
-                ErrorCode.ERROR_CODE_AUTH_EXPIRED if expired else ErrorCode.ERROR_CODE_AUTH_INVALID,
-                ref_id=frame.id, fatal=True,
-            )
-            return
-        if self.throttle is not None:
-            self.throttle.success(self.address, now)
-        self.principal = principal
-        self.resumed_from = hello.session_id
-        self._token_deadline = now + (principal.expires_at + self.verifier.leeway_s - wall)
+        self.principal = answer
+        self.resumed_from = frame.hello.session_id
+        self._token_deadline = self._auth.deadline(now, wall, answer)
         self._go(Ev.HELLO_OK)
-        self._effects.append(Audit("auth", "allowed", {
-            "principal": principal.subject, "peer": self.peer, "client": hello.client,
-            "resumed_from": hello.session_id, "token_id": principal.token_id,
-        }))
-        self._send(ServerFrame(welcome=Welcome(
-            session_id=self.session_id, protocol_version=self.policy.protocol_version,
-            server_time_us=int(wall * 1e6), heartbeat_ms=self.policy.heartbeat_ms,
-            token_expires_us=int(principal.expires_at * 1e6), principal=principal.subject,
-            allowed=list(principal.acl.patterns),
-        )))
+        self._out.send(self._auth.welcome(self.session_id, wall, answer))
         # Anything else the first frame carries is handled as in an open session.
         rest = ClientFrame()
         rest.CopyFrom(frame)
@@ -574,31 +345,30 @@ class Session:
             self._on_refresh(now, wall, frame.refresh.token, ref)
             if not self.is_open:
                 return
+        assert self.principal is not None
         if frame.HasField("unsubscribe"):
             handled = True
-            self._on_unsubscribe(frame.unsubscribe.groups, ref)
+            self._groups.unsubscribe(frame.unsubscribe.groups)
+            self._level.repause(self.groups)
         if frame.HasField("subscribe"):
             handled = True
-            self._on_subscribe(frame.subscribe.groups, ref)
+            self._groups.subscribe(self.principal, frame.subscribe.groups, ref, now)
+            self._repause_and_announce()
         if frame.HasField("resume"):
             handled = True
-            self._on_resume(frame.resume.points, ref)
+            self._groups.resume(self.principal, frame.resume.points, ref, now)
+            self._repause_and_announce()
         if frame.HasField("snapshot_request"):
             handled = True
-            group = frame.snapshot_request.group
-            if group not in self.groups:
-                self._bad(f"snapshot request for {group!r}, which this connection has not "
-                          "subscribed", ErrorCode.ERROR_CODE_UNKNOWN_GROUP, ref_id=ref, group=group)
-            elif self._lookup(group, "snapshot_request", ref):
-                self._effects.append(RequestSnapshot(group, ref))
+            self._groups.snapshot_request(frame.snapshot_request.group, ref, now)
         if frame.HasField("ping"):
             handled = True
-            self._send(ServerFrame(pong=Pong(
+            self._out.send(ServerFrame(pong=Pong(
                 ts_us=frame.ping.ts_us, nonce=frame.ping.nonce, server_time_us=int(wall * 1e6),
             )))
         if frame.HasField("metrics"):
             handled = True
-            self._effects.append(ClientReport(frame.metrics))
+            self._out.add(ClientReport(frame.metrics))
         if not handled:
             self._bad("frame carries no known field (expected one of subscribe, unsubscribe, "
                       "resume, ping, refresh, snapshot_request, metrics)", ref_id=ref)
@@ -607,221 +377,46 @@ class Session:
 
     def _on_refresh(self, now: float, wall: float, token: str, ref: int) -> None:
         assert self.principal is not None
-        try:
-            principal = self.verifier.verify(token, wall)
-        except AuthError as exc:
-            self._effects.append(Audit("refresh", "denied", {
-                "principal": self._who(), "reason": exc.message, "error_code": exc.code,
-            }))
-            self._bad(f"refresh refused: {exc.message}; the current token stays in force",
-                      ErrorCode.ERROR_CODE_AUTH_INVALID, ref_id=ref)
+        answer = self._auth.refresh(wall, token, ref, self.principal)
+        if isinstance(answer, RemoteProtocolError):
+            self._error(answer)
             return
-        if principal.subject != self.principal.subject:
-            self._effects.append(Audit("refresh", "denied", {
-                "principal": self._who(), "reason": "token for another subject",
-                "presented_subject": principal.subject,
-            }))
-            self._bad(
-                f"refresh refused: token is for {principal.subject!r}, this session belongs to "
-                f"{self.principal.subject!r}", ErrorCode.ERROR_CODE_AUTH_INVALID, ref_id=ref,
-                fatal=True,
-            )
-            return
-        self.principal = principal
-        self._token_deadline = now + (principal.expires_at + self.verifier.leeway_s - wall)
-        self._effects.append(Audit("refresh", "allowed", {
-            "principal": principal.subject, "token_id": principal.token_id,
-            "expires_at": principal.expires_at,
-        }))
-        # The new token may grant less: drop what it no longer covers, loudly.
-        for group, shards in list(self.groups.items()):
-            decision = principal.acl.check_group(group, shards)
-            if not decision.allowed:
-                self._deny(group, decision.denied_subject, ref, "refresh")
-                del self.groups[group]
-                self._effects.append(UnsubscribeGroup(group))
-        self._update_paused()
-        self._send(ServerFrame(welcome=Welcome(
-            session_id=self.session_id, protocol_version=self.policy.protocol_version,
-            server_time_us=int(wall * 1e6), heartbeat_ms=self.policy.heartbeat_ms,
-            token_expires_us=int(principal.expires_at * 1e6), principal=principal.subject,
-            allowed=list(principal.acl.patterns),
-        )))
-
-    # -- subscriptions -------------------------------------------------------------------------
-
-    def _deny(self, group: str, subject: str, ref: int, action: str) -> None:
-        self._effects.append(Audit(action, "denied", {
-            "principal": self._who(), "group": group, "subject": subject,
-        }))
-        self._bad(
-            f"not allowed to subscribe to {subject!r} (group {group!r}): the token's patterns "
-            "do not cover it", ErrorCode.ERROR_CODE_ACL_DENIED, ref_id=ref, group=group,
-        )
-
-    def _check_group(self, group: str, shards: Iterable[int], ref: int, action: str) -> bool:
-        assert self.principal is not None
-        problem = group_problem(group)
-        if problem is not None:
-            self._bad(f"group name {group!r}: expected 1-{GROUP_MAX} characters of "
-                      f"A-Z a-z 0-9 _ -; {problem}",
-                      ErrorCode.ERROR_CODE_UNKNOWN_GROUP, ref_id=ref, group=group)
-            return False
-        if group not in self.groups and len(self.groups) >= self.policy.max_groups:
-            self._bad(f"subscription limit of {self.policy.max_groups} groups reached",
-                      ErrorCode.ERROR_CODE_RATE_LIMITED, ref_id=ref, group=group)
-            return False
-        decision = self.principal.acl.check_group(group, shards)
-        if not decision.allowed:
-            self._deny(group, decision.denied_subject, ref, action)
-            return False
-        if not self.known.knows(group):
-            like = self.known.like(group)
-            hint = f"; did you mean {like!r}? group names are case-sensitive" if like else ""
-            self._error(UnknownGroupError(
-                f"group {group!r} is not published by the aggregator{hint}",
-                ErrorCode.ERROR_CODE_UNKNOWN_GROUP, fatal=False, ref_id=ref, group=group))
-            return False
-        return self._lookup(group, action, ref)
-
-    def _lookup(self, group: str, action: str, ref: int) -> bool:
-        """Take one snapshot look-up from the connection's bucket; refuse (clear error,
-        counted) when it is empty. Nothing is subscribed or requested for a refused one."""
-        p = self.policy
-        now = self._now
-        self._lookups = min(float(p.snapshot_lookup_burst),
-                            self._lookups + (now - self._lookups_at) * p.snapshot_lookups_per_s)
-        self._lookups_at = now
-        if self._lookups >= 1.0:
-            self._lookups -= 1.0
-            self._lookup_limited_run = 0
-            return True
-        self._lookup_limited_run += 1
-        self._effects.append(LookupLimited(group, action, self._lookup_limited_run == 1))
-        self._send(ServerFrame(error=Error(
-            code=ErrorCode.ERROR_CODE_RATE_LIMITED, ref_id=ref, group=group, fatal=False,
-            message=(f"{action} of {group!r} refused: more than {p.snapshot_lookups_per_s:g} "
-                     f"snapshot look-ups/s (burst {p.snapshot_lookup_burst}) on this "
-                     "connection; retry later"),
-        )))
-        return False
-
-    def _on_subscribe(self, refs: Sequence[GroupRef], ref: int) -> None:
-        done: list[GroupRef] = []
-        for g in refs:
-            shards = frozenset(g.shards)
-            if not self._check_group(g.group, shards, ref, "subscribe"):
-                continue
-            self._effects.append(Audit("subscribe", "allowed", {
-                "principal": self._who(), "group": g.group, "shards": sorted(shards),
-            }))
-            self.groups[g.group] = shards
-            self._effects.append(SubscribeGroup(g.group, shards, ref))
-            done.append(GroupRef(group=g.group, shards=sorted(shards)))
-        if done:
-            self._send(ServerFrame(subscribed=Subscribed(groups=done)))
-        if self._update_paused():
-            self._announce_paused()
-
-    def _on_unsubscribe(self, refs: Sequence[GroupRef], ref: int) -> None:
-        for g in refs:
-            if g.group in self.groups:
-                del self.groups[g.group]
-                self._effects.append(UnsubscribeGroup(g.group))
-        self._update_paused()
-
-    def _on_resume(self, points: Sequence[ResumePoint], ref: int) -> None:
-        by_group: dict[str, list[ResumePoint]] = {}
-        for p in points:
-            by_group.setdefault(p.group, []).append(p)
-        done: list[GroupRef] = []
-        for group, pts in by_group.items():
-            if not self._check_group(group, (), ref, "resume"):
-                continue
-            self._effects.append(Audit("resume", "allowed", {
-                "principal": self._who(), "group": group,
-                "points": [[p.shard, p.epoch, p.seq] for p in pts],
-            }))
-            self.groups[group] = frozenset()
-            self._effects.append(ResumeGroup(group, tuple(pts), ref))
-            done.append(GroupRef(group=group))
-        if done:
-            self._send(ServerFrame(subscribed=Subscribed(groups=done)))
-        if self._update_paused():
-            self._announce_paused()
+        self.principal = answer
+        self._token_deadline = self._auth.deadline(now, wall, answer)
+        self._groups.revoke(answer, ref)
+        self._level.repause(self.groups)
+        self._out.send(self._auth.welcome(self.session_id, wall, answer))
 
     # -- degradation --------------------------------------------------------------------------
 
-    def _update_paused(self) -> bool:
-        """Recompute the paused groups; True when the set changed."""
-        paused = {g for g in self.groups if g in self.disabled}
-        if self.level >= Level.L3:
-            paused |= {g for g in self.groups if not self.policy.is_priority(g)}
-        new = frozenset(paused)
-        if new == self.paused:
-            return False
-        self.paused = new
-        self._effects.append(PauseGroups(new))
-        return True
+    def _repause_and_announce(self) -> None:
+        if self._level.repause(self.groups):
+            self._level.announce_paused(self.groups)
 
     def pressure(self, now: float, pressure: Pressure) -> None:
         """A sample of this connection's send-queue pressure (1.0 = budget full)."""
         if not self.is_open:
             return
-        self._apply(self.controller.update(now, pressure))
-        if self.level >= Level.L3 and pressure.value >= self.policy.close_pressure:
-            if self._overload_since is None:
-                self._overload_since = now
-            elif now - self._overload_since >= self.policy.close_after_ms / 1000:
-                self._bad(
-                    f"slow consumer: send queue still at {pressure.value:.2f} of its budget "
-                    f"after {self.policy.close_after_ms} ms at L3 ({pressure.source})",
-                    ErrorCode.ERROR_CODE_SLOW_CONSUMER, fatal=True,
-                )
-        else:
-            self._overload_since = None
+        t, overloaded = self._level.sample(now, pressure)
+        self._apply(t)
+        if overloaded is not None:
+            self._bad(overloaded, ErrorCode.ERROR_CODE_SLOW_CONSUMER, fatal=True)
 
     def force_level(self, now: float, level: Level | None) -> None:
         """Operator override (feature flag); ``None`` returns control to the pressure."""
-        if not self.is_open:
-            return
-        if level is None and self.controller.forced is None:
-            return
-        if level is not None and self.controller.forced == level:
-            return
-        # Cleared: the level comes down by the usual rule (pressure below the leave threshold
-        # for the dwell time), so a still-slow connection does not bounce to L0 and back.
-        self._apply(self.controller.force(now, level))
+        if self.is_open:
+            self._apply(self._level.force(now, level))
 
     def set_disabled_groups(self, groups: frozenset[str]) -> None:
-        self.disabled = groups
-        if self.is_open and self._update_paused():
-            self._announce_paused()
-
-    def _announce_paused(self) -> None:
-        """Tell the client which of its groups are paused now (the level did not change)."""
-        disabled = sorted(self.disabled & set(self.groups))
-        if disabled:
-            reason = "groups disabled by operator: " + ", ".join(disabled)
-        elif self.paused:
-            reason = f"L{int(self.level)}: low-priority groups paused"
-        else:
-            reason = "no group paused"
-        self._send(ServerFrame(degrade=DegradeChange(
-            level=int(self.level), reason=reason,
-            recovery=self.controller.recovery_condition(), paused_groups=sorted(self.paused),
-        )))
+        self._level.disabled = groups
+        if self.is_open:
+            self._repause_and_announce()
 
     def _apply(self, t: Transition | None) -> None:
         if t is None:
             return
         self._go(Ev.LEVEL_UP if t.new > Level.L0 else Ev.LEVEL_NORMAL)
-        self._effects.append(LevelChanged(t))
-        self._update_paused()
-        self._send(ServerFrame(degrade=DegradeChange(
-            level=int(t.new), reason=t.reason, recovery=t.recovery,
-            paused_groups=sorted(self.paused),
-        )))
+        self._level.changed(t, self.groups)
 
     # -- end ----------------------------------------------------------------------------------
 
@@ -833,3 +428,13 @@ class Session:
         """The socket is gone (either side)."""
         if self.state != State.CLOSED:
             self._go(Ev.CLOSED)
+
+
+__all__ = [
+    "CLOSE_BASE", "CLOSE_GOING_AWAY", "CLOSE_INTERNAL", "CLOSE_NORMAL", "PROTOCOL_VERSION",
+    "TRANSITIONS", "Audit", "AuthLockedOut", "AuthThrottled", "ClientReport", "Close", "Effect",
+    "Ev", "KnownGroups", "LevelChanged", "LocalProtocolError", "LookupLimited", "PauseGroups",
+    "ProtocolViolation", "RemoteProtocolError", "RequestSnapshot", "ResumeGroup", "Send",
+    "Session", "SessionPolicy", "State", "SubscribeGroup", "UnknownGroupError",
+    "UnsubscribeGroup", "close_code",
+]

@@ -232,7 +232,7 @@ class ConnectionCore:
         self._messages = MessageAssembler(ports.options.max_frame_bytes)
         opts = ports.options
         self._heartbeat_s = opts.heartbeat_ms / 1000
-        self._intervals = [v / 1000 for v in opts.level_interval_ms]
+        self._hub = ports.hub
 
     # -- handshake ------------------------------------------------------------------------------
 
@@ -506,8 +506,7 @@ class ConnectionCore:
 
     def hold_s(self) -> float:
         """How long to let deltas accumulate after a write (L1+: fewer, fuller frames)."""
-        level = self.outbox.level
-        return self._intervals[level] if level > Level.L0 else 0.0
+        return self._hub.levels.at(self.outbox.level).frame_interval_s
 
     def sending(self, nbytes: int, now: float) -> None:
         """A write of ``nbytes`` is handed to the socket (the send queue counts it)."""

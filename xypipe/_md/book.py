@@ -19,17 +19,26 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Sequence
-from typing import Any
+from typing import Protocol
 
 from xypipe._md.records import Route, TickRec
-from xypipe.contracts import PriceLevel, SymbolState, TickFlag
+from xypipe.contracts import PriceLevel, SymbolState, Tick, TickFlag
 
 TRADE = int(TickFlag.TICK_FLAG_TRADE)
 
 
+class PriceLike(Protocol):
+    """A book level as the checksum reads it (``PriceLevel``, or a test's own object)."""
+
+    @property
+    def price(self) -> int: ...
+    @property
+    def size(self) -> int: ...
+
+
 def canonical_string(
     venue: str, symbol: str, seq: int, last: int, last_size: int, vol: int, oi: int,
-    flags: int, total_trades: int, bids: Sequence[Any], asks: Sequence[Any],
+    flags: int, total_trades: int, bids: Sequence[PriceLike], asks: Sequence[PriceLike],
 ) -> str:
     """The canonical form the checksum is computed over (levels: objects with price/size)."""
     head = f"{venue}:{symbol}:{seq}:{last}:{last_size}:{vol}:{oi}:{flags}:{total_trades}"
@@ -52,7 +61,7 @@ def canonical_string(
 
 def checksum(
     venue: str, symbol: str, seq: int, last: int, last_size: int, vol: int, oi: int,
-    flags: int, total_trades: int, bids: Sequence[Any], asks: Sequence[Any],
+    flags: int, total_trades: int, bids: Sequence[PriceLike], asks: Sequence[PriceLike],
 ) -> int:
     """CRC-32 of :func:`canonical_string`, as an unsigned 32-bit integer."""
     return zlib.crc32(
@@ -86,7 +95,8 @@ class SymbolBook:
         self.venue = venue
         self.symbol = symbol
         self.route: Route | None = None
-        self.src: Any = None
+        #: The message holding the full state (None only before the first tick is applied).
+        self.src: Tick | SymbolState | None = None
         self.seq = 0
         self.total_trades = 0
         self.price_decimals = 0
@@ -141,6 +151,7 @@ class SymbolBook:
 
     def checksum(self) -> int:
         s = self.src
+        assert s is not None, "a book is checksummed only once it holds a state"
         return checksum(self.venue, self.symbol, self.seq, s.last, s.last_size, s.vol, s.oi,
                         s.flags, self.total_trades, s.bids, s.asks)
 
@@ -148,7 +159,9 @@ class SymbolBook:
         """The ``SymbolState`` of this book and its window; ``depth`` keeps only that many
         levels per side and marks the entry trimmed (the checksum still covers the full book)."""
         s = self.src
-        bids, asks = s.bids, s.asks
+        assert s is not None, "a book is emitted only once it holds a state"
+        bids: Sequence[PriceLevel] = s.bids
+        asks: Sequence[PriceLevel] = s.asks
         if depth is not None:
             bids, asks = bids[:depth], asks[:depth]
         return SymbolState(

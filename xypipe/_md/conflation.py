@@ -1,14 +1,16 @@
 """The conflation window: fold in-order ticks into per-symbol state, emit one delta per
 (group, shard) per window with the latest state of every symbol that changed (sans-I/O).
 
-Degradation reactions live here because they change what a delta holds:
+Degradation reactions live here because they change what a delta holds; what each level does
+comes from one :class:`~xypipe._levels.LevelPolicy` (the gateway reads the same table):
 
-* L1: the stage calls :meth:`Conflator.emit` less often (longer windows); nothing is lost,
-  because each entry carries its window's high/low, trades and traded volume and the
-  session's ``total_trades``/``vol``.
-* L2: entries on the wire keep ``trim_depth`` levels per side and say ``trimmed``; the full
-  entry still feeds the snapshots, and the checksum still covers the full book.
-* L3: groups whose priority is in ``paused_priorities`` are not emitted; their changes stay
+* window factor (L1 up): the stage calls :meth:`Conflator.emit` less often (longer windows);
+  nothing is lost, because each entry carries its window's high/low, trades and traded volume
+  and the session's ``total_trades``/``vol``.
+* trim depth (L2 up): entries on the wire keep ``trim_depth`` levels per side and say
+  ``trimmed``; the full entry still feeds the snapshots, and the checksum still covers the
+  full book.
+* paused priorities (L3): groups of those priorities are not emitted; their changes stay
   pending and go out in the first window after the level comes down.
 
 :func:`merge_deltas` merges consecutive deltas of one stream into one, by the same rules (the
@@ -18,11 +20,12 @@ gateway uses it for slow consumers).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
+from xypipe._degrade import Level
+from xypipe._levels import LevelPolicy
 from xypipe._md.book import SymbolBook
-from xypipe._md.records import Batch, ContractRec, Restore, Route, TickRec
+from xypipe._md.records import Batch, ContractRec, Rec, Restore, Route, TickRec
 from xypipe._md.wire import field_tag, repeated_field
 from xypipe.contracts import Delta, Priority, SymbolState
 
@@ -48,7 +51,7 @@ class DeltaOut:
 
     def __init__(self, route: Route, seq: int, epoch: int, payload: bytes,
                  entries: list[Entry], *, t_oldest: float, n_ticks: int, ts_emit_us: int,
-                 level: int, window_ms: int, watermark: int,
+                 level: Level, window_ms: int, watermark: int,
                  removed: tuple[str, ...] = ()) -> None:
         self.group = route.group
         self.shard = route.shard
@@ -81,14 +84,13 @@ class Conflator:
         self,
         epoch: int,
         *,
-        trim_depth: int = 1,
-        paused_priorities: Iterable[int] = (Priority.PRIORITY_LOW,),
+        levels: LevelPolicy | None = None,
         priorities: dict[str, int] | None = None,
         default_priority: int = Priority.PRIORITY_NORMAL,
     ) -> None:
         self.epoch = epoch
-        self.trim_depth = trim_depth
-        self.paused_priorities = frozenset(int(p) for p in paused_priorities)
+        #: What each degradation level changes in the deltas (trim depth, paused priorities).
+        self.levels = levels or LevelPolicy()
         self.configured_priorities = dict(priorities or {})
         self.default_priority = int(default_priority)
         self.books: dict[str, SymbolBook] = {}
@@ -124,7 +126,7 @@ class Conflator:
             return found
         return self.learned_priorities.get(group, self.default_priority)
 
-    def apply(self, batch: Batch | Sequence[Any]) -> None:
+    def apply(self, batch: Batch | Sequence[Rec]) -> None:
         """Fold in a batch of in-order, routed records."""
         recs = batch.recs if isinstance(batch, Batch) else batch
         books = self.books
@@ -205,11 +207,13 @@ class Conflator:
         out, self.moves = self.moves, []
         return out
 
-    def emit(self, ts_emit_us: int, level: int, window_ms: int) -> list[DeltaOut]:
-        """Close the window: one delta per (group, shard) with changes (none for a quiet one)."""
+    def emit(self, ts_emit_us: int, level: Level, window_ms: int) -> list[DeltaOut]:
+        """Close the window: one delta per (group, shard) with changes (none for a quiet one),
+        shaped by what ``level`` does (:class:`~xypipe._levels.Reaction`)."""
         out: list[DeltaOut] = []
-        trim = self.trim_depth if level >= 2 else None
-        pause = level >= 3
+        reaction = self.levels.at(level)
+        trim = reaction.trim_depth
+        pause = bool(reaction.paused_priorities)
         paused_left = False
         removed = self._removed
         for route in list(self._dirty.keys() | removed.keys()):
@@ -220,8 +224,7 @@ class Conflator:
                 removed.pop(route, None)
                 continue
             # Removals are never paused: a symbol that moved must not linger in its old group.
-            if (changed and pause
-                    and self.priority_of(route.group) in self.paused_priorities):
+            if changed and pause and reaction.pauses(self.priority_of(route.group)):
                 paused_left = True
                 if not gone:
                     continue
@@ -244,7 +247,7 @@ class Conflator:
         return out
 
     def _delta(self, route: Route, changed: dict[str, SymbolBook], ts_emit_us: int,
-               level: int, window_ms: int, trim: int | None,
+               level: Level, window_ms: int, trim: int | None,
                removed: tuple[str, ...] = ()) -> DeltaOut:
         k = (route.group, route.shard)
         seq = self.seqs.get(k, 0) + 1
@@ -257,6 +260,7 @@ class Conflator:
             cs = book.checksum()
             data = book.to_state(cs).SerializeToString()
             s = book.src
+            assert s is not None  # checksummed above
             entries.append((book.key, book.venue, book.symbol, data, s.vol, s.oi, s.last,
                             book.total_trades))
             if trim is not None:

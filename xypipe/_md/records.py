@@ -8,8 +8,6 @@ edge per pull), never one record at a time.
 
 from __future__ import annotations
 
-from typing import Any
-
 import attrs
 
 from xypipe.contracts import Contract, Snapshot, Tick
@@ -71,12 +69,16 @@ class Route:
         return f"Route({self.subject})"
 
 
+#: What a :class:`Batch` carries.
+Rec = TickRec | ContractRec
+
+
 @attrs.define(slots=True)
 class Batch:
     """A list of records plus the source watermark: every stream message with a sequence up to
     ``watermark`` has been handed on (or dropped) by the stages before this one."""
 
-    recs: list[Any]
+    recs: list[Rec]
     watermark: int = 0
 
     @property

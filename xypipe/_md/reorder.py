@@ -33,19 +33,42 @@ from __future__ import annotations
 import heapq
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Generic, Protocol, TypeVar
 
 
-class ReorderWindow:
+class Sequenced(Protocol):
+    """What the window reads of a record: its key, its sequence, its stream sequence."""
+
+    @property
+    def key(self) -> str: ...
+    @property
+    def seq(self) -> int: ...
+    @property
+    def sseq(self) -> int: ...
+
+
+R = TypeVar("R", bound=Sequenced)
+T_contra = TypeVar("T_contra", contravariant=True)
+
+
+class Sink(Protocol[T_contra]):
+    """Where released records go (a list of these records, or of anything they are)."""
+
+    def append(self, item: T_contra, /) -> None: ...
+
+
+class ReorderWindow(Generic[R]):
+    """Per-key continuity over records of type ``R``; see the module docstring."""
+
     def __init__(self, hold: float, max_held: int,
-                 stamp: Callable[[Any], int] | None = None) -> None:
+                 stamp: Callable[[R], int] | None = None) -> None:
         if hold < 0 or max_held < 1:
             raise ValueError(f"hold must be >= 0 and max_held >= 1, got {hold}, {max_held}")
         self.hold = hold
         self.max_held = max_held
         self._last: dict[str, int] = {}
         # key -> {seq: (deadline, rec)}
-        self._held: dict[str, dict[int, tuple[float, Any]]] = {}
+        self._held: dict[str, dict[int, tuple[float, R]]] = {}
         self._deadlines: list[tuple[float, str]] = []
         self.duplicates = 0
         self.reordered = 0
@@ -55,7 +78,7 @@ class ReorderWindow:
         self.resets = 0
         self.reanchors = 0
         self._stamp = stamp
-        self._last_rec: dict[str, Any] = {}
+        self._last_rec: dict[str, R] = {}
         self._restored_stamp: dict[str, int] = {}
 
     # ------------------------------------------------------------------ state
@@ -93,7 +116,7 @@ class ReorderWindow:
 
     # ------------------------------------------------------------------ events
 
-    def push(self, rec: Any, now: float, out: list[Any]) -> None:
+    def push(self, rec: R, now: float, out: Sink[R]) -> None:
         """Feed one record (with ``.key`` and ``.seq``); released records are appended to
         ``out`` in order."""
         key, seq = rec.key, rec.seq
@@ -146,7 +169,7 @@ class ReorderWindow:
         if len(held) > self.max_held:
             self._give_up(key, out, now, force=True)
 
-    def expire(self, now: float, out: list[Any]) -> None:
+    def expire(self, now: float, out: Sink[R]) -> None:
         """Release what has been held past its time, giving up on the sequences it waited for."""
         dl = self._deadlines
         while dl and dl[0][0] <= now:
@@ -154,7 +177,7 @@ class ReorderWindow:
             if self._held.get(key):
                 self._give_up(key, out, now, force=False)
 
-    def flush(self, out: list[Any]) -> None:
+    def flush(self, out: Sink[R]) -> None:
         """Release everything held, in order (end of input)."""
         for key in list(self._held):
             self._give_up(key, out, math.inf, force=False)
@@ -162,14 +185,14 @@ class ReorderWindow:
 
     # ------------------------------------------------------------------ internals
 
-    def _restarted(self, key: str, rec: Any) -> bool:
+    def _restarted(self, key: str, rec: R) -> bool:
         if self._stamp is None:
             return False
         prev = self._last_rec.get(key)
         prev_ts = self._stamp(prev) if prev is not None else self._restored_stamp.get(key)
         return prev_ts is not None and self._stamp(rec) > prev_ts
 
-    def _reanchor(self, key: str, rec: Any, out: list[Any]) -> None:
+    def _reanchor(self, key: str, rec: R, out: Sink[R]) -> None:
         self.reanchors += 1
         if key in self._held:
             self._give_up(key, out, math.inf, force=False)
@@ -177,22 +200,22 @@ class ReorderWindow:
         self._last_rec[key] = rec
         out.append(rec)
 
-    def _release_one(self, key: str, held: dict[int, tuple[float, Any]], seq: int,
-                     out: list[Any]) -> None:
+    def _release_one(self, key: str, held: dict[int, tuple[float, R]], seq: int,
+                     out: Sink[R]) -> None:
         rec = held.pop(seq)[1]
         out.append(rec)
         self._last_rec[key] = rec
         self._last[key] = seq
         self.held_count -= 1
 
-    def _release_run(self, key: str, held: dict[int, tuple[float, Any]], out: list[Any]) -> None:
+    def _release_run(self, key: str, held: dict[int, tuple[float, R]], out: Sink[R]) -> None:
         """Release every held successor of the last released sequence that is contiguous."""
         nxt = self._last[key] + 1
         while nxt in held:
             self._release_one(key, held, nxt, out)
             nxt += 1
 
-    def _release_contiguous(self, key: str, out: list[Any]) -> None:
+    def _release_contiguous(self, key: str, out: Sink[R]) -> None:
         held = self._held[key]
         self._release_run(key, held, out)
         if not held:
@@ -200,7 +223,7 @@ class ReorderWindow:
         else:
             self._schedule(key)
 
-    def _give_up(self, key: str, out: list[Any], now: float, *, force: bool) -> None:
+    def _give_up(self, key: str, out: Sink[R], now: float, *, force: bool) -> None:
         """Stop waiting: with ``force`` (too many held) for the lowest missing sequences until
         the key is within ``max_held``; in any case for every sequence below a held record
         whose time is up. Skipped ranges count as gaps (not for a key without a baseline)."""
@@ -217,8 +240,8 @@ class ReorderWindow:
         else:
             self._schedule(key)
 
-    def _release_upto(self, key: str, held: dict[int, tuple[float, Any]], upto: int,
-                      out: list[Any]) -> None:
+    def _release_upto(self, key: str, held: dict[int, tuple[float, R]], upto: int,
+                      out: Sink[R]) -> None:
         for seq in sorted(s for s in held if s <= upto):
             last = self._last.get(key)
             if last is not None and seq > last + 1:

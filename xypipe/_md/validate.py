@@ -25,18 +25,18 @@ rejected by a relative bound are tracked as a **candidate run**: when ``reanchor
 consecutive such ticks are mutually consistent (each sequence 1..max_seq_jump above the
 previous one, each reference price within the band of the previous one), the last of them
 re-anchors the symbol — it is accepted with :attr:`Reason.REANCHOR`, which the caller counts,
-logs and passes downstream marked so the reorder window follows it. Any tick accepted within the
+logs and passes downstream marked so the reorder window follows it. Every tick accepted within the
 bounds ends a candidate run; a tick rejected by an absolute bound neither extends nor ends it.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Sequence
 
 import attrs
 
+from xypipe._md.book import PriceLike
 from xypipe._validate import Invalid, in_range
 from xypipe.contracts import SymbolState, Tick
 
@@ -57,7 +57,7 @@ class Reason(enum.StrEnum):
     REANCHOR = "reanchor"
 
 
-def _venue_jumps(_inst: Any, _attr: Any, value: dict[str, int]) -> None:
+def _venue_jumps(_inst: object, _attr: object, value: dict[str, int]) -> None:
     for venue, jump in value.items():
         if not isinstance(jump, int) or isinstance(jump, bool) or not 1 <= jump <= MAX_SAFE:
             raise Invalid(f"seq_jump_by_venue.{venue}", f"expected an integer 1..{MAX_SAFE}",
@@ -98,17 +98,15 @@ class _Anchor:
         self.cand_n = 0
 
 
-def reference_price(last: int, bids: Any, asks: Any) -> int:
+def reference_price(last: int, bids: Sequence[PriceLike], asks: Sequence[PriceLike]) -> int:
     """The price a band is drawn around: the last trade, else the best bid, else the best ask
     (0: the tick carries no price)."""
     if last:
         return last
     if bids:
-        p: int = bids[0].price
-        return p
+        return bids[0].price
     if asks:
-        q: int = asks[0].price
-        return q
+        return asks[0].price
     return 0
 
 

@@ -5,26 +5,52 @@ A protobuf message may carry its fields in any order and a repeated message fiel
 is the same message as one built with every element copied in. The aggregator serialises each
 symbol entry once and reuses the bytes in the delta and in the snapshots.
 
-Varints come from protobuf's own encoder/decoder; nothing here parses by hand.
+The gateway builds its frames the same way (a delta's bytes prefixed once, then concatenated),
+and the publisher appends a field to a serialised tick; all of them frame through this module.
+
+Varints come from protobuf's own encoder/decoder (private names, public behaviour since
+protobuf 3), bound here and nowhere else; nothing here parses by hand.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 from google.protobuf.internal import decoder, encoder, wire_format
 from google.protobuf.message import DecodeError
 
+from xypipe._errors import ContractError
+
 _varint: Callable[[int], bytes] = encoder._VarintBytes  # type: ignore[attr-defined]
-_decode_varint: Callable[[Any, int], tuple[int, int]] = (
+_decode_varint: Callable[[memoryview, int], tuple[int, int]] = (
     decoder._DecodeVarint  # type: ignore[attr-defined]
 )
+
+
+def varint(value: int) -> bytes:
+    """``value`` as a protobuf varint."""
+    return _varint(value)
 
 
 def field_tag(number: int) -> bytes:
     """Tag bytes of a length-delimited field."""
     return bytes(encoder.TagBytes(number, wire_format.WIRETYPE_LENGTH_DELIMITED))
+
+
+def varint_tag(number: int) -> bytes:
+    """Tag bytes of a varint field."""
+    return bytes(encoder.TagBytes(number, wire_format.WIRETYPE_VARINT))
+
+
+def length_delimited(tag: bytes, payload: bytes) -> bytes:
+    """One element of the length-delimited field ``tag``: tag, varint length, ``payload``."""
+    return tag + _varint(len(payload)) + payload
+
+
+def varint_field(tag: bytes, value: int) -> bytes:
+    """The varint field ``tag`` (from :func:`varint_tag`) holding ``value``."""
+    return tag + _varint(value)
 
 
 def repeated_field(tag: bytes, items: Iterable[bytes]) -> bytes:
@@ -53,8 +79,9 @@ def write_delimited(f: BinaryIO, payloads: Iterable[bytes]) -> int:
     return n
 
 
-class TruncatedStream(ValueError):
-    """A length-delimited stream ends inside a record."""
+class TruncatedStream(ContractError, ValueError):
+    """A length-delimited stream ends inside a record (a ``ValueError`` too, for callers that
+    caught that before it joined the :class:`~xypipe._errors.XyError` tree)."""
 
 
 def iter_delimited(data: bytes) -> Iterator[bytes]:

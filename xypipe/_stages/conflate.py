@@ -4,11 +4,12 @@ symbol that changed — nothing for a quiet window.
 Input: ``Restore`` then routed ``Batch`` values. Output: ``Restore`` (forwarded once), then one
 ``list[DeltaOut]`` per window that had changes.
 
-Degradation (see :mod:`xypipe._md.conflation`): L1 stretches the window ``l1_factor`` times,
-L2 trims depth beyond ``trim_depth`` levels on the wire, L3 holds back groups whose priority is
-in ``pause_priorities`` (priorities from ``priorities`` or, failing that, the highest priority
-of the group's reference contracts). Going back down restores the normal window at once and
-sends whatever the paused groups accumulated in the next window.
+Degradation (one :class:`~xypipe._levels.LevelPolicy` built from this config, see
+:mod:`xypipe._md.conflation`): L1 stretches the window ``l1_factor`` times, L2 trims depth beyond
+``trim_depth`` levels on the wire, L3 holds back groups whose priority is in
+``pause_priorities`` (priorities from ``priorities`` or, failing that, the highest priority of
+the group's reference contracts). Going back down restores the normal window at once and sends
+whatever the paused groups accumulated in the next window.
 
 The window clock is Trio's, so the mock clock drives it in tests: windows close exactly every
 ``interval_ms`` (a window that falls behind is skipped, not bunched up).
@@ -16,13 +17,12 @@ The window clock is Trio's, so the mock clock drives it in tests: windows close 
 
 from __future__ import annotations
 
-from typing import Any
-
 import attrs
 import trio
 
 from xypipe._errors import SYMBOL_MOVED
-from xypipe._md.conflation import Conflator
+from xypipe._levels import LevelPolicy
+from xypipe._md.conflation import Conflator, DeltaOut
 from xypipe._md.records import Restore, Watermark
 from xypipe._stage import Stage
 from xypipe._stages._md_common import PRIORITIES, wall_us
@@ -57,6 +57,12 @@ class ConflateConfig:
                 raise Invalid(f"priorities.{group}", 'expected one of "low", "normal", "high"',
                               p)
 
+    @property
+    def levels(self) -> LevelPolicy:
+        """What each degradation level does to this stage's windows and deltas."""
+        return LevelPolicy(window_factor=self.l1_factor, trim_depth=self.trim_depth,
+                           paused_priorities=[PRIORITIES[p] for p in self.pause_priorities])
+
 
 class Conflate(Stage):
     """Merge ticks into per-symbol state; emit one delta per group/shard per window."""
@@ -67,8 +73,7 @@ class Conflate(Stage):
         cfg: ConflateConfig = self.config
         self.core = Conflator(
             cfg.epoch or wall_us(),
-            trim_depth=cfg.trim_depth,
-            paused_priorities=[PRIORITIES[p] for p in cfg.pause_priorities],
+            levels=cfg.levels,
             priorities={g: PRIORITIES[p] for g, p in cfg.priorities.items()},
         )
         m = self.ctx.metrics
@@ -135,12 +140,13 @@ class Conflate(Stage):
         """Close a window every interval; a level change re-times the running window at once
         (L1 stretches it, recovery shortens it and closes it now if it is already due)."""
         cfg: ConflateConfig = self.config
+        levels = self.core.levels
         base = cfg.interval_ms / 1000
         start = trio.current_time()
         sent_watermark = 0
         while True:
-            level = int(self.ctx.level)
-            interval = base * cfg.l1_factor if level >= 1 else base
+            level = self.ctx.level
+            interval = base * levels.at(level).window_factor
             deadline = start + interval
             with trio.move_on_at(deadline):
                 await self._wake.wait()
@@ -150,8 +156,9 @@ class Conflate(Stage):
                 if not self._stop and now < deadline:
                     continue  # re-time this window for the new level
             if self._stop:
-                level = min(level, 2)  # the last window: paused groups go out too
-            deltas: list[Any] = self.core.emit(wall_us(), level, round((now - start) * 1000))
+                level = levels.unpaused(level)  # the last window: paused groups go out too
+            deltas: list[DeltaOut] = self.core.emit(wall_us(), level,
+                                                    round((now - start) * 1000))
             self._pending.set(self.core.pending())
             # A window that fell behind (a slow downstream) is skipped, never bunched up.
             start = deadline if now - deadline < interval else now
