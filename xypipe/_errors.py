@@ -366,3 +366,11 @@ CREDS_USER_REVOKED = "XY-SEC-011"
 CREDS_ACCOUNTS_PUSHED = "XY-SEC-012"
 #: A running server refused an account JWT pushed to it (the server's reason is logged).
 CREDS_PUSH_REFUSED = "XY-SEC-013"
+#: A rotated ``.creds`` file was picked up: the connection signs in again with it.
+CREDS_ROTATION_PICKED_UP = "XY-SEC-014"
+#: The ``.creds`` file changed but holds no valid user JWT; the connection keeps the old one.
+CREDS_ROTATION_INVALID = "XY-SEC-015"
+#: The user JWT in use expires soon and its ``.creds`` file was not rotated.
+CREDS_EXPIRING = "XY-SEC-016"
+#: The user JWT in use has expired: the server closes the connection and refuses it again.
+CREDS_EXPIRED = "XY-SEC-017"

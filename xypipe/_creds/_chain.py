@@ -354,7 +354,7 @@ class Chain:
         else:
             if old_public in self.revocations():
                 raise CredsError(f"{role}: its user key {old_public} is revoked; issue a new "
-                                 "key (`xypipe creds rotate ROLE --new-key`)")
+                                 f"key (`xypipe creds rotate {role} --new-key`)")
             _, seed = parse_creds(path.read_text())
             if seed is None:
                 raise CredsError(f"{path}: the .creds file holds no seed")

@@ -1,0 +1,58 @@
+"""A trust chain from ``xypipe creds`` and a real nats-server running it: operator mode, every
+client proving itself twice — a client certificate from the chain's CA (mTLS) and a user JWT
+signed by the chain's account."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
+
+import pytest
+import trio
+
+from xypipe._creds import Chain, ChainOptions, init_chain
+from xypipe._embedded import EmbeddedNats, embedded_nats
+from xypipe._nats import BridgeEvent, NatsClient, connect
+from xypipe._role_grants import inbox_prefix
+
+pytestmark = pytest.mark.nats
+
+
+def make_chain(root: Path, **options: object) -> Chain:
+    return init_chain(root, ChainOptions(**options), now=time.time())  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def chain(tmp_path: Path) -> Chain:
+    return make_chain(tmp_path / "chain")
+
+
+@pytest.fixture
+async def secured(chain: Chain, tmp_path: Path) -> AsyncIterator[EmbeddedNats]:
+    """A nats-server started from the chain's own ``nats-server.conf``."""
+    async with embedded_nats(port=0, data_dir=tmp_path / "js",
+                             config_file=chain.paths.server_config) as server:
+        yield server
+
+
+def as_role(server: EmbeddedNats, chain: Chain, role: str, *, creds: Path | None = None,
+            **options: object) -> AbstractAsyncContextManager[NatsClient]:
+    """Connect as ``role``: its ``.creds`` file (read by nats-py at every connect), its client
+    certificate, its inbox prefix."""
+    return connect(server.url, name=f"test-{role}", creds=str(creds or chain.creds_file(role)),
+                   tls=chain.tls_context(role), inbox_prefix=inbox_prefix(role),
+                   connect_timeout=1.0, **options)  # type: ignore[arg-type]
+
+
+async def next_event(events: trio.MemoryReceiveChannel[BridgeEvent], kind: str,
+                     containing: str = "") -> BridgeEvent:
+    """The next event of ``kind`` whose detail contains ``containing`` (hang guard 10 s).
+
+    Case-insensitive: nats-py lower-cases the server's ``-ERR`` text (subjects included)."""
+    with trio.fail_after(10):
+        async for event in events:
+            if event.kind == kind and containing.lower() in event.detail.lower():
+                return event
+    raise AssertionError(f"the event stream ended before a {kind!r} event")
