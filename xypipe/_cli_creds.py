@@ -5,6 +5,7 @@
     xypipe creds revoke ROLE [--dir DIR]
     xypipe creds push URL [--dir DIR]            # account JWTs to a `full` resolver
     xypipe creds show FILE                       # claims of a .creds/.jwt file, never the seed
+    xypipe creds nsc ROLE [--account XY]         # the same user in an nsc-managed operator
 
 ``--dir`` defaults to ``$XY_CREDS_DIR``, else the current directory.
 """
@@ -15,17 +16,19 @@ import argparse
 import datetime
 import json
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
 
 import trio
 
+from xypipe._config import load_config
 from xypipe._creds import Chain, ChainOptions, Claims, decode, init_chain, parse_creds
 from xypipe._creds._push import push_accounts
 from xypipe._errors import ConfigError, CredsError, XyError
 from xypipe._nats_roles import BusLayout
-from xypipe._role_grants import ROLES
+from xypipe._role_grants import ROLES, permissions
 
 __all__ = ["register"]
 
@@ -75,6 +78,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--dir", default=None, help=f"the chain (default ${ENV_DIR} or .)")
     p.set_defaults(func=_cmd_push)
 
+    p = cmds.add_parser("nsc", help="print the nsc command that creates ROLE's user in an "
+                        "existing (nsc-managed) operator's account")
+    p.add_argument("role", choices=ROLES)
+    p.add_argument("--account", default="XY")
+    p.add_argument("--expiry", default="24h", help="nsc's --expiry (default 24h)")
+    p.add_argument("--config", default=None,
+                   help="take the stream and bucket names from this xypipe config")
+    p.set_defaults(func=_cmd_nsc)
+
     p = cmds.add_parser("show", help="print the claims of a .creds or .jwt file (never a seed)")
     p.add_argument("file")
     p.add_argument("--json", action="store_true", help="the claims as JSON only")
@@ -90,16 +102,33 @@ def _fail(exc: XyError) -> int:
     return 1
 
 
-def _cmd_init(args: argparse.Namespace) -> int:
-    layout = BusLayout()
-    if args.config:
-        from xypipe._config import load_config
+def _layout(config: str | None) -> BusLayout | None:
+    """The layout of ``config`` (the defaults without one); None after printing its errors."""
+    if not config:
+        return BusLayout()
+    try:
+        return BusLayout.of(load_config(config))
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return None
 
-        try:
-            layout = BusLayout.of(load_config(args.config))
-        except ConfigError as exc:
-            print(str(exc), file=sys.stderr)
-            return 2
+
+def _cmd_nsc(args: argparse.Namespace) -> int:
+    layout = _layout(args.config)
+    if layout is None:
+        return 2
+    p = permissions(args.role, layout)
+    cmd = ["nsc", "add", "user", "--account", args.account, "--name", args.role,
+           "--allow-pub", ",".join(p.publish), "--allow-sub", ",".join(p.subscribe),
+           "--expiry", args.expiry]
+    print(shlex.join(cmd))
+    return 0
+
+
+def _cmd_init(args: argparse.Namespace) -> int:
+    layout = _layout(args.config)
+    if layout is None:
+        return 2
     if not args.ttl > 0:
         print(f"--ttl: expected a positive number of seconds, got {args.ttl:g}",
               file=sys.stderr)
