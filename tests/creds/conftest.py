@@ -4,24 +4,41 @@ signed by the chain's account."""
 
 from __future__ import annotations
 
+import logging
+import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
+import attrs
 import pytest
 import trio
 
-from xypipe._creds import Chain, ChainOptions, init_chain
+from xypipe._creds import Chain, ChainOptions, ClientAuth, init_chain
 from xypipe._embedded import EmbeddedNats, embedded_nats
 from xypipe._nats import BridgeEvent, NatsClient, connect
-from xypipe._role_grants import inbox_prefix
 
 pytestmark = pytest.mark.nats
 
 
 def make_chain(root: Path, **options: object) -> Chain:
     return init_chain(root, ChainOptions(**options), now=time.time())  # type: ignore[arg-type]
+
+
+#: What a secret looks like in a log line: an NKey seed, a JWT, a PEM private key.
+SECRET = re.compile(r"S[OAU][A-Z2-7]{56}|eyJ[\w-]+\.eyJ[\w-]+|PRIVATE KEY-----")
+
+
+@pytest.fixture(autouse=True)
+def no_secret_is_logged(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """Whatever a test here does, no log line carries a seed, a JWT or a private key."""
+    caplog.set_level(logging.DEBUG)
+    yield
+    records = [*caplog.get_records("setup"), *caplog.get_records("call")]
+    leaks = [r for r in records
+             if SECRET.search(r.getMessage() + repr(getattr(r, "xy_fields", {})))]
+    assert not leaks, f"secrets in log lines: {[r.getMessage() for r in leaks]}"
 
 
 @pytest.fixture
@@ -41,8 +58,10 @@ def as_role(server: EmbeddedNats, chain: Chain, role: str, *, creds: Path | None
             **options: object) -> AbstractAsyncContextManager[NatsClient]:
     """Connect as ``role``: its ``.creds`` file (read by nats-py at every connect), its client
     certificate, its inbox prefix."""
-    return connect(server.url, name=f"test-{role}", creds=str(creds or chain.creds_file(role)),
-                   tls=chain.tls_context(role), inbox_prefix=inbox_prefix(role),
+    auth = ClientAuth.from_chain(chain.paths.root, role)
+    if creds is not None:
+        auth = attrs.evolve(auth, creds=creds)
+    return connect(server.url, name=f"test-{role}", **auth.connect_options(),
                    connect_timeout=1.0, **options)  # type: ignore[arg-type]
 
 

@@ -16,7 +16,16 @@ from conftest import make_chain
 
 from xypipe import load_config
 from xypipe._cli import main
-from xypipe._creds import Chain, CredsFollower, KeyKind, NKey, decode, encode, parse_creds
+from xypipe._creds import (
+    Chain,
+    ClientAuth,
+    CredsFollower,
+    KeyKind,
+    NKey,
+    decode,
+    encode,
+    parse_creds,
+)
 from xypipe._creds._rotation import FileId, Reconnect, Warn
 from xypipe._errors import ChainExistsError, CredsError, JwtError, UnknownRoleError
 from xypipe._nats_roles import BusLayout
@@ -263,3 +272,20 @@ def test_creds_nsc_prints_the_users_permissions_for_an_existing_operator(
     assert argv[argv.index("--allow-pub") + 1].split(",") == list(want.publish)
     assert argv[argv.index("--allow-sub") + 1].split(",") == list(want.subscribe)
     assert not [s for s in want.publish if s.startswith("$JS.API.>")]
+
+
+def test_client_auth_names_what_the_server_would_refuse_before_connecting(
+    tmp_path: Path
+) -> None:
+    chain = make_chain(tmp_path / "chain", roles=("gateway",))
+    auth = ClientAuth.from_chain(chain.paths.root, "gateway")
+    now = time.time()
+    assert auth.check(now).subject == chain.user_public("gateway")
+    options = auth.connect_options()
+    assert options["creds"] == str(chain.creds_file("gateway"))
+    assert options["inbox_prefix"] == "_INBOX.gateway" and options["tls"].verify_mode
+    with pytest.raises(CredsError, match=r"the user JWT expired \d+ s ago; rotate it "
+                                         r"\(xypipe creds rotate gateway\)"):
+        auth.check(now + 2 * 86400)
+    with pytest.raises(CredsError, match=r"reader\.creds: no such file"):
+        ClientAuth.from_chain(chain.paths.root, "reader").check(now)

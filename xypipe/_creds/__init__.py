@@ -4,6 +4,7 @@ Built by ``xypipe creds`` (:mod:`xypipe._cli_creds`); see docs/security.md, "Ope
 """
 
 from xypipe._creds._chain import Chain, ChainOptions, ChainPaths, Issued, init_chain, user_claims
+from xypipe._creds._client import ClientAuth, ConnectOptions
 from xypipe._creds._jwt import Claims, decode, encode, format_creds, parse_creds
 from xypipe._creds._keys import KeyKind, NKey
 from xypipe._creds._pki import CertFiles, client_tls_context
@@ -17,6 +18,8 @@ __all__ = [
     "ChainOptions",
     "ChainPaths",
     "Claims",
+    "ClientAuth",
+    "ConnectOptions",
     "CredsFollower",
     "Issued",
     "KeyKind",
