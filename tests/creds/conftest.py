@@ -49,7 +49,7 @@ def chain(tmp_path: Path) -> Chain:
 @pytest.fixture
 async def secured(chain: Chain, tmp_path: Path) -> AsyncIterator[EmbeddedNats]:
     """A nats-server started from the chain's own ``nats-server.conf``."""
-    async with embedded_nats(port=0, data_dir=tmp_path / "js",
+    async with embedded_nats(port=0, jetstream=False,
                              config_file=chain.paths.server_config) as server:
         yield server
 

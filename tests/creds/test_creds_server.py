@@ -210,7 +210,7 @@ async def test_a_revocation_pushed_to_a_full_resolver_disconnects_the_live_user(
     tmp_path: Path
 ) -> None:
     chain = make_chain(tmp_path / "chain", resolver="full")
-    async with embedded_nats(port=0, data_dir=tmp_path / "js",
+    async with embedded_nats(port=0, jetstream=False,
                              config_file=chain.paths.server_config) as server:
         async with as_role(server, chain, "publisher", max_reconnect_attempts=2) as nc:
             events = nc.events()

@@ -13,6 +13,7 @@
       tls/ca.pem ca.key server.pem server.key <role>.pem <role>.key   (mTLS; keys 0600)
       tokens/gateway.key.pem gateway.pub.pem    the browser-token key pair (Ed25519)
       nats-server.conf                operator mode, resolver, TLS (no secret in it)
+      jetstream/                      the server's JetStream store (named in the config)
 
 Each user's permissions are those of its role in :data:`xypipe._role_grants.GRANTS` — the same
 table the embedded bus uses — laid over the chain's :class:`~xypipe._nats_roles.BusLayout`.
@@ -146,6 +147,10 @@ class ChainPaths:
     @property
     def resolver_dir(self) -> Path:
         return self.root / "jwt"
+
+    @property
+    def store_dir(self) -> Path:
+        return self.root / "jetstream"
 
 
 @attrs.frozen
@@ -334,7 +339,8 @@ class Chain:
             accounts=self.account_jwts(), resolver=self.resolver,
             resolver_dir=self.paths.resolver_dir if self.resolver == "full" else None,
             tls=ServerTls(self.paths.server_cert.cert, self.paths.server_cert.key,
-                          self.paths.ca.cert))
+                          self.paths.ca.cert),
+            store_dir=self.paths.store_dir)
         return write_atomic(self.paths.server_config, text.encode())
 
     def issue_user(self, role: str, *, now: float, new_key: bool = False,
