@@ -24,6 +24,7 @@ _COMMAND_MODULES: list[str] = [
     # Each module exposes register(subparsers). Keep one line per module.
     "xypipe._gateway._token_cli",
     "xypipe._cli_md",
+    "xypipe._cli_creds",
 ]
 
 _log_cli = _log.get_logger("cli")

@@ -360,3 +360,54 @@ ADM_FLAG_CHANGED = "XY-ADM-010"
 PROTO_REMOTE_ERROR = "XY-PROTO-002"
 #: The gateway drove a session core against its transition table (``LocalProtocolError``).
 PROTO_LOCAL_ERROR = "XY-PROTO-003"
+
+
+# -- NATS trust chain and TLS (XY-SEC-001..049; docs/security.md, "Operator mode") ----------
+class CredsError(XyError):
+    """A trust-chain file or value (NKey seed, NATS JWT, ``.creds`` file, certificate) is
+    missing, malformed or not of the kind expected; the message names it and what was wanted."""
+
+    code = "XY-SEC-001"
+
+
+class ChainExistsError(CredsError):
+    """``xypipe creds init`` was pointed at a directory that already holds a trust chain: it is
+    never overwritten (every process signed in with it would be locked out)."""
+
+    code = "XY-SEC-002"
+
+
+class JwtError(CredsError):
+    """A NATS JWT is malformed, of the wrong kind, or its signature does not verify."""
+
+    code = "XY-SEC-003"
+
+
+class TlsMaterialError(CredsError):
+    """A certificate, private key or CA file for TLS cannot be read or does not fit together."""
+
+    code = "XY-SEC-004"
+
+
+class UnknownRoleError(CredsError):
+    """A role that is not in the trust chain (or not a role at all) was named."""
+
+    code = "XY-SEC-005"
+
+
+#: A user JWT was issued (``creds init``, ``creds rotate``): role, user key, expiry.
+CREDS_USER_ISSUED = "XY-SEC-010"
+#: A user key was revoked in its account JWT (``creds revoke``, ``creds rotate --new-key``).
+CREDS_USER_REVOKED = "XY-SEC-011"
+#: The account JWTs were pushed to a running server's ``full`` resolver (``creds push``).
+CREDS_ACCOUNTS_PUSHED = "XY-SEC-012"
+#: A running server refused an account JWT pushed to it (the server's reason is logged).
+CREDS_PUSH_REFUSED = "XY-SEC-013"
+#: A rotated ``.creds`` file was picked up: the connection signs in again with it.
+CREDS_ROTATION_PICKED_UP = "XY-SEC-014"
+#: The ``.creds`` file changed but holds no valid user JWT; the connection keeps the old one.
+CREDS_ROTATION_INVALID = "XY-SEC-015"
+#: The user JWT in use expires soon and its ``.creds`` file was not rotated.
+CREDS_EXPIRING = "XY-SEC-016"
+#: The user JWT in use has expired: the server closes the connection and refuses it again.
+CREDS_EXPIRED = "XY-SEC-017"

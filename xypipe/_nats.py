@@ -765,6 +765,16 @@ class NatsClient:
 
         return await self._call(f"request to {subject!r}", _req)
 
+    async def reconnect(self) -> None:
+        """Drop the connection and sign in again: credentials are read anew (a rotated
+        ``.creds`` file takes effect), subscriptions are restored, publishes meanwhile are
+        buffered. Returns once the reconnect is under way; a ``reconnected`` event follows."""
+
+        async def _force() -> None:
+            await self._aio.force_reconnect()
+
+        await self._call("reconnect", _force)
+
     def jetstream(self, *, timeout: float = 5.0) -> JetStream:
         """The JetStream API on this connection (``timeout`` bounds each API call)."""
         return JetStream(self, timeout)

@@ -16,16 +16,20 @@ Each role's replies come to its own inbox prefix (``_INBOX.<role>.``), which onl
 subscribe to: one role cannot read another's JetStream answers (a snapshot direct get, a KV
 value) or answer them in its place.
 
-This module is pure: it computes permissions and the server's configuration text.
+What each role may do is written once, in :data:`xypipe._role_grants.GRANTS` (shared with the
+operator-mode trust chain of :mod:`xypipe._creds`); this module lays it over the configured
+streams and writes the embedded server's configuration text. It is pure.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import attrs
+
+from xypipe._role_grants import ROLES, Permissions, inbox_prefix, permissions
 
 if TYPE_CHECKING:
     from xypipe._config import AppConfig
@@ -40,23 +44,6 @@ __all__ = [
     "role_conflicts",
     "server_config",
 ]
-
-#: The roles a process (or a command line tool) can connect as.
-ROLES = ("aggregator", "gateway", "publisher", "reader", "basic", "admin")
-
-HEALTH_SUBJECT = "xy.exec.health"
-
-
-@attrs.frozen
-class Permissions:
-    """Subjects a user may publish to and subscribe to (NATS wildcards)."""
-
-    publish: tuple[str, ...]
-    subscribe: tuple[str, ...]
-
-    def to_server(self) -> dict[str, Any]:
-        return {"publish": {"allow": list(self.publish)},
-                "subscribe": {"allow": list(self.subscribe)}}
 
 
 @attrs.frozen
@@ -114,74 +101,6 @@ class BusLayout:
 
 def _unique(names: Iterable[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
-
-
-def inbox_prefix(role: str) -> str:
-    """Where a role's request replies arrive; only that role may subscribe below it."""
-    return f"_INBOX.{role}"
-
-
-def _manage(stream: str) -> list[str]:
-    """Create (idempotently: create, else update) and inspect a stream."""
-    return [f"$JS.API.STREAM.CREATE.{stream}", f"$JS.API.STREAM.UPDATE.{stream}",
-            f"$JS.API.STREAM.INFO.{stream}"]
-
-
-def _consume(stream: str) -> list[str]:
-    """Ephemeral consumers on a stream: create, inspect, pull, delete, acknowledge."""
-    return [f"$JS.API.CONSUMER.CREATE.{stream}", f"$JS.API.CONSUMER.CREATE.{stream}.>",
-            f"$JS.API.CONSUMER.INFO.{stream}.>", f"$JS.API.CONSUMER.DELETE.{stream}.>",
-            f"$JS.API.CONSUMER.MSG.NEXT.{stream}.>", f"$JS.ACK.{stream}.>",
-            f"$JS.FC.{stream}.>"]
-
-
-def _read(stream: str) -> list[str]:
-    """Direct gets (any replica, no consumer) of a stream's messages."""
-    return [f"$JS.API.DIRECT.GET.{stream}", f"$JS.API.DIRECT.GET.{stream}.>",
-            f"$JS.API.STREAM.MSG.GET.{stream}"]
-
-
-def permissions(role: str, layout: BusLayout) -> Permissions:
-    """What ``role`` may do on a bus laid out as ``layout``."""
-    if role not in ROLES:
-        raise ValueError(f"unknown NATS role {role!r}; expected one of {', '.join(ROLES)}")
-    if role == "admin":
-        return Permissions(publish=(">",), subscribe=(">",))
-    # Every process answers health requests and publishes its reports; replies to requests
-    # go to the requester's inbox (unguessable, below its own role's prefix).
-    pub = [f"{HEALTH_SUBJECT}.>", "_INBOX.>"]
-    sub = [HEALTH_SUBJECT, f"{inbox_prefix(role)}.>"]
-    if role == "aggregator":
-        pub += ["xy.md.>", "xy.agg.>"]
-        sub += ["xy.agg.>"]
-        for s in layout.source_streams:
-            pub += _manage(s) + _consume(s)
-        for s in layout.state_streams:
-            pub += _manage(s) + _consume(s) + _read(s)
-        for b in layout.group_buckets:
-            kv = f"KV_{b}"
-            pub += _manage(kv) + _consume(kv) + _read(kv) + [f"$KV.{b}.>"]
-    elif role == "gateway":
-        sub += ["xy.md.>"]
-        pub += list(layout.snapshot_requests)
-        for s in layout.snapshot_streams:
-            pub += [f"$JS.API.STREAM.INFO.{s}", *_read(s)]
-        for b in layout.flag_buckets:
-            kv = f"KV_{b}"
-            pub += _manage(kv) + _consume(kv) + _read(kv) + [f"$KV.{b}.>"]
-        for b in layout.group_buckets:
-            # Read-only: the aggregator owns the list of the groups it publishes.
-            kv = f"KV_{b}"
-            pub += [f"$JS.API.STREAM.INFO.{kv}", *_consume(kv), *_read(kv)]
-    elif role == "publisher":
-        pub += ["xy.src.>", "xy.ref.>"]
-        for s in layout.source_streams:
-            pub += _manage(s)
-    elif role == "reader":
-        # Reads everything xypipe publishes, and asks every instance for its health.
-        pub += [HEALTH_SUBJECT]
-        sub += ["xy.md.>", "xy.src.>", "xy.ref.>", "xy.agg.>", "xy.exec.>"]
-    return Permissions(publish=_unique(pub), subscribe=_unique(sub))
 
 
 def server_config(users: dict[str, str], layout: BusLayout) -> str:

@@ -1,0 +1,77 @@
+"""A trust chain from ``xypipe creds`` and a real nats-server running it: operator mode, every
+client proving itself twice — a client certificate from the chain's CA (mTLS) and a user JWT
+signed by the chain's account."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
+
+import attrs
+import pytest
+import trio
+
+from xypipe._creds import Chain, ChainOptions, ClientAuth, init_chain
+from xypipe._embedded import EmbeddedNats, embedded_nats
+from xypipe._nats import BridgeEvent, NatsClient, connect
+
+pytestmark = pytest.mark.nats
+
+
+def make_chain(root: Path, **options: object) -> Chain:
+    return init_chain(root, ChainOptions(**options), now=time.time())  # type: ignore[arg-type]
+
+
+#: What a secret looks like in a log line: an NKey seed, a JWT, a PEM private key.
+SECRET = re.compile(r"S[OAU][A-Z2-7]{56}|eyJ[\w-]+\.eyJ[\w-]+|PRIVATE KEY-----")
+
+
+@pytest.fixture(autouse=True)
+def no_secret_is_logged(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """Whatever a test here does, no log line carries a seed, a JWT or a private key."""
+    caplog.set_level(logging.DEBUG)
+    yield
+    records = [*caplog.get_records("setup"), *caplog.get_records("call")]
+    leaks = [r for r in records
+             if SECRET.search(r.getMessage() + repr(getattr(r, "xy_fields", {})))]
+    assert not leaks, f"secrets in log lines: {[r.getMessage() for r in leaks]}"
+
+
+@pytest.fixture
+def chain(tmp_path: Path) -> Chain:
+    return make_chain(tmp_path / "chain")
+
+
+@pytest.fixture
+async def secured(chain: Chain, tmp_path: Path) -> AsyncIterator[EmbeddedNats]:
+    """A nats-server started from the chain's own ``nats-server.conf``."""
+    async with embedded_nats(port=0, jetstream=False,
+                             config_file=chain.paths.server_config) as server:
+        yield server
+
+
+def as_role(server: EmbeddedNats, chain: Chain, role: str, *, creds: Path | None = None,
+            **options: object) -> AbstractAsyncContextManager[NatsClient]:
+    """Connect as ``role``: its ``.creds`` file (read by nats-py at every connect), its client
+    certificate, its inbox prefix."""
+    auth = ClientAuth.from_chain(chain.paths.root, role)
+    if creds is not None:
+        auth = attrs.evolve(auth, creds=creds)
+    return connect(server.url, name=f"test-{role}", **auth.connect_options(),
+                   connect_timeout=1.0, **options)  # type: ignore[arg-type]
+
+
+async def next_event(events: trio.MemoryReceiveChannel[BridgeEvent], kind: str,
+                     containing: str = "") -> BridgeEvent:
+    """The next event of ``kind`` whose detail contains ``containing`` (hang guard 10 s).
+
+    Case-insensitive: nats-py lower-cases the server's ``-ERR`` text (subjects included)."""
+    with trio.fail_after(10):
+        async for event in events:
+            if event.kind == kind and containing.lower() in event.detail.lower():
+                return event
+    raise AssertionError(f"the event stream ended before a {kind!r} event")
