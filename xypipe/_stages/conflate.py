@@ -22,8 +22,8 @@ import attrs
 import trio
 
 from xypipe._errors import SYMBOL_MOVED
-from xypipe._md.conflation import Conflator
-from xypipe._md.records import Restore, Watermark
+from xypipe._md.conflation import Conflator, DeltaOut
+from xypipe._md.records import Batch, Restore, Watermark
 from xypipe._stage import Stage
 from xypipe._stages._md_common import PRIORITIES, wall_us
 from xypipe._validate import Invalid, group_problem, in_range
@@ -58,10 +58,8 @@ class ConflateConfig:
                               p)
 
 
-class Conflate(Stage):
+class Conflate(Stage[Restore | Batch, Restore | list[DeltaOut] | list[Watermark], ConflateConfig]):
     """Merge ticks into per-symbol state; emit one delta per group/shard per window."""
-
-    Config = ConflateConfig
 
     async def run(self) -> None:
         cfg: ConflateConfig = self.config
