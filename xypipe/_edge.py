@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 import attrs
 import trio
@@ -90,7 +90,7 @@ class Edge(Generic[T]):
         budget: Budget,
         *,
         clock: Callable[[], float] = trio.current_time,
-        sizeof: Callable[[Any], int] = default_sizeof,
+        sizeof: Callable[[T], int] = default_sizeof,
     ) -> None:
         self.name = name
         self.budget = budget
