@@ -15,7 +15,7 @@ import sys
 import trio
 
 from xypipe import _log
-from xypipe._config import AppConfig
+from xypipe._config import AppConfig, load_config
 from xypipe._errors import ConfigError, PluginError, StageError, XyError, find_in_group
 
 _COMMAND_MODULES: list[str] = [
@@ -28,8 +28,6 @@ _log_cli = _log.get_logger("cli")
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from xypipe._config import load_config
-
     status = 0
     for path in args.config:
         try:
@@ -87,8 +85,6 @@ def _cmd_stages(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from xypipe._config import load_config
-
     try:
         cfg = load_config(args.config)
     except ConfigError as exc:
