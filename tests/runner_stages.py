@@ -1,11 +1,21 @@
-"""Small stages used by the runner tests (loaded by "module:Class" references)."""
+"""Small stages used by the runner tests (loaded by "module:Class" references).
+
+Typed like built-in stages (``Stage[Takes, Gives, Config]``), except where a test needs a
+stage that declares nothing. Tests read what they did through the run object:
+``runner.stage("p", "slowsink", SlowSink).items``.
+"""
 
 from __future__ import annotations
+
+from typing import Never, TypeVar
 
 import attrs
 import trio
 
 import xypipe
+from xypipe import Shared, StageContext
+
+T = TypeVar("T")
 
 
 @attrs.frozen
@@ -13,10 +23,8 @@ class DoubleConfig:
     factor: int = attrs.field(default=2, validator=xypipe.in_range(1, 1000))
 
 
-class Double(xypipe.Stage):
+class Double(xypipe.Stage[int, int, DoubleConfig]):
     """Multiply every item by ``factor``."""
-
-    Config = DoubleConfig
 
     async def run(self) -> None:
         async for x in self.inbox:
@@ -26,20 +34,19 @@ class Double(xypipe.Stage):
 @attrs.frozen
 class SlowSinkConfig:
     per_item_ms: int = attrs.field(default=10, validator=xypipe.in_range(0, 60_000))
-    key: str = "slow"
 
 
-class SlowSink(xypipe.Stage):
-    """Take ``per_item_ms`` per item (a consumer that cannot keep up)."""
+class SlowSink(xypipe.Stage[T, Never, SlowSinkConfig]):
+    """Take ``per_item_ms`` per item (a consumer that cannot keep up); keep them in ``items``."""
 
-    Config = SlowSinkConfig
-    produces = False
+    def __init__(self, config: SlowSinkConfig, ctx: StageContext) -> None:
+        super().__init__(config, ctx)
+        self.items: list[T] = []
 
     async def run(self) -> None:
-        out = self.ctx.resources.setdefault("testing.sinks", {}).setdefault(self.config.key, [])
         async for x in self.inbox:
             await trio.sleep(self.config.per_item_ms / 1000)
-            out.append(x)
+            self.items.append(x)
 
 
 @attrs.frozen
@@ -47,10 +54,8 @@ class BoomConfig:
     after: int = attrs.field(default=3, validator=xypipe.in_range(0, 1_000_000))
 
 
-class Boom(xypipe.Stage):
+class Boom(xypipe.Stage[T, T, BoomConfig]):
     """Pass items through, then raise after ``after`` items."""
-
-    Config = BoomConfig
 
     async def run(self) -> None:
         seen = 0
@@ -66,13 +71,15 @@ class FlakyConfig:
     failures: int = attrs.field(default=2, validator=xypipe.in_range(0, 100))
 
 
-class Flaky(xypipe.Stage):
+#: How many times Flaky has been started in this process (a restart makes a new instance).
+FLAKY_RUNS: Shared[list[int]] = Shared("flaky.runs", lambda: [0])
+
+
+class Flaky(xypipe.Stage[T, T, FlakyConfig]):
     """Fail on the first item of each of its first ``failures`` runs, then pass through."""
 
-    Config = FlakyConfig
-
     async def run(self) -> None:
-        runs = self.ctx.resources.setdefault("flaky.runs", [0])
+        runs = self.ctx.shared.get(FLAKY_RUNS)
         runs[0] += 1
         async for x in self.inbox:
             if runs[0] <= self.config.failures:
@@ -85,23 +92,21 @@ class EndlessConfig:
     interval_ms: int = attrs.field(default=10, validator=xypipe.in_range(1, 60_000))
 
 
-class Endless(xypipe.Stage):
-    """Emit 0, 1, 2, ... forever, recording how many it sent."""
+class Endless(xypipe.Stage[Never, int, EndlessConfig]):
+    """Emit 0, 1, 2, ... forever, counting in ``sent`` how many it sent."""
 
-    Config = EndlessConfig
-    consumes = False
+    sent = 0
 
     async def run(self) -> None:
-        sent = self.ctx.resources.setdefault("endless.sent", [0])
         i = 0
         while True:
             await trio.sleep(self.config.interval_ms / 1000)
             await self.outbox.send(i)
-            sent[0] = i + 1
+            self.sent = i + 1
             i += 1
 
 
-class Batcher(xypipe.Stage):
+class Batcher(xypipe.Stage[T, list[T], xypipe.NoConfig]):
     """Hold everything until the input ends, then emit one list (a final flush)."""
 
     async def run(self) -> None:
@@ -132,11 +137,8 @@ class BurstyConfig:
     stale_after_ms: int = attrs.field(default=1000, validator=xypipe.in_range(1, 60_000))
 
 
-class Bursty(xypipe.Stage):
+class Bursty(xypipe.Stage[Never, int, BurstyConfig]):
     """A source that feeds a watched stream, falls silent for ``pause_ms``, then resumes."""
-
-    Config = BurstyConfig
-    consumes = False
 
     async def run(self) -> None:
         cfg = self.config

@@ -14,21 +14,21 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 GOOD_STAGES = """
 [[pipelines.p.stages]]
-use = "counting_source"
+use = "xypipe.testing:CountingSource"
 [[pipelines.p.stages]]
-use = "list_sink"
+use = "xypipe.testing:ListSink"
 """
 
 BAD_CONFIGS = [
     pytest.param(
         """
         [[pipelines.aggregator.stages]]
-        use = "counting_source"
+        use = "xypipe.testing:CountingSource"
         [[pipelines.aggregator.stages]]
         use = "runner_stages:Double"
         factor = "fast"
         [[pipelines.aggregator.stages]]
-        use = "list_sink"
+        use = "xypipe.testing:ListSink"
         """,
         ['pipelines.aggregator.stages[1] (double).factor: expected an integer 1..1000, '
          'got "fast"'],
@@ -37,12 +37,12 @@ BAD_CONFIGS = [
     pytest.param(
         """
         [[pipelines.p.stages]]
-        use = "counting_source"
+        use = "xypipe.testing:CountingSource"
         cuont = 3
         [[pipelines.p.stages]]
-        use = "list_sink"
+        use = "xypipe.testing:ListSink"
         """,
-        ["pipelines.p.stages[0] (counting_source).cuont: unknown key; did you mean 'count'?"],
+        ["pipelines.p.stages[0] (countingsource).cuont: unknown key; did you mean 'count'?"],
         id="unknown-stage-key-did-you-mean",
     ),
     pytest.param(
@@ -56,35 +56,35 @@ BAD_CONFIGS = [
     pytest.param(
         """
         [[pipelines.p.stages]]
-        use = "counting_sorce"
+        use = "injest"
         [[pipelines.p.stages]]
-        use = "list_sink"
+        use = "xypipe.testing:ListSink"
         """,
-        ["pipelines.p.stages[0] (counting_sorce).use: unknown stage 'counting_sorce'; did you "
-         "mean 'counting_source'? (installed: INSTALLED; or use \"module:Class\")"],
+        ["pipelines.p.stages[0] (injest).use: unknown stage 'injest'; did you "
+         "mean 'ingest'? (installed: INSTALLED; or use \"module:Class\")"],
         id="unknown-stage-name",
     ),
     pytest.param(
         """
         [[pipelines.p.stages]]
-        use = "counting_source"
+        use = "xypipe.testing:CountingSource"
         budget = { max_items = 0 }
         [[pipelines.p.stages]]
-        use = "list_sink"
+        use = "xypipe.testing:ListSink"
         """,
-        ["pipelines.p.stages[0] (counting_source).budget.max_items: expected an integer "
+        ["pipelines.p.stages[0] (countingsource).budget.max_items: expected an integer "
          "1..1000000, got 0"],
         id="budget-out-of-range",
     ),
     pytest.param(
         """
         [[pipelines.p.stages]]
-        use = "counting_source"
+        use = "xypipe.testing:CountingSource"
         restart = { policy = "always" }
         [[pipelines.p.stages]]
-        use = "list_sink"
+        use = "xypipe.testing:ListSink"
         """,
-        ['pipelines.p.stages[0] (counting_source).restart.policy: expected one of "never", '
+        ['pipelines.p.stages[0] (countingsource).restart.policy: expected one of "never", '
          '"on-failure", got "always"'],
         id="restart-policy-choice",
     ),
@@ -117,16 +117,19 @@ BAD_CONFIGS = [
     pytest.param(
         """
         [[pipelines.p.stages]]
-        use = "list_sink"
+        use = "xypipe.testing:ListSink"
         [[pipelines.p.stages]]
-        use = "counting_source"
+        use = "xypipe.testing:CountingSource"
         """,
-        ["pipelines.p.stages[0] (list_sink): this stage needs an input, but it is first in the "
-         "pipeline",
-         "pipelines.p.stages[0] (list_sink): this stage is a sink (produces nothing), so it "
-         "must be last",
-         "pipelines.p.stages[1] (counting_source): this stage is a source (takes no input), so "
-         "it must be first"],
+        ["pipelines.p.stages[0] (listsink): expected a source first in the pipeline (a stage "
+         "that takes no input), got a stage that takes anything",
+         "pipelines.p.stages[0] (listsink): expected a stage that gives output to stages[1] "
+         "(countingsource), got a sink (it gives nothing, so it must be last)",
+         "pipelines.p.stages[1] (countingsource): expected a stage that takes the output of "
+         "stages[0] (listsink), got a source (it takes no input, so it must be first)",
+         "pipelines.p.stages[1] (countingsource): expected a sink last in the pipeline (a "
+         "stage that gives nothing), got a stage that gives int with no stage after it to take "
+         "it"],
         id="wiring-order",
     ),
     pytest.param(
@@ -142,7 +145,7 @@ BAD_CONFIGS = [
         [[pipelines.p.stages]]
         use = "runner_stages:NotAStage"
         [[pipelines.p.stages]]
-        use = "list_sink"
+        use = "xypipe.testing:ListSink"
         """,
         ["pipelines.p.stages[0] (notastage).use: reference 'runner_stages:NotAStage': "
          "NotAStage.Config must be an attrs class"],
@@ -151,7 +154,7 @@ BAD_CONFIGS = [
     pytest.param(
         """
         [[pipelines.p.stages]]
-        use = "counting_source"
+        use = "xypipe.testing:CountingSource"
         [[pipelines.p.stages]]
         use = "runner_stages:MutableConfigStage"
         """,
@@ -165,7 +168,7 @@ BAD_CONFIGS = [
         [[pipelines.p.stages]]
         use = "no_such_module:Stage"
         [[pipelines.p.stages]]
-        use = "list_sink"
+        use = "xypipe.testing:ListSink"
         """,
         ["pipelines.p.stages[0] (stage).use: cannot import module 'no_such_module': No module "
          "named 'no_such_module'"],
@@ -174,15 +177,15 @@ BAD_CONFIGS = [
     pytest.param(
         """
         [[pipelines.p.stages]]
-        use = "counting_source"
+        use = "xypipe.testing:CountingSource"
         count = true
         [[pipelines.p.stages]]
-        use = "list_sink"
-        key = ["a"]
+        use = "publisher"
+        record = ["a"]
         """,
-        ["pipelines.p.stages[0] (counting_source).count: expected an integer 0..10000000, got "
+        ["pipelines.p.stages[0] (countingsource).count: expected an integer 0..10000000, got "
          "true",
-         'pipelines.p.stages[1] (list_sink).key: expected a string, got ["a"]'],
+         'pipelines.p.stages[1] (publisher).record: expected a string, got ["a"]'],
         id="bool-is-not-int-list-is-not-str",
     ),
     pytest.param(
@@ -197,13 +200,13 @@ BAD_CONFIGS = [
     pytest.param(
         """
         [[pipelines.p.stages]]
-        use = "counting_source"
+        use = "xypipe.testing:CountingSource"
         name = "x"
         [[pipelines.p.stages]]
         use = "runner_stages:Double"
         name = "x"
         [[pipelines.p.stages]]
-        use = "list_sink"
+        use = "xypipe.testing:ListSink"
         """,
         ['pipelines.p.stages[0] (x).name: expected a name unique in the pipeline, got "x" 2 '
          "times; set `name` on each"],
@@ -217,8 +220,12 @@ BAD_CONFIGS = [
 ]
 
 
+#: Cases whose every problem is a wiring mistake (raised as WiringError, XY-CFG-100).
+WIRING = {"wiring-order", "duplicate-stage-names"}
+
+
 @pytest.mark.parametrize(("text", "expected"), BAD_CONFIGS)
-def test_bad_config_is_refused_with_exact_messages(tmp_path, text, expected):
+def test_bad_config_is_refused_with_exact_messages(tmp_path, request, text, expected):
     path = tmp_path / "prod.toml"
     path.write_text(textwrap.dedent(text))
     with pytest.raises(ConfigError) as info:
@@ -227,7 +234,8 @@ def test_bad_config_is_refused_with_exact_messages(tmp_path, text, expected):
     assert info.value.problems == [
         f"{path}: " + line.replace("INSTALLED", installed) for line in expected
     ]
-    assert info.value.code == "XY-CFG-001"
+    wiring = request.node.callspec.id in WIRING
+    assert info.value.code == ("XY-CFG-100" if wiring else "XY-CFG-001")
 
 
 def test_missing_file_names_the_path(tmp_path):
@@ -235,7 +243,8 @@ def test_missing_file_names_the_path(tmp_path):
         load_config(tmp_path / "nope.toml")
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.toml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").rglob("*.toml")),
+                         ids=lambda p: str(p.relative_to(ROOT / "configs")))
 def test_every_shipped_config_is_valid(path):
     cfg = load_config(path)
     assert cfg.pipelines

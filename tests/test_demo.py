@@ -141,7 +141,7 @@ restart = "never"
 use = "runner_stages:Endless"
 interval_ms = 50
 [[pipelines.steady.stages]]
-use = "list_sink"
+use = "xypipe.testing:ListSink"
 
 [pipelines.doomed]
 process = "worker"
@@ -152,7 +152,7 @@ interval_ms = 50
 use = "runner_stages:Boom"
 after = 20
 [[pipelines.doomed.stages]]
-use = "list_sink"
+use = "xypipe.testing:ListSink"
 """)
     proc = await trio.lowlevel.open_process(
         [sys.executable, "-m", "xypipe", "run", str(config_path)],

@@ -12,7 +12,7 @@ def test_public_modules_are_exactly_the_documented_ones():
         p.stem for p in PACKAGE.iterdir()
         if not p.name.startswith("_") and (p.suffix == ".py" or p.is_dir())
     )
-    assert public == ["contracts", "testing"]
+    assert public == ["abc", "contracts", "testing"]
 
 
 def test_every_exported_name_exists_and_nothing_private_is_exported():

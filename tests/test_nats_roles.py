@@ -15,14 +15,17 @@ import pytest
 import trio
 
 from xypipe import load_config, parse_config
+from xypipe._bus_layout import bus_layout
 from xypipe._config import AppConfig
 from xypipe._errors import ConfigError, NatsConnectionError, NatsKeyError, find_in_group
 from xypipe._nats import connect
 from xypipe._nats_keys import BusKeys, seed_file_of
-from xypipe._nats_roles import ROLES, BusLayout, inbox_prefix, permissions, process_role
+from xypipe._nats_roles import ROLES, BusLayout, inbox_prefix, permissions
 from xypipe._runner import Runner
 
 ROOT = Path(__file__).resolve().parent.parent
+#: The aggregator's shortest valid pipeline: every stage that needs its NATS role.
+AGGREGATOR = [{"use": "ingest"}, {"use": "conflate"}, {"use": "snapshot"}, {"use": "publish"}]
 
 
 # --------------------------------------------------------------------------- roles
@@ -31,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_the_demo_processes_sign_in_as_their_roles() -> None:
     cfg = load_config(ROOT / "configs" / "demo.toml")
     assert cfg.embedded_auth
-    assert {p: process_role(cfg, p) for p in cfg.process_names()} == {
+    assert {p: cfg.process_role(p) for p in cfg.process_names()} == {
         "aggregator": "aggregator", "gateway": "gateway", "main": "publisher"}
 
 
@@ -54,25 +57,25 @@ def _doc(stages: dict[str, list[dict]], **nats: object) -> dict:
 
 
 def test_a_process_whose_stages_need_two_roles_is_a_config_error_that_names_them() -> None:
-    doc = _doc({"main": [{"use": "publisher"}],
-                "agg": [{"use": "ingest"}, {"use": "publish"}]})
-    doc["pipelines"]["extra"] = {"stages": [{"use": "ingest"}, {"use": "publish"}]}
+    doc = _doc({"main": [{"use": "publisher"}], "agg": AGGREGATOR})
+    doc["pipelines"]["extra"] = {"stages": AGGREGATOR}
     with pytest.raises(ConfigError) as info:
         parse_config(doc, "t.toml")
     [problem] = info.value.problems
     assert problem.startswith("t.toml: nats.role: the stages of process 'main' need different "
                               "NATS roles — aggregator (pipelines.extra.stages[0] (ingest), "
-                              "pipelines.extra.stages[1] (publish)); publisher "
+                              "pipelines.extra.stages[2] (snapshot), "
+                              "pipelines.extra.stages[3] (publish)); publisher "
                               "(pipelines.main.stages[0] (publisher))")
     doc["nats"]["role"] = "admin"
-    assert process_role(parse_config(doc, "t.toml"), "main") == "admin"
+    assert parse_config(doc, "t.toml").process_role("main") == "admin"
     # Without role users there is nothing to choose.
     doc["nats"] = {"url": "embedded", "embedded": {"auth": "none"}}
     assert not parse_config(doc, "t.toml").embedded_auth
 
 
 def test_a_declared_role_must_be_a_known_one() -> None:
-    doc = _doc({"w": [{"use": "runner_stages:Endless"}, {"use": "list_sink"}]})
+    doc = _doc({"w": [{"use": "runner_stages:Endless"}, {"use": "xypipe.testing:ListSink"}]})
     doc["processes"]["w"] = {"nats_role": "root"}
     with pytest.raises(ConfigError) as info:
         parse_config(doc, "t.toml")
@@ -81,12 +84,12 @@ def test_a_declared_role_must_be_a_known_one() -> None:
         '"reader", "basic", "admin", got "root"']
     doc["processes"]["w"] = {"nats_role": "reader"}
     cfg = parse_config(doc, "t.toml")
-    assert process_role(cfg, "w") == "reader" and process_role(cfg, "main") == "basic"
+    assert cfg.process_role("w") == "reader" and cfg.process_role("main") == "basic"
 
 
 def test_the_layout_follows_the_stream_names_the_stages_use() -> None:
-    doc = _doc({"agg": [{"use": "ingest", "stream": "SRC2"}, {"use": "publish"}]})
-    layout = BusLayout.of(parse_config(doc, "t.toml"))
+    doc = _doc({"agg": [{"use": "ingest", "stream": "SRC2"}, *AGGREGATOR[1:]]})
+    layout = bus_layout(parse_config(doc, "t.toml"))
     assert layout.source_streams == ("SRC2",)
     assert "$JS.API.CONSUMER.CREATE.SRC2" in permissions("aggregator", layout).publish
 
@@ -140,7 +143,7 @@ def _solo(tmp_path: Path, **nats: object) -> AppConfig:
             **nats},
         "http": {"enabled": False},
         "pipelines": {"p": {"stages": [{"use": "runner_stages:Endless"},
-                                       {"use": "list_sink"}]}},
+                                       {"use": "xypipe.testing:ListSink"}]}},
     }, "solo.toml")
 
 

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import importlib
+import pathlib
 import subprocess
 import sys
 import textwrap
+import tomllib
 
 import pytest
 
 import xypipe
 from xypipe import _registry
+from xypipe.testing import ListSink
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 PLUGIN_MODULE = '''
 import attrs
@@ -57,13 +62,13 @@ async def test_a_plugin_stage_installed_as_an_entry_point_runs_in_a_pipeline(sit
                          {"acme_add": "acme_stages:Add"})
     assert "acme_add" in xypipe.stage_entry_points()
     cfg = xypipe.parse_config({"http": {"enabled": False}, "pipelines": {"p": {"stages": [
-        {"use": "counting_source", "count": 3},
+        {"use": "xypipe.testing:CountingSource", "count": 3},
         {"use": "acme_add", "amount": 10},
-        {"use": "list_sink", "key": "out"},
+        {"use": "xypipe.testing:ListSink"},
     ]}}})
     runner = xypipe.Runner(cfg)
     await runner.run()
-    assert runner.resources["testing.sinks"]["out"] == [10, 11, 12]
+    assert runner.stage("p", "listsink", ListSink).items == [10, 11, 12]
 
 
 def test_plugin_config_is_validated_like_builtin_stages(site):
@@ -71,8 +76,8 @@ def test_plugin_config_is_validated_like_builtin_stages(site):
                          {"acme_add": "acme_stages:Add"})
     with pytest.raises(xypipe.ConfigError) as info:
         xypipe.parse_config({"pipelines": {"p": {"stages": [
-            {"use": "counting_source"}, {"use": "acme_add", "amount": 1000},
-            {"use": "list_sink"}]}}}, "c.toml")
+            {"use": "xypipe.testing:CountingSource"}, {"use": "acme_add", "amount": 1000},
+            {"use": "xypipe.testing:ListSink"}]}}}, "c.toml")
     assert info.value.problems == [
         "c.toml: pipelines.p.stages[1] (acme_add).amount: expected an integer -100..100, got 1000"
     ]
@@ -100,9 +105,32 @@ def test_xypipe_stages_lists_builtin_stages_with_their_options():
     out = subprocess.run(
         [sys.executable, "-m", "xypipe", "stages"], capture_output=True, text=True, check=True
     ).stdout
-    assert "nats_source  (source; xypipe._stages.nats_io:NatsSource, from xypipe)" in out
     assert textwrap.dedent("""\
-        counting_source  (source; xypipe.testing:CountingSource, from xypipe)
-            Emit the integers ``0..count-1`` (one every ``interval_ms``), then end.
-            count: int = 10  expected an integer 0..10000000
+        conflate  (transform; xypipe._stages.conflate:Conflate, from xypipe)
+            Merge ticks into per-symbol state; emit one delta per group/shard per window.
+            takes: Restore | Batch; gives: Restore | list[DeltaOut] | list[Watermark]
+            interval_ms: int = 33  expected an integer 16..100
         """) in out
+    assert ("nats_source  (source; requires nats; xypipe._stages.nats_io:NatsSource, "
+            "from xypipe)") in out
+
+
+def test_test_only_stages_are_not_shipped_as_entry_points():
+    """A production install lists only real stages; tests use "xypipe.testing:ListSink"."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    shipped = project["entry-points"]["xypipe.stages"]
+    assert shipped == {
+        "conflate": "xypipe._stages.conflate:Conflate",
+        "dedupe": "xypipe._stages.dedupe:Dedupe",
+        "gateway": "xypipe._stages.gateway:Gateway",
+        "ingest": "xypipe._stages.ingest:Ingest",
+        "nats_sink": "xypipe._stages.nats_io:NatsSink",
+        "nats_source": "xypipe._stages.nats_io:NatsSource",
+        "publish": "xypipe._stages.publish:Publish",
+        "publisher": "xypipe._stages.publisher:Publisher",
+        "shard": "xypipe._stages.shard:Shard",
+        "snapshot": "xypipe._stages.snapshot:SnapshotStage",
+        "ui_server": "xypipe._stages.ui_server:UiServer",
+    }
+    for use in shipped.values():
+        assert xypipe.resolve_stage(use).__module__.startswith("xypipe._stages.")

@@ -128,7 +128,7 @@ def test_no_window_ever_holds_more_restarts_than_the_budget_and_delays_stay_in_b
 # --------------------------------------------------------------------------- as config
 
 _PIPES = {"pipelines": {"p": {"process": "w", "stages": [
-    {"use": "runner_stages:Endless"}, {"use": "list_sink"}]}}}
+    {"use": "runner_stages:Endless"}, {"use": "xypipe.testing:ListSink"}]}}}
 
 
 def _load(processes: dict, nats: dict | None = None) -> object:

@@ -15,7 +15,7 @@ from xypipe.contracts import HealthReport
 def config() -> xypipe.AppConfig:
     stages = [{"use": "runner_stages:Bursty", "first": 5, "pause_ms": 5000,
                "interval_ms": 100, "stale_after_ms": 1000},
-              {"use": "list_sink", "key": "out"}]
+              {"use": "xypipe.testing:ListSink"}]
     return parse_config({"http": {"enabled": False},
                          "pipelines": {"p": {"stages": stages}}}, "test.toml")
 

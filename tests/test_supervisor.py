@@ -140,7 +140,7 @@ def tree_config(tmp_path: pathlib.Path, *, nats_port: int | None, children: dict
     for name in processes:
         text += (f'[pipelines.{name}]\nprocess = "{name}"\n'
                  f'[[pipelines.{name}.stages]]\nuse = "runner_stages:Endless"\ninterval_ms = 20\n'
-                 f'[[pipelines.{name}.stages]]\nuse = "list_sink"\n')
+                 f'[[pipelines.{name}.stages]]\nuse = "xypipe.testing:ListSink"\n')
     path = tmp_path / "tree.toml"
     path.write_text(text + extra)
     load_config(path)  # a broken test config fails here, with the config's own message
@@ -243,7 +243,7 @@ interval_ms = 10
 use = "runner_stages:Boom"
 after = 0
 [[pipelines.crash.stages]]
-use = "list_sink"
+use = "xypipe.testing:ListSink"
 """)
     async with running_tree(path) as tree:
         pass  # it stops by itself
@@ -356,7 +356,7 @@ enabled = false
 [[pipelines.p.stages]]
 use = "runner_stages:Endless"
 [[pipelines.p.stages]]
-use = "list_sink"
+use = "xypipe.testing:ListSink"
 """)
     runner = Runner(load_config(path))
     async with trio.open_nursery() as nursery:
@@ -399,7 +399,7 @@ enabled = false
 [[pipelines.p.stages]]
 use = "runner_stages:Endless"
 [[pipelines.p.stages]]
-use = "list_sink"
+use = "xypipe.testing:ListSink"
 """)
     runner = Runner(load_config(path))
     with pytest.raises(BaseExceptionGroup) as info:

@@ -51,7 +51,7 @@ async def serve(options: dict[str, Any]) -> AsyncIterator[str]:
     async with stage_harness(UiServer, {"port": 0, **options}, name="ui") as h:
         with trio.fail_after(10):
             await h.ctx.wait_ready()
-        yield f"http://127.0.0.1:{h.ctx.resources['ui_server.ui.port']}"
+        yield f"http://127.0.0.1:{h.stage.port}"
 
 
 @pytest.fixture
@@ -140,7 +140,7 @@ async def test_a_failing_token_source_answers_500_and_is_counted() -> None:
                              name="ui") as h:
         with trio.fail_after(10):
             await h.ctx.wait_ready()
-        base = f"http://127.0.0.1:{h.ctx.resources['ui_server.ui.port']}"
+        base = f"http://127.0.0.1:{h.stage.port}"
         status, _, body = await get(base + "/dev/token", method="POST")
         assert status == 500
         assert "identity provider unreachable" in json.loads(body)["error"]

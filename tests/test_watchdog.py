@@ -172,7 +172,7 @@ def test_cadence_watch_config_names_what_is_wrong() -> None:
                           {"use": "nats_source", "subjects": ["xy.md.>"],
                            "watch": [{"subject": "xy.md.snapshot.*", "cadence_ms": 2000,
                                       "misses": 3, "forget_after_ms": 5000}]},
-                          {"use": "list_sink"}]}}}, "t.toml")
+                          {"use": "xypipe.testing:ListSink"}]}}}, "t.toml")
 
 
 def test_the_feed_start_gives_the_position_already_delivered() -> None:

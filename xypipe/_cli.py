@@ -12,12 +12,11 @@ import json
 import signal
 import sys
 from collections.abc import Callable
-from typing import Any
 
 import trio
 
 from xypipe import _log
-from xypipe._config import AppConfig
+from xypipe._config import AppConfig, load_config
 from xypipe._errors import ConfigError, PluginError, StageError, XyError, find_in_group
 
 _COMMAND_MODULES: list[str] = [
@@ -31,8 +30,6 @@ _log_cli = _log.get_logger("cli")
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from xypipe._config import load_config
-
     status = 0
     for path in args.config:
         try:
@@ -48,44 +45,49 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_stages(args: argparse.Namespace) -> int:
-    from xypipe._registry import resolve_stage, stage_entry_points
-    from xypipe._stage import describe_stage
+    import attrs
 
-    out: dict[str, Any] = {}
-    status = 0
+    from xypipe._registry import resolve_stage, stage_entry_points
+    from xypipe._stage import StageInfo, describe_stage
+
+    found: dict[str, StageInfo | PluginError] = {}
+    origin: dict[str, tuple[str, str | None]] = {}
     for name, ep in sorted(stage_entry_points().items()):
         try:
-            info = describe_stage(resolve_stage(name))
+            found[name] = describe_stage(resolve_stage(name))
         except PluginError as exc:
-            info = {"error": str(exc)}
-            status = 1
-        info["entry_point"] = ep.value
-        info["distribution"] = ep.dist.name if ep.dist else None
-        out[name] = info
+            found[name] = exc
+        origin[name] = (ep.value, ep.dist.name if ep.dist else None)
+    status = 1 if any(isinstance(v, PluginError) for v in found.values()) else 0
     if args.json:
-        print(json.dumps(out, indent=2, default=str))
+        doc: dict[str, dict[str, object]] = {}
+        for name, info in found.items():
+            entry: dict[str, object] = ({"error": str(info)} if isinstance(info, PluginError)
+                                        else attrs.asdict(info))
+            entry_point, dist = origin[name]
+            doc[name] = {**entry, "entry_point": entry_point, "distribution": dist}
+        print(json.dumps(doc, indent=2, default=str))
         return status
-    for name, info in out.items():
-        if "error" in info:
-            print(f"{name}  [broken] {info['error']}")
+    for name, info in found.items():
+        if isinstance(info, PluginError):
+            print(f"{name}  [broken] {info}")
             continue
-        kind = ("source" if not info["consumes"] else "sink" if not info["produces"]
-                else "transform")
-        role = f"; NATS role {info['nats_role']}" if info["nats_role"] else ""
-        print(f"{name}  ({kind}{role}; {info['entry_point']}, from {info['distribution']})")
-        if info["summary"]:
-            print(f"    {info['summary']}")
-        for opt in info["options"]:
-            expects = f"  {opt['expects']}" if opt["expects"] else ""
-            print(f"    {opt['name']}: {opt['type']} = {json.dumps(opt['default'], default=str)}"
+        role = f"; NATS role {info.nats_role}" if info.nats_role else ""
+        needs = f"; requires {', '.join(info.requires)}" if info.requires else ""
+        entry_point, dist = origin[name]
+        print(f"{name}  ({info.kind}{role}{needs}; {entry_point}, from {dist})")
+        if info.summary:
+            print(f"    {info.summary}")
+        print(f"    takes: {info.takes}; gives: {info.gives}")
+        for opt in info.options:
+            expects = f"  {opt.expects}" if opt.expects else ""
+            print(f"    {opt.name}: {opt.type} = {json.dumps(opt.default, default=str)}"
                   f"{expects}")
     return status
 
 
 def _cmd_run(args: argparse.Namespace,
              announce: Callable[[AppConfig], None] | None = None) -> int:
-    from xypipe._config import load_config
-
     try:
         cfg = load_config(args.config)
     except ConfigError as exc:
@@ -114,7 +116,7 @@ def _cmd_run(args: argparse.Namespace,
     return 0
 
 
-async def _run_main(cfg: Any, args: argparse.Namespace) -> None:
+async def _run_main(cfg: AppConfig, args: argparse.Namespace) -> None:
     from xypipe._supervisor import run_process_tree
 
     await run_process_tree(cfg, process=args.process, nats_url=args.nats_url,

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import trio
 
+from xypipe._bus_layout import bus_layout
 from xypipe._config import load_config
 from xypipe._creds import Chain, ChainOptions, Claims, decode, init_chain, parse_creds
 from xypipe._creds._push import push_accounts
@@ -107,7 +108,7 @@ def _layout(config: str | None) -> BusLayout | None:
     if not config:
         return BusLayout()
     try:
-        return BusLayout.of(load_config(config))
+        return bus_layout(load_config(config))
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         return None

@@ -148,6 +148,7 @@ async def _publish(cfg: Any, duration: float) -> dict[str, Any]:
     import attrs
 
     from xypipe._runner import Runner
+    from xypipe._stages.publisher import Publisher
 
     runner = Runner(cfg)
     async with trio.open_nursery() as nursery:
@@ -159,11 +160,9 @@ async def _publish(cfg: Any, duration: float) -> dict[str, Any]:
             nursery.start_soon(stop_later)
         await runner.run()
         nursery.cancel_scope.cancel()
-    truth = runner.resources.get("publisher.truth")
-    faults = runner.resources.get("publisher.faults")
-    return {"ticks": truth.ticks if truth else 0,
-            "symbols": len(truth.last) if truth else 0,
-            "faults": attrs.asdict(faults) if faults else {}}
+    publisher = runner.stage("publisher", "publisher", Publisher)
+    return {"ticks": publisher.truth.ticks, "symbols": len(publisher.truth.last),
+            "faults": attrs.asdict(publisher.faults)}
 
 
 # --------------------------------------------------------------------------- tail

@@ -18,8 +18,8 @@ import pathlib
 import re
 import tomllib
 import typing
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import TypeVar
 
 import attrs
 import cattrs
@@ -27,8 +27,11 @@ from cattrs.errors import ForbiddenExtraKeysError, IterableValidationError, Iter
 from cattrs.gen import make_dict_structure_fn
 
 from xypipe._degrade import DegradePolicy
-from xypipe._errors import ConfigError, PluginError
-from xypipe._nats_roles import ROLES, role_conflicts
+from xypipe._edge import Budget
+from xypipe._errors import CFG_WRONG_TYPE, ConfigError, PluginError, WiringError, XyError
+from xypipe._nats_roles import ROLES
+from xypipe._registry import resolve_stage
+from xypipe._stage import StageBase
 from xypipe._validate import (
     Invalid,
     expected_of,
@@ -38,20 +41,13 @@ from xypipe._validate import (
     show,
     subject_pattern,
 )
+from xypipe._wiring import Provides, pipeline_problems
+
+T = TypeVar("T")
+#: A TOML table as parsed, before it is checked.
+RawTable = dict[str, object]
 
 # --------------------------------------------------------------------------- value objects
-
-
-@attrs.frozen
-class Budget:
-    """Budget of the edge that leaves a stage: queue slots, bytes and age of the oldest item.
-
-    Each limit that is set contributes ``used / limit`` to the pipeline's pressure.
-    """
-
-    max_items: int = attrs.field(default=1024, validator=in_range(1, 1_000_000))
-    max_bytes: int | None = attrs.field(default=None, validator=in_range(1, 1 << 40))
-    max_age_ms: int | None = attrs.field(default=None, validator=in_range(1, 3_600_000))
 
 
 @attrs.frozen
@@ -209,8 +205,9 @@ class StageDecl:
     index: int
     name: str
     use: str
-    stage_cls: type[Any]
-    config: Any
+    stage_cls: type[StageBase]
+    #: An instance of ``stage_cls.Config``.
+    config: object
     budget: Budget
     restart: RestartPolicy
 
@@ -257,13 +254,81 @@ class AppConfig:
         return (self.nats is not None and self.nats.url == "embedded"
                 and self.nats.embedded.auth == "roles")
 
+    def stage_roles(self, process: str) -> dict[str, list[str]]:
+        """Role → the stages (``pipelines.P.stages[i] (name)``) of ``process`` that need it."""
+        out: dict[str, list[str]] = {}
+        for pipe in self.pipelines.values():
+            if pipe.process != process:
+                continue
+            for decl in pipe.stages:
+                role = decl.stage_cls.nats_role
+                if role is not None:
+                    out.setdefault(role, []).append(f"pipelines.{pipe.name}.{decl.where}")
+        return out
+
+    def role_conflicts(self) -> list[str]:
+        """Problems: processes whose stages need more than one NATS role and name none (one
+        connection is one user on the embedded bus; see :mod:`xypipe._nats_roles`)."""
+        problems = []
+        for process in self.process_names():
+            if self.declared_nats_role(process) is not None:
+                continue
+            roles = self.stage_roles(process)
+            if len(roles) > 1:
+                needs = "; ".join(f"{r} ({', '.join(where)})"
+                                  for r, where in sorted(roles.items()))
+                key = "nats.role" if process == "main" else f"processes.{process}.nats_role"
+                problems.append(
+                    f"{key}: the stages of process {process!r} need different NATS roles — "
+                    f"{needs} — and one process connects as one user; run them in separate "
+                    f'[processes] or set nats_role (e.g. "admin", which is not least privilege)')
+        return problems
+
+    def process_role(self, process: str) -> str:
+        """The role ``process`` connects as on the embedded bus: the one declared for it, else
+        the one its stages name (``Stage.nats_role``), else ``basic`` (health only)."""
+        declared = self.declared_nats_role(process)
+        if declared is not None:
+            return declared
+        roles = self.stage_roles(process)
+        if len(roles) > 1:
+            raise WiringError(self.role_conflicts())
+        return next(iter(roles), "basic")
+
+    def provides(self, process: str) -> Provides:
+        """What ``process`` gives its stages (checked against their ``requires``)."""
+        return _provides(self.nats, self.http, self.processes, process)
+
+
+def _provides(nats: NatsConfig | None, http: HttpConfig, processes: Mapping[str, ProcessConfig],
+              process: str) -> Provides:
+    proc = processes.get(process)
+    if proc is not None:
+        return Provides(process=process, nats=nats is not None, http=proc.http.enabled,
+                        http_table=f"[processes.{process}.http]")
+    return Provides(process=process, nats=nats is not None, http=http.enabled,
+                    http_table="[http]")
+
+
+def wiring_problems(cfg: AppConfig) -> list[str]:
+    """Every wiring mistake of ``cfg``: stages that do not fit their neighbours or lack what
+    they require from their process, processes needing two NATS roles (see
+    :mod:`xypipe._wiring`). The loader and the runner both refuse a config with any."""
+    problems: list[str] = []
+    for pipe in cfg.pipelines.values():
+        problems += pipeline_problems(f"pipelines.{pipe.name}", pipe.stages,
+                                      cfg.provides(pipe.process))
+    if cfg.embedded_auth:
+        problems += cfg.role_conflicts()
+    return problems
+
 
 # Raw shapes of the tables that hold other tables: structured first, checked again below.
 
 
 @attrs.frozen
 class _PipelineTable:
-    stages: list[dict[str, Any]] = attrs.field(validator=non_empty())
+    stages: list[RawTable] = attrs.field(validator=non_empty())
     degrade: DegradePolicy = attrs.field(factory=DegradePolicy)
     process: str = "main"
     shutdown_grace_ms: int = attrs.field(default=3000, validator=in_range(1, 600_000))
@@ -271,7 +336,7 @@ class _PipelineTable:
 
 @attrs.frozen
 class _AppTable:
-    pipelines: dict[str, dict[str, Any]] = attrs.field(validator=non_empty())
+    pipelines: dict[str, RawTable] = attrs.field(validator=non_empty())
     nats: NatsConfig | None = None
     http: HttpConfig = attrs.field(factory=HttpConfig)
     log: LogConfig = attrs.field(factory=LogConfig)
@@ -294,15 +359,23 @@ _TYPE_WORDS: dict[type, str] = {
 _TYPE_MARK = "\x00"
 
 
-class _WrongType(TypeError):
+class _WrongType(XyError, TypeError):
+    """A TOML value of the wrong type (reported with its path by the loader)."""
+
+    code = CFG_WRONG_TYPE
+
     def __init__(self, expected: str, got: object) -> None:
         self.expected = expected
         self.got = got
         super().__init__(f"expected {expected}, got {show(got)}")
 
 
-def _strict(kind: type) -> Any:
-    def hook(value: Any, _type: Any) -> Any:
+#: A cattrs structure hook: the raw value and the type asked for, the value made of it.
+Hook = Callable[[object, object], object]
+
+
+def _strict(kind: type) -> Hook:
+    def hook(value: object, _type: object) -> object:
         ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             return float(value)
@@ -318,20 +391,21 @@ def _make_converter() -> cattrs.Converter:
     for kind in _TYPE_WORDS:
         conv.register_structure_hook(kind, _strict(kind))
 
-    def check_list(value: Any, t: Any) -> Any:
+    def check_list(value: object, t: object) -> object:
         if not isinstance(value, list | tuple):
             raise _WrongType("a list", value)
-        item_t = (typing.get_args(t) or (Any,))[0]
-        items = [v if item_t is Any else conv.structure(v, item_t) for v in value]
+        item_t = (typing.get_args(t) or (object,))[0]
+        items = [v if item_t is object else conv.structure(v, item_t) for v in value]
         return tuple(items) if typing.get_origin(t) is tuple else items
 
-    def check_table(value: Any, t: Any) -> Any:
+    def check_table(value: object, t: object) -> object:
         if not isinstance(value, dict):
             raise _WrongType("a table", value)
         val_t = typing.get_args(t)[1]
-        if val_t is Any:
+        if val_t is object:
             return dict(value)
-        out, errors = {}, []
+        out: dict[object, object] = {}
+        errors: list[Exception] = []
         for k, v in value.items():
             try:
                 out[k] = conv.structure(v, val_t)
@@ -341,23 +415,25 @@ def _make_converter() -> cattrs.Converter:
                                                     k, val_t))
                 errors.append(exc)
         if errors:
-            raise IterableValidationError(f"While structuring {t!r}", errors, t)
+            raise IterableValidationError(f"While structuring {t!r}", errors,
+                                          typing.cast(type, t))
         return out
 
-    def attrs_factory(cls: Any) -> Any:
-        inner = make_dict_structure_fn(cls, conv, _cattrs_forbid_extra_keys=True)
+    def attrs_factory(cls: type) -> Hook:
+        inner: Callable[[Mapping[str, object], object], object] = make_dict_structure_fn(
+            cls, conv, _cattrs_forbid_extra_keys=True)
 
-        def hook(value: Any, t: Any) -> Any:
+        def hook(value: object, t: object) -> object:
             if not isinstance(value, dict):
                 raise _WrongType("a table", value)
             return inner(value, t)
 
         return hook
 
-    def is_sequence(t: Any) -> bool:
+    def is_sequence(t: object) -> bool:
         return typing.get_origin(t) in (list, tuple)
 
-    def is_table(t: Any) -> bool:
+    def is_table(t: object) -> bool:
         return typing.get_origin(t) is dict
 
     conv.register_structure_hook_func(is_sequence, check_list)
@@ -365,7 +441,7 @@ def _make_converter() -> cattrs.Converter:
     conv.register_structure_hook_factory(attrs.has, attrs_factory)
     restart_table = attrs_factory(ProcessRestartPolicy)
 
-    def process_restart(value: Any, t: Any) -> Any:
+    def process_restart(value: object, t: object) -> object:
         # `restart = "always"` is short for `restart = { policy = "always" }`.
         return restart_table({"policy": value} if isinstance(value, str) else value, t)
 
@@ -431,7 +507,7 @@ def _flatten(exc: BaseException, cls: type | None, path: str, out: list[str]) ->
     out.append(f"{path}: {type(exc).__name__}: {exc}")
 
 
-def _unwrap(t: Any) -> Any:
+def _unwrap(t: object) -> object:
     args = [a for a in typing.get_args(t) if a is not type(None)]
     if typing.get_origin(t) in (typing.Union, getattr(__import__("types"), "UnionType", None)):
         return args[0] if len(args) == 1 else t
@@ -444,7 +520,7 @@ def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
 
-def _structure(value: Any, cls: type, path: str, problems: list[str]) -> Any:
+def _structure(value: object, cls: type[T], path: str, problems: list[str]) -> T | None:
     try:
         return _converter.structure(value, cls)
     except Invalid as exc:
@@ -477,29 +553,31 @@ def _with_ranges(lines: list[str], cls: type, path: str) -> list[str]:
 
 def _owner_of(cls: type, rel: str) -> type | None:
     parts = [p for p in rel.replace("]", "").split(".") if p]
-    owner: Any = cls
+    owner: object = cls
     table_key = False
     for part in parts[:-1]:
         if table_key:  # the key inside a table of tables (processes.gateway)
             table_key = False
             continue
         name = part.split("[", 1)[0]
-        if not attrs.has(owner) or name not in attrs.fields_dict(owner):
+        if not _is_attrs(owner) or name not in attrs.fields_dict(owner):
             return None
         field_type = attrs.fields_dict(owner)[name].type
         owner = _unwrap(field_type)
         table_key = typing.get_origin(field_type) is dict and "[" not in part
-    return owner if attrs.has(owner) else None
+    return owner if _is_attrs(owner) else None
+
+
+def _is_attrs(t: object) -> typing.TypeGuard[type]:
+    return isinstance(t, type) and attrs.has(t)
 
 
 # --------------------------------------------------------------------------- loading
 
 
 def _stage_decl(
-    table: Any, where: str, index: int, problems: list[str]
+    table: object, where: str, index: int, problems: list[str]
 ) -> StageDecl | None:
-    from xypipe._registry import resolve_stage
-
     if not isinstance(table, dict):
         problems.append(f"{where}: expected a table, got {show(table)}")
         return None
@@ -530,8 +608,8 @@ def _stage_decl(
 
 
 def _structure_stage_options(
-    options: dict[str, Any], stage_cls: type[Any], label: str, problems: list[str]
-) -> Any:
+    options: RawTable, stage_cls: type[StageBase], label: str, problems: list[str]
+) -> object | None:
     cfg_cls = stage_cls.Config
     known = set(_field_names(cfg_cls))
     extra = [k for k in options if k not in known]
@@ -545,9 +623,11 @@ def _structure_stage_options(
     return cfg if len(problems) == before and not extra else None
 
 
-def parse_config(doc: dict[str, Any], path: str = "<config>") -> AppConfig:
-    """Validate an already-parsed TOML document; raises :class:`ConfigError` with every problem."""
+def parse_config(doc: RawTable, path: str = "<config>") -> AppConfig:
+    """Validate an already-parsed TOML document; raises :class:`ConfigError` with every problem
+    (:class:`~xypipe._errors.WiringError` when every problem is a wiring mistake)."""
     problems: list[str] = []
+    wiring: list[str] = []  # the problems that are wiring mistakes (see xypipe._wiring)
     pipeline_tables = doc.get("pipelines")
     shallow = {k: v for k, v in doc.items() if k != "pipelines"}
     shallow["pipelines"] = (
@@ -572,11 +652,16 @@ def parse_config(doc: dict[str, Any], path: str = "<config>") -> AppConfig:
             if any(d is None for d in decls):
                 continue
             stages = tuple(d for d in decls if d is not None)
-            _check_wiring(ppath, stages, problems)
+            provides = (None if app is None else
+                        _provides(app.nats, app.http, app.processes, raw.process))
+            found = pipeline_problems(ppath, stages, provides)
+            problems += found
+            wiring += found
             pipelines[pname] = PipelineConfig(
                 name=pname, stages=stages, degrade=raw.degrade, process=raw.process,
                 shutdown_grace_ms=raw.shutdown_grace_ms,
             )
+    cfg = None
     if app is not None:
         for pipe in pipelines.values():
             if pipe.process != "main" and pipe.process not in app.processes:
@@ -585,45 +670,26 @@ def parse_config(doc: dict[str, Any], path: str = "<config>") -> AppConfig:
                     f"pipelines.{pipe.name}.process: expected one of the [processes] tables "
                     f"({declared}), got {show(pipe.process)}"
                 )
-    if problems:
-        raise ConfigError([f"{path}: {p}" for p in problems])
-    assert app is not None
-    cfg = AppConfig(
-        path=path, nats=app.nats, http=app.http, log=app.log, processes=app.processes,
-        pipelines=pipelines,
-    )
-    if cfg.embedded_auth:
-        conflicts = role_conflicts(cfg)
-        if conflicts:
-            raise ConfigError([f"{path}: {p}" for p in conflicts])
+        cfg = AppConfig(
+            path=path, nats=app.nats, http=app.http, log=app.log, processes=app.processes,
+            pipelines=pipelines,
+        )
+        if cfg.embedded_auth:
+            conflicts = cfg.role_conflicts()
+            problems += conflicts
+            wiring += conflicts
+    if problems or cfg is None:
+        kind = WiringError if len(wiring) == len(problems) else ConfigError
+        raise kind([f"{path}: {p}" for p in problems])
     return cfg
 
 
-def _check_wiring(ppath: str, stages: tuple[StageDecl, ...], problems: list[str]) -> None:
-    names = [s.name for s in stages]
-    for s in stages:
-        if names.count(s.name) > 1:
-            problems.append(
-                f"{ppath}.{s.where}.name: expected a name unique in the pipeline, "
-                f"got {show(s.name)} {names.count(s.name)} times; set `name` on each"
-            )
-            break
-    last = len(stages) - 1
-    for s in stages:
-        consumes = getattr(s.stage_cls, "consumes", True)
-        produces = getattr(s.stage_cls, "produces", True)
-        if s.index == 0 and consumes and not getattr(s.stage_cls, "input_optional", False):
-            problems.append(
-                f"{ppath}.{s.where}: this stage needs an input, but it is first in the pipeline"
-            )
-        if s.index > 0 and not consumes:
-            problems.append(
-                f"{ppath}.{s.where}: this stage is a source (takes no input), so it must be first"
-            )
-        if s.index < last and not produces:
-            problems.append(
-                f"{ppath}.{s.where}: this stage is a sink (produces nothing), so it must be last"
-            )
+def check_wiring(cfg: AppConfig) -> None:
+    """Raise :class:`~xypipe._errors.WiringError` for a config with wiring mistakes, with the
+    lines :func:`parse_config` reports for it (the runner's guard for configs built by hand)."""
+    problems = wiring_problems(cfg)
+    if problems:
+        raise WiringError([f"{cfg.path}: {p}" for p in problems])
 
 
 def load_config(path: str | os.PathLike[str]) -> AppConfig:

@@ -10,15 +10,27 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 import attrs
 import trio
 
-from xypipe._config import Budget
 from xypipe._degrade import Pressure
+from xypipe._validate import in_range
 
 T = TypeVar("T")
+
+
+@attrs.frozen
+class Budget:
+    """Budget of the edge that leaves a stage: queue slots, bytes and age of the oldest item.
+
+    Each limit that is set contributes ``used / limit`` to the pipeline's pressure.
+    """
+
+    max_items: int = attrs.field(default=1024, validator=in_range(1, 1_000_000))
+    max_bytes: int | None = attrs.field(default=None, validator=in_range(1, 1 << 40))
+    max_age_ms: int | None = attrs.field(default=None, validator=in_range(1, 3_600_000))
 
 
 def default_sizeof(item: object) -> int:
@@ -78,7 +90,7 @@ class Edge(Generic[T]):
         budget: Budget,
         *,
         clock: Callable[[], float] = trio.current_time,
-        sizeof: Callable[[Any], int] = default_sizeof,
+        sizeof: Callable[[T], int] = default_sizeof,
     ) -> None:
         self.name = name
         self.budget = budget

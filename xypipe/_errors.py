@@ -411,3 +411,63 @@ CREDS_ROTATION_INVALID = "XY-SEC-015"
 CREDS_EXPIRING = "XY-SEC-016"
 #: The user JWT in use has expired: the server closes the connection and refuses it again.
 CREDS_EXPIRED = "XY-SEC-017"
+
+
+# -- the stage contract: typed stages, wiring, plugins (XY-CFG-100.., XY-STG-100.., XY-PLG-100..)
+# and codes logged by the runner, the HTTP server and the built-in stages.
+
+
+class WiringError(ConfigError):
+    """A pipeline's stages do not fit together — an output its neighbour does not take, a
+    source not first, a sink not last — or their process lacks what they require (NATS, an
+    HTTP server, one NATS role). Raised by ``xypipe check`` and ``xypipe run`` alike."""
+
+    code = "XY-CFG-100"
+
+
+#: A config value does not satisfy its field's validator (``xypipe.Invalid``).
+CFG_INVALID_VALUE = "XY-CFG-101"
+#: A config value has the wrong TOML type (a string for an integer, a table for a list...).
+CFG_WRONG_TYPE = "XY-CFG-102"
+
+
+class MissingRequirement(XyError):
+    """A stage asked its context for something its process does not have (``require_nats()``
+    without ``[nats]``). The loader refuses such configs, so this means a stage used what it
+    did not declare in ``requires``, or was built by hand without it."""
+
+    code = "XY-STG-100"
+
+    def __init__(self, pipeline: str, stage: str, requirement: str) -> None:
+        self.pipeline = pipeline
+        self.stage = stage
+        self.requirement = requirement
+        super().__init__(
+            f"pipeline {pipeline!r}, stage {stage!r}: needs {requirement} but its process has "
+            f'none (declare requires = {{"{requirement}"}} on the stage class so the config '
+            "loader checks it)")
+
+
+#: A stage declared a ``Config`` that is not the config type of its ``Stage[...]`` arguments.
+PLG_CONFIG_MISMATCH = "XY-PLG-100"
+#: A stage's ``requires`` names something a process cannot provide (known: nats, http).
+PLG_UNKNOWN_REQUIREMENT = "XY-PLG-101"
+
+#: The pipeline's degradation level went up (logged with its reason and recovery condition).
+DEG_LEVEL_RAISED = "XY-DEG-001"
+#: An HTTP route handler raised; the client got a 500.
+HTTP_HANDLER_FAILED = "XY-HTTP-001"
+#: A stage received an item of a kind it does not handle (logged and skipped).
+STG_UNEXPECTED_ITEM = "XY-STG-002"
+#: A snapshot was requested for a group that is unknown or not yet consistent.
+AGG_NO_SNAPSHOT = "XY-AGG-002"
+#: A source restarted its sequences at 1 (a new session); dedupe follows it.
+SRC_SEQUENCE_RESET = "XY-SRC-002"
+#: ui_server: minting a dev token failed (answered 500).
+UI_TOKEN_MINT_FAILED = "XY-UI-101"
+#: ui_server: no index.html under the configured root.
+UI_ROOT_MISSING = "XY-UI-102"
+#: ui_server: the configured token_factory cannot be imported.
+UI_TOKEN_FACTORY_UNLOADABLE = "XY-UI-103"
+#: ui_server: a file listed at start-up cannot be read any more (answered 404).
+UI_FILE_UNREADABLE = "XY-UI-104"

@@ -12,12 +12,12 @@ import json
 import ssl
 import urllib.parse
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import attrs
 import h11
 import trio
 
+from xypipe._errors import HTTP_HANDLER_FAILED
 from xypipe._log import get_logger
 
 _log = get_logger("http")
@@ -36,8 +36,10 @@ class Request:
     body: bytes = b""
     peer: str = ""
 
-    def json(self) -> Any:
-        return json.loads(self.body.decode("utf-8"))
+    def json(self) -> object:
+        """The body parsed as JSON (raises ``UnicodeDecodeError``/``json.JSONDecodeError``)."""
+        doc: object = json.loads(self.body.decode("utf-8"))
+        return doc
 
 
 @attrs.frozen
@@ -48,7 +50,7 @@ class Response:
     headers: tuple[tuple[str, str], ...] = ()
 
     @classmethod
-    def json(cls, doc: Any, status: int = 200) -> Response:
+    def json(cls, doc: object, status: int = 200) -> Response:
         return cls(status, json.dumps(doc, default=str).encode(), "application/json")
 
     @classmethod
@@ -85,8 +87,9 @@ class ReplayStream(trio.abc.Stream):
         await self._inner.aclose()
 
     @property
-    def socket(self) -> Any:
-        return getattr(self._inner, "socket", None)
+    def socket(self) -> trio.socket.SocketType | None:
+        sock: trio.socket.SocketType | None = getattr(self._inner, "socket", None)
+        return sock
 
 
 class HttpServer:
@@ -124,7 +127,7 @@ class HttpServer:
         except OSError:
             pass
         try:
-            served: Any = stream
+            served: trio.abc.Stream = stream
             if self.ssl_context is not None:
                 served = trio.SSLStream(stream, self.ssl_context, server_side=True)
             await self._serve_connection(served, peer)
@@ -133,7 +136,7 @@ class HttpServer:
         finally:
             await trio.aclose_forcefully(stream)
 
-    async def _serve_connection(self, stream: trio.SocketStream, peer: str) -> None:
+    async def _serve_connection(self, stream: trio.abc.Stream, peer: str) -> None:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
         raw = bytearray()
         first = True
@@ -165,8 +168,8 @@ class HttpServer:
                 return
 
     async def _next_event(
-        self, conn: h11.Connection, stream: trio.SocketStream, raw: bytearray | None
-    ) -> Any:
+        self, conn: h11.Connection, stream: trio.abc.Stream, raw: bytearray | None
+    ) -> h11.Event | None:
         while True:
             try:
                 event = conn.next_event()
@@ -178,14 +181,14 @@ class HttpServer:
                     data = await stream.receive_some(65536)
                 if raw is not None:
                     raw += data
-                conn.receive_data(data)
+                conn.receive_data(bytes(data))
                 continue
-            if event is h11.PAUSED:
+            if event is h11.PAUSED or not isinstance(event, h11.Event):
                 return None
             return event
 
     async def _read_request(
-        self, conn: h11.Connection, stream: trio.SocketStream, event: h11.Request, peer: str
+        self, conn: h11.Connection, stream: trio.abc.Stream, event: h11.Request, peer: str
     ) -> tuple[Request | None, Response | None]:
         headers = {k.decode().lower(): v.decode("latin-1") for k, v in event.headers}
         target = event.target.decode("latin-1")
@@ -219,10 +222,11 @@ class HttpServer:
         try:
             return await handler(request)
         except Exception as exc:
-            _log.error("http handler failed", code="XY-HTTP-001", exc=exc, path=request.path)
+            _log.error("http handler failed", code=HTTP_HANDLER_FAILED, exc=exc,
+                       path=request.path)
             return Response.text("internal error\n", 500)
 
-    async def _send(self, conn: h11.Connection, stream: trio.SocketStream, resp: Response) -> None:
+    async def _send(self, conn: h11.Connection, stream: trio.abc.Stream, resp: Response) -> None:
         if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return
         headers = [

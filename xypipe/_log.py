@@ -13,33 +13,38 @@ import json
 import logging
 import sys
 import time
-from typing import Any
+from typing import TextIO
 
+from xypipe._errors import XyError
 from xypipe._redact import redact, redact_text
 
 _ROOT = "xypipe"
 
 
-def scrub(fields: dict[str, Any]) -> dict[str, Any]:
+#: The fields of a log line: JSON-able values (anything else is logged as its ``str``).
+Fields = dict[str, object]
+
+
+def scrub(fields: Fields) -> Fields:
     """The fields of a log line with every secret redacted (see :mod:`xypipe._redact`)."""
     return {k: redact(v, k) for k, v in fields.items()}
 
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        doc: dict[str, Any] = {
+        doc: Fields = {
             "ts": round(record.created, 6),
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": redact_text(record.getMessage()),
         }
-        fields = getattr(record, "xy_fields", None)
+        fields: Fields | None = getattr(record, "xy_fields", None)
         if fields:
             doc.update(scrub(fields))
         if record.exc_info and record.exc_info[1] is not None:
             exc = record.exc_info[1]
             doc.setdefault("error", redact_text(f"{type(exc).__name__}: {exc}"))
-            doc.setdefault("code", getattr(exc, "code", "XY-GEN-000"))
+            doc.setdefault("code", exc.code if isinstance(exc, XyError) else XyError.code)
         return json.dumps(doc, default=str, separators=(",", ":"))
 
 
@@ -48,15 +53,15 @@ class Logger:
 
     __slots__ = ("_bound", "_logger")
 
-    def __init__(self, logger: logging.Logger, bound: dict[str, Any] | None = None) -> None:
+    def __init__(self, logger: logging.Logger, bound: Fields | None = None) -> None:
         self._logger = logger
         self._bound = bound or {}
 
-    def bind(self, **fields: Any) -> Logger:
+    def bind(self, **fields: object) -> Logger:
         return Logger(self._logger, {**self._bound, **fields})
 
     def _emit(
-        self, level: int, msg: str, fields: dict[str, Any], exc: BaseException | None
+        self, level: int, msg: str, fields: Fields, exc: BaseException | None
     ) -> None:
         if not self._logger.isEnabledFor(level):
             return
@@ -67,44 +72,44 @@ class Logger:
             exc_info=(type(exc), exc, exc.__traceback__) if exc is not None else None,
         )
 
-    def debug(self, msg: str, **fields: Any) -> None:
+    def debug(self, msg: str, **fields: object) -> None:
         self._emit(logging.DEBUG, msg, fields, None)
 
-    def info(self, msg: str, **fields: Any) -> None:
+    def info(self, msg: str, **fields: object) -> None:
         self._emit(logging.INFO, msg, fields, None)
 
-    def warning(self, msg: str, *, code: str, **fields: Any) -> None:
+    def warning(self, msg: str, *, code: str, **fields: object) -> None:
         self._emit(logging.WARNING, msg, {"code": code, **fields}, None)
 
     def error(
-        self, msg: str, *, code: str, exc: BaseException | None = None, **fields: Any
+        self, msg: str, *, code: str, exc: BaseException | None = None, **fields: object
     ) -> None:
         self._emit(logging.ERROR, msg, {"code": code, **fields}, exc)
 
 
-def get_logger(name: str, **bound: Any) -> Logger:
+def get_logger(name: str, **bound: object) -> Logger:
     full = name if name.startswith(_ROOT) else f"{_ROOT}.{name}"
     return Logger(logging.getLogger(full), bound)
 
 
-class _StreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class _StreamHandler(logging.StreamHandler[TextIO]):
     """Writes to ``stream``, or to whatever ``sys.stderr`` is at the time of each line (so a
     replaced stderr, as under test runners, never leaves us writing to a closed file)."""
 
-    def __init__(self, stream: Any = None) -> None:
+    def __init__(self, stream: TextIO | None = None) -> None:
         super().__init__()
         self._fixed = stream
 
     @property
-    def stream(self) -> Any:
+    def stream(self) -> TextIO:
         return self._fixed if self._fixed is not None else sys.stderr
 
     @stream.setter
-    def stream(self, value: Any) -> None:
+    def stream(self, value: TextIO) -> None:
         pass
 
 
-def configure(level: str = "info", stream: Any = None) -> None:
+def configure(level: str = "info", stream: TextIO | None = None) -> None:
     """Install the JSON handler on the ``xypipe`` logger (idempotent)."""
     root = logging.getLogger(_ROOT)
     for h in list(root.handlers):

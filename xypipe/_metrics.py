@@ -10,7 +10,7 @@ from __future__ import annotations
 import collections
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -69,29 +69,32 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
-        self._metrics: dict[str, Any] = {}
+        self._metrics: dict[str, Counter | Gauge | Histogram | RateMeter] = {}
 
-    def _get(self, kind: type[M], name: str, doc: str, labels: Sequence[str], **kw: Any) -> M:
+    def _get(self, kind: type[M], name: str, make: Callable[[], M]) -> M:
         found = self._metrics.get(name)
         if found is not None:
             if not isinstance(found, kind):
                 raise TypeError(f"metric {name!r} already registered as {type(found).__name__}")
             return found
-        metric = kind(name, doc, labelnames=tuple(labels), registry=self.registry, **kw)
+        metric = make()
         self._metrics[name] = metric
         return metric
 
     def counter(self, name: str, doc: str, labels: Sequence[str] = ()) -> Counter:
-        return self._get(Counter, name, doc, labels)
+        return self._get(Counter, name, lambda: Counter(
+            name, doc, labelnames=tuple(labels), registry=self.registry))
 
     def gauge(self, name: str, doc: str, labels: Sequence[str] = ()) -> Gauge:
-        return self._get(Gauge, name, doc, labels)
+        return self._get(Gauge, name, lambda: Gauge(
+            name, doc, labelnames=tuple(labels), registry=self.registry))
 
     def histogram(
         self, name: str, doc: str, labels: Sequence[str] = (),
         buckets: Sequence[float] = LATENCY_BUCKETS,
     ) -> Histogram:
-        return self._get(Histogram, name, doc, labels, buckets=tuple(buckets))
+        return self._get(Histogram, name, lambda: Histogram(
+            name, doc, labelnames=tuple(labels), registry=self.registry, buckets=tuple(buckets)))
 
     def rate(self, name: str, doc: str, counter_name: str | None = None) -> RateMeter:
         """``name`` is the rate gauge; the counter behind it is ``counter_name`` (``_total``)."""

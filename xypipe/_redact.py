@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import Any
 
 __all__ = ["IDENTITY_FIELDS", "SECRET_FIELDS", "is_secret_field", "redact", "redact_text"]
 
@@ -78,7 +77,7 @@ def is_secret_field(name: str) -> bool:
     return k in SECRET_FIELDS or k.endswith(_SECRET_SUFFIXES)
 
 
-def redact(value: Any, field: str = "") -> Any:
+def redact(value: object, field: str = "") -> object:
     """``value`` as it may be logged in ``field``: containers walked, strings scanned."""
     if value is None:
         return None

@@ -10,14 +10,15 @@ import difflib
 import importlib
 import inspect
 from importlib.metadata import EntryPoint, entry_points
-from typing import Any
 
 import attrs
 
-from xypipe._errors import PluginError
+from xypipe._errors import PLG_CONFIG_MISMATCH, PLG_UNKNOWN_REQUIREMENT, PluginError
+from xypipe._hints import Unchecked, describe
+from xypipe._stage import REQUIREMENTS, StageBase
 
 GROUP = "xypipe.stages"
-_cache: dict[str, type[Any]] = {}
+_cache: dict[str, type[StageBase]] = {}
 
 
 def stage_entry_points() -> dict[str, EntryPoint]:
@@ -31,8 +32,14 @@ def _origin(ep: EntryPoint | None, use: str) -> str:
     return f"entry point {ep.name!r} = {ep.value!r} of distribution {dist!r}"
 
 
-def check_stage_class(obj: Any, where: str) -> type[Any]:
-    """Validate that ``obj`` satisfies the stage protocol; raise PluginError naming ``where``."""
+def check_stage_class(obj: object, where: str) -> type[StageBase]:
+    """Validate that ``obj`` satisfies the stage protocol; raise PluginError naming ``where``.
+
+    A stage is a subclass of ``xypipe.Stage`` (so its types and requirements are declared the
+    way the wiring check reads them) with a frozen attrs ``Config`` — the config type of its
+    ``Stage[...]`` arguments — an ``async def run(self)``, and ``requires`` naming only what a
+    process can provide.
+    """
     if not inspect.isclass(obj):
         raise PluginError(f"{where} is not a class (got {type(obj).__name__})")
     cfg = getattr(obj, "Config", None)
@@ -43,10 +50,23 @@ def check_stage_class(obj: Any, where: str) -> type[Any]:
     run = getattr(obj, "run", None)
     if run is None or not inspect.iscoroutinefunction(run):
         raise PluginError(f"{where}: {obj.__name__}.run must be an `async def run(self)`")
+    if not issubclass(obj, StageBase):
+        raise PluginError(f"{where}: {obj.__name__} must subclass xypipe.Stage "
+                          "(Stage[Takes, Gives, Config]: what it takes, gives and its config)")
+    declared = obj.types.config
+    if isinstance(declared, type) and declared not in (cfg, Unchecked):
+        raise PluginError(f"{where}: {obj.__name__}.Config is {cfg.__name__}, but its "
+                          f"Stage[...] arguments declare the config {describe(declared)}",
+                          code=PLG_CONFIG_MISMATCH)
+    unknown = sorted(set(obj.requires) - set(REQUIREMENTS))
+    if unknown:
+        raise PluginError(f"{where}: {obj.__name__}.requires names {', '.join(unknown)}; "
+                          f"expected some of {', '.join(REQUIREMENTS)}",
+                          code=PLG_UNKNOWN_REQUIREMENT)
     return obj
 
 
-def resolve_stage(use: str) -> type[Any]:
+def resolve_stage(use: str) -> type[StageBase]:
     """Return the stage class for ``use`` (an entry-point name or ``module:Class``)."""
     if use in _cache:
         return _cache[use]
@@ -58,7 +78,7 @@ def resolve_stage(use: str) -> type[Any]:
         except ImportError as exc:
             raise PluginError(f"cannot import module {module_name!r}: {exc}") from None
         try:
-            obj: Any = module
+            obj: object = module
             for part in attr.split("."):
                 obj = getattr(obj, part)
         except AttributeError:

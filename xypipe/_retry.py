@@ -12,7 +12,7 @@ not transient and is raised at once.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import attrs
 import trio
@@ -25,7 +25,7 @@ from xypipe._errors import (
     NatsNoResponders,
     NatsTimeout,
 )
-from xypipe._log import get_logger
+from xypipe._log import Logger, get_logger
 
 T = TypeVar("T")
 _log = get_logger("retry")
@@ -64,7 +64,7 @@ async def retrying(
     fn: Callable[[], Awaitable[T]],
     *,
     backoff: Backoff = DEFAULT_BACKOFF,
-    log: Any = None,
+    log: Logger | None = None,
     on_failure: Callable[[BridgeError], None] | None = None,
     gave_up: Callable[[], bool] = lambda: False,
 ) -> T:

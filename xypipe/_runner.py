@@ -18,22 +18,75 @@ import itertools
 import math
 import os
 import socket
+import ssl
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import TypedDict, TypeVar
 
 import attrs
 import trio
 
-from xypipe._config import AppConfig, PipelineConfig, StageDecl
+from xypipe._bus_layout import bus_layout
+from xypipe._config import AppConfig, NatsConfig, PipelineConfig, StageDecl, TlsConfig, check_wiring
 from xypipe._contracts import use_registry
 from xypipe._degrade import DegradationController, Level, LevelWatch, Pressure, Transition
 from xypipe._edge import Edge
-from xypipe._errors import NatsConnectionError, StageError, XyError, find_in_group
+from xypipe._embedded import EmbeddedNats, supervised_embedded_nats
+from xypipe._errors import (
+    DEG_LEVEL_RAISED,
+    NatsConnectionError,
+    StageError,
+    XyError,
+    find_in_group,
+)
 from xypipe._health import CHECK_INTERVAL, PipelineWatchdog
+from xypipe._http import HttpServer, Request, Response
 from xypipe._log import get_logger
 from xypipe._metrics import Metrics, RunnerMetrics, zero_transitions
-from xypipe._stage import StageContext
+from xypipe._nats import NatsClient, connect
+from xypipe._nats_roles import inbox_prefix
+from xypipe._stage import SharedValues, StageBase, StageContext
 from xypipe._watchdog import Verdict
+from xypipe.abc import HttpRoutes
+from xypipe.abc import NatsClient as NatsApi
+from xypipe.contracts import HealthReport
+
+S = TypeVar("S")
+
+
+class StreamHealth(TypedDict):
+    status: str
+    silence_s: float
+    reason: str
+
+
+class PipelineHealthDoc(TypedDict):
+    state: str
+    ready: bool
+    level: int
+    streams: dict[str, StreamHealth]
+
+
+class NatsHealth(TypedDict):
+    configured: bool
+    connected: bool
+
+
+class HealthDoc(TypedDict):
+    """The ``/healthz`` document (shape in docs/operations.md)."""
+
+    status: str
+    live: bool
+    ready: bool
+    reasons: list[str]
+    process: str
+    nats: NatsHealth
+    pipelines: dict[str, PipelineHealthDoc]
+
+
+class Liveness(TypedDict):
+    live: bool
+    process: str
 
 _log = get_logger("runner")
 
@@ -58,11 +111,17 @@ def _instance_id() -> str:
 
 
 class StageRun:
-    """A declared stage at run time: its context, cancel scope and state."""
+    """A declared stage at run time: its context, its current instance, cancel scope, state.
+
+    The instance is made up front (a stage's constructor does no work) and again for every
+    restart, so tests and tools can reach the running stage's public attributes
+    (:meth:`PipelineRun.stage`).
+    """
 
     def __init__(self, decl: StageDecl, ctx: StageContext) -> None:
         self.decl = decl
         self.ctx = ctx
+        self.instance: StageBase = decl.stage_cls(decl.config, ctx)
         self.scope = trio.CancelScope()
         self.state = "pending"  # pending → running → done | failed | restarting
         self.restarts = 0
@@ -80,9 +139,9 @@ class PipelineRun:
         config: PipelineConfig,
         metrics: Metrics,
         *,
-        nats: Any = None,
-        http: Any = None,
-        resources: dict[str, Any] | None = None,
+        nats: NatsApi | None = None,
+        http: HttpRoutes | None = None,
+        shared: SharedValues | None = None,
     ) -> None:
         self.config = config
         self.name = config.name
@@ -91,7 +150,7 @@ class PipelineRun:
         self.watch = LevelWatch()
         self.controller = DegradationController(config.degrade)
         self.transitions: list[Transition] = []
-        self.edges: list[Edge[Any]] = []
+        self.edges: list[Edge[object]] = []
         self.stages: list[StageRun] = []
         self.state = "pending"
         #: Set when the pipeline has stopped, for whatever reason.
@@ -100,12 +159,13 @@ class PipelineRun:
         self._stopping = False
         self.log = _log.bind(pipeline=self.name)
         self.watchdog = PipelineWatchdog(metrics, self.log)
-        resources = resources if resources is not None else {}
+        shared = shared if shared is not None else SharedValues()
 
         decls = config.stages
         for upstream, downstream in itertools.pairwise(decls):
             self.edges.append(
-                Edge(f"{self.name}:{upstream.name}->{downstream.name}", upstream.budget)
+                Edge[object](f"{self.name}:{upstream.name}->{downstream.name}",
+                             upstream.budget)
             )
         for i, decl in enumerate(decls):
             inbox = self.edges[i - 1].receive_channel if i > 0 else None
@@ -114,9 +174,21 @@ class PipelineRun:
                 pipeline=self.name, name=decl.name, inbox=inbox, outbox=outbox,
                 degradation=self.watch, metrics=metrics,
                 log=get_logger(f"stage.{decl.name}", pipeline=self.name, stage=decl.name),
-                nats=nats, http=http, resources=resources, watchdog=self.watchdog,
+                nats=nats, http=http, shared=shared, watchdog=self.watchdog,
             )
             self.stages.append(StageRun(decl, ctx))
+
+    def stage(self, name: str, kind: type[S]) -> S:
+        """The running instance of stage ``name`` (the latest, after restarts), checked to be
+        a ``kind`` — how tests and tools read a stage's public attributes."""
+        for s in self.stages:
+            if s.decl.name == name:
+                if not isinstance(s.instance, kind):
+                    raise TypeError(f"pipeline {self.name!r}, stage {name!r} is a "
+                                    f"{type(s.instance).__name__}, not a {kind.__name__}")
+                return s.instance
+        names = ", ".join(s.decl.name for s in self.stages)
+        raise KeyError(f"pipeline {self.name!r} has no stage {name!r} (it has: {names})")
 
     # ------------------------------------------------------------------ control
 
@@ -190,11 +262,12 @@ class PipelineRun:
             with s.scope:
                 while True:
                     s.state = "running"
-                    instance = decl.stage_cls(decl.config, ctx)
-                    if getattr(decl.stage_cls, "ready_on_start", True):
+                    if s.restarts:
+                        s.instance = decl.stage_cls(decl.config, ctx)
+                    if decl.stage_cls.ready_on_start:
                         ctx.set_ready()
                     try:
-                        await instance.run()
+                        await s.instance.run()
                         s.state = "done"
                         return
                     except trio.BrokenResourceError as exc:
@@ -280,20 +353,21 @@ class PipelineRun:
         scope = f"pipeline:{self.name}"
         self.rmetrics.backpressure_events.labels(scope, t.direction, f"L{int(t.new)}").inc()
         self.rmetrics.level.labels(scope).set(int(t.new))
-        log = self.log.warning if t.direction == "up" else self.log.info
-        fields = {
-            "old_level": int(t.old), "new_level": int(t.new), "reason": t.reason,
-            "recovery": t.recovery, "pressure": round(t.pressure, 3),
-        }
+        fields = {"old_level": int(t.old), "new_level": int(t.new), "reason": t.reason,
+                  "recovery": t.recovery, "pressure": round(t.pressure, 3)}
         if t.direction == "up":
-            log("degradation level raised", code="XY-DEG-001", **fields)
+            self.log.warning("degradation level raised", code=DEG_LEVEL_RAISED, **fields)
         else:
             self.log.info("degradation level lowered", **fields)
         self.watch.set(t.new, t)
 
 
 class Runner:
-    """Runs every pipeline of one process, with the process's NATS connection and HTTP server."""
+    """Runs every pipeline of one process, with the process's NATS connection and HTTP server.
+
+    A config with wiring mistakes is refused here too (:class:`~xypipe._errors.WiringError`,
+    the lines ``xypipe check`` prints), even when it was built without the loader.
+    """
 
     def __init__(
         self,
@@ -304,6 +378,7 @@ class Runner:
         nats_url: str | None = None,
         nats_nkey: str | None = None,
     ) -> None:
+        check_wiring(config)
         self.config = config
         self.process = process
         #: The seed file this process signs in to the embedded bus with (given by the
@@ -313,33 +388,47 @@ class Runner:
         # Contract decoding anywhere in the process counts unknown fields into our registry.
         use_registry(self.metrics.registry)
         self.nats_url = nats_url
-        self.nats: Any = None
-        self.http: Any = None
+        self.nats: NatsClient | None = None
+        self.http: HttpServer | None = None
         self.pipelines: list[PipelineRun] = []
-        self.embedded: Any = None
+        self.embedded: EmbeddedNats | None = None
+        #: Values the stages of this process share (``ctx.shared``).
+        self.shared = SharedValues()
         self._stop_requested = trio.Event()
         # Set last on the way out: the embedded nats-server stops after everything that uses it.
         self._nats_stop = trio.Event()
         self._nats_failed: XyError | None = None
-        self.resources: dict[str, Any] = {}
 
     def pipeline_configs(self) -> list[PipelineConfig]:
         return [p for p in self.config.pipelines.values() if p.process == self.process]
 
-    def health(self) -> dict[str, Any]:
+    def pipeline(self, name: str) -> PipelineRun:
+        for p in self.pipelines:
+            if p.name == name:
+                return p
+        running = ", ".join(p.name for p in self.pipelines) or "none started"
+        raise KeyError(f"process {self.process!r} runs no pipeline {name!r} ({running})")
+
+    def stage(self, pipeline: str, name: str, kind: type[S]) -> S:
+        """The running instance of a stage, typed: ``runner.stage("gateway", "gateway",
+        Gateway).server`` (see :meth:`PipelineRun.stage`). Available once :meth:`run` has
+        started."""
+        return self.pipeline(pipeline).stage(name, kind)
+
+    def health(self) -> HealthDoc:
         """The readiness document served on ``/healthz`` (shape in docs/operations.md).
 
         Ready = NATS connected (when configured), every pipeline running with every stage
         serving, and every watched input stream fresh. ``reasons`` says why not, one line per
         cause, naming the pipeline, the stream and how long it has been silent.
         """
-        nats_ok = self.nats is None or bool(getattr(self.nats, "is_connected", False))
+        nats_ok = self.nats is None or self.nats.is_connected
         reasons: list[str] = []
         if not nats_ok:
             reasons.append("nats: disconnected")
         if not self.pipelines:
             reasons.append(f"process {self.process}: no pipeline started")
-        pipes: dict[str, Any] = {}
+        pipes: dict[str, PipelineHealthDoc] = {}
         for p in self.pipelines:
             h = p.health()
             reasons.extend(h.reasons)
@@ -361,7 +450,7 @@ class Runner:
             "pipelines": pipes,
         }
 
-    def liveness(self) -> dict[str, Any]:
+    def liveness(self) -> Liveness:
         """``/livez``: answering at all proves the event loop runs; nothing else is checked
         (a stale input is a readiness matter — restarting the process would not fix NATS)."""
         return {"live": True, "process": self.process}
@@ -385,8 +474,6 @@ class Runner:
             raise err from None
 
     async def _run(self, task_status: trio.TaskStatus[Runner]) -> None:
-        from xypipe._http import HttpServer, Response
-
         # Nested nurseries give the shutdown order: pipelines, then the NATS connection and the
         # HTTP server, then the embedded nats-server they talk to (stopped, not cancelled, so it
         # gets its SIGTERM and grace; a cancelled run kills it).
@@ -395,37 +482,19 @@ class Runner:
             async with trio.open_nursery() as services:
                 if url is not None:
                     self.nats = await services.start(self._hold_nats, url)
-
                 http_cfg = self.config.http_for(self.process)
                 if http_cfg.enabled:
-                    self.http = HttpServer(http_cfg.host, http_cfg.port,
-                                           ssl_context=_server_tls(http_cfg.tls))
-
-                    async def healthz(_req: Any) -> Response:
-                        doc = self.health()
-                        return Response.json(doc, 200 if doc["ready"] else 503)
-
-                    async def metrics(_req: Any) -> Response:
-                        return Response(200, self.metrics.render(),
-                                        "text/plain; version=0.0.4; charset=utf-8")
-
-                    async def livez(_req: Any) -> Response:
-                        return Response.json(self.liveness(), 200)
-
-                    self.http.route("/healthz", healthz)
-                    self.http.route("/readyz", healthz)
-                    self.http.route("/livez", livez)
-                    self.http.route("/metrics", metrics)
-
+                    self.http = self._http_server(http_cfg.host, http_cfg.port,
+                                                  server_tls(http_cfg.tls))
                 self.pipelines = [
                     PipelineRun(p, self.metrics, nats=self.nats, http=self.http,
-                                resources=self.resources)
+                                shared=self.shared)
                     for p in self.pipeline_configs()
                 ]
                 if self.http is not None:
                     await services.start(self.http.serve)
                 if self.nats is not None:
-                    await services.start(self._health_on_nats)
+                    await services.start(self._health_on_nats, self.nats)
 
                 async with trio.open_nursery() as watcher:
                     watcher.start_soon(self._stop_on_request)
@@ -440,9 +509,27 @@ class Runner:
                 services.cancel_scope.cancel()
             self._nats_stop.set()
 
-    def health_report(self) -> bytes:
-        from xypipe.contracts import HealthReport
+    def _http_server(self, host: str, port: int, tls: ssl.SSLContext | None) -> HttpServer:
+        server = HttpServer(host, port, ssl_context=tls)
 
+        async def healthz(_req: Request) -> Response:
+            doc = self.health()
+            return Response.json(doc, 200 if doc["ready"] else 503)
+
+        async def metrics(_req: Request) -> Response:
+            return Response(200, self.metrics.render(),
+                            "text/plain; version=0.0.4; charset=utf-8")
+
+        async def livez(_req: Request) -> Response:
+            return Response.json(self.liveness(), 200)
+
+        server.route("/healthz", healthz)
+        server.route("/readyz", healthz)
+        server.route("/livez", livez)
+        server.route("/metrics", metrics)
+        return server
+
+    def health_report(self) -> bytes:
         doc = self.health()
         checks = health_checks(doc)
         return HealthReport(
@@ -451,29 +538,28 @@ class Runner:
         ).SerializeToString()
 
     async def _health_on_nats(
-        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+        self, nc: NatsClient, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
         """Answer requests on ``xy.exec.health`` and publish a report every HEALTH_INTERVAL.
 
         Health goes over NATS too (the spec's admin subject), so an operator can ask every
         instance at once: ``nats req xy.exec.health ''`` collects one HealthReport each.
         """
-        assert self.nats is not None
-        async with self.nats.subscribe(HEALTH_SUBJECT) as sub, trio.open_nursery() as nursery:
+        async with nc.subscribe(HEALTH_SUBJECT) as sub, trio.open_nursery() as nursery:
             task_status.started()
 
             async def publish_periodically() -> None:
                 while True:
-                    if self.nats.is_connected:
-                        self.nats.publish_nowait(f"{HEALTH_SUBJECT}.{self.process}",
-                                                 self.health_report())
+                    if nc.is_connected:
+                        nc.publish_nowait(f"{HEALTH_SUBJECT}.{self.process}",
+                                          self.health_report())
                     await trio.sleep(HEALTH_INTERVAL)
 
             nursery.start_soon(publish_periodically)
             async for batch in sub:
                 for msg in batch:
                     if msg.reply:
-                        self.nats.publish_nowait(msg.reply, self.health_report())
+                        nc.publish_nowait(msg.reply, self.health_report())
 
     async def _stop_on_request(self) -> None:
         await self._stop_requested.wait()
@@ -486,25 +572,20 @@ class Runner:
             return self.nats_url
         if self.config.nats.url != "embedded":
             return self.config.nats.url
-        self.embedded = await nursery.start(self._supervise_nats)
-        if self.embedded.keys is not None and self.nats_nkey is None:
-            self.nats_nkey = str(self.embedded.keys.seed_file(self.nats_role))
-        url: str = self.embedded.url
-        return url
+        embedded: EmbeddedNats = await nursery.start(self._supervise_nats)
+        self.embedded = embedded
+        if embedded.keys is not None and self.nats_nkey is None:
+            self.nats_nkey = str(embedded.keys.seed_file(self.nats_role))
+        return embedded.url
 
     @property
     def nats_role(self) -> str:
         """The embedded bus role this process signs in as (docs/security.md)."""
-        from xypipe._nats_roles import process_role
-
-        return process_role(self.config, self.process)
+        return self.config.process_role(self.process)
 
     async def _hold_nats(
-        self, url: str, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
+        self, url: str, *, task_status: trio.TaskStatus[NatsClient] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        from xypipe._nats import connect
-        from xypipe._nats_roles import inbox_prefix
-
         cfg = self.config.nats
         assert cfg is not None
         denied = self.metrics.counter(
@@ -515,7 +596,7 @@ class Runner:
             self.log_role()
         try:
             await _hold_nats(
-                connect, url, cfg, nkey=self.nats_nkey if role_auth else cfg.nkey,
+                url, cfg, nkey=self.nats_nkey if role_auth else cfg.nkey,
                 inbox=inbox_prefix(self.nats_role) if role_auth else cfg.inbox_prefix,
                 on_denied=lambda op: denied.labels(op).inc(), task_status=task_status)
         except NatsConnectionError as exc:
@@ -532,16 +613,12 @@ class Runner:
                   role=self.nats_role, user_key_file=self.nats_nkey)
 
     async def _supervise_nats(
-        self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED
+        self, *, task_status: trio.TaskStatus[EmbeddedNats] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        from xypipe._embedded import supervised_embedded_nats
-
         assert self.config.nats is not None
-        from xypipe._nats_roles import BusLayout
-
         error = await supervised_embedded_nats(
             self.config.nats.embedded, metrics=self.metrics, stopping=self._nats_stop,
-            layout=BusLayout.of(self.config), task_status=task_status,
+            layout=bus_layout(self.config), task_status=task_status,
         )
         if error is not None:
             # Down for good: the pipelines stop (they drain what they can), then run() raises.
@@ -549,7 +626,7 @@ class Runner:
             self.stop()
 
 
-def health_checks(doc: dict[str, Any]) -> dict[str, str]:
+def health_checks(doc: HealthDoc) -> dict[str, str]:
     """The ``checks`` map of a HealthReport: the same readiness and reasons as ``/healthz``.
 
     Keys: ``nats``; ``pipeline.{name}`` (its state); ``stream.{pipeline}.{stream}`` (fresh,
@@ -566,23 +643,21 @@ def health_checks(doc: dict[str, Any]) -> dict[str, str]:
     return checks
 
 
-def _server_tls(tls: Any) -> Any:
+def server_tls(tls: TlsConfig | None) -> ssl.SSLContext | None:
     """The TLS context of an HTTPS/WSS endpoint, or None for plain HTTP."""
     if tls is None:
         return None
-    import ssl
-
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=tls.ca)
+    assert tls.cert is not None  # HttpConfig refuses TLS without a certificate
     ctx.load_cert_chain(tls.cert, tls.key)
     return ctx
 
 
 async def _hold_nats(
-    connect: Any, url: str, cfg: Any, *, nkey: str | None, inbox: str,
-    on_denied: Any, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
+    url: str, cfg: NatsConfig, *, nkey: str | None, inbox: str,
+    on_denied: Callable[[str], None],
+    task_status: trio.TaskStatus[NatsClient] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    import ssl
-
     tls = None
     if cfg.tls is not None:
         tls = ssl.create_default_context(cafile=cfg.tls.ca)
@@ -601,4 +676,3 @@ async def _hold_nats(
     ) as nc:
         task_status.started(nc)
         await trio.sleep_forever()
-

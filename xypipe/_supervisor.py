@@ -25,7 +25,9 @@ from collections.abc import Callable
 
 import trio
 
+from xypipe._bus_layout import bus_layout
 from xypipe._config import AppConfig
+from xypipe._embedded import EmbeddedNats, supervised_embedded_nats
 from xypipe._errors import (
     SUP_HTTP_PORT_TAKEN,
     SUP_KILLED_AFTER_GRACE,
@@ -33,10 +35,11 @@ from xypipe._errors import (
     ChildFailed,
     XyError,
 )
+from xypipe._http import HttpServer, Request, Response
 from xypipe._log import get_logger
 from xypipe._metrics import Metrics
 from xypipe._process import Child
-from xypipe._runner import Runner
+from xypipe._runner import Runner, server_tls
 from xypipe._supervise import WORKER_CODES, Failed, Finished, SupervisionMetrics, supervise
 
 __all__ = ["CHILD_GRACE", "ChildFailed", "run_process_tree"]
@@ -138,9 +141,7 @@ async def _run_tree(
                 # Each process signs in as its own role on the embedded bus.
                 if keys is None:
                     return None
-                from xypipe._nats_roles import process_role
-
-                return str(keys.seed_file(process_role(cfg, process)))
+                return str(keys.seed_file(cfg.process_role(process)))
 
             if not main_pipelines and cfg.http.enabled:
                 # In `outer`: /metrics answers until NATS too has stopped.
@@ -171,15 +172,12 @@ async def _serve_supervisor(
 ) -> None:
     """Without ``main`` pipelines nobody serves the parent's registry: serve it on ``[http]``,
     with a /healthz that is ready while every supervised process runs."""
-    from xypipe._http import HttpServer, Request, Response
-    from xypipe._runner import _server_tls
-
     taken = {cfg.http_for(name).port: name for name in supervised if name in cfg.processes}
     if cfg.http.port in taken:
         _log.warning("the supervisor's [http] port is a child's; it serves no /metrics",
                      code=SUP_HTTP_PORT_TAKEN, port=cfg.http.port, process=taken[cfg.http.port])
         return
-    server = HttpServer(cfg.http.host, cfg.http.port, ssl_context=_server_tls(cfg.http.tls))
+    server = HttpServer(cfg.http.host, cfg.http.port, ssl_context=server_tls(cfg.http.tls))
 
     async def healthz(_req: Request) -> Response:
         up = {name: metrics.registry.get_sample_value("process_up", {"process": name}) == 1
@@ -209,14 +207,11 @@ async def _main_runner(runner: Runner, tree: _Tree) -> None:
 
 async def _own_nats(
     cfg: AppConfig, metrics: Metrics, stopping: trio.Event, tree: _Tree,
-    *, task_status: trio.TaskStatus[object] = trio.TASK_STATUS_IGNORED,
+    *, task_status: trio.TaskStatus[EmbeddedNats] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    from xypipe._embedded import supervised_embedded_nats
-    from xypipe._nats_roles import BusLayout
-
     assert cfg.nats is not None
     error = await supervised_embedded_nats(
-        cfg.nats.embedded, metrics=metrics, stopping=stopping, layout=BusLayout.of(cfg),
+        cfg.nats.embedded, metrics=metrics, stopping=stopping, layout=bus_layout(cfg),
         task_status=task_status,
     )
     if error is not None:

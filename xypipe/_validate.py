@@ -10,9 +10,11 @@ import json
 import re
 import unicodedata
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, TypeGuard
 
 import attrs
+
+from xypipe._errors import CFG_INVALID_VALUE, XyError
 
 
 def show(value: object) -> str:
@@ -23,8 +25,12 @@ def show(value: object) -> str:
         return repr(value)
 
 
-class Invalid(ValueError):
-    """A config value is wrong. ``field`` is the attribute name, ``expected`` says what fits."""
+class Invalid(XyError, ValueError):
+    """A config value is wrong. ``field`` is the attribute name, ``expected`` says what fits.
+
+    A ``ValueError`` too, so code that validates with plain Python idioms catches it."""
+
+    code = CFG_INVALID_VALUE
 
     def __init__(self, field: str, expected: str, got: object) -> None:
         self.field = field
@@ -36,20 +42,21 @@ class Invalid(ValueError):
 @attrs.frozen
 class _Validator:
     expected: str
-    check: Callable[[Any], bool]
+    check: Callable[[object], bool]
 
-    def __call__(self, inst: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    # attrs types a validator by its field's type; ours serve fields of every type.
+    def __call__(self, inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
         if value is None and attribute.default is None:
             return
         if not self.check(value):
             raise Invalid(attribute.name, self.expected, value)
 
 
-def _is_int(v: object) -> bool:
+def _is_int(v: object) -> TypeGuard[int]:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _is_number(v: object) -> bool:
+def _is_number(v: object) -> TypeGuard[int | float]:
     return isinstance(v, int | float) and not isinstance(v, bool)
 
 

@@ -10,7 +10,8 @@ import trio
 
 from xypipe import Runner, parse_config
 from xypipe._md.client import MarketView
-from xypipe._publisher import GroundTruth
+from xypipe._publisher import FaultCounts, GroundTruth
+from xypipe._stages.publisher import Publisher
 from xypipe.contracts import Delta, Snapshot
 
 
@@ -25,6 +26,16 @@ def aggregator_config(url: str, **over: Any) -> Any:
     ]
     return parse_config({"nats": {"url": url}, "http": {"enabled": False},
                          "pipelines": {"aggregator": {"stages": stages}}})
+
+
+def truth_of(runner: Runner) -> GroundTruth:
+    """What the publisher of a ``publisher_config`` run really sent."""
+    return runner.stage("publisher", "publisher", Publisher).truth
+
+
+def faults_of(runner: Runner) -> FaultCounts:
+    """The faults that publisher injected."""
+    return runner.stage("publisher", "publisher", Publisher).faults
 
 
 def publisher_config(url: str, **options: Any) -> Any:

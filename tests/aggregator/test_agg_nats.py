@@ -8,9 +8,11 @@ from _agg_nats import (
     Runner,
     Subscriber,
     converged,
+    faults_of,
     mismatches,
     publisher_config,
     start_aggregator,
+    truth_of,
 )
 
 from xypipe import Level
@@ -38,8 +40,8 @@ async def test_faulty_feed_rebuilds_exact_books_with_every_checksum_verified(
         if level:
             agg.pipelines[0].force_level(level)
         pub = await _publish(nats_url, symbols=40, rate=3000, max_ticks=5000, **FAULTS)
-        truth = pub.resources["publisher.truth"]
-        faults = pub.resources["publisher.faults"]
+        truth = truth_of(pub)
+        faults = faults_of(pub)
         m = agg.metrics
         # Converged, and the last duplicates (sent right after the last ticks) counted too.
         await sub.wait_until(lambda: converged(sub.view, truth) and (
@@ -77,8 +79,8 @@ async def test_malformed_payloads_are_counted_and_skipped(nats_url: str) -> None
         agg, scope = await start_aggregator(nursery, nats_url)
         pub = await _publish(nats_url, symbols=10, rate=3000, max_ticks=1500, malformed=0.02,
                              gap=0.01, seed=5)
-        truth = pub.resources["publisher.truth"]
-        faults = pub.resources["publisher.faults"]
+        truth = truth_of(pub)
+        faults = faults_of(pub)
         await sub.wait_until(lambda: converged(sub.view, truth))
         scope.cancel()
         nursery.cancel_scope.cancel()
@@ -112,7 +114,7 @@ async def test_killed_aggregator_restarts_without_a_sequence_hole_or_repeat(
         second, scope2 = await start_aggregator(nursery, nats_url)
         with trio.fail_after(30):
             await pub_done.wait()
-        truth = box["pub"].resources["publisher.truth"]
+        truth = truth_of(box["pub"])
         await sub.wait_until(lambda: converged(sub.view, truth))
         scope2.cancel()
         nursery.cancel_scope.cancel()
@@ -136,11 +138,11 @@ async def test_a_restarted_publisher_is_followed_after_an_aggregator_restart(
         await nursery.start(sub.run)
         _, scope = await start_aggregator(nursery, nats_url)
         first = await _publish(nats_url, symbols=30, rate=3000, max_ticks=3000, seed=5)
-        await sub.wait_until(lambda: converged(sub.view, first.resources["publisher.truth"]))
+        await sub.wait_until(lambda: converged(sub.view, truth_of(first)))
         scope.cancel()
         agg, scope2 = await start_aggregator(nursery, nats_url)
         second = await _publish(nats_url, symbols=30, rate=3000, max_ticks=1500, seed=5)
-        truth = second.resources["publisher.truth"]
+        truth = truth_of(second)
         await sub.wait_until(lambda: converged(sub.view, truth))
         scope2.cancel()
         nursery.cancel_scope.cancel()

@@ -12,7 +12,15 @@ from typing import Any
 
 import pytest
 import trio
-from _agg_nats import Runner, Subscriber, converged, mismatches, publisher_config, start_aggregator
+from _agg_nats import (
+    Runner,
+    Subscriber,
+    converged,
+    mismatches,
+    publisher_config,
+    start_aggregator,
+    truth_of,
+)
 
 from xypipe._embedded import EmbeddedNats, embedded_nats
 from xypipe._nats import connect
@@ -54,9 +62,9 @@ async def _scenario(server: EmbeddedNats, fault: Any, reason: str) -> None:
         await nursery.start(sub.run)
         agg, scope = await start_aggregator(nursery, url)
         first = await _publish(url, symbols=20, rate=3000, max_ticks=1500, seed=3)
-        await sub.wait_until(lambda: converged(sub.view, first.resources["publisher.truth"]))
+        await sub.wait_until(lambda: converged(sub.view, truth_of(first)))
         ingested = agg.metrics.sample("src_ingest_total")
-        assert ingested == first.resources["publisher.truth"].ticks
+        assert ingested == truth_of(first).ticks
 
         events = nc.events()
         await fault(server)
@@ -67,7 +75,7 @@ async def _scenario(server: EmbeddedNats, fault: Any, reason: str) -> None:
 
         second = await _publish(url, symbols=20, rate=3000, max_ticks=1500, seed=4,
                                 venues=["XAFT"])  # new symbols: totals start at 0
-        truth = second.resources["publisher.truth"]
+        truth = truth_of(second)
         await sub.wait_until(lambda: converged(sub.view, truth))
         scope.cancel()
         nursery.cancel_scope.cancel()
@@ -128,13 +136,13 @@ async def _scenario_without_reconnect(server: EmbeddedNats, fault: Any, reason: 
         await nursery.start(sub.run)
         agg, scope = await start_aggregator(nursery, url)
         first = await _publish(url, symbols=20, rate=3000, max_ticks=1000, seed=3)
-        await sub.wait_until(lambda: converged(sub.view, first.resources["publisher.truth"]))
+        await sub.wait_until(lambda: converged(sub.view, truth_of(first)))
         ingested = agg.metrics.sample("src_ingest_total")
         await fault(server)
         # Published while the consumer is gone and before anything noticed: must not be lost.
         second = await _publish(url, symbols=20, rate=3000, max_ticks=1000, seed=4,
                                 venues=["XAFT"])
-        truth = second.resources["publisher.truth"]
+        truth = truth_of(second)
         await _until(lambda: _recreated(agg, reason) >= 1)
         await sub.wait_until(lambda: converged(sub.view, truth))
         scope.cancel()

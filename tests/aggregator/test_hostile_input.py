@@ -305,8 +305,9 @@ def test_disabled_bounds_only_refuse_malformed_ticks() -> None:
 def test_bounds_are_checked_when_the_config_loads() -> None:
     def load(bounds: dict[str, Any]) -> Any:
         return parse_config({"http": {"enabled": False}, "nats": {"url": "nats://x:4222"},
-                             "pipelines": {"a": {"stages": [{"use": "ingest",
-                                                             "bounds": bounds}]}}})
+                             "pipelines": {"a": {"stages": [
+                                 {"use": "ingest", "bounds": bounds},
+                                 {"use": "xypipe.testing:ListSink"}]}}})
 
     cfg = load({"max_seq_jump": 50, "seq_jump_by_venue": {"XNAS": 5}})
     ingest = cfg.pipelines["a"].stages[0].config

@@ -29,6 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import xypipe
 from xypipe._gateway._tokens import DEV_AUDIENCE, DEV_ISSUER, generate_ed25519_keypair
+from xypipe._stages.ui_server import UiServer
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -106,6 +107,12 @@ def ui_config(gateway_port: int, private_key: Path, groups: list[str], batch_ms:
              "token_allow": [p for g in groups for p in (f"xy.md.*.{g}", f"xy.md.*.{g}.>")]},
         ]}},
     }, "browser-ui.toml")
+
+
+def ui_port(runner: xypipe.Runner) -> int:
+    port = runner.stage("ui", "ui", UiServer).port
+    assert port is not None, "ui_server is not listening yet"
+    return port
 
 
 # --------------------------------------------------------------------------- services
@@ -209,7 +216,7 @@ async def running_stack(
         await gateway.start(nursery)
         ui_runner = await ui.start(nursery)
         await publisher.start(nursery)
-        stack = Stack(nats_url, groups, gw_port, int(ui_runner.resources["ui_server.ui.port"]),
+        stack = Stack(nats_url, groups, gw_port, ui_port(ui_runner),
                       nursery, gateway, aggregator, publisher, ui)
         try:
             yield stack

@@ -18,8 +18,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 import xypipe
+from xypipe._gateway._server import GatewayServer
 from xypipe._gateway._tokens import DEV_AUDIENCE, DEV_ISSUER, mint
 from xypipe._log import JsonFormatter
+from xypipe._stages.gateway import Gateway
 from xypipe.contracts import (
     ClientFrame,
     Delta,
@@ -101,8 +103,10 @@ async def running_gateway(nats_url: str, keys: Keys, **options: Any
         runner.stop()
 
 
-def server_of(runner: xypipe.Runner) -> Any:
-    return runner.resources["gateway.servers"][-1]
+def server_of(runner: xypipe.Runner) -> GatewayServer:
+    server = runner.stage("gateway", "gateway", Gateway).server
+    assert server is not None, "the gateway stage has not started its server"
+    return server
 
 
 # --------------------------------------------------------------------------- a tiny aggregator

@@ -5,7 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 import trio
-from gw_support import FakeAggregator, Keys, expect_close, http_port, running_gateway, ws_client
+from gw_support import (
+    FakeAggregator,
+    Keys,
+    expect_close,
+    http_port,
+    running_gateway,
+    server_of,
+    ws_client,
+)
 
 from xypipe.contracts import GroupRef, Ping, Subscribe
 
@@ -61,7 +69,7 @@ async def test_slow_reader_walks_up_the_levels_and_back_while_others_are_unaffec
     normals: list[Any] = []
     async with running_gateway(nats_server.url, keys, **SLOW_OPTIONS) as runner:
         port = http_port(runner)
-        server = runner.resources["gateway.servers"][-1]
+        server = server_of(runner)
         move = server.levels.move
 
         def watch_levels(old: Any, new: Any) -> None:
@@ -118,7 +126,7 @@ async def test_reader_that_never_reads_is_closed_when_l3_does_not_help(
     async with running_gateway(nats_server.url, keys, **opts) as runner:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_publish, agg, stop)
-            server = runner.resources["gateway.servers"][-1]
+            server = server_of(runner)
             async with ws_client(http_port(runner)) as slow:
                 await slow.hello(keys.token("stuck"))
                 conn = next(iter(server.connections.values()))

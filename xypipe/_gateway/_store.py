@@ -8,8 +8,8 @@ one (snapshot requests). The bridge types come from here so the modules that rea
 
 from __future__ import annotations
 
-from xypipe._nats import KeyValue, KvEntry, Msg, NatsClient
 from xypipe._retry import Backoff
+from xypipe.abc import KeyValue, KvEntry, Msg, NatsClient
 
 #: Store reads while JetStream is away (restarting, lame duck, node loss): quick at first, then
 #: once a second.

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Literal
 
 import attrs
 
-from xypipe._validate import in_range, is_subject_token, non_empty, subject_pattern
+from xypipe._validate import Invalid, in_range, is_subject_token, non_empty, subject_pattern
+from xypipe.abc import JetStream
 from xypipe.contracts import Priority
 
 PRIORITIES = {"low": Priority.PRIORITY_LOW, "normal": Priority.PRIORITY_NORMAL,
@@ -37,19 +38,16 @@ class StateStreams:
     max_age_s: int = attrs.field(default=86_400, validator=in_range(0, 31_536_000))
 
     def __attrs_post_init__(self) -> None:
-        from xypipe._validate import Invalid
-
         if self.storage not in ("file", "memory"):
             raise Invalid("storage", 'expected one of "file", "memory"', self.storage)
 
-    async def ensure(self, js: Any) -> None:
+    async def ensure(self, js: JetStream) -> None:
         age = float(self.max_age_s) if self.max_age_s else None
+        storage: Literal["file", "memory"] = "memory" if self.storage == "memory" else "file"
         await js.ensure_stream(self.snapshot_stream, [f"{self.snapshot_prefix}.>"],
-                               max_msgs_per_subject=1, max_age_s=age,
-                               storage=self.storage)
+                               max_msgs_per_subject=1, max_age_s=age, storage=storage)
         await js.ensure_stream(self.checkpoint_stream, [f"{self.checkpoint_prefix}.>"],
-                               max_msgs_per_subject=1, max_age_s=age,
-                               storage=self.storage)
+                               max_msgs_per_subject=1, max_age_s=age, storage=storage)
 
     def checkpoint_subject(self, group: str, shard: int) -> str:
         return f"{self.checkpoint_prefix}.{group}.{shard}"

@@ -21,15 +21,42 @@ reconciled by one documented rule (:meth:`SourceStream.ensure`):
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Literal
 
 import attrs
 
 from xypipe._errors import SOURCE_STREAM_RETENTION, SourceStreamMismatch
-from xypipe._nats import StreamState
+from xypipe._log import Logger
 from xypipe._validate import in_range, non_empty, one_of, subject_patterns
+from xypipe.abc import JetStream, StreamState
 
 DEFAULT_SUBJECTS = ("xy.src.>", "xy.ref.>")
+
+
+@attrs.frozen
+class StreamSettings:
+    """What the reconciliation compares: subjects, retention and storage."""
+
+    subjects: tuple[str, ...]
+    max_age_s: float | None
+    max_bytes: int | None
+    storage: str
+
+    @classmethod
+    def read(cls, have: Mapping[str, object]) -> StreamSettings:
+        """An existing stream's settings as the bridge reports them (``create_stream``)."""
+        subjects, age, size = have.get("subjects"), have.get("max_age_s"), have.get("max_bytes")
+        return cls(
+            subjects=tuple(str(s) for s in subjects) if isinstance(subjects, list | tuple)
+            else (),
+            max_age_s=float(age) if isinstance(age, int | float) else None,
+            max_bytes=size if isinstance(size, int) else None,
+            storage=str(have.get("storage")),
+        )
+
+    def limits(self) -> dict[str, float | int | None]:
+        return {"max_age_s": self.max_age_s, "max_bytes": self.max_bytes}
 
 
 @attrs.frozen
@@ -44,49 +71,51 @@ class SourceStream:
     max_bytes: int = attrs.field(default=1 << 30, validator=in_range(0, 1 << 44))
     storage: str = attrs.field(default="file", validator=one_of(["file", "memory"]))
 
-    def wanted(self) -> dict[str, Any]:
-        return {
-            "subjects": list(self.subjects),
-            "max_age_s": float(self.max_age_s) if self.max_age_s else None,
-            "max_bytes": self.max_bytes or None,
-            "storage": self.storage,
-        }
+    def wanted(self) -> StreamSettings:
+        return StreamSettings(
+            subjects=tuple(self.subjects),
+            max_age_s=float(self.max_age_s) if self.max_age_s else None,
+            max_bytes=self.max_bytes or None,
+            storage=self.storage,
+        )
 
-    async def ensure(self, js: Any, *, owner: bool, log: Any) -> StreamState:
+    async def ensure(self, js: JetStream, *, owner: bool, log: Logger) -> StreamState:
         """Create the stream if missing; reconcile an existing one (see the module doc)."""
         want = self.wanted()
-        state, have = await js.create_stream(
-            self.name, list(self.subjects), max_age_s=want["max_age_s"],
-            max_bytes=want["max_bytes"], storage=self.storage)
-        if have is None:
-            return state  # type: ignore[no-any-return]
-        subjects_ok = (set(have["subjects"]) == set(want["subjects"]) if owner
-                       else set(want["subjects"]) <= set(have["subjects"]))
+        storage: Literal["file", "memory"] = "memory" if self.storage == "memory" else "file"
+        state, existing = await js.create_stream(
+            self.name, list(self.subjects), max_age_s=want.max_age_s,
+            max_bytes=want.max_bytes, storage=storage)
+        if existing is None:
+            return state
+        have = StreamSettings.read(existing)
+        subjects_ok = (set(have.subjects) == set(want.subjects) if owner
+                       else set(want.subjects) <= set(have.subjects))
         if not subjects_ok:
             raise SourceStreamMismatch(
-                f"source stream {self.name!r} exists with subjects {have['subjects']!r}, this "
-                f"side expects {want['subjects']!r} (subjects are never changed "
+                f"source stream {self.name!r} exists with subjects {list(have.subjects)!r}, "
+                f"this side expects {list(want.subjects)!r} (subjects are never changed "
                 "automatically: align the configs or delete the stream)")
-        if have["storage"] != want["storage"]:
+        if have.storage != want.storage:
             log.warning("source stream keeps its storage (it cannot change on a live stream)",
                         code=SOURCE_STREAM_RETENTION, stream=self.name,
-                        storage=have["storage"], configured=want["storage"])
-        limits = {k: (have[k], want[k]) for k in ("max_age_s", "max_bytes")
-                  if have[k] != want[k]}
+                        storage=have.storage, configured=want.storage)
+        old, new = have.limits(), want.limits()
+        limits = {k: (old[k], new[k]) for k in ("max_age_s", "max_bytes") if old[k] != new[k]}
         if not limits:
-            return state  # type: ignore[no-any-return]
+            return state
         if not owner:
             log.info("source stream exists with other retention: left as it is (the "
                      "aggregator's ingest owns retention)", code=SOURCE_STREAM_RETENTION,
                      stream=self.name, existing={k: v[0] for k, v in limits.items()},
                      configured={k: v[1] for k, v in limits.items()})
-            return state  # type: ignore[no-any-return]
+            return state
         log.warning("source stream retention changed to the aggregator's configuration",
                     code=SOURCE_STREAM_RETENTION, stream=self.name,
                     old={k: v[0] for k, v in limits.items()},
                     new={k: v[1] for k, v in limits.items()})
-        return await js.update_stream_limits(  # type: ignore[no-any-return]
-            self.name, max_age_s=want["max_age_s"], max_bytes=want["max_bytes"])
+        return await js.update_stream_limits(
+            self.name, max_age_s=want.max_age_s, max_bytes=want.max_bytes)
 
 
-__all__ = ["DEFAULT_SUBJECTS", "SourceStream"]
+__all__ = ["DEFAULT_SUBJECTS", "SourceStream", "StreamSettings"]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
@@ -21,9 +20,7 @@ from xypipe._errors import HEALTH_SOURCE_POLL_FAILED, BridgeError
 from xypipe._health import Watch
 from xypipe._stage import StageContext
 from xypipe._validate import in_range
-
-if TYPE_CHECKING:
-    from xypipe._nats import JetStream
+from xypipe.abc import Deliver, JetStream
 
 
 @attrs.frozen
@@ -37,18 +34,18 @@ class SourceWatchConfig:
     stale_after_ms: int = attrs.field(default=5000, validator=in_range(200, 3_600_000))
 
 
-def delivered_before(deliver: Any) -> int | None:
+def delivered_before(deliver: Deliver) -> int | None:
     """The last stream sequence already "delivered" when a feed starts at ``deliver``."""
     if deliver == "all":
         return 0
     if isinstance(deliver, tuple) and deliver[0] == "seq":
-        return max(int(deliver[1]) - 1, 0)
+        return max(deliver[1] - 1, 0)
     return None  # by time: unknown until the first delivery
 
 
 @asynccontextmanager
 async def watch_source(ctx: StageContext, js: JetStream, stream: str, cfg: SourceWatchConfig, *,
-                       deliver: Any, target: int) -> AsyncIterator[Watch]:
+                       deliver: Deliver, target: int) -> AsyncIterator[Watch]:
     """Watch ``stream`` while the body consumes it; call ``watch.data(seq)`` per batch."""
     position = delivered_before(deliver)
     watch = ctx.watch(stream, stale_after=cfg.stale_after_ms / 1000, gated=True,

@@ -23,7 +23,7 @@ import trio
 from xypipe._errors import SYMBOL_MOVED
 from xypipe._levels import LevelPolicy
 from xypipe._md.conflation import Conflator, DeltaOut
-from xypipe._md.records import Restore, Watermark
+from xypipe._md.records import Batch, Restore, Watermark
 from xypipe._stage import Stage
 from xypipe._stages._md_common import PRIORITIES, wall_us
 from xypipe._validate import Invalid, group_problem, in_range
@@ -64,10 +64,8 @@ class ConflateConfig:
                            paused_priorities=[PRIORITIES[p] for p in self.pause_priorities])
 
 
-class Conflate(Stage):
+class Conflate(Stage[Restore | Batch, Restore | list[DeltaOut] | list[Watermark], ConflateConfig]):
     """Merge ticks into per-symbol state; emit one delta per group/shard per window."""
-
-    Config = ConflateConfig
 
     async def run(self) -> None:
         cfg: ConflateConfig = self.config

@@ -13,12 +13,12 @@ on) and ``src_gap_ticks_total`` (sequences they skipped), ``dedupe_held`` (gauge
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import attrs
 import trio
 
-from xypipe._md.records import Batch, Restore, TickRec
+from xypipe._errors import SRC_SEQUENCE_RESET
+from xypipe._md.records import Batch, ContractRec, Restore, TickRec
 from xypipe._md.reorder import ReorderWindow
 from xypipe._stage import Stage
 from xypipe._validate import in_range
@@ -32,13 +32,11 @@ class DedupeConfig:
     max_held: int = attrs.field(default=32, validator=in_range(1, 100_000))
 
 
-class Dedupe(Stage):
+class Dedupe(Stage[Restore | Batch, Restore | Batch, DedupeConfig]):
     """Drop duplicate ticks and release out-of-order ones in sequence (a small window)."""
 
-    Config = DedupeConfig
-
     async def run(self) -> None:
-        cfg: DedupeConfig = self.config
+        cfg = self.config
         window = ReorderWindow(cfg.hold_ms / 1000, cfg.max_held, stamp=_exchange_time)
         m = self.ctx.metrics
         dups = m.counter("src_duplicates", "Duplicate source ticks dropped")
@@ -55,14 +53,14 @@ class Dedupe(Stage):
         inbox, send = self.inbox, self.outbox.send
         while True:
             deadline = window.next_deadline()
-            item: Any = None
+            item: Restore | Batch | None = None
             with trio.move_on_at(math.inf if deadline is None else deadline):
                 try:
                     item = await inbox.receive()
                 except trio.EndOfChannel:
                     break
             now = trio.current_time()
-            out: list[Any] = []
+            out: list[TickRec | ContractRec] = []
             if isinstance(item, Restore):
                 states = [s for snap in item.snapshots for s in snap.symbols]
                 window.restore({f"{s.venue}.{s.symbol}": s.seq for s in states},
@@ -90,7 +88,7 @@ class Dedupe(Stage):
             if window.resets != seen_resets:
                 resets.inc(window.resets - seen_resets)
                 self.ctx.log.warning("source sequences restarted at 1; following the new session",
-                                     code="XY-SRC-002", restarted=window.resets - seen_resets)
+                                     code=SRC_SEQUENCE_RESET, restarted=window.resets - seen_resets)
                 seen_resets = window.resets
             held.set(window.held_count)
             lowest = window.min_held_sseq()

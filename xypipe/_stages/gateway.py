@@ -17,33 +17,40 @@ The WebSocket shares the process's HTTP port with ``/healthz``, ``/metrics`` and
 
 from __future__ import annotations
 
+from typing import Never
+
 import trio
 
 from xypipe._gateway._options import GatewayOptions
 from xypipe._gateway._server import GatewayServer
-from xypipe._stage import Stage
+from xypipe._stage import Stage, StageContext
+from xypipe.abc import Msg
 
 
-class Gateway(Stage):
-    """Fan the aggregator's deltas and snapshots out to authenticated browser WebSockets."""
+class Gateway(Stage[list[Msg] | Msg, Never, GatewayOptions]):
+    """Fan the aggregator's deltas and snapshots out to authenticated browser WebSockets.
 
-    Config = GatewayOptions
+    The running server is the ``server`` attribute (``runner.stage(pipeline, name,
+    Gateway).server``): its connections, hub and flags, for tests and tools.
+    """
+
+    # The WebSocket shares the process's HTTP port; NATS is optional (without it there are no
+    # feature flags, known groups or snapshot look-ups — a gateway fed by other means).
+    requires = frozenset({"http"})
     nats_role = "gateway"
-    produces = False
     ready_on_start = False
 
+    def __init__(self, config: GatewayOptions, ctx: StageContext) -> None:
+        super().__init__(config, ctx)
+        self.server: GatewayServer | None = None
+
     async def run(self) -> None:
-        if self.ctx.http is None:
-            raise RuntimeError(
-                "the gateway stage needs the process's HTTP server (enable [http] or "
-                "[processes.NAME].http for its process)"
-            )
+        http = self.ctx.require_http()
         server = GatewayServer(
             self.config, self.ctx.metrics, self.ctx.log, nats=self.ctx.nats,
             scope=f"pipeline:{self.ctx.pipeline}",
         )
         self.server = server
-        self.ctx.resources.setdefault("gateway.servers", []).append(server)
         async with trio.open_nursery() as nursery:
-            await nursery.start(server.run, self.inbox, self.ctx.http)
+            await nursery.start(server.run, self.inbox, http)
             self.ctx.set_ready()

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import datetime
 import time
-from typing import Any
+from typing import Any, Never
 
 import attrs
 import trio
@@ -222,19 +222,16 @@ def decode_messages(msgs: list[Any], now: float, bad: BadSourceCounter,
     return recs
 
 
-class Ingest(Stage):
+class Ingest(Stage[Never, Restore | Batch, IngestConfig]):
     """Consume source ticks and contracts from JetStream at the budget's pace; rebuild state."""
 
-    Config = IngestConfig
+    requires = frozenset({"nats"})
     nats_role = "aggregator"
-    consumes = False
     ready_on_start = False
 
     async def run(self) -> None:
-        nc = self.ctx.nats
-        if nc is None:
-            raise RuntimeError("ingest needs a [nats] section in the config")
-        cfg: IngestConfig = self.config
+        nc = self.ctx.require_nats()
+        cfg = self.config
         t0 = trio.current_time()
         js = nc.jetstream()
         metrics = self.ctx.metrics

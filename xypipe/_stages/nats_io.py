@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Never, Protocol
 
 import attrs
 import trio
+from prometheus_client import Counter
 
 from xypipe._messages import Publish
 from xypipe._stage import Stage
 from xypipe._stages._cadence import CadenceWatch, CadenceWatches
-from xypipe._validate import in_range, subject_pattern, subject_patterns
+from xypipe._validate import Invalid, in_range, subject_pattern, subject_patterns
+from xypipe.abc import Msg, NatsClient
+
+
+class Publishable(Protocol):
+    """What ``nats_sink`` publishes: a received :class:`~xypipe.abc.Msg` or a ``Publish``
+    (their ``headers`` too, when they have some)."""
+
+    @property
+    def subject(self) -> str: ...
+
+    @property
+    def data(self) -> bytes: ...
 
 
 @attrs.frozen
@@ -25,17 +38,14 @@ class NatsSourceConfig:
     watch: list[CadenceWatch] = attrs.field(factory=list)
 
 
-class NatsSource(Stage):
+class NatsSource(Stage[Never, list[Msg], NatsSourceConfig]):
     """Subscribe to NATS subjects; emit batches (lists) of messages with ``.subject``/``.data``."""
 
-    Config = NatsSourceConfig
-    consumes = False
+    requires = frozenset({"nats"})
     ready_on_start = False
 
     async def run(self) -> None:
-        nc = self.ctx.nats
-        if nc is None:
-            raise RuntimeError("nats_source needs a [nats] section in the config")
+        nc = self.ctx.require_nats()
         received = self.ctx.metrics.counter(
             "nats_source_msgs", "Messages received by nats_source stages", ["stage"]
         ).labels(self.ctx.name)
@@ -48,7 +58,7 @@ class NatsSource(Stage):
             self.ctx.set_ready()
 
     async def _pump(
-        self, nc: Any, subject: str, received: Any,
+        self, nc: NatsClient, subject: str, received: Counter,
         *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         async with nc.subscribe(
@@ -70,23 +80,18 @@ class NatsSinkConfig:
     prefix_to: str | None = attrs.field(default=None, validator=subject_pattern())
 
     def __attrs_post_init__(self) -> None:
-        from xypipe._validate import Invalid
-
         if (self.prefix_from is None) != (self.prefix_to is None):
             raise Invalid("prefix_to", "expected prefix_from and prefix_to together",
                           self.prefix_to)
 
 
-class NatsSink(Stage):
+class NatsSink(Stage[Publishable | list[Publishable], Never, NatsSinkConfig]):
     """Publish what arrives: ``Publish`` values, received messages, or lists of either."""
 
-    Config = NatsSinkConfig
-    produces = False
+    requires = frozenset({"nats"})
 
     async def run(self) -> None:
-        nc = self.ctx.nats
-        if nc is None:
-            raise RuntimeError("nats_sink needs a [nats] section in the config")
+        nc = self.ctx.require_nats()
         sent = self.ctx.metrics.counter(
             "nats_sink_msgs", "Messages published by nats_sink stages", ["stage"]
         ).labels(self.ctx.name)

@@ -19,7 +19,7 @@ Metrics: ``ticks_out_total`` (deltas published), ``snapshots_out_total``,
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Never
 
 import attrs
 import trio
@@ -27,6 +27,7 @@ import trio
 from xypipe._errors import (
     KNOWN_GROUPS_WRITE_FAILED,
     PUBLISH_DROPPED,
+    STG_UNEXPECTED_ITEM,
     BridgeError,
     NatsBackpressure,
 )
@@ -34,8 +35,9 @@ from xypipe._md.conflation import DeltaOut
 from xypipe._md.records import Watermark
 from xypipe._md.snapshots import SnapshotOut
 from xypipe._retry import retrying
-from xypipe._stage import Stage
+from xypipe._stage import Stage, StageContext
 from xypipe._stages._md_common import StateStreams, wall_us
+from xypipe.abc import JetStream, KeyValue
 from xypipe.contracts import Delta
 
 
@@ -50,19 +52,17 @@ class PublishConfig:
     groups_bucket: str = "xy_md_groups"
 
 
-class Publish(Stage):
+class Publish(Stage[list[DeltaOut] | list[SnapshotOut] | list[Watermark], Never,
+                    PublishConfig]):
     """Publish deltas and snapshots; checkpoint each shard's delta sequence."""
 
-    Config = PublishConfig
+    requires = frozenset({"nats"})
     nats_role = "aggregator"
-    produces = False
     ready_on_start = False
 
     async def run(self) -> None:
-        nc = self.ctx.nats
-        if nc is None:
-            raise RuntimeError("publish needs a [nats] section in the config")
-        cfg: PublishConfig = self.config
+        nc = self.ctx.require_nats()
+        cfg = self.config
         m = self.ctx.metrics
         retries = m.counter(
             "js_retries", "JetStream calls that failed transiently and were retried", ["op"])
@@ -144,9 +144,9 @@ class Publish(Stage):
                         self.ctx.log.warning("final flush failed", code=exc.code,
                                              error=str(exc))
 
-    def _unexpected(self, x: Any) -> None:
+    def _unexpected(self, x: object) -> None:
         self.ctx.log.warning("publish got something that is neither a delta nor a snapshot",
-                             code="XY-STG-002", type=type(x).__name__)
+                             code=STG_UNEXPECTED_ITEM, type=type(x).__name__)
 
 
 class KnownGroupsWriter:
@@ -156,12 +156,13 @@ class KnownGroupsWriter:
     A failed put (the server away) does not hold the market data back: it is logged
     (``XY-AGG-014``), counted and retried with a later item, at most every ``retry_s``."""
 
-    def __init__(self, ctx: Any, js: Any, bucket: str, retry_s: float = 1.0) -> None:
+    def __init__(self, ctx: StageContext, js: JetStream, bucket: str,
+                 retry_s: float = 1.0) -> None:
         self.ctx = ctx
         self.js = js
         self.bucket = bucket
         self.retry_s = retry_s
-        self.kv: Any = None
+        self.kv: KeyValue | None = None
         self.written: set[str] = set()
         self._failed_at: dict[str, float] = {}
         self._failures = ctx.metrics.counter(
@@ -179,6 +180,7 @@ class KnownGroupsWriter:
         failed = self._failed_at.get(group)
         if failed is not None and now - failed < self.retry_s:
             return
+        assert self.kv is not None, "open() first"
         value = json.dumps({"group": group, "first_seen_us": wall_us()}).encode()
         try:
             with trio.fail_after(self.retry_s):

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import fnmatch
 import zlib
-from typing import Any
 
 import attrs
 
@@ -32,7 +31,7 @@ from xypipe._stage import Stage
 from xypipe._validate import Invalid, group_problem, in_range, non_empty, subject_pattern
 
 
-def _check_group(inst: Any, attribute: Any, value: str) -> None:
+def _check_group(inst: object, attribute: attrs.Attribute[str], value: str) -> None:
     problem = group_problem(value)
     if problem is not None:
         raise Invalid(attribute.name,
@@ -125,10 +124,8 @@ class Router:
         return r
 
 
-class Shard(Stage):
+class Shard(Stage[Restore | Batch, Restore | Batch, ShardConfig]):
     """Map each symbol to its group and shard; set the delta subject."""
-
-    Config = ShardConfig
 
     async def run(self) -> None:
         router = Router(self.config)

@@ -12,16 +12,19 @@ stream holds the newest).
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import cast
 
 import attrs
 import trio
 
+from xypipe._errors import AGG_NO_SNAPSHOT
+from xypipe._md.conflation import DeltaOut
 from xypipe._md.records import Restore, Watermark
 from xypipe._md.snapshots import TOP_BY, SnapshotBuilder, SnapshotOut
 from xypipe._stage import Stage
 from xypipe._stages._md_common import wall_us
 from xypipe._validate import in_range, one_of, subject_pattern
+from xypipe.abc import Msg, NatsClient
 
 
 @attrs.frozen
@@ -41,14 +44,14 @@ class SnapshotConfig:
     min_interval_ms: int = attrs.field(default=500, validator=in_range(10, 60_000))
 
 
-class SnapshotStage(Stage):
+class SnapshotStage(Stage[Restore | list[DeltaOut] | list[Watermark],
+                          list[DeltaOut] | list[SnapshotOut], SnapshotConfig]):
     """Keep a mirror of every group from the deltas; emit full snapshots periodically."""
 
-    Config = SnapshotConfig
     nats_role = "aggregator"
 
     async def run(self) -> None:
-        cfg: SnapshotConfig = self.config
+        cfg = self.config
         self.builder = SnapshotBuilder(0, subject_prefix=cfg.prefix, top_by=cfg.top_by,
                                        top_k=cfg.top_k)
         m = self.ctx.metrics
@@ -60,12 +63,12 @@ class SnapshotStage(Stage):
         self._window_ms = 0
         async with trio.open_nursery() as nursery:
             if cfg.request_subject and self.ctx.nats is not None:
-                await nursery.start(self._serve_requests, cfg.request_subject)
+                await nursery.start(self._serve_requests, self.ctx.nats, cfg.request_subject)
             await self._loop()
             nursery.cancel_scope.cancel()
 
     async def _loop(self) -> None:
-        cfg: SnapshotConfig = self.config
+        cfg = self.config
         interval = cfg.interval_ms / 1000
         min_gap = cfg.min_interval_ms / 1000
         max_lag = cfg.max_replay_msgs
@@ -74,7 +77,7 @@ class SnapshotStage(Stage):
         inbox, send, builder = self.inbox, self.outbox.send, self.builder
         snapped = builder.watermark  # the watermark of the last round of snapshots
         while True:
-            item: Any = None
+            item: Restore | list[DeltaOut] | list[Watermark] | None = None
             with trio.move_on_at(next_t):
                 try:
                     item = await inbox.receive()
@@ -84,14 +87,16 @@ class SnapshotStage(Stage):
                 builder.restore(item)
                 snapped = builder.watermark
                 continue
+            # A list is all watermarks or all deltas (conflate sends them apart).
             if item and type(item[0]) is Watermark:
                 for w in item:
                     builder.advance(w.seq)
             elif item is not None:
-                for d in item:
+                deltas = cast(list[DeltaOut], item)
+                for d in deltas:
                     builder.apply(d)
                     self._window_ms = d.window_ms
-                await send(item)
+                await send(deltas)
             now = trio.current_time()
             if now >= next_t:
                 trigger = "time"
@@ -114,22 +119,21 @@ class SnapshotStage(Stage):
         for s in snaps:
             self._size.labels(s.group).set(len(s.payload))
 
-    async def _serve_requests(self, subject: str, *,
+    async def _serve_requests(self, nc: NatsClient, subject: str, *,
                               task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
                               ) -> None:
-        nc = self.ctx.nats
         async with nc.subscribe(subject) as sub:
             task_status.started()
             async for batch in sub:
                 for msg in batch:
                     await self._answer(nc, msg)
 
-    async def _answer(self, nc: Any, msg: Any) -> None:
+    async def _answer(self, nc: NatsClient, msg: Msg) -> None:
         group = msg.data.decode("utf-8", "replace").strip()
         snap = self.builder.build(group, wall_us(), self._window_ms)
         if snap is None:
             self.ctx.log.warning("snapshot requested for an unknown or not yet consistent group",
-                                 code="XY-AGG-002", group=group)
+                                 code=AGG_NO_SNAPSHOT, group=group)
             if msg.reply:
                 await nc.publish(msg.reply, b"", headers={"Xy-Error": f"no snapshot of {group!r}"})
             return

@@ -25,14 +25,21 @@ import pathlib
 import time
 import urllib.parse
 from collections.abc import Callable
-from typing import Any
+from typing import Never
 
 import attrs
 import trio
 
-from xypipe._errors import XyError
-from xypipe._http import HttpServer, Request, Response
-from xypipe._stage import Stage
+from xypipe._errors import (
+    UI_FILE_UNREADABLE,
+    UI_ROOT_MISSING,
+    UI_TOKEN_FACTORY_UNLOADABLE,
+    UI_TOKEN_MINT_FAILED,
+    XyError,
+)
+from xypipe._gateway import _tokens
+from xypipe._http import Handler, HttpServer, Request, Response
+from xypipe._stage import Stage, StageContext
 from xypipe._validate import Invalid, in_range, non_empty
 
 #: Types the browser is strict about; everything else falls back to ``mimetypes``.
@@ -117,7 +124,7 @@ def resolve_root(root: str) -> pathlib.Path:
             return c.resolve()
     tried = ", ".join(str(c) for c in candidates)
     raise XyError(f"ui_server.root {root!r}: no index.html found (tried {tried})",
-                  code="XY-UI-102")
+                  code=UI_ROOT_MISSING)
 
 
 def token_source(cfg: UiServerConfig) -> TokenSource | None:
@@ -128,20 +135,17 @@ def token_source(cfg: UiServerConfig) -> TokenSource | None:
             factory = getattr(importlib.import_module(module_name), attr)
         except (ImportError, AttributeError) as exc:
             raise XyError(f"ui_server.token_factory {cfg.token_factory!r}: cannot load it ({exc})",
-                          code="XY-UI-103") from exc
+                          code=UI_TOKEN_FACTORY_UNLOADABLE) from exc
         return lambda: str(factory(subject=cfg.token_subject, allow=list(cfg.token_allow),
                                    ttl_s=cfg.token_ttl_s))
     if cfg.token_private_key is not None:
-        from xypipe._gateway import _tokens
-
         key = _tokens.load_private_key(cfg.token_private_key)
-        extra: dict[str, Any] = {}
-        if cfg.token_issuer is not None:
-            extra["issuer"] = cfg.token_issuer
-        if cfg.token_audience is not None:
-            extra["audience"] = cfg.token_audience
+        issuer = cfg.token_issuer if cfg.token_issuer is not None else _tokens.DEV_ISSUER
+        audience = (cfg.token_audience if cfg.token_audience is not None
+                    else _tokens.DEV_AUDIENCE)
         return lambda: _tokens.mint(key, subject=cfg.token_subject, allow=cfg.token_allow,
-                                    now=time.time(), ttl_s=cfg.token_ttl_s, **extra)
+                                    now=time.time(), ttl_s=cfg.token_ttl_s, issuer=issuer,
+                                    audience=audience)
     return None
 
 
@@ -151,16 +155,20 @@ def page_host(request: Request) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-class UiServer(Stage):
-    """Serve ui-static/ (demo page, SharedWorker, client) with /config.json and /dev/token."""
+class UiServer(Stage[Never, Never, UiServerConfig]):
+    """Serve ui-static/ (demo page, SharedWorker, client) with /config.json and /dev/token.
 
-    Config = UiServerConfig
-    consumes = False
-    produces = False
+    Once ready, ``port`` is the port it listens on (``port = 0`` picks a free one)."""
+
     ready_on_start = False
 
+    def __init__(self, config: UiServerConfig, ctx: StageContext) -> None:
+        super().__init__(config, ctx)
+        #: The bound port, once listening.
+        self.port: int | None = None
+
     async def run(self) -> None:
-        cfg: UiServerConfig = self.config
+        cfg = self.config
         root = resolve_root(cfg.root)
         self._mint = token_source(cfg)
         m = self.ctx.metrics
@@ -174,8 +182,8 @@ class UiServer(Stage):
         server.route("/config.json", self._config_json)
         server.route("/dev/token", self._dev_token, methods=("GET", "POST"))
         async with trio.open_nursery() as nursery:
-            port = await nursery.start(server.serve)
-            self.ctx.resources[f"ui_server.{self.ctx.name}.port"] = port
+            port: int = await nursery.start(server.serve)
+            self.port = port
             self.ctx.log.info("ui server listening", host=cfg.host, port=port, root=str(root),
                               files=files, dev_minting=self._mint is not None)
             self.ctx.set_ready()
@@ -191,14 +199,14 @@ class UiServer(Stage):
         server.route("/", self._file_handler(root / "index.html", "index"))
         return count
 
-    def _file_handler(self, path: pathlib.Path, route: str) -> Callable[[Request], Any]:
+    def _file_handler(self, path: pathlib.Path, route: str) -> Handler:
         content_type = mime_type(path)
 
         async def handler(_request: Request) -> Response:
             try:
                 body = await trio.Path(path).read_bytes()
             except OSError as exc:
-                self.ctx.log.warning("ui file unreadable", code="XY-UI-104", path=str(path),
+                self.ctx.log.warning("ui file unreadable", code=UI_FILE_UNREADABLE, path=str(path),
                                      error=exc.strerror)
                 self._requests.labels(route, "404").inc()
                 return Response.text(f"{path.name}: {exc.strerror}\n", 404)
@@ -208,7 +216,7 @@ class UiServer(Stage):
         return handler
 
     async def _config_json(self, request: Request) -> Response:
-        cfg: UiServerConfig = self.config
+        cfg = self.config
         doc = {
             "wsUrl": cfg.gateway_url.replace("{host}", page_host(request)),
             "tokenUrl": "/dev/token" if self._mint is not None else "",
@@ -228,7 +236,7 @@ class UiServer(Stage):
             token = self._mint()
         except Exception as exc:  # one place answers, counts and logs a failed mint
             self._token_errors.inc()
-            self.ctx.log.error("dev token minting failed", code="XY-UI-101", exc=exc,
+            self.ctx.log.error("dev token minting failed", code=UI_TOKEN_MINT_FAILED, exc=exc,
                                peer=request.peer)
             self._requests.labels("token", "500").inc()
             return Response.json({"error": f"minting failed: {type(exc).__name__}: {exc}"}, 500)

@@ -1,13 +1,22 @@
-"""Reference plugin stages for xypipe: a template for writing your own."""
+"""Reference plugin stages for xypipe: a template for writing your own.
+
+Each stage says what it takes, gives and is configured with (``xypipe.Stage[Takes, Gives,
+Config]``): mypy checks the stage's code against it, and the config loader checks that its
+neighbours fit (``xypipe check``). Both stages here pass items through, so they are generic:
+they give whatever their upstream gives.
+"""
 
 from __future__ import annotations
 
 import re
+from typing import Protocol, TypeVar, cast
 
 import attrs
 import trio
 
 import xypipe
+
+T = TypeVar("T")
 
 
 @attrs.frozen
@@ -18,10 +27,8 @@ class ThrottleConfig:
     burst: int = attrs.field(default=100, validator=xypipe.in_range(1, 10_000_000))
 
 
-class Throttle(xypipe.Stage):
+class Throttle(xypipe.Stage[T, T, ThrottleConfig]):
     """Pass items at most ``per_second`` (token bucket); slows the producer instead of dropping."""
-
-    Config = ThrottleConfig
 
     async def run(self) -> None:
         rate, burst = self.config.per_second, self.config.burst
@@ -45,16 +52,25 @@ def _subject_regex(pattern: str) -> re.Pattern[str]:
     return re.compile(r"\.".join(parts) + r"\Z")
 
 
+class Subjected(Protocol):
+    """Anything with a NATS subject: a received message, a ``Publish``..."""
+
+    @property
+    def subject(self) -> str: ...
+
+
+#: A message, or a batch of them (what ``nats_source`` gives).
+M = TypeVar("M", bound=Subjected | list[Subjected])
+
+
 @attrs.frozen
 class SubjectFilterConfig:
     #: NATS-style patterns; an item whose ``.subject`` matches none is dropped (and counted).
     subjects: list[str] = attrs.field(validator=xypipe.subject_patterns())
 
 
-class SubjectFilter(xypipe.Stage):
+class SubjectFilter(xypipe.Stage[M, M, SubjectFilterConfig]):
     """Keep messages (or batches of them) whose subject matches one of ``subjects``."""
-
-    Config = SubjectFilterConfig
 
     async def run(self) -> None:
         patterns = [_subject_regex(p) for p in self.config.subjects]
@@ -62,11 +78,12 @@ class SubjectFilter(xypipe.Stage):
             "subject_filter_dropped", "Messages dropped by subject_filter", ["stage"]
         ).labels(self.ctx.name)
         async for item in self.inbox:
-            batch = item if isinstance(item, list) else [item]
+            batch: list[Subjected] = item if isinstance(item, list) else [item]
             kept = [m for m in batch if any(p.match(m.subject) for p in patterns)]
             dropped.inc(len(batch) - len(kept))
             if kept:
-                await self.outbox.send(kept if isinstance(item, list) else kept[0])
+                # The same shape as it came: a batch stays a batch, a message a message.
+                await self.outbox.send(cast(M, kept if isinstance(item, list) else kept[0]))
 
 
 __all__ = ["SubjectFilter", "Throttle"]
