@@ -15,6 +15,7 @@ import pytest
 from conftest import make_chain
 
 from xypipe import load_config
+from xypipe._bus_layout import bus_layout
 from xypipe._cli import main
 from xypipe._creds import (
     Chain,
@@ -213,7 +214,7 @@ def test_creds_init_takes_the_stream_names_from_a_config(tmp_path: Path) -> None
     config = ROOT / "configs" / "demo.toml"
     assert main(["creds", "init", str(tmp_path / "c"), "--config", str(config)]) == 0
     chain = Chain.load(tmp_path / "c")
-    assert chain.layout == BusLayout.of(load_config(config))
+    assert chain.layout == bus_layout(load_config(config))
 
 
 # --------------------------------------------------------------------------- following a file
