@@ -25,10 +25,21 @@ from xypipe._errors import (
 )
 from xypipe._nats._types import Msg
 
-__all__ = ["NATS_ERRORS", "check_subject", "from_aio", "from_aio_js", "from_raw", "map_error"]
+__all__ = [
+    "NATS_ERRORS",
+    "check_name",
+    "check_subject",
+    "from_aio",
+    "from_aio_js",
+    "from_raw",
+    "map_error",
+]
 
 # Subjects may not be empty or contain whitespace (CR/LF would inject protocol commands).
 BAD_SUBJECT = re.compile(r"\s")
+
+# What JetStream forbids in a stream or consumer name (nats-py would raise a bare ValueError).
+_BAD_NAME = re.compile(r"[>*. /\\\s]")
 
 # Exceptions that nats-py (or the transport under it) raises on purpose.
 NATS_ERRORS = (nats.errors.Error, asyncio.TimeoutError, TimeoutError, OSError)
@@ -70,6 +81,15 @@ def map_error(exc: BaseException, what: str) -> BridgeError:
 def check_subject(subject: str) -> None:
     if not subject or BAD_SUBJECT.search(subject):
         raise BridgeError(f"invalid subject {subject!r}: must be non-empty without whitespace")
+
+
+def check_name(kind: str, name: str) -> None:
+    """``kind`` is ``"stream"`` or ``"consumer"``."""
+    if not name or _BAD_NAME.search(name):
+        raise BridgeError(
+            f"invalid {kind} name {name!r}: expected a non-empty name without '.', '*', '>', "
+            "'/', '\\' or whitespace"
+        )
 
 
 def from_aio(m: _AioMsg) -> Msg:

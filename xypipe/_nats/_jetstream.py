@@ -30,7 +30,7 @@ from nats.js import api as _js_api
 from nats.js.kv import KeyValue as _AioKeyValue
 
 from xypipe._errors import BridgeError
-from xypipe._nats._boundary import check_subject, from_aio_js, from_raw
+from xypipe._nats._boundary import check_name, check_subject, from_aio_js, from_raw
 from xypipe._nats._bridge import Bridge
 from xypipe._nats._kv import KeyValue
 from xypipe._nats._types import ConsumerState, Deliver, Msg, StreamConfigSeen, StreamState
@@ -111,6 +111,11 @@ def _push_config(name: str, config: PushConsumerConfig,
     cfg.num_replicas = config.replicas
     cfg.replay_policy = _js_api.ReplayPolicy.INSTANT
     return cfg
+
+
+def _check_names(stream: str, consumer: str) -> None:
+    check_name("stream", stream)
+    check_name("consumer", consumer)
 
 
 def _consumer_state(info: _js_api.ConsumerInfo) -> ConsumerState:
@@ -332,6 +337,7 @@ class JetStream:
     ) -> ConsumerState:
         """Create the push consumer ``name`` on ``stream``, starting at ``deliver``; its state as
         the server reports it (``delivered_seq``: where it starts, minus one)."""
+        _check_names(stream, name)
         cfg = _push_config(name, config, deliver)
 
         async def _create() -> ConsumerState:
@@ -343,6 +349,7 @@ class JetStream:
     async def consumer_state(self, stream: str, name: str) -> ConsumerState | None:
         """The consumer ``name`` on ``stream``, or ``None`` if the server has no such consumer
         (a missing stream raises ``NatsNotFound``)."""
+        _check_names(stream, name)
 
         async def _info() -> ConsumerState | None:
             try:
@@ -357,6 +364,7 @@ class JetStream:
 
     async def delete_consumer(self, stream: str, name: str) -> bool:
         """Delete the consumer ``name``; ``False`` if it was not there (nor its stream)."""
+        _check_names(stream, name)
 
         async def _delete() -> bool:
             try:
