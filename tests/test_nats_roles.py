@@ -15,6 +15,7 @@ import pytest
 import trio
 
 from xypipe import load_config, parse_config
+from xypipe._bus_layout import bus_layout
 from xypipe._config import AppConfig
 from xypipe._errors import ConfigError, NatsConnectionError, NatsKeyError, find_in_group
 from xypipe._nats import connect
@@ -86,7 +87,7 @@ def test_a_declared_role_must_be_a_known_one() -> None:
 
 def test_the_layout_follows_the_stream_names_the_stages_use() -> None:
     doc = _doc({"agg": [{"use": "ingest", "stream": "SRC2"}, {"use": "publish"}]})
-    layout = BusLayout.of(parse_config(doc, "t.toml"))
+    layout = bus_layout(parse_config(doc, "t.toml"))
     assert layout.source_streams == ("SRC2",)
     assert "$JS.API.CONSUMER.CREATE.SRC2" in permissions("aggregator", layout).publish
 

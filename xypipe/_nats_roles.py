@@ -22,18 +22,16 @@ This module is pure: it computes permissions and the server's configuration text
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Protocol
 
 import attrs
-
-if TYPE_CHECKING:
-    from xypipe._config import AppConfig
 
 __all__ = [
     "ROLES",
     "BusLayout",
     "Permissions",
+    "RolePlan",
     "inbox_prefix",
     "permissions",
     "process_role",
@@ -54,14 +52,15 @@ class Permissions:
     publish: tuple[str, ...]
     subscribe: tuple[str, ...]
 
-    def to_server(self) -> dict[str, Any]:
+    def to_server(self) -> dict[str, dict[str, list[str]]]:
         return {"publish": {"allow": list(self.publish)},
                 "subscribe": {"allow": list(self.subscribe)}}
 
 
 @attrs.frozen
 class BusLayout:
-    """The JetStream streams and buckets the roles work on (from the config's stages)."""
+    """The JetStream streams and buckets the roles work on (``xypipe._bus_layout.bus_layout``
+    reads them from the config's stages)."""
 
     source_streams: tuple[str, ...] = ("XY_SRC",)
     state_streams: tuple[str, ...] = ("XY_MD_SNAPSHOT", "XY_AGG_SEQ")
@@ -73,47 +72,43 @@ class BusLayout:
     #: Known-groups buckets: written by the aggregator, read by gateways.
     group_buckets: tuple[str, ...] = ("xy_md_groups",)
 
-    @classmethod
-    def of(cls, cfg: AppConfig) -> BusLayout:
-        """The streams the configured stages use (defaults where no stage names one)."""
-        from xypipe._gateway._options import GatewayOptions
-        from xypipe._stages.ingest import IngestConfig
-        from xypipe._stages.publish import PublishConfig
-
-        default = cls()
-        source: list[str] = []
-        state: list[str] = []
-        snapshots: list[str] = []
-        buckets: list[str] = []
-        groups: list[str] = []
-        requests: list[str] = []
-        for pipe in cfg.pipelines.values():
-            for decl in pipe.stages:
-                c = decl.config
-                if isinstance(c, IngestConfig):
-                    source.append(c.stream)
-                    state += [c.state.snapshot_stream, c.state.checkpoint_stream]
-                elif isinstance(c, PublishConfig):
-                    state += [c.state.snapshot_stream, c.state.checkpoint_stream]
-                    groups += [c.groups_bucket] if c.groups_bucket else []
-                elif isinstance(c, GatewayOptions):
-                    # Snapshots, and the aggregator's checkpoints (re-anchoring a stream).
-                    snapshots += [c.snapshot_stream, c.checkpoint_stream]
-                    buckets.append(c.flags_bucket)
-                    groups += [c.groups_bucket] if c.groups_bucket else []
-                    requests += [c.snapshot_request_subject] if c.snapshot_request_subject else []
-        return cls(
-            source_streams=_unique(source) or default.source_streams,
-            state_streams=_unique(state) or default.state_streams,
-            snapshot_streams=_unique(snapshots) or default.snapshot_streams,
-            flag_buckets=_unique(buckets) or default.flag_buckets,
-            group_buckets=_unique(groups) or default.group_buckets,
-            snapshot_requests=_unique(requests),
-        )
-
 
 def _unique(names: Iterable[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
+
+
+# What the role decisions read of a loaded configuration (``xypipe._config.AppConfig`` has it):
+# described here rather than imported, so this pure module depends on nothing of xypipe's.
+
+
+class _StageDecl(Protocol):
+    @property
+    def where(self) -> str: ...
+
+    @property
+    def stage_cls(self) -> type[object]: ...
+
+
+class _Pipeline(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def process(self) -> str: ...
+
+    @property
+    def stages(self) -> Sequence[_StageDecl]: ...
+
+
+class RolePlan(Protocol):
+    """The processes of a configuration, their pipelines and the roles they declare."""
+
+    @property
+    def pipelines(self) -> Mapping[str, _Pipeline]: ...
+
+    def process_names(self) -> list[str]: ...
+
+    def declared_nats_role(self, process: str) -> str | None: ...
 
 
 def inbox_prefix(role: str) -> str:
@@ -197,7 +192,7 @@ def server_config(users: dict[str, str], layout: BusLayout) -> str:
         json.dumps(doc, indent=2) + "\n"
 
 
-def _stage_roles(cfg: AppConfig, process: str) -> dict[str, list[str]]:
+def _stage_roles(cfg: RolePlan, process: str) -> dict[str, list[str]]:
     """Role → the stages (``pipeline.stages[i] (name)``) of ``process`` that need it."""
     out: dict[str, list[str]] = {}
     for pipe in cfg.pipelines.values():
@@ -210,7 +205,7 @@ def _stage_roles(cfg: AppConfig, process: str) -> dict[str, list[str]]:
     return out
 
 
-def role_conflicts(cfg: AppConfig) -> list[str]:
+def role_conflicts(cfg: RolePlan) -> list[str]:
     """Config problems: processes whose stages need more than one role and name none."""
     problems = []
     for process in cfg.process_names():
@@ -227,7 +222,7 @@ def role_conflicts(cfg: AppConfig) -> list[str]:
     return problems
 
 
-def process_role(cfg: AppConfig, process: str) -> str:
+def process_role(cfg: RolePlan, process: str) -> str:
     """The role ``process`` connects as on the embedded bus (see the module docstring)."""
     declared = cfg.declared_nats_role(process)
     if declared is not None:

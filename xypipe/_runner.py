@@ -536,11 +536,11 @@ class Runner:
         from xypipe._embedded import supervised_embedded_nats
 
         assert self.config.nats is not None
-        from xypipe._nats_roles import BusLayout
+        from xypipe._bus_layout import bus_layout
 
         error = await supervised_embedded_nats(
             self.config.nats.embedded, metrics=self.metrics, stopping=self._nats_stop,
-            layout=BusLayout.of(self.config), task_status=task_status,
+            layout=bus_layout(self.config), task_status=task_status,
         )
         if error is not None:
             # Down for good: the pipelines stop (they drain what they can), then run() raises.

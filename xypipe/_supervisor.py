@@ -211,12 +211,12 @@ async def _own_nats(
     cfg: AppConfig, metrics: Metrics, stopping: trio.Event, tree: _Tree,
     *, task_status: trio.TaskStatus[object] = trio.TASK_STATUS_IGNORED,
 ) -> None:
+    from xypipe._bus_layout import bus_layout
     from xypipe._embedded import supervised_embedded_nats
-    from xypipe._nats_roles import BusLayout
 
     assert cfg.nats is not None
     error = await supervised_embedded_nats(
-        cfg.nats.embedded, metrics=metrics, stopping=stopping, layout=BusLayout.of(cfg),
+        cfg.nats.embedded, metrics=metrics, stopping=stopping, layout=bus_layout(cfg),
         task_status=task_status,
     )
     if error is not None:

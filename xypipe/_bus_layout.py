@@ -1,0 +1,52 @@
+"""Which JetStream streams and KV buckets a configuration's stages use: the bus layout the
+embedded server's role permissions are written for (:mod:`xypipe._nats_roles`)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from xypipe._config import AppConfig
+from xypipe._gateway._options import GatewayOptions
+from xypipe._nats_roles import BusLayout
+from xypipe._stages.ingest import IngestConfig
+from xypipe._stages.publish import PublishConfig
+
+__all__ = ["bus_layout"]
+
+
+def bus_layout(cfg: AppConfig) -> BusLayout:
+    """The streams the configured stages use (defaults where no stage names one)."""
+    default = BusLayout()
+    source: list[str] = []
+    state: list[str] = []
+    snapshots: list[str] = []
+    buckets: list[str] = []
+    groups: list[str] = []
+    requests: list[str] = []
+    for pipe in cfg.pipelines.values():
+        for decl in pipe.stages:
+            c = decl.config
+            if isinstance(c, IngestConfig):
+                source.append(c.stream)
+                state += [c.state.snapshot_stream, c.state.checkpoint_stream]
+            elif isinstance(c, PublishConfig):
+                state += [c.state.snapshot_stream, c.state.checkpoint_stream]
+                groups += [c.groups_bucket] if c.groups_bucket else []
+            elif isinstance(c, GatewayOptions):
+                # Snapshots, and the aggregator's checkpoints (re-anchoring a stream).
+                snapshots += [c.snapshot_stream, c.checkpoint_stream]
+                buckets.append(c.flags_bucket)
+                groups += [c.groups_bucket] if c.groups_bucket else []
+                requests += [c.snapshot_request_subject] if c.snapshot_request_subject else []
+    return BusLayout(
+        source_streams=_unique(source) or default.source_streams,
+        state_streams=_unique(state) or default.state_streams,
+        snapshot_streams=_unique(snapshots) or default.snapshot_streams,
+        flag_buckets=_unique(buckets) or default.flag_buckets,
+        group_buckets=_unique(groups) or default.group_buckets,
+        snapshot_requests=_unique(requests),
+    )
+
+
+def _unique(names: Iterable[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(names))
