@@ -27,6 +27,17 @@ def field_tag(number: int) -> bytes:
     return bytes(encoder.TagBytes(number, wire_format.WIRETYPE_LENGTH_DELIMITED))
 
 
+def varint_tag(number: int) -> bytes:
+    """Tag bytes of a varint field (integers, enums, bools)."""
+    return bytes(encoder.TagBytes(number, wire_format.WIRETYPE_VARINT))
+
+
+def varint(value: int) -> bytes:
+    """``value`` as a varint: a varint field's value after its :func:`varint_tag`, or a length
+    prefix. A scalar field appended to a message overrides an earlier value of it."""
+    return _varint(value)
+
+
 def repeated_field(tag: bytes, items: Iterable[bytes]) -> bytes:
     """``items`` (serialised messages) encoded as the repeated field whose tag is ``tag``."""
     parts: list[bytes] = []
