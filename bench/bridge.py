@@ -1,4 +1,4 @@
-"""Benchmark of the Trio ↔ asyncio bridges that carry nats-py (xypipe/_nats.py).
+"""Benchmark of the Trio ↔ asyncio bridges that carry nats-py (xypipe/_nats/).
 
 For each candidate — plain asyncio nats-py (the baseline, no bridge), the ``trio-asyncio`` bridge,
 the ``thread`` bridge (asyncio loop in its own thread) and the ``anyio`` bridge (the same, through
