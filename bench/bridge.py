@@ -1,7 +1,8 @@
-"""Benchmark of the Trio ↔ asyncio bridges that carry nats-py (xypipe/_nats.py).
+"""Benchmark of the Trio ↔ asyncio bridges that carry nats-py (xypipe/_nats/).
 
-For each candidate — plain asyncio nats-py (the baseline, no bridge), the ``trio-asyncio`` bridge
-and the ``thread`` bridge (asyncio loop in its own thread) — it measures, through a real
+For each candidate — plain asyncio nats-py (the baseline, no bridge), the ``trio-asyncio`` bridge,
+the ``thread`` bridge (asyncio loop in its own thread) and the ``anyio`` bridge (the same, through
+anyio's blocking portal) — it measures, through a real
 nats-server this script starts on a random port, with 200 B payloads, publisher and subscriber in
 one process:
 
@@ -36,7 +37,7 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 PAYLOAD_SIZE = 200
 SUBJECT = "bench.bridge"
-CANDIDATES = ("asyncio-baseline", "trio-asyncio", "thread")
+CANDIDATES = ("asyncio-baseline", "trio-asyncio", "thread", "anyio")
 RATES = (4000, 40000)
 WARMUP_S = 0.3
 

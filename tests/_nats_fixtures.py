@@ -23,9 +23,9 @@ def nats_url(nats_server: EmbeddedNats) -> str:
     return nats_server.url
 
 
-@pytest.fixture(params=["trio-asyncio", "thread"])
+@pytest.fixture(params=["trio-asyncio", "thread", "anyio"])
 def nats_bridge(request: pytest.FixtureRequest) -> str:
-    """Both Trio/asyncio bridges; tests that take this run once per bridge."""
+    """Every Trio/asyncio bridge; tests that take this run once per bridge."""
     return str(request.param)
 
 

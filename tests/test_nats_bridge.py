@@ -141,6 +141,36 @@ async def test_request_gets_the_reply_of_a_trio_responder(nats_url: str, nats_br
     assert reply.data == b"echo:hi"
 
 
+async def test_a_request_cancelled_from_trio_is_abandoned_and_the_client_goes_on(
+    nats_url: str, nats_bridge: str
+) -> None:
+    async with connect(nats_url, bridge=nats_bridge) as nc:  # type: ignore[arg-type]
+        async with nc.subscribe("svc.slow") as slow, nc.subscribe("svc.echo") as echo, \
+                trio.open_nursery() as nursery:
+            scope = trio.CancelScope()
+
+            async def ask_slow() -> None:
+                with scope:
+                    await nc.request("svc.slow", b"?", timeout=60.0)
+
+            nursery.start_soon(ask_slow)
+            with trio.fail_after(HANG_GUARD_S):
+                asked = await slow.receive()  # the request is out: cancel it in flight
+            scope.cancel()
+
+            async def responder() -> None:
+                async for batch in echo:
+                    for m in batch:
+                        nc.publish_nowait(m.reply, b"echo:" + m.data)
+
+            nursery.start_soon(responder)
+            with trio.fail_after(HANG_GUARD_S):
+                reply = await nc.request("svc.echo", b"after", timeout=5.0)
+            nursery.cancel_scope.cancel()
+    assert scope.cancelled_caught and [m.data for m in asked] == [b"?"]
+    assert reply.data == b"echo:after"
+
+
 async def test_request_without_responders_raises_no_responders(nats_client: NatsClient) -> None:
     with pytest.raises(NatsNoResponders, match=r"request to 'nobody\.home': no responders") as info:
         await nats_client.request("nobody.home", b"", timeout=1.0)

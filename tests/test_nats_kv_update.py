@@ -13,7 +13,8 @@ import trio
 
 from xypipe._embedded import EmbeddedNats
 from xypipe._errors import BridgeError, KvRevisionConflict, NatsConnectionError, NatsTimeout
-from xypipe._nats import NatsClient, _withdraw, connect
+from xypipe._nats import NatsClient, connect
+from xypipe._nats._kv import _withdraw
 
 
 async def _wait_connected(nc: NatsClient, want: bool) -> None:
@@ -71,9 +72,9 @@ async def test_a_withdrawn_buffered_write_never_reaches_the_server(
             pass
 
         async def withdraw() -> int:
-            return _withdraw(nc._aio, b"withdraw-me-7f3a")
+            return _withdraw(nc._bridge.aio, b"withdraw-me-7f3a")
 
-        assert await nc._call("withdraw", withdraw) == 1
+        assert await nc._bridge.call("withdraw", withdraw) == 1
         await nats_server.start()
         await _wait_connected(nc, True)
         await nc.flush()

@@ -46,7 +46,8 @@ __all__ = [
 
 @attrs.frozen
 class BusLayout:
-    """The JetStream streams and buckets the roles work on (from the config's stages)."""
+    """The JetStream streams and buckets the roles work on (``xypipe._bus_layout.bus_layout``
+    reads them from the config's stages)."""
 
     source_streams: tuple[str, ...] = ("XY_SRC",)
     state_streams: tuple[str, ...] = ("XY_MD_SNAPSHOT", "XY_AGG_SEQ")

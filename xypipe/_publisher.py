@@ -19,18 +19,19 @@ import random
 import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO, cast
+from typing import BinaryIO, cast
 
 import attrs
 
+from xypipe._contracts import decode
 from xypipe._md.wire import iter_delimited, varint_field, varint_tag, write_delimited
 from xypipe.contracts import Contract, PriceLevel, Priority, Tick, TickFlag
 
 TRADE = int(TickFlag.TICK_FLAG_TRADE)
-_ARRIVAL_TAG = varint_tag(5)
+_ARRIVAL_TAG = varint_tag(Tick.DESCRIPTOR.fields_by_name["ts_arrival_us"].number)
 
 #: Demo groups and how much each matters under load (L3 pauses the low ones).
-DEFAULT_GROUPS: tuple[tuple[str, int], ...] = (
+DEFAULT_GROUPS: tuple[tuple[str, Priority], ...] = (
     ("equities", Priority.PRIORITY_HIGH),
     ("futures", Priority.PRIORITY_HIGH),
     ("fx", Priority.PRIORITY_NORMAL),
@@ -54,14 +55,14 @@ def stamp_arrival(payload: bytes, ts_arrival_us: int) -> bytes:
 
 
 def contract_for(venue: str, symbol: str,
-                 groups: tuple[tuple[str, int], ...] = DEFAULT_GROUPS,
+                 groups: tuple[tuple[str, Priority], ...] = DEFAULT_GROUPS,
                  price_decimals: int = 2) -> Contract:
     """The reference contract of an instrument; the group is a stable hash of the symbol, so a
     tape replay re-derives the same contracts without storing them."""
     name, prio = groups[zlib.crc32(symbol.encode()) % len(groups)]
     return Contract(venue=venue, symbol=symbol, group=name, name=f"{symbol} on {venue}",
                     currency="USD", price_decimals=price_decimals, tick_size=1, lot_size=1,
-                    priority=cast(Any, prio), version=1)
+                    priority=prio, version=1)
 
 
 class _Inst:
@@ -90,7 +91,7 @@ class MarketSim:
     def __init__(self, symbols: int = 500, *, venues: Iterable[str] = DEFAULT_VENUES,
                  seed: int = 0, depth: int = 5, trade_prob: float = 0.35,
                  price_decimals: int = 2, source: str = "xy-sim",
-                 groups: tuple[tuple[str, int], ...] = DEFAULT_GROUPS) -> None:
+                 groups: tuple[tuple[str, Priority], ...] = DEFAULT_GROUPS) -> None:
         self.rng = random.Random(seed)
         self.venues = tuple(venues)
         self.depth = depth
@@ -241,10 +242,12 @@ class GroundTruth:
     @property
     def last(self) -> dict[str, Tick]:
         """The newest tick sent per key."""
-        for key, value in self._last.items():
+        last = self._last
+        for key, value in last.items():
             if isinstance(value, bytes):
-                self._last[key] = Tick.FromString(value)
-        return self._last  # type: ignore[return-value]
+                last[key] = decode(Tick, value, where=f"the last tick sent for {key}")
+        # Every value is a Tick now.
+        return cast(dict[str, Tick], last)
 
 
 # --------------------------------------------------------------------------- pacing
@@ -307,8 +310,8 @@ class TapeTick:
 
     __slots__ = ("key", "payload", "seq", "size", "subject", "trade")
 
-    def __init__(self, payload: bytes) -> None:
-        t = Tick.FromString(payload)
+    def __init__(self, payload: bytes, where: str = "tape record") -> None:
+        t = decode(Tick, payload, where=where)
         self.key = f"{t.venue}.{t.symbol}"
         self.subject = tick_subject(t.venue, t.symbol)
         self.payload = payload
@@ -318,7 +321,8 @@ class TapeTick:
 
 
 def load_tape(path: str | Path) -> list[TapeTick]:
-    return [TapeTick(p) for p in read_tape(path)]
+    """The ticks of a tape; a record that is not a Tick raises ``ContractError`` naming it."""
+    return [TapeTick(p, f"{path} record {i}") for i, p in enumerate(read_tape(path))]
 
 
 def read_tape(path: str | Path) -> Iterator[bytes]:

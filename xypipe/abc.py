@@ -30,11 +30,20 @@ from typing import Literal, Protocol
 import trio
 
 from xypipe._http import Handler, Request, Response, UpgradeHandler
-from xypipe._nats import BridgeEvent, Deliver, KvEntry, Msg, StreamState
+from xypipe._nats import (
+    BridgeEvent,
+    ConsumerState,
+    Deliver,
+    KvEntry,
+    Msg,
+    PushConsumerConfig,
+    StreamState,
+)
 
 __all__ = [
     "BridgeEvent",
     "Clock",
+    "ConsumerState",
     "Deliver",
     "Handler",
     "HttpRoutes",
@@ -45,6 +54,7 @@ __all__ = [
     "Msg",
     "NatsClient",
     "PullConsumer",
+    "PushConsumerConfig",
     "Request",
     "Response",
     "StreamState",
@@ -159,6 +169,14 @@ class JetStream(Protocol):
         ack: Literal["none", "all"] = "none",
     ) -> AbstractAsyncContextManager[PullConsumer]: ...
 
+    async def create_push_consumer(
+        self, stream: str, name: str, config: PushConsumerConfig, *, deliver: Deliver
+    ) -> ConsumerState: ...
+
+    async def consumer_state(self, stream: str, name: str) -> ConsumerState | None: ...
+
+    async def delete_consumer(self, stream: str, name: str) -> bool: ...
+
     async def direct_get_last(self, stream: str, subject: str) -> Msg | None: ...
 
     async def kv(
@@ -178,6 +196,9 @@ class NatsClient(Protocol):
     Publishing is batched into the bridge; ``publish_nowait`` raises ``NatsBackpressure`` when
     its queue is full, ``publish`` waits for room. Errors are :class:`xypipe.BridgeError`\\ s.
     """
+
+    #: Where this connection's request replies arrive (a role's own prefix on a closed bus).
+    inbox_prefix: str
 
     @property
     def closed(self) -> bool: ...

@@ -51,6 +51,27 @@ def test_ingest_decodes_ticks_and_contracts_and_counts_bad_ones_by_reason() -> N
     assert count == dict.fromkeys(count, 1.0)
 
 
+def test_ingest_decodes_through_the_contract_decoder_counting_a_newer_producers_fields() -> None:
+    from xypipe._contracts import decoder_for
+    from xypipe._degrade import LevelWatch
+    from xypipe._log import get_logger
+    from xypipe._metrics import Metrics
+    from xypipe._stage import StageContext
+
+    ctx = StageContext("p", "ingest", None, None, LevelWatch(), Metrics(), get_logger("t"))
+    bad = BadSourceCounter(ctx, per_s=100)
+    decoder = decoder_for(ctx.metrics.registry)
+    # Field 999 (varint 7) is not in xy.md.v1.Tick: what a newer publisher would add.
+    newer = tick("V", "AAA", 3).SerializeToString() + b"\xb8\x3e\x07"
+    msgs = [M("xy.src.tick.V.AAA", newer, 10), M("xy.src.tick.V.AAA", b"\xff\xff\xff", 11)]
+    recs = decode_messages(msgs, 1.5, bad, decoder=decoder)
+    assert [(type(r), r.seq) for r in recs] == [(TickRec, 3)]
+    unknown = ctx.metrics.sample("contract_unknown_fields_total", {"message": "xy.md.v1.Tick"})
+    errors = ctx.metrics.sample("contract_decode_errors_total", {"message": "xy.md.v1.Tick"})
+    assert (unknown, errors) == (1.0, 1.0)
+    assert ctx.metrics.sample("src_bad_total", {"reason": "decode"}) == 1.0
+
+
 async def test_dedupe_stage_orders_drops_and_counts(autojump_clock: trio.abc.Clock) -> None:
     ticks = [tick(seq=s) for s in (1, 2, 4, 3, 3, 5, 8)]
     recs = [rec(t, sseq=i + 1) for i, t in enumerate(ticks)]

@@ -53,6 +53,7 @@ def varint_field(tag: bytes, value: int) -> bytes:
     return tag + _varint(value)
 
 
+
 def repeated_field(tag: bytes, items: Iterable[bytes]) -> bytes:
     """``items`` (serialised messages) encoded as the repeated field whose tag is ``tag``."""
     parts: list[bytes] = []

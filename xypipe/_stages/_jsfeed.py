@@ -7,8 +7,10 @@ inbox (which the bridge batches like any subscription) and stops once ``max_pend
 are unacknowledged. The caller acknowledges a batch after handing it downstream, so the pace is
 still set by the downstream budget — backpressure reaches the server.
 
-Consumers are created and deleted through the JetStream JSON API (``$JS.API.CONSUMER.*``)
-with the bridge's ``request``; no nats-py object crosses into this module.
+Consumers are created, looked up and deleted through the bridge's JetStream module
+(:meth:`~xypipe._nats.JetStream.create_push_consumer`, ``consumer_state``, ``delete_consumer``);
+the feed names them itself (``xyfeed_<hex>``), so one whose creation was never confirmed can be
+found and deleted.
 
 The consumer is ephemeral (memory, R1) and lives on the server, so it can vanish: a server
 restart (SIGKILL included), lame-duck mode, a cluster node loss, the inactivity reaper, an
@@ -26,25 +28,26 @@ here, never returned as data.
 
 from __future__ import annotations
 
-import datetime
-import json
 import secrets
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
 
 import trio
 
-from xypipe._errors import (
-    JS_CONSUMER_RECREATED,
-    BridgeError,
-    NatsJsUnavailable,
-    NatsNotFound,
-)
-from xypipe._log import get_logger
+from xypipe._errors import JS_CONSUMER_RECREATED, BridgeError
+from xypipe._log import Logger, get_logger
 from xypipe._retry import DEFAULT_BACKOFF, Backoff, retrying, transient
 from xypipe._stages._jswatch import HEARTBEAT, MISSING, Check, ConsumerWatch
 from xypipe._trio_util import single_error_unwrapped
+from xypipe.abc import (
+    BridgeEvent,
+    Deliver,
+    JetStream,
+    Msg,
+    NatsClient,
+    PushConsumerConfig,
+    Subscription,
+)
 
 _log = get_logger("jsfeed")
 
@@ -86,59 +89,7 @@ def delivery_of(reply: str) -> tuple[int, int]:
     raise BridgeError(f"not a JetStream delivery reply subject: {reply!r}")
 
 
-def _deliver_config(deliver: Any) -> dict[str, Any]:
-    if deliver in ("all", "new", "last_per_subject"):
-        return {"deliver_policy": deliver}
-    if isinstance(deliver, tuple) and deliver[0] == "seq":
-        return {"deliver_policy": "by_start_sequence", "opt_start_seq": int(deliver[1])}
-    if isinstance(deliver, tuple) and deliver[0] == "time":
-        when = deliver[1]
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=datetime.UTC)
-        return {"deliver_policy": "by_start_time",
-                "opt_start_time": when.astimezone(datetime.UTC).isoformat().replace("+00:00",
-                                                                                    "Z")}
-    raise ValueError(f"deliver: expected 'all', 'new', 'last_per_subject', ('seq', n) or "
-                     f"('time', datetime), got {deliver!r}")
-
-
-# JetStream API error codes this module tells apart.
-_ERR_CONSUMER_NOT_FOUND = 10014
-
-
-def _api_error(what: str, err: dict[str, Any]) -> BridgeError:
-    text = (f"{what}: {err.get('description', err)} (code {err.get('code')}, "
-            f"err_code {err.get('err_code')})")
-    if err.get("code") == 404:
-        return NatsNotFound(text)
-    if err.get("code") == 503:
-        return NatsJsUnavailable(text)
-    return BridgeError(text)
-
-
-async def _api_doc(nc: Any, subject: str, body: dict[str, Any] | None,
-                   what: str) -> dict[str, Any]:
-    """The API's JSON answer, error or not (bridge errors are raised as they are)."""
-    msg = await nc.request(subject, json.dumps(body).encode() if body is not None else b"",
-                           timeout=5.0)
-    if msg.headers and msg.headers.get("Status") == "503":
-        raise NatsJsUnavailable(f"{what}: JetStream did not answer (no responders)")
-    try:
-        doc: dict[str, Any] = json.loads(msg.data)
-    except ValueError:
-        raise BridgeError(f"{what}: the server's answer is not JSON: {msg.data[:200]!r}") from None
-    return doc
-
-
-async def _api(nc: Any, subject: str, body: dict[str, Any] | None, what: str) -> dict[str, Any]:
-    doc = await _api_doc(nc, subject, body, what)
-    err = doc.get("error")
-    if err:
-        raise _api_error(what, err)
-    return doc
-
-
-def _status(m: Any) -> str | None:
+def _status(m: Msg) -> str | None:
     """A status message's code (``"100"`` heartbeat / flow control, ``"409"`` ...), else None."""
     h = m.headers
     if h and not m.data:
@@ -151,10 +102,12 @@ class JsFeed:
     """Batches of deliveries (``list[Msg]``, never empty, never a status message); call
     :meth:`ack` with each batch once it is handed downstream."""
 
-    def __init__(self, nc: Any, sub: Any, stream: str, config: dict[str, Any], what: str,
-                 watch: ConsumerWatch, *, gap_check: bool,
-                 on_recreate: Callable[[str], None] | None, log: Any) -> None:
+    def __init__(self, nc: NatsClient, sub: Subscription, stream: str,
+                 config: PushConsumerConfig, what: str, watch: ConsumerWatch, *,
+                 gap_check: bool, on_recreate: Callable[[str], None] | None,
+                 log: Logger) -> None:
         self._nc = nc
+        self.js: JetStream = nc.jetstream()
         self._sub = sub
         self.stream = stream
         self._config = config
@@ -179,38 +132,27 @@ class JsFeed:
         self._ack_reply = ""
 
     # -- consumer management ------------------------------------------------------------------
-    async def _create(self, deliver_cfg: dict[str, Any]) -> int:
+    async def _create(self, deliver: Deliver) -> int:
         # Named by us, so that one whose answer never came can be found and deleted.
         name = f"xyfeed_{secrets.token_hex(8)}"
-        config = {**self._config, **deliver_cfg, "name": name}
         self._unconfirmed.add(name)
-        doc = await _api(self._nc, f"$JS.API.CONSUMER.CREATE.{self.stream}.{name}",
-                         {"stream_name": self.stream, "config": config}, f"create {self._what}")
+        state = await self.js.create_push_consumer(self.stream, name, self._config,
+                                                    deliver=deliver)
         self._unconfirmed.discard(name)
-        self.name = str(doc["name"])
-        return int((doc.get("delivered") or {}).get("stream_seq") or 0)
+        self.name = state.name
+        return state.delivered_seq
 
-    async def start(self, deliver_cfg: dict[str, Any]) -> None:
-        delivered = await self._create(deliver_cfg)
+    async def start(self, deliver: Deliver) -> None:
+        delivered = await self._create(deliver)
         self.watch.started(trio.current_time(), delivered)
 
     async def _exists(self) -> bool:
-        what = f"info of {self._what}"
-        doc = await _api_doc(self._nc, f"$JS.API.CONSUMER.INFO.{self.stream}.{self.name}", None,
-                             what)
-        err = doc.get("error")
-        if not err:
-            return True
-        if err.get("err_code") == _ERR_CONSUMER_NOT_FOUND:
-            return False
-        raise _api_error(what, err)
+        return await self.js.consumer_state(self.stream, self.name) is not None
 
     async def _delete(self, name: str) -> None:
+        """Delete ``name`` (already gone is fine); only a transient failure raises."""
         try:
-            await _api(self._nc, f"$JS.API.CONSUMER.DELETE.{self.stream}.{name}", None,
-                       f"delete {self._what}")
-        except NatsNotFound:
-            pass
+            await self.js.delete_consumer(self.stream, name)
         except BridgeError as exc:
             if transient(exc):
                 raise
@@ -229,7 +171,7 @@ class JsFeed:
             await self._delete(name)
             self._unconfirmed.discard(name)
         resume = self.watch.resume_seq
-        await self._create({"deliver_policy": "by_start_sequence", "opt_start_seq": resume})
+        await self._create(("seq", resume))
         self._overlap = True
         self.recreated += 1
         self.watch.recreated(trio.current_time())
@@ -256,7 +198,7 @@ class JsFeed:
                               reason=check.reason, retry_in_ms=round(delay * 1000),
                               error=str(exc))
 
-    async def follow_events(self, events: Any) -> None:
+    async def follow_events(self, events: trio.MemoryReceiveChannel[BridgeEvent]) -> None:
         """Reconnects and lame-duck notices from the bridge; wakes a waiting ``__anext__``."""
         async for ev in events:
             if ev.kind == "reconnected":
@@ -274,7 +216,7 @@ class JsFeed:
     def __aiter__(self) -> JsFeed:
         return self
 
-    async def __anext__(self) -> list[Any]:
+    async def __anext__(self) -> list[Msg]:
         watch = self.watch
         while True:
             now = trio.current_time()
@@ -301,7 +243,7 @@ class JsFeed:
                 watch.got_batch()
                 return batch
 
-    def _accept(self, raw: list[Any], now: float) -> list[Any]:
+    def _accept(self, raw: list[Msg], now: float) -> list[Msg]:
         watch = self.watch
         data = [m for m in raw if m.reply]
         if len(data) == len(raw) and not self._overlap:
@@ -311,7 +253,7 @@ class JsFeed:
             watch.last_received = stream_seq_of(last)
             self._ack_reply = last
             return data
-        out: list[Any] = []
+        out: list[Msg] = []
         last_reply = ""
         for m in raw:
             code = _status(m)
@@ -334,7 +276,7 @@ class JsFeed:
                 self._nc.publish_nowait(last_reply, b"+ACK")
         return out
 
-    def _on_status(self, m: Any, code: str | None, now: float) -> None:
+    def _on_status(self, m: Msg, code: str | None, now: float) -> None:
         h = m.headers or {}
         desc = str(h.get("Description", ""))
         if code == "100" and m.reply:
@@ -351,7 +293,7 @@ class JsFeed:
             self._log.info("status message on the feed ignored", status=code, description=desc,
                            subject=m.subject)
 
-    def ack(self, batch: list[Any]) -> None:
+    def ack(self, batch: list[Msg]) -> None:
         """Acknowledge everything up to the batch's last delivery (ack-all): the caller has
         handed it downstream, so a re-created consumer starts after it."""
         if batch and self._ack_reply:
@@ -360,33 +302,32 @@ class JsFeed:
 
 
 @asynccontextmanager
-async def js_feed(nc: Any, stream: str, *, deliver: Any, filter_subject: str = ">",
+async def js_feed(nc: NatsClient, stream: str, *, deliver: Deliver, filter_subject: str = ">",
                   max_pending: int = 4096, max_batch: int = 1024,
                   heartbeat_s: float = 0.5, missed_heartbeats: int = 3,
                   backoff: Backoff = DEFAULT_BACKOFF,
                   on_recreate: Callable[[str], None] | None = None,
                   on_retry: Callable[[BridgeError], None] | None = None,
-                  log: Any = None) -> AsyncIterator[JsFeed]:
+                  log: Logger | None = None) -> AsyncIterator[JsFeed]:
     """Deliveries of ``stream`` from ``deliver`` on, at most ``max_pending`` unacknowledged;
     the consumer is re-created whenever it goes missing (``on_recreate(reason)`` counts it)."""
     logger = log if log is not None else _log
     # Below the client's own inbox prefix: on the embedded bus only its role may read there.
-    inbox = f"{getattr(nc, 'inbox_prefix', '_INBOX')}.xyfeed.{secrets.token_hex(8)}"
-    config = {
-        "ack_policy": "all",
-        "max_ack_pending": max_pending,
-        "deliver_subject": inbox,
-        "filter_subject": filter_subject,
-        "replay_policy": "instant",
-        "inactive_threshold": 30_000_000_000,
-        "mem_storage": True,
-        "num_replicas": 1,
-        # The deliveries sit in the bridge's bounded inbox until acked; no redelivery races.
-        "ack_wait": 3_600_000_000_000,
-        "max_deliver": 1,
+    inbox = f"{nc.inbox_prefix}.xyfeed.{secrets.token_hex(8)}"
+    config = PushConsumerConfig(
+        deliver_subject=inbox,
+        filter_subject=filter_subject,
+        ack="all",
+        max_ack_pending=max_pending,
         # The server says "still here, nothing for you" this often when idle.
-        "idle_heartbeat": int(heartbeat_s * 1e9),
-    }
+        idle_heartbeat_s=heartbeat_s,
+        inactive_threshold_s=30.0,
+        # The deliveries sit in the bridge's bounded inbox until acked; no redelivery races.
+        ack_wait_s=3600.0,
+        max_deliver=1,
+        memory=True,
+        replicas=1,
+    )
     what = f"push consumer on {stream!r} ({filter_subject})"
     watch = ConsumerWatch(heartbeat_s, missed_heartbeats, trio.current_time(), backoff)
     # Events from now on: a reconnect during the creation below still counts.
@@ -398,7 +339,7 @@ async def js_feed(nc: Any, stream: str, *, deliver: Any, filter_subject: str = "
             # comparable with our deliveries when the consumer sees every subject.
             feed = JsFeed(nc, sub, stream, config, what, watch, gap_check=filter_subject == ">",
                           on_recreate=on_recreate, log=logger)
-            await retrying(f"create {what}", lambda: feed.start(_deliver_config(deliver)),
+            await retrying(f"create {what}", lambda: feed.start(deliver),
                            backoff=backoff, log=logger, on_failure=on_retry,
                            gave_up=lambda: bool(nc.closed))
             nursery.start_soon(feed.follow_events, events)
@@ -409,8 +350,7 @@ async def js_feed(nc: Any, stream: str, *, deliver: Any, filter_subject: str = "
                 events.close()
                 with trio.CancelScope(shield=True), trio.move_on_after(2.0):
                     try:
-                        await _api(nc, f"$JS.API.CONSUMER.DELETE.{stream}.{feed.name}", None,
-                                   f"delete {what}")
+                        await feed.js.delete_consumer(stream, feed.name)
                     except BridgeError as exc:
                         # Gone already, or the connection is closing: the server removes it
                         # after inactive_threshold anyway.

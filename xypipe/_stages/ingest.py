@@ -26,15 +26,19 @@ from __future__ import annotations
 
 import datetime
 import time
-from typing import Any, Never
+from collections.abc import Callable, Sequence
+from typing import Never, Protocol
 
 import attrs
 import trio
-from google.protobuf.message import DecodeError
 
+from xypipe._contracts import ContractDecoder, decoder_for
+from xypipe._contracts import decode as decode_contract
 from xypipe._errors import (
     RESTORE_SNAPSHOT_IGNORED,
     SRC_REANCHOR,
+    BridgeError,
+    ContractError,
     NatsTimeout,
     RebuildError,
     SourceDataError,
@@ -43,12 +47,13 @@ from xypipe._md.records import Batch, ContractRec, Restore, TickRec
 from xypipe._md.restore_point import plan_restore
 from xypipe._md.validate import Reason, TickBounds, TickValidator
 from xypipe._retry import Backoff, retrying
-from xypipe._stage import Stage
-from xypipe._stages._jsfeed import delivery_of, js_feed, pending_of, stream_seq_of
+from xypipe._stage import Stage, StageContext
+from xypipe._stages._jsfeed import JsFeed, delivery_of, js_feed, pending_of, stream_seq_of
 from xypipe._stages._md_common import StateStreams, is_token, wall_us
 from xypipe._stages._srcstream import DEFAULT_SUBJECTS, SourceStream
 from xypipe._stages._srcwatch import SourceWatchConfig, watch_source
 from xypipe._validate import Invalid, in_range, non_empty, one_of, subject_patterns
+from xypipe.abc import Deliver, JetStream, Msg, StreamState
 from xypipe.contracts import Contract, Delta, Snapshot, Tick
 
 TICK_PREFIX = "xy.src.tick."
@@ -118,7 +123,7 @@ class IngestConfig:
 class BadSourceCounter:
     """``src_bad_total{reason}`` plus a rate-limited log line per bad message."""
 
-    def __init__(self, ctx: Any, per_s: int) -> None:
+    def __init__(self, ctx: StageContext, per_s: int) -> None:
         self._counter = ctx.metrics.counter(
             "src_bad", "Source messages skipped as malformed or out of bounds, per reason "
             "(reason=reanchor: symbols re-anchored after a consistent run out of bounds)",
@@ -146,16 +151,35 @@ class BadSourceCounter:
             self.suppressed += 1
 
 
-def decode_messages(msgs: list[Any], now: float, bad: BadSourceCounter,
-                    door: TickValidator | None = None, now_us: int = 0) -> list[Any]:
-    """Source messages (with ``.subject``, ``.data``, ``.seq``) to records; bad ones counted.
+class SourceMessage(Protocol):
+    """What ingest reads of a source message (a :class:`~xypipe._nats.Msg` has it)."""
+
+    @property
+    def subject(self) -> str: ...
+
+    @property
+    def data(self) -> bytes: ...
+
+    @property
+    def reply(self) -> str: ...
+
+    @property
+    def seq(self) -> int | None: ...
+
+
+def decode_messages(msgs: Sequence[SourceMessage], now: float, bad: BadSourceCounter,
+                    door: TickValidator | None = None, now_us: int = 0,
+                    decoder: ContractDecoder | None = None) -> list[TickRec | ContractRec]:
+    """Source messages to records; bad ones counted.
 
     ``now`` is the Trio time and ``now_us`` the wall clock (microseconds) at which the batch
     arrived. With a ``door``, every tick is checked against its bounds; the server's arrival
     time it is judged by is the message's JetStream stored time (from the delivery's reply
-    subject), else ``now_us``.
+    subject), else ``now_us``. Payloads decode through ``decoder`` (the process's contract
+    decoder by default), which counts a newer producer's unknown fields.
     """
-    recs: list[Any] = []
+    decode = decoder.decode if decoder is not None else decode_contract
+    recs: list[TickRec | ContractRec] = []
     append = recs.append
     tlen, clen = len(TICK_PREFIX), len(CONTRACT_PREFIX)
     check = door.check if door is not None and door.enabled else None
@@ -169,10 +193,9 @@ def decode_messages(msgs: list[Any], now: float, bad: BadSourceCounter,
             else:
                 sseq, stored_us = 0, now_us
             try:
-                t = Tick.FromString(m.data)
-            except DecodeError as exc:
-                bad("decode", subject, f"{len(m.data)} bytes do not decode as xy.md.v1.Tick: "
-                                       f"{exc}")
+                t = decode(Tick, m.data, where=subject)
+            except ContractError as exc:
+                bad("decode", subject, str(exc))
                 continue
             key = subject[tlen:]
             if key != f"{t.venue}.{t.symbol}":
@@ -200,10 +223,9 @@ def decode_messages(msgs: list[Any], now: float, bad: BadSourceCounter,
         elif subject.startswith(CONTRACT_PREFIX):
             sseq = m.seq or (stream_seq_of(m.reply) if m.reply else 0)
             try:
-                c = Contract.FromString(m.data)
-            except DecodeError as exc:
-                bad("decode", subject,
-                    f"{len(m.data)} bytes do not decode as xy.md.v1.Contract: {exc}")
+                c = decode(Contract, m.data, where=subject)
+            except ContractError as exc:
+                bad("decode", subject, str(exc))
                 continue
             key = subject[clen:]
             if key != f"{c.venue}.{c.symbol}":
@@ -231,6 +253,7 @@ class Ingest(Stage[Never, Restore | Batch, IngestConfig]):
 
     async def run(self) -> None:
         nc = self.ctx.require_nats()
+        self._nc = nc
         cfg = self.config
         t0 = trio.current_time()
         js = nc.jetstream()
@@ -239,6 +262,7 @@ class Ingest(Stage[Never, Restore | Batch, IngestConfig]):
                                   "src_ingest")
         self._contracts = metrics.counter("src_contracts", "Reference contracts ingested")
         self._bad = BadSourceCounter(self.ctx, cfg.log_bad_per_s)
+        self._decoder = decoder_for(metrics.registry)
         recreated = metrics.counter(
             "js_consumer_recreated", "JetStream consumers re-created after they went missing",
             ["stream", "reason"])
@@ -246,10 +270,10 @@ class Ingest(Stage[Never, Restore | Batch, IngestConfig]):
             "js_retries", "JetStream calls that failed transiently and were retried", ["op"])
         backoff = Backoff(cfg.retry_initial_ms / 1000, cfg.retry_max_ms / 1000)
 
-        def retried(op: str) -> Any:
+        def retried(op: str) -> Callable[[BridgeError], None]:
             return lambda exc: retries.labels(op).inc()
 
-        async def prepare() -> tuple[Any, Restore | None, list[Any]]:
+        async def prepare() -> tuple[StreamState, Restore | None, list[Msg]]:
             # Everything read before the first delivery, retried as a whole while JetStream
             # is unavailable (a half-read restore point is worthless).
             # Created here or by a publisher that came first, never overwritten (see
@@ -269,26 +293,16 @@ class Ingest(Stage[Never, Restore | Batch, IngestConfig]):
         src, restore, contracts = await retrying(
             "ingest start-up (streams, restore point, contracts)", prepare, backoff=backoff,
             log=self.ctx.log, on_failure=retried("startup"), gave_up=lambda: nc.closed)
+        deliver = self._deliver(cfg, src, restore)
         if restore is None:
             restore = Restore(epoch=wall_us())
-        deliver: Any
-        if restore.replay_from:
-            deliver = ("seq", restore.replay_from)
-        elif cfg.start == "all":
-            deliver = "all"
-        elif cfg.start == "seq":
-            deliver = ("seq", cfg.start_seq)
-        elif cfg.start == "time":
-            deliver = ("time", datetime.datetime.fromisoformat(cfg.start_time))
-        else:
-            deliver = ("seq", src.last_seq + 1)
         restore = attrs.evolve(restore, target_seq=src.last_seq, started_at=t0)
         self._door = TickValidator(cfg.bounds)
         self._door.restore(s for snap in restore.snapshots for s in snap.symbols)
         await self.outbox.send(restore)
         if contracts:
             now = trio.current_time()
-            recs = decode_messages(contracts, now, self._bad)
+            recs = decode_messages(contracts, now, self._bad, decoder=self._decoder)
             self._contracts.inc(len(recs))
             await self.outbox.send(Batch(recs, 0))
         self.ctx.log.info("ingest starting", stream=cfg.stream, deliver=str(deliver),
@@ -304,11 +318,25 @@ class Ingest(Stage[Never, Restore | Batch, IngestConfig]):
             self.ctx.set_ready()
             await self._consume(feed)
 
-    async def _consume(self, feed: Any) -> None:
+    @staticmethod
+    def _deliver(cfg: IngestConfig, src: StreamState, restore: Restore | None) -> Deliver:
+        """Where the source feed starts: the restore point's replay, else ``start``."""
+        if restore is not None and restore.replay_from:
+            return ("seq", restore.replay_from)
+        if cfg.start == "all":
+            return "all"
+        if cfg.start == "seq":
+            return ("seq", cfg.start_seq)
+        if cfg.start == "time":
+            return ("time", datetime.datetime.fromisoformat(cfg.start_time))
+        return ("seq", src.last_seq + 1)
+
+    async def _consume(self, feed: JsFeed) -> None:
         rate, bad, send, door = self._rate, self._bad, self.outbox.send, self._door
+        decoder = self._decoder
         async for msgs in feed:
             now = trio.current_time()
-            recs = decode_messages(msgs, now, bad, door, wall_us())
+            recs = decode_messages(msgs, now, bad, door, wall_us(), decoder)
             ticks = sum(1 for r in recs if type(r) is TickRec)
             rate.add(ticks)
             if ticks < len(recs):
@@ -328,8 +356,8 @@ class Ingest(Stage[Never, Restore | Batch, IngestConfig]):
 
     # ------------------------------------------------------------------ rebuild
 
-    async def _last_per_subject(self, js: Any, stream: str, subjects: str,
-                                stored: int) -> list[Any]:
+    async def _last_per_subject(self, js: JetStream, stream: str, subjects: str,
+                                stored: int) -> list[Msg]:
         """Every subject's last message in ``stream`` (empty stream: no round trip). A read
         cut short (the server went away) raises ``NatsTimeout`` instead of passing for the
         whole: a restore point missing groups would rebuild them empty.
@@ -343,9 +371,9 @@ class Ingest(Stage[Never, Restore | Batch, IngestConfig]):
             expected = await consumer.num_pending()
         if expected == 0:
             return []
-        out: list[Any] = []
+        out: list[Msg] = []
         with trio.move_on_after(max(5.0, expected / 5_000)) as guard:
-            async with js_feed(self.ctx.nats, stream, deliver="last_per_subject",
+            async with js_feed(self._nc, stream, deliver="last_per_subject",
                                filter_subject=subjects, max_pending=min(expected, 65_536),
                                max_batch=4096, log=self.ctx.log) as feed:
                 async for msgs in feed:
@@ -358,7 +386,7 @@ class Ingest(Stage[Never, Restore | Batch, IngestConfig]):
                               f"{len(out)} of {expected} read, then nothing")
         return out
 
-    async def _restore(self, js: Any, src: Any) -> Restore | None:
+    async def _restore(self, js: JetStream, src: StreamState) -> Restore | None:
         cfg: IngestConfig = self.config
         state = cfg.state
         log = self.ctx.log
@@ -369,8 +397,8 @@ class Ingest(Stage[Never, Restore | Batch, IngestConfig]):
                                               f"{state.snapshot_prefix}.>",
                                               snap_state.messages):
             try:
-                snapshots.append(Snapshot.FromString(m.data))
-            except DecodeError as exc:
+                snapshots.append(self._decoder.decode(Snapshot, m.data, where=m.subject))
+            except ContractError as exc:
                 log.warning("ignoring an undecodable stored snapshot", code=RebuildError.code,
                             subject=m.subject, error=str(exc))
         checkpoints: dict[tuple[str, int], int] = {}
@@ -379,8 +407,8 @@ class Ingest(Stage[Never, Restore | Batch, IngestConfig]):
                                               f"{state.checkpoint_prefix}.>",
                                               ckpt_state.messages):
             try:
-                d = Delta.FromString(m.data)
-            except DecodeError as exc:
+                d = self._decoder.decode(Delta, m.data, where=m.subject)
+            except ContractError as exc:
                 log.warning("ignoring an undecodable delta checkpoint", code=RebuildError.code,
                             subject=m.subject, error=str(exc))
                 continue
