@@ -6,13 +6,12 @@ from __future__ import annotations
 import io
 import json
 import os
-import pty
 import subprocess
 import sys
 
 import pytest
 import trio
-from rich.text import Text
+from _terminal import run_on_a_terminal, shown
 
 from xypipe._config import parse_config
 from xypipe._errors import LOG_BAD_FORMAT, XyError
@@ -152,24 +151,10 @@ def test_a_real_process_on_a_terminal_writes_console_lines_and_json_to_a_pipe(tm
             "--log-level", "info"]
     env = {**os.environ, "TERM": "xterm", "COLUMNS": "300"}
     env.pop(ENV_FORMAT, None)
-    leader, follower = pty.openpty()
-    with subprocess.Popen(argv, cwd=tmp_path, stdin=subprocess.DEVNULL,
-                          stdout=subprocess.DEVNULL, stderr=follower, env=env) as proc:
-        os.close(follower)
-        seen = b""
-        while True:
-            try:
-                chunk = os.read(leader, 4096)
-            except OSError:  # EIO: the terminal's last writer closed it
-                break
-            if not chunk:
-                break
-            seen += chunk
-        assert proc.wait(timeout=60) == 2
-    os.close(leader)
+    status, _, seen = run_on_a_terminal(argv, tmp_path, env)
+    assert status == 2
     assert b"\x1b[" in seen  # coloured
-    shown = Text.from_ansi(seen.decode().replace("\r\n", "\n")).plain  # what a person reads
-    log_line, error = [" ".join(line.split()) for line in shown.splitlines()]
+    log_line, error = [" ".join(line.split()) for line in shown(seen).splitlines()]
     assert log_line.split(" ", 1)[1] == ("INFO cli: no embedded demo key found; connecting "
                                          "without credentials [XY-NATS-023] "
                                          "looked_for=var/nats/auth/publisher.nk")

@@ -27,7 +27,7 @@ from typing import Literal, Protocol, TextIO, get_args
 
 import trio
 
-from xypipe._errors import LOG_BAD_FORMAT, XyError
+from xypipe._errors import LOG_BAD_FORMAT, UsageError
 from xypipe._log_render import (
     ConsoleRenderer,
     Fields,
@@ -176,7 +176,7 @@ def resolve_format(configured: str, stream: TextIO | None = None) -> Literal["js
         close = difflib.get_close_matches(chosen, FORMATS, n=1, cutoff=0.6)
         where = f"${ENV_FORMAT}" if os.environ.get(ENV_FORMAT) else "log format"
         hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise XyError(f"{where}: expected one of {', '.join(map(repr, FORMATS))}, got "
+        raise UsageError(f"{where}: expected one of {', '.join(map(repr, FORMATS))}, got "
                       f"{chosen!r}{hint}", code=LOG_BAD_FORMAT)
     if chosen == "auto":
         target = stream if stream is not None else sys.stderr
