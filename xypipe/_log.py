@@ -136,11 +136,13 @@ class XyHandler(logging.Handler):
         except Exception:
             self.handleError(record)
 
-    def flush_repeats(self) -> None:
-        """Write the summaries of windows that have closed (called by a timer task)."""
+    def flush_repeats(self, *, all_open: bool = False) -> None:
+        """Write the summaries of windows that have closed (called by a timer task), or of
+        every open one."""
         self.acquire()
         try:
-            self._write_summaries(self._folder.due(self._clock()))
+            self._write_summaries(self._folder.drain() if all_open
+                                  else self._folder.due(self._clock()))
         finally:
             self.release()
 
@@ -210,11 +212,12 @@ def configure(level: str = "info", stream: TextIO | None = None, *, format: str 
     logging.Formatter.converter = time.gmtime
 
 
-def flush_repeats() -> None:
-    """Write the summaries of closed windows now (no-op without an installed handler)."""
+def flush_repeats(*, all_open: bool = False) -> None:
+    """Write the summaries of closed windows now — of every open one with ``all_open`` (a
+    test's logs then stay in its own capture). No-op without an installed handler."""
     handler = _installed()
     if handler is not None:
-        handler.flush_repeats()
+        handler.flush_repeats(all_open=all_open)
 
 
 async def summarise_repeats(period_s: float = 1.0) -> None:
