@@ -20,15 +20,18 @@ import argparse
 import json
 import pathlib
 import sys
-from typing import Any
 
 import attrs
 import trio
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import DecodeError, Message
 
-from xypipe._errors import NATS_NO_CREDENTIALS, ConfigError, XyError
+from xypipe._cli_common import add_log_options
+from xypipe._config import AppConfig
+from xypipe._errors import NATS_NO_CREDENTIALS
 from xypipe._log import get_logger
+from xypipe._progress import Bar, progress
+from xypipe.abc import NatsClient
 from xypipe.contracts import Contract, Delta, Snapshot, Tick
 
 DEFAULT_URL = "nats://127.0.0.1:4222"
@@ -71,14 +74,18 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p = subparsers.add_parser("publish", help="publish synthetic ticks (the demo market)")
     p.add_argument("--url", default=DEFAULT_URL, help=f"NATS URL (default {DEFAULT_URL})")
     p.add_argument("--nkey", default=None, help=_NKEY_HELP.format(role="publisher"))
-    p.add_argument("--symbols", type=int, default=500)
+    p.add_argument("--symbols", type=int, default=500,
+                   help="instruments simulated (default 500)")
     p.add_argument("--venues", default="XNAS,XNYS,BATS", help="comma-separated venue codes")
     p.add_argument("--rate", type=float, default=4000.0, help="ticks per second (default 4000)")
-    p.add_argument("--burst-factor", type=float, default=10.0)
+    p.add_argument("--burst-factor", type=float, default=10.0,
+                   help="rate multiplier during a burst (default 10)")
     p.add_argument("--burst-every", type=float, default=0.0,
                    help="seconds between bursts of burst-factor x rate (0 = none)")
-    p.add_argument("--burst-seconds", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--burst-seconds", type=float, default=1.0,
+                   help="how long a burst lasts (default 1)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="random seed: the same seed publishes the same market (default 0)")
     for fault in ("duplicate", "reorder", "gap", "malformed"):
         p.add_argument(f"--{fault}", type=float, default=0.0, help=f"{fault} rate per tick 0..1")
     p.add_argument("--count", type=int, default=0, help="stop after this many ticks")
@@ -90,10 +97,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         "with xy.src.> and xy.ref.> if missing; default XY_SRC)")
     p.add_argument("--no-stream", action="store_true",
                    help="core NATS only: do not make sure a stream keeps what is published")
+    add_log_options(p, level="warning")
     p.set_defaults(func=_cmd_publish)
 
     t = subparsers.add_parser("tail", help="print (decoded) messages from NATS subjects")
-    t.add_argument("subjects", nargs="*", default=["xy.md.>"])
+    t.add_argument("subjects", nargs="*", default=["xy.md.>"],
+                   help="NATS subjects or patterns to follow (default xy.md.>)")
     t.add_argument("--url", default=DEFAULT_URL, help=f"NATS URL (default {DEFAULT_URL})")
     t.add_argument("--nkey", default=None, help=_NKEY_HELP.format(role="reader"))
     t.add_argument("--count", type=int, default=0, help="stop after this many messages")
@@ -102,6 +111,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     t.add_argument("--verify", action="store_true",
                    help="rebuild the books from snapshots + deltas and check every checksum")
     t.add_argument("--quiet", action="store_true", help="no per-message lines")
+    add_log_options(t, level="warning")
     t.set_defaults(func=_cmd_tail)
 
 
@@ -121,46 +131,57 @@ def _cmd_publish(args: argparse.Namespace) -> int:
         "ensure_stream": not args.no_stream,
     }
     creds = credentials(args.url, args.nkey, "publisher")
-    nats: dict[str, Any] = {"url": args.url, "inbox_prefix": creds.inbox_prefix}
+    nats: dict[str, object] = {"url": args.url, "inbox_prefix": creds.inbox_prefix}
     if creds.nkey is not None:
         nats["nkey"] = creds.nkey
-    try:
-        cfg = parse_config(
-            {"nats": nats, "http": {"enabled": False},
-             "pipelines": {"publisher": {"stages": [{"use": "publisher", **options}]}}},
-            "xypipe publish",
-        )
-    except ConfigError as exc:
-        print(str(exc), file=sys.stderr)
-        return 2
-    try:
-        summary = trio.run(_publish, cfg, args.duration)
-    except XyError as exc:
-        print(f"xypipe publish: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+    cfg = parse_config(
+        {"nats": nats, "http": {"enabled": False},
+         "pipelines": {"publisher": {"stages": [{"use": "publisher", **options}]}}},
+        "xypipe publish",
+    )
+    total = args.count or None
+    what = "publishing"
+    if args.replay:
+        what = f"replaying {args.replay}"
+    with progress(what, total=total, unit="ticks") as bar:
+        if args.replay and bar.enabled and not total:
+            from xypipe._publisher import read_tape
+
+            bar.update(completed=0, total=sum(1 for _ in read_tape(args.replay)))
+        summary = trio.run(_publish, cfg, args.duration, bar)
     print(json.dumps(summary))
     return 0
 
 
-async def _publish(cfg: Any, duration: float) -> dict[str, Any]:
-    import attrs
-
+async def _publish(cfg: AppConfig, duration: float, bar: Bar) -> dict[str, object]:
     from xypipe._runner import Runner
     from xypipe._stages.publisher import Publisher
 
     runner = Runner(cfg)
-    async with trio.open_nursery() as nursery:
-        if duration:
-            async def stop_later() -> None:
-                await trio.sleep(duration)
-                runner.stop()
 
+    async def stop_later() -> None:
+        await trio.sleep(duration)
+        runner.stop()
+
+    async def show_progress() -> None:
+        publisher = runner.stage("publisher", "publisher", Publisher)
+        while True:
+            bar.update(completed=publisher.truth.ticks)
+            await trio.sleep(0.1)
+
+    async with trio.open_nursery() as nursery:
+
+        async def run_then_stop(task_status: trio.TaskStatus[Runner]) -> None:
+            await runner.run(task_status=task_status)
+            nursery.cancel_scope.cancel()
+
+        if duration:
             nursery.start_soon(stop_later)
-        await runner.run()
-        nursery.cancel_scope.cancel()
+        await nursery.start(run_then_stop)
+        if bar.enabled:
+            nursery.start_soon(show_progress)
     publisher = runner.stage("publisher", "publisher", Publisher)
+    bar.update(completed=publisher.truth.ticks)
     return {"ticks": publisher.truth.ticks, "symbols": len(publisher.truth.last),
             "faults": attrs.asdict(publisher.faults)}
 
@@ -204,13 +225,7 @@ def describe(subject: str, msg: Message) -> str:
 
 
 def _cmd_tail(args: argparse.Namespace) -> int:
-    try:
-        code: int = trio.run(_tail, args)
-    except XyError as exc:
-        print(f"xypipe tail: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+    code: int = trio.run(_tail, args)
     return code
 
 
@@ -223,7 +238,7 @@ async def _tail(args: argparse.Namespace) -> int:
     bad = 0
     done = trio.Event()
 
-    async def follow(nc: Any, subject: str,
+    async def follow(nc: NatsClient, subject: str,
                      task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         nonlocal seen, bad
         async with nc.subscribe(subject, max_batch=512) as sub:

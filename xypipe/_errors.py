@@ -52,9 +52,15 @@ class ConfigError(XyError):
 
     code = "XY-CFG-001"
 
-    def __init__(self, problems: list[str]) -> None:
+    def __init__(self, problems: list[str], *, codes: list[str] | None = None) -> None:
         self.problems = list(problems)
+        #: The code of each problem (a config can hold wiring mistakes and bad values at once).
+        self.codes = list(codes) if codes is not None else [self.code] * len(self.problems)
         super().__init__("\n".join(self.problems))
+
+    def coded(self) -> list[tuple[str, str]]:
+        """Each problem with its code."""
+        return list(zip(self.problems, self.codes, strict=True))
 
 
 class PluginError(XyError):
@@ -471,3 +477,26 @@ UI_ROOT_MISSING = "XY-UI-102"
 UI_TOKEN_FACTORY_UNLOADABLE = "XY-UI-103"
 #: ui_server: a file listed at start-up cannot be read any more (answered 404).
 UI_FILE_UNREADABLE = "XY-UI-104"
+
+
+# -- logs and the command line (XY-LOG-001..009, XY-CLI-110..129) ----------------------------
+#: The log format asked for (``[log] format``, ``$XY_LOG_FORMAT``) is not auto, json or console.
+LOG_BAD_FORMAT = "XY-LOG-001"
+
+
+class UsageError(XyError):
+    """A command line argument does not fit (a value out of range, a command run from the
+    wrong place); the message names the argument and what was expected. Exit status 2."""
+
+    code = "XY-CLI-110"
+
+
+class OutputExists(XyError):
+    """A command would overwrite a file it never replaces (a private key, a trust chain)."""
+
+    code = "XY-CLI-111"
+
+
+#: A file or directory a command reads or writes is not there or not allowed (an ``OSError``:
+#: its path and the system's reason).
+CLI_FILE_ERROR = "XY-CLI-112"
