@@ -6,7 +6,6 @@ import io
 import json
 import logging
 import time
-import zlib
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -20,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 import xypipe
 from xypipe._gateway._tokens import DEV_AUDIENCE, DEV_ISSUER, mint
 from xypipe._log import JsonFormatter
+from xypipe._md.book import state_checksum
 from xypipe.contracts import (
     ClientFrame,
     Delta,
@@ -108,10 +108,6 @@ def server_of(runner: xypipe.Runner) -> Any:
 # --------------------------------------------------------------------------- a tiny aggregator
 
 
-def _checksum(s: SymbolState) -> int:
-    return zlib.crc32(f"{s.venue}:{s.symbol}:{s.last}:{s.vol}".encode())
-
-
 class FakeAggregator:
     """Publishes valid deltas and snapshots for some groups, the way the aggregator does."""
 
@@ -127,6 +123,9 @@ class FakeAggregator:
             g: {f"S{i}": SymbolState(venue="XTST", symbol=f"{g}-S{i}", last=1000 + i)
                 for i in range(symbols)} for g in groups
         }
+        for states in self.state.values():
+            for s in states.values():
+                s.checksum = state_checksum(s)
 
     async def setup(self) -> None:
         await self.nc.jetstream().ensure_stream(
@@ -153,7 +152,7 @@ class FakeAggregator:
             s.window_high = s.last
             s.window_low = s.last
             s.window_ticks = 1
-            s.checksum = _checksum(s)
+            s.checksum = state_checksum(s)  # the canonical checksum clients verify
             c = SymbolState()
             c.CopyFrom(s)
             changed.append(c)
