@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "gateway"))
-from client_support import Proxy  # noqa: E402
-from gw_support import FakeAggregator, Keys  # noqa: E402
+from client_support import Proxy
+from gw_support import FakeAggregator, Keys
 
-from xypipe._nats import NatsClient, connect  # noqa: E402
+from xypipe._nats import NatsClient, connect
 
 
 @pytest.fixture

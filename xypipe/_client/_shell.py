@@ -20,6 +20,7 @@ import time
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
+from typing import cast
 
 import attrs
 import trio
@@ -41,6 +42,7 @@ from xypipe._errors import (
     HandshakeRejected,
     ReconnectGaveUp,
     TokenUnavailable,
+    find_in_group,
     sole_leaf,
 )
 from xypipe._log import get_logger
@@ -116,6 +118,41 @@ class _Ended:
     error: ClientError
     #: No reconnect can help (a refused token, a refused upgrade...).
     final: bool
+
+
+class _EofWatch(trio.abc.Stream):
+    """The connection's stream, telling ``on_eof`` when the peer hangs up (or the socket
+    breaks)."""
+
+    def __init__(self, stream: trio.SocketStream | trio.SSLStream[trio.SocketStream],
+                 on_eof: Callable[[], None] | None) -> None:
+        self.stream = stream
+        self.on_eof = on_eof
+        self.eof = False
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.stream.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        try:
+            data = await self.stream.receive_some(max_bytes)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self._ended()
+            raise
+        if not data:
+            self._ended()
+        return data
+
+    def _ended(self) -> None:
+        self.eof = True
+        if self.on_eof is not None:
+            self.on_eof()
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
 
 
 def _wall_us() -> int:
@@ -307,8 +344,12 @@ class Client:
                 ended = await self._serve(nursery, stream, token, task_status)
                 nursery.cancel_scope.cancel()
         except BaseExceptionGroup as group:
-            # trio-websocket's reader task, or ours, failed unexpectedly: one error out.
-            raise sole_leaf(group) from None
+            # trio-websocket's reader task raises a refused upgrade (the HTTP status and body
+            # come after the handshake began); anything else is unexpected: one error out.
+            rejected = find_in_group(group, trio_websocket.ConnectionRejected)
+            if rejected is None:
+                raise sole_leaf(group) from None
+            return self._rejected(rejected)
         finally:
             self._ws = None
             self._core.closed()
@@ -344,24 +385,26 @@ class Client:
         t = self._target
         welcome_by = trio.current_time() + self._connect_timeout
         ws: trio_websocket.WebSocketConnection | None = None
-        with trio.move_on_at(welcome_by):
+        with trio.CancelScope(deadline=welcome_by) as handshake:
+            # trio-websocket waits for the upgrade's answer forever if the peer hangs up
+            # first (a proxy without a backend, a gateway going away): end the wait at EOF.
+            watched = _EofWatch(stream, handshake.cancel)
             try:
                 ws = await trio_websocket.wrap_client_stream(
-                    nursery, stream, t.host_header, t.resource, extra_headers=self._headers,
-                    max_message_size=self._max_message_size)
+                    nursery, cast(trio.SocketStream, watched), t.host_header, t.resource,
+                    extra_headers=self._headers, max_message_size=self._max_message_size)
             except trio_websocket.ConnectionRejected as exc:
-                body = (exc.body or b"").decode("utf-8", "replace").strip()[:200]
-                return _Ended(HandshakeRejected(t.url, exc.status_code, body),
-                              final=exc.status_code not in _RETRY_STATUSES)
+                return self._rejected(exc)
             except (trio_websocket.HandshakeError, trio_websocket.ConnectionClosed, OSError,
                     trio.BrokenResourceError) as exc:
                 return _Ended(GatewayUnreachable(t.url, f"WebSocket handshake failed: "
                                                         f"{type(exc).__name__} {exc}"),
                               final=False)
+        watched.on_eof = None
         if ws is None:
-            return _Ended(GatewayUnreachable(t.url, f"no WebSocket handshake within "
-                                                    f"{self._connect_timeout:g} s"),
-                          final=False)
+            why = ("the connection was closed during the WebSocket handshake" if watched.eof
+                   else f"no WebSocket handshake within {self._connect_timeout:g} s")
+            return _Ended(GatewayUnreachable(t.url, why), final=False)
         self._ws = ws
         try:
             await ws.send_message(self._core.open(token))
@@ -400,6 +443,11 @@ class Client:
                     task_status.started(None)
             for u in updates:
                 await self._push(u)
+
+    def _rejected(self, exc: trio_websocket.ConnectionRejected) -> _Ended:
+        body = (exc.body or b"").decode("utf-8", "replace").strip()[:200]
+        return _Ended(HandshakeRejected(self._target.url, exc.status_code, body),
+                      final=exc.status_code not in _RETRY_STATUSES)
 
     def _silent(self, was_open: bool) -> _Ended:
         url = self._target.url
