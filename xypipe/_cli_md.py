@@ -7,6 +7,8 @@
     xypipe publish --replay bench/data/market.tape --rate 40000
     xypipe tail 'xy.md.>'                 # one line per delta / snapshot
     xypipe tail 'xy.md.>' --verify --seconds 10   # rebuild the books, check every checksum
+    xypipe tail --ws ws://127.0.0.1:8080/ws --token "$(xypipe token)" fx rates --verify
+                                          # what a browser receives, through xypipe.client
 
 Against the embedded demo (its NATS admits its role users only, docs/security.md): run from the
 directory the demo runs in and both commands find the demo's keys in ``var/nats/auth/`` —
@@ -20,18 +22,27 @@ import argparse
 import json
 import pathlib
 import sys
-from typing import Any
 
 import attrs
 import trio
 from google.protobuf.json_format import MessageToDict
-from google.protobuf.message import DecodeError, Message
+from google.protobuf.message import Message
 
-from xypipe._errors import NATS_NO_CREDENTIALS, ConfigError, XyError
+from xypipe._cli_tail_ws import TOKEN_ENV
+from xypipe._cli_tail_ws import run as tail_ws
+from xypipe._config import AppConfig
+from xypipe._errors import (
+    CLI_TAIL_UNDECODABLE,
+    NATS_NO_CREDENTIALS,
+    ConfigError,
+    ContractError,
+    XyError,
+)
 from xypipe._log import get_logger
-from xypipe.contracts import Contract, Delta, Snapshot, Tick
+from xypipe.contracts import Contract, Delta, Snapshot, Tick, decode
 
 DEFAULT_URL = "nats://127.0.0.1:4222"
+DEFAULT_SUBJECTS = ["xy.md.>"]
 #: Where the demo (configs/demo.toml, run from this directory) keeps its NATS role keys.
 DEMO_DATA_DIR = "var/nats"
 _NKEY_HELP = ("file with the NKey seed to sign in with (default: the embedded demo's {role} key "
@@ -92,15 +103,28 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="core NATS only: do not make sure a stream keeps what is published")
     p.set_defaults(func=_cmd_publish)
 
-    t = subparsers.add_parser("tail", help="print (decoded) messages from NATS subjects")
-    t.add_argument("subjects", nargs="*", default=["xy.md.>"])
+    t = subparsers.add_parser(
+        "tail", help="print (decoded) messages from NATS subjects, or what a gateway's "
+                     "WebSocket sends a browser (--ws)")
+    t.add_argument("subjects", nargs="*", default=DEFAULT_SUBJECTS,
+                   help="NATS subjects (default xy.md.>); with --ws, the groups to subscribe to")
+    t.add_argument("--ws", metavar="URL", default=None,
+                   help="watch a gateway's WebSocket (ws[s]://HOST:8080/ws) as a browser would, "
+                        "through xypipe.client: snapshot then deltas, resume after a drop")
+    t.add_argument("--token", default=None,
+                   help=f"--ws: the JWT to say hello with (default: ${TOKEN_ENV}; for the demo: "
+                        '--token "$(xypipe token)")')
+    t.add_argument("--origin", default=None, help="--ws: the Origin header to send")
+    t.add_argument("--cafile", default=None,
+                   help="--ws with wss://: CA bundle to verify the gateway's certificate with")
     t.add_argument("--url", default=DEFAULT_URL, help=f"NATS URL (default {DEFAULT_URL})")
     t.add_argument("--nkey", default=None, help=_NKEY_HELP.format(role="reader"))
     t.add_argument("--count", type=int, default=0, help="stop after this many messages")
     t.add_argument("--seconds", type=float, default=0.0, help="stop after this many seconds")
     t.add_argument("--json", action="store_true", help="print whole messages as JSON")
     t.add_argument("--verify", action="store_true",
-                   help="rebuild the books from snapshots + deltas and check every checksum")
+                   help="rebuild the books from snapshots + deltas and check every checksum; "
+                        "with --ws, print each delta's sequence and checksum verdict")
     t.add_argument("--quiet", action="store_true", help="no per-message lines")
     t.set_defaults(func=_cmd_tail)
 
@@ -121,7 +145,7 @@ def _cmd_publish(args: argparse.Namespace) -> int:
         "ensure_stream": not args.no_stream,
     }
     creds = credentials(args.url, args.nkey, "publisher")
-    nats: dict[str, Any] = {"url": args.url, "inbox_prefix": creds.inbox_prefix}
+    nats: dict[str, object] = {"url": args.url, "inbox_prefix": creds.inbox_prefix}
     if creds.nkey is not None:
         nats["nkey"] = creds.nkey
     try:
@@ -144,7 +168,7 @@ def _cmd_publish(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _publish(cfg: Any, duration: float) -> dict[str, Any]:
+async def _publish(cfg: AppConfig, duration: float) -> dict[str, object]:
     import attrs
 
     from xypipe._runner import Runner
@@ -205,10 +229,13 @@ def describe(subject: str, msg: Message) -> str:
 
 
 def _cmd_tail(args: argparse.Namespace) -> int:
+    if args.ws is not None:
+        groups = [] if args.subjects == DEFAULT_SUBJECTS else list(args.subjects)
+        return tail_ws(args, groups)
     try:
         code: int = trio.run(_tail, args)
     except XyError as exc:
-        print(f"xypipe tail: {exc}", file=sys.stderr)
+        print(f"xypipe tail: [{exc.code}] {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
@@ -217,14 +244,14 @@ def _cmd_tail(args: argparse.Namespace) -> int:
 
 async def _tail(args: argparse.Namespace) -> int:
     from xypipe._md.client import MarketView
-    from xypipe._nats import connect
+    from xypipe._nats import NatsClient, connect
 
     view = MarketView() if args.verify else None
     seen = 0
     bad = 0
     done = trio.Event()
 
-    async def follow(nc: Any, subject: str,
+    async def follow(nc: NatsClient, subject: str,
                      task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         nonlocal seen, bad
         async with nc.subscribe(subject, max_batch=512) as sub:
@@ -235,11 +262,10 @@ async def _tail(args: argparse.Namespace) -> int:
                     msg: Message | None = None
                     if cls is not None:
                         try:
-                            msg = cls.FromString(m.data)
-                        except DecodeError as exc:
+                            msg = decode(cls, m.data, where=f"subject {m.subject}")
+                        except ContractError as exc:
                             bad += 1
-                            print(f"{m.subject}  {len(m.data)} bytes do not decode as "
-                                  f"{cls.DESCRIPTOR.full_name}: {exc}", file=sys.stderr)
+                            print(f"[{CLI_TAIL_UNDECODABLE}] {exc}", file=sys.stderr)
                     if view is not None and isinstance(msg, Snapshot):
                         view.apply_snapshot(msg)
                     elif view is not None and isinstance(msg, Delta) and \
