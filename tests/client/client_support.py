@@ -3,12 +3,7 @@ while both ends keep running (the client sees what a dropped or dead link looks 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-
 import trio
-
-from xypipe.client import Client, Update
-from xypipe.contracts import SymbolState
 
 
 class Proxy:
@@ -82,34 +77,3 @@ class Proxy:
         for client, upstream, _ in self._links:
             self._stalled.update((client, upstream))
 
-
-async def updates_until(client: Client, done: Callable[[Update], bool], limit_s: float = 10
-                        ) -> list[Update]:
-    """Every update up to and including the first ``done`` accepts (a hang fails the test)."""
-    seen: list[Update] = []
-    with trio.move_on_after(limit_s):
-        async for u in client:
-            seen.append(u)
-            if done(u):
-                return seen
-        raise AssertionError(f"the client ended before the awaited update; saw {seen!r}")
-    raise AssertionError(f"no awaited update within {limit_s} s; saw {seen!r}")
-
-
-def book_matches(client: Client, group: str, truth: Mapping[str, SymbolState]) -> bool:
-    """The client's book of ``group`` holds exactly the publisher's states."""
-    book = client.book(group)
-    if book is None:
-        return False
-    want = {(s.venue, s.symbol): s for s in truth.values()}
-    return dict(book.symbols) == want
-
-
-async def caught_up(client: Client, group: str, seq: int, shard: int = 0,
-                    limit_s: float = 10) -> list[Update]:
-    """The updates until ``group``'s book is live at ``seq`` (none if it already is)."""
-    def done(_: Update | None = None) -> bool:
-        book = client.book(group)
-        return book is not None and book.synced and book.seqs.get(shard) == seq
-
-    return [] if done() else await updates_until(client, done, limit_s)

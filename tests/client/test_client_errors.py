@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from client_support import updates_until
-from gw_support import FakeAggregator, Keys, http_port, running_gateway
+from gw_support import FakeAggregator, Keys, http_port, running_gateway, updates_until
 
 import xypipe
 import xypipe.client

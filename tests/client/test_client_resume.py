@@ -8,15 +8,23 @@ from collections.abc import Callable
 
 import pytest
 import trio
-from client_support import Proxy, book_matches, caught_up, updates_until
-from gw_support import FakeAggregator, Keys, http_port, running_gateway
+from client_support import Proxy
+from gw_support import (
+    FakeAggregator,
+    Keys,
+    book_matches,
+    caught_up,
+    http_port,
+    no_hole,
+    running_gateway,
+    updates_until,
+)
 
 import xypipe
 import xypipe.client
 from xypipe.client import (
     Connected,
     DeltaApplied,
-    DeltaSkipped,
     Disconnected,
     Reconnect,
     SnapshotApplied,
@@ -31,12 +39,6 @@ FAST = Reconnect(base_s=0.05, cap_s=0.2)
 
 def is_(kind: type[Update]) -> Callable[[Update], bool]:
     return lambda u: isinstance(u, kind)
-
-
-def no_hole(updates: list[Update]) -> None:
-    """Over the WebSocket a client never meets a gap, a repeat or a rejected delta."""
-    bad = [u for u in updates if isinstance(u, DeltaSkipped) and u.verdict != "held"]
-    assert not bad, bad
 
 
 async def test_a_cut_link_resumes_from_the_history_with_only_the_missed_deltas(

@@ -4,8 +4,14 @@ sequence with its checksum verified; a bad checksum detected and repaired from a
 from __future__ import annotations
 
 import pytest
-from client_support import book_matches, updates_until
-from gw_support import FakeAggregator, Keys, http_port, running_gateway
+from gw_support import (
+    FakeAggregator,
+    Keys,
+    book_matches,
+    http_port,
+    running_gateway,
+    updates_until,
+)
 
 import xypipe.client
 from xypipe.client import (

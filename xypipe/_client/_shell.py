@@ -338,7 +338,9 @@ class Client:
             return _Ended(GatewayUnreachable(url, f"no connection within "
                                                   f"{self._connect_timeout:g} s"), final=False)
         except (OSError, trio.BrokenResourceError) as exc:
-            return _Ended(GatewayUnreachable(url, f"cannot connect: {exc}"), final=False)
+            # trio wraps a TLS failure (a certificate not trusted...) in BrokenResourceError.
+            cause = exc.__cause__ if isinstance(exc.__cause__, OSError) else exc
+            return _Ended(GatewayUnreachable(url, f"cannot connect: {cause}"), final=False)
         try:
             async with trio.open_nursery() as nursery:
                 ended = await self._serve(nursery, stream, token, task_status)
@@ -364,7 +366,11 @@ class Client:
         context = self._ssl if self._ssl is not None else ssl.create_default_context()
         stream = await trio.open_ssl_over_tcp_stream(t.host, t.port, ssl_context=context,
                                                      https_compatible=True)
-        await stream.do_handshake()  # certificate errors here, not in the first read
+        try:
+            await stream.do_handshake()  # certificate errors here, not in the first read
+        except BaseException:
+            await trio.aclose_forcefully(stream)
+            raise
         return stream
 
     async def _fresh_token(self) -> str:
