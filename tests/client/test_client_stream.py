@@ -120,3 +120,21 @@ async def test_a_group_the_token_does_not_cover_is_refused_and_the_others_served
             ("ERROR_CODE_ACL_DENIED", "rates", False)]
         assert isinstance(seen[-1], SnapshotApplied) and seen[-1].group == "fx"
         assert c.connected
+
+
+async def test_a_program_can_ask_for_a_fresh_snapshot_at_most_once_per_timeout(
+    nats_server, keys: Keys, aggregator: FakeAggregator
+):
+    await aggregator.publish_snapshots(["fx"])
+    async with running_gateway(nats_server.url, keys) as runner, \
+            xypipe.client.connect(ws_url(http_port(runner)), token=keys.token()) as c:
+        await c.subscribe("fx")
+        await updates_until(c, lambda u: isinstance(u, SnapshotApplied))
+        assert await c.request_snapshot("fx")
+        assert not await c.request_snapshot("fx")  # one is on its way
+        assert not await c.request_snapshot("rates")  # not subscribed
+        again = await updates_until(c, lambda u: isinstance(u, SnapshotApplied))
+        assert isinstance(again[-1], SnapshotApplied) and again[-1].resync
+        book = c.book("fx")
+        assert book is not None and book.synced
+        assert c.statistics().snapshot_requests == 1

@@ -89,7 +89,10 @@ def close_error(code: int | None, reason: str, fatal_error: Error | None,
             name = ""
     said = f": {fatal_error.message}" if fatal_error is not None and fatal_error.message else (
         f": {reason}" if reason else "")
-    what = "was lost" if code is None else f"was closed by the gateway with {code}{name}"
+    if code is None or code == 1006:  # 1006: no close frame, the TCP connection just ended
+        what = "was lost" if code is None else "was lost (1006: no close frame)"
+    else:
+        what = f"was closed by the gateway with {code}{name}"
     message = f"{url}: the connection {what}{said}"
     error_text = fatal_error.message if fatal_error is not None else ""
     if code in AUTH_CLOSES:

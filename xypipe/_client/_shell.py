@@ -253,13 +253,14 @@ class Client:
         self._core.unsubscribe(groups)
         await self._flush()
 
-    async def request_snapshot(self, group: str) -> None:
-        """Have ``group`` resent from a snapshot (as the client does itself on a gap)."""
+    async def request_snapshot(self, group: str) -> bool:
+        """Have ``group`` resent from a snapshot (as the client does itself on a gap); False
+        when a request for it went out less than ``snapshot_timeout_s`` ago (or the group is
+        not subscribed). Called from the loop reading the updates, so it yields none itself."""
         self._check_alive()
         asked = self._core.request_snapshot(group, trio.current_time(), "requested")
         await self._flush()
-        if asked is not None:
-            await self._push(asked)
+        return asked is not None
 
     async def aclose(self) -> None:
         """Close politely (code 1000) and end the iteration."""
@@ -273,6 +274,7 @@ class Client:
 
     def _check_alive(self) -> None:
         if self._error is not None:
+            self._error_raised = True
             raise self._error
         if self._stopping or self._scope.cancel_called:
             raise ClientClosed("the client is closed (used outside its `async with`?)")
