@@ -26,7 +26,9 @@ from xypipe.client import (
     Connected,
     DeltaApplied,
     Disconnected,
+    GatewayUnreachable,
     Reconnect,
+    ReconnectGaveUp,
     SnapshotApplied,
     Subscribed,
     Update,
@@ -181,3 +183,26 @@ async def test_heartbeats_keep_a_quiet_connection_open(
         stats = c.statistics()
         assert c.connected and stats.connects == 1 and stats.best_rtt_ms is not None
         assert runner.metrics.sample("ws_active") == 1
+
+
+async def test_reconnecting_gives_up_after_max_attempts(
+    nats_server, keys: Keys, aggregator: FakeAggregator, proxy: Proxy
+):
+    async with running_gateway(nats_server.url, keys) as runner:
+        proxy.target = http_port(runner)
+        policy = Reconnect(base_s=0.01, cap_s=0.02, max_attempts=2)
+        gone: list[Update] = []
+        with pytest.raises(ReconnectGaveUp) as caught:
+            async with xypipe.client.connect(f"ws://127.0.0.1:{proxy.port}/ws",
+                                             token=keys.token(), reconnect=policy) as c:
+                await updates_until(c, is_(Connected))
+                proxy.refuse = True
+                proxy.cut()
+                with trio.fail_after(10):
+                    async for u in c:
+                        gone.append(u)
+        assert [type(u) for u in gone] == [Disconnected] * 2  # one per retry announced
+        err = caught.value
+        assert err.attempts == 2 and err.code == "XY-SDK-006"
+        assert isinstance(err.last, GatewayUnreachable)
+        assert proxy.accepted == 1

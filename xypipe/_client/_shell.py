@@ -80,7 +80,8 @@ class Reconnect:
     base_s: float = 0.1
     cap_s: float = 2.0
     stable_s: float = 5.0
-    #: Failed reconnection attempts in a row before giving up (``None``: never give up).
+    #: Failed reconnection attempts before giving up (``None``: never; 0: do not reconnect),
+    #: counted since the last connection that stayed up ``stable_s``.
     max_attempts: int | None = None
 
 
@@ -314,7 +315,8 @@ class Client:
                         return
                     delay = self._backoff.failed(trio.current_time())
                     limit = self._reconnect.max_attempts
-                    if limit is not None and self._backoff.failures > limit + 1:
+                    # The first failure is the loss itself; the others are attempts.
+                    if limit is not None and self._backoff.failures > limit:
                         self._error = ReconnectGaveUp(self._backoff.failures - 1, ended.error)
                         return
                     err = ended.error
@@ -396,6 +398,7 @@ class Client:
         with trio.CancelScope(deadline=welcome_by) as handshake:
             # trio-websocket waits for the upgrade's answer forever if the peer hangs up
             # first (a proxy without a backend, a gateway going away): end the wait at EOF.
+            # (Its signature names socket streams; it only uses the Stream interface.)
             watched = _EofWatch(stream, handshake.cancel)
             try:
                 ws = await trio_websocket.wrap_client_stream(
