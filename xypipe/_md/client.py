@@ -127,13 +127,9 @@ class SeqTracker:
     (except duplicates and stale epochs, which are dropped, and far-future ones, which are
     never kept). What the caller does with the other verdicts (the worker's ``_onDelta``):
 
-    ============== =====================================================================
-    ``gap``        ask for a snapshot; :meth:`begin_resync` holding the delta
-    ``future_epoch`` the same (a new aggregator incarnation)
-    ``far_future`` ask for a snapshot; :meth:`begin_resync` without the delta
-    ``stale_epoch`` drop it, nothing else
-    ``duplicate``  drop it
-    ============== =====================================================================
+    - ``gap``, ``future_epoch``: ask for a snapshot; :meth:`begin_resync` holding the delta;
+    - ``far_future``: ask for a snapshot; :meth:`begin_resync` without the delta;
+    - ``stale_epoch``, ``duplicate``: drop it, nothing else.
 
     :meth:`apply_snapshot` makes the snapshot the group's baseline and returns the held deltas
     that follow it, already checked (apply them in order).
