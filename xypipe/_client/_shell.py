@@ -18,7 +18,8 @@ from __future__ import annotations
 import ssl
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import cast
 
@@ -172,7 +173,7 @@ class Client:
                  origin: str | None, reconnect: Reconnect, options: CoreOptions, buffer: int,
                  connect_timeout_s: float, max_message_size: int) -> None:
         if buffer < 1:
-            raise ClientError(f"buffer: expected at least 1 update, got {buffer}")
+            raise ClientError(f"buffer: expected at least 1 frame, got {buffer}")
         self._target = _target(url)
         if ssl_context is not None and not self._target.tls:
             raise ClientError(f"{url!r}: an ssl_context was given for a ws:// URL "
@@ -186,7 +187,10 @@ class Client:
         self._connect_timeout = connect_timeout_s
         self._max_message_size = max_message_size
         self._core = ClientCore(options, where=f"gateway {url}")
-        self._send, self._receive = trio.open_memory_channel[Update](buffer)
+        # One item per frame (its updates together): a channel hop per update would cost as
+        # much as decoding the frame.
+        self._send, self._receive = trio.open_memory_channel[Sequence[Update]](buffer)
+        self._ready: deque[Update] = deque()
         self._ws: trio_websocket.WebSocketConnection | None = None
         self._send_lock = trio.Lock()
         self._wake = trio.Event()
@@ -202,10 +206,13 @@ class Client:
         return self
 
     async def __anext__(self) -> Update:
-        try:
-            return await self._receive.receive()
-        except (trio.EndOfChannel, trio.ClosedResourceError):
-            pass
+        while not self._ready:
+            try:
+                self._ready.extend(await self._receive.receive())
+            except (trio.EndOfChannel, trio.ClosedResourceError):
+                break
+        if self._ready:
+            return self._ready.popleft()
         if self._error is not None and not self._error_raised:
             self._error_raised = True
             raise self._error
@@ -291,10 +298,13 @@ class Client:
                 except trio_websocket.ConnectionClosed:
                     return  # the reader sees the close and reconnects
 
-    async def _push(self, update: Update) -> None:
-        _log_update(update)
+    async def _push(self, *updates: Update) -> None:
+        if not updates:
+            return
+        for u in updates:
+            _log_update(u)
         try:
-            await self._send.send(update)
+            await self._send.send(updates)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # nobody iterates any more: the client is ending
 
@@ -452,8 +462,7 @@ class Client:
                 if not self._started:
                     self._started = True
                     task_status.started(None)
-            for u in updates:
-                await self._push(u)
+            await self._push(*updates)
 
     def _rejected(self, exc: trio_websocket.ConnectionRejected) -> _Ended:
         body = (exc.body or b"").decode("utf-8", "replace").strip()[:200]
@@ -489,8 +498,7 @@ class Client:
             if due.refresh:
                 await self._refresh()
             await self._flush()
-            for u in due.updates:
-                await self._push(u)
+            await self._push(*due.updates)
 
     async def _refresh(self) -> None:
         try:
@@ -525,7 +533,7 @@ def _log_update(u: Update) -> None:
 async def connect(
     url: str, *, token: TokenSource, ssl_context: ssl.SSLContext | None = None,
     origin: str | None = None, reconnect: Reconnect | bool = True, verify: bool = True,
-    lean: bool = False, client_name: str = "xypipe.client/0.1", buffer: int = 1024,
+    lean: bool = False, client_name: str = "xypipe.client/0.1", buffer: int = 256,
     connect_timeout_s: float = 10.0, snapshot_timeout_s: float = 2.0,
     dead_after_beats: int = 3, max_gap: int = DEFAULT_MAX_GAP,
     max_message_size: int = 16 << 20,
