@@ -7,6 +7,8 @@
     xypipe publish --replay bench/data/market.tape --rate 40000
     xypipe tail 'xy.md.>'                 # one line per delta / snapshot
     xypipe tail 'xy.md.>' --verify --seconds 10   # rebuild the books, check every checksum
+    xypipe tail --ws ws://127.0.0.1:8080/ws --token "$(xypipe token)" fx rates --verify
+                                          # what a browser receives, through xypipe.client
 
 Against the embedded demo (its NATS admits its role users only, docs/security.md): run from the
 directory the demo runs in and both commands find the demo's keys in ``var/nats/auth/`` —
@@ -24,17 +26,20 @@ import sys
 import attrs
 import trio
 from google.protobuf.json_format import MessageToDict
-from google.protobuf.message import DecodeError, Message
+from google.protobuf.message import Message
 
 from xypipe._cli_common import add_log_options
+from xypipe._cli_tail_ws import TOKEN_ENV
+from xypipe._cli_tail_ws import run as tail_ws
 from xypipe._config import AppConfig
-from xypipe._errors import NATS_NO_CREDENTIALS
+from xypipe._errors import CLI_TAIL_UNDECODABLE, NATS_NO_CREDENTIALS, ContractError
 from xypipe._log import get_logger
 from xypipe._progress import Bar, progress
 from xypipe.abc import NatsClient
-from xypipe.contracts import Contract, Delta, Snapshot, Tick
+from xypipe.contracts import Contract, Delta, Snapshot, Tick, decode
 
 DEFAULT_URL = "nats://127.0.0.1:4222"
+DEFAULT_SUBJECTS = ["xy.md.>"]
 #: Where the demo (configs/demo.toml, run from this directory) keeps its NATS role keys.
 DEMO_DATA_DIR = "var/nats"
 _NKEY_HELP = ("file with the NKey seed to sign in with (default: the embedded demo's {role} key "
@@ -100,16 +105,28 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add_log_options(p, level="warning")
     p.set_defaults(func=_cmd_publish)
 
-    t = subparsers.add_parser("tail", help="print (decoded) messages from NATS subjects")
-    t.add_argument("subjects", nargs="*", default=["xy.md.>"],
-                   help="NATS subjects or patterns to follow (default xy.md.>)")
+    t = subparsers.add_parser(
+        "tail", help="print (decoded) messages from NATS subjects, or what a gateway's "
+                     "WebSocket sends a browser (--ws)")
+    t.add_argument("subjects", nargs="*", default=DEFAULT_SUBJECTS,
+                   help="NATS subjects (default xy.md.>); with --ws, the groups to subscribe to")
+    t.add_argument("--ws", metavar="URL", default=None,
+                   help="watch a gateway's WebSocket (ws[s]://HOST:8080/ws) as a browser would, "
+                        "through xypipe.client: snapshot then deltas, resume after a drop")
+    t.add_argument("--token", default=None,
+                   help=f"--ws: the JWT to say hello with (default: ${TOKEN_ENV}; for the demo: "
+                        '--token "$(xypipe token)")')
+    t.add_argument("--origin", default=None, help="--ws: the Origin header to send")
+    t.add_argument("--cafile", default=None,
+                   help="--ws with wss://: CA bundle to verify the gateway's certificate with")
     t.add_argument("--url", default=DEFAULT_URL, help=f"NATS URL (default {DEFAULT_URL})")
     t.add_argument("--nkey", default=None, help=_NKEY_HELP.format(role="reader"))
     t.add_argument("--count", type=int, default=0, help="stop after this many messages")
     t.add_argument("--seconds", type=float, default=0.0, help="stop after this many seconds")
     t.add_argument("--json", action="store_true", help="print whole messages as JSON")
     t.add_argument("--verify", action="store_true",
-                   help="rebuild the books from snapshots + deltas and check every checksum")
+                   help="rebuild the books from snapshots + deltas and check every checksum; "
+                        "with --ws, print each delta's sequence and checksum verdict")
     t.add_argument("--quiet", action="store_true", help="no per-message lines")
     add_log_options(t, level="warning")
     t.set_defaults(func=_cmd_tail)
@@ -225,6 +242,9 @@ def describe(subject: str, msg: Message) -> str:
 
 
 def _cmd_tail(args: argparse.Namespace) -> int:
+    if args.ws is not None:
+        groups = [] if args.subjects == DEFAULT_SUBJECTS else list(args.subjects)
+        return tail_ws(args, groups)
     code: int = trio.run(_tail, args)
     return code
 
@@ -249,11 +269,10 @@ async def _tail(args: argparse.Namespace) -> int:
                     msg: Message | None = None
                     if cls is not None:
                         try:
-                            msg = cls.FromString(m.data)
-                        except DecodeError as exc:
+                            msg = decode(cls, m.data, where=f"subject {m.subject}")
+                        except ContractError as exc:
                             bad += 1
-                            print(f"{m.subject}  {len(m.data)} bytes do not decode as "
-                                  f"{cls.DESCRIPTOR.full_name}: {exc}", file=sys.stderr)
+                            print(f"[{CLI_TAIL_UNDECODABLE}] {exc}", file=sys.stderr)
                     if view is not None and isinstance(msg, Snapshot):
                         view.apply_snapshot(msg)
                     elif view is not None and isinstance(msg, Delta) and \
