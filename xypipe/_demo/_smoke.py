@@ -22,6 +22,7 @@ from pathlib import Path
 
 import attrs
 import trio
+from google.protobuf.message import DecodeError
 
 import xypipe.client as xc
 from xypipe._demo._layout import Endpoint
@@ -80,7 +81,7 @@ async def _nats(tree: TreeState, timeout_s: float) -> Verdict:
                         reports[report.service] = report.ready
                     if want <= reports.keys():
                         break
-    except (BridgeError, ValueError) as exc:
+    except (BridgeError, DecodeError) as exc:
         return Verdict("nats", False, f"{url}: {exc}")
     missing = sorted(want - reports.keys())
     not_ready = sorted(name for name in want & reports.keys() if not reports[name])
