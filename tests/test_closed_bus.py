@@ -22,17 +22,17 @@ from typing import Any
 
 import pytest
 import trio
-import trio_websocket
 from prometheus_client.parser import text_string_to_metric_families
 from test_demo import ROOT, demo_copy, http_get, nats_servers_for, wait_metrics
 
+import xypipe.client
 from xypipe import load_config
 from xypipe._errors import NatsConnectionError
 from xypipe._gateway._tokens import load_private_key, mint
 from xypipe._nats import connect
 from xypipe._nats_keys import seed_file_of
 from xypipe._nats_roles import inbox_prefix
-from xypipe.contracts import ClientFrame, ErrorCode, GroupRef, Hello, ServerFrame, Subscribe
+from xypipe.client import DeltaApplied, ErrorReceived, SnapshotApplied
 
 pytestmark = pytest.mark.nats
 
@@ -49,30 +49,25 @@ def _dev_token(**kw: Any) -> str:
 
 
 async def browser_sees_equities(port: int) -> None:
-    """A WebSocket client subscribed to one group gets its snapshot, then deltas. Right after a
-    cold start the group may have no snapshot yet (``SNAPSHOT_UNAVAILABLE``): ask again."""
+    """A client of the gateway (:mod:`xypipe.client`) subscribed to one group gets its
+    snapshot, then deltas, every sequence and checksum checked. Right after a cold start the
+    group may have no snapshot yet (``SNAPSHOT_UNAVAILABLE``): the data starts with the first."""
     token = _dev_token(subject="closed-bus-test", allow=["xy.md.*.equities",
                                                          "xy.md.*.equities.>"])
-    with trio.fail_after(30):
-        while not await _one_browser_session(port, token):  # noqa: ASYNC110
-            await trio.sleep(0.5)  # the aggregator's first snapshot: another process's state
-
-
-async def _one_browser_session(port: int, token: str) -> bool:
-    async with trio_websocket.open_websocket_url(f"ws://127.0.0.1:{port}/ws") as ws:
-        await ws.send_message(ClientFrame(id=1, hello=Hello(
-            token=token, protocol_version=1, client="closed-bus-test")).SerializeToString())
-        await ws.send_message(ClientFrame(id=2, subscribe=Subscribe(
-            groups=[GroupRef(group="equities")])).SerializeToString())
-        snapshots = deltas = 0
-        while not (snapshots and deltas):
-            frame = ServerFrame.FromString(await ws.get_message())
-            if frame.HasField("error"):
-                assert frame.error.code == ErrorCode.ERROR_CODE_SNAPSHOT_UNAVAILABLE, frame.error
-                return False
-            snapshots += len(frame.snapshots)
-            deltas += len(frame.deltas) if snapshots else 0
-    return True
+    async with xypipe.client.connect(f"ws://127.0.0.1:{port}/ws", token=token,
+                                     client_name="closed-bus-test") as c:
+        await c.subscribe("equities")
+        snapshots = 0
+        with trio.fail_after(30):
+            async for u in c:
+                if isinstance(u, ErrorReceived):
+                    assert u.name == "ERROR_CODE_SNAPSHOT_UNAVAILABLE", u
+                snapshots += isinstance(u, SnapshotApplied)
+                if snapshots and isinstance(u, DeltaApplied):
+                    break
+        stats = c.statistics()
+        assert stats.checksum_mismatches == 0 and stats.checksums_verified > 0
+        assert not {v for v in stats.skipped if v != "held"}, stats.skipped
 
 
 def put_flag(port: int) -> int:

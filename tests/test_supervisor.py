@@ -249,7 +249,7 @@ use = "xypipe.testing:ListSink"
         pass  # it stops by itself
     assert tree.proc.returncode == 1
     assert ("xypipe: process 'doomed' exited with status 1; restart budget spent "
-            "(2 of 2 restarts in 60 s)") in tree.text
+            "(2 of 2 restarts in 60 s) [XY-SUP-005]") in tree.text
     restarts = [x for x in tree.coded("XY-SUP-004") if x.get("process") == "doomed"]
     assert [x["restarts"] for x in restarts] == [1, 2]
     spent = [x for x in tree.coded("XY-SUP-005") if x["logger"] == "xypipe.supervisor"]

@@ -154,7 +154,7 @@ def test_check_and_run_refuse_the_same_wiring_mistake_with_the_same_lines(
     checked = capsys.readouterr().err.splitlines()
     assert _cli.main(["run", str(path)]) == 2
     ran = capsys.readouterr().err.splitlines()
-    assert checked == ran == lines
+    assert checked == ran == [f"{line} [XY-CFG-100]" for line in lines]
 
     with pytest.raises(WiringError) as info:
         load_config(path)

@@ -346,6 +346,18 @@ export class SeqTracker {
     this.resyncing.delete(group);
   }
 
+  /**
+   * What to ask for after a reconnect (proto/scenarios/resume.json): `points` to resume the
+   * groups this client holds live from, and the groups to `subscribe` afresh (no point held,
+   * or waiting for a snapshot). The same rule as xypipe/_md/seqrules.py's SeqTracker.
+   */
+  reconnectPlan(groups) {
+    const live = groups.filter((g) => !this.isResyncing(g));
+    const points = this.resumePoints(live);
+    const resumed = new Set(points.map((p) => p.group));
+    return { points, subscribe: groups.filter((g) => !resumed.has(g)) };
+  }
+
   /** Where we stand in every stream of `groups`, for a Resume frame after reconnecting. */
   resumePoints(groups) {
     const wanted = new Set(groups);
@@ -545,6 +557,24 @@ export class GroupBook {
     }
   }
 
+  /**
+   * Apply one delta's entries (plain states) after dropping the symbols it says left the group
+   * (wire keys "venue.symbol"): a trimmed entry keeps the deeper levels held (keepDepth), every
+   * other entry's checksum is verified (proto/scenarios/checksum.json, "apply"). Returns the
+   * states as held now, the removed symbolKeys and one verifyChecksum result per entry.
+   */
+  applyDelta(removedWire, entries) {
+    const removed = [];
+    for (const w of removedWire) {
+      const k = removedKey(w);
+      if (this.symbols.delete(k)) removed.push(k);
+    }
+    const states = entries.map((s) => keepDepth(this.symbols.get(symbolKey(s)), s));
+    const checks = states.map(verifyChecksum);
+    this.applyStates(states);
+    return { states, removed, checks };
+  }
+
   /** The whole group as a snapshot-shaped object (what a late-joining tab is sent). */
   view() {
     return {
@@ -598,10 +628,26 @@ export function canonicalState(s) {
   return parts.join(":");
 }
 
-/** "ok", "mismatch", or "skipped" (trimmed entries and producers that send no checksum). */
+/**
+ * "ok", "mismatch", or "skipped" for a trimmed entry (degradation level 2: its checksum covers
+ * the full book, which it does not carry). docs/protocol.md: ok = trimmed || crc32 === checksum.
+ */
 export function verifyChecksum(s) {
-  if (s.trimmed || s.checksum === 0) return "skipped";
+  if (s.trimmed) return "skipped";
   return crc32(UTF8.encode(canonicalState(s))) === s.checksum ? "ok" : "mismatch";
+}
+
+/**
+ * The state to hold for a trimmed entry (best level only): the entry with the deeper levels of
+ * the state held before it (docs/protocol.md, "Deltas"). Any other entry is held as it came.
+ */
+export function keepDepth(held, entry) {
+  if (!entry.trimmed || held === undefined || held === null) return entry;
+  return {
+    ...entry,
+    bids: [...entry.bids, ...held.bids.slice(entry.bids.length)],
+    asks: [...entry.asks, ...held.asks.slice(entry.asks.length)],
+  };
 }
 
 // ------------------------------------------------------------------------------ statistics

@@ -33,7 +33,6 @@ import {
   num,
   plainState,
   removedKey,
-  verifyChecksum,
 } from "./xy-core.js";
 
 export const PROTOCOL_VERSION = 1;
@@ -354,6 +353,12 @@ export class Hub {
   }
 
   _onWelcome(w, now) {
+    this.tokenExpiresUs = num(w.tokenExpiresUs);
+    if (this.state === "open") {
+      // The answer to a token refresh: the session goes on, nothing to resume.
+      this._scheduleRefresh();
+      return;
+    }
     this.reconnector.opened(this.attempt?.id ?? null, now);
     this.attempt = null;
     this._cancel("connect");
@@ -362,18 +367,15 @@ export class Hub {
     this.sessionId = w.sessionId;
     this.principal = w.principal;
     if (w.heartbeatMs) this.heartbeatMs = w.heartbeatMs;
-    this.tokenExpiresUs = num(w.tokenExpiresUs);
     this.clock.seed(this.env.wallUs(), num(w.serverTimeUs));
     this._heartbeat();
     this._scheduleRefresh();
     // Back on the prior subscriptions: resume the streams we were in, subscribe the rest.
     const groups = this.refs.keys();
     if (groups.length) {
-      const points = this.tracker.resumePoints(groups).filter((p) => !this.tracker.isResyncing(p.group));
-      const resumed = new Set(points.map((p) => p.group));
-      if (points.length) this._send({ resume: { points } });
-      const rest = groups.filter((g) => !resumed.has(g));
-      if (rest.length) this._send({ subscribe: { groups: rest.map((group) => ({ group })) } });
+      const plan = this.tracker.reconnectPlan(groups);
+      if (plan.points.length) this._send({ resume: { points: plan.points } });
+      if (plan.subscribe.length) this._send({ subscribe: { groups: plan.subscribe.map((group) => ({ group })) } });
     }
     this._broadcastStatus();
   }
@@ -454,18 +456,16 @@ export class Hub {
   }
 
   _applyDelta(delta, now) {
-    const states = delta.symbols.map(plainState);
+    // Symbols that moved to another group leave this one first; trimmed entries keep the
+    // deeper levels the book holds; every other entry's checksum is verified.
+    const book = this._book(delta.group);
+    const { states, checks } = book.applyDelta(delta.removed ?? [], delta.symbols.map(plainState));
+    const removed = (delta.removed ?? []).map(removedKey); // tabs drop them whatever the book held
     let mismatch = false;
-    for (const s of states) {
-      const v = verifyChecksum(s);
+    for (const v of checks) {
       if (v === "ok") this.counters.checksumsVerified += 1;
       else if (v === "mismatch") mismatch = true;
     }
-    // A symbol that moved to another group leaves this one before the states are applied.
-    const removed = (delta.removed ?? []).map(removedKey);
-    const book = this._book(delta.group);
-    if (removed.length) book.remove(removed);
-    book.applyStates(states);
     this.merger.addDelta(delta.group, delta.shard, num(delta.seq), states, removed);
     if (mismatch) {
       this.counters.checksumMismatches += 1;

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -16,19 +16,28 @@ from collections.abc import Callable
 import trio
 
 from xypipe import _log
+from xypipe._cli_common import add_log_options, error_lines, report
 from xypipe._config import AppConfig, load_config
 from xypipe._demo._cli import ACTIONS as DEMO_ACTIONS
 from xypipe._demo._cli import DEFAULT_CONFIG as DEMO_CONFIG
 from xypipe._demo._cli import SUMMARY as DEMO_SUMMARY
 from xypipe._demo._cli import run_action as run_demo_action
 from xypipe._demo._layout import page_urls
-from xypipe._errors import ConfigError, PluginError, StageError, XyError, find_in_group
+from xypipe._errors import (
+    CLI_FILE_ERROR,
+    ConfigError,
+    StageError,
+    UsageError,
+    XyError,
+    find_in_group,
+)
 
 _COMMAND_MODULES: list[str] = [
     # Each module exposes register(subparsers). Keep one line per module.
     "xypipe._gateway._token_cli",
     "xypipe._cli_md",
     "xypipe._cli_creds",
+    "xypipe._cli_stages",
 ]
 
 _log_cli = _log.get_logger("cli")
@@ -40,7 +49,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
         try:
             cfg = load_config(path)
         except ConfigError as exc:
-            print(str(exc), file=sys.stderr)
+            print("\n".join(error_lines(exc)), file=sys.stderr)
             status = 1
             continue
         stages = sum(len(p.stages) for p in cfg.pipelines.values())
@@ -49,58 +58,13 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return status
 
 
-def _cmd_stages(args: argparse.Namespace) -> int:
-    import attrs
-
-    from xypipe._registry import resolve_stage, stage_entry_points
-    from xypipe._stage import StageInfo, describe_stage
-
-    found: dict[str, StageInfo | PluginError] = {}
-    origin: dict[str, tuple[str, str | None]] = {}
-    for name, ep in sorted(stage_entry_points().items()):
-        try:
-            found[name] = describe_stage(resolve_stage(name))
-        except PluginError as exc:
-            found[name] = exc
-        origin[name] = (ep.value, ep.dist.name if ep.dist else None)
-    status = 1 if any(isinstance(v, PluginError) for v in found.values()) else 0
-    if args.json:
-        doc: dict[str, dict[str, object]] = {}
-        for name, info in found.items():
-            entry: dict[str, object] = ({"error": str(info)} if isinstance(info, PluginError)
-                                        else attrs.asdict(info))
-            entry_point, dist = origin[name]
-            doc[name] = {**entry, "entry_point": entry_point, "distribution": dist}
-        print(json.dumps(doc, indent=2, default=str))
-        return status
-    for name, info in found.items():
-        if isinstance(info, PluginError):
-            print(f"{name}  [broken] {info}")
-            continue
-        role = f"; NATS role {info.nats_role}" if info.nats_role else ""
-        needs = f"; requires {', '.join(info.requires)}" if info.requires else ""
-        entry_point, dist = origin[name]
-        print(f"{name}  ({info.kind}{role}{needs}; {entry_point}, from {dist})")
-        if info.summary:
-            print(f"    {info.summary}")
-        print(f"    takes: {info.takes}; gives: {info.gives}")
-        for opt in info.options:
-            expects = f"  {opt.expects}" if opt.expects else ""
-            print(f"    {opt.name}: {opt.type} = {json.dumps(opt.default, default=str)}"
-                  f"{expects}")
-    return status
-
-
 def _cmd_run(args: argparse.Namespace,
              announce: Callable[[AppConfig], None] | None = None) -> int:
-    try:
-        cfg = load_config(args.config)
-    except ConfigError as exc:
-        print(str(exc), file=sys.stderr)
-        return 2
+    cfg = load_config(args.config)
     if announce is not None:
         announce(cfg)
-    _log.configure(args.log_level or cfg.log.level)
+    _log.configure(args.log_level or cfg.log.level, format=cfg.log.format,
+                   repeats=cfg.log.repeats)
     try:
         try:
             trio.run(_run_main, cfg, args)
@@ -112,20 +76,22 @@ def _cmd_run(args: argparse.Namespace,
             raise found from None
     except StageError as exc:
         _log_cli.error("stopped: a stage failed", code=exc.code, error=str(exc))
-        print(f"xypipe: {exc}", file=sys.stderr)
-        return 1
+        raise
     except XyError as exc:
         _log_cli.error("stopped", code=exc.code, error=str(exc))
-        print(f"xypipe: {exc}", file=sys.stderr)
-        return 1
+        raise
     return 0
 
 
 async def _run_main(cfg: AppConfig, args: argparse.Namespace) -> None:
     from xypipe._supervisor import run_process_tree
 
-    await run_process_tree(cfg, process=args.process, nats_url=args.nats_url,
-                           nats_nkey=args.nats_nkey, signals=(signal.SIGINT, signal.SIGTERM))
+    async with trio.open_nursery() as nursery:
+        if cfg.log.repeats.enabled:
+            nursery.start_soon(_log.summarise_repeats)
+        await run_process_tree(cfg, process=args.process, nats_url=args.nats_url,
+                               nats_nkey=args.nats_nkey, signals=(signal.SIGINT, signal.SIGTERM))
+        nursery.cancel_scope.cancel()
 
 
 def _announce_page(cfg: AppConfig) -> None:
@@ -135,13 +101,12 @@ def _announce_page(cfg: AppConfig) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    if args.command in DEMO_ACTIONS:
-        return run_demo_action([args.command, *args.rest])
+    if args.demo_command in DEMO_ACTIONS:
+        return run_demo_action([args.demo_command, *args.rest])
     if args.rest:
-        print(f"xypipe demo: unexpected {' '.join(args.rest)!r} after the config (actions: "
-              f"{', '.join(DEMO_ACTIONS)})", file=sys.stderr)
-        return 2
-    args.config = args.command or DEMO_CONFIG
+        raise UsageError(f"unexpected {' '.join(args.rest)!r} after the config (an action "
+                         f"comes first: {', '.join(DEMO_ACTIONS)})")
+    args.config = args.demo_command or DEMO_CONFIG
     args.process = None
     args.nats_url = None
     args.nats_nkey = None
@@ -155,51 +120,50 @@ def _cmd_dev_proto(args: argparse.Namespace) -> int:
     root = pathlib.Path.cwd()
     script = root / "scripts" / "gen_proto.sh"
     if not script.exists():
-        print("xypipe dev proto: run it from a checkout of xypipe (scripts/gen_proto.sh)",
-              file=sys.stderr)
-        return 2
+        raise UsageError("run it from a checkout of xypipe (no scripts/gen_proto.sh here)")
     cmd = ["bash", str(script), *(["--check"] if args.check else [])]
     return subprocess.run(cmd, check=False).returncode
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from xypipe import __version__
+
     parser = argparse.ArgumentParser(
         prog="xypipe", description="Trio pipelines for real-time market data"
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"xypipe {__version__}",
+                        help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("run", help="run the pipelines a config declares")
-    p.add_argument("config")
+    p.add_argument("config", help="the TOML config file")
     p.add_argument("--process", default=None,
                    help="run only this process's pipelines (used by the supervisor)")
     p.add_argument("--nats-url", default=None, help="override [nats].url (used by the supervisor)")
     p.add_argument("--nats-nkey", default=None,
                    help="file with the NKey seed to sign in to the embedded bus with (used by "
                         "the supervisor: each process as its role)")
-    p.add_argument("--log-level", default=None, choices=["debug", "info", "warning", "error"])
+    add_log_options(p)
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("demo", help="run configs/demo.toml: embedded NATS, pipelines, UI",
                        description="xypipe demo [CONFIG] runs the demo in the foreground "
                                    f"(Ctrl-C stops it). xypipe demo ACTION: {DEMO_SUMMARY} "
                                    "(xypipe demo ACTION --help for its options).")
-    p.add_argument("command", nargs="?", default=None,
+    p.add_argument("demo_command", nargs="?", default=None,
                    metavar="{" + ",".join(DEMO_ACTIONS) + "} | CONFIG",
-                   help=f"an action, or the config to run in the foreground (default "
+                   help=f"an action, or the TOML config to run in the foreground (default "
                         f"{DEMO_CONFIG})")
     p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-    p.add_argument("--log-level", default=None, choices=["debug", "info", "warning", "error"])
+    add_log_options(p)
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("check", help="validate configs without running them")
-    p.add_argument("config", nargs="+")
+    p.add_argument("config", nargs="+", help="TOML config files (one line per problem)")
     p.set_defaults(func=_cmd_check)
 
-    p = sub.add_parser("stages", help="list available stages and their options")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=_cmd_stages)
-
-    dev = sub.add_parser("dev", help="developer tools").add_subparsers(dest="dev", required=True)
+    dev = sub.add_parser("dev", help="developer tools").add_subparsers(
+        dest="dev", required=True, metavar="TOOL")
     p = dev.add_parser("proto", help="regenerate code from proto/ (Python, JS, Go)")
     p.add_argument("--check", action="store_true", help="fail if generated code is stale")
     p.set_defaults(func=_cmd_dev_proto)
@@ -209,8 +173,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _prefix(args: argparse.Namespace) -> str:
+    # The service speaks as "xypipe", a tool by its name ("xypipe publish").
+    command = getattr(args, "command", None)
+    return "xypipe" if command in (None, "run", "demo") else f"xypipe {command}"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _log.configure(getattr(args, "log_level", None) or "info")
-    result: int = args.func(args)
-    return result
+    prefix = _prefix(args)
+    try:
+        if getattr(args, "log_format", None):
+            # The environment, so the processes a supervisor starts log the same way.
+            os.environ[_log.ENV_FORMAT] = args.log_format
+        _log.configure(getattr(args, "log_level", None) or "warning")
+        result: int = args.func(args)
+        return result
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # The reader went away (`xypipe stages | head`): stop quietly, as Unix tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except (Exception, BaseExceptionGroup) as exc:
+        # Expected failures (ours, mapped at their boundary, or the file system's) are one
+        # line with a code; anything else is a bug and shows its traceback.
+        found = find_in_group(exc, XyError)
+        if found is not None:
+            return report(prefix, found)
+        os_error = find_in_group(exc, OSError)
+        if os_error is not None and not isinstance(os_error, BrokenPipeError):
+            return report(prefix, XyError(_os_error_text(os_error), code=CLI_FILE_ERROR))
+        if find_in_group(exc, KeyboardInterrupt) is not None:
+            return 130
+        raise
+
+
+def _os_error_text(exc: OSError) -> str:
+    where = f"{exc.filename}: " if exc.filename else ""
+    return f"{where}{exc.strerror or exc}"

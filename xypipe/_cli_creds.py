@@ -17,7 +17,6 @@ import datetime
 import json
 import os
 import shlex
-import sys
 import time
 from pathlib import Path
 
@@ -27,25 +26,22 @@ from xypipe._bus_layout import bus_layout
 from xypipe._config import load_config
 from xypipe._creds import Chain, ChainOptions, Claims, decode, init_chain, parse_creds
 from xypipe._creds._push import push_accounts
-from xypipe._errors import ConfigError, CredsError, XyError
+from xypipe._errors import CredsError, UsageError
 from xypipe._nats_roles import BusLayout
+from xypipe._progress import progress
 from xypipe._role_grants import ROLES, permissions
 
 __all__ = ["register"]
 
 ENV_DIR = "XY_CREDS_DIR"
-
-
-def _progress(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
-
+_CHAIN_DIR_HELP = f"the chain's directory (default ${ENV_DIR}, else the current directory)"
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     creds = sub.add_parser("creds", help="NATS trust chain: operator, accounts, users, mTLS")
     cmds = creds.add_subparsers(dest="creds_cmd", required=True)
 
     p = cmds.add_parser("init", help="build a complete trust chain in DIR")
-    p.add_argument("directory")
+    p.add_argument("directory", help="where to build it (must not hold a chain already)")
     p.add_argument("--ttl", type=float, default=24 * 3600.0,
                    help="lifetime of the user JWTs in seconds (default 86400)")
     p.add_argument("--resolver", choices=["memory", "full"], default="memory",
@@ -61,8 +57,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=_cmd_init)
 
     p = cmds.add_parser("rotate", help="re-issue the user JWT of ROLE (only)")
-    p.add_argument("role", nargs="+")
-    p.add_argument("--dir", default=None, help=f"the chain (default ${ENV_DIR} or .)")
+    p.add_argument("role", nargs="+", help="the roles to re-issue")
+    p.add_argument("--dir", default=None, help=_CHAIN_DIR_HELP)
     p.add_argument("--new-key", action="store_true",
                    help="a new user key as well; the old key is revoked in the account")
     p.add_argument("--ttl", type=float, default=None, help="lifetime in seconds "
@@ -70,26 +66,26 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=_cmd_rotate)
 
     p = cmds.add_parser("revoke", help="revoke the current user key of ROLE")
-    p.add_argument("role")
-    p.add_argument("--dir", default=None, help=f"the chain (default ${ENV_DIR} or .)")
+    p.add_argument("role", help="the role whose current user key is revoked")
+    p.add_argument("--dir", default=None, help=_CHAIN_DIR_HELP)
     p.set_defaults(func=_cmd_revoke)
 
     p = cmds.add_parser("push", help="send the account JWTs to a running server's full resolver")
-    p.add_argument("url")
-    p.add_argument("--dir", default=None, help=f"the chain (default ${ENV_DIR} or .)")
+    p.add_argument("url", help="NATS URL of a server whose resolver is `full`")
+    p.add_argument("--dir", default=None, help=_CHAIN_DIR_HELP)
     p.set_defaults(func=_cmd_push)
 
     p = cmds.add_parser("nsc", help="print the nsc command that creates ROLE's user in an "
                         "existing (nsc-managed) operator's account")
-    p.add_argument("role", choices=ROLES)
-    p.add_argument("--account", default="XY")
+    p.add_argument("role", choices=ROLES, help="the role whose permissions the user gets")
+    p.add_argument("--account", default="XY", help="the nsc account (default XY)")
     p.add_argument("--expiry", default="24h", help="nsc's --expiry (default 24h)")
     p.add_argument("--config", default=None,
                    help="take the stream and bucket names from this xypipe config")
     p.set_defaults(func=_cmd_nsc)
 
     p = cmds.add_parser("show", help="print the claims of a .creds or .jwt file (never a seed)")
-    p.add_argument("file")
+    p.add_argument("file", help="a .creds or .jwt file")
     p.add_argument("--json", action="store_true", help="the claims as JSON only")
     p.set_defaults(func=_cmd_show)
 
@@ -98,26 +94,13 @@ def _chain_dir(arg: str | None) -> Path:
     return Path(arg or os.environ.get(ENV_DIR) or ".")
 
 
-def _fail(exc: XyError) -> int:
-    print(f"xypipe creds: {exc} [{exc.code}]", file=sys.stderr)
-    return 1
-
-
-def _layout(config: str | None) -> BusLayout | None:
-    """The layout of ``config`` (the defaults without one); None after printing its errors."""
-    if not config:
-        return BusLayout()
-    try:
-        return bus_layout(load_config(config))
-    except ConfigError as exc:
-        print(str(exc), file=sys.stderr)
-        return None
+def _layout(config: str | None) -> BusLayout:
+    """The layout of ``config`` (the defaults without one)."""
+    return bus_layout(load_config(config)) if config else BusLayout()
 
 
 def _cmd_nsc(args: argparse.Namespace) -> int:
     layout = _layout(args.config)
-    if layout is None:
-        return 2
     p = permissions(args.role, layout)
     cmd = ["nsc", "add", "user", "--account", args.account, "--name", args.role,
            "--allow-pub", ",".join(p.publish), "--allow-sub", ",".join(p.subscribe),
@@ -128,19 +111,13 @@ def _cmd_nsc(args: argparse.Namespace) -> int:
 
 def _cmd_init(args: argparse.Namespace) -> int:
     layout = _layout(args.config)
-    if layout is None:
-        return 2
     if not args.ttl > 0:
-        print(f"--ttl: expected a positive number of seconds, got {args.ttl:g}",
-              file=sys.stderr)
-        return 2
+        raise UsageError(f"--ttl: expected a positive number of seconds, got {args.ttl:g}")
     options = ChainOptions(
         user_ttl_s=args.ttl, resolver=args.resolver, layout=layout,
         hosts=tuple(args.host) or ChainOptions().hosts, roles=tuple(args.role) or ROLES)
-    try:
-        chain = init_chain(Path(args.directory), options, now=time.time(), progress=_progress)
-    except XyError as exc:
-        return _fail(exc)
+    with progress(f"creds init {args.directory}") as bar:
+        chain = init_chain(Path(args.directory), options, now=time.time(), progress=bar.step)
     root = chain.paths.root
     print(f"trust chain in {root}:")
     print(f"  server config  {chain.paths.server_config}  (nats-server -c …)")
@@ -154,19 +131,14 @@ def _cmd_init(args: argparse.Namespace) -> int:
 
 
 def _cmd_rotate(args: argparse.Namespace) -> int:
-    try:
-        chain = Chain.load(_chain_dir(args.dir))
-        for role in args.role:
-            issued = chain.issue_user(role, now=time.time(), new_key=args.new_key,
-                                      ttl_s=args.ttl)
-            when = datetime.datetime.fromtimestamp(issued.expires_at, datetime.UTC)
-            print(f"{role}: {issued.path} re-issued for {issued.user}, valid until "
-                  f"{when:%Y-%m-%d %H:%M:%S} UTC")
-            if issued.revoked:
-                print(f"{role}: the old key {issued.revoked} is revoked — "
-                      + _apply_hint(chain))
-    except XyError as exc:
-        return _fail(exc)
+    chain = Chain.load(_chain_dir(args.dir))
+    for role in args.role:
+        issued = chain.issue_user(role, now=time.time(), new_key=args.new_key, ttl_s=args.ttl)
+        when = datetime.datetime.fromtimestamp(issued.expires_at, datetime.UTC)
+        print(f"{role}: {issued.path} re-issued for {issued.user}, valid until "
+              f"{when:%Y-%m-%d %H:%M:%S} UTC")
+        if issued.revoked:
+            print(f"{role}: the old key {issued.revoked} is revoked — " + _apply_hint(chain))
     return 0
 
 
@@ -178,22 +150,16 @@ def _apply_hint(chain: Chain) -> str:
 
 
 def _cmd_revoke(args: argparse.Namespace) -> int:
-    try:
-        chain = Chain.load(_chain_dir(args.dir))
-        public = chain.revoke(args.role, now=time.time())
-    except XyError as exc:
-        return _fail(exc)
+    chain = Chain.load(_chain_dir(args.dir))
+    public = chain.revoke(args.role, now=time.time())
     print(f"{args.role}: user key {public} revoked — {_apply_hint(chain)}; issue a new key "
           f"with `xypipe creds rotate {args.role} --new-key`")
     return 0
 
 
 def _cmd_push(args: argparse.Namespace) -> int:
-    try:
-        chain = Chain.load(_chain_dir(args.dir))
-        results = trio.run(lambda: push_accounts(chain, args.url, now=time.time()))
-    except XyError as exc:
-        return _fail(exc)
+    chain = Chain.load(_chain_dir(args.dir))
+    results = trio.run(lambda: push_accounts(chain, args.url, now=time.time()))
     for r in results:
         print(f"{r.account}: {'updated' if r.ok else 'REFUSED'} ({r.message})")
     return 0 if all(r.ok for r in results) else 1
@@ -230,17 +196,14 @@ def _describe(claims: Claims, now: float) -> list[str]:
 def _cmd_show(args: argparse.Namespace) -> int:
     path = Path(args.file)
     try:
-        try:
-            text = path.read_text()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise CredsError(f"{path}: cannot read it: {exc}") from None
-        try:
-            token, seed = parse_creds(text)
-            claims = decode(token)
-        except CredsError as exc:
-            raise type(exc)(f"{path}: {exc}") from None
-    except XyError as exc:
-        return _fail(exc)
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CredsError(f"{path}: cannot read it: {exc}") from None
+    try:
+        token, seed = parse_creds(text)
+        claims = decode(token)
+    except CredsError as exc:
+        raise type(exc)(f"{path}: {exc}") from None
     if args.json:
         print(json.dumps(claims.to_json(), indent=2))
         return 0

@@ -7,6 +7,8 @@
     xypipe publish --replay bench/data/market.tape --rate 40000
     xypipe tail 'xy.md.>'                 # one line per delta / snapshot
     xypipe tail 'xy.md.>' --verify --seconds 10   # rebuild the books, check every checksum
+    xypipe tail --ws ws://127.0.0.1:8080/ws --token "$(xypipe token)" fx rates --verify
+                                          # what a browser receives, through xypipe.client
 
 Against the embedded demo (its NATS admits its role users only, docs/security.md): run from the
 directory the demo runs in and both commands find the demo's keys in ``var/nats/auth/`` —
@@ -20,18 +22,24 @@ import argparse
 import json
 import pathlib
 import sys
-from typing import Any
 
 import attrs
 import trio
 from google.protobuf.json_format import MessageToDict
-from google.protobuf.message import DecodeError, Message
+from google.protobuf.message import Message
 
-from xypipe._errors import NATS_NO_CREDENTIALS, ConfigError, XyError
+from xypipe._cli_common import add_log_options
+from xypipe._cli_tail_ws import TOKEN_ENV
+from xypipe._cli_tail_ws import run as tail_ws
+from xypipe._config import AppConfig
+from xypipe._errors import CLI_TAIL_UNDECODABLE, NATS_NO_CREDENTIALS, ContractError
 from xypipe._log import get_logger
-from xypipe.contracts import Contract, Delta, Snapshot, Tick
+from xypipe._progress import Bar, progress
+from xypipe.abc import NatsClient
+from xypipe.contracts import Contract, Delta, Snapshot, Tick, decode
 
 DEFAULT_URL = "nats://127.0.0.1:4222"
+DEFAULT_SUBJECTS = ["xy.md.>"]
 #: Where the demo (configs/demo.toml, run from this directory) keeps its NATS role keys.
 DEMO_DATA_DIR = "var/nats"
 _NKEY_HELP = ("file with the NKey seed to sign in with (default: the embedded demo's {role} key "
@@ -71,14 +79,18 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p = subparsers.add_parser("publish", help="publish synthetic ticks (the demo market)")
     p.add_argument("--url", default=DEFAULT_URL, help=f"NATS URL (default {DEFAULT_URL})")
     p.add_argument("--nkey", default=None, help=_NKEY_HELP.format(role="publisher"))
-    p.add_argument("--symbols", type=int, default=500)
+    p.add_argument("--symbols", type=int, default=500,
+                   help="instruments simulated (default 500)")
     p.add_argument("--venues", default="XNAS,XNYS,BATS", help="comma-separated venue codes")
     p.add_argument("--rate", type=float, default=4000.0, help="ticks per second (default 4000)")
-    p.add_argument("--burst-factor", type=float, default=10.0)
+    p.add_argument("--burst-factor", type=float, default=10.0,
+                   help="rate multiplier during a burst (default 10)")
     p.add_argument("--burst-every", type=float, default=0.0,
                    help="seconds between bursts of burst-factor x rate (0 = none)")
-    p.add_argument("--burst-seconds", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--burst-seconds", type=float, default=1.0,
+                   help="how long a burst lasts (default 1)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="random seed: the same seed publishes the same market (default 0)")
     for fault in ("duplicate", "reorder", "gap", "malformed"):
         p.add_argument(f"--{fault}", type=float, default=0.0, help=f"{fault} rate per tick 0..1")
     p.add_argument("--count", type=int, default=0, help="stop after this many ticks")
@@ -90,18 +102,33 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         "with xy.src.> and xy.ref.> if missing; default XY_SRC)")
     p.add_argument("--no-stream", action="store_true",
                    help="core NATS only: do not make sure a stream keeps what is published")
+    add_log_options(p, level="warning")
     p.set_defaults(func=_cmd_publish)
 
-    t = subparsers.add_parser("tail", help="print (decoded) messages from NATS subjects")
-    t.add_argument("subjects", nargs="*", default=["xy.md.>"])
+    t = subparsers.add_parser(
+        "tail", help="print (decoded) messages from NATS subjects, or what a gateway's "
+                     "WebSocket sends a browser (--ws)")
+    t.add_argument("subjects", nargs="*", default=DEFAULT_SUBJECTS,
+                   help="NATS subjects (default xy.md.>); with --ws, the groups to subscribe to")
+    t.add_argument("--ws", metavar="URL", default=None,
+                   help="watch a gateway's WebSocket (ws[s]://HOST:8080/ws) as a browser would, "
+                        "through xypipe.client: snapshot then deltas, resume after a drop")
+    t.add_argument("--token", default=None,
+                   help=f"--ws: the JWT to say hello with (default: ${TOKEN_ENV}; for the demo: "
+                        '--token "$(xypipe token)")')
+    t.add_argument("--origin", default=None, help="--ws: the Origin header to send")
+    t.add_argument("--cafile", default=None,
+                   help="--ws with wss://: CA bundle to verify the gateway's certificate with")
     t.add_argument("--url", default=DEFAULT_URL, help=f"NATS URL (default {DEFAULT_URL})")
     t.add_argument("--nkey", default=None, help=_NKEY_HELP.format(role="reader"))
     t.add_argument("--count", type=int, default=0, help="stop after this many messages")
     t.add_argument("--seconds", type=float, default=0.0, help="stop after this many seconds")
     t.add_argument("--json", action="store_true", help="print whole messages as JSON")
     t.add_argument("--verify", action="store_true",
-                   help="rebuild the books from snapshots + deltas and check every checksum")
+                   help="rebuild the books from snapshots + deltas and check every checksum; "
+                        "with --ws, print each delta's sequence and checksum verdict")
     t.add_argument("--quiet", action="store_true", help="no per-message lines")
+    add_log_options(t, level="warning")
     t.set_defaults(func=_cmd_tail)
 
 
@@ -121,46 +148,57 @@ def _cmd_publish(args: argparse.Namespace) -> int:
         "ensure_stream": not args.no_stream,
     }
     creds = credentials(args.url, args.nkey, "publisher")
-    nats: dict[str, Any] = {"url": args.url, "inbox_prefix": creds.inbox_prefix}
+    nats: dict[str, object] = {"url": args.url, "inbox_prefix": creds.inbox_prefix}
     if creds.nkey is not None:
         nats["nkey"] = creds.nkey
-    try:
-        cfg = parse_config(
-            {"nats": nats, "http": {"enabled": False},
-             "pipelines": {"publisher": {"stages": [{"use": "publisher", **options}]}}},
-            "xypipe publish",
-        )
-    except ConfigError as exc:
-        print(str(exc), file=sys.stderr)
-        return 2
-    try:
-        summary = trio.run(_publish, cfg, args.duration)
-    except XyError as exc:
-        print(f"xypipe publish: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+    cfg = parse_config(
+        {"nats": nats, "http": {"enabled": False},
+         "pipelines": {"publisher": {"stages": [{"use": "publisher", **options}]}}},
+        "xypipe publish",
+    )
+    total = args.count or None
+    what = "publishing"
+    if args.replay:
+        what = f"replaying {args.replay}"
+    with progress(what, total=total, unit="ticks") as bar:
+        if args.replay and bar.enabled and not total:
+            from xypipe._publisher import read_tape
+
+            bar.update(completed=0, total=sum(1 for _ in read_tape(args.replay)))
+        summary = trio.run(_publish, cfg, args.duration, bar)
     print(json.dumps(summary))
     return 0
 
 
-async def _publish(cfg: Any, duration: float) -> dict[str, Any]:
-    import attrs
-
+async def _publish(cfg: AppConfig, duration: float, bar: Bar) -> dict[str, object]:
     from xypipe._runner import Runner
     from xypipe._stages.publisher import Publisher
 
     runner = Runner(cfg)
-    async with trio.open_nursery() as nursery:
-        if duration:
-            async def stop_later() -> None:
-                await trio.sleep(duration)
-                runner.stop()
 
+    async def stop_later() -> None:
+        await trio.sleep(duration)
+        runner.stop()
+
+    async def show_progress() -> None:
+        publisher = runner.stage("publisher", "publisher", Publisher)
+        while True:
+            bar.update(completed=publisher.truth.ticks)
+            await trio.sleep(0.1)
+
+    async with trio.open_nursery() as nursery:
+
+        async def run_then_stop(task_status: trio.TaskStatus[Runner]) -> None:
+            await runner.run(task_status=task_status)
+            nursery.cancel_scope.cancel()
+
+        if duration:
             nursery.start_soon(stop_later)
-        await runner.run()
-        nursery.cancel_scope.cancel()
+        await nursery.start(run_then_stop)
+        if bar.enabled:
+            nursery.start_soon(show_progress)
     publisher = runner.stage("publisher", "publisher", Publisher)
+    bar.update(completed=publisher.truth.ticks)
     return {"ticks": publisher.truth.ticks, "symbols": len(publisher.truth.last),
             "faults": attrs.asdict(publisher.faults)}
 
@@ -204,13 +242,10 @@ def describe(subject: str, msg: Message) -> str:
 
 
 def _cmd_tail(args: argparse.Namespace) -> int:
-    try:
-        code: int = trio.run(_tail, args)
-    except XyError as exc:
-        print(f"xypipe tail: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+    if args.ws is not None:
+        groups = [] if args.subjects == DEFAULT_SUBJECTS else list(args.subjects)
+        return tail_ws(args, groups)
+    code: int = trio.run(_tail, args)
     return code
 
 
@@ -223,7 +258,7 @@ async def _tail(args: argparse.Namespace) -> int:
     bad = 0
     done = trio.Event()
 
-    async def follow(nc: Any, subject: str,
+    async def follow(nc: NatsClient, subject: str,
                      task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         nonlocal seen, bad
         async with nc.subscribe(subject, max_batch=512) as sub:
@@ -234,11 +269,10 @@ async def _tail(args: argparse.Namespace) -> int:
                     msg: Message | None = None
                     if cls is not None:
                         try:
-                            msg = cls.FromString(m.data)
-                        except DecodeError as exc:
+                            msg = decode(cls, m.data, where=f"subject {m.subject}")
+                        except ContractError as exc:
                             bad += 1
-                            print(f"{m.subject}  {len(m.data)} bytes do not decode as "
-                                  f"{cls.DESCRIPTOR.full_name}: {exc}", file=sys.stderr)
+                            print(f"[{CLI_TAIL_UNDECODABLE}] {exc}", file=sys.stderr)
                     if view is not None and isinstance(msg, Snapshot):
                         view.apply_snapshot(msg)
                     elif view is not None and isinstance(msg, Delta) and \

@@ -29,6 +29,8 @@ from cattrs.gen import make_dict_structure_fn
 from xypipe._degrade import DegradePolicy
 from xypipe._edge import Budget
 from xypipe._errors import CFG_WRONG_TYPE, ConfigError, PluginError, WiringError, XyError
+from xypipe._log import FORMATS
+from xypipe._log_repeats import RepeatPolicy
 from xypipe._nats_roles import ROLES
 from xypipe._registry import resolve_stage
 from xypipe._stage import StageBase
@@ -185,6 +187,20 @@ class LogConfig:
     level: str = attrs.field(
         default="info", validator=one_of(["debug", "info", "warning", "error"])
     )
+    #: auto (console lines on a terminal, JSON otherwise), json or console; $XY_LOG_FORMAT and
+    #: --log-format override it (docs/observability/logging.md).
+    format: str = attrs.field(default="auto", validator=one_of(FORMATS))
+    #: Lines of one warning (same code and message) written per window; the rest are folded
+    #: into one summary line that counts them.
+    repeat_limit: int = attrs.field(default=RepeatPolicy().limit,
+                                    validator=in_range(1, 1_000_000))
+    #: The folding window in seconds; 0 writes every line.
+    repeat_window_s: float = attrs.field(default=RepeatPolicy().window_s,
+                                         validator=in_range(0.0, 86_400.0))
+
+    @property
+    def repeats(self) -> RepeatPolicy:
+        return RepeatPolicy(limit=self.repeat_limit, window_s=self.repeat_window_s)
 
 
 @attrs.frozen
@@ -493,7 +509,7 @@ def _flatten(exc: BaseException, cls: type | None, path: str, out: list[str]) ->
             out.append(f"{_join(path, key)}: unknown key{_did_you_mean(key, known)}")
         return
     if isinstance(exc, Invalid):
-        out.append(f"{_join(path, exc.field)}: {exc.expected}, got {show(exc.got)}")
+        out.append(f"{_join(path, exc.field)}: {exc.expected}, got {show(exc.got)}{exc.hint}")
         return
     if isinstance(exc, _WrongType):
         out.append(f"{path}: {_TYPE_MARK}expected {exc.expected}, got {show(exc.got)}")
@@ -524,7 +540,7 @@ def _structure(value: object, cls: type[T], path: str, problems: list[str]) -> T
     try:
         return _converter.structure(value, cls)
     except Invalid as exc:
-        problems.append(f"{_join(path, exc.field)}: {exc.expected}, got {show(exc.got)}")
+        problems.append(f"{_join(path, exc.field)}: {exc.expected}, got {show(exc.got)}{exc.hint}")
     except (BaseExceptionGroup, _WrongType, ForbiddenExtraKeysError) as exc:
         found: list[str] = []
         _flatten(exc, cls, path, found)
@@ -680,7 +696,9 @@ def parse_config(doc: RawTable, path: str = "<config>") -> AppConfig:
             wiring += conflicts
     if problems or cfg is None:
         kind = WiringError if len(wiring) == len(problems) else ConfigError
-        raise kind([f"{path}: {p}" for p in problems])
+        raise kind([f"{path}: {p}" for p in problems],
+                   codes=[WiringError.code if p in wiring else ConfigError.code
+                          for p in problems])
     return cfg
 
 

@@ -52,9 +52,15 @@ class ConfigError(XyError):
 
     code = "XY-CFG-001"
 
-    def __init__(self, problems: list[str]) -> None:
+    def __init__(self, problems: list[str], *, codes: list[str] | None = None) -> None:
         self.problems = list(problems)
+        #: The code of each problem (a config can hold wiring mistakes and bad values at once).
+        self.codes = list(codes) if codes is not None else [self.code] * len(self.problems)
         super().__init__("\n".join(self.problems))
+
+    def coded(self) -> list[tuple[str, str]]:
+        """Each problem with its code."""
+        return list(zip(self.problems, self.codes, strict=True))
 
 
 class PluginError(XyError):
@@ -473,6 +479,132 @@ UI_TOKEN_FACTORY_UNLOADABLE = "XY-UI-103"
 UI_FILE_UNREADABLE = "XY-UI-104"
 
 
+# -- logs and the command line (XY-LOG-001..009, XY-CLI-110..129) ----------------------------
+#: The log format asked for (``[log] format``, ``$XY_LOG_FORMAT``) is not auto, json or console.
+LOG_BAD_FORMAT = "XY-LOG-001"
+
+
+class UsageError(XyError):
+    """A command line argument does not fit (a value out of range, a command run from the
+    wrong place); the message names the argument and what was expected. Exit status 2."""
+
+    code = "XY-CLI-110"
+
+
+class OutputExists(XyError):
+    """A command would overwrite a file it never replaces (a private key, a trust chain)."""
+
+    code = "XY-CLI-111"
+
+
+#: A file or directory a command reads or writes is not there or not allowed (an ``OSError``:
+#: its path and the system's reason).
+CLI_FILE_ERROR = "XY-CLI-112"
+# -- the Python client SDK (xypipe.client, docs/client.md): XY-SDK-001..019 ---------------------
+
+
+class ClientError(XyError):
+    """The client SDK (:mod:`xypipe.client`) failed; the subclasses say how."""
+
+    code = "XY-SDK-001"
+
+
+class GatewayUnreachable(ClientError):
+    """The gateway could not be reached (DNS, TCP, TLS), did not finish the WebSocket handshake,
+    or sent no ``Welcome`` in time. ``url`` says where the client went."""
+
+    code = "XY-SDK-002"
+
+    def __init__(self, url: str, message: str) -> None:
+        super().__init__(f"{url}: {message}")
+        self.url = url
+
+
+class HandshakeRejected(ClientError):
+    """The gateway answered the WebSocket upgrade with an HTTP status instead: 403 (origin not
+    allowed), 404 (not the WebSocket path), 503 (at ``max_connections``)."""
+
+    code = "XY-SDK-003"
+
+    def __init__(self, url: str, status: int, body: str) -> None:
+        detail = f": {body}" if body else ""
+        super().__init__(f"{url}: the gateway refused the WebSocket upgrade with HTTP {status}"
+                         f"{detail}")
+        self.url = url
+        self.status = status
+
+
+class GatewayClosed(ClientError):
+    """The gateway closed the connection (or it was lost) and the client does not reconnect:
+    the close code says why (``docs/protocol.md``, "Close codes"; ``None`` when the connection
+    was lost without a close frame), ``error`` is the fatal ``Error`` frame's text if one came
+    first."""
+
+    code = "XY-SDK-005"
+
+    def __init__(self, message: str, *, close_code: int | None, reason: str = "",
+                 error: str = "") -> None:
+        super().__init__(message)
+        self.close_code = close_code
+        self.reason = reason
+        self.error = error
+
+
+class GatewayAuthError(GatewayClosed, AuthError):
+    """The gateway refused the token: close 4001 (no valid hello), 4002 (invalid: signature,
+    algorithm, issuer, audience, malformed) or 4003 (expired). Also an :class:`AuthError`."""
+
+    code = "XY-SDK-004"
+
+
+class ReconnectGaveUp(ClientError):
+    """The connection was lost and ``max_attempts`` reconnections in a row failed; ``last`` is
+    the last attempt's error."""
+
+    code = "XY-SDK-006"
+
+    def __init__(self, attempts: int, last: ClientError) -> None:
+        super().__init__(f"gave up after {attempts} failed reconnection attempts; last: "
+                         f"[{last.code}] {last}")
+        self.attempts = attempts
+        self.last = last
+
+
+class ClientClosed(ClientError):
+    """The client was used after its connection ended (outside ``async with``, or after an
+    error ended it)."""
+
+    code = "XY-SDK-007"
+
+
+class TokenUnavailable(ClientError):
+    """The token callable given to the client raised (or returned no token); ``cause`` is what
+    it raised."""
+
+    code = "XY-SDK-008"
+
+
+#: The gateway sent a frame that is not a binary ``ServerFrame`` (skipped and counted).
+SDK_BAD_FRAME = "XY-SDK-010"
+#: An applied entry's checksum did not match its state; the group resynchronises.
+SDK_CHECKSUM_MISMATCH = "XY-SDK-011"
+#: A delta the sequence rules did not let through (gap, far future, stale or future epoch).
+SDK_DELTA_NOT_APPLIED = "XY-SDK-012"
+#: A group's snapshot was requested (gap, new epoch, checksum mismatch, overdue).
+SDK_SNAPSHOT_REQUESTED = "XY-SDK-013"
+#: The connection was lost; the client reconnects after a backoff and resumes.
+SDK_RECONNECTING = "XY-SDK-014"
+#: A non-fatal ``Error`` frame from the gateway (ACL, unknown group, rate limit...).
+SDK_GATEWAY_ERROR = "XY-SDK-015"
+#: Nothing came from the gateway for ``dead_after_beats`` heartbeats: the connection is dead.
+SDK_HEARTBEAT_LOST = "XY-SDK-016"
+#: Fetching a fresh token for a refresh failed; the current one stays until it expires.
+SDK_TOKEN_REFRESH_FAILED = "XY-SDK-017"
+# -- xypipe tail --ws and the other market-data commands (xypipe/_cli_md.py): XY-CLI-100..109 --
+#: ``xypipe tail``: a message did not decode as its contract (skipped, counted; exit status 1).
+CLI_TAIL_UNDECODABLE = "XY-CLI-100"
+#: ``xypipe tail --ws``: a check failed (gap, repeat, rejected delta, checksum mismatch).
+CLI_TAIL_VERIFY_FAILED = "XY-CLI-101"
 # -- demo lifecycle and the embedded data directory (XY-EMB-010..019, XY-DEMO-001..019):
 # `xypipe demo up/down/publisher/observe/smoke` (xypipe/_demo/) and the data-directory lock
 # (xypipe/_datadir_lock.py).

@@ -6,6 +6,7 @@ same sentence: ``interval_ms: expected an integer 1..1000, got "fast"``.
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 import unicodedata
@@ -32,24 +33,28 @@ class Invalid(XyError, ValueError):
 
     code = CFG_INVALID_VALUE
 
-    def __init__(self, field: str, expected: str, got: object) -> None:
+    def __init__(self, field: str, expected: str, got: object, *, hint: str = "") -> None:
         self.field = field
         self.expected = expected
         self.got = got
-        super().__init__(f"{field}: {expected}, got {show(got)}")
+        #: Appended after the value, e.g. ``; did you mean "json"?``.
+        self.hint = hint
+        super().__init__(f"{field}: {expected}, got {show(got)}{hint}")
 
 
 @attrs.frozen
 class _Validator:
     expected: str
     check: Callable[[object], bool]
+    #: What to add after a refused value (a did-you-mean), or nothing.
+    hint: Callable[[object], str] = lambda _: ""
 
     # attrs types a validator by its field's type; ours serve fields of every type.
     def __call__(self, inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
         if value is None and attribute.default is None:
             return
         if not self.check(value):
-            raise Invalid(attribute.name, self.expected, value)
+            raise Invalid(attribute.name, self.expected, value, hint=self.hint(value))
 
 
 def _is_int(v: object) -> TypeGuard[int]:
@@ -69,10 +74,19 @@ def in_range(lo: float, hi: float) -> _Validator:
     )
 
 
+def did_you_mean(word: object, choices: Iterable[str]) -> str:
+    """``; did you mean "x"?`` for the closest of ``choices`` to a mistyped ``word``, or ""."""
+    if not isinstance(word, str):
+        return ""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f"; did you mean {show(close[0])}?" if close else ""
+
+
 def one_of(choices: Iterable[str]) -> _Validator:
     options = tuple(choices)
     listed = ", ".join(show(c) for c in options)
-    return _Validator(f"expected one of {listed}", lambda v: v in options)
+    return _Validator(f"expected one of {listed}", lambda v: v in options,
+                      lambda v: did_you_mean(v, options))
 
 
 def non_empty() -> _Validator:

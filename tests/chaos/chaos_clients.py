@@ -1,18 +1,19 @@
 """WebSocket clients that behave like the browser's worker and account for every frame.
 
-Each :class:`Subscriber` holds one connection to a gateway (reconnecting with backoff and
-resuming from its last points, as ``ui-static/xy-worker.js`` does), subscribes to every group,
-and rebuilds the groups with the project's own subscriber rules (:class:`MarketView`: epoch,
-per-shard sequence, canonical checksum). Over the WebSocket every snapshot the gateway sends
-is a (re)start point, so it replaces the group's state; everything else must continue exactly:
+Each :class:`Subscriber` is a :mod:`xypipe.client` connection to a gateway (it reconnects with
+backoff and resumes from its last points, as ``ui-static/xy-worker.js`` does), subscribed to
+every group; the client checks epoch, per-shard sequence and the canonical checksum of every
+entry, and asks for a snapshot on any doubt. Over the WebSocket every snapshot the gateway sends
+is a (re)start point; everything else must continue exactly, so the suite counts as problems:
 
 * **gap**: a delta that does not follow the last one of its stream (a hole the client was not
-  told about) — counted, and answered with a ``snapshot_request`` like the worker does;
-* **repeat**: a delta at or below one already applied since the last snapshot;
+  told about);
+* **repeat**: a delta at or below one already applied;
 * **epoch change** without a snapshot first; **checksum mismatch** of a verified entry;
-* **resync**: a snapshot replacing a group that was live (allowed: that is how a client is
-  brought back after a fault); a **rewind** is a resync to a snapshot older than what the
-  client had (reported, since the user sees older prices for a moment).
+
+and reports (allowed: that is how a client is brought back after a fault) every **resync**, a
+snapshot replacing a group that was live, and every **rewind**, a resync to a snapshot older
+than what the client had (the user sees older prices for a moment).
 
 For recovery time, :meth:`Subscriber.mark` starts a stopwatch: the client notes, per group, when
 the first delta *emitted after the mark* (``ts_emit_us``) was applied in sequence.
@@ -20,38 +21,20 @@ the first delta *emitted after the mark* (``ts_emit_us``) was applied in sequenc
 
 from __future__ import annotations
 
-import random
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import attrs
 import trio
-import trio_websocket
-
-from xypipe._gateway._tokens import load_private_key, mint
-from xypipe._md.client import MarketView
-from xypipe.contracts import (
-    ClientFrame,
-    ErrorCode,
-    GroupRef,
-    Hello,
-    Ping,
-    Resume,
-    ResumePoint,
-    ServerFrame,
-    Snapshot,
-    SnapshotRequest,
-    Subscribe,
-    SymbolState,
-)
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "gateway"))
 from chaos_stack import DEV_PRIVATE_KEY
-from gw_support import ws_client  # the gateway tests' client socket helper
+
+import xypipe.client as xc
+from xypipe._gateway._tokens import load_private_key, mint
+from xypipe.contracts import SymbolState
 
 GROUPS = ("equities", "futures", "fx", "crypto", "rates")
+#: The worker's backoff, capped low: a chaos client comes back as fast as a browser would.
+RECONNECT = xc.Reconnect(base_s=0.05, cap_s=0.5)
 
 
 def dev_token(subject: str = "chaos", ttl_s: float = 3600) -> str:
@@ -59,36 +42,21 @@ def dev_token(subject: str = "chaos", ttl_s: float = 3600) -> str:
                 now=time.time(), ttl_s=ttl_s)
 
 
-class WsView(MarketView):
-    """:class:`MarketView` with the WebSocket rule: a snapshot always restarts its group."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.resyncs = 0
-        self.rewinds = 0
-
-    def apply_snapshot(self, snap: Snapshot) -> None:
-        g = self.groups.get(snap.group)
-        if g is not None:
-            if g.synced:
-                self.resyncs += 1
-                if snap.epoch == g.epoch and any(
-                        g.seqs.get(shard, 0) > seq for shard, seq in snap.shard_seq.items()):
-                    self.rewinds += 1
-            g.synced = False
-            g.delta_seqs = {}
-        super().apply_snapshot(snap)
-
-
 @attrs.define
 class ClientStats:
-    connects: int = 0
-    resumes: int = 0
-    frames: int = 0
-    snapshot_requests: int = 0
+    resyncs: int = 0
+    rewinds: int = 0
+    gaps: int = 0
+    repeats: int = 0
+    epoch_changes: int = 0
     snapshot_unavailable: int = 0
     errors: list[str] = attrs.field(factory=list)
     closes: list[str] = attrs.field(factory=list)
+    problems: list[str] = attrs.field(factory=list)
+
+    def problem(self, text: str) -> None:
+        if len(self.problems) < 50:
+            self.problems.append(text)
 
 
 class Subscriber:
@@ -98,11 +66,10 @@ class Subscriber:
         self.name = name
         self.port = port
         self.groups = groups
-        self.view = WsView()
         self.stats = ClientStats()
-        self.session_id = ""
-        self.connected = False
-        self._rng = random.Random(name)
+        self.client: xc.Client | None = None
+        self._live: set[str] = set()
+        self._pos: dict[tuple[str, int], tuple[int, int]] = {}  # stream -> (epoch, seq) held
         self._mark_us = 0
         self._fresh: dict[str, float] = {}
         self._all_fresh = trio.Event()
@@ -128,23 +95,39 @@ class Subscriber:
     async def wait_synced(self) -> None:
         await self._synced.wait()
 
+    @property
+    def connected(self) -> bool:
+        return self.client is not None and self.client.connected
+
+    def _sdk(self) -> xc.ClientStatistics | None:
+        return None if self.client is None else self.client.statistics()
+
     def problems(self) -> dict[str, int]:
-        s = self.view.stats
-        return {"gaps": s.gaps, "repeats": s.repeats, "epoch_changes": s.epoch_changes,
-                "checksum_mismatches": s.checksum_mismatches}
+        s = self._sdk()
+        return {"gaps": self.stats.gaps, "repeats": self.stats.repeats,
+                "epoch_changes": self.stats.epoch_changes,
+                "checksum_mismatches": s.checksum_mismatches if s else 0}
+
+    def details(self) -> list[str]:
+        """The problems seen, described (the last 50)."""
+        return list(self.stats.problems)
 
     def summary(self) -> dict[str, Any]:
-        s = self.view.stats
-        return {**self.problems(), "resyncs": self.view.resyncs, "rewinds": self.view.rewinds,
-                "snapshots": s.snapshots, "deltas": s.deltas, "verified": s.verified,
-                "connects": self.stats.connects, "resumes": self.stats.resumes,
-                "snapshot_requests": self.stats.snapshot_requests,
+        s = self._sdk()
+        return {**self.problems(), "resyncs": self.stats.resyncs, "rewinds": self.stats.rewinds,
+                "snapshots": s.snapshots if s else 0, "deltas": s.applied if s else 0,
+                "verified": s.checksums_verified if s else 0,
+                "connects": s.connects if s else 0, "resumes": s.resumed_groups if s else 0,
+                "snapshot_requests": s.snapshot_requests if s else 0,
                 "snapshot_unavailable": self.stats.snapshot_unavailable,
                 "errors": self.stats.errors[-5:], "closes": self.stats.closes[-5:],
-                "detail": s.problems[:10]}
+                "detail": self.stats.problems[:10]}
 
     def books(self) -> dict[str, SymbolState]:
-        return {f"{v}.{s}": state for (v, s), state in self.view.state().items()}
+        if self.client is None:
+            return {}
+        return {f"{v}.{s}": state for book in self.client.books.values()
+                for (v, s), state in book.symbols.items()}
 
     # -- the connection ------------------------------------------------------------------
 
@@ -154,95 +137,68 @@ class Subscriber:
 
     async def run(self) -> None:
         with self._scope:
-            await self._reconnecting()
+            while True:
+                # The client reconnects by itself; only a first connection that fails (the
+                # gateway not up yet) or a final close ends up here.
+                try:
+                    async with xc.connect(f"ws://127.0.0.1:{self.port}/ws",
+                                          token=dev_token(self.name), reconnect=RECONNECT,
+                                          client_name="chaos") as client:
+                        self.client = client
+                        await client.subscribe(*self.groups)
+                        async for update in client:
+                            self._on_update(update)
+                except xc.ClientError as exc:
+                    self.stats.closes.append(f"[{exc.code}] {exc}"[:200])
+                await trio.sleep(RECONNECT.cap_s)
 
-    async def _reconnecting(self) -> None:
-        backoff = 0.05
-        while True:
-            frames = self.stats.frames
-            try:
-                await self._session()
-            except* (OSError, trio_websocket.HandshakeError, trio_websocket.ConnectionClosed,
-                     trio.BrokenResourceError) as group:
-                exc: BaseException = group
-                while isinstance(exc, BaseExceptionGroup):
-                    exc = exc.exceptions[0]
-                self.stats.closes.append(f"{type(exc).__name__}: {exc}"[:200])
-            if self.stats.frames > frames:
-                backoff = 0.05  # the last session worked: start over from a short wait
-            self.connected = False
-            # Jittered exponential backoff, capped low: the worker does the same.
-            await trio.sleep(backoff * (0.5 + self._rng.random()))
-            backoff = min(backoff * 2, 0.5)
-
-    async def _session(self) -> None:
-        async with ws_client(self.port) as c:
-            ws = c.ws
-            self.stats.connects += 1
-            hello = Hello(token=dev_token(self.name), protocol_version=1, client="chaos",
-                          session_id=self.session_id)
-            await ws.send_message(ClientFrame(id=1, hello=hello).SerializeToString())
-            points = self._resume_points()
-            live = {p.group for p in points}
-            if points:
-                self.stats.resumes += 1
-                await ws.send_message(
-                    ClientFrame(id=2, resume=Resume(points=points)).SerializeToString())
-            rest = [GroupRef(group=g) for g in self.groups if g not in live]
-            if rest:
-                await ws.send_message(
-                    ClientFrame(id=3, subscribe=Subscribe(groups=rest)).SerializeToString())
-            self.connected = True
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._ping, ws)
-                while True:
-                    data = await ws.get_message()
-                    frame = ServerFrame.FromString(data)
-                    await self._on_frame(ws, frame)
-
-    def _resume_points(self) -> list[ResumePoint]:
-        out = []
-        for g in self.view.groups.values():
-            if g.synced:
-                out.extend(ResumePoint(group=g.group, shard=shard, epoch=g.epoch, seq=seq)
-                           for shard, seq in g.seqs.items())
-        return out
-
-    async def _ping(self, ws: Any) -> None:
-        nonce = 0
-        while True:
-            await trio.sleep(2.0)
-            nonce += 1
-            await ws.send_message(ClientFrame(ping=Ping(ts_us=int(time.time() * 1e6),
-                                                        nonce=nonce)).SerializeToString())
-
-    async def _on_frame(self, ws: Any, f: ServerFrame) -> None:
-        self.stats.frames += 1
-        if f.HasField("welcome"):
-            self.session_id = f.welcome.session_id
-        if f.HasField("error"):
-            if f.error.code == ErrorCode.ERROR_CODE_SNAPSHOT_UNAVAILABLE:
-                self.stats.snapshot_unavailable += 1
-            else:
-                self.stats.errors.append(
-                    f"{ErrorCode.Name(f.error.code)}: {f.error.message}"[:200])
-        view = self.view
-        for snap in f.snapshots:
-            view.apply_snapshot(snap)
-        now = time.time()
-        stats = view.stats
-        for d in f.deltas:
-            before = (stats.gaps, stats.epoch_changes, stats.checksum_mismatches)
-            applied = view.apply_delta(d)
-            if before != (stats.gaps, stats.epoch_changes, stats.checksum_mismatches):
-                # What the worker does on a hole or a bad checksum: ask for a snapshot.
-                self.stats.snapshot_requests += 1
-                await ws.send_message(ClientFrame(
-                    snapshot_request=SnapshotRequest(group=d.group)).SerializeToString())
-            elif applied and d.ts_emit_us >= self._mark_us and d.group not in self._fresh:
-                self._fresh[d.group] = now
+    def _on_update(self, u: xc.Update) -> None:
+        if isinstance(u, xc.DeltaApplied):
+            self._pos[(u.group, u.shard)] = (u.epoch, u.seq)
+            if u.ts_emit_us >= self._mark_us and u.group not in self._fresh:
+                self._fresh[u.group] = time.time()
                 if all(g in self._fresh for g in self.groups):
                     self._all_fresh.set()
-        if not self._synced.is_set() and all(
-                (g := view.groups.get(name)) is not None and g.synced for name in self.groups):
+        elif isinstance(u, xc.SnapshotApplied):
+            self._on_snapshot(u)
+        elif isinstance(u, xc.DeltaSkipped):
+            self._on_skipped(u)
+        elif isinstance(u, xc.SnapshotRequested):
+            self._live.discard(u.group)
+        elif isinstance(u, xc.ErrorReceived):
+            if u.name == "ERROR_CODE_SNAPSHOT_UNAVAILABLE":
+                self.stats.snapshot_unavailable += 1
+            else:
+                self.stats.errors.append(f"{u.name}: {u.message}"[:200])
+        elif isinstance(u, xc.Disconnected):
+            self.stats.closes.append(f"{u.close_code}: {u.reason}"[:200])
+        if not self._synced.is_set() and self.client is not None and all(
+                (b := self.client.book(g)) is not None and b.synced for g in self.groups):
             self._synced.set()
+
+    def _on_snapshot(self, u: xc.SnapshotApplied) -> None:
+        if u.group in self._live:
+            self.stats.resyncs += 1
+            held = [self._pos.get((u.group, shard)) for shard, _ in u.shard_seq]
+            if any(h is not None and h[0] == u.epoch and h[1] > seq
+                   for h, (_, seq) in zip(held, u.shard_seq, strict=True)):
+                self.stats.rewinds += 1
+        for shard, seq in u.shard_seq:
+            self._pos[(u.group, shard)] = (u.epoch, seq)
+        self._live.add(u.group)
+
+    def _on_skipped(self, u: xc.DeltaSkipped) -> None:
+        where = f"{u.group}/{u.shard}"
+        held = self._pos.get((u.group, u.shard))
+        if u.verdict in ("gap", "future_epoch", "far_future"):
+            self._live.discard(u.group)
+        if u.verdict == "gap":
+            self.stats.gaps += 1
+            self.stats.problem(f"{where}: gap {held} -> #{u.first_seq or u.seq} "
+                               f"of epoch {u.epoch}")
+        elif u.verdict == "duplicate":
+            self.stats.repeats += 1
+            self.stats.problem(f"{where}: #{u.seq} repeated (held {held})")
+        elif u.verdict == "future_epoch":
+            self.stats.epoch_changes += 1
+            self.stats.problem(f"{where}: epoch {u.epoch} without its snapshot (held {held})")

@@ -470,7 +470,7 @@ async def inject_and_check(stack: Stack, kind: str) -> Outcome:
             counts[k] += now[k] - was[k]
         new = {k: v - was[k] for k, v in c.problems().items() if v > was[k]}
         if new:
-            failures.append(f"{kind}: {c.name} saw {new}: {c.view.stats.problems[-5:]}")
+            failures.append(f"{kind}: {c.name} saw {new}: {c.details()[-5:]}")
 
     outage = recovery + (inj.t_clear - inj.t_inject) if recovery is not None else None
     back = stack.feed.reconnected_after(inj.t_inject)

@@ -114,3 +114,15 @@ def test_module_default_counts_into_the_registry_given_to_use_registry(
 
 def test_empty_payload_is_the_default_message() -> None:
     assert decode(Tick, b"", where="test", registry=CollectorRegistry()) == Tick()
+
+
+def test_a_hot_path_checks_the_first_message_and_every_nth_after_it() -> None:
+    TickPlus, _ = _v1plus_tick_classes()
+    newer = TickPlus(venue="XNAS", symbol="AAPL", seq=7, region="us-east").SerializeToString()
+    decoder = _contracts.ContractDecoder(CollectorRegistry())
+
+    ticks = [decoder.decode(Tick, newer, where="test", check_every=4) for _ in range(9)]
+
+    # Messages 1, 5 and 9 were checked (one unknown field each); all nine keep the field.
+    assert decoder.registry.get_sample_value(UNKNOWN, {"message": "xy.md.v1.Tick"}) == 3
+    assert all(TickPlus.FromString(t.SerializeToString()).region == "us-east" for t in ticks)

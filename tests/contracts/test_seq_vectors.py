@@ -1,7 +1,8 @@
 """Python side of the sequence-rule scenario vectors (Node: tests/node/xy-seq.test.mjs).
 
-The same JSON drives :mod:`xypipe._md.seqrules` (what the gateway's hub applies) and the
-Python client's :class:`~xypipe._md.client.MarketView`; the browser worker's core reads it too.
+The same JSON drives :mod:`xypipe._md.seqrules` (what the gateway's hub applies), the NATS
+subscriber's :class:`~xypipe._md.client.MarketView` and the client SDK (:mod:`xypipe.client`,
+through its protocol core); the browser worker's core reads it too.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _scenarios import ClientSide
 
 from xypipe._md.client import MarketView
 from xypipe._md.seqrules import DEFAULT_MAX_GAP, ResumeOutcome, Verdict, judge, judge_resume
@@ -59,6 +61,16 @@ def test_stream_through_the_python_client(s: dict[str, Any]) -> None:
             assert view.judge_delta(delta) == step["expect"], where
             assert view.apply_delta(delta) == (step["expect"] == "apply"), where
         assert (not view.groups["g"].synced) == step["resyncing"], f"{where}: resyncing"
+
+
+@pytest.mark.parametrize("s", VECTORS["streams"], ids=_ids(VECTORS["streams"]))
+def test_stream_through_the_client_sdk(s: dict[str, Any]) -> None:
+    client = ClientSide(["g"], max_gap=VECTORS["max_gap"])
+    for i, step in enumerate(s["steps"]):
+        client_step = {k: v for k, v in step.items() if k in ("snapshot", "delta")}
+        client_step["client"] = {"resyncing": step["resyncing"], "replayed": [],
+                                 "verdict": step.get("expect")}
+        client.step(client_step, f"{s['name']}, step {i}")
 
 
 def test_rejected_deltas_are_counted_by_verdict_and_never_move_the_baseline() -> None:

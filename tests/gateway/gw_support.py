@@ -6,9 +6,8 @@ import io
 import json
 import logging
 import time
-import zlib
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +17,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 import xypipe
+import xypipe.client
 from xypipe._gateway._server import GatewayServer
 from xypipe._gateway._tokens import DEV_AUDIENCE, DEV_ISSUER, mint
 from xypipe._log import JsonFormatter
+from xypipe._md.book import state_checksum
 from xypipe._stages.gateway import Gateway
+from xypipe.client import Client as SdkClient
+from xypipe.client import DeltaApplied, DeltaSkipped, SnapshotApplied, Update
 from xypipe.contracts import (
     ClientFrame,
     Delta,
@@ -112,10 +115,6 @@ def server_of(runner: xypipe.Runner) -> GatewayServer:
 # --------------------------------------------------------------------------- a tiny aggregator
 
 
-def _checksum(s: SymbolState) -> int:
-    return zlib.crc32(f"{s.venue}:{s.symbol}:{s.last}:{s.vol}".encode())
-
-
 class FakeAggregator:
     """Publishes valid deltas and snapshots for some groups, the way the aggregator does."""
 
@@ -131,6 +130,9 @@ class FakeAggregator:
             g: {f"S{i}": SymbolState(venue="XTST", symbol=f"{g}-S{i}", last=1000 + i)
                 for i in range(symbols)} for g in groups
         }
+        for states in self.state.values():
+            for s in states.values():
+                s.checksum = state_checksum(s)
 
     async def setup(self) -> None:
         await self.nc.jetstream().ensure_stream(
@@ -157,7 +159,7 @@ class FakeAggregator:
             s.window_high = s.last
             s.window_low = s.last
             s.window_ticks = 1
-            s.checksum = _checksum(s)
+            s.checksum = state_checksum(s)  # the canonical checksum clients verify
             c = SymbolState()
             c.CopyFrom(s)
             changed.append(c)
@@ -295,6 +297,64 @@ async def _unwrapped() -> AsyncIterator[None]:
 def http_port(runner: xypipe.Runner) -> int:
     assert runner.http is not None
     return int(runner.http.port)
+
+
+# --------------------------------------------------------------------------- the client SDK
+
+
+def sdk(port: int, token: str, **kw: Any) -> AbstractAsyncContextManager[SdkClient]:
+    """A :mod:`xypipe.client` connection to the gateway on ``port`` (it checks every sequence
+    and checksum itself)."""
+    return xypipe.client.connect(f"ws://127.0.0.1:{port}/ws", token=token, **kw)
+
+
+async def updates_until(client: SdkClient, done: Callable[[Update], bool], limit_s: float = 10
+                        ) -> list[Update]:
+    """Every update up to and including the first ``done`` accepts (a hang fails the test)."""
+    seen: list[Update] = []
+    with trio.move_on_after(limit_s):
+        async for u in client:
+            seen.append(u)
+            if done(u):
+                return seen
+        raise AssertionError(f"the client ended before the awaited update; saw {seen!r}")
+    raise AssertionError(f"no awaited update within {limit_s} s; saw {seen!r}")
+
+
+def book_matches(client: SdkClient, group: str, truth: Mapping[str, SymbolState]) -> bool:
+    """The client's book of ``group`` holds exactly the publisher's states."""
+    book = client.book(group)
+    if book is None:
+        return False
+    want = {(s.venue, s.symbol): s for s in truth.values()}
+    return dict(book.symbols) == want
+
+
+async def caught_up(client: SdkClient, group: str, seq: int, shard: int = 0,
+                    limit_s: float = 10) -> list[Update]:
+    """The updates until ``group``'s stream ``shard`` is live at ``seq`` (none if it already
+    is): a delta or a snapshot that brings it there, with nothing awaited after it."""
+    def there() -> bool:
+        book = client.book(group)
+        return book is not None and book.synced and book.seqs.get(shard) == seq
+
+    def done(u: Update) -> bool:
+        # The book is updated a whole frame at a time, before the frame's updates are read:
+        # judge by the update that brings the stream there, not by the book alone.
+        if isinstance(u, DeltaApplied):
+            return (u.group, u.shard, u.seq) == (group, shard, seq) and there()
+        if isinstance(u, SnapshotApplied):
+            return u.group == group and (shard, seq) in u.shard_seq and there()
+        return False
+
+    return [] if there() else await updates_until(client, done, limit_s)
+
+
+def no_hole(updates: Sequence[Update]) -> None:
+    """Over the WebSocket a client never meets a gap, a repeat or a rejected delta (a delta
+    held while the client waits for a snapshot it asked for is not one of those)."""
+    bad = [u for u in updates if isinstance(u, DeltaSkipped) and u.verdict != "held"]
+    assert not bad, bad
 
 
 # --------------------------------------------------------------------------- logs

@@ -8,9 +8,18 @@ import urllib.request
 from typing import Any
 
 import trio
-from gw_support import FakeAggregator, Keys, http_port, running_gateway, ws_client
+from gw_support import (
+    FakeAggregator,
+    Keys,
+    caught_up,
+    http_port,
+    no_hole,
+    running_gateway,
+    sdk,
+    updates_until,
+)
 
-from xypipe.contracts import GroupRef, Ping, Subscribe
+from xypipe.client import Degraded, DeltaApplied, Update
 
 FAST_DEGRADE = {"enter": [0.5, 0.75, 0.9], "leave": [0.25, 0.5, 0.7], "dwell_ms": 100,
                 "sample_ms": 20}
@@ -75,40 +84,52 @@ async def test_flags_apply_live_to_connected_clients(
 ):
     await aggregator.publish_snapshots(["fx", "rates"])
     async with running_gateway(nats_server.url, keys, degrade=FAST_DEGRADE) as runner, \
-            ws_client(http_port(runner)) as c:
+            sdk(http_port(runner), keys.token()) as c:
         port = http_port(runner)
         admin = keys.token("root", roles=["admin"])
         path = "/admin/feature-flags"
-        await c.hello(keys.token())
-        await c.send(subscribe=Subscribe(groups=[GroupRef(group="fx"), GroupRef(group="rates")]))
-        await c.recv_until(lambda f: {"fx", "rates"} <= set(c.snapshots))
+        await c.subscribe("fx", "rates")
+        seen: list[Update] = await updates_until(
+            c, lambda u: {"fx", "rates"} <= {g for g, b in c.books.items() if b.synced})
+        await aggregator.publish_deltas(2, ["fx"])  # every symbol with its full depth
+        seen += await caught_up(c, "fx", aggregator.seq["fx"])
 
-        # Force L2: the client is told, and its deltas come trimmed.
+        # Force L2: the client is told, and its deltas come trimmed (and are not verified).
         assert (await http(port, "PUT", path, admin,
                            {"name": "gateway.force_level", "value": 2}))[0] == 200
-        d = await c.recv_until(lambda f: f.HasField("degrade"))
-        assert d.degrade.level == 2 and "operator" in d.degrade.reason
+        seen += await updates_until(c, lambda u: isinstance(u, Degraded))
+        d = seen[-1]
+        assert isinstance(d, Degraded) and d.level == 2 and "operator" in d.reason
         await aggregator.publish_deltas(2, ["fx"])
-        f = await c.recv_until(lambda f: len(f.deltas) > 0)
-        assert all(s.trimmed and len(s.bids) <= 1 for s in f.deltas[0].symbols if s.bids)
+        seen += await updates_until(c, lambda u: isinstance(u, DeltaApplied))
+        trimmed = seen[-1]
+        assert isinstance(trimmed, DeltaApplied) and trimmed.symbols
+        assert all(s.trimmed for s in trimmed.symbols)
+        assert c.statistics().trimmed >= len(trimmed.symbols)
+        # The client keeps the depth it held beyond the trimmed best level.
+        book = c.book("fx")
+        assert book is not None
+        assert all(len(s.bids) == aggregator.depth for s in book.symbols.values())
 
         # Disable a group: it is reported paused and stops; the other keeps flowing.
         assert (await http(port, "PUT", path, admin,
                            {"name": "gateway.disabled_groups", "value": ["rates"]}))[0] == 200
-        await c.recv_until(lambda f: f.HasField("degrade")
-                           and list(f.degrade.paused_groups) == ["rates"])
-        rates_before = c.last[("rates", 0)]
+        seen += await updates_until(c, lambda u: isinstance(u, Degraded)
+                                    and u.paused_groups == ("rates",))
+        rates = c.book("rates")
+        assert rates is not None
+        rates_before = dict(rates.seqs)
         await aggregator.publish_deltas(3)
-        await c.recv_until(lambda f: c.last[("fx", 0)][1] == aggregator.seq["fx"])
-        assert c.last[("rates", 0)] == rates_before
+        seen += await caught_up(c, "fx", aggregator.seq["fx"])
+        assert dict(rates.seqs) == rates_before
 
         # Clear both: back to L0 after the dwell, and the group resumes from a snapshot.
         await http(port, "PUT", path, admin, {"name": "gateway.force_level", "value": None})
         await http(port, "PUT", path, admin, {"name": "gateway.disabled_groups", "value": []})
-        with trio.fail_after(10):
-            while not (c.degrades[-1].level == 0 and not c.degrades[-1].paused_groups):
-                await c.send(ping=Ping())
-                await c.recv()
+        seen += await updates_until(c, lambda u: isinstance(u, Degraded) and u.level == 0
+                                    and not u.paused_groups)
         await aggregator.publish_snapshots(["rates"])
         await aggregator.publish_deltas(2)
-        await c.recv_until(lambda f: c.last[("rates", 0)][1] == aggregator.seq["rates"])
+        seen += await caught_up(c, "rates", aggregator.seq["rates"])
+        no_hole(seen)
+        assert c.statistics().checksum_mismatches == 0

@@ -1,4 +1,6 @@
-"""Implausible sequences against a live gateway: a real nats-server, real WebSocket clients.
+"""Implausible sequences against a live gateway: a real nats-server, real WebSocket clients
+(:mod:`xypipe.client`, which checks every sequence and checksum it is sent; a raw client for the
+hostile resume point).
 
 A forged delta far ahead of a live group's stream (published with permitted credentials, as a
 stray publisher on an open bus would) must not stop the group for anyone; a resume point ahead
@@ -15,13 +17,18 @@ from gw_support import (
     FakeAggregator,
     JsonLogCapture,
     Keys,
+    caught_up,
     http_port,
+    no_hole,
     running_gateway,
+    sdk,
+    updates_until,
     ws_client,
 )
 
 from xypipe._nats import NatsClient
-from xypipe.contracts import Delta, GroupRef, Resume, ResumePoint, Subscribe
+from xypipe.client import SnapshotApplied
+from xypipe.contracts import Delta, Resume, ResumePoint
 
 CHECKPOINT_STREAM = "XY_AGG_SEQ"
 
@@ -62,29 +69,30 @@ async def test_forged_far_future_delta_does_not_stop_the_group(
     async with running_gateway(nats_server.url, keys) as runner:
         port = http_port(runner)
         token = keys.token("alice", ["xy.md.>"])
-        async with ws_client(port) as old:
-            await old.hello(token)
-            await old.send(subscribe=Subscribe(groups=[GroupRef(group="fx")]))
-            await old.recv_until(lambda f: len(f.snapshots) > 0)
+        async with sdk(port, token) as old:
+            await old.subscribe("fx")
+            seen = await updates_until(old, lambda u: isinstance(u, SnapshotApplied))
             await forge(aggregator.nc, "fx", aggregator.epoch, aggregator.seq["fx"] + 10**9)
             await forge(aggregator.nc, "fx", aggregator.epoch - 1, aggregator.seq["fx"] + 1)
             await aggregator.publish_deltas(3, ["fx"])
             # Every frame is checked by the client: no gap, no repeat, one epoch.
-            await old.recv_until(lambda f: old.last[("fx", 0)][1] == aggregator.seq["fx"])
-            async with ws_client(port) as new:
-                await new.hello(token)
-                await new.send(subscribe=Subscribe(groups=[GroupRef(group="fx")]))
+            seen += await caught_up(old, "fx", aggregator.seq["fx"])
+            async with sdk(port, token) as new:
+                await new.subscribe("fx")
                 await aggregator.publish_snapshots(["fx"])
-                await new.recv_until(lambda f: len(f.snapshots) > 0)
+                fresh = await updates_until(new, lambda u: isinstance(u, SnapshotApplied))
                 await aggregator.publish_deltas(2, ["fx"])
-                for c in (old, new):
-                    await c.recv_until(lambda f, c=c: c.last[("fx", 0)][1] == aggregator.seq["fx"])
+                seen += await caught_up(old, "fx", aggregator.seq["fx"])
+                fresh += await caught_up(new, "fx", aggregator.seq["fx"])
+            no_hole(seen + fresh)
+            # The stale one reset nothing: the first client never went back to a snapshot.
+            assert old.statistics().snapshots == 1
+            assert old.statistics().checksum_mismatches == 0
         m = runner.metrics
         assert m.sample("gateway_deltas_total", {"verdict": "far_future"}) == 1
         assert m.sample("gateway_deltas_total", {"verdict": "stale_epoch"}) == 1
         # The stale one reset nothing: no subscriber was sent back to a snapshot.
         assert not m.sample("ws_resyncs_total", {"reason": "epoch"})
-        assert old.snapshots["fx"] == 1
     rejected = json_logs.find(code="XY-GW-010")
     assert {line["reason"] for line in rejected} == {"delta:far_future", "delta:stale_epoch"}
     assert all(line["group"] == "fx" and line["count"] == 1 for line in rejected)
@@ -121,12 +129,11 @@ async def test_gateway_that_lost_more_than_the_bound_re_anchors_from_the_checkpo
     await agg.publish_snapshots()
     async with running_gateway(nats_server.url, keys, max_seq_gap=4) as runner:
         port = http_port(runner)
-        async with ws_client(port) as c:
-            await c.hello(keys.token("alice", ["xy.md.>"]))
-            await c.send(subscribe=Subscribe(groups=[GroupRef(group="fx")]))
-            await c.recv_until(lambda f: len(f.snapshots) > 0)
+        async with sdk(port, keys.token("alice", ["xy.md.>"])) as c:
+            await c.subscribe("fx")
+            seen = await updates_until(c, lambda u: isinstance(u, SnapshotApplied))
             await agg.publish_deltas(1)
-            await c.recv_until(lambda f: c.last[("fx", 0)][1] == agg.seq["fx"])
+            seen += await caught_up(c, "fx", agg.seq["fx"])
             await agg.publish_deltas(10, lost=True)  # the gateway never sees these
             await agg.publish_deltas(1)  # 11 ahead: beyond the bound of 4, rejected...
             # ...and the checkpoint in JetStream says the aggregator really is there. The
@@ -138,5 +145,6 @@ async def test_gateway_that_lost_more_than_the_bound_re_anchors_from_the_checkpo
             await agg.publish_deltas(1)
             await agg.publish_snapshots()
             await agg.publish_deltas(1)
-            await c.recv_until(lambda f: c.last[("fx", 0)][1] == agg.seq["fx"])
+            seen += await caught_up(c, "fx", agg.seq["fx"])
+            no_hole(seen)
     assert json_logs.find(code="XY-GW-012", reason="checkpoint_ahead")

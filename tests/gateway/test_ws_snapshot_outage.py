@@ -4,11 +4,21 @@ is back: the gateway retries the direct get with backoff and counts the failures
 from __future__ import annotations
 
 import trio
-from gw_support import FakeAggregator, Keys, http_port, running_gateway, server_of, ws_client
+from gw_support import (
+    FakeAggregator,
+    Keys,
+    caught_up,
+    http_port,
+    no_hole,
+    running_gateway,
+    sdk,
+    server_of,
+    updates_until,
+)
 
 from xypipe._embedded import EmbeddedNats
 from xypipe._gateway._flags import DISABLED_GROUPS, FlagValue
-from xypipe.contracts import ErrorCode, GroupRef, Subscribe
+from xypipe.client import DeltaApplied, ErrorReceived, SnapshotApplied
 
 
 async def test_snapshot_asked_while_jetstream_is_away_arrives_when_it_is_back(
@@ -21,26 +31,30 @@ async def test_snapshot_asked_while_jetstream_is_away_arrives_when_it_is_back(
         # data dir kept for later).
         nats_server.jetstream = False
         await nats_server.restart()
-        async with ws_client(http_port(runner)) as c:
-            await c.hello(keys.token("alice", ["xy.md.>"]))
-            await c.send(subscribe=Subscribe(groups=[GroupRef(group="fx")]))
-            err = await c.recv_until(lambda f: f.HasField("error"), limit_s=20)
-            assert err.error.code == ErrorCode.ERROR_CODE_SNAPSHOT_UNAVAILABLE
-            assert "could not be reached" in err.error.message
+        async with sdk(http_port(runner), keys.token("alice", ["xy.md.>"])) as c:
+            await c.subscribe("fx")
+            seen = await updates_until(c, lambda u: isinstance(u, ErrorReceived), limit_s=20)
+            err = seen[-1]
+            assert isinstance(err, ErrorReceived)
+            assert (err.name, err.group, err.fatal) == ("ERROR_CODE_SNAPSHOT_UNAVAILABLE", "fx",
+                                                        False)
+            assert "could not be reached" in err.message
             assert runner.metrics.sample("gateway_snapshot_get_failures_total") >= 1
             assert runner.metrics.sample("gateway_snapshot_lookups_total",
                                          {"outcome": "failed"}) >= 1
             nats_server.jetstream = True
             await nats_server.restart()
-            got = await c.recv_until(lambda f: len(f.snapshots) > 0, limit_s=20)
-            assert got.snapshots[0].group == "fx"
-            assert got.snapshots[0].shard_seq[0] == aggregator.seq["fx"]
+            seen += await updates_until(c, lambda u: isinstance(u, SnapshotApplied), limit_s=20)
+            got = seen[-1]
+            assert isinstance(got, SnapshotApplied) and got.group == "fx"
+            assert got.shard_seq == ((0, aggregator.seq["fx"]),)
             assert runner.metrics.sample("gateway_snapshot_lookups_total",
                                          {"outcome": "found"}) == 1
             # The live feed continues after the stored snapshot without a hole.
             await aggregator.publish_deltas(2, ["fx"])
-            await c.recv_until(lambda f: c.last[("fx", 0)][1] == aggregator.seq["fx"])
-            assert c.deltas == 2
+            seen += await caught_up(c, "fx", aggregator.seq["fx"])
+            no_hole(seen)
+            assert len([u for u in seen if isinstance(u, DeltaApplied)]) == 2
 
             # The feature-flag watch came back with JetStream too: a change made now applies.
             kv = await aggregator.nc.jetstream().kv("xy_feature_flags", create=False)

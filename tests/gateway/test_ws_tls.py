@@ -6,16 +6,18 @@ import datetime
 import ssl
 from pathlib import Path
 
+import pytest
 import trio
-import trio_websocket
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from gw_support import Client, Keys
+from gw_support import Keys
 
 import xypipe
+import xypipe.client
 from xypipe._gateway._tokens import DEV_AUDIENCE, DEV_ISSUER
+from xypipe.client import GatewayUnreachable
 
 
 def _self_signed(tmp: Path) -> tuple[Path, Path]:
@@ -58,18 +60,13 @@ async def test_wss_handshake_and_hello_over_tls(nats_server, keys: Keys, tmp_pat
             for s in runner.pipelines[0].stages:
                 await s.ctx.wait_ready()
         assert runner.http is not None
-        stream = await trio.open_ssl_over_tcp_stream("localhost", runner.http.port,
-                                                     ssl_context=client_ctx)
-        try:
-            async with trio.open_nursery() as inner:
-                ws = await trio_websocket.wrap_client_stream(
-                    inner, stream, "localhost", "/ws",
-                    extra_headers=[(b"origin", b"https://md.example.com")])
-                c = Client(ws)
-                reply = await c.hello(keys.token("tls-user"))
-                assert reply.welcome.principal == "tls-user"
-                await ws.aclose()
-                inner.cancel_scope.cancel()
-        finally:
-            await trio.aclose_forcefully(stream)
+        url = f"wss://localhost:{runner.http.port}/ws"
+        async with xypipe.client.connect(url, token=keys.token("tls-user"),
+                                         ssl_context=client_ctx,
+                                         origin="https://md.example.com") as c:
+            assert c.principal == "tls-user"
+        # A client that does not trust the gateway's certificate never says hello.
+        with pytest.raises(GatewayUnreachable, match="CERTIFICATE_VERIFY_FAILED"):
+            async with xypipe.client.connect(url, token=keys.token("tls-user")):
+                pytest.fail("trusted a self-signed certificate")
         runner.stop()

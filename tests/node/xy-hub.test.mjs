@@ -318,3 +318,36 @@ test("the gateway's degradation level reaches every tab", async () => {
     assert.match(d.recovery, /queue below/);
   }
 });
+
+test("a Welcome answering a token refresh moves the expiry and resumes nothing", async () => {
+  const { hub, clock } = setup();
+  const ws = await open(clock);
+  hub.handle("t1", { t: "sub", group: "fx" });
+  ws.frame({ snapshots: [{ group: "fx", epoch: 1, shardSeq: { 0: 1 }, symbols: [sym("AAA", 1)] }] });
+  const sent = ws.kinds().length;
+  ws.frame({ welcome: { sessionId: "s1", protocolVersion: 1, heartbeatMs: 1000, tokenExpiresUs: 9_000_000 } });
+  assert.equal(hub.tokenExpiresUs, 9_000_000);
+  assert.deepEqual(ws.kinds().slice(sent), [], "no resume, no subscribe: the session goes on");
+  assert.equal(hub.reconnector.reconnects, 0);
+});
+
+test("a trimmed entry keeps the deeper levels the hub holds, and is not verified", async () => {
+  const { hub, clock, inbox } = setup();
+  const ws = await open(clock);
+  hub.handle("t1", { t: "sub", group: "fx" });
+  const deep = sym("AAA", 1, {
+    bids: [{ price: 99, size: 1, orders: 1 }, { price: 98, size: 2, orders: 1 }],
+    asks: [{ price: 101, size: 1, orders: 1 }, { price: 102, size: 2, orders: 1 }],
+  });
+  ws.frame({ snapshots: [{ group: "fx", epoch: 1, shardSeq: { 0: 1 }, symbols: [deep] }] });
+  await clock.advance(40);
+  const trimmed = sym("AAA", 2, { trimmed: true, checksum: 1,
+    bids: [{ price: 100, size: 3, orders: 1 }], asks: [{ price: 101, size: 4, orders: 1 }] });
+  ws.frame({ deltas: [{ group: "fx", seq: 2, epoch: 1, symbols: [trimmed] }] });
+  await clock.advance(40);
+  const got = batches(inbox.t1).at(-1).symbols[0];
+  assert.deepEqual(got.bids.map((l) => [l.price, l.size]), [[100, 3], [98, 2]]);
+  assert.deepEqual(got.asks.map((l) => [l.price, l.size]), [[101, 4], [102, 2]]);
+  assert.equal(hub.counters.checksumMismatches, 0);
+  assert.deepEqual(hub.books.get("fx").symbols.get("X:AAA").bids.map((l) => l.price), [100, 98]);
+});

@@ -13,11 +13,12 @@ import sys
 
 import trio
 
+from xypipe._cli_common import report
 from xypipe._demo._extra_publisher import PublisherOptions, start_publisher, stop_publisher
 from xypipe._demo._lifecycle import down, up
 from xypipe._demo._observe import DEFAULT_TEMPLATE, observe
 from xypipe._demo._state import DEFAULT_STATE_DIR, StateDir
-from xypipe._errors import DEMO_SMOKE_FAILED, ConfigError, XyError
+from xypipe._errors import DEMO_SMOKE_FAILED, XyError
 
 __all__ = ["ACTIONS", "DEFAULT_CONFIG", "run_action"]
 
@@ -110,12 +111,8 @@ def run_action(argv: list[str]) -> int:
     name = args.action if args.action != "publisher" else f"publisher {args.what}"
     try:
         return trio.run(_main, args, state)
-    except ConfigError as exc:
-        print(str(exc), file=sys.stderr)
-        return 2
     except XyError as exc:
-        print(f"xypipe demo {name}: {exc} [{exc.code}]", file=sys.stderr)
-        return 1
+        return report(f"xypipe demo {name}", exc)
     except KeyboardInterrupt:
         return 130
 

@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from pathlib import Path
 
-from xypipe._errors import AuthError
+from xypipe._errors import OutputExists, UsageError
 from xypipe._gateway._tokens import (
     DEV_AUDIENCE,
     DEV_ISSUER,
@@ -40,13 +39,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help='subject pattern the token may use (repeatable; default "xy.md.>")')
     p.add_argument("--role", action="append", default=[], help="role, e.g. admin (repeatable)")
     p.add_argument("--ttl", type=float, default=300.0, help="lifetime in seconds (default 300)")
-    p.add_argument("--iss", default=DEV_ISSUER)
-    p.add_argument("--aud", default=DEV_AUDIENCE)
+    p.add_argument("--iss", default=DEV_ISSUER,
+                   help=f"issuer claim; the gateway's [issuer] (default {DEV_ISSUER})")
+    p.add_argument("--aud", default=DEV_AUDIENCE,
+                   help=f"audience claim; the gateway's [audience] (default {DEV_AUDIENCE})")
     p.set_defaults(func=_cmd_token)
-    sub = p.add_subparsers(dest="token_cmd")
+    sub = p.add_subparsers(dest="token_cmd", metavar="SUBCOMMAND")
     k = sub.add_parser("keygen", help="write a fresh Ed25519 keypair into a directory")
-    k.add_argument("directory")
-    k.add_argument("--name", default="gateway")
+    k.add_argument("directory", help="where to write NAME.key.pem and NAME.pub.pem")
+    k.add_argument("--name", default="gateway", help="file name stem (default gateway)")
     k.set_defaults(func=_cmd_keygen)
 
 
@@ -54,19 +55,12 @@ def _cmd_token(args: argparse.Namespace) -> int:
     allow = args.allow or ["xy.md.>"]
     bad = [a for a in allow if not _is_subject(a)]
     if bad:
-        print(f"--allow: expected NATS subject patterns like 'xy.md.>', got {bad}",
-              file=sys.stderr)
-        return 2
+        raise UsageError(f"--allow: expected NATS subject patterns like 'xy.md.>', got {bad}")
     if not 1 <= args.ttl <= 86400:
-        print(f"--ttl: expected 1..86400 seconds, got {args.ttl:g}", file=sys.stderr)
-        return 2
-    try:
-        key = load_private_key(args.key)
-        token = mint(key, subject=args.sub, allow=allow, now=time.time(), ttl_s=args.ttl,
-                     roles=args.role, issuer=args.iss, audience=args.aud)
-    except AuthError as exc:
-        print(f"xypipe token: {exc}", file=sys.stderr)
-        return 1
+        raise UsageError(f"--ttl: expected 1..86400 seconds, got {args.ttl:g}")
+    key = load_private_key(args.key)
+    token = mint(key, subject=args.sub, allow=allow, now=time.time(), ttl_s=args.ttl,
+                 roles=args.role, issuer=args.iss, audience=args.aud)
     print(token)
     return 0
 
@@ -78,8 +72,7 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
     key_path = directory / f"{args.name}.key.pem"
     pub_path = directory / f"{args.name}.pub.pem"
     if key_path.exists():
-        print(f"xypipe token keygen: {key_path} exists; not overwriting it", file=sys.stderr)
-        return 1
+        raise OutputExists(f"keygen: {key_path} exists; not overwriting it")
     fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(private)

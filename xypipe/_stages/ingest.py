@@ -32,8 +32,12 @@ from typing import Never, Protocol
 import attrs
 import trio
 
-from xypipe._contracts import ContractDecoder, decoder_for
-from xypipe._contracts import decode as decode_contract
+from xypipe._contracts import (
+    HOT_PATH_CHECK_EVERY,
+    ContractDecoder,
+    decoder_for,
+    default_decoder,
+)
 from xypipe._errors import (
     RESTORE_SNAPSHOT_IGNORED,
     SRC_REANCHOR,
@@ -178,7 +182,8 @@ def decode_messages(msgs: Sequence[SourceMessage], now: float, bad: BadSourceCou
     subject), else ``now_us``. Payloads decode through ``decoder`` (the process's contract
     decoder by default), which counts a newer producer's unknown fields.
     """
-    decode = decoder.decode if decoder is not None else decode_contract
+    decoder = decoder if decoder is not None else default_decoder()
+    decode = decoder.decode
     recs: list[TickRec | ContractRec] = []
     append = recs.append
     tlen, clen = len(TICK_PREFIX), len(CONTRACT_PREFIX)
@@ -193,7 +198,7 @@ def decode_messages(msgs: Sequence[SourceMessage], now: float, bad: BadSourceCou
             else:
                 sseq, stored_us = 0, now_us
             try:
-                t = decode(Tick, m.data, where=subject)
+                t = decode(Tick, m.data, where=subject, check_every=HOT_PATH_CHECK_EVERY)
             except ContractError as exc:
                 bad("decode", subject, str(exc))
                 continue
