@@ -154,7 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="{" + ",".join(DEMO_ACTIONS) + "} | CONFIG",
                    help=f"an action, or the TOML config to run in the foreground (default "
                         f"{DEMO_CONFIG})")
-    p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    p.add_argument("rest", nargs=argparse.REMAINDER, metavar="...",
+                   help="the action's own arguments (xypipe demo ACTION --help)")
     add_log_options(p)
     p.set_defaults(func=_cmd_demo)
 
