@@ -18,6 +18,11 @@ import trio
 from xypipe import _log
 from xypipe._cli_common import add_log_options, error_lines, report
 from xypipe._config import AppConfig, load_config
+from xypipe._demo._cli import ACTIONS as DEMO_ACTIONS
+from xypipe._demo._cli import DEFAULT_CONFIG as DEMO_CONFIG
+from xypipe._demo._cli import SUMMARY as DEMO_SUMMARY
+from xypipe._demo._cli import run_action as run_demo_action
+from xypipe._demo._layout import page_urls
 from xypipe._errors import (
     CLI_FILE_ERROR,
     ConfigError,
@@ -89,22 +94,6 @@ async def _run_main(cfg: AppConfig, args: argparse.Namespace) -> None:
         nursery.cancel_scope.cancel()
 
 
-def page_urls(cfg: AppConfig) -> list[str]:
-    """Where the demo page of each ``ui_server`` stage of ``cfg`` is served (fixed ports only:
-    port 0 is picked at start)."""
-    from xypipe._stages.ui_server import UiServerConfig
-
-    urls = []
-    for pipeline in cfg.pipelines.values():
-        for stage in pipeline.stages:
-            ui = stage.config
-            if isinstance(ui, UiServerConfig) and ui.port:
-                host = "localhost" if ui.host in ("0.0.0.0", "::") else (
-                    f"[{ui.host}]" if ":" in ui.host else ui.host)
-                urls.append(f"http://{host}:{ui.port}/")
-    return urls
-
-
 def _announce_page(cfg: AppConfig) -> None:
     # The first line a person sees, before any log line: where to look.
     for url in page_urls(cfg):
@@ -112,7 +101,12 @@ def _announce_page(cfg: AppConfig) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    args.config = args.config or "configs/demo.toml"
+    if args.demo_command in DEMO_ACTIONS:
+        return run_demo_action([args.demo_command, *args.rest])
+    if args.rest:
+        raise UsageError(f"unexpected {' '.join(args.rest)!r} after the config (an action "
+                         f"comes first: {', '.join(DEMO_ACTIONS)})")
+    args.config = args.demo_command or DEMO_CONFIG
     args.process = None
     args.nats_url = None
     args.nats_nkey = None
@@ -152,9 +146,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_log_options(p)
     p.set_defaults(func=_cmd_run)
 
-    p = sub.add_parser("demo", help="run configs/demo.toml: embedded NATS, pipelines, UI")
-    p.add_argument("config", nargs="?", default=None,
-                   help="the TOML config file (default configs/demo.toml)")
+    p = sub.add_parser("demo", help="run configs/demo.toml: embedded NATS, pipelines, UI",
+                       description="xypipe demo [CONFIG] runs the demo in the foreground "
+                                   f"(Ctrl-C stops it). xypipe demo ACTION: {DEMO_SUMMARY} "
+                                   "(xypipe demo ACTION --help for its options).")
+    p.add_argument("demo_command", nargs="?", default=None,
+                   metavar="{" + ",".join(DEMO_ACTIONS) + "} | CONFIG",
+                   help=f"an action, or the TOML config to run in the foreground (default "
+                        f"{DEMO_CONFIG})")
+    p.add_argument("rest", nargs=argparse.REMAINDER, metavar="...",
+                   help="the action's own arguments (xypipe demo ACTION --help)")
     add_log_options(p)
     p.set_defaults(func=_cmd_demo)
 

@@ -19,7 +19,9 @@ takes it down with an owner killed without cleanup (:mod:`xypipe._process`).
 host, port and data directory if it dies, so JetStream state survives and clients reconnect.
 With ``auth = "roles"`` (the default) it admits only the per-role NKey users kept in the data
 directory (:mod:`xypipe._nats_keys`, :mod:`xypipe._nats_roles`); the configuration is written
-once per run, and every restart starts from the same file and the same keys.
+once per run, and every restart starts from the same file and the same keys. The data directory
+is locked first, for the whole supervised life (:mod:`xypipe._datadir_lock`): a second run on it
+is refused at once (``XY-EMB-010``) instead of opening a live store.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from pathlib import Path
 import trio
 
 from xypipe._config import EmbeddedNatsConfig
+from xypipe._datadir_lock import DataDirLock
 from xypipe._errors import NATS_OPEN_BUS, ChildFailed, EmbeddedServerError
 from xypipe._log import get_logger
 from xypipe._metrics import Metrics
@@ -115,6 +118,9 @@ class EmbeddedNats:
         self.config_file: Path | None = None
         #: The role keys clients sign in with (None: the server admits anyone).
         self.keys: BusKeys | None = None
+        #: Descriptors every server child inherits: the data directory's lock, so the store
+        #: stays locked while a server runs even if its owner was killed.
+        self.pass_fds: tuple[int, ...] = ()
 
     @property
     def url(self) -> str:
@@ -158,7 +164,7 @@ class EmbeddedNats:
         argv = self._argv()
         try:
             proc = Child.spawn(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                               start_new_session=True)
+                               start_new_session=True, pass_fds=self.pass_fds)
         except OSError as exc:
             raise EmbeddedServerError(f"could not start {argv[0]}: {exc}") from exc
         self._proc = proc
@@ -308,6 +314,22 @@ async def supervised_embedded_nats(
     budget spent, policy ``never``, or a clean exit that ``on-failure`` does not restart —
     nothing works without it).
     """
+    # Before anything is written there: the keys and the store are this run's alone. Held
+    # across every restart below, and passed to each server child.
+    with DataDirLock.acquire(cfg.data_dir) as lock:
+        return await _supervise_locked(cfg, lock, metrics=metrics, stopping=stopping,
+                                       layout=layout, task_status=task_status)
+
+
+async def _supervise_locked(
+    cfg: EmbeddedNatsConfig,
+    lock: DataDirLock,
+    *,
+    metrics: Metrics,
+    stopping: trio.Event,
+    layout: BusLayout | None,
+    task_status: trio.TaskStatus[EmbeddedNats],
+) -> ChildFailed | None:
     keys: BusKeys | None = None
     config_file: Path | None = None
     if cfg.auth == "roles":
@@ -323,6 +345,7 @@ async def supervised_embedded_nats(
         jetstream=cfg.jetstream, config_file=config_file, start=False,
     ) as server:
         server.keys = keys
+        server.pass_fds = (lock.fd,)
         outcome = await supervise(
             "nats", server, cfg.restart, stopping=stopping,
             metrics=SupervisionMetrics(metrics), codes=NATS_CODES, task_status=task_status,

@@ -605,3 +605,55 @@ SDK_TOKEN_REFRESH_FAILED = "XY-SDK-017"
 CLI_TAIL_UNDECODABLE = "XY-CLI-100"
 #: ``xypipe tail --ws``: a check failed (gap, repeat, rejected delta, checksum mismatch).
 CLI_TAIL_VERIFY_FAILED = "XY-CLI-101"
+# -- demo lifecycle and the embedded data directory (XY-EMB-010..019, XY-DEMO-001..019):
+# `xypipe demo up/down/publisher/observe/smoke` (xypipe/_demo/) and the data-directory lock
+# (xypipe/_datadir_lock.py).
+
+
+class DataDirLocked(EmbeddedServerError):
+    """Another ``xypipe run`` holds the embedded NATS data directory (its lock file is locked):
+    two servers must never share one JetStream store."""
+
+    code = "XY-EMB-010"
+
+
+class DataDirUnusable(EmbeddedServerError):
+    """The embedded NATS data directory or its lock file cannot be created or locked."""
+
+    code = "XY-EMB-011"
+
+
+class DemoError(XyError):
+    """A ``xypipe demo`` command cannot do what was asked; the code says why (constants below)."""
+
+    code = "XY-DEMO-001"
+
+
+#: `demo up`: the demo is already up (its recorded supervisor is alive).
+DEMO_ALREADY_UP = DemoError.code
+#: `demo down/publisher/observe/smoke`: the demo is not up (no state, or its process is gone).
+DEMO_NOT_UP = "XY-DEMO-002"
+#: `demo up`: the demo exited while starting (the last lines of its log say why).
+DEMO_EXITED_AT_START = "XY-DEMO-003"
+#: `demo up`: not every /healthz was ready within the start timeout; the demo was stopped.
+DEMO_START_TIMEOUT = "XY-DEMO-004"
+#: `demo up`: the config cannot be run in the background (a port picked at start, no HTTP).
+DEMO_CONFIG_UNSUITABLE = "XY-DEMO-005"
+#: `demo down`: processes were still there after the grace period and were killed.
+DEMO_KILLED_AFTER_GRACE = "XY-DEMO-006"
+#: `demo down`: a process the demo started survived even SIGKILL (named in the message).
+DEMO_PROCESS_LEFT = "XY-DEMO-007"
+#: `demo publisher start` / `demo observe`: already running.
+DEMO_HELPER_RUNNING = "XY-DEMO-008"
+#: `demo observe`: the prometheus binary or the scrape config template is missing.
+DEMO_OBSERVE_UNAVAILABLE = "XY-DEMO-009"
+#: `demo observe` / `demo publisher start`: the helper process failed to start or exited.
+DEMO_HELPER_FAILED = "XY-DEMO-010"
+#: `demo smoke`: at least one check failed (each failure is its own line).
+DEMO_SMOKE_FAILED = "XY-DEMO-011"
+#: `demo down --wipe`: a directory was not removed (not ours, or something still runs).
+DEMO_WIPE_REFUSED = "XY-DEMO-012"
+#: A state file under the demo's state directory is unreadable; it is treated as absent.
+DEMO_STATE_UNREADABLE = "XY-DEMO-013"
+#: `demo up`: a port the demo needs is already taken (another demo, a foreground `make demo`).
+DEMO_PORT_TAKEN = "XY-DEMO-014"

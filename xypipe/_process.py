@@ -51,12 +51,13 @@ class Child:
         stderr: int | None = None,
         env: Mapping[str, str] | None = None,
         start_new_session: bool = False,
+        pass_fds: tuple[int, ...] = (),
     ) -> Child:
         # Deliberately blocking (a fork and an exec, about a millisecond) on the Trio thread.
         popen = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
             env=dict(env) if env is not None else None,
-            start_new_session=start_new_session,
+            start_new_session=start_new_session, pass_fds=pass_fds,
             preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
         )
         return cls(popen)

@@ -36,6 +36,9 @@ class StateStreams:
     storage: str = attrs.field(default="file")
     #: How long the stored snapshots and checkpoints live (0 = forever).
     max_age_s: int = attrs.field(default=86_400, validator=in_range(0, 31_536_000))
+    #: Most bytes each of the two streams keeps (0 = no limit beyond one message per subject;
+    #: a file store also keeps deleted messages until it compacts, so a laptop sets one).
+    max_bytes: int = attrs.field(default=0, validator=in_range(0, 1 << 44))
 
     def __attrs_post_init__(self) -> None:
         if self.storage not in ("file", "memory"):
@@ -43,11 +46,14 @@ class StateStreams:
 
     async def ensure(self, js: JetStream) -> None:
         age = float(self.max_age_s) if self.max_age_s else None
+        size = self.max_bytes or None
         storage: Literal["file", "memory"] = "memory" if self.storage == "memory" else "file"
         await js.ensure_stream(self.snapshot_stream, [f"{self.snapshot_prefix}.>"],
-                               max_msgs_per_subject=1, max_age_s=age, storage=storage)
+                               max_msgs_per_subject=1, max_age_s=age, max_bytes=size,
+                               storage=storage)
         await js.ensure_stream(self.checkpoint_stream, [f"{self.checkpoint_prefix}.>"],
-                               max_msgs_per_subject=1, max_age_s=age, storage=storage)
+                               max_msgs_per_subject=1, max_age_s=age, max_bytes=size,
+                               storage=storage)
 
     def checkpoint_subject(self, group: str, shard: int) -> str:
         return f"{self.checkpoint_prefix}.{group}.{shard}"
