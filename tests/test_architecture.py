@@ -161,3 +161,18 @@ def test_every_exception_is_an_xy_error() -> None:
                     and obj.__module__ == name and not issubclass(obj, _errors.XyError):
                 outside.append(f"{name}.{obj.__qualname__}")
     assert outside == []
+
+
+def test_every_module_is_in_the_module_map() -> None:
+    """docs/architecture.md names every module (its file, path or stage name in backticks), so
+    a new maintainer finds where each concern lives."""
+    doc = (PACKAGE.parent / "docs" / "architecture.md").read_text()
+    missing = []
+    for path in SOURCES.values():
+        rel = path.relative_to(PACKAGE)
+        if path.name == "__init__.py":
+            continue
+        names = {path.name, path.stem, str(rel)}
+        if not any(f"`{n}`" in doc for n in names):
+            missing.append(str(rel))
+    assert missing == []
