@@ -7,10 +7,10 @@ import pytest
 import trio
 from gw_support import JsonLogCapture, Keys
 
+from xypipe._audit import AuditLog
 from xypipe._contracts import decoder_for
 from xypipe._degrade import Level
 from xypipe._errors import XyError
-from xypipe._gateway._audit import AuditLog
 from xypipe._gateway._flags import DISABLED_GROUPS, FORCE_LEVEL, FlagError, FlagValue, validate
 from xypipe._gateway._flagwatch import FlagBoard
 from xypipe._gateway._gmetrics import GatewayMetrics

@@ -19,6 +19,7 @@ from collections.abc import Callable
 import attrs
 import trio
 
+from xypipe._audit import AuditLog
 from xypipe._contracts import ContractDecoder
 from xypipe._degrade import Level
 from xypipe._errors import (
@@ -30,7 +31,6 @@ from xypipe._errors import (
     ContractError,
     KvRevisionConflict,
 )
-from xypipe._gateway._audit import AuditLog
 from xypipe._gateway._flags import (
     FlagError,
     FlagValue,

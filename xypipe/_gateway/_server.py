@@ -19,12 +19,12 @@ from collections.abc import AsyncIterable, Callable
 
 import trio
 
+from xypipe._audit import AuditLog
 from xypipe._contracts import decoder_for
 from xypipe._errors import GW_BAD_MESSAGE, WS_ANY_ORIGIN
 from xypipe._gateway._access import AccessRecorder
 from xypipe._gateway._admin import PATH as ADMIN_PATH
 from xypipe._gateway._admin import AdminRoute
-from xypipe._gateway._audit import AuditLog
 from xypipe._gateway._auth import TokenVerifier
 from xypipe._gateway._conn import Connection
 from xypipe._gateway._flagwatch import FlagBoard
