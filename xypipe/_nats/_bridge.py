@@ -11,6 +11,7 @@ subscriptions and watches.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Literal, TypeVar, TypeVarTuple
 
@@ -18,17 +19,28 @@ import nats.errors
 import trio
 from nats.aio.client import Client as _AioClient
 
+from xypipe._audit import AuditLog
 from xypipe._bridge_portal import BridgeKind, Portal
 from xypipe._errors import (
+    NATS_LIVE_REFUSED,
+    NATS_TLS_REFUSED,
     BridgeError,
     NatsConnectionError,
     NatsPermissionDenied,
+    NatsRefused,
     NatsSlowConsumer,
 )
 from xypipe._log import get_logger
 from xypipe._nats._boundary import NATS_ERRORS, map_error
 from xypipe._nats._inbox import TrackedInbox
 from xypipe._nats._outbox import Outbox
+from xypipe._nats._refusal import (
+    ErrTap,
+    Refusal,
+    buffered_server_error,
+    server_refusal,
+    tls_refusal,
+)
 from xypipe._nats._types import BridgeEvent
 
 __all__ = ["Bridge", "ConnectOptions"]
@@ -36,13 +48,28 @@ __all__ = ["Bridge", "ConnectOptions"]
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
 _log = get_logger("nats")
+_audit = AuditLog(get_logger("audit", component="nats"))
 
 # At most one slow-consumer log line/event per this many seconds: drops come in floods.
 _SLOW_REPORT_INTERVAL_S = 1.0
+# How long closing a refused first connect may take (see aio_connect).
+_CLOSE_REFUSED_S = 0.5
+# At most one audit line per refusal (reason, operation, subject) per this many seconds: a
+# refused reconnect repeats every reconnect_wait, a refused publish as often as it is tried.
+_REFUSAL_REPORT_INTERVAL_S = 1.0
 
 #: Keyword arguments of nats-py's ``Client.connect`` (strings, numbers, bools, an SSL context):
 #: nats-py's own signature is the schema, checked when it is called.
 ConnectOptions = dict[str, object]
+
+
+class _Refused(NatsRefused):
+    """Raised from nats-py's error callback to end a first connect the server refused (and
+    turned into the :class:`NatsRefused` the caller sees once it is closed)."""
+
+    def __init__(self, refusal: Refusal) -> None:
+        super().__init__(refusal.detail, reason=refusal.reason)
+        self.refusal = refusal
 
 
 class Bridge:
@@ -55,10 +82,24 @@ class Bridge:
         publish_queue: int,
         close_timeout: float,
         on_permission_denied: Callable[[str], None] | None = None,
+        on_refusal: Callable[[Refusal], None] | None = None,
+        explain_refusal: Callable[[Refusal], Refusal] | None = None,
+        principal: str | None = None,
     ) -> None:
         self.portal = portal
         self.outbox = Outbox(portal, publish_queue)
         self._on_denied = on_permission_denied
+        self._on_refused = on_refusal
+        self._explain = explain_refusal
+        #: Who this connection signs in as, for audit lines (a role, a user name).
+        self.principal = principal
+        #: Refusals by the server so far, every reason.
+        self.refusals = 0
+        #: The refusal that ended the first connect, if one did.
+        self.connect_refusal: Refusal | None = None
+        self._tap = ErrTap()
+        self._refusal_reported: dict[tuple[str, str, str | None], tuple[float, int]] = {}
+        self._servers = ""
         self._nc: _AioClient | None = None
         self.close_timeout = close_timeout
         self.slow_consumer_drops = 0
@@ -125,26 +166,45 @@ class Bridge:
     # -- asyncio side: connection ------------------------------------------------------------
     async def aio_connect(self, servers: list[str], options: ConnectOptions) -> None:
         portal = self.portal
+        nc = _AioClient()
+        self._tap.install(nc)
+        self._servers = ", ".join(servers)
 
         async def on_error(exc: Exception) -> None:
-            if self._nc is None:  # still connecting: keep the reason for the error message
-                self.connect_errors.append(f"{type(exc).__name__}: {exc}")
+            if self.connect_refusal is not None:
+                return  # a refused first connect being closed: its errors say nothing new
+            refusal = self._refusal_in(nc, exc)
+            if self._nc is None:  # still connecting
+                if refusal is not None:
+                    # The server said no (or broke off TLS): the same credentials get the same
+                    # answer, so the first connect ends here instead of at its deadline.
+                    raise _Refused(refusal)
+                self.connect_errors.append(f"{type(exc).__name__}: {exc}")  # for the message
                 del self.connect_errors[:-8]
                 return
             if isinstance(exc, nats.errors.SlowConsumerError):
                 portal.to_trio(self._on_slow_consumer, exc.subject, exc.sid)
-            elif "permissions violation" in str(exc).lower():
-                portal.to_trio(self._on_permission_denied, str(exc))
+            elif refusal is not None:
+                portal.to_trio(self.on_refusal, refusal)
             else:
                 portal.to_trio(self.emit, BridgeEvent("error", f"{type(exc).__name__}: {exc}"))
 
         async def on_disconnected() -> None:
-            portal.to_trio(self._on_state, "disconnected")
+            if self._nc is not None:  # not a first connect given up (it raises instead)
+                portal.to_trio(self._on_state, "disconnected")
 
         async def on_reconnected() -> None:
             portal.to_trio(self._on_state, "reconnected")
 
         async def on_closed() -> None:
+            # A server that closes a live connection for its credentials (an expired JWT, a
+            # revoked user) says why in an -ERR nats-py keeps as its last error.
+            if self._nc is None:  # a first connect given up: it raises instead
+                return
+            last = nc.last_error
+            refusal = server_refusal(str(last), self._tap) if last is not None else None
+            if refusal is not None and not self._closing:
+                portal.to_trio(self.on_refusal, refusal)
             portal.to_trio(self._on_state, "closed")
 
         async def on_lame_duck() -> None:
@@ -153,16 +213,26 @@ class Bridge:
             # JetStream users re-check their consumers (see _stages/_jsfeed.py).
             portal.to_trio(self._on_state, "lame_duck")
 
-        nc = _AioClient()
-        await nc.connect(
-            servers,
-            error_cb=on_error,
-            disconnected_cb=on_disconnected,
-            reconnected_cb=on_reconnected,
-            closed_cb=on_closed,
-            lame_duck_mode_cb=on_lame_duck,
-            **options,  # type: ignore[arg-type]  # nats-py checks its own keywords
-        )
+        try:
+            await nc.connect(
+                servers,
+                error_cb=on_error,
+                disconnected_cb=on_disconnected,
+                reconnected_cb=on_reconnected,
+                closed_cb=on_closed,
+                lame_duck_mode_cb=on_lame_duck,
+                **options,  # type: ignore[arg-type]  # nats-py checks its own keywords
+            )
+        except _Refused as refused:
+            refusal = self._explained(refused.refusal)
+            self.connect_refusal = refusal
+            # Bounded: after a failed TLS upgrade nats-py waits for a close of the plain socket
+            # that never comes (the socket is closed; only the notice is lost).
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(nc.close(), _CLOSE_REFUSED_S)
+            raise NatsRefused(self._refused_message(refusal), reason=refusal.reason,
+                              code=NATS_TLS_REFUSED if refusal.reason == "tls" else None
+                              ) from None
         self._nc = nc
         self.outbox.aio_start(nc)
 
@@ -200,15 +270,75 @@ class Bridge:
                 inbox.fail(err)
         self.emit(BridgeEvent(kind))
 
-    def _on_permission_denied(self, detail: str) -> None:
-        # The server refuses a publish or subscribe outside this user's permissions (its
-        # account ACL) without closing the connection; make every refusal visible.
-        self.permission_denied += 1
-        _log.warning("nats refused an operation (permissions)", code=NatsPermissionDenied.code,
-                     detail=detail.strip(" '\""), denied_total=self.permission_denied)
-        if self._on_denied is not None:
-            self._on_denied("subscribe" if "subscription" in detail.lower() else "publish")
-        self.emit(BridgeEvent("error", detail))
+    # -- refusals ----------------------------------------------------------------------------
+    def _refusal_in(self, nc: _AioClient, exc: BaseException) -> Refusal | None:
+        """The server's refusal behind an error nats-py reported, if it is one (asyncio side).
+        A reset or broken pipe may hide an -ERR the server sent before closing: it is looked
+        for in the failed attempt's unread bytes."""
+        refusal = tls_refusal(exc)
+        if refusal is None and isinstance(exc, nats.errors.Error):
+            refusal = server_refusal(str(exc), self._tap)
+        if refusal is None and isinstance(exc, OSError | nats.errors.Error):
+            pending = buffered_server_error(nc)
+            if pending is not None:
+                refusal = server_refusal(pending, self._tap)
+        return refusal
+
+    def _explained(self, refusal: Refusal) -> Refusal:
+        # The server says only "Authorization Violation" at connect; whoever holds the
+        # credentials may know more (an expired JWT, a revoked key).
+        return self._explain(refusal) if self._explain is not None else refusal
+
+    def _refused_message(self, refusal: Refusal) -> str:
+        who = f"{self.principal!r}" if self.principal else "this client"
+        if refusal.reason == "tls":
+            return f"connect to {self._servers}: TLS refused for {who}: {refusal.detail}"
+        return (f"connect to {self._servers}: the server refused to sign in {who}: "
+                f"{refusal.detail} (reason: {refusal.reason})")
+
+    def on_refusal(self, refusal: Refusal) -> None:
+        """Every refusal by the server (Trio side): audited (one line per kind a second),
+        counted, handed to ``on_refusal``; a permission refusal also as an ``error`` event.
+        The connection stays unless the server closed it."""
+        if refusal.op == "connect" and refusal.reason == "auth":
+            refusal = self._explained(refusal)
+        self.refusals += 1
+        if refusal.reason == "permission":
+            self.permission_denied += 1
+            if self._on_denied is not None:
+                self._on_denied("subscribe" if refusal.op == "subscribe" else "publish")
+        if self._on_refused is not None:
+            self._on_refused(refusal)
+        self._audit_refusal(refusal)
+        self.emit(BridgeEvent("error", refusal.detail))
+
+    def _audit_refusal(self, refusal: Refusal) -> None:
+        key = (refusal.reason, refusal.op, refusal.subject)
+        now = trio.current_time()
+        last, suppressed = self._refusal_reported.get(key, (-_REFUSAL_REPORT_INTERVAL_S, 0))
+        if now - last < _REFUSAL_REPORT_INTERVAL_S:
+            self._refusal_reported[key] = (last, suppressed + 1)
+            return
+        self._refusal_reported[key] = (now, 0)
+        if refusal.reason == "permission":
+            code, msg = NatsPermissionDenied.code, "nats refused an operation (permissions)"
+        elif refusal.reason == "tls":
+            code, msg = NATS_TLS_REFUSED, "nats refused the TLS handshake"
+        elif self._nc is None:
+            code, msg = NatsRefused.code, "nats refused to sign this process in"
+        else:
+            code, msg = NATS_LIVE_REFUSED, "nats refused this process's credentials"
+        fields: dict[str, object] = {"reason": refusal.reason, "detail": refusal.detail,
+                                     "server": self.connected_url() or self._servers,
+                                     "refused_total": self.refusals}
+        if refusal.subject is not None:
+            fields.update(subject=refusal.subject, subject_exact=refusal.exact)
+        if refusal.reason == "permission":
+            fields["denied_total"] = self.permission_denied
+        if suppressed:
+            fields["suppressed"] = suppressed  # like ones in the second before this one
+        _audit.record(msg, code=code, action=f"nats.{refusal.op}", outcome="denied",
+                      sub=self.principal, details=fields)
 
     def _on_slow_consumer(self, subject: str | None, sid: int | None) -> None:
         self.slow_consumer_drops += 1
