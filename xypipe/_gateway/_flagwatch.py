@@ -1,20 +1,25 @@
-"""The feature flags a gateway applies, kept equal to their JetStream KV bucket.
+"""The feature flags, kept equal to their JetStream KV bucket.
 
 :class:`FlagBoard` holds the current value of every flag (:mod:`._flags` says what they mean)
-and a version that moves with every change; connections read it through the narrow
+and a version that moves with every change; a gateway's connections read it through the narrow
 :class:`~._wire_core.FlagView` and apply a new version when they see one. Its watch is the one
-place a change is applied and audited — whoever wrote it, through any gateway or straight into
-the bucket.
+place a change is applied — whoever wrote it, through the admin API or straight into the
+bucket.
 
-Writes fail closed (docs/architecture.md, "Admin writes fail closed"): the admin route writes
-conditionally on the revision this board last saw, and a write it answered as failed is
-remembered here; if that write reaches the store after all, the watch holds it back and
-reverts it with a write conditional on the late revision, so a newer change by anyone wins.
+A board reads or writes (``mode``). A gateway's board only reads: NATS lets the gateway watch
+and read the bucket, never write it (docs/security.md), so it waits for the bucket to exist
+and audits every change it applies. The admin process's board (the ``flag_admin`` stage)
+creates the bucket and backs its route's writes, which fail closed (docs/architecture.md,
+"Admin writes fail closed"): the route writes conditionally on the revision this board last
+saw, and a write it answered as failed is remembered here; if that write reaches the store
+after all, the watch holds it back and reverts it with a write conditional on the late
+revision, so a newer change by anyone wins.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal
 
 import attrs
 import trio
@@ -30,6 +35,9 @@ from xypipe._errors import (
     BridgeError,
     ContractError,
     KvRevisionConflict,
+    NatsJsUnavailable,
+    NatsNotFound,
+    NatsTimeout,
 )
 from xypipe._gateway._flags import (
     FlagError,
@@ -39,7 +47,6 @@ from xypipe._gateway._flags import (
     forced_level,
 )
 from xypipe._gateway._gmetrics import GatewayMetrics
-from xypipe._gateway._options import GatewayOptions
 from xypipe._gateway._store import STORE_BACKOFF, KeyValue, KvEntry, NatsClient
 from xypipe._log import Logger
 from xypipe._retry import retrying
@@ -60,16 +67,22 @@ class _InDoubt:
 class FlagBoard:
     def __init__(
         self,
-        options: GatewayOptions,
+        bucket: str,
         metrics: GatewayMetrics,
         audit: AuditLog,
         log: Logger,
         decoder: ContractDecoder,
         *,
+        timeout_s: float,
         wall: Callable[[], float],
         on_change: Callable[[], None],
+        mode: Literal["read", "write"] = "read",
     ) -> None:
-        self.options = options
+        self.bucket = bucket
+        self.timeout_s = timeout_s
+        #: ``read``: a gateway's (waits for the bucket, audits what it applies); ``write``:
+        #: the admin process's (creates the bucket, remembers and reverts its failed writes).
+        self.mode = mode
         self.metrics = metrics
         self.audit = audit
         self.log = log
@@ -129,12 +142,24 @@ class FlagBoard:
                     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Open the bucket (waiting for JetStream, counted and logged, rather than failing the
         gateway), then apply every change until cancelled; reverts run in this task's nursery."""
-        js = nats.jetstream(timeout=self.options.nats_timeout_ms / 1000)
-        bucket = self.options.flags_bucket
+        js = nats.jetstream(timeout=self.timeout_s)
+        bucket = self.bucket
         t0 = trio.current_time()
+
+        async def open_bucket() -> KeyValue:
+            if self.mode == "write":
+                return await js.kv(bucket, history=16)
+            try:
+                return await js.kv(bucket, create=False)
+            except NatsNotFound as exc:
+                if isinstance(exc, NatsJsUnavailable):
+                    raise
+                # A gateway may only read the bucket; the admin process creates it.
+                raise NatsTimeout(f"feature-flag bucket {bucket!r} does not exist yet (the "
+                                  "flag_admin stage creates it)") from exc
+
         kv: KeyValue = await retrying(
-            f"open the feature-flag bucket {bucket!r}",
-            lambda: js.kv(bucket, history=16), backoff=STORE_BACKOFF,
+            f"open the feature-flag bucket {bucket!r}", open_bucket, backoff=STORE_BACKOFF,
             log=self.log, on_failure=lambda exc: self.metrics.nats_req.labels(
                 "kv_open_error").observe(trio.current_time() - t0),
             gave_up=lambda: bool(nats.closed))
@@ -183,6 +208,8 @@ class FlagBoard:
             reverts.start_soon(self._revert, current, entry.revision)
             return
         self.apply(flag)
+        if self.mode == "write":
+            return  # the gateways audit what they apply; the route audited the request
         old = current.value if current is not None else None
         self.audit.record(
             "feature flag change applied", code=ADM_FLAG_APPLIED,
@@ -201,7 +228,7 @@ class FlagBoard:
         delay = 0.25
         for attempt in range(1, _REVERT_ATTEMPTS + 1):
             try:
-                with trio.fail_after(self.options.nats_timeout_ms / 1000 * 2):
+                with trio.fail_after(self.timeout_s * 2):
                     await kv.update(restore.name, value.encode(), last=late_revision,
                                     headers={"Xy-Principal": REVERT_PRINCIPAL})
                 return
