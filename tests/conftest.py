@@ -5,3 +5,9 @@ from _nats_fixtures import nats_bridge, nats_client, nats_server, nats_url
 
 __all__ = ["nats_bridge", "nats_client", "nats_server", "nats_url"]
 # --- end NATS ---------------------------------------------------------------------------------
+
+# --- secrets: no seed, JWT, private key or test password in any log line (tests/_secret_scan.py)
+from _secret_scan import no_secret_in_any_log, secret_scan
+
+__all__ += ["no_secret_in_any_log", "secret_scan"]
+# --- end secrets ------------------------------------------------------------------------------

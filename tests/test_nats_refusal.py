@@ -92,3 +92,8 @@ def test_a_broken_off_handshake_is_a_tls_refusal() -> None:
     assert refusal is not None and refusal.reason == "tls" and refusal.op == "connect"
     assert "TLSV1_ALERT_UNKNOWN_CA" in refusal.detail
     assert tls_refusal(ConnectionResetError()) is None
+    # A connection torn down while it is replaced (a reconnect) is no refusal.
+    torn = ssl.SSLError(1, "[SSL: APPLICATION_DATA_AFTER_CLOSE_NOTIFY] application data after "
+                           "close notify")
+    torn.reason = "APPLICATION_DATA_AFTER_CLOSE_NOTIFY"
+    assert tls_refusal(torn) is None

@@ -495,6 +495,9 @@ NATS_TLS_REFUSED = "XY-SEC-021"
 NATS_LIVE_REFUSED = "XY-SEC-022"
 #: The embedded (demo) NATS bus runs without TLS: said once at start.
 NATS_DEMO_WITHOUT_TLS = "XY-SEC-023"
+#: A feature-flag watch failed (a gateway's, which may not create the bucket and so watches
+#: from after its start): the flags in force stay, the watch is started again with backoff.
+FLAG_WATCH_RESTARTED = "XY-SEC-024"
 
 
 class SecurityProfileError(ConfigError):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from typing import TextIO
@@ -19,6 +20,8 @@ from xypipe._errors import XyError
 from xypipe._redact import redact, redact_text
 
 _ROOT = "xypipe"
+#: A directory every process also appends its JSON lines to (one file per process).
+LOG_DIR_ENV = "XYPIPE_LOG_DIR"
 
 
 #: The fields of a log line: JSON-able values (anything else is logged as its ``str``).
@@ -115,10 +118,16 @@ def configure(level: str = "info", stream: TextIO | None = None) -> None:
     for h in list(root.handlers):
         if getattr(h, "_xy", False):
             root.removeHandler(h)
-    handler = _StreamHandler(stream)
-    handler.setFormatter(JsonFormatter())
-    handler._xy = True  # type: ignore[attr-defined]
-    root.addHandler(handler)
+            h.close()
+    handlers: list[logging.Handler] = [_StreamHandler(stream)]
+    copy_dir = os.environ.get(LOG_DIR_ENV)
+    if copy_dir:
+        handlers.append(logging.FileHandler(
+            os.path.join(copy_dir, f"xypipe-{os.getpid()}.jsonl"), encoding="utf-8", delay=True))
+    for handler in handlers:
+        handler.setFormatter(JsonFormatter())
+        handler._xy = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
     root.setLevel(level.upper())
     root.propagate = False
     logging.Formatter.converter = time.gmtime

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import make_chain
+from creds_support import make_chain
 
 from xypipe import load_config
 from xypipe._bus_layout import bus_layout

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from conftest import Refusals, as_role, audited, make_chain, next_event
+from creds_support import Refusals, as_role, audited, make_chain, next_event
 
 from xypipe._creds import (
     CertFiles,

@@ -93,7 +93,7 @@ async def test_a_write_that_reaches_a_stalled_server_late_is_never_applied_and_i
 
         board.apply = spy  # type: ignore[method-assign]
         # The gateway watches the bucket the admin created (it waits for it to exist).
-        await _until(lambda: srv.flags.kv is not None)
+        await _until(lambda: srv.flags.watching)
 
         # The server stops reading: the write sits in its socket, the request times out ...
         os.kill(nats_server.pid, signal.SIGSTOP)

@@ -32,6 +32,7 @@ from xypipe._errors import (
     ADM_LATE_WRITE_REVERTED,
     ADM_REVERT_FAILED,
     FLAG_UNUSABLE,
+    FLAG_WATCH_RESTARTED,
     BridgeError,
     ContractError,
     KvRevisionConflict,
@@ -49,13 +50,15 @@ from xypipe._gateway._flags import (
 from xypipe._gateway._gmetrics import GatewayMetrics
 from xypipe._gateway._store import STORE_BACKOFF, KeyValue, KvEntry, NatsClient
 from xypipe._log import Logger
-from xypipe._retry import retrying
+from xypipe._retry import Backoff, retrying
 
 __all__ = ["REVERT_PRINCIPAL", "FlagBoard"]
 
 #: ``updated_by`` of the value a gateway writes back over a late change.
 REVERT_PRINCIPAL = "xypipe-gateway (revert of a late change)"
 _MAX_IN_DOUBT = 64
+#: Between attempts to start the watch again after it failed.
+_WATCH_BACKOFF = Backoff(initial_s=0.1, max_s=5.0)
 _REVERT_ATTEMPTS = 8
 
 
@@ -95,6 +98,8 @@ class FlagBoard:
         self.version = 0
         #: The bucket, once the watch has opened it (None: no NATS, flags are local).
         self.kv: KeyValue | None = None
+        #: Whether the watch is live (every change to the bucket from now on is seen).
+        self.watching = False
         #: The last revision of each flag key seen in the store (watched or written here):
         #: what the next conditional write expects.
         self._revisions: dict[str, int] = {}
@@ -165,10 +170,31 @@ class FlagBoard:
             gave_up=lambda: bool(nats.closed))
         self.kv = kv
         self.metrics.nats_req.labels("kv_open").observe(trio.current_time() - t0)
-        async with trio.open_nursery() as reverts, kv.watch(">") as watch:
-            task_status.started()
-            async for entry in watch:
-                self.entry(entry, reverts)
+        started = False
+        failures = 0
+        async with trio.open_nursery() as reverts:
+            while True:
+                try:
+                    # The watch repeats the current values, then every change; it survives
+                    # reconnects itself. Starting it while the server is away can still fail:
+                    # the flags in force stay as they are and the watch is started again.
+                    async with kv.watch(">") as watch:
+                        self.watching = True
+                        if not started:
+                            started = True
+                            task_status.started()
+                        failures = 0
+                        async for entry in watch:
+                            self.entry(entry, reverts)
+                except BridgeError as exc:
+                    self.watching = False
+                    if nats.closed:
+                        raise
+                    failures += 1
+                    self.log.warning("feature-flag watch failed; starting it again",
+                                     code=FLAG_WATCH_RESTARTED, bucket=bucket, error=str(exc),
+                                     attempt=failures)
+                    await trio.sleep(_WATCH_BACKOFF.delay(failures))
 
     def entry(self, entry: KvEntry, reverts: trio.Nursery) -> None:
         """One entry from the bucket's watch: apply it and audit it (whoever wrote it), or —

@@ -104,11 +104,14 @@ def server_refusal(text: str, tap: ErrTap | None = None) -> Refusal | None:
 
 def tls_refusal(exc: BaseException) -> Refusal | None:
     """A TLS handshake that failed: the server's certificate not trusted here, or the server
-    refusing ours (its alert: ``unknown ca``, ``certificate required``)."""
-    if isinstance(exc, ssl.SSLError):
-        reason = exc.reason or exc.strerror or str(exc)
-        return Refusal("tls", "connect", None, f"{type(exc).__name__}: {reason} ({exc})")
-    return None
+    refusing ours (its alert: ``unknown ca``, ``certificate required``). Other TLS errors — a
+    connection torn down mid-record while it is being replaced — refuse nothing."""
+    if not isinstance(exc, ssl.SSLError):
+        return None
+    reason = exc.reason or ""
+    if not (isinstance(exc, ssl.SSLCertVerificationError) or "ALERT" in reason):
+        return None
+    return Refusal("tls", "connect", None, f"{type(exc).__name__}: {reason} ({exc})")
 
 
 def buffered_server_error(client: _AioClient) -> str | None:
