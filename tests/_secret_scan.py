@@ -35,7 +35,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 SECRET_SHAPES = re.compile(
     r"S[UAO][A-Z2-7]{56}|eyJ[\w-]+\.[\w-]+\.[\w-]+|-----BEGIN [A-Z ]*PRIVATE KEY-----")
 # Passwords as the tests and configs write them (``password = "…"``, ``password: "…"``).
-_PASSWORD = re.compile(r"""password["']?\s*[:=]\s*["']([^"'\s]{6,})["']""")
+_PASSWORD = re.compile(r"""password["']?\s*[:=]\s*["']([^"'\s\[\]]{6,})["']""")
 
 
 def configured_passwords() -> frozenset[str]:
