@@ -7,9 +7,11 @@ tests/creds/ (operator mode, mTLS).
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 import types
 
+import attrs
 import pytest
 from nats.aio.client import Client as AioClient
 
@@ -20,6 +22,7 @@ from xypipe._nats._refusal import (
     server_refusal,
     tls_refusal,
 )
+from xypipe._nats._refusal_log import RefusalLog
 
 
 @pytest.mark.parametrize(("text", "expected"), [
@@ -97,3 +100,27 @@ def test_a_broken_off_handshake_is_a_tls_refusal() -> None:
                            "close notify")
     torn.reason = "APPLICATION_DATA_AFTER_CLOSE_NOTIFY"
     assert tls_refusal(torn) is None
+
+
+def test_a_refusal_log_counts_every_refusal_and_audits_one_a_second_per_kind(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="xypipe")
+    seen: list[Refusal] = []
+    denied: list[str] = []
+    log = RefusalLog(principal="gateway", on_refusal=seen.append,
+                     on_permission_denied=denied.append,
+                     explain=lambda r: attrs.evolve(r, reason="expired"))
+    forged = Refusal("permission", "publish", "xy.md.x",
+                     'Permissions Violation for Publish to "xy.md.x"')
+    for now in (0.0, 0.5, 1.2):
+        log.report(forged, now=now, signed_in=True, server="tls://n:4222")
+    sign_in = Refusal("auth", "connect", None, "Authorization Violation")
+    assert log.report(sign_in, now=1.3, signed_in=False, server="tls://n:4222").reason == "expired"
+    assert (log.total, log.permission_denied, denied) == (4, 3, ["publish"] * 3)
+    assert [r.reason for r in seen] == ["permission"] * 3 + ["expired"]
+    lines = [getattr(r, "xy_fields", {}) for r in caplog.records]
+    assert [(f["code"], f["action"], f.get("suppressed", 0)) for f in lines] == [
+        ("XY-NATS-008", "nats.publish", 0), ("XY-NATS-008", "nats.publish", 1),
+        ("XY-SEC-020", "nats.connect", 0)]
+    assert all(f["sub"] == "gateway" and f["audit"] for f in lines)

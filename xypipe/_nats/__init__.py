@@ -42,8 +42,8 @@ The package, one job per module (dependencies point down the list):
 - ``_bridge``: one connection's asyncio side (connect, close, calls across, connection events);
   ``_outbox``: Trio → asyncio publish batches; ``_inbox``: asyncio → Trio delivery batches;
 - ``_boundary``: nats-py's exceptions and messages translated; ``_refusal``: the server's
-  refusals read from its words (and recovered where nats-py hides them); ``_types``: the
-  frozen values.
+  refusals read from its words (and recovered where nats-py hides them); ``_refusal_log``: a
+  connection's refusals counted and audited; ``_types``: the frozen values.
 """
 
 from xypipe._nats._client import NatsClient, connect

@@ -19,14 +19,11 @@ import nats.errors
 import trio
 from nats.aio.client import Client as _AioClient
 
-from xypipe._audit import AuditLog
 from xypipe._bridge_portal import BridgeKind, Portal
 from xypipe._errors import (
-    NATS_LIVE_REFUSED,
     NATS_TLS_REFUSED,
     BridgeError,
     NatsConnectionError,
-    NatsPermissionDenied,
     NatsRefused,
     NatsSlowConsumer,
 )
@@ -41,6 +38,7 @@ from xypipe._nats._refusal import (
     server_refusal,
     tls_refusal,
 )
+from xypipe._nats._refusal_log import RefusalLog
 from xypipe._nats._types import BridgeEvent
 
 __all__ = ["Bridge", "ConnectOptions"]
@@ -48,15 +46,11 @@ __all__ = ["Bridge", "ConnectOptions"]
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
 _log = get_logger("nats")
-_audit = AuditLog(get_logger("audit", component="nats"))
 
 # At most one slow-consumer log line/event per this many seconds: drops come in floods.
 _SLOW_REPORT_INTERVAL_S = 1.0
 # How long closing a refused first connect may take (see aio_connect).
 _CLOSE_REFUSED_S = 0.5
-# At most one audit line per refusal (reason, operation, subject) per this many seconds: a
-# refused reconnect repeats every reconnect_wait, a refused publish as often as it is tried.
-_REFUSAL_REPORT_INTERVAL_S = 1.0
 
 #: Keyword arguments of nats-py's ``Client.connect`` (strings, numbers, bools, an SSL context):
 #: nats-py's own signature is the schema, checked when it is called.
@@ -88,22 +82,17 @@ class Bridge:
     ) -> None:
         self.portal = portal
         self.outbox = Outbox(portal, publish_queue)
-        self._on_denied = on_permission_denied
-        self._on_refused = on_refusal
-        self._explain = explain_refusal
-        #: Who this connection signs in as, for audit lines (a role, a user name).
-        self.principal = principal
-        #: Refusals by the server so far, every reason.
-        self.refusals = 0
+        #: The server's refusals of this connection (who it signs in as: ``principal``).
+        self.refusal_log = RefusalLog(principal=principal, on_refusal=on_refusal,
+                                      on_permission_denied=on_permission_denied,
+                                      explain=explain_refusal)
         #: The refusal that ended the first connect, if one did.
         self.connect_refusal: Refusal | None = None
         self._tap = ErrTap()
-        self._refusal_reported: dict[tuple[str, str, str | None], tuple[float, int]] = {}
         self._servers = ""
         self._nc: _AioClient | None = None
         self.close_timeout = close_timeout
         self.slow_consumer_drops = 0
-        self.permission_denied = 0
         self._slow_reported_at = -_SLOW_REPORT_INTERVAL_S * 2
         self.reconnects = 0
         self.events_dropped = 0
@@ -224,13 +213,14 @@ class Bridge:
                 **options,  # type: ignore[arg-type]  # nats-py checks its own keywords
             )
         except _Refused as refused:
-            refusal = self._explained(refused.refusal)
+            refusal = self.refusal_log.explained(refused.refusal)
             self.connect_refusal = refusal
             # Bounded: after a failed TLS upgrade nats-py waits for a close of the plain socket
             # that never comes (the socket is closed; only the notice is lost).
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(nc.close(), _CLOSE_REFUSED_S)
-            raise NatsRefused(self._refused_message(refusal), reason=refusal.reason,
+            raise NatsRefused(self.refusal_log.message(refusal, self._servers),
+                              reason=refusal.reason,
                               code=NATS_TLS_REFUSED if refusal.reason == "tls" else None
                               ) from None
         self._nc = nc
@@ -284,61 +274,22 @@ class Bridge:
                 refusal = server_refusal(pending, self._tap)
         return refusal
 
-    def _explained(self, refusal: Refusal) -> Refusal:
-        # The server says only "Authorization Violation" at connect; whoever holds the
-        # credentials may know more (an expired JWT, a revoked key).
-        return self._explain(refusal) if self._explain is not None else refusal
-
-    def _refused_message(self, refusal: Refusal) -> str:
-        who = f"{self.principal!r}" if self.principal else "this client"
-        if refusal.reason == "tls":
-            return f"connect to {self._servers}: TLS refused for {who}: {refusal.detail}"
-        return (f"connect to {self._servers}: the server refused to sign in {who}: "
-                f"{refusal.detail} (reason: {refusal.reason})")
-
     def on_refusal(self, refusal: Refusal) -> None:
-        """Every refusal by the server (Trio side): audited (one line per kind a second),
-        counted, handed to ``on_refusal``; a permission refusal also as an ``error`` event.
-        The connection stays unless the server closed it."""
-        if refusal.op == "connect" and refusal.reason == "auth":
-            refusal = self._explained(refusal)
-        self.refusals += 1
-        if refusal.reason == "permission":
-            self.permission_denied += 1
-            if self._on_denied is not None:
-                self._on_denied("subscribe" if refusal.op == "subscribe" else "publish")
-        if self._on_refused is not None:
-            self._on_refused(refusal)
-        self._audit_refusal(refusal)
+        """Every refusal by the server (Trio side): counted, handed on and audited
+        (:class:`~xypipe._nats._refusal_log.RefusalLog`), and an ``error`` event with the
+        server's words. The connection stays unless the server closed it."""
+        refusal = self.refusal_log.report(
+            refusal, now=trio.current_time(), signed_in=self._nc is not None,
+            server=self.connected_url() or self._servers)
         self.emit(BridgeEvent("error", refusal.detail))
 
-    def _audit_refusal(self, refusal: Refusal) -> None:
-        key = (refusal.reason, refusal.op, refusal.subject)
-        now = trio.current_time()
-        last, suppressed = self._refusal_reported.get(key, (-_REFUSAL_REPORT_INTERVAL_S, 0))
-        if now - last < _REFUSAL_REPORT_INTERVAL_S:
-            self._refusal_reported[key] = (last, suppressed + 1)
-            return
-        self._refusal_reported[key] = (now, 0)
-        if refusal.reason == "permission":
-            code, msg = NatsPermissionDenied.code, "nats refused an operation (permissions)"
-        elif refusal.reason == "tls":
-            code, msg = NATS_TLS_REFUSED, "nats refused the TLS handshake"
-        elif self._nc is None:
-            code, msg = NatsRefused.code, "nats refused to sign this process in"
-        else:
-            code, msg = NATS_LIVE_REFUSED, "nats refused this process's credentials"
-        fields: dict[str, object] = {"reason": refusal.reason, "detail": refusal.detail,
-                                     "server": self.connected_url() or self._servers,
-                                     "refused_total": self.refusals}
-        if refusal.subject is not None:
-            fields.update(subject=refusal.subject, subject_exact=refusal.exact)
-        if refusal.reason == "permission":
-            fields["denied_total"] = self.permission_denied
-        if suppressed:
-            fields["suppressed"] = suppressed  # like ones in the second before this one
-        _audit.record(msg, code=code, action=f"nats.{refusal.op}", outcome="denied",
-                      sub=self.principal, details=fields)
+    @property
+    def permission_denied(self) -> int:
+        return self.refusal_log.permission_denied
+
+    @property
+    def refusals(self) -> int:
+        return self.refusal_log.total
 
     def _on_slow_consumer(self, subject: str | None, sid: int | None) -> None:
         self.slow_consumer_drops += 1
