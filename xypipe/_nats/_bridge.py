@@ -158,6 +158,7 @@ class Bridge:
         nc = _AioClient()
         self._tap.install(nc)
         self._servers = ", ".join(servers)
+        reported: list[BaseException] = []  # the last error reported as a refusal
 
         async def on_error(exc: Exception) -> None:
             if self.connect_refusal is not None:
@@ -174,6 +175,8 @@ class Bridge:
             if isinstance(exc, nats.errors.SlowConsumerError):
                 portal.to_trio(self._on_slow_consumer, exc.subject, exc.sid)
             elif refusal is not None:
+                reported.append(exc)
+                del reported[:-1]
                 portal.to_trio(self.on_refusal, refusal)
             else:
                 portal.to_trio(self.emit, BridgeEvent("error", f"{type(exc).__name__}: {exc}"))
@@ -191,7 +194,10 @@ class Bridge:
             if self._nc is None:  # a first connect given up: it raises instead
                 return
             last = nc.last_error
-            refusal = server_refusal(str(last), self._tap) if last is not None else None
+            if last is None or last in reported:
+                refusal = None  # none, or the refused reconnect already reported
+            else:
+                refusal = server_refusal(str(last), self._tap)
             if refusal is not None and not self._closing:
                 portal.to_trio(self.on_refusal, refusal)
             portal.to_trio(self._on_state, "closed")
