@@ -216,6 +216,12 @@ async def test_the_pipeline_runs_from_creds_init_alone_and_outlives_its_first_jw
                 proc.send_signal(signal.SIGINT)
                 with trio.fail_after(20):
                     assert await proc.wait() == 0
+            except BaseException:
+                # What the tree said that went wrong, shown with the failure.
+                for line in log_path.read_text().splitlines():
+                    if '"level":"warning"' in line or '"level":"error"' in line:
+                        print(line[:400])
+                raise
             finally:
                 if proc.returncode is None:
                     proc.kill()
