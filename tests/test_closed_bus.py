@@ -112,12 +112,13 @@ async def test_only_the_aggregator_may_publish_market_data_on_the_demo_bus(
 
         # ... to a browser: the gateway reads snapshots and serves deltas under its role ...
         await browser_sees_equities(ports["gateway"])
-        # ... and writes feature flags to its KV bucket.
-        status = await trio.to_thread.run_sync(put_flag, ports["gateway"])
+        # Feature flags are written by the admin process (the gateway only reads them).
+        status = await trio.to_thread.run_sync(put_flag, ports["admin"])
         assert status == 200
 
         # The keys are kept with the data, private to their owner.
-        for role in ("aggregator", "gateway", "publisher", "reader", "basic", "admin"):
+        for role in ("aggregator", "gateway", "adapter", "admin", "reader", "basic",
+                     "superuser"):
             assert stat.S_IMODE(seed_file_of(data, role).stat().st_mode) == 0o600
         assert stat.S_IMODE((data / "auth").stat().st_mode) == 0o700
 
@@ -131,7 +132,7 @@ async def test_only_the_aggregator_may_publish_market_data_on_the_demo_bus(
             return connect(url, name=f"test-{role}", nkeys_seed=str(seed_file_of(data, role)),
                            inbox_prefix=inbox_prefix(role))
 
-        async with as_role("reader") as reader, as_role("publisher") as publisher, \
+        async with as_role("reader") as reader, as_role("adapter") as publisher, \
                 as_role("gateway") as gateway, as_role("aggregator") as aggregator, \
                 reader.subscribe("xy.md.x") as seen:
             await reader.flush()
@@ -142,7 +143,7 @@ async def test_only_the_aggregator_may_publish_market_data_on_the_demo_bus(
                 async for event in events:
                     if event.kind == "error":
                         break
-            assert 'permissions violation for publish to "xy.md.x"' in event.detail
+            assert event.detail == 'Permissions Violation for Publish to "xy.md.x"'
             await gateway.publish("xy.md.x", b"forged by the gateway")
             await gateway.flush()
             # The aggregator's publish is the barrier: the server handles each connection's
@@ -165,10 +166,19 @@ async def test_only_the_aggregator_may_publish_market_data_on_the_demo_bus(
                     async for event in sub_events:
                         if event.kind == "error":
                             break
-            assert ('permissions violation for subscription to "_inbox.gateway.>"'
-                    in event.detail.lower())
+            assert event.detail == 'Permissions Violation for Subscription to "_INBOX.gateway.>"'
+            # The gateway reads the feature flags; writing one is the admin process's job.
+            flag_events = gateway.events()
+            await gateway.publish("$KV.xy_feature_flags.gateway.force_level", b"forged")
+            await gateway.flush()
+            with trio.fail_after(5):
+                async for event in flag_events:
+                    if event.kind == "error":
+                        break
+            assert event.detail == ('Permissions Violation for Publish to '
+                                    '"$KV.xy_feature_flags.gateway.force_level"')
         refused = [getattr(r, "xy_fields", {}) for r in caplog.records]
-        assert len([f for f in refused if f.get("code") == "XY-NATS-008"]) == 3
+        assert len([f for f in refused if f.get("code") == "XY-NATS-008"]) == 4
 
         # The command line tools sign in with the keys kept in the data dir.
         tail = await cli("tail", "xy.md.>", "--url", url, "--count", "5",
@@ -176,7 +186,7 @@ async def test_only_the_aggregator_may_publish_market_data_on_the_demo_bus(
         assert tail.returncode == 0, tail.stderr
         assert tail.stdout.decode().count("xy.md.") == 5
         publish = await cli("publish", "--url", url, "--count", "50", "--rate", "1000",
-                            "--nkey", str(seed_file_of(data, "publisher")))
+                            "--nkey", str(seed_file_of(data, "adapter")))
         assert publish.returncode == 0, publish.stderr
         assert json.loads(publish.stdout)["ticks"] == 50
         anonymous = await cli("publish", "--url", url, "--count", "1")
@@ -196,5 +206,10 @@ async def test_only_the_aggregator_may_publish_market_data_on_the_demo_bus(
         log_file.close()
     # No process of the demo ever acted outside its role.
     demo_log = log_path.read_text()
-    assert "signing in to the embedded NATS bus" in demo_log
+    signed_in = [json.loads(line) for line in demo_log.splitlines()
+                 if '"signing in to NATS"' in line]
+    assert {(s["role"], s["method"]) for s in signed_in} == {
+        ("aggregator", "nkey"), ("gateway", "nkey"), ("adapter", "nkey"), ("admin", "nkey")}
     assert "XY-NATS-008" not in demo_log and "ermissions violation" not in demo_log
+    # The demo says once that its bus runs without TLS.
+    assert demo_log.count('"XY-SEC-023"') == 1

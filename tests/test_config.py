@@ -213,6 +213,65 @@ BAD_CONFIGS = [
         id="duplicate-stage-names",
     ),
     pytest.param(
+        """
+        [nats]
+        url = "tls://nats.internal:4222"
+        chain = "secrets/nats"
+        creds = "secrets/gateway.creds"
+        tls = { cert = "secrets/gw.pem" }
+        creds_pol_ms = 10
+        [security]
+        profil = "prod"
+        [processes.w]
+        nats = { chian = "x", nkey = "k", creds = "c" }
+        [pipelines.p]
+        process = "w"
+        """ + GOOD_STAGES,
+        ['nats.tls.key: expected cert and key together (a certificate and its private key), '
+         'got "only one of them"',
+         "nats.creds_pol_ms: unknown key; did you mean 'creds_poll_ms'?",
+         "processes.w.nats.chian: unknown key; did you mean 'chain'?",
+         "security.profil: unknown key; did you mean 'profile'?"],
+        id="nats-sign-in-keys",
+    ),
+    pytest.param(
+        """
+        [nats]
+        url = "tls://nats.internal:4222"
+        chain = "secrets/nats"
+        creds = "secrets/gateway.creds"
+        [processes.w]
+        nats = { nkey = "k", creds = "c" }
+        [pipelines.p]
+        process = "w"
+        """ + GOOD_STAGES,
+        ['nats.creds: expected one way to sign in, not chain and creds (chain: a `xypipe creds '
+         "init` directory; creds: one .creds file; nkey: an NKey seed file), got \"both\"",
+         'processes.w.nats.nkey: expected one way to sign in, not creds and nkey (chain: a '
+         "`xypipe creds init` directory; creds: one .creds file; nkey: an NKey seed file), "
+         'got "both"'],
+        id="two-ways-to-sign-in",
+    ),
+    pytest.param(
+        """
+        [nats]
+        url = "embedded"
+        chain = "secrets/nats"
+        [security]
+        profile = "production"
+        [processes.w]
+        nats_role = "publsher"
+        [pipelines.p]
+        process = "w"
+        """ + GOOD_STAGES,
+        ['nats.chain: expected a NATS of your own (url = "tls://…"): the embedded bus signs '
+         'processes in with its own keys, got "secrets/nats"',
+         'processes.w.nats_role: expected one of "aggregator", "gateway", "adapter", "admin", '
+         '"reader", "basic", "superuser", "publisher", got "publsher"',
+         'security.profile: expected one of "dev", "prod", got "production"'],
+        id="chain-on-the-embedded-bus-and-unknown-profile",
+    ),
+    pytest.param(
         "[pipelines.p\nstages = 1",
         ["invalid TOML: Expected ']' at the end of a table declaration (at line 1, column 13)"],
         id="toml-syntax",

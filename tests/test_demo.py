@@ -240,7 +240,7 @@ async def test_the_demo_heals_a_killed_aggregator_and_the_market_flows_again(tmp
         _, text = await trio.to_thread.run_sync(http_get, ports["main"], "/metrics")
         restarts = {s.labels["process"]: s.value for f in text_string_to_metric_families(text)
                     for s in f.samples if s.name == "process_restarts_total"}
-        assert restarts == {"aggregator": 1.0, "gateway": 0.0, "nats": 0.0}
+        assert restarts == {"aggregator": 1.0, "gateway": 0.0, "admin": 0.0, "nats": 0.0}
 
         proc.send_signal(signal.SIGINT)
         with trio.fail_after(10):

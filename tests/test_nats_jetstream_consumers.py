@@ -42,7 +42,7 @@ async def _source_stream(admin: NatsClient) -> None:
 async def test_a_filtered_push_consumer_delivers_is_found_and_is_deleted_once(
     role_bus: tuple[EmbeddedNats, Path],
 ) -> None:
-    async with _as(role_bus, "admin") as admin:
+    async with _as(role_bus, "superuser") as admin:
         await _source_stream(admin)
     async with _as(role_bus, "aggregator") as nc:
         js = nc.jetstream()
@@ -68,10 +68,10 @@ async def test_a_filtered_push_consumer_delivers_is_found_and_is_deleted_once(
 async def test_a_push_consumer_from_a_sequence_reports_where_it_starts(
     role_bus: tuple[EmbeddedNats, Path],
 ) -> None:
-    async with _as(role_bus, "admin") as admin:
+    async with _as(role_bus, "superuser") as admin:
         await _source_stream(admin)
         js = admin.jetstream()
-        config = PushConsumerConfig(deliver_subject=f"_INBOX.admin.test.{id(admin)}")
+        config = PushConsumerConfig(deliver_subject=f"_INBOX.superuser.test.{id(admin)}")
         state = await js.create_push_consumer("XY_SRC", "xyfeed_from3", config,
                                               deliver=("seq", 3))
         assert state.delivered_seq == 2  # the start sequence - 1: resume bookkeeping reads it
@@ -81,10 +81,10 @@ async def test_a_push_consumer_from_a_sequence_reports_where_it_starts(
 async def test_bad_consumer_names_and_missing_streams_are_named_errors(
     role_bus: tuple[EmbeddedNats, Path],
 ) -> None:
-    async with _as(role_bus, "admin") as admin:
+    async with _as(role_bus, "superuser") as admin:
         await _source_stream(admin)
         js = admin.jetstream()
-        config = PushConsumerConfig(deliver_subject="_INBOX.admin.nowhere")
+        config = PushConsumerConfig(deliver_subject="_INBOX.superuser.nowhere")
         for bad in ("", "xy.feed", "feed>", "two words"):
             with pytest.raises(BridgeError, match=r"invalid consumer name"):
                 await js.create_push_consumer("XY_SRC", bad, config, deliver="new")

@@ -35,19 +35,33 @@ def test_the_demo_processes_sign_in_as_their_roles() -> None:
     cfg = load_config(ROOT / "configs" / "demo.toml")
     assert cfg.embedded_auth
     assert {p: cfg.process_role(p) for p in cfg.process_names()} == {
-        "aggregator": "aggregator", "gateway": "gateway", "main": "publisher"}
+        "aggregator": "aggregator", "gateway": "gateway", "main": "adapter", "admin": "admin"}
 
 
 def test_only_the_aggregator_may_publish_market_data() -> None:
     layout = BusLayout()
     may_publish_md = {r for r in ROLES if {"xy.md.>", ">"} & set(permissions(r, layout).publish)}
-    assert may_publish_md == {"aggregator", "admin"}
+    assert may_publish_md == {"aggregator", "superuser"}
     gateway = permissions("gateway", layout)
     assert "xy.md.>" in gateway.subscribe and "_INBOX.gateway.>" in gateway.subscribe
     assert not [s for s in gateway.subscribe if s.startswith("_INBOX.") and "gateway" not in s]
-    publisher = permissions("publisher", layout)
-    assert {"xy.src.>", "xy.ref.>", "$JS.API.STREAM.CREATE.XY_SRC"} <= set(publisher.publish)
-    assert "xy.md.>" not in publisher.subscribe
+    adapter = permissions("adapter", layout)
+    assert {"xy.src.>", "xy.ref.>", "$JS.API.STREAM.CREATE.XY_SRC"} <= set(adapter.publish)
+    assert "xy.md.>" not in adapter.subscribe
+    assert permissions("publisher", layout) == adapter  # the adapter's old name
+
+
+def test_only_the_admin_may_write_feature_flags_and_the_gateway_reads_them() -> None:
+    layout = BusLayout()
+    writes = {"$KV.xy_feature_flags.>", "$JS.API.STREAM.CREATE.KV_xy_feature_flags"}
+    writers = {r for r in ROLES if writes & set(permissions(r, layout).publish)}
+    assert writers == {"admin"}  # and the superuser, with ">"
+    gateway = set(permissions("gateway", layout).publish)
+    assert {"$JS.API.STREAM.INFO.KV_xy_feature_flags",
+            "$JS.API.CONSUMER.CREATE.KV_xy_feature_flags",
+            "$JS.API.DIRECT.GET.KV_xy_feature_flags.>"} <= gateway
+    admin = permissions("admin", layout)
+    assert not {"xy.md.>", "xy.src.>"} & set(admin.publish + admin.subscribe)
 
 
 def _doc(stages: dict[str, list[dict]], **nats: object) -> dict:
@@ -63,12 +77,12 @@ def test_a_process_whose_stages_need_two_roles_is_a_config_error_that_names_them
         parse_config(doc, "t.toml")
     [problem] = info.value.problems
     assert problem.startswith("t.toml: nats.role: the stages of process 'main' need different "
-                              "NATS roles — aggregator (pipelines.extra.stages[0] (ingest), "
+                              "NATS roles — adapter (pipelines.main.stages[0] (publisher)); "
+                              "aggregator (pipelines.extra.stages[0] (ingest), "
                               "pipelines.extra.stages[2] (snapshot), "
-                              "pipelines.extra.stages[3] (publish)); publisher "
-                              "(pipelines.main.stages[0] (publisher))")
-    doc["nats"]["role"] = "admin"
-    assert parse_config(doc, "t.toml").process_role("main") == "admin"
+                              "pipelines.extra.stages[3] (publish))")
+    doc["nats"]["role"] = "superuser"
+    assert parse_config(doc, "t.toml").process_role("main") == "superuser"
     # Without role users there is nothing to choose.
     doc["nats"] = {"url": "embedded", "embedded": {"auth": "none"}}
     assert not parse_config(doc, "t.toml").embedded_auth
@@ -80,11 +94,13 @@ def test_a_declared_role_must_be_a_known_one() -> None:
     with pytest.raises(ConfigError) as info:
         parse_config(doc, "t.toml")
     assert info.value.problems == [
-        't.toml: processes.w.nats_role: expected one of "aggregator", "gateway", "publisher", '
-        '"reader", "basic", "admin", got "root"']
+        't.toml: processes.w.nats_role: expected one of "aggregator", "gateway", "adapter", '
+        '"admin", "reader", "basic", "superuser", "publisher", got "root"']
     doc["processes"]["w"] = {"nats_role": "reader"}
     cfg = parse_config(doc, "t.toml")
     assert cfg.process_role("w") == "reader" and cfg.process_role("main") == "basic"
+    doc["processes"]["w"] = {"nats_role": "publisher"}  # the adapter's old name
+    assert parse_config(doc, "t.toml").process_role("w") == "adapter"
 
 
 def test_the_layout_follows_the_stream_names_the_stages_use() -> None:
@@ -169,7 +185,7 @@ async def test_a_process_connects_as_its_role_and_its_refusals_are_counted(
         runner.nats.publish_nowait("xy.md.tick.forged", b"x")
         with trio.fail_after(5):
             while runner.metrics.sample(  # noqa: ASYNC110
-                    "nats_permission_denied_total", {"op": "publish"}) != 1:
+                    "nats_refusals_total", {"reason": "permission", "op": "publish"}) != 1:
                 await trio.sleep(0.01)  # the server's -ERR arrives on its own
         runner.stop()
 
@@ -186,9 +202,9 @@ async def test_a_restarted_server_admits_the_same_users(tmp_path: Path) -> None:
                        and runner.nats.is_connected):
                 await trio.sleep(0.05)
         assert server.config_file == config_file
-        admin_seed = str(seed_file_of(tmp_path / "nats", "admin"))
+        admin_seed = str(seed_file_of(tmp_path / "nats", "superuser"))
         async with connect(server.url, nkeys_seed=admin_seed,
-                           inbox_prefix=inbox_prefix("admin")) as admin:
+                           inbox_prefix=inbox_prefix("superuser")) as admin:
             await admin.jetstream().ensure_stream("SOLO", ["solo.>"])
         runner.stop()
     # A second run keeps the keys: the first run's clients' seeds still sign in.
@@ -206,13 +222,13 @@ def test_the_command_line_tools_find_the_demos_keys_from_its_directory(
     from xypipe._cli_md import DEFAULT_URL, Credentials, credentials
 
     monkeypatch.chdir(tmp_path)
-    assert credentials(DEFAULT_URL, None, "publisher") == Credentials()
+    assert credentials(DEFAULT_URL, None, "adapter") == Credentials()
     BusKeys.load_or_create(tmp_path / "var" / "nats")
-    assert credentials(DEFAULT_URL, None, "publisher") == Credentials(
-        "var/nats/auth/publisher.nk", "_INBOX.publisher")
+    assert credentials(DEFAULT_URL, None, "adapter") == Credentials(
+        "var/nats/auth/adapter.nk", "_INBOX.adapter")
     # Another server: nothing is guessed; an explicit role key brings its inbox along.
     assert credentials("nats://elsewhere:4222", None, "reader") == Credentials()
-    assert credentials("nats://elsewhere:4222", "/keys/reader.nk", "publisher") == Credentials(
+    assert credentials("nats://elsewhere:4222", "/keys/reader.nk", "adapter") == Credentials(
         "/keys/reader.nk", "_INBOX.reader")
 
 

@@ -124,6 +124,7 @@ def test_test_only_stages_are_not_shipped_as_entry_points():
     assert shipped == {
         "conflate": "xypipe._stages.conflate:Conflate",
         "dedupe": "xypipe._stages.dedupe:Dedupe",
+        "flag_admin": "xypipe._stages.flag_admin:FlagAdmin",
         "gateway": "xypipe._stages.gateway:Gateway",
         "ingest": "xypipe._stages.ingest:Ingest",
         "nats_sink": "xypipe._stages.nats_io:NatsSink",

@@ -156,8 +156,8 @@ async def parent_restarts(port: int) -> dict[str, float]:
 
 
 def admin_seed(tmp_path: pathlib.Path) -> str:
-    """The embedded server's admin role key (kept with the data in the test's data dir)."""
-    return str(seed_file_of(tmp_path / "nats", "admin"))
+    """The embedded server's superuser key (kept with the data in the test's data dir)."""
+    return str(seed_file_of(tmp_path / "nats", "superuser"))
 
 
 def _alive(pid: int) -> bool:

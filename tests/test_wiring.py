@@ -119,11 +119,11 @@ MISTAKES = [
         + stages("pub", 'use = "publisher"')
         + stages("agg", 'use = "ingest"', 'use = "conflate"', 'use = "snapshot"',
                  'use = "publish"'),
-        ["nats.role: the stages of process 'main' need different NATS roles — aggregator "
-         "(pipelines.agg.stages[0] (ingest), pipelines.agg.stages[2] (snapshot), "
-         "pipelines.agg.stages[3] (publish)); publisher (pipelines.pub.stages[0] (publisher)) "
+        ["nats.role: the stages of process 'main' need different NATS roles — adapter "
+         "(pipelines.pub.stages[0] (publisher)); aggregator (pipelines.agg.stages[0] (ingest), "
+         "pipelines.agg.stages[2] (snapshot), pipelines.agg.stages[3] (publish)) "
          "— and one process connects as one user; run them in separate [processes] or set "
-         'nats_role (e.g. "admin", which is not least privilege)'],
+         'nats_role (e.g. "superuser", which is not least privilege)'],
         id="two-nats-roles-in-one-process",
     ),
 ]

@@ -8,7 +8,7 @@ sits above both the config and the stage modules it inspects.
 from __future__ import annotations
 
 from xypipe._config import AppConfig
-from xypipe._gateway._options import GatewayOptions
+from xypipe._gateway._options import FlagAdminOptions, GatewayOptions
 from xypipe._nats_roles import BusLayout, unique
 from xypipe._stages.ingest import IngestConfig
 from xypipe._stages.publish import PublishConfig
@@ -40,6 +40,8 @@ def bus_layout(cfg: AppConfig) -> BusLayout:
                 buckets.append(c.flags_bucket)
                 groups += [c.groups_bucket] if c.groups_bucket else []
                 requests += [c.snapshot_request_subject] if c.snapshot_request_subject else []
+            elif isinstance(c, FlagAdminOptions):
+                buckets.append(c.flags_bucket)
     return BusLayout(
         source_streams=unique(source) or default.source_streams,
         state_streams=unique(state) or default.state_streams,

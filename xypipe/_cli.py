@@ -44,10 +44,13 @@ _log_cli = _log.get_logger("cli")
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
+    from xypipe._profile import check_profile
+
     status = 0
     for path in args.config:
         try:
             cfg = load_config(path)
+            check_profile(cfg)
         except ConfigError as exc:
             print("\n".join(error_lines(exc)), file=sys.stderr)
             status = 1

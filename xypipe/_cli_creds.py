@@ -29,7 +29,7 @@ from xypipe._creds._push import push_accounts
 from xypipe._errors import CredsError, UsageError
 from xypipe._nats_roles import BusLayout
 from xypipe._progress import progress
-from xypipe._role_grants import ROLES, permissions
+from xypipe._role_grants import ROLE_ALIASES, ROLES, canonical_role, permissions
 
 __all__ = ["register"]
 
@@ -50,7 +50,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--host", action="append", default=[],
                    help="a name or address the server is reached by (repeatable; "
                         "default localhost, 127.0.0.1, ::1)")
-    p.add_argument("--role", action="append", default=[], choices=ROLES,
+    p.add_argument("--role", action="append", default=[], type=canonical_role,
+                   choices=ROLES + tuple(ROLE_ALIASES),
                    help="issue users for these roles only (repeatable; default: every role)")
     p.add_argument("--config", default=None,
                    help="take the stream and bucket names from this xypipe config")
@@ -77,7 +78,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     p = cmds.add_parser("nsc", help="print the nsc command that creates ROLE's user in an "
                         "existing (nsc-managed) operator's account")
-    p.add_argument("role", choices=ROLES, help="the role whose permissions the user gets")
+    p.add_argument("role", choices=ROLES + tuple(ROLE_ALIASES), type=canonical_role,
+                   help="the role whose permissions the user gets")
     p.add_argument("--account", default="XY", help="the nsc account (default XY)")
     p.add_argument("--expiry", default="24h", help="nsc's --expiry (default 24h)")
     p.add_argument("--config", default=None,

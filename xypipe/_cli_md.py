@@ -12,7 +12,7 @@
 
 Against the embedded demo (its NATS admits its role users only, docs/security.md): run from the
 directory the demo runs in and both commands find the demo's keys in ``var/nats/auth/`` —
-``publish`` signs in as the ``publisher`` role, ``tail`` as ``reader``. Elsewhere, pass
+``publish`` signs in as the ``adapter`` role, ``tail`` as ``reader``. Elsewhere, pass
 ``--nkey DATA_DIR/auth/ROLE.nk``.
 """
 
@@ -61,9 +61,10 @@ def credentials(url: str, nkey: str | None, role: str) -> Credentials:
     demo's key of ``role`` when the tool points at the demo's default URL, else none."""
     from xypipe._nats_keys import seed_file_of
     from xypipe._nats_roles import ROLES, inbox_prefix
+    from xypipe._role_grants import canonical_role
 
     if nkey is not None:
-        stem = pathlib.Path(nkey).stem
+        stem = canonical_role(pathlib.Path(nkey).stem)
         return Credentials(nkey, inbox_prefix(stem) if stem in ROLES else "_INBOX")
     demo_key = seed_file_of(DEMO_DATA_DIR, role)
     if url == DEFAULT_URL and demo_key.exists():
@@ -78,7 +79,7 @@ def credentials(url: str, nkey: str | None, role: str) -> Credentials:
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser("publish", help="publish synthetic ticks (the demo market)")
     p.add_argument("--url", default=DEFAULT_URL, help=f"NATS URL (default {DEFAULT_URL})")
-    p.add_argument("--nkey", default=None, help=_NKEY_HELP.format(role="publisher"))
+    p.add_argument("--nkey", default=None, help=_NKEY_HELP.format(role="adapter"))
     p.add_argument("--symbols", type=int, default=500,
                    help="instruments simulated (default 500)")
     p.add_argument("--venues", default="XNAS,XNYS,BATS", help="comma-separated venue codes")
@@ -147,7 +148,7 @@ def _cmd_publish(args: argparse.Namespace) -> int:
         "replay": args.replay, "source": {"name": args.stream},
         "ensure_stream": not args.no_stream,
     }
-    creds = credentials(args.url, args.nkey, "publisher")
+    creds = credentials(args.url, args.nkey, "adapter")
     nats: dict[str, object] = {"url": args.url, "inbox_prefix": creds.inbox_prefix}
     if creds.nkey is not None:
         nats["nkey"] = creds.nkey

@@ -31,8 +31,8 @@ from xypipe._edge import Budget
 from xypipe._errors import CFG_WRONG_TYPE, ConfigError, PluginError, WiringError, XyError
 from xypipe._log import FORMATS
 from xypipe._log_repeats import RepeatPolicy
-from xypipe._nats_roles import ROLES
 from xypipe._registry import resolve_stage
+from xypipe._role_grants import ROLE_ALIASES, ROLES, canonical_role
 from xypipe._stage import StageBase
 from xypipe._validate import (
     Invalid,
@@ -99,10 +99,51 @@ def _nats_restart_default() -> ProcessRestartPolicy:
 
 @attrs.frozen
 class TlsConfig:
+    """TLS files: the CA that signed the peer's certificate, and our own certificate and key
+    (for NATS: the client certificate of mutual TLS)."""
+
     ca: str | None = None
     cert: str | None = None
     key: str | None = None
     verify: bool = True
+
+    def __attrs_post_init__(self) -> None:
+        if (self.cert is None) != (self.key is None):
+            raise Invalid("key" if self.key is None else "cert",
+                          "expected cert and key together (a certificate and its private key)",
+                          "only one of them")
+
+
+def _role_name(value: object) -> object:
+    # Old role names (``publisher``) are read as today's (``adapter``).
+    return canonical_role(value) if isinstance(value, str) else value
+
+
+#: What ``nats_role`` accepts (old names too).
+_ROLE_NAMES = ROLES + tuple(ROLE_ALIASES)
+
+
+@attrs.frozen
+class ProcessNatsConfig:
+    """How one process signs in to NATS where it differs from ``[nats]``
+    (``[processes.NAME.nats]``): its own trust chain directory, ``.creds`` file, NKey seed file
+    or TLS files (each TLS file given here replaces the one in ``[nats.tls]``)."""
+
+    chain: str | None = attrs.field(default=None, validator=non_empty())
+    creds: str | None = attrs.field(default=None, validator=non_empty())
+    nkey: str | None = attrs.field(default=None, validator=non_empty())
+    tls: TlsConfig | None = None
+
+    def __attrs_post_init__(self) -> None:
+        _one_sign_in(self.chain, self.creds, self.nkey)
+
+
+def _one_sign_in(chain: str | None, creds: str | None, nkey: str | None) -> None:
+    given = [k for k, v in (("chain", chain), ("creds", creds), ("nkey", nkey)) if v]
+    if len(given) > 1:
+        raise Invalid(given[1], f"expected one way to sign in, not {' and '.join(given)} "
+                      "(chain: a `xypipe creds init` directory; creds: one .creds file; nkey: "
+                      "an NKey seed file)", "both")
 
 
 @attrs.frozen
@@ -126,25 +167,39 @@ class EmbeddedNatsConfig:
 
 @attrs.frozen
 class NatsConfig:
-    """Where NATS is. ``url = "embedded"`` starts our own server (the demo default)."""
+    """Where NATS is and how processes sign in. ``url = "embedded"`` starts our own server
+    (the demo default); an external NATS is reached with ``chain`` (a ``xypipe creds init``
+    directory: each process takes its role's ``creds/<role>.creds`` and ``tls/<role>.pem``),
+    ``creds`` (one ``.creds`` file), ``nkey``, ``user``/``password`` or ``token``, with
+    ``[nats.tls]``; ``[processes.NAME.nats]`` overrides it per process (docs/security.md)."""
 
     url: str = attrs.field(default="embedded", validator=non_empty())
     name: str = "xypipe"
     user: str | None = None
     password: str | None = None
     token: str | None = None
-    creds: str | None = None
+    creds: str | None = attrs.field(default=None, validator=non_empty())
+    #: A trust chain directory (``xypipe creds init``): every process signs in with its role's
+    #: user JWT and client certificate from it.
+    chain: str | None = attrs.field(default=None, validator=non_empty())
     #: Path of a file holding an NKey seed to sign in with (a server that knows its public key).
-    nkey: str | None = None
-    #: Where replies to this process's requests arrive (a server may allow each user its own).
-    inbox_prefix: str = attrs.field(default="_INBOX", validator=subject_pattern())
-    #: The embedded bus role of the ``main`` process (``[processes.X] nats_role`` for the
-    #: others); by default the one its stages need (docs/security.md).
-    role: str | None = attrs.field(default=None, validator=one_of(ROLES))
+    nkey: str | None = attrs.field(default=None, validator=non_empty())
+    #: Where replies to this process's requests arrive (a server may allow each user its own);
+    #: by default ``_INBOX.<role>`` when a process signs in as a role (the embedded bus's keys,
+    #: a chain or a .creds file), ``_INBOX`` otherwise.
+    inbox_prefix: str | None = attrs.field(default=None, validator=subject_pattern())
+    #: The NATS role of the ``main`` process (``[processes.X] nats_role`` for the others); by
+    #: default the one its stages need (docs/security.md).
+    role: str | None = attrs.field(default=None, converter=_role_name,
+                                   validator=one_of(_ROLE_NAMES))
     tls: TlsConfig | None = None
     connect_timeout_ms: int = attrs.field(default=2000, validator=in_range(1, 600_000))
     reconnect_wait_ms: int = attrs.field(default=250, validator=in_range(1, 600_000))
     max_reconnect_attempts: int = attrs.field(default=-1, validator=in_range(-1, 1_000_000))
+    #: How often a process looks at its ``.creds`` file for a rotated one (signing in again
+    #: with it before the JWT in use expires), and how long before that expiry it warns.
+    creds_poll_ms: int = attrs.field(default=1000, validator=in_range(10, 600_000))
+    creds_warn_s: float = attrs.field(default=300.0, validator=in_range(0.0, 86_400.0))
     embedded: EmbeddedNatsConfig = attrs.field(factory=EmbeddedNatsConfig)
 
     def __attrs_post_init__(self) -> None:
@@ -158,8 +213,19 @@ class NatsConfig:
                         "separated by commas",
                         self.url,
                     )
+        elif self.chain or self.creds:
+            raise Invalid("chain" if self.chain else "creds",
+                          'expected a NATS of your own (url = "tls://…"): the embedded bus signs '
+                          "processes in with its own keys", self.chain or self.creds)
         if (self.user is None) != (self.password is None):
             raise Invalid("password", "expected user and password together", "only one of them")
+        _one_sign_in(self.chain, self.creds, self.nkey)
+
+    @property
+    def tls_url(self) -> bool:
+        """Whether every server URL asks for TLS by its scheme (``tls://``, ``wss://``)."""
+        return self.url != "embedded" and all(
+            s.startswith(("tls://", "wss://")) for s in self.servers)
 
     @property
     def servers(self) -> list[str]:
@@ -209,9 +275,22 @@ class ProcessConfig:
 
     http: HttpConfig = attrs.field(factory=HttpConfig)
     restart: ProcessRestartPolicy = attrs.field(factory=ProcessRestartPolicy)
-    #: The user this process connects as on the embedded bus; by default the role its stages
-    #: need (docs/security.md).
-    nats_role: str | None = attrs.field(default=None, validator=one_of(ROLES))
+    #: The NATS role this process signs in as; by default the role its stages need
+    #: (docs/security.md).
+    nats_role: str | None = attrs.field(default=None, converter=_role_name,
+                                        validator=one_of(_ROLE_NAMES))
+    #: How this process signs in to NATS where it differs from ``[nats]``.
+    nats: ProcessNatsConfig | None = None
+
+
+@attrs.frozen
+class SecurityConfig:
+    """``profile = "prod"`` makes ``xypipe check`` and ``xypipe run`` refuse what production
+    must not have: plaintext NATS, a process without a .creds file or client certificate,
+    ``allowed_origins = ["*"]``, no real token key (``xypipe/_profile.py``). ``dev`` (the
+    default) allows the demo's relaxations."""
+
+    profile: str = attrs.field(default="dev", validator=one_of(["dev", "prod"]))
 
 
 @attrs.frozen
@@ -249,6 +328,7 @@ class AppConfig:
     log: LogConfig
     processes: Mapping[str, ProcessConfig]
     pipelines: Mapping[str, PipelineConfig]
+    security: SecurityConfig = attrs.field(factory=SecurityConfig)
 
     def process_names(self) -> list[str]:
         return sorted({p.process for p in self.pipelines.values()})
@@ -269,6 +349,25 @@ class AppConfig:
         """Whether processes sign in to an embedded bus with per-role users."""
         return (self.nats is not None and self.nats.url == "embedded"
                 and self.nats.embedded.auth == "roles")
+
+    def nats_for(self, process: str) -> ProcessNatsConfig | None:
+        """``[processes.NAME.nats]``: how ``process`` signs in where it differs from [nats]."""
+        proc = self.processes.get(process)
+        return proc.nats if proc is not None else None
+
+    def chain_of(self, process: str) -> str | None:
+        """The trust chain directory ``process`` signs in from, if it uses one."""
+        own = self.nats_for(process)
+        if own is not None and (own.chain or own.creds or own.nkey):
+            return own.chain
+        return self.nats.chain if self.nats is not None else None
+
+    @property
+    def role_auth(self) -> bool:
+        """Whether processes sign in as their role (the embedded bus's keys, a trust chain):
+        then a process's stages must agree on one role."""
+        return self.embedded_auth or any(
+            self.chain_of(p) for p in self.process_names())
 
     def stage_roles(self, process: str) -> dict[str, list[str]]:
         """Role → the stages (``pipelines.P.stages[i] (name)``) of ``process`` that need it."""
@@ -297,7 +396,8 @@ class AppConfig:
                 problems.append(
                     f"{key}: the stages of process {process!r} need different NATS roles — "
                     f"{needs} — and one process connects as one user; run them in separate "
-                    f'[processes] or set nats_role (e.g. "admin", which is not least privilege)')
+                    f'[processes] or set nats_role (e.g. "superuser", which is not least '
+                    "privilege)")
         return problems
 
     def process_role(self, process: str) -> str:
@@ -334,7 +434,7 @@ def wiring_problems(cfg: AppConfig) -> list[str]:
     for pipe in cfg.pipelines.values():
         problems += pipeline_problems(f"pipelines.{pipe.name}", pipe.stages,
                                       cfg.provides(pipe.process))
-    if cfg.embedded_auth:
+    if cfg.role_auth:
         problems += cfg.role_conflicts()
     return problems
 
@@ -357,6 +457,7 @@ class _AppTable:
     http: HttpConfig = attrs.field(factory=HttpConfig)
     log: LogConfig = attrs.field(factory=LogConfig)
     processes: dict[str, ProcessConfig] = attrs.field(factory=dict)
+    security: SecurityConfig = attrs.field(factory=SecurityConfig)
 
 
 _STAGE_RESERVED = ("use", "name", "budget", "restart")
@@ -688,9 +789,9 @@ def parse_config(doc: RawTable, path: str = "<config>") -> AppConfig:
                 )
         cfg = AppConfig(
             path=path, nats=app.nats, http=app.http, log=app.log, processes=app.processes,
-            pipelines=pipelines,
+            pipelines=pipelines, security=app.security,
         )
-        if cfg.embedded_auth:
+        if cfg.role_auth:
             conflicts = cfg.role_conflicts()
             problems += conflicts
             wiring += conflicts

@@ -42,7 +42,7 @@ import trio
 
 from xypipe._config import EmbeddedNatsConfig
 from xypipe._datadir_lock import DataDirLock
-from xypipe._errors import NATS_OPEN_BUS, ChildFailed, EmbeddedServerError
+from xypipe._errors import NATS_DEMO_WITHOUT_TLS, NATS_OPEN_BUS, ChildFailed, EmbeddedServerError
 from xypipe._log import get_logger
 from xypipe._metrics import Metrics
 from xypipe._nats_keys import BusKeys
@@ -332,6 +332,11 @@ async def _supervise_locked(
 ) -> ChildFailed | None:
     keys: BusKeys | None = None
     config_file: Path | None = None
+    # Once per run, not per restart: what this bus relaxes (docs/security.md).
+    get_logger("embedded").warning(
+        "the embedded NATS bus runs without TLS (a development bus on this machine; "
+        '[security] profile = "prod" refuses it)', code=NATS_DEMO_WITHOUT_TLS,
+        host=cfg.host, port=cfg.port)
     if cfg.auth == "roles":
         keys = BusKeys.load_or_create(cfg.data_dir)
         config_file = keys.write_server_config(layout or BusLayout())

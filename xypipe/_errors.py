@@ -657,3 +657,51 @@ DEMO_WIPE_REFUSED = "XY-DEMO-012"
 DEMO_STATE_UNREADABLE = "XY-DEMO-013"
 #: `demo up`: a port the demo needs is already taken (another demo, a foreground `make demo`).
 DEMO_PORT_TAKEN = "XY-DEMO-014"
+# -- NATS credentials per process, refusals made visible, the prod profile (XY-SEC-020..049;
+# -- docs/security.md) ----------------------------------------------------------------------
+class NatsRefused(NatsConnectionError):
+    """The NATS server refused this process at connect — its credentials (``reason`` auth,
+    expired or revoked: ``XY-SEC-020``) or its TLS (``reason`` tls: ``XY-SEC-021``). Audited and
+    counted in ``nats_refusals_total``; retrying with the same credentials cannot help, so the
+    first connect fails at once instead of retrying until its deadline."""
+
+    code = "XY-SEC-020"
+
+    def __init__(self, message: str, *, reason: str, code: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.reason = reason
+
+
+#: The server refused this process's TLS (certificate not trusted, none presented, another CA).
+NATS_TLS_REFUSED = "XY-SEC-021"
+#: The server refused or closed a live connection: its JWT expired, its user was revoked, or a
+#: reconnect was not admitted (audited; the process keeps trying while its policy allows).
+NATS_LIVE_REFUSED = "XY-SEC-022"
+#: The embedded (demo) NATS bus runs without TLS: said once at start.
+NATS_DEMO_WITHOUT_TLS = "XY-SEC-023"
+#: A feature-flag watch failed (a gateway's, which may not create the bucket and so watches
+#: from after its start): the flags in force stay, the watch is started again with backoff.
+FLAG_WATCH_RESTARTED = "XY-SEC-024"
+
+
+class SecurityProfileError(ConfigError):
+    """A config under ``[security] profile = "prod"`` relaxes what production requires; each
+    line names the key and carries its own code (``XY-SEC-030``..``XY-SEC-036``)."""
+
+    code = "XY-SEC-029"
+
+
+#: prod: NATS is reached without TLS (a ``nats://`` URL without ``[nats.tls]``, or embedded).
+PROD_PLAINTEXT_NATS = "XY-SEC-030"
+#: prod: a process presents no client certificate to NATS (mutual TLS is required).
+PROD_NO_CLIENT_CERT = "XY-SEC-031"
+#: prod: a process signs in to NATS without a ``.creds`` file (a user JWT of its role).
+PROD_NO_CREDS = "XY-SEC-032"
+#: prod: a gateway lets any Origin in (``allowed_origins = ["*"]``).
+PROD_ANY_ORIGIN = "XY-SEC-033"
+#: prod: no key to verify browser tokens with (none, or the committed development key).
+PROD_NO_TOKEN_KEY = "XY-SEC-034"
+#: prod: a ``ui_server`` mints development tokens.
+PROD_DEV_TOKENS = "XY-SEC-035"
+#: prod: a process signs in as ``superuser`` (everything; operators' tools and tests only).
+PROD_SUPERUSER = "XY-SEC-036"

@@ -24,9 +24,11 @@ __all__ = [
     "GRANTS",
     "HEALTH_SUBJECT",
     "ROLES",
+    "ROLE_ALIASES",
     "Grant",
     "Layout",
     "Permissions",
+    "canonical_role",
     "inbox_prefix",
     "permissions",
     "role_table_markdown",
@@ -92,7 +94,7 @@ class Grant:
 
 def inbox_prefix(role: str) -> str:
     """Where a role's request replies arrive; only that role may subscribe below it."""
-    return f"_INBOX.{role}"
+    return f"_INBOX.{canonical_role(role)}"
 
 
 # -- JetStream API subjects, per stream (``{name}``) -----------------------------------------
@@ -142,17 +144,22 @@ GRANTS: dict[str, tuple[Grant, ...]] = {
               publish=("{name}",), over="snapshot_requests"),
         Grant("direct-get snapshots and checkpoints (no consumer)", publish=_INFO + _READ,
               over="snapshot_streams"),
-        Grant("create, watch, read and write the feature-flag buckets (it serves "
-              "/admin/feature-flags)", publish=_kv(_MANAGE + _CONSUME + _READ) + _KV_WRITE,
-              over="flag_buckets"),
+        Grant("watch and read the feature-flag buckets (read-only: the admin process writes "
+              "them)", publish=_kv(_INFO + _CONSUME + _READ), over="flag_buckets"),
         Grant("watch and read the known-groups buckets (read-only)",
               publish=_kv(_INFO + _CONSUME + _READ), over="group_buckets"),
     ),
-    "publisher": (
+    "adapter": (
         _HEALTH, _INBOX,
         Grant("publish source ticks and reference data", publish=("xy.src.>", "xy.ref.>")),
         Grant("make sure the source streams exist (create, update, info)", publish=_MANAGE,
               over="source_streams"),
+    ),
+    "admin": (
+        _HEALTH, _INBOX,
+        Grant("create, write, watch and read the feature-flag buckets (it serves "
+              "/admin/feature-flags)", publish=_kv(_MANAGE + _CONSUME + _READ) + _KV_WRITE,
+              over="flag_buckets"),
     ),
     "reader": (
         _HEALTH, _INBOX,
@@ -161,12 +168,20 @@ GRANTS: dict[str, tuple[Grant, ...]] = {
               subscribe=("xy.md.>", "xy.src.>", "xy.ref.>", "xy.agg.>", "xy.exec.>")),
     ),
     "basic": (_HEALTH, _INBOX),
-    "admin": (Grant("everything (operators and tests; not least privilege)",
-                    publish=(">",), subscribe=(">",)),),
+    "superuser": (Grant("everything (operators' tools and tests; never a process: not least "
+                        "privilege)", publish=(">",), subscribe=(">",)),),
 }
+
+#: Old names of roles, still accepted wherever a role is named (configs, ``xypipe creds``).
+ROLE_ALIASES: dict[str, str] = {"publisher": "adapter"}
 
 #: The roles a process (or a command line tool) can connect as.
 ROLES = tuple(GRANTS)
+
+
+def canonical_role(role: str) -> str:
+    """``role`` by its current name (``publisher`` is the ``adapter``); others unchanged."""
+    return ROLE_ALIASES.get(role, role)
 
 
 def _unique(names: Iterable[str]) -> tuple[str, ...]:
@@ -175,6 +190,7 @@ def _unique(names: Iterable[str]) -> tuple[str, ...]:
 
 def permissions(role: str, layout: Layout) -> Permissions:
     """What ``role`` may do on a bus laid out as ``layout``."""
+    role = canonical_role(role)
     grants = GRANTS.get(role)
     if grants is None:
         raise ValueError(f"unknown NATS role {role!r}; expected one of {', '.join(ROLES)}")

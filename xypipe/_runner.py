@@ -20,21 +20,20 @@ import os
 import socket
 import ssl
 import time
-from collections.abc import Callable
 from typing import TypedDict, TypeVar
 
 import attrs
 import trio
 
 from xypipe._bus_layout import bus_layout
-from xypipe._config import AppConfig, NatsConfig, PipelineConfig, StageDecl, TlsConfig, check_wiring
+from xypipe._config import AppConfig, PipelineConfig, StageDecl, TlsConfig, check_wiring
 from xypipe._contracts import use_registry
 from xypipe._degrade import DegradationController, Level, LevelWatch, Pressure, Transition
 from xypipe._edge import Edge
 from xypipe._embedded import EmbeddedNats, supervised_embedded_nats
 from xypipe._errors import (
     DEG_LEVEL_RAISED,
-    NatsConnectionError,
+    NatsRefused,
     StageError,
     XyError,
     find_in_group,
@@ -43,8 +42,9 @@ from xypipe._health import CHECK_INTERVAL, PipelineWatchdog
 from xypipe._http import HttpServer, Request, Response
 from xypipe._log import get_logger
 from xypipe._metrics import Metrics, RunnerMetrics, zero_transitions
-from xypipe._nats import NatsClient, connect
-from xypipe._nats_roles import inbox_prefix
+from xypipe._nats import NatsClient
+from xypipe._nats_session import hold_nats
+from xypipe._nats_signin import sign_in
 from xypipe._stage import SharedValues, StageBase, StageContext
 from xypipe._watchdog import Verdict
 from xypipe.abc import HttpRoutes
@@ -588,29 +588,16 @@ class Runner:
     ) -> None:
         cfg = self.config.nats
         assert cfg is not None
-        denied = self.metrics.counter(
-            "nats_permission_denied", "Operations the NATS server refused under this "
-            "process's permissions (logged XY-NATS-008)", ["op"])
-        role_auth = self.config.embedded_auth and self.nats_nkey is not None
-        if role_auth:
-            self.log_role()
+        signin = sign_in(self.config, self.process, embedded_nkey=self.nats_nkey)
         try:
-            await _hold_nats(
-                url, cfg, nkey=self.nats_nkey if role_auth else cfg.nkey,
-                inbox=inbox_prefix(self.nats_role) if role_auth else cfg.inbox_prefix,
-                on_denied=lambda op: denied.labels(op).inc(), task_status=task_status)
-        except NatsConnectionError as exc:
-            if not (self.config.embedded_auth and not role_auth
-                    and "authorization" in str(exc).lower()):
+            await hold_nats(url, cfg, signin, self.metrics, task_status=task_status)
+        except NatsRefused as exc:
+            if not (self.config.embedded_auth and self.nats_nkey is None):
                 raise
-            raise NatsConnectionError(
+            raise NatsRefused(
                 f"{exc}; this config's embedded bus admits its role users only: pass "
                 f"--nats-nkey DATA_DIR/auth/{self.nats_role}.nk (xypipe run does that for the "
-                "processes it starts; docs/security.md)") from exc
-
-    def log_role(self) -> None:
-        _log.info("signing in to the embedded NATS bus", process=self.process,
-                  role=self.nats_role, user_key_file=self.nats_nkey)
+                "processes it starts; docs/security.md)", reason=exc.reason) from exc
 
     async def _supervise_nats(
         self, *, task_status: trio.TaskStatus[EmbeddedNats] = trio.TASK_STATUS_IGNORED
@@ -651,28 +638,3 @@ def server_tls(tls: TlsConfig | None) -> ssl.SSLContext | None:
     assert tls.cert is not None  # HttpConfig refuses TLS without a certificate
     ctx.load_cert_chain(tls.cert, tls.key)
     return ctx
-
-
-async def _hold_nats(
-    url: str, cfg: NatsConfig, *, nkey: str | None, inbox: str,
-    on_denied: Callable[[str], None],
-    task_status: trio.TaskStatus[NatsClient] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    tls = None
-    if cfg.tls is not None:
-        tls = ssl.create_default_context(cafile=cfg.tls.ca)
-        if cfg.tls.cert:
-            tls.load_cert_chain(cfg.tls.cert, cfg.tls.key)
-        if not cfg.tls.verify:
-            tls.check_hostname = False
-            tls.verify_mode = ssl.CERT_NONE
-    async with connect(
-        url.split(",") if "," in url else url, name=cfg.name, user=cfg.user,
-        password=cfg.password, token=cfg.token, creds=cfg.creds, nkeys_seed=nkey,
-        inbox_prefix=inbox, on_permission_denied=on_denied, tls=tls,
-        connect_timeout=cfg.connect_timeout_ms / 1000,
-        reconnect_wait=cfg.reconnect_wait_ms / 1000,
-        max_reconnect_attempts=cfg.max_reconnect_attempts,
-    ) as nc:
-        task_status.started(nc)
-        await trio.sleep_forever()

@@ -39,6 +39,7 @@ from xypipe._http import HttpServer, Request, Response
 from xypipe._log import get_logger
 from xypipe._metrics import Metrics
 from xypipe._process import Child
+from xypipe._profile import check_profile
 from xypipe._runner import Runner, server_tls
 from xypipe._supervise import WORKER_CODES, Failed, Finished, SupervisionMetrics, supervise
 
@@ -58,7 +59,10 @@ async def run_process_tree(
     nats_nkey: str | None = None,
     signals: tuple[int, ...] = (),
 ) -> None:
-    """Run ``process`` (a child), or — with ``process=None`` — the whole tree."""
+    """Run ``process`` (a child), or — with ``process=None`` — the whole tree. A config under
+    the prod profile that relaxes what production requires is refused before anything starts
+    (:mod:`xypipe._profile`)."""
+    check_profile(cfg)
     if process is not None:
         await _run_single(cfg, process, nats_url, signals, nats_nkey)
         return

@@ -91,7 +91,12 @@ def gateway_config(nats_url: str, port: int, public_key: Path, **options: Any
             {"use": "nats_source", "name": "md",
              "subjects": ["xy.md.tick.>", "xy.md.snapshot.>"]},
             gw,
-        ]}},
+        ]},
+            # /admin/feature-flags beside the gateway: one process may on this open bus (a
+            # deployment runs it in a process of its own, signed in as admin).
+            "admin": {"stages": [
+                {"use": "flag_admin", "name": "flags", "public_key": str(public_key),
+                 "issuer": DEV_ISSUER, "audience": DEV_AUDIENCE}]}},
     }, "browser-gateway.toml")
 
 

@@ -147,8 +147,8 @@ async def running_stack(tmp: Path, *, nats: str = "external", clients: int = 3,
             await watches["aggregator"].wait_ready(START_GUARD_S, "after start")
             # The embedded bus admits its role users only: the harness is an operator.
             auth = {} if nats == "external" else {
-                "nkeys_seed": str(seed_file_of(tmp / "nats-embedded", "admin")),
-                "inbox_prefix": inbox_prefix("admin")}
+                "nkeys_seed": str(seed_file_of(tmp / "nats-embedded", "superuser")),
+                "inbox_prefix": inbox_prefix("superuser")}
             async with connect(url, name="chaos-feed", **auth) as nc, \
                     trio.open_nursery() as inner:
                 feed = Feed(nc, symbols=symbols, rate=rate)

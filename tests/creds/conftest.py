@@ -1,29 +1,21 @@
 """A trust chain from ``xypipe creds`` and a real nats-server running it: operator mode, every
 client proving itself twice — a client certificate from the chain's CA (mTLS) and a user JWT
-signed by the chain's account."""
+signed by the chain's account. Helpers: ``creds_support.py``."""
 
 from __future__ import annotations
 
 import logging
 import re
-import time
 from collections.abc import AsyncIterator, Iterator
-from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
-import attrs
 import pytest
-import trio
+from creds_support import Refusals, make_chain
 
-from xypipe._creds import Chain, ChainOptions, ClientAuth, init_chain
+from xypipe._creds import Chain
 from xypipe._embedded import EmbeddedNats, embedded_nats
-from xypipe._nats import BridgeEvent, NatsClient, connect
 
 pytestmark = pytest.mark.nats
-
-
-def make_chain(root: Path, **options: object) -> Chain:
-    return init_chain(root, ChainOptions(**options), now=time.time())  # type: ignore[arg-type]
 
 
 #: What a secret looks like in a log line: an NKey seed, a JWT, a PEM private key.
@@ -54,24 +46,6 @@ async def secured(chain: Chain, tmp_path: Path) -> AsyncIterator[EmbeddedNats]:
         yield server
 
 
-def as_role(server: EmbeddedNats, chain: Chain, role: str, *, creds: Path | None = None,
-            **options: object) -> AbstractAsyncContextManager[NatsClient]:
-    """Connect as ``role``: its ``.creds`` file (read by nats-py at every connect), its client
-    certificate, its inbox prefix."""
-    auth = ClientAuth.from_chain(chain.paths.root, role)
-    if creds is not None:
-        auth = attrs.evolve(auth, creds=creds)
-    return connect(server.url, name=f"test-{role}", **auth.connect_options(),
-                   connect_timeout=1.0, **options)  # type: ignore[arg-type]
-
-
-async def next_event(events: trio.MemoryReceiveChannel[BridgeEvent], kind: str,
-                     containing: str = "") -> BridgeEvent:
-    """The next event of ``kind`` whose detail contains ``containing`` (hang guard 10 s).
-
-    Case-insensitive: nats-py lower-cases the server's ``-ERR`` text (subjects included)."""
-    with trio.fail_after(10):
-        async for event in events:
-            if event.kind == kind and containing.lower() in event.detail.lower():
-                return event
-    raise AssertionError(f"the event stream ended before a {kind!r} event")
+@pytest.fixture
+def refusals() -> Refusals:
+    return Refusals()

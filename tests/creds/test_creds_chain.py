@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import make_chain
+from creds_support import make_chain
 
 from xypipe import load_config
 from xypipe._bus_layout import bus_layout
@@ -141,19 +141,21 @@ def test_a_new_key_revokes_the_old_one_and_a_revoked_key_is_never_reissued(
     tmp_path: Path
 ) -> None:
     chain = make_chain(tmp_path / "chain")
-    old = chain.user_public("publisher")
+    old = chain.user_public("adapter")
+    # The adapter's old name, "publisher", names the same user.
     issued = chain.issue_user("publisher", now=time.time(), new_key=True)
+    assert issued.role == "adapter" and issued.path == chain.creds_file("adapter")
     assert issued.revoked == old and issued.user != old
     assert old in chain.revocations()
     reloaded = Chain.load(chain.paths.root)
-    assert reloaded.user_public("publisher") == issued.user
+    assert reloaded.user_public("adapter") == issued.user
     # The server's preloaded account is the revoking one.
     assert reloaded.account_jwts()[chain.account_public] in \
         chain.paths.server_config.read_text()
-    chain.revoke("publisher", now=time.time())
+    chain.revoke("adapter", now=time.time())
     with pytest.raises(CredsError, match=r"is revoked; issue a new key \(`xypipe creds "
-                                         r"rotate publisher --new-key`\)"):
-        chain.issue_user("publisher", now=time.time())
+                                         r"rotate adapter --new-key`\)"):
+        chain.issue_user("adapter", now=time.time())
 
 
 def test_an_existing_chain_is_never_overwritten_and_unknown_roles_are_named(
@@ -205,8 +207,8 @@ def test_creds_commands_name_what_is_wrong(
     assert f"{bad}: expected a .creds file" in capsys.readouterr().err
     assert main(["creds", "init", str(tmp_path / "c"), "--role", "gateway"]) == 0
     capsys.readouterr()
-    assert main(["creds", "rotate", "publisher", "--dir", str(tmp_path / "c")]) == 1
-    assert "role 'publisher' is not in the chain" in capsys.readouterr().err
+    assert main(["creds", "rotate", "adapter", "--dir", str(tmp_path / "c")]) == 1
+    assert "role 'adapter' is not in the chain" in capsys.readouterr().err
     assert main(["creds", "push", "nats://127.0.0.1:1", "--dir", str(tmp_path / "c")]) == 1
     assert "only a 'full' resolver accepts pushed account JWTs" in capsys.readouterr().err
 

@@ -18,10 +18,12 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 import xypipe
 import xypipe.client
+from xypipe._gateway._flagwatch import FlagBoard
 from xypipe._gateway._server import GatewayServer
 from xypipe._gateway._tokens import DEV_AUDIENCE, DEV_ISSUER, mint
 from xypipe._log import JsonFormatter
 from xypipe._md.book import state_checksum
+from xypipe._stages.flag_admin import FlagAdmin
 from xypipe._stages.gateway import Gateway
 from xypipe.client import Client as SdkClient
 from xypipe.client import DeltaApplied, DeltaSkipped, SnapshotApplied, Update
@@ -75,33 +77,41 @@ class Keys:
 # --------------------------------------------------------------------------- the gateway
 
 
-def gateway_config(nats_url: str, keys: Keys, **options: Any) -> xypipe.AppConfig:
+def gateway_config(nats_url: str, keys: Keys, *, admin: bool = True,
+                   **options: Any) -> xypipe.AppConfig:
+    """A gateway on ``nats_url``; with ``admin``, beside it (on the same HTTP port, as one
+    process on an open bus may) the ``flag_admin`` stage that serves /admin/feature-flags —
+    in a deployment it runs in a process of its own with the admin role."""
     gw: dict[str, Any] = {
         "use": "gateway", "name": "gateway", "public_key": str(keys.public_path),
         "allowed_origins": ["*"], "issuer": DEV_ISSUER, "audience": DEV_AUDIENCE,
         "snapshot_stream": SNAPSHOT_STREAM,
     }
+    admin_options = {k: options[k] for k in ("nats_timeout_ms", "auth_throttle")
+                     if k in options}
     gw.update(options)
-    return xypipe.parse_config({
-        "nats": {"url": nats_url},
-        "http": {"port": 0},
-        "pipelines": {"gateway": {"stages": [
-            {"use": "nats_source", "name": "md",
-             "subjects": ["xy.md.tick.>", "xy.md.snapshot.>"]},
-            gw,
-        ]}},
-    }, "gateway-test.toml")
+    pipelines: dict[str, Any] = {"gateway": {"stages": [
+        {"use": "nats_source", "name": "md", "subjects": ["xy.md.tick.>", "xy.md.snapshot.>"]},
+        gw,
+    ]}}
+    if admin:
+        pipelines["admin"] = {"stages": [{
+            "use": "flag_admin", "name": "admin", "public_key": str(keys.public_path),
+            "issuer": DEV_ISSUER, "audience": DEV_AUDIENCE, **admin_options}]}
+    return xypipe.parse_config({"nats": {"url": nats_url}, "http": {"port": 0},
+                                "pipelines": pipelines}, "gateway-test.toml")
 
 
 @asynccontextmanager
-async def running_gateway(nats_url: str, keys: Keys, **options: Any
+async def running_gateway(nats_url: str, keys: Keys, *, admin: bool = True, **options: Any
                           ) -> AsyncIterator[xypipe.Runner]:
-    runner = xypipe.Runner(gateway_config(nats_url, keys, **options))
+    runner = xypipe.Runner(gateway_config(nats_url, keys, admin=admin, **options))
     async with trio.open_nursery() as nursery:
         await nursery.start(runner.run)
         with trio.fail_after(10):
-            for s in runner.pipelines[0].stages:
-                await s.ctx.wait_ready()
+            for pipeline in runner.pipelines:
+                for s in pipeline.stages:
+                    await s.ctx.wait_ready()
         yield runner
         runner.stop()
 
@@ -110,6 +120,13 @@ def server_of(runner: xypipe.Runner) -> GatewayServer:
     server = runner.stage("gateway", "gateway", Gateway).server
     assert server is not None, "the gateway stage has not started its server"
     return server
+
+
+def admin_board(runner: xypipe.Runner) -> FlagBoard:
+    """The flag_admin stage's board (the writer's view of the flags)."""
+    board = runner.stage("admin", "admin", FlagAdmin).flags
+    assert board is not None, "the flag_admin stage has not started"
+    return board
 
 
 # --------------------------------------------------------------------------- a tiny aggregator

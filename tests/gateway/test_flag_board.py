@@ -7,15 +7,14 @@ import pytest
 import trio
 from gw_support import JsonLogCapture, Keys
 
+from xypipe._audit import AuditLog
 from xypipe._contracts import decoder_for
 from xypipe._degrade import Level
 from xypipe._errors import XyError
-from xypipe._gateway._audit import AuditLog
 from xypipe._gateway._flags import DISABLED_GROUPS, FORCE_LEVEL, FlagError, FlagValue, validate
 from xypipe._gateway._flagwatch import FlagBoard
 from xypipe._gateway._gmetrics import GatewayMetrics
 from xypipe._gateway._hub import BadMessage
-from xypipe._gateway._options import GatewayOptions
 from xypipe._gateway._snapfetch import checkpoint
 from xypipe._log import get_logger
 from xypipe._metrics import Metrics
@@ -24,10 +23,9 @@ from xypipe.contracts import Delta
 
 
 def board(keys: Keys, metrics: Metrics, changes: list[int]) -> FlagBoard:
-    opts = GatewayOptions(public_key=str(keys.public_path), allowed_origins=["*"])
-    fb = FlagBoard(opts, GatewayMetrics(metrics), AuditLog(get_logger("audit")),
-                   get_logger("gateway"), decoder_for(metrics.registry), wall=lambda: 1.0,
-                   on_change=lambda: changes.append(fb.version))
+    fb = FlagBoard("xy_feature_flags", GatewayMetrics(metrics), AuditLog(get_logger("audit")),
+                   get_logger("gateway"), decoder_for(metrics.registry), timeout_s=2.0,
+                   wall=lambda: 1.0, on_change=lambda: changes.append(fb.version))
     return fb
 
 

@@ -1,5 +1,6 @@
-"""Admin flag writes fail closed: answered as failed means never applied, now or later; every
-change that does land is audited with the principal that made it."""
+"""Admin flag writes fail closed: answered as failed means never applied by the admin and never
+in force for long anywhere — a late one is reverted; every change that does land is audited
+with the principal that made it."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import os
 import signal
 
 import trio
-from gw_support import Keys, http_port, running_gateway, server_of
+from gw_support import Keys, admin_board, http_port, running_gateway, server_of
 from test_ws_admin import http
 
 from xypipe._embedded import EmbeddedNats
@@ -79,17 +80,20 @@ async def test_a_write_that_reaches_a_stalled_server_late_is_never_applied_and_i
     async with running_gateway(nats_server.url, keys, nats_timeout_ms=300) as runner:
         port = http_port(runner)
         srv = server_of(runner)
+        board = admin_board(runner)
         admin = keys.token("root", roles=["admin"])
         assert nats_server.pid is not None
         applied_levels: list[object] = []
-        original = srv.flags.apply
+        original = board.apply
 
         def spy(flag: FlagValue) -> None:
             if flag.name == FORCE_LEVEL:
                 applied_levels.append(flag.value)
             original(flag)
 
-        srv.flags.apply = spy  # type: ignore[method-assign]
+        board.apply = spy  # type: ignore[method-assign]
+        # The gateway watches the bucket the admin created (it waits for it to exist).
+        await _until(lambda: srv.flags.watching)
 
         # The server stops reading: the write sits in its socket, the request times out ...
         os.kill(nats_server.pid, signal.SIGSTOP)
@@ -98,8 +102,8 @@ async def test_a_write_that_reaches_a_stalled_server_late_is_never_applied_and_i
         finally:
             os.kill(nats_server.pid, signal.SIGCONT)
         assert status == 503
-        # ... and the server stores it when it resumes. This gateway recognises its failed
-        # write, never applies it and puts the old value back (conditional on the late
+        # ... and the server stores it when it resumes. The admin process recognises its
+        # failed write, never applies it and puts the old value back (conditional on the late
         # revision, so a newer change would win over the revert).
         with trio.fail_after(15):
             while True:
@@ -108,17 +112,21 @@ async def test_a_write_that_reaches_a_stalled_server_late_is_never_applied_and_i
                     break
                 await trio.sleep(0.05)
         assert stored.value is None
+        await _until(lambda: board[FORCE_LEVEL].revision == stored.revision)
+        assert board[FORCE_LEVEL].value is None
+        assert 2 not in applied_levels
+        # A gateway only reads the bucket: it follows the store, the revert included.
         await _until(lambda: srv.flags[FORCE_LEVEL].revision == stored.revision)
         assert srv.flags[FORCE_LEVEL].value is None
-        assert 2 not in applied_levels
 
     reverted = json_logs.find(audit=True, action="admin.flag", outcome="reverted")
     assert len(reverted) == 1
     assert reverted[0]["sub"] == "root" and reverted[0]["late_value"] == 2
     assert reverted[0]["code"] == "XY-ADM-014"
-    # The revert is itself a change in the store, audited like any other.
+    # The gateway audits what it applied: the late write (for the moment it took the admin
+    # to see it) and the revert, itself a change in the store.
     applied = json_logs.find(audit=True, action="admin.flag.applied", flag=FORCE_LEVEL)
-    assert [a["sub"] for a in applied] == [REVERT_PRINCIPAL]
+    assert [(a["sub"], a["new"]) for a in applied] == [("root", 2), (REVERT_PRINCIPAL, None)]
 
 
 async def test_changes_written_by_anyone_are_applied_and_audited_once(

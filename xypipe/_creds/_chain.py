@@ -53,7 +53,7 @@ from xypipe._errors import (
 )
 from xypipe._log import get_logger
 from xypipe._nats_roles import BusLayout
-from xypipe._role_grants import ROLES, Layout, inbox_prefix, permissions
+from xypipe._role_grants import ROLES, Layout, canonical_role, inbox_prefix, permissions
 
 __all__ = ["Chain", "ChainOptions", "ChainPaths", "Issued", "init_chain", "user_claims"]
 
@@ -89,6 +89,7 @@ class ChainOptions:
     layout: BusLayout = attrs.field(factory=BusLayout)
 
     def __attrs_post_init__(self) -> None:
+        object.__setattr__(self, "roles", tuple(dict.fromkeys(map(canonical_role, self.roles))))
         unknown = [r for r in self.roles if r not in ROLES]
         if unknown:
             raise UnknownRoleError(f"roles: {', '.join(unknown)} not known; expected some of "
@@ -119,7 +120,7 @@ class ChainPaths:
         return self.root / "keys" / f"{name}.nk"
 
     def creds(self, role: str) -> Path:
-        return self.root / "creds" / f"{role}.creds"
+        return self.root / "creds" / f"{canonical_role(role)}.creds"
 
     @property
     def ca(self) -> CertFiles:
@@ -130,6 +131,7 @@ class ChainPaths:
         return CertFiles(self.root / "tls" / "server.pem", self.root / "tls" / "server.key")
 
     def client_cert(self, role: str) -> CertFiles:
+        role = canonical_role(role)
         return CertFiles(self.root / "tls" / f"{role}.pem", self.root / "tls" / f"{role}.key")
 
     @property
@@ -260,13 +262,15 @@ class Chain:
         return tuple(users) if isinstance(users, dict) else ()
 
     def user_public(self, role: str) -> str:
-        self._check_role(role)
-        return self._str("users", role)
+        return self._str("users", self._check_role(role))
 
-    def _check_role(self, role: str) -> None:
-        if role not in self.roles:
+    def _check_role(self, role: str) -> str:
+        """``role`` by its current name, once it is known to be in the chain."""
+        name = canonical_role(role)
+        if name not in self.roles:
             raise UnknownRoleError(f"role {role!r} is not in the chain at {self.paths.root}; "
                                    f"it has {', '.join(self.roles)}")
+        return name
 
     def account_claims(self) -> Claims:
         return decode(self.paths.account_jwt(self.account_name).read_text(), kind="account")
@@ -278,8 +282,7 @@ class Chain:
         return {str(k): int(v) for k, v in raw.items() if isinstance(v, int)}
 
     def creds_file(self, role: str) -> Path:
-        self._check_role(role)
-        return self.paths.creds(role)
+        return self.paths.creds(self._check_role(role))
 
     def tls_context(self, role: str) -> ssl.SSLContext:
         """The client TLS context of ``role`` (trusts the chain's CA, presents its cert)."""
@@ -352,7 +355,7 @@ class Chain:
         account JWT (the server must then learn the account: reload or ``creds push``). A
         revoked key is never re-issued (that would lift its revocation): use ``new_key``.
         """
-        self._check_role(role)
+        role = self._check_role(role)
         path = self.paths.creds(role)
         old_public = self.user_public(role)
         if new_key:
@@ -391,6 +394,7 @@ class Chain:
 
     def revoke(self, role: str, *, now: float) -> str:
         """Revoke ``role``'s current user key (every JWT of it issued until ``now``)."""
+        role = self._check_role(role)
         public = self.user_public(role)
         self._revoke_key(public, role=role, now=now)
         return public

@@ -19,7 +19,7 @@ from xypipe._creds._chain import ChainPaths
 from xypipe._creds._jwt import Claims, decode, parse_creds
 from xypipe._creds._pki import CertFiles, client_tls_context
 from xypipe._errors import CredsError
-from xypipe._role_grants import ROLES, inbox_prefix
+from xypipe._role_grants import ROLES, canonical_role, inbox_prefix
 
 __all__ = ["ClientAuth", "ConnectOptions"]
 
@@ -45,12 +45,13 @@ class ClientAuth:
     @classmethod
     def from_chain(cls, root: str | Path, role: str) -> ClientAuth:
         paths = ChainPaths(Path(root))
+        role = canonical_role(role)
         return cls(role, paths.creds(role), paths.ca.cert, paths.client_cert(role))
 
     def check(self, now: float) -> Claims:
         """The user JWT's claims, once the files exist and the JWT is valid at ``now``.
         Raises :class:`CredsError` naming the file and the problem."""
-        if self.role not in ROLES:
+        if canonical_role(self.role) not in ROLES:
             raise CredsError(f"role {self.role!r}: expected one of {', '.join(ROLES)}")
         for path in (self.creds, self.ca, *((self.cert.cert, self.cert.key) if self.cert else ())):
             if not path.is_file():

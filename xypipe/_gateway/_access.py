@@ -8,8 +8,8 @@ metrics and audit lines (the line shapes are in :mod:`._audit`).
 
 from __future__ import annotations
 
+from xypipe._audit import AuditLog
 from xypipe._errors import ACL_DENIED, AUTH_EXPIRED, AUTH_LOCKOUT, WS_ORIGIN_DENIED, AuthError
-from xypipe._gateway._audit import AuditLog
 from xypipe._gateway._gmetrics import GatewayMetrics
 from xypipe._gateway._session import Audit
 from xypipe._gateway._throttle import AuthThrottle, Lockout

@@ -21,6 +21,7 @@ from collections.abc import Callable
 import attrs
 import trio
 
+from xypipe._audit import claimed_subject
 from xypipe._errors import (
     ADM_FLAG_CHANGED,
     ADM_FLAG_INVALID,
@@ -33,7 +34,6 @@ from xypipe._errors import (
     KvRevisionConflict,
 )
 from xypipe._gateway._access import AccessRecorder
-from xypipe._gateway._audit import claimed_subject
 from xypipe._gateway._auth import AuthExpired, Principal, TokenVerifier
 from xypipe._gateway._flags import FlagError, FlagValue, validate
 from xypipe._gateway._flagwatch import FlagBoard

@@ -1,24 +1,30 @@
-"""The feature flags a gateway applies, kept equal to their JetStream KV bucket.
+"""The feature flags, kept equal to their JetStream KV bucket.
 
 :class:`FlagBoard` holds the current value of every flag (:mod:`._flags` says what they mean)
-and a version that moves with every change; connections read it through the narrow
+and a version that moves with every change; a gateway's connections read it through the narrow
 :class:`~._wire_core.FlagView` and apply a new version when they see one. Its watch is the one
-place a change is applied and audited — whoever wrote it, through any gateway or straight into
-the bucket.
+place a change is applied — whoever wrote it, through the admin API or straight into the
+bucket.
 
-Writes fail closed (docs/architecture.md, "Admin writes fail closed"): the admin route writes
-conditionally on the revision this board last saw, and a write it answered as failed is
-remembered here; if that write reaches the store after all, the watch holds it back and
-reverts it with a write conditional on the late revision, so a newer change by anyone wins.
+A board reads or writes (``mode``). A gateway's board only reads: NATS lets the gateway watch
+and read the bucket, never write it (docs/security.md), so it waits for the bucket to exist
+and audits every change it applies. The admin process's board (the ``flag_admin`` stage)
+creates the bucket and backs its route's writes, which fail closed (docs/architecture.md,
+"Admin writes fail closed"): the route writes conditionally on the revision this board last
+saw, and a write it answered as failed is remembered here; if that write reaches the store
+after all, the watch holds it back and reverts it with a write conditional on the late
+revision, so a newer change by anyone wins.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal
 
 import attrs
 import trio
 
+from xypipe._audit import AuditLog
 from xypipe._contracts import ContractDecoder
 from xypipe._degrade import Level
 from xypipe._errors import (
@@ -26,11 +32,14 @@ from xypipe._errors import (
     ADM_LATE_WRITE_REVERTED,
     ADM_REVERT_FAILED,
     FLAG_UNUSABLE,
+    FLAG_WATCH_RESTARTED,
     BridgeError,
     ContractError,
     KvRevisionConflict,
+    NatsJsUnavailable,
+    NatsNotFound,
+    NatsTimeout,
 )
-from xypipe._gateway._audit import AuditLog
 from xypipe._gateway._flags import (
     FlagError,
     FlagValue,
@@ -39,16 +48,17 @@ from xypipe._gateway._flags import (
     forced_level,
 )
 from xypipe._gateway._gmetrics import GatewayMetrics
-from xypipe._gateway._options import GatewayOptions
 from xypipe._gateway._store import STORE_BACKOFF, KeyValue, KvEntry, NatsClient
 from xypipe._log import Logger
-from xypipe._retry import retrying
+from xypipe._retry import Backoff, retrying
 
 __all__ = ["REVERT_PRINCIPAL", "FlagBoard"]
 
 #: ``updated_by`` of the value a gateway writes back over a late change.
 REVERT_PRINCIPAL = "xypipe-gateway (revert of a late change)"
 _MAX_IN_DOUBT = 64
+#: Between attempts to start the watch again after it failed.
+_WATCH_BACKOFF = Backoff(initial_s=0.1, max_s=5.0)
 _REVERT_ATTEMPTS = 8
 
 
@@ -60,16 +70,22 @@ class _InDoubt:
 class FlagBoard:
     def __init__(
         self,
-        options: GatewayOptions,
+        bucket: str,
         metrics: GatewayMetrics,
         audit: AuditLog,
         log: Logger,
         decoder: ContractDecoder,
         *,
+        timeout_s: float,
         wall: Callable[[], float],
         on_change: Callable[[], None],
+        mode: Literal["read", "write"] = "read",
     ) -> None:
-        self.options = options
+        self.bucket = bucket
+        self.timeout_s = timeout_s
+        #: ``read``: a gateway's (waits for the bucket, audits what it applies); ``write``:
+        #: the admin process's (creates the bucket, remembers and reverts its failed writes).
+        self.mode = mode
         self.metrics = metrics
         self.audit = audit
         self.log = log
@@ -82,6 +98,8 @@ class FlagBoard:
         self.version = 0
         #: The bucket, once the watch has opened it (None: no NATS, flags are local).
         self.kv: KeyValue | None = None
+        #: Whether the watch is live (every change to the bucket from now on is seen).
+        self.watching = False
         #: The last revision of each flag key seen in the store (watched or written here):
         #: what the next conditional write expects.
         self._revisions: dict[str, int] = {}
@@ -129,21 +147,54 @@ class FlagBoard:
                     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Open the bucket (waiting for JetStream, counted and logged, rather than failing the
         gateway), then apply every change until cancelled; reverts run in this task's nursery."""
-        js = nats.jetstream(timeout=self.options.nats_timeout_ms / 1000)
-        bucket = self.options.flags_bucket
+        js = nats.jetstream(timeout=self.timeout_s)
+        bucket = self.bucket
         t0 = trio.current_time()
+
+        async def open_bucket() -> KeyValue:
+            if self.mode == "write":
+                return await js.kv(bucket, history=16)
+            try:
+                return await js.kv(bucket, create=False)
+            except NatsNotFound as exc:
+                if isinstance(exc, NatsJsUnavailable):
+                    raise
+                # A gateway may only read the bucket; the admin process creates it.
+                raise NatsTimeout(f"feature-flag bucket {bucket!r} does not exist yet (the "
+                                  "flag_admin stage creates it)") from exc
+
         kv: KeyValue = await retrying(
-            f"open the feature-flag bucket {bucket!r}",
-            lambda: js.kv(bucket, history=16), backoff=STORE_BACKOFF,
+            f"open the feature-flag bucket {bucket!r}", open_bucket, backoff=STORE_BACKOFF,
             log=self.log, on_failure=lambda exc: self.metrics.nats_req.labels(
                 "kv_open_error").observe(trio.current_time() - t0),
             gave_up=lambda: bool(nats.closed))
         self.kv = kv
         self.metrics.nats_req.labels("kv_open").observe(trio.current_time() - t0)
-        async with trio.open_nursery() as reverts, kv.watch(">") as watch:
-            task_status.started()
-            async for entry in watch:
-                self.entry(entry, reverts)
+        started = False
+        failures = 0
+        async with trio.open_nursery() as reverts:
+            while True:
+                try:
+                    # The watch repeats the current values, then every change; it survives
+                    # reconnects itself. Starting it while the server is away can still fail:
+                    # the flags in force stay as they are and the watch is started again.
+                    async with kv.watch(">") as watch:
+                        self.watching = True
+                        if not started:
+                            started = True
+                            task_status.started()
+                        failures = 0
+                        async for entry in watch:
+                            self.entry(entry, reverts)
+                except BridgeError as exc:
+                    self.watching = False
+                    if nats.closed:
+                        raise
+                    failures += 1
+                    self.log.warning("feature-flag watch failed; starting it again",
+                                     code=FLAG_WATCH_RESTARTED, bucket=bucket, error=str(exc),
+                                     attempt=failures)
+                    await trio.sleep(_WATCH_BACKOFF.delay(failures))
 
     def entry(self, entry: KvEntry, reverts: trio.Nursery) -> None:
         """One entry from the bucket's watch: apply it and audit it (whoever wrote it), or —
@@ -183,6 +234,8 @@ class FlagBoard:
             reverts.start_soon(self._revert, current, entry.revision)
             return
         self.apply(flag)
+        if self.mode == "write":
+            return  # the gateways audit what they apply; the route audited the request
         old = current.value if current is not None else None
         self.audit.record(
             "feature flag change applied", code=ADM_FLAG_APPLIED,
@@ -201,7 +254,7 @@ class FlagBoard:
         delay = 0.25
         for attempt in range(1, _REVERT_ATTEMPTS + 1):
             try:
-                with trio.fail_after(self.options.nats_timeout_ms / 1000 * 2):
+                with trio.fail_after(self.timeout_s * 2):
                     await kv.update(restore.name, value.encode(), last=late_revision,
                                     headers={"Xy-Principal": REVERT_PRINCIPAL})
                 return

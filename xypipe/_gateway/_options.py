@@ -77,7 +77,9 @@ class GatewayOptions:
     #: a token bucket of ``snapshot_lookup_burst``, refilled at ``snapshot_lookups_per_s``.
     snapshot_lookups_per_s: float = attrs.field(default=4.0, validator=in_range(0.01, 10_000.0))
     snapshot_lookup_burst: int = attrs.field(default=64, validator=in_range(1, 100_000))
-    admin_role: str = attrs.field(default="admin", validator=non_empty())
+    #: Moved: ``/admin/feature-flags`` is served by the ``flag_admin`` stage, in a process that
+    #: signs in to NATS as ``admin`` (the gateway may only read the flags). Kept to say so.
+    admin_role: str | None = None
     #: SO_SNDBUF for browser sockets (bytes); bounds what the kernel holds for a slow reader
     #: so the gateway's own queue, which it can degrade, sees the backlog. None = OS default.
     send_buffer_bytes: int | None = attrs.field(default=None, validator=in_range(4096, 1 << 30))
@@ -105,9 +107,33 @@ class GatewayOptions:
                               self.allowed_origins)
         if not self.path.startswith("/"):
             raise Invalid("path", 'expected a URL path like "/ws"', self.path)
+        if self.admin_role is not None:
+            raise Invalid("admin_role", "expected it on the flag_admin stage: /admin/feature-flags "
+                          "moved out of the gateway, which may only read the flags "
+                          "(docs/security.md)", self.admin_role)
 
     @property
     def levels(self) -> LevelPolicy:
         """What each degradation level does to a connection (frames, trim depth, pauses)."""
         return LevelPolicy(trim_depth=self.trim_depth,
                            frame_interval_ms=tuple(self.level_interval_ms))
+
+
+@attrs.frozen
+class FlagAdminOptions:
+    """The ``flag_admin`` stage's options: who may change feature flags, and where they live.
+
+    The token options mean what the gateway's do (the same identity provider signs both)."""
+
+    #: PEM public key that verifies the admins' bearer tokens.
+    public_key: str = attrs.field(validator=non_empty())
+    issuer: str = attrs.field(default="xypipe-dev", validator=non_empty())
+    audience: str = attrs.field(default="xypipe-gateway", validator=non_empty())
+    leeway_s: float = attrs.field(default=5.0, validator=in_range(0.0, 300.0))
+    max_token_lifetime_s: float = attrs.field(default=3600.0, validator=in_range(1.0, 86400.0))
+    #: The role a token must carry to read or change flags.
+    admin_role: str = attrs.field(default="admin", validator=non_empty())
+    flags_bucket: str = attrs.field(default="xy_feature_flags", validator=non_empty())
+    nats_timeout_ms: int = attrs.field(default=2000, validator=in_range(1, 60_000))
+    #: Authentication failures per client address before it is locked out for a while.
+    auth_throttle: ThrottlePolicy = attrs.field(factory=ThrottlePolicy)

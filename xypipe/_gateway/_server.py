@@ -2,8 +2,9 @@
 
 :class:`GatewayServer` is created by the ``gateway`` stage. It wires the parts that each do
 one job — the hub (:mod:`._hub`, fan-out core), snapshot fetching and re-anchoring reads
-(:mod:`._snapfetch`), the feature flags (:mod:`._flagwatch`) and their admin route
-(:mod:`._admin`), the known-groups watch (:mod:`._groupwatch`), access accounting
+(:mod:`._snapfetch`), the feature flags it reads (:mod:`._flagwatch`; their admin route runs in
+the admin process, :mod:`xypipe._stages.flag_admin`), the known-groups watch
+(:mod:`._groupwatch`), access accounting
 (:mod:`._access`) — and hands each connection (:mod:`._conn`) the narrow
 :class:`~._wire_core.ConnectionPorts` it needs. What it does itself: one nursery for all of
 them, the set of live connections, feeding the hub from NATS, sampling each connection's send
@@ -19,12 +20,10 @@ from collections.abc import AsyncIterable, Callable
 
 import trio
 
+from xypipe._audit import AuditLog
 from xypipe._contracts import decoder_for
 from xypipe._errors import GW_BAD_MESSAGE, WS_ANY_ORIGIN
 from xypipe._gateway._access import AccessRecorder
-from xypipe._gateway._admin import PATH as ADMIN_PATH
-from xypipe._gateway._admin import AdminRoute
-from xypipe._gateway._audit import AuditLog
 from xypipe._gateway._auth import TokenVerifier
 from xypipe._gateway._conn import Connection
 from xypipe._gateway._flagwatch import FlagBoard
@@ -103,11 +102,9 @@ class GatewayServer:
                        levels=options.levels)
         self.snapshots = SnapshotFetcher(options, self.hub, self.metrics, log, self.decoder,
                                          nats)
-        self.flags = FlagBoard(options, self.metrics, audit, log, self.decoder, wall=wall,
+        self.flags = FlagBoard(options.flags_bucket, self.metrics, audit, log, self.decoder,
+                               timeout_s=options.nats_timeout_ms / 1000, wall=wall,
                                on_change=self._flags_changed)
-        self.admin = AdminRoute(role=options.admin_role, verifier=self.verifier,
-                                access=self.access, metrics=self.metrics, flags=self.flags,
-                                wall=wall)
         self.levels = LevelGauges(self.metrics)
         self.connections: dict[int, Connection] = {}
         self.ports = ConnectionPorts(
@@ -132,12 +129,12 @@ class GatewayServer:
         async with trio.open_nursery() as nursery:
             await nursery.start(self.snapshots.run)
             if self.nats is not None:
-                await nursery.start(self.flags.watch, self.nats)
+                # The admin process creates the flags' bucket; until it does, the defaults hold.
+                nursery.start_soon(self.flags.watch, self.nats)
                 if self.options.groups_bucket:
                     nursery.start_soon(self.groups.run, self.nats)
             if http is not None:
                 http.set_upgrade_handler(self.handle_upgrade)
-                http.route(ADMIN_PATH, self.admin, methods=("GET", "PUT"))
             nursery.start_soon(self._sampler)
             task_status.started()
             try:

@@ -29,10 +29,10 @@ from __future__ import annotations
 import enum
 from typing import ClassVar
 
+from xypipe._audit import ANONYMOUS
 from xypipe._contracts import ContractDecoder
 from xypipe._degrade import DegradationController, Level, Pressure, Transition
 from xypipe._errors import PROTO_LOCAL_ERROR, ContractError, ProtocolError
-from xypipe._gateway._audit import ANONYMOUS
 from xypipe._gateway._auth import Principal, TokenVerifier
 from xypipe._gateway._bucket import TokenBucket
 from xypipe._gateway._connlevel import ConnectionLevel

@@ -13,8 +13,8 @@ import math
 
 import attrs
 
+from xypipe._audit import claimed_subject
 from xypipe._errors import AuthError
-from xypipe._gateway._audit import claimed_subject
 from xypipe._gateway._auth import AuthExpired, Principal, TokenVerifier
 from xypipe._gateway._session_effects import (
     Audit,

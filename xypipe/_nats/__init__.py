@@ -41,13 +41,16 @@ The package, one job per module (dependencies point down the list):
   direct gets; ``_kv``: :class:`KeyValue` — get, put, conditional update, watch;
 - ``_bridge``: one connection's asyncio side (connect, close, calls across, connection events);
   ``_outbox``: Trio → asyncio publish batches; ``_inbox``: asyncio → Trio delivery batches;
-- ``_boundary``: nats-py's exceptions and messages translated; ``_types``: the frozen values.
+- ``_boundary``: nats-py's exceptions and messages translated; ``_refusal``: the server's
+  refusals read from its words (and recovered where nats-py hides them); ``_refusal_log``: a
+  connection's refusals counted and audited; ``_types``: the frozen values.
 """
 
 from xypipe._nats._client import NatsClient, connect
 from xypipe._nats._inbox import Subscription
 from xypipe._nats._jetstream import JetStream, PullConsumer, PushConsumerConfig
 from xypipe._nats._kv import KeyValue, KvWatch
+from xypipe._nats._refusal import Refusal
 from xypipe._nats._types import (
     BridgeEvent,
     BridgeStatistics,
@@ -72,6 +75,7 @@ __all__ = [
     "NatsClient",
     "PullConsumer",
     "PushConsumerConfig",
+    "Refusal",
     "StreamConfigSeen",
     "StreamState",
     "Subscription",

@@ -11,6 +11,7 @@ subscriptions and watches.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Literal, TypeVar, TypeVarTuple
 
@@ -20,15 +21,24 @@ from nats.aio.client import Client as _AioClient
 
 from xypipe._bridge_portal import BridgeKind, Portal
 from xypipe._errors import (
+    NATS_TLS_REFUSED,
     BridgeError,
     NatsConnectionError,
-    NatsPermissionDenied,
+    NatsRefused,
     NatsSlowConsumer,
 )
 from xypipe._log import get_logger
 from xypipe._nats._boundary import NATS_ERRORS, map_error
 from xypipe._nats._inbox import TrackedInbox
 from xypipe._nats._outbox import Outbox
+from xypipe._nats._refusal import (
+    ErrTap,
+    Refusal,
+    buffered_server_error,
+    server_refusal,
+    tls_refusal,
+)
+from xypipe._nats._refusal_log import RefusalLog
 from xypipe._nats._types import BridgeEvent
 
 __all__ = ["Bridge", "ConnectOptions"]
@@ -39,10 +49,21 @@ _log = get_logger("nats")
 
 # At most one slow-consumer log line/event per this many seconds: drops come in floods.
 _SLOW_REPORT_INTERVAL_S = 1.0
+# How long closing a refused first connect may take (see aio_connect).
+_CLOSE_REFUSED_S = 0.5
 
 #: Keyword arguments of nats-py's ``Client.connect`` (strings, numbers, bools, an SSL context):
 #: nats-py's own signature is the schema, checked when it is called.
 ConnectOptions = dict[str, object]
+
+
+class _Refused(NatsRefused):
+    """Raised from nats-py's error callback to end a first connect the server refused (and
+    turned into the :class:`NatsRefused` the caller sees once it is closed)."""
+
+    def __init__(self, refusal: Refusal) -> None:
+        super().__init__(refusal.detail, reason=refusal.reason)
+        self.refusal = refusal
 
 
 class Bridge:
@@ -55,14 +76,23 @@ class Bridge:
         publish_queue: int,
         close_timeout: float,
         on_permission_denied: Callable[[str], None] | None = None,
+        on_refusal: Callable[[Refusal], None] | None = None,
+        explain_refusal: Callable[[Refusal], Refusal] | None = None,
+        principal: str | None = None,
     ) -> None:
         self.portal = portal
         self.outbox = Outbox(portal, publish_queue)
-        self._on_denied = on_permission_denied
+        #: The server's refusals of this connection (who it signs in as: ``principal``).
+        self.refusal_log = RefusalLog(principal=principal, on_refusal=on_refusal,
+                                      on_permission_denied=on_permission_denied,
+                                      explain=explain_refusal)
+        #: The refusal that ended the first connect, if one did.
+        self.connect_refusal: Refusal | None = None
+        self._tap = ErrTap()
+        self._servers = ""
         self._nc: _AioClient | None = None
         self.close_timeout = close_timeout
         self.slow_consumer_drops = 0
-        self.permission_denied = 0
         self._slow_reported_at = -_SLOW_REPORT_INTERVAL_S * 2
         self.reconnects = 0
         self.events_dropped = 0
@@ -125,26 +155,51 @@ class Bridge:
     # -- asyncio side: connection ------------------------------------------------------------
     async def aio_connect(self, servers: list[str], options: ConnectOptions) -> None:
         portal = self.portal
+        nc = _AioClient()
+        self._tap.install(nc)
+        self._servers = ", ".join(servers)
+        reported: list[BaseException] = []  # the last error reported as a refusal
 
         async def on_error(exc: Exception) -> None:
-            if self._nc is None:  # still connecting: keep the reason for the error message
-                self.connect_errors.append(f"{type(exc).__name__}: {exc}")
+            if self.connect_refusal is not None:
+                return  # a refused first connect being closed: its errors say nothing new
+            refusal = self._refusal_in(nc, exc)
+            if self._nc is None:  # still connecting
+                if refusal is not None:
+                    # The server said no (or broke off TLS): the same credentials get the same
+                    # answer, so the first connect ends here instead of at its deadline.
+                    raise _Refused(refusal)
+                self.connect_errors.append(f"{type(exc).__name__}: {exc}")  # for the message
                 del self.connect_errors[:-8]
                 return
             if isinstance(exc, nats.errors.SlowConsumerError):
                 portal.to_trio(self._on_slow_consumer, exc.subject, exc.sid)
-            elif "permissions violation" in str(exc).lower():
-                portal.to_trio(self._on_permission_denied, str(exc))
+            elif refusal is not None:
+                reported.append(exc)
+                del reported[:-1]
+                portal.to_trio(self.on_refusal, refusal)
             else:
                 portal.to_trio(self.emit, BridgeEvent("error", f"{type(exc).__name__}: {exc}"))
 
         async def on_disconnected() -> None:
-            portal.to_trio(self._on_state, "disconnected")
+            if self._nc is not None:  # not a first connect given up (it raises instead)
+                portal.to_trio(self._on_state, "disconnected")
 
         async def on_reconnected() -> None:
             portal.to_trio(self._on_state, "reconnected")
 
         async def on_closed() -> None:
+            # A server that closes a live connection for its credentials (an expired JWT, a
+            # revoked user) says why in an -ERR nats-py keeps as its last error.
+            if self._nc is None:  # a first connect given up: it raises instead
+                return
+            last = nc.last_error
+            if last is None or last in reported:
+                refusal = None  # none, or the refused reconnect already reported
+            else:
+                refusal = server_refusal(str(last), self._tap)
+            if refusal is not None and not self._closing:
+                portal.to_trio(self.on_refusal, refusal)
             portal.to_trio(self._on_state, "closed")
 
         async def on_lame_duck() -> None:
@@ -153,16 +208,27 @@ class Bridge:
             # JetStream users re-check their consumers (see _stages/_jsfeed.py).
             portal.to_trio(self._on_state, "lame_duck")
 
-        nc = _AioClient()
-        await nc.connect(
-            servers,
-            error_cb=on_error,
-            disconnected_cb=on_disconnected,
-            reconnected_cb=on_reconnected,
-            closed_cb=on_closed,
-            lame_duck_mode_cb=on_lame_duck,
-            **options,  # type: ignore[arg-type]  # nats-py checks its own keywords
-        )
+        try:
+            await nc.connect(
+                servers,
+                error_cb=on_error,
+                disconnected_cb=on_disconnected,
+                reconnected_cb=on_reconnected,
+                closed_cb=on_closed,
+                lame_duck_mode_cb=on_lame_duck,
+                **options,  # type: ignore[arg-type]  # nats-py checks its own keywords
+            )
+        except _Refused as refused:
+            refusal = self.refusal_log.explained(refused.refusal)
+            self.connect_refusal = refusal
+            # Bounded: after a failed TLS upgrade nats-py waits for a close of the plain socket
+            # that never comes (the socket is closed; only the notice is lost).
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(nc.close(), _CLOSE_REFUSED_S)
+            raise NatsRefused(self.refusal_log.message(refusal, self._servers),
+                              reason=refusal.reason,
+                              code=NATS_TLS_REFUSED if refusal.reason == "tls" else None
+                              ) from None
         self._nc = nc
         self.outbox.aio_start(nc)
 
@@ -200,15 +266,36 @@ class Bridge:
                 inbox.fail(err)
         self.emit(BridgeEvent(kind))
 
-    def _on_permission_denied(self, detail: str) -> None:
-        # The server refuses a publish or subscribe outside this user's permissions (its
-        # account ACL) without closing the connection; make every refusal visible.
-        self.permission_denied += 1
-        _log.warning("nats refused an operation (permissions)", code=NatsPermissionDenied.code,
-                     detail=detail.strip(" '\""), denied_total=self.permission_denied)
-        if self._on_denied is not None:
-            self._on_denied("subscribe" if "subscription" in detail.lower() else "publish")
-        self.emit(BridgeEvent("error", detail))
+    # -- refusals ----------------------------------------------------------------------------
+    def _refusal_in(self, nc: _AioClient, exc: BaseException) -> Refusal | None:
+        """The server's refusal behind an error nats-py reported, if it is one (asyncio side).
+        A reset or broken pipe may hide an -ERR the server sent before closing: it is looked
+        for in the failed attempt's unread bytes."""
+        refusal = tls_refusal(exc)
+        if refusal is None and isinstance(exc, nats.errors.Error):
+            refusal = server_refusal(str(exc), self._tap)
+        if refusal is None and isinstance(exc, OSError | nats.errors.Error):
+            pending = buffered_server_error(nc)
+            if pending is not None:
+                refusal = server_refusal(pending, self._tap)
+        return refusal
+
+    def on_refusal(self, refusal: Refusal) -> None:
+        """Every refusal by the server (Trio side): counted, handed on and audited
+        (:class:`~xypipe._nats._refusal_log.RefusalLog`), and an ``error`` event with the
+        server's words. The connection stays unless the server closed it."""
+        refusal = self.refusal_log.report(
+            refusal, now=trio.current_time(), signed_in=self._nc is not None,
+            server=self.connected_url() or self._servers)
+        self.emit(BridgeEvent("error", refusal.detail))
+
+    @property
+    def permission_denied(self) -> int:
+        return self.refusal_log.permission_denied
+
+    @property
+    def refusals(self) -> int:
+        return self.refusal_log.total
 
     def _on_slow_consumer(self, subject: str | None, sid: int | None) -> None:
         self.slow_consumer_drops += 1

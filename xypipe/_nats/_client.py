@@ -14,11 +14,12 @@ import trio
 from nats.aio.subscription import Subscription as _AioSubscription
 
 from xypipe._bridge_portal import BridgeKind, open_portal
-from xypipe._errors import BridgeError, NatsConnectionError
+from xypipe._errors import BridgeError, NatsConnectionError, NatsRefused
 from xypipe._nats._boundary import check_subject, from_aio
 from xypipe._nats._bridge import Bridge, ConnectOptions
 from xypipe._nats._inbox import Inbox, Subscription
 from xypipe._nats._jetstream import JetStream
+from xypipe._nats._refusal import Refusal
 from xypipe._nats._types import BridgeEvent, BridgeStatistics, Msg
 
 __all__ = ["NatsClient", "connect"]
@@ -72,6 +73,7 @@ class NatsClient:
             reconnects=b.reconnects,
             events_dropped=b.events_dropped,
             permission_denied=b.permission_denied,
+            refusals=b.refusals,
         )
 
     # -- publish -----------------------------------------------------------------------------
@@ -182,6 +184,9 @@ async def connect(
     nkeys_seed: str | None = None,
     inbox_prefix: str = "_INBOX",
     on_permission_denied: Callable[[str], None] | None = None,
+    on_refusal: Callable[[Refusal], None] | None = None,
+    explain_refusal: Callable[[Refusal], Refusal] | None = None,
+    principal: str | None = None,
     tls: ssl.SSLContext | None = None,
     connect_timeout: float = 2.0,
     reconnect_wait: float = 0.25,
@@ -199,7 +204,12 @@ async def connect(
     ``inbox_prefix``: where request replies arrive (a role's own prefix on the embedded bus).
     ``on_permission_denied("publish" | "subscribe")`` is called for every operation the server
     refuses under the user's permissions (also logged ``XY-NATS-008`` and counted in
-    :meth:`NatsClient.statistics`).
+    :meth:`NatsClient.statistics`). ``on_refusal`` is called with every refusal of any kind
+    (:class:`~xypipe._nats._refusal.Refusal`: at connect, a permission, a live connection
+    closed for its credentials); each is also an audit line naming ``principal`` (who this
+    client signs in as). ``explain_refusal`` may say more about a refused sign-in than the
+    server does (an expired JWT, a revoked key: whoever holds the credentials knows). A first
+    connect the server refuses raises :class:`~xypipe._errors.NatsRefused` at once.
     ``max_reconnect_attempts=-1`` retries forever. ``bridge`` picks the Trio/asyncio bridge
     (``bench/bridge.py`` measures them; the default is the fastest). Raises
     :class:`NatsConnectionError` if no server can be reached within ``connect_deadline``
@@ -232,7 +242,8 @@ async def connect(
         options["tls"] = tls
     async with open_portal(bridge) as portal:
         core = Bridge(portal, publish_queue=publish_queue, close_timeout=close_timeout,
-                      on_permission_denied=on_permission_denied)
+                      on_permission_denied=on_permission_denied, on_refusal=on_refusal,
+                      explain_refusal=explain_refusal, principal=principal)
         what = f"connect to {', '.join(server_list)}"
         deadline = (
             connect_deadline
@@ -251,6 +262,10 @@ async def connect(
             raise NatsConnectionError(
                 f"{what}: no server reachable within {deadline:g} s (last error: {last})"
             ) from None
+        except NatsRefused:
+            assert core.connect_refusal is not None
+            core.on_refusal(core.connect_refusal)
+            raise
         except BridgeError as exc:
             raise NatsConnectionError(str(exc)) from exc.__cause__
         core.emit(BridgeEvent("connected", core.connected_url() or ""))

@@ -59,6 +59,8 @@ class BridgeStatistics:
     events_dropped: int
     #: Publishes/subscriptions the server refused under this user's permissions.
     permission_denied: int = 0
+    #: Refusals of any kind (permissions, sign-ins, a live connection's credentials).
+    refusals: int = 0
 
 
 @attrs.frozen(slots=True)

@@ -11,8 +11,10 @@ Put it after a ``nats_source`` that subscribes to the deltas and snapshots::
     public_key = "configs/dev-keys/gateway-dev.pub.pem"
     allowed_origins = ["*"]
 
-The WebSocket shares the process's HTTP port with ``/healthz``, ``/metrics`` and
-``/admin/feature-flags``. The protocol is in docs/protocol.md ("Browser protocol").
+The WebSocket shares the process's HTTP port with ``/healthz`` and ``/metrics``. The gateway
+only reads the feature flags; ``/admin/feature-flags`` is the ``flag_admin`` stage's, in a
+process of its own (:mod:`xypipe._stages.flag_admin`). The protocol is in docs/protocol.md
+("Browser protocol").
 """
 
 from __future__ import annotations

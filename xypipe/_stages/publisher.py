@@ -88,7 +88,7 @@ class Publisher(Stage[Never, Never, PublisherConfig]):
     """Publish synthetic ticks (random walk, 5 levels, faults on demand) at a paced rate."""
 
     requires = frozenset({"nats"})
-    nats_role = "publisher"
+    nats_role = "adapter"
 
     def __init__(self, config: PublisherConfig, ctx: StageContext) -> None:
         super().__init__(config, ctx)

@@ -1,4 +1,5 @@
-"""Audit lines: one shape for every decision about who may do what.
+"""Audit lines: one shape for every decision about who may do what (the gateway's access
+decisions, the NATS server's refusals of this process).
 
 Every audit line is a JSON log line on the ``xypipe.audit`` logger with ``audit: true`` and
 three fields that are always there:
