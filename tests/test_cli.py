@@ -133,8 +133,8 @@ def test_check_prints_one_line_per_problem_with_its_code(tmp_path):
     bad.write_text(BROKEN)
     done = cli("check", str(bad), "configs/demo.toml")
     assert done.returncode == 1
-    assert done.stdout == ("configs/demo.toml: ok (4 pipelines, 10 stages, processes: "
-                           "aggregator, gateway, main)\n")
+    assert done.stdout == ("configs/demo.toml: ok (5 pipelines, 11 stages, processes: "
+                           "admin, aggregator, gateway, main)\n")
     assert done.stderr.splitlines() == [
         f'{bad}: log.level: expected one of "debug", "info", "warning", "error", got "infoo"; '
         'did you mean "info"? [XY-CFG-001]',

@@ -267,7 +267,7 @@ BAD_CONFIGS = [
         ['nats.chain: expected a NATS of your own (url = "tls://…"): the embedded bus signs '
          'processes in with its own keys, got "secrets/nats"',
          'processes.w.nats_role: expected one of "aggregator", "gateway", "adapter", "admin", '
-         '"reader", "basic", "superuser", "publisher", got "publsher"',
+         '"reader", "basic", "superuser", "publisher", got "publsher"; did you mean "publisher"?',
          'security.profile: expected one of "dev", "prod", got "production"'],
         id="chain-on-the-embedded-bus-and-unknown-profile",
     ),

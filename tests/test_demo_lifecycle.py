@@ -37,8 +37,8 @@ from xypipe._nats_keys import seed_file_of
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PROM = ROOT / "infra" / "prometheus"
 GUARD_S = 180  # hang guard for one command on a loaded machine; each returns when done
-SMOKE_CHECKS = {"demo", "healthz main", "healthz aggregator", "healthz gateway", "page",
-                "nats", "websocket"}
+SMOKE_CHECKS = {"demo", "healthz main", "healthz aggregator", "healthz gateway", "healthz admin",
+                "page", "nats", "websocket"}
 
 
 def free_port() -> int:
@@ -111,10 +111,10 @@ def checkout(tmp_path: pathlib.Path) -> Iterator[tuple[pathlib.Path, dict[int, i
         assert left == [], f"processes left behind: {left}"
 
 
-async def live_streams(nats_url: str, admin_key: pathlib.Path) -> dict[str, dict]:
+async def live_streams(nats_url: str, key: pathlib.Path) -> dict[str, dict]:
     """Every stream of the running demo with its configuration, through JetStream's own API
-    (the admin role may ask it)."""
-    async with connect(nats_url, name="lifecycle-test", nkeys_seed=str(admin_key)) as nc:
+    (the superuser role may ask it)."""
+    async with connect(nats_url, name="lifecycle-test", nkeys_seed=str(key)) as nc:
         reply = await nc.request("$JS.API.STREAM.LIST", b"{}", timeout=5)
     doc = json.loads(reply.data)
     return {s["config"]["name"]: s["config"] for s in doc["streams"]}
@@ -170,11 +170,11 @@ async def test_up_smoke_observe_down_from_a_fresh_checkout(checkout):
     assert verdicts == dict.fromkeys(SMOKE_CHECKS, "ok"), out
     assert re.search(r"websocket .*3 groups \(equities, fx, crypto\) synced from their "
                      r"snapshots, \d+ deltas in sequence, [1-9]\d* checksums verified", out), out
-    assert "xypipe demo smoke: all 7 checks passed" in out
+    assert f"xypipe demo smoke: all {len(SMOKE_CHECKS)} checks passed" in out
 
     # Bounded storage, live: every stream the demo made has a byte and an age limit.
     streams = await live_streams(f"nats://127.0.0.1:{moved[4222]}",
-                                 seed_file_of(root / "var" / "nats", "admin"))
+                                 seed_file_of(root / "var" / "nats", "superuser"))
     assert {"XY_SRC", "XY_MD_SNAPSHOT", "XY_AGG_SEQ"} <= streams.keys()
     for name, config in streams.items():
         if name.startswith("KV_"):  # one value per key (or a short history) per bucket
@@ -191,10 +191,12 @@ async def test_up_smoke_observe_down_from_a_fresh_checkout(checkout):
     assert code == 0, out + err
     assert f"Prometheus at http://127.0.0.1:{prom_port}/ — every target up" in out
     with trio.fail_after(GUARD_S):
-        seen = await prometheus_shows_the_demo(prom_port, {"demo", "aggregator", "gateway"})
+        seen = await prometheus_shows_the_demo(prom_port,
+                                                {"demo", "aggregator", "gateway", "admin"})
     # The supervisor reports its children and NATS as up.
     assert {k for k, v in seen.items() if k.startswith("process_up:") and v == 1} == {
-        "process_up:demo/aggregator", "process_up:demo/gateway", "process_up:demo/nats"}
+        "process_up:demo/admin", "process_up:demo/aggregator", "process_up:demo/gateway",
+        "process_up:demo/nats"}
     code, out, err = await xypipe(root, "observe", "--port", str(free_port()))
     assert code == 1 and "[XY-DEMO-008]" in err, out + err
 
@@ -202,7 +204,7 @@ async def test_up_smoke_observe_down_from_a_fresh_checkout(checkout):
     started = started_by_the_demo(root)
     names = {p.name() for p in started}
     assert {"nats-server", "prometheus"} <= names, names
-    assert len(started) == 6, started  # xypipe run, 2 children, nats-server, publisher, prometheus
+    assert len(started) == 7, started  # xypipe run, 3 children, nats-server, publisher, prometheus
     code, out, err = await xypipe(root, "down")
     assert code == 0, out + err
     assert "stopped the extra publisher" in out and "stopped Prometheus" in out

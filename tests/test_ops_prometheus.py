@@ -260,9 +260,9 @@ async def test_the_local_config_and_every_rule_run_against_a_real_demo(demo, tmp
     assert all(v > 0 for v in state["ticks"].values())
     # The counters the alerts take increase() of exist, at 0, before anything happened.
     restarts = {json.loads(k)["process"]: v for k, v in state["restarts"].items()}
-    assert restarts == {"nats": 0.0, "aggregator": 0.0, "gateway": 0.0}
+    assert restarts == {"nats": 0.0, "aggregator": 0.0, "gateway": 0.0, "admin": 0.0}
     transitions = {json.loads(k)["scope"]: v for k, v in state["transitions"].items()}
     assert transitions == {"pipeline:aggregator": 6, "pipeline:gateway": 6,
                            "pipeline:gateway:connection": 6, "pipeline:publisher": 6,
-                           "pipeline:ui": 6}
+                           "pipeline:ui": 6, "pipeline:admin": 6}
     assert len(state["stale"]) >= 2, state["stale"]  # the aggregator's XY_SRC, the gateway's

@@ -50,35 +50,35 @@ def _own_table(cfg: AppConfig, process: str) -> str:
     return "nats" if process == "main" else f"processes.{process}.nats"
 
 
-def _nats_problems(cfg: AppConfig) -> list[str]:
+def _nats_problems(cfg: AppConfig) -> list[tuple[str, str]]:
     nats = cfg.nats
     if nats is None:
         return []
     if nats.url == "embedded":
-        return [f"nats.url: {PROD_PLAINTEXT_NATS} prod profile: expected a NATS of your own "
-                'over TLS (url = "tls://…"), got "embedded" (the embedded bus has no TLS)']
-    out: list[str] = []
+        return [("nats.url: prod profile: expected a NATS of your own over TLS "
+                 '(url = "tls://…"), got "embedded" (the embedded bus has no TLS)',
+                 PROD_PLAINTEXT_NATS)]
+    out: list[tuple[str, str]] = []
     for process in cfg.process_names():
         signin = sign_in(cfg, process)
         own = _own_table(cfg, process)
         if not signin.tls:
-            line = (f"nats.url: {PROD_PLAINTEXT_NATS} prod profile: expected TLS to NATS "
-                    "(tls:// URLs, a [nats.tls] table or a chain), got "
-                    f"{show(nats.url)} without one")
+            line = ("nats.url: prod profile: expected TLS to NATS (tls:// URLs, a [nats.tls] "
+                    f"table or a chain), got {show(nats.url)} without one", PROD_PLAINTEXT_NATS)
             if line not in out:
                 out.append(line)
         if signin.cert is None:
-            out.append(f"{own}.tls: {PROD_NO_CLIENT_CERT} prod profile: expected a client "
-                       f"certificate for process {process!r} (mutual TLS: a chain, or "
-                       "tls.cert and tls.key), got none")
+            out.append((f"{own}.tls: prod profile: expected a client certificate for process "
+                        f"{process!r} (mutual TLS: a chain, or tls.cert and tls.key), got none",
+                        PROD_NO_CLIENT_CERT))
         if signin.creds is None:
-            out.append(f"{own}: {PROD_NO_CREDS} prod profile: expected a .creds file for "
-                       f"process {process!r} (chain or creds: a user JWT of role "
-                       f"{signin.role!r}), got sign-in by {signin.method}")
+            out.append((f"{own}: prod profile: expected a .creds file for process {process!r} "
+                        f"(chain or creds: a user JWT of role {signin.role!r}), got sign-in by "
+                        f"{signin.method}", PROD_NO_CREDS))
         if signin.role == "superuser":
             key = "nats.role" if process == "main" else f"processes.{process}.nats_role"
-            out.append(f"{key}: {PROD_SUPERUSER} prod profile: expected a least-privilege "
-                       f'role for process {process!r}, got "superuser"')
+            out.append((f"{key}: prod profile: expected a least-privilege role for process "
+                        f'{process!r}, got "superuser"', PROD_SUPERUSER))
     return out
 
 
@@ -86,30 +86,29 @@ def _dev_key(path: str) -> bool:
     return not path or DEV_KEY_DIR in PurePath(path).parts
 
 
-def _stage_problems(cfg: AppConfig) -> list[str]:
-    out: list[str] = []
+def _stage_problems(cfg: AppConfig) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
     for pipe in cfg.pipelines.values():
         for decl in pipe.stages:
             where = f"pipelines.{pipe.name}.{decl.where}"
             c = decl.config
             if isinstance(c, GatewayOptions) and "*" in c.allowed_origins:
-                out.append(f"{where}.allowed_origins: {PROD_ANY_ORIGIN} prod profile: expected "
-                           f"the exact origins of the UI, got {show(c.allowed_origins)}")
+                out.append((f"{where}.allowed_origins: prod profile: expected the exact "
+                            f"origins of the UI, got {show(c.allowed_origins)}", PROD_ANY_ORIGIN))
             if isinstance(c, GatewayOptions | FlagAdminOptions) and _dev_key(c.public_key):
-                out.append(f"{where}.public_key: {PROD_NO_TOKEN_KEY} prod profile: expected "
-                           "the identity provider's public key, got "
-                           f"{show(c.public_key)} (a development key: its private half is "
-                           "committed)")
+                out.append((f"{where}.public_key: prod profile: expected the identity "
+                            f"provider's public key, got {show(c.public_key)} (a development "
+                            "key: its private half is committed)", PROD_NO_TOKEN_KEY))
             if isinstance(c, UiServerConfig) and c.token_private_key is not None:
-                out.append(f"{where}.token_private_key: {PROD_DEV_TOKENS} prod profile: "
-                           "expected no token minting (tokens come from the identity "
-                           f"provider), got {show(c.token_private_key)}")
+                out.append((f"{where}.token_private_key: prod profile: expected no token "
+                            "minting (tokens come from the identity provider), got "
+                            f"{show(c.token_private_key)}", PROD_DEV_TOKENS))
     return out
 
 
-def prod_problems(cfg: AppConfig) -> list[str]:
-    """What ``cfg`` relaxes that production requires, one line per finding (whatever its
-    profile says)."""
+def prod_problems(cfg: AppConfig) -> list[tuple[str, str]]:
+    """What ``cfg`` relaxes that production requires: one (line, code) per finding (whatever
+    its profile says)."""
     return _nats_problems(cfg) + _stage_problems(cfg)
 
 
@@ -120,4 +119,5 @@ def check_profile(cfg: AppConfig) -> None:
         return
     problems = prod_problems(cfg)
     if problems:
-        raise SecurityProfileError([f"{cfg.path}: {p}" for p in problems])
+        raise SecurityProfileError([f"{cfg.path}: {line}" for line, _ in problems],
+                                   codes=[code for _, code in problems])

@@ -57,7 +57,7 @@ async def start_publisher(state: StateDir, options: PublisherOptions, *, timeout
     argv = [sys.executable, "-m", "xypipe", "publish", "--url", url,
             "--rate", f"{options.rate:g}", "--symbols", str(options.symbols),
             "--venues", options.venues, "--seed", str(options.seed)]
-    key = tree.layout.key_of("publisher", cwd)
+    key = tree.layout.key_of("adapter", cwd)
     if key is not None:
         argv += ["--nkey", key]
     log = state.log(StateDir.PUBLISHER)
