@@ -25,6 +25,7 @@ import attrs
 
 from xypipe._config import AppConfig, TlsConfig
 from xypipe._creds import Chain, ChainPaths, decode, parse_creds
+from xypipe._creds._client import user_claims
 from xypipe._creds._pki import CertFiles, client_tls_context
 from xypipe._errors import CredsError, WiringError, XyError
 from xypipe._nats import Refusal
@@ -93,16 +94,7 @@ class SignIn:
                                  f"{self.role!r}, signing in by {self.method})")
         if self.creds is None:
             return
-        try:
-            jwt, seed = parse_creds(self.creds.read_text())
-            claims = decode(jwt, kind="user")
-        except (CredsError, OSError, UnicodeDecodeError) as exc:
-            raise CredsError(f"{self.creds}: {exc}") from None
-        if seed is None:
-            raise CredsError(f"{self.creds}: holds a JWT but no seed; a .creds file has both")
-        if claims.expires_at is not None and claims.expires_at <= now:
-            raise CredsError(f"{self.creds}: the user JWT expired {now - claims.expires_at:.0f}"
-                             f" s ago; rotate it (xypipe creds rotate {self.role})")
+        user_claims(self.creds, self.role, now)
 
     def explain(self, refusal: Refusal, now: float) -> Refusal:
         """``refusal`` with its reason made precise where the credentials tell why: a JWT

@@ -4,34 +4,13 @@ tests' keys and aggregator (tests/gateway/gw_support.py), and a TCP proxy a test
 from __future__ import annotations
 
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "gateway"))
 from client_support import Proxy
-from gw_support import FakeAggregator, Keys
-
-from xypipe._nats import NatsClient, connect
-
-
-@pytest.fixture
-def keys(tmp_path: Path) -> Keys:
-    return Keys(tmp_path)
-
-
-@pytest.fixture
-async def publisher(nats_server) -> AsyncIterator[NatsClient]:  # type: ignore[no-untyped-def]
-    async with connect(nats_server.url, name="fake-aggregator") as nc:
-        yield nc
-
-
-@pytest.fixture
-async def aggregator(publisher: NatsClient) -> FakeAggregator:
-    agg = FakeAggregator(publisher, ["fx", "rates", "crypto"])
-    await agg.setup()
-    return agg
+from gw_support import aggregator, keys, publisher
 
 
 @pytest.fixture
@@ -40,3 +19,6 @@ async def proxy(nursery) -> Proxy:  # type: ignore[no-untyped-def]
     p = Proxy()
     await nursery.start(p.serve)
     return p
+
+
+__all__ = ["aggregator", "keys", "publisher"]

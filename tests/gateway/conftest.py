@@ -3,18 +3,10 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 
 import pytest
-from gw_support import FakeAggregator, JsonLogCapture, Keys
-
-from xypipe._nats import NatsClient, connect
-
-
-@pytest.fixture
-def keys(tmp_path: Path) -> Keys:
-    return Keys(tmp_path)
+from gw_support import JsonLogCapture, aggregator, keys, publisher
 
 
 @pytest.fixture
@@ -31,14 +23,4 @@ def json_logs() -> Iterator[JsonLogCapture]:
         root.setLevel(old_level)
 
 
-@pytest.fixture
-async def publisher(nats_server) -> AsyncIterator[NatsClient]:  # type: ignore[no-untyped-def]
-    async with connect(nats_server.url, name="fake-aggregator") as nc:
-        yield nc
-
-
-@pytest.fixture
-async def aggregator(publisher: NatsClient) -> FakeAggregator:
-    agg = FakeAggregator(publisher, ["fx", "rates", "crypto"])
-    await agg.setup()
-    return agg
+__all__ = ["aggregator", "keys", "publisher"]

@@ -11,6 +11,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 import trio_websocket
 from cryptography.hazmat.primitives import serialization
@@ -23,6 +24,7 @@ from xypipe._gateway._server import GatewayServer
 from xypipe._gateway._tokens import DEV_AUDIENCE, DEV_ISSUER, mint
 from xypipe._log import JsonFormatter
 from xypipe._md.book import state_checksum
+from xypipe._nats import NatsClient, connect
 from xypipe._stages.flag_admin import FlagAdmin
 from xypipe._stages.gateway import Gateway
 from xypipe.client import Client as SdkClient
@@ -430,3 +432,25 @@ async def expect_close(c: Client, limit_s: float = 10) -> int:
                 await c.recv()
             except trio_websocket.ConnectionClosed as exc:
                 return int(exc.reason.code)
+
+
+# -- fixtures shared by the gateway and client SDK tests (imported by their conftest.py) --------
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> Keys:
+    return Keys(tmp_path)
+
+
+@pytest.fixture
+async def publisher(nats_server) -> AsyncIterator[NatsClient]:  # type: ignore[no-untyped-def]
+    """The fake aggregator's NATS connection."""
+    async with connect(nats_server.url, name="fake-aggregator") as nc:
+        yield nc
+
+
+@pytest.fixture
+async def aggregator(publisher: NatsClient) -> FakeAggregator:
+    agg = FakeAggregator(publisher, ["fx", "rates", "crypto"])
+    await agg.setup()
+    return agg

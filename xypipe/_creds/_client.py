@@ -24,6 +24,23 @@ from xypipe._role_grants import ROLES, canonical_role, inbox_prefix
 __all__ = ["ClientAuth", "ConnectOptions"]
 
 
+def user_claims(creds: Path, role: str, now: float) -> Claims:
+    """The user claims of the ``.creds`` file ``creds`` (role ``role``), checked: it parses, it
+    holds a seed beside its JWT, and the JWT has not expired at ``now``; else a
+    :class:`CredsError` that names the file and what to do."""
+    try:
+        jwt, seed = parse_creds(creds.read_text())
+        claims = decode(jwt, kind="user")
+    except (CredsError, OSError, UnicodeDecodeError) as exc:
+        raise CredsError(f"{creds}: {exc}") from None
+    if seed is None:
+        raise CredsError(f"{creds}: holds a JWT but no seed; a .creds file has both")
+    if claims.expires_at is not None and claims.expires_at <= now:
+        raise CredsError(f"{creds}: the user JWT expired {now - claims.expires_at:.0f}"
+                         f" s ago; rotate it (xypipe creds rotate {role})")
+    return claims
+
+
 class ConnectOptions(TypedDict):
     """The keyword arguments of :func:`xypipe._nats.connect` that sign a process in."""
 
@@ -56,17 +73,7 @@ class ClientAuth:
         for path in (self.creds, self.ca, *((self.cert.cert, self.cert.key) if self.cert else ())):
             if not path.is_file():
                 raise CredsError(f"{path}: no such file (credentials of role {self.role!r})")
-        try:
-            jwt, seed = parse_creds(self.creds.read_text())
-            claims = decode(jwt, kind="user")
-        except (CredsError, OSError, UnicodeDecodeError) as exc:
-            raise CredsError(f"{self.creds}: {exc}") from None
-        if seed is None:
-            raise CredsError(f"{self.creds}: holds a JWT but no seed; a .creds file has both")
-        if claims.expires_at is not None and claims.expires_at <= now:
-            raise CredsError(f"{self.creds}: the user JWT expired {now - claims.expires_at:.0f}"
-                             f" s ago; rotate it (xypipe creds rotate {self.role})")
-        return claims
+        return user_claims(self.creds, self.role, now)
 
     def tls(self) -> ssl.SSLContext:
         return client_tls_context(self.ca, self.cert)
