@@ -157,7 +157,7 @@ def test_a_real_process_on_a_terminal_writes_console_lines_and_json_to_a_pipe(tm
     log_line, error = [" ".join(line.split()) for line in shown(seen).splitlines()]
     assert log_line.split(" ", 1)[1] == ("INFO cli: no embedded demo key found; connecting "
                                          "without credentials [XY-NATS-023] "
-                                         "looked_for=var/nats/auth/publisher.nk")
+                                         "looked_for=var/nats/auth/adapter.nk")
     assert error.startswith("xypipe publish: pipelines.publisher.stages[0] (publisher).replay: "
                             "expected the path of an existing tape file")
     piped = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, env=env,
