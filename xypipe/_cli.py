@@ -185,11 +185,25 @@ def _prefix(args: argparse.Namespace) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    log_format = getattr(args, "log_format", None)
+    if not log_format:
+        return _main(args)
+    # The environment, so the processes a supervisor starts log the same way — for this
+    # command only (main() is also called in-process, by tests and tools).
+    before = os.environ.get(_log.ENV_FORMAT)
+    os.environ[_log.ENV_FORMAT] = log_format
+    try:
+        return _main(args)
+    finally:
+        if before is None:
+            os.environ.pop(_log.ENV_FORMAT, None)
+        else:
+            os.environ[_log.ENV_FORMAT] = before
+
+
+def _main(args: argparse.Namespace) -> int:
     prefix = _prefix(args)
     try:
-        if getattr(args, "log_format", None):
-            # The environment, so the processes a supervisor starts log the same way.
-            os.environ[_log.ENV_FORMAT] = args.log_format
         _log.configure(getattr(args, "log_level", None) or "warning")
         result: int = args.func(args)
         return result
