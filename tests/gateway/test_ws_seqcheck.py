@@ -22,10 +22,12 @@ from gw_support import (
     no_hole,
     running_gateway,
     sdk,
+    server_of,
     updates_until,
     ws_client,
 )
 
+from xypipe._gateway._streams import StreamHistory
 from xypipe._nats import NatsClient
 from xypipe.client import SnapshotApplied
 from xypipe.contracts import Delta, Resume, ResumePoint
@@ -106,6 +108,16 @@ async def test_far_future_resume_point_gets_a_snapshot(
     async with running_gateway(nats_server.url, keys) as runner:
         port = http_port(runner)
         await aggregator.publish_deltas(2, ["fx"])
+        # The point is judged against the stream's head: wait until the gateway holds it (on a
+        # busy machine the resume could otherwise reach a gateway that knows no stream yet).
+        hub = server_of(runner).hub
+
+        def held(stream: StreamHistory | None) -> bool:
+            return stream is not None and stream.last_seq == aggregator.seq["fx"]
+
+        with trio.fail_after(10):
+            while not held(hub.streams.get(("fx", 0))):  # noqa: ASYNC110
+                await trio.sleep(0.01)
         async with ws_client(port) as c:
             await c.hello(keys.token("alice", ["xy.md.>"]))
             await c.send(resume=Resume(points=[
