@@ -109,16 +109,17 @@ def verify_failures(stats: xc.ClientStatistics) -> dict[str, int]:
     return out
 
 
+def _verdict(mismatches: int, ok: str) -> str:
+    return f"  CHECKSUM MISMATCH x{mismatches}" if mismatches else f"  {ok}"
+
+
 def describe_update(u: xc.Update, *, verify: bool = False) -> str:
     """One line about an update."""
     if isinstance(u, xc.DeltaApplied):
         merged = f" first_seq={u.first_seq}" if u.first_seq else ""
         removed = f" removed={len(u.removed)}" if u.removed else ""
         replayed = " (replayed after its snapshot)" if u.replayed else ""
-        check = ""
-        if verify:
-            check = (f"  CHECKSUM MISMATCH x{u.checksum_mismatches}" if u.checksum_mismatches
-                     else "  seq ok, checksums ok")
+        check = _verdict(u.checksum_mismatches, "seq ok, checksums ok") if verify else ""
         return (f"delta {u.group}/{u.shard} seq={u.seq}{merged} epoch={u.epoch} level={u.level} "
                 f"symbols={len(u.symbols)}{removed}{replayed}{check}")
     if isinstance(u, xc.DeltaSkipped):
@@ -127,10 +128,7 @@ def describe_update(u: xc.Update, *, verify: bool = False) -> str:
     if isinstance(u, xc.SnapshotApplied):
         seqs = ",".join(f"{k}:{v}" for k, v in u.shard_seq)
         resync = " (resync)" if u.resync else ""
-        check = ""
-        if verify:
-            check = (f"  CHECKSUM MISMATCH x{u.checksum_mismatches}" if u.checksum_mismatches
-                     else "  checksums ok")
+        check = _verdict(u.checksum_mismatches, "checksums ok") if verify else ""
         return (f"snapshot {u.group} v{u.version} epoch={u.epoch} shard_seq={{{seqs}}} "
                 f"symbols={u.symbols}{resync}{check}")
     if isinstance(u, xc.Connected):
