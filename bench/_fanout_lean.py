@@ -1,0 +1,201 @@
+"""bench/fanout.py's default load generator: N WebSocket connections in one process, as lean as
+a Python client gets.
+
+Framing is picows' (Cython: a received frame reaches Python as one callback with its payload
+still in picows' buffer) on uvloop's event loop (libuv, in C): no task per connection, no copy of
+a frame that is only counted. Every ``SAMPLE_EVERY``-th frame of each connection is read for its
+deltas' emit stamps through :func:`stamp_class`, a message type that declares only the fields the
+latency needs, so the protobuf runtime skips the symbols instead of building them. The result:
+a few µs of CPU per frame (the kernel's read is most of it), well under the gateway's cost. It
+runs on asyncio because picows does; it is a separate process and nothing else in the project
+uses that loop.
+
+The protocol is the browser's (``docs/protocol.md``): hello with the token, subscribe to the
+groups, a ``ClientFrame{ping}`` every 2 s; a connection counts as up once its welcome arrived,
+and a fatal error before that stops the run with what the gateway said.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+SAMPLE_EVERY = 10
+PING_EVERY_S = 2.0
+CONNECTING_AT_ONCE = 50
+
+
+def stamp_class(frame_descriptor: Any) -> Any:
+    """A message type reading a ServerFrame's delta emit stamps and degrade level only.
+
+    Field numbers and types are taken from the real ``ServerFrame`` descriptor, so the stamp
+    cannot drift from the contract."""
+    deltas = frame_descriptor.fields_by_name["deltas"]
+    degrade = frame_descriptor.fields_by_name["degrade"]
+    ts = deltas.message_type.fields_by_name["ts_emit_us"]
+    level = degrade.message_type.fields_by_name["level"]
+    fd = descriptor_pb2.FieldDescriptorProto
+    f = descriptor_pb2.FileDescriptorProto(name="xybench_stamp.proto", package="xybench",
+                                           syntax="proto3")
+    f.message_type.add(name="DeltaStamp").field.add(
+        name="ts_emit_us", number=ts.number, type=ts.type, label=fd.LABEL_OPTIONAL)
+    f.message_type.add(name="DegradeStamp").field.add(
+        name="level", number=level.number, type=level.type, label=fd.LABEL_OPTIONAL)
+    m = f.message_type.add(name="FrameStamp")
+    m.field.add(name="deltas", number=deltas.number, type=fd.TYPE_MESSAGE,
+                label=fd.LABEL_REPEATED, type_name=".xybench.DeltaStamp")
+    m.field.add(name="degrade", number=degrade.number, type=fd.TYPE_MESSAGE,
+                label=fd.LABEL_OPTIONAL, type_name=".xybench.DegradeStamp")
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(f)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("xybench.FrameStamp"))
+
+
+class Recorder:
+    """Every connection's counters together: frames and bytes always, latency, deltas and
+    degrade levels of the sampled frames; all only while ``measuring``."""
+
+    def __init__(self, stamp: Any) -> None:
+        self.stamp = stamp
+        self.measuring = False
+        self.frames = 0
+        self.bytes = 0
+        self.sampled = 0
+        self.deltas_sampled = 0
+        self.lat: list[float] = []
+        self.levels: list[int] = []
+        self.lost: list[str] = []
+
+    def frame(self, payload: bytes | memoryview, n: int) -> None:
+        if not self.measuring:
+            return
+        self.frames += 1
+        self.bytes += len(payload)
+        if n % SAMPLE_EVERY:
+            return
+        now_us = time.time() * 1e6
+        s = self.stamp.FromString(payload)
+        self.sampled += 1
+        self.deltas_sampled += len(s.deltas)
+        if s.deltas:
+            self.lat.append((now_us - min(d.ts_emit_us for d in s.deltas)) / 1000)
+        if s.HasField("degrade"):
+            self.levels.append(s.degrade.level)
+
+
+def _pct(xs: list[float], q: float) -> float:
+    return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else float("nan")
+
+
+async def _run(port: int, token: str, clients: int, seconds: float, warmup: float,
+               groups: list[str]) -> dict[str, Any]:
+    from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
+
+    from xypipe.contracts import ClientFrame, GroupRef, Hello, Ping, ServerFrame, Subscribe
+
+    rec = Recorder(stamp_class(ServerFrame.DESCRIPTOR))
+    hello = ClientFrame(id=1, hello=Hello(token=token, protocol_version=1,
+                                          client="bench-picows")).SerializeToString()
+    sub = ClientFrame(id=2, subscribe=Subscribe(
+        groups=[GroupRef(group=g) for g in groups])).SerializeToString()
+    ping = ClientFrame(ping=Ping(nonce=1)).SerializeToString()
+    loop = asyncio.get_running_loop()
+
+    class Conn(WSListener):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self.n = 0
+            self.welcome: asyncio.Future[None] = loop.create_future()
+            self.parts: list[bytes] = []
+
+        def on_ws_connected(self, t: WSTransport) -> None:
+            t.send(WSMsgType.BINARY, hello)
+            t.send(WSMsgType.BINARY, sub)
+
+        def on_ws_frame(self, t: WSTransport, f: WSFrame) -> None:
+            if f.msg_type not in (WSMsgType.BINARY, WSMsgType.CONTINUATION):
+                if f.msg_type == WSMsgType.CLOSE:
+                    self._gone(f"close {f.get_close_code()} {f.get_close_message()!r}")
+                return  # pings are answered by picows (enable_auto_pong)
+            if not f.fin or self.parts:  # a fragmented message: reassemble it
+                self.parts.append(f.get_payload_as_bytes())
+                if not f.fin:
+                    return
+                payload: bytes | memoryview = b"".join(self.parts)
+                self.parts.clear()
+            else:
+                payload = f.get_payload_as_memoryview()
+            self.n += 1
+            if not self.welcome.done():
+                msg = ServerFrame.FromString(payload)
+                if msg.HasField("error"):
+                    self.welcome.set_exception(RuntimeError(
+                        f"gateway refused the connection: {msg.error.code} "
+                        f"{msg.error.message}"))
+                    return
+                if msg.HasField("welcome"):
+                    self.welcome.set_result(None)
+            rec.frame(payload, self.n)
+
+        def on_ws_disconnected(self, t: WSTransport) -> None:
+            self._gone("disconnected")
+
+        def _gone(self, why: str) -> None:
+            if not self.welcome.done():
+                self.welcome.set_exception(RuntimeError(f"connection ended before the welcome: "
+                                                        f"{why}"))
+            elif rec.measuring:
+                rec.lost.append(why)
+
+    limiter = asyncio.Semaphore(CONNECTING_AT_ONCE)  # a burst of SYNs overflows the backlog
+
+    async def one() -> WSTransport:
+        async with limiter:
+            t, conn = await ws_connect(Conn, f"ws://127.0.0.1:{port}/ws",
+                                       enable_auto_pong=True)
+            await conn.welcome
+            return t
+
+    transports = await asyncio.gather(*(one() for _ in range(clients)))
+
+    async def pinger() -> None:
+        while True:
+            await asyncio.sleep(PING_EVERY_S)
+            for t in transports:
+                t.send(WSMsgType.BINARY, ping)
+
+    pings = asyncio.create_task(pinger())
+    await asyncio.sleep(warmup)  # snapshots delivered, levels settled at L0
+    print("READY", flush=True)
+    t0, cpu0 = time.monotonic(), time.process_time()
+    rec.measuring = True
+    await asyncio.sleep(seconds)
+    rec.measuring = False
+    elapsed = time.monotonic() - t0
+    cpu = time.process_time() - cpu0
+    pings.cancel()
+    for t in transports:
+        t.disconnect()
+    lat = sorted(rec.lat)
+    levels: list[int] = []
+    for lvl in rec.levels:
+        if not levels or levels[-1] != lvl:
+            levels.append(lvl)
+    return {
+        "client_kind": "picows", "clients": clients, "seconds": elapsed,
+        "client_cpu_pct": 100 * cpu / elapsed, "frames": rec.frames, "bytes": rec.bytes,
+        "frames_per_s": rec.frames / elapsed, "mbytes_per_s": rec.bytes / elapsed / 1e6,
+        "deltas_per_frame": rec.deltas_sampled / max(1, rec.sampled),
+        "lat_p50_ms": _pct(lat, 0.50), "lat_p99_ms": _pct(lat, 0.99), "lat_samples": len(lat),
+        "levels_seen": levels, "slow_levels": [], "slow_frames": 0,
+        "connections_lost": len(rec.lost), "first_lost": rec.lost[:1],
+    }
+
+
+def run(port: int, token: str, clients: int, seconds: float, warmup: float,
+        groups: list[str]) -> dict[str, Any]:
+    import uvloop
+
+    return uvloop.run(_run(port, token, clients, seconds, warmup, groups))
