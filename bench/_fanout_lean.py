@@ -86,22 +86,63 @@ class Recorder:
             self.levels.append(s.degrade.level)
 
 
+class NatsRecorder(Recorder):
+    """The peer's counters: NATS over WebSocket delivers each delta as its own ``MSG`` (several
+    per WebSocket frame), so deltas are counted per ``MSG`` and latency is sampled on the first
+    message of every ``SAMPLE_EVERY``-th frame."""
+
+    def __init__(self, stamp: Any) -> None:
+        super().__init__(stamp)
+        self.delta_stamp = message_factory.GetMessageClass(
+            stamp.DESCRIPTOR.fields_by_name["deltas"].message_type)
+        self.deltas = 0
+
+    def frame(self, payload: bytes | memoryview, n: int) -> None:
+        if not self.measuring:
+            return
+        data = bytes(payload)
+        self.frames += 1
+        self.bytes += len(data)
+        self.deltas += data.count(b"MSG ")
+        if n % SAMPLE_EVERY or not data.startswith(b"MSG "):
+            return
+        # MSG <subject> <sid> <size>\r\n<payload>\r\n
+        eol = data.find(b"\r\n")
+        size = int(data[:eol].rsplit(b" ", 1)[1])
+        body = data[eol + 2:eol + 2 + size]
+        if len(body) < size:
+            return  # the message continues in the next frame
+        now_us = time.time() * 1e6
+        self.sampled += 1
+        self.deltas_sampled += 1
+        self.lat.append((now_us - self.delta_stamp.FromString(body).ts_emit_us) / 1000)
+
+
 def _pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else float("nan")
 
 
 async def _run(port: int, token: str, clients: int, seconds: float, warmup: float,
-               groups: list[str]) -> dict[str, Any]:
+               groups: list[str], peer: str) -> dict[str, Any]:
     from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
     from xypipe.contracts import ClientFrame, GroupRef, Hello, Ping, ServerFrame, Subscribe
 
-    rec = Recorder(stamp_class(ServerFrame.DESCRIPTOR))
-    hello = ClientFrame(id=1, hello=Hello(token=token, protocol_version=1,
-                                          client="bench-picows")).SerializeToString()
-    sub = ClientFrame(id=2, subscribe=Subscribe(
-        groups=[GroupRef(group=g) for g in groups])).SerializeToString()
-    ping = ClientFrame(ping=Ping(nonce=1)).SerializeToString()
+    stamp = stamp_class(ServerFrame.DESCRIPTOR)
+    rec = NatsRecorder(stamp) if peer == "nats-ws" else Recorder(stamp)
+    if peer == "nats-ws":
+        # The NATS client protocol (as nats-server's WebSocket listener speaks it): one
+        # subscription per group's delta subject, and a PING whose PONG says all are in place.
+        hello = (b'CONNECT {"verbose":false,"pedantic":false,"protocol":1,"name":"bench"}\r\n'
+                 + b"".join(f"SUB xy.md.tick.{g} {i}\r\n".encode()
+                            for i, g in enumerate(groups, 1)) + b"PING\r\n")
+        sub = ping = b""
+    else:
+        hello = ClientFrame(id=1, hello=Hello(token=token, protocol_version=1,
+                                              client="bench-picows")).SerializeToString()
+        sub = ClientFrame(id=2, subscribe=Subscribe(
+            groups=[GroupRef(group=g) for g in groups])).SerializeToString()
+        ping = ClientFrame(ping=Ping(nonce=1)).SerializeToString()
     loop = asyncio.get_running_loop()
 
     class Conn(WSListener):  # type: ignore[misc]
@@ -112,10 +153,11 @@ async def _run(port: int, token: str, clients: int, seconds: float, warmup: floa
 
         def on_ws_connected(self, t: WSTransport) -> None:
             t.send(WSMsgType.BINARY, hello)
-            t.send(WSMsgType.BINARY, sub)
+            if sub:
+                t.send(WSMsgType.BINARY, sub)
 
         def on_ws_frame(self, t: WSTransport, f: WSFrame) -> None:
-            if f.msg_type not in (WSMsgType.BINARY, WSMsgType.CONTINUATION):
+            if f.msg_type not in (WSMsgType.BINARY, WSMsgType.TEXT, WSMsgType.CONTINUATION):
                 if f.msg_type == WSMsgType.CLOSE:
                     self._gone(f"close {f.get_close_code()} {f.get_close_message()!r}")
                 return  # pings are answered by picows (enable_auto_pong)
@@ -129,15 +171,26 @@ async def _run(port: int, token: str, clients: int, seconds: float, warmup: floa
                 payload = f.get_payload_as_memoryview()
             self.n += 1
             if not self.welcome.done():
-                msg = ServerFrame.FromString(payload)
-                if msg.HasField("error"):
-                    self.welcome.set_exception(RuntimeError(
-                        f"gateway refused the connection: {msg.error.code} "
-                        f"{msg.error.message}"))
-                    return
-                if msg.HasField("welcome"):
-                    self.welcome.set_result(None)
+                self._handshake(payload)
+            elif peer == "nats-ws" and bytes(payload[:4]) == b"PING":
+                t.send(WSMsgType.BINARY, b"PONG\r\n")  # the server's keepalive
             rec.frame(payload, self.n)
+
+        def _handshake(self, payload: bytes | memoryview) -> None:
+            if peer == "nats-ws":
+                text = bytes(payload)
+                if b"-ERR" in text:
+                    self.welcome.set_exception(RuntimeError(
+                        f"nats-server refused the connection: {text[:200]!r}"))
+                elif b"PONG" in text:
+                    self.welcome.set_result(None)
+                return
+            msg = ServerFrame.FromString(payload)
+            if msg.HasField("error"):
+                self.welcome.set_exception(RuntimeError(
+                    f"gateway refused the connection: {msg.error.code} {msg.error.message}"))
+            elif msg.HasField("welcome"):
+                self.welcome.set_result(None)
 
         def on_ws_disconnected(self, t: WSTransport) -> None:
             self._gone("disconnected")
@@ -153,8 +206,12 @@ async def _run(port: int, token: str, clients: int, seconds: float, warmup: floa
 
     async def one() -> WSTransport:
         async with limiter:
-            t, conn = await ws_connect(Conn, f"ws://127.0.0.1:{port}/ws",
-                                       enable_auto_pong=True)
+            path = "" if peer == "nats-ws" else "/ws"
+            t, conn = await ws_connect(Conn, f"ws://127.0.0.1:{port}{path}",
+                                       enable_auto_pong=True,
+                                       # a saturated server answers late; that is measured,
+                                       # not a reason to give up
+                                       websocket_handshake_timeout=120)
             await conn.welcome
             return t
 
@@ -164,7 +221,8 @@ async def _run(port: int, token: str, clients: int, seconds: float, warmup: floa
         while True:
             await asyncio.sleep(PING_EVERY_S)
             for t in transports:
-                t.send(WSMsgType.BINARY, ping)
+                if ping:
+                    t.send(WSMsgType.BINARY, ping)
 
     pings = asyncio.create_task(pinger())
     await asyncio.sleep(warmup)  # snapshots delivered, levels settled at L0
@@ -184,10 +242,12 @@ async def _run(port: int, token: str, clients: int, seconds: float, warmup: floa
         if not levels or levels[-1] != lvl:
             levels.append(lvl)
     return {
-        "client_kind": "picows", "clients": clients, "seconds": elapsed,
+        "client_kind": "picows", "server": peer, "clients": clients, "seconds": elapsed,
+        "deltas": rec.deltas if isinstance(rec, NatsRecorder) else None,
         "client_cpu_pct": 100 * cpu / elapsed, "frames": rec.frames, "bytes": rec.bytes,
         "frames_per_s": rec.frames / elapsed, "mbytes_per_s": rec.bytes / elapsed / 1e6,
-        "deltas_per_frame": rec.deltas_sampled / max(1, rec.sampled),
+        "deltas_per_frame": (rec.deltas / max(1, rec.frames) if isinstance(rec, NatsRecorder)
+                             else rec.deltas_sampled / max(1, rec.sampled)),
         "lat_p50_ms": _pct(lat, 0.50), "lat_p99_ms": _pct(lat, 0.99), "lat_samples": len(lat),
         "levels_seen": levels, "slow_levels": [], "slow_frames": 0,
         "connections_lost": len(rec.lost), "first_lost": rec.lost[:1],
@@ -195,7 +255,13 @@ async def _run(port: int, token: str, clients: int, seconds: float, warmup: floa
 
 
 def run(port: int, token: str, clients: int, seconds: float, warmup: float,
-        groups: list[str]) -> dict[str, Any]:
-    import uvloop
+        groups: list[str], peer: str = "gateway") -> dict[str, Any]:
+    try:
+        import picows  # noqa: F401
+        import uvloop
+    except ImportError as e:
+        raise SystemExit(f"fanout: the picows client needs picows and uvloop ({e}); install "
+                         "the dev extra (pip install -e '.[dev]') or pip install picows==2.3.1 "
+                         "uvloop==0.23.0") from e
 
-    return uvloop.run(_run(port, token, clients, seconds, warmup, groups))
+    return uvloop.run(_run(port, token, clients, seconds, warmup, groups, peer))

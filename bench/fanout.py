@@ -1,36 +1,47 @@
 """Gateway fan-out benchmark: N browser connections, each subscribed to 5 groups at 30 deltas/s.
 
 Three processes, as in production: the gateway (``xypipe run`` on a generated config, one core),
-the clients (one process of N WebSocket connections driven with wsproto), and this script, which
-runs nats-server and a publisher emitting 5 groups x 30 deltas/s (valid ``Delta``
-protos: 4 symbols, 5 levels a side, ~0.6 KB) plus a snapshot per group every 2 s.
+the load generator (one process holding all N WebSocket connections), and this script, which
+runs nats-server and a publisher emitting 5 groups x 30 deltas/s (valid ``Delta`` protos: 4
+symbols, 5 levels a side, ~0.6 KB) plus a snapshot per group every 2 s.
 
-For each N it measures over ``--seconds``:
+For each N it measures over ``--seconds`` (after ``--warmup`` seconds with every client up):
 
 - frames/s delivered (all clients together) and the ideal (N x 30: one frame per connection per
-  flush tick carrying that tick's 5 deltas), and deltas/s delivered (ideal N x 150);
-- gateway CPU (its process's user+system time over the window, % of one core);
+  flush tick carrying that tick's 5 deltas), deltas per frame (more than 5 when the gateway falls
+  behind and merges), MB/s of frame payload;
+- each side's CPU, read from ``/proc/<pid>/stat`` at the window's ends: the gateway's process
+  and the load generator's, as % of one core and as **µs of CPU per delivered frame**;
 - latency p50/p99 from the publisher's ``ts_emit_us`` (just before the NATS publish) to the
   client holding the frame, sampled on every 10th frame of every client: NATS → gateway →
   socket → client process. Both ends share this machine's clock.
 
     python bench/fanout.py                         # 100, 500, 1000 clients, 3 runs each
     python bench/fanout.py --clients 100 --runs 1 --seconds 5
-    python bench/fanout.py --compare-clients       # the load generator's own cost, per kind
-Writes bench/results/fanout.{json,md}; the tables quote medians of the runs.
+    python bench/fanout.py --compare-clients       # every client kind side by side
+    python bench/fanout.py --compare-clients picows wsproto --clients 100 500
 
-**The load generator must cost less than the server it measures.** Three client kinds drive the
-same protocol (``--client``): ``wsproto`` (the default: wsproto on a bare socket, a frame
-decoded only when sampled), ``sdk-lean`` (:mod:`xypipe.client` with ``lean=True``: frames
-handed over undecoded, no checks) and ``sdk`` (the full client: every frame decoded, every
-sequence and checksum checked). ``--compare-clients`` runs each at the same load and writes
-their CPU beside the gateway's (``bench/results/fanout_clients.{json,md}``). Measured: at 100
-clients wsproto costs 12 % of a core against the gateway's 21 %, sdk-lean 25 % (more than the
-gateway it measures), the full sdk 95 % (≈ 0.3 ms a frame); at 300 clients wsproto 35 % against
-57 %, sdk-lean 78 %, and the full sdk falls far behind. So the load generator stays the wsproto
-client; the SDK is for programs that want the data (a bot on 5 groups at 30 Hz spends ~1 % of a
-core on it).
+Writes bench/results/fanout.{json,md} (``--compare-clients``: fanout_clients.{json,md};
+``--results DIR`` elsewhere); the tables quote medians of the runs. It drives only the public
+CLI (``xypipe run``, ``xypipe token``) and the contracts, so it runs unchanged in older
+checkouts (copy ``bench/fanout.py``, ``bench/_fanout_lean.py``, ``bench/fanout_client.mjs``;
+install picows and uvloop, and ``ws`` for the node client).
+
+**The load generator must cost less than the server it measures**, so its CPU is printed beside
+the gateway's. Client kinds (``--client``), cheapest first:
+
+- ``picows`` (default, ``bench/_fanout_lean.py``): picows' Cython WebSocket framing on uvloop,
+  one callback per frame, sampled frames read through a message type holding only the stamps;
+- ``node`` (``bench/fanout_client.mjs``): the ``ws`` package in one Node process, sampled frames
+  scanned with protobuf-es' wire reader — an independent stack, to cross-check the latency;
+- ``wsproto``: the previous default, wsproto on trio sockets (pure Python framing);
+- ``sdk-lean`` / ``sdk``: :mod:`xypipe.client` with frames handed over undecoded / fully
+  decoded and verified — what a program using the SDK costs, not a load generator.
+
+``--compare-clients`` runs the kinds interleaved at the same load (one run's noise shared by
+all); ``bench/results/fanout_clients.md`` has the last such run.
 """
+
 
 from __future__ import annotations
 
@@ -51,6 +62,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import attrs
 import trio
 
 from xypipe._errors import BridgeError
@@ -362,7 +374,7 @@ max_connections = 5000
 
 
 def _loadgen_command(kind: str, port: int, token: str, clients: int, seconds: float,
-                     slow: int, slow_pause: float, warmup: float) -> list[str]:
+                     slow: int, slow_pause: float, warmup: float, peer: str) -> list[str]:
     if slow and kind in ("node", "picows"):
         raise SystemExit("fanout: the slow reader is a trio client (--client wsproto)")
     if kind == "node":
@@ -376,17 +388,18 @@ def _loadgen_command(kind: str, port: int, token: str, clients: int, seconds: fl
     return [sys.executable, str(SCRIPT), "--worker", "--port", str(port),
             "--token", token, "--clients", str(clients), "--seconds", str(seconds),
             "--slow", str(slow), "--slow-pause", str(slow_pause), "--client", kind,
-            "--warmup", str(warmup)]
+            "--warmup", str(warmup), "--peer", peer]
 
 
 async def _run_worker(port: int, token: str, clients: int, seconds: float,
                       gw_pid: int, slow: int = 0, slow_pause: float = 0.0,
-                      kind: str = "wsproto", warmup: float = 5.0) -> dict[str, Any]:
+                      kind: str = "wsproto", warmup: float = 5.0,
+                      peer: str = "gateway") -> dict[str, Any]:
     """One measured window: the load generator in its own process, both sides' CPU read from
     /proc at the window's ends (the generator prints READY when it opens, RESULT when it
     closes)."""
     proc = await trio.lowlevel.open_process(
-        _loadgen_command(kind, port, token, clients, seconds, slow, slow_pause, warmup),
+        _loadgen_command(kind, port, token, clients, seconds, slow, slow_pause, warmup, peer),
         stdout=subprocess.PIPE, cwd=str(REPO),
     )
     assert proc.stdout is not None
@@ -413,7 +426,15 @@ async def _run_worker(port: int, token: str, clients: int, seconds: float,
     assert cpu0 is not None and gen0 is not None and t0 is not None
     window = t1 - t0
     frames = result["frames_per_s"] * result["seconds"]
+    # The peer counts every delta it received (one NATS MSG each); the gateway's frames carry
+    # several, counted on the sampled frames.
+    deltas = result.get("deltas") or frames * result["deltas_per_frame"]
+    result["server"] = peer
+    result["deltas_per_s"] = deltas / result["seconds"]
+    # gateway_*: the server measured (`xypipe run`, or nats-server for the peer).
     result["gateway_cpu_pct"] = 100 * (cpu1 - cpu0) / window
+    result["server_ms_per_mb"] = 1e3 * (cpu1 - cpu0) / max(1e-9, result["mbytes_per_s"]
+                                                           * result["seconds"])
     result["loadgen_cpu_pct"] = 100 * (gen1 - gen0) / window
     # CPU per delivered frame, each side: the gateway's cost is the number the issue's goal is
     # stated in; the generator's must stay well under it for the gateway's to mean anything.
@@ -423,6 +444,7 @@ async def _run_worker(port: int, token: str, clients: int, seconds: float,
     result["level_changes_in_window"] = (
         _metric_sum(_PORT[0], "backpressure_events_total") - slow0)
     result["ideal_frames_per_s"] = clients * RATE_HZ
+    result["ideal_deltas_per_s"] = clients * RATE_HZ * len(GROUPS)
     return result
 
 
@@ -441,18 +463,31 @@ def _metric_sum(port: int, sample: str) -> float:
                if s.name == sample)
 
 
+@attrs.frozen
+class NatsServer:
+    url: str
+    pid: int
+    ws_port: int | None  # nats-server's own WebSocket listener (--peer nats-ws), else None
+
+
 @asynccontextmanager
-async def _nats_server() -> AsyncIterator[str]:
+async def _nats_server(websocket: bool = False) -> AsyncIterator[NatsServer]:
     """A nats-server child for the benchmark's lifetime (started directly: see the report on
-    die-with-parent children)."""
+    die-with-parent children); with ``websocket``, its WebSocket listener open as the peer."""
     from xypipe._embedded import find_nats_server
     from xypipe._nats import connect
 
     port = _free_port()
+    ws_port = _free_port() if websocket else None
     with tempfile.TemporaryDirectory(prefix="xy-bench-nats-") as data:
+        args = [str(find_nats_server()), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", data]
+        if ws_port is not None:
+            conf = Path(data) / "ws.conf"
+            conf.write_text(f"websocket {{\n  listen: \"127.0.0.1:{ws_port}\"\n"
+                            "  no_tls: true\n  compression: false\n}\n")
+            args += ["-c", str(conf)]
         proc = await trio.lowlevel.open_process(
-            [str(find_nats_server()), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", data],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         url = f"nats://127.0.0.1:{port}"
         try:
             for _ in range(100):
@@ -461,7 +496,7 @@ async def _nats_server() -> AsyncIterator[str]:
                         break
                 except BridgeError:
                     await trio.sleep(0.05)  # the server is starting
-            yield url
+            yield NatsServer(url, proc.pid, ws_port)
         finally:
             proc.terminate()
             await proc.wait()
@@ -479,12 +514,14 @@ def _token() -> str:
 
 async def bench(sizes: list[int], runs: int, seconds: float, extra: str = "",
                 slow: tuple[int, float] | None = None,
-                kinds: tuple[str, ...] = ("wsproto",), warmup: float = 5.0) -> list[dict]:
+                kinds: tuple[str, ...] = ("wsproto",), warmup: float = 5.0,
+                peer: str | None = None) -> list[dict]:
     from xypipe._nats import connect
 
     token = _token()
     results: list[dict] = []
-    async with _nats_server() as url, connect(url) as nc:
+    async with _nats_server(websocket=peer == "nats-ws") as ns, connect(ns.url) as nc:
+        url = ns.url
         port = _free_port()
         _PORT[0] = port
         with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
@@ -513,6 +550,14 @@ async def bench(sizes: list[int], runs: int, seconds: float, extra: str = "",
                                 res["slow"] = nslow
                                 results.append(res)
                             print(json.dumps(res), flush=True)
+                        if ns.ws_port is not None:  # the peer, read by the same lean client
+                            res = await _run_worker(ns.ws_port, token, n, seconds, ns.pid,
+                                                    kind="picows", warmup=warmup,
+                                                    peer="nats-ws")
+                            res["run"] = r
+                            res["slow"] = 0
+                            results.append(res)
+                            print(json.dumps(res), flush=True)
                 stop.set()
         finally:
             gw.terminate()
@@ -521,28 +566,28 @@ async def bench(sizes: list[int], runs: int, seconds: float, extra: str = "",
     return results
 
 
-MEDIAN_KEYS = ("frames_per_s", "ideal_frames_per_s", "mbytes_per_s", "deltas_per_frame",
-               "gateway_cpu_pct", "gateway_us_per_frame", "loadgen_cpu_pct",
-               "loadgen_us_per_frame", "lat_p50_ms", "lat_p99_ms")
+MEDIAN_KEYS = ("frames_per_s", "ideal_frames_per_s", "deltas_per_s", "ideal_deltas_per_s",
+               "mbytes_per_s", "deltas_per_frame", "gateway_cpu_pct", "gateway_us_per_frame",
+               "server_ms_per_mb", "loadgen_cpu_pct", "loadgen_us_per_frame", "lat_p50_ms",
+               "lat_p99_ms")
 
 
 def summarize(results: list[dict]) -> list[dict]:
-    """Medians per (clients, client kind) over the runs."""
+    """Medians per (clients, server, client kind) over the runs."""
     rows = []
-    kinds = sorted({r.get("client_kind", "wsproto") for r in results},
-                   key=CLIENT_KINDS.index)
     for n in sorted({r["clients"] for r in results}):
-        for kind in kinds:
-            rs = [r for r in results
-                  if r["clients"] == n and r.get("client_kind", "wsproto") == kind]
-            if not rs:
-                continue
-            med: dict[str, Any] = {k: statistics.median(r[k] for r in rs) for k in MEDIAN_KEYS}
-            med["clients"] = n
-            med["client_kind"] = kind
-            med["runs"] = len(rs)
-            med["connections_lost"] = sum(r.get("connections_lost", 0) for r in rs)
-            rows.append(med)
+        for server in ("gateway", "nats-ws"):
+            for kind in CLIENT_KINDS:
+                rs = [r for r in results if r["clients"] == n
+                      and r.get("server", "gateway") == server
+                      and r.get("client_kind", "wsproto") == kind]
+                if not rs:
+                    continue
+                med: dict[str, Any] = {k: statistics.median(r[k] for r in rs)
+                                       for k in MEDIAN_KEYS}
+                med.update(clients=n, server=server, client_kind=kind, runs=len(rs),
+                           connections_lost=sum(r.get("connections_lost", 0) for r in rs))
+                rows.append(med)
     return rows
 
 
@@ -550,8 +595,15 @@ def _machine(rows: list[dict]) -> str:
     return (f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python "
             f"{platform.python_version()}; medians of {rows[0]['runs'] if rows else 0} runs. "
             "CPU % is of one core over the measured window, read from /proc for each side's "
-            "own process (gateway: `xypipe run`; load generator: the client process); "
-            "µs/frame is that CPU divided by the frames the clients received.")
+            "own process (server: `xypipe run`'s gateway, or nats-server for the `nats-ws` "
+            "peer; load generator: the client process); µs/frame is that CPU divided by the "
+            "frames the clients received, ms/MB by the payload megabytes.")
+
+
+def _lost(rows: list[dict]) -> list[str]:
+    lost = sum(r["connections_lost"] for r in rows)
+    return ["", f"**{lost} client connections were lost during measured windows** (see the "
+            "JSON's `first_lost`)."] if lost else []
 
 
 def markdown_clients(rows: list[dict], title: str) -> str:
@@ -560,33 +612,39 @@ def markdown_clients(rows: list[dict], title: str) -> str:
              "| gateway µs/frame | frames/s delivered | ideal | latency p50 ms | p99 ms |",
              "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
+        if r["server"] != "gateway":
+            continue
         lines.append(
             f"| {r['clients']} | {r['client_kind']} | {r['loadgen_cpu_pct']:.0f} | "
             f"{r['loadgen_us_per_frame']:.1f} | {r['gateway_cpu_pct']:.0f} | "
             f"{r['gateway_us_per_frame']:.1f} | {r['frames_per_s']:.0f} | "
             f"{r['ideal_frames_per_s']:.0f} | {r['lat_p50_ms']:.1f} | {r['lat_p99_ms']:.1f} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _lost(rows)) + "\n"
 
 
 def markdown(rows: list[dict], title: str) -> str:
     kinds = ", ".join(sorted({r["client_kind"] for r in rows}))
     lines = [f"# {title}", "", _machine(rows) + f" Load generator: `{kinds}`.", "",
-             "| clients | frames/s delivered | ideal | deltas/frame | MB/s | gateway CPU % "
-             "| gateway µs/frame | load gen CPU % | load gen µs/frame | latency p50 ms "
-             "| p99 ms |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| clients | server | frames/s delivered | ideal | deltas/frame | deltas/s "
+             "| MB/s | server CPU % | server µs/frame | server ms/MB | load gen CPU % "
+             "| load gen µs/frame | latency p50 ms | p99 ms |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
+        peer = r["server"] != "gateway"
         lines.append(
-            f"| {r['clients']} | {r['frames_per_s']:.0f} | {r['ideal_frames_per_s']:.0f} | "
-            f"{r['deltas_per_frame']:.1f} | {r['mbytes_per_s']:.1f} | "
-            f"{r['gateway_cpu_pct']:.0f} | {r['gateway_us_per_frame']:.1f} | "
+            f"| {r['clients']} | {r['server']} | {r['frames_per_s']:.0f} | "
+            f"{'—' if peer else format(r['ideal_frames_per_s'], '.0f')} | "
+            f"{r['deltas_per_frame']:.1f} | {r['deltas_per_s']:.0f} | "
+            f"{r['mbytes_per_s']:.1f} | {r['gateway_cpu_pct']:.0f} | "
+            f"{r['gateway_us_per_frame']:.1f} | {r['server_ms_per_mb']:.2f} | "
             f"{r['loadgen_cpu_pct']:.0f} | {r['loadgen_us_per_frame']:.1f} | "
             f"{r['lat_p50_ms']:.1f} | {r['lat_p99_ms']:.1f} |")
-    lost = sum(r["connections_lost"] for r in rows)
-    if lost:
-        lines += ["", f"**{lost} client connections were lost during measured windows** "
-                  "(see the JSON's `first_lost`)."]
-    return "\n".join(lines) + "\n"
+    lines += ["", "Ideal: N x 30 frames/s, N x 150 deltas/s. A `nats-ws` row is nats-server's "
+              "own WebSocket listener delivering the same deltas to the same number of the same "
+              "lean clients (one NATS `MSG` per delta, several per WebSocket frame): compare "
+              "deltas/s, ms/MB and latency, not frames."] if any(
+                  r["server"] != "gateway" for r in rows) else []
+    return "\n".join(lines + _lost(rows)) + "\n"
 
 
 def _write(results: list[dict], rows: list[dict], out: Path, name: str, md: str) -> None:
@@ -613,15 +671,19 @@ def main() -> None:
     p.add_argument("--client", choices=CLIENT_KINDS, default="picows",
                    help="the load generator (default picows: the cheapest; see the module's "
                         "docstring for the others)")
+    p.add_argument("--peer", nargs="?", const="nats-ws", choices=["gateway", "nats-ws"],
+                   help="also measure nats-server's own WebSocket listener fed the same "
+                        "deltas, read by the picows client (a row per client count)")
     p.add_argument("--compare-clients", nargs="*", choices=CLIENT_KINDS, metavar="KIND",
                    help="run these client kinds (default: all) interleaved at the same load; "
                         "writes fanout_clients.*")
     args = p.parse_args()
     if args.worker and args.client == "picows":
+        args.peer = args.peer or "gateway"
         import _fanout_lean
 
         res = _fanout_lean.run(args.port, args.token, args.clients[0], args.seconds,
-                               args.warmup, GROUPS)
+                               args.warmup, GROUPS, args.peer)
         print("RESULT " + json.dumps(res), flush=True)
         return
     if args.worker:
@@ -632,13 +694,15 @@ def main() -> None:
     if args.compare_clients is not None:
         kinds = tuple(k for k in CLIENT_KINDS if k in (args.compare_clients or CLIENT_KINDS))
         results = trio.run(functools.partial(bench, args.clients, args.runs, args.seconds,
-                                             kinds=kinds, warmup=args.warmup))
+                                             kinds=kinds, warmup=args.warmup,
+                                             peer=args.peer))
         rows = summarize(results)
         _write(results, rows, args.results, "fanout_clients",
                markdown_clients(rows, "Fan-out load generator: what each client kind costs"))
         return
     results = trio.run(functools.partial(bench, args.clients, args.runs, args.seconds,
-                                         kinds=(args.client,), warmup=args.warmup))
+                                         kinds=(args.client,), warmup=args.warmup,
+                                         peer=args.peer))
     rows = summarize(results)
     _write(results, rows, args.results, "fanout",
            markdown(rows, "Gateway fan-out: 5 groups x 30 deltas/s per client"))
