@@ -1,11 +1,12 @@
-// The fan-out benchmark's load generator: N WebSocket connections to the gateway in one Node
-// process (the `ws` package, pinned in package.json), each speaking the browser protocol (hello
-// with the token, subscribe to the groups, a ClientFrame ping every 2 s) and counting every frame
-// and byte it receives. Every SAMPLE_EVERY-th frame of each connection is read just far enough to
-// find its deltas' emit stamps (Delta.ts_emit_us, the publisher's wall clock) and its degrade
-// level: latency = now - the oldest stamp in the frame, as bench/fanout.py's Python clients
-// measure it. Nothing else is decoded, so the generator costs a few µs a frame, far less than
-// the gateway it measures.
+// bench/fanout.py's Node load generator (`--client node`): N WebSocket connections to the
+// gateway in one Node process (the `ws` package, pinned in package.json), each speaking the
+// browser protocol (hello with the token, subscribe to the groups, a ClientFrame ping every 2 s)
+// and counting every frame and byte it receives. Every SAMPLE_EVERY-th frame of each connection
+// is read just far enough to find its deltas' emit stamps (Delta.ts_emit_us, the publisher's
+// wall clock) and its degrade level: latency = now - the oldest stamp in the frame, as the
+// Python clients measure it. A stack independent of the default picows client (another language,
+// another WebSocket library), to cross-check its latency; it costs about twice as much CPU per
+// frame, still well under the gateway.
 //
 // Driven by bench/fanout.py:
 //   node bench/fanout_client.mjs --port P --token JWT --clients N --seconds S [--warmup W]
