@@ -608,14 +608,13 @@ def _lost(rows: list[dict]) -> list[str]:
 
 def markdown_clients(rows: list[dict], title: str) -> str:
     lines = [f"# {title}", "", _machine(rows) + " The kinds run interleaved, run by run.", "",
-             "| clients | client | load gen CPU % | load gen µs/frame | gateway CPU % "
-             "| gateway µs/frame | frames/s delivered | ideal | latency p50 ms | p99 ms |",
+             "| clients | client | load gen CPU % | load gen µs/frame | server CPU % "
+             "| server µs/frame | frames/s delivered | ideal | latency p50 ms | p99 ms |",
              "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        if r["server"] != "gateway":
-            continue
+        client = r["client_kind"] + ("" if r["server"] == "gateway" else f" → {r['server']}")
         lines.append(
-            f"| {r['clients']} | {r['client_kind']} | {r['loadgen_cpu_pct']:.0f} | "
+            f"| {r['clients']} | {client} | {r['loadgen_cpu_pct']:.0f} | "
             f"{r['loadgen_us_per_frame']:.1f} | {r['gateway_cpu_pct']:.0f} | "
             f"{r['gateway_us_per_frame']:.1f} | {r['frames_per_s']:.0f} | "
             f"{r['ideal_frames_per_s']:.0f} | {r['lat_p50_ms']:.1f} | {r['lat_p99_ms']:.1f} |")

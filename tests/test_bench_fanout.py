@@ -53,16 +53,6 @@ def test_recorder_counts_every_frame_and_samples_every_tenth_while_measuring() -
     assert all(lat > 0 for lat in rec.lat)  # now minus a stamp of 1 µs after the epoch
 
 
-def _short_run(tmp_path: pathlib.Path, *args: str) -> dict:
-    out = subprocess.run(
-        [sys.executable, str(BENCH / "fanout.py"), "--clients", "3", "--runs", "1",
-         "--seconds", "1.5", "--warmup", "0.5", "--results", str(tmp_path), *args],
-        capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr[-3000:]
-    saved: dict = json.loads((tmp_path / "fanout.json").read_text())
-    return saved
-
-
 def _counted(r: dict) -> None:
     """Every frame and byte counted, latency sampled, both sides' CPU read."""
     assert r["clients"] == 3 and r["connections_lost"] == 0, r
@@ -74,22 +64,21 @@ def _counted(r: dict) -> None:
 
 
 @pytest.mark.nats
-def test_a_short_default_run_measures_the_gateway_and_the_nats_ws_peer(
-        tmp_path: pathlib.Path) -> None:
-    saved = _short_run(tmp_path, "--peer")
-    runs = {r["server"]: r for r in saved["runs"]}
-    assert set(runs) == {"gateway", "nats-ws"}
+def test_a_short_run_of_each_lean_client_and_the_nats_ws_peer(tmp_path: pathlib.Path) -> None:
+    # One stack for all three windows: picows and node against the gateway, picows against
+    # nats-server's WebSocket listener.
+    out = subprocess.run(
+        [sys.executable, str(BENCH / "fanout.py"), "--compare-clients", "picows", "node",
+         "--peer", "--clients", "3", "--runs", "1", "--seconds", "1.5", "--warmup", "0.5",
+         "--results", str(tmp_path)],
+        capture_output=True, text=True, timeout=150)
+    assert out.returncode == 0, out.stderr[-3000:]
+    saved = json.loads((tmp_path / "fanout_clients.json").read_text())
+    runs = {(r["server"], r["client_kind"]): r for r in saved["runs"]}
+    assert set(runs) == {("gateway", "picows"), ("gateway", "node"), ("nats-ws", "picows")}
     for r in runs.values():
-        assert r["client_kind"] == "picows"
         _counted(r)
     # The peer delivers each delta as its own NATS message: all of them are counted.
-    assert runs["nats-ws"]["deltas"] > 0
-    md = (tmp_path / "fanout.md").read_text()
-    assert "| 3 | gateway |" in md and "| 3 | nats-ws |" in md
-
-
-@pytest.mark.nats
-def test_a_short_run_of_the_node_client(tmp_path: pathlib.Path) -> None:
-    (r,) = _short_run(tmp_path, "--client", "node")["runs"]
-    assert r["client_kind"] == "node" and r["server"] == "gateway"
-    _counted(r)
+    assert runs["nats-ws", "picows"]["deltas"] > 0
+    md = (tmp_path / "fanout_clients.md").read_text()
+    assert "| 3 | picows |" in md and "| 3 | node |" in md
