@@ -18,6 +18,7 @@ and a fatal error before that stops the run with what the gateway said.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import Any
 
@@ -234,14 +235,12 @@ async def _run(port: int, token: str, clients: int, seconds: float, warmup: floa
     elapsed = time.monotonic() - t0
     cpu = time.process_time() - cpu0
     pings.cancel()
-    for t in transports:
-        t.disconnect()
     lat = sorted(rec.lat)
     levels: list[int] = []
     for lvl in rec.levels:
         if not levels or levels[-1] != lvl:
             levels.append(lvl)
-    return {
+    result = {
         "client_kind": "picows", "server": peer, "clients": clients, "seconds": elapsed,
         "deltas": rec.deltas if isinstance(rec, NatsRecorder) else None,
         "client_cpu_pct": 100 * cpu / elapsed, "frames": rec.frames, "bytes": rec.bytes,
@@ -252,6 +251,12 @@ async def _run(port: int, token: str, clients: int, seconds: float, warmup: floa
         "levels_seen": levels, "slow_levels": [], "slow_frames": 0,
         "connections_lost": len(rec.lost), "first_lost": rec.lost[:1],
     }
+    # Printed before the connections close: the orchestrator reads this process's CPU when the
+    # line arrives, and closing a thousand connections is not part of the window.
+    print("RESULT " + json.dumps(result), flush=True)
+    for t in transports:
+        t.disconnect()
+    return result
 
 
 def run(port: int, token: str, clients: int, seconds: float, warmup: float,

@@ -681,9 +681,8 @@ def main() -> None:
         args.peer = args.peer or "gateway"
         import _fanout_lean
 
-        res = _fanout_lean.run(args.port, args.token, args.clients[0], args.seconds,
-                               args.warmup, GROUPS, args.peer)
-        print("RESULT " + json.dumps(res), flush=True)
+        _fanout_lean.run(args.port, args.token, args.clients[0], args.seconds, args.warmup,
+                         GROUPS, args.peer)  # prints its RESULT line
         return
     if args.worker:
         res = trio.run(_worker, args.port, args.token, args.clients[0], args.seconds, args.slow,
