@@ -516,6 +516,9 @@ async def bench(sizes: list[int], runs: int, seconds: float, extra: str = "",
                 slow: tuple[int, float] | None = None,
                 kinds: tuple[str, ...] = ("wsproto",), warmup: float = 5.0,
                 peer: str | None = None) -> list[dict]:
+    """Every (client count, run, client kind) window on one stack. ``kinds`` defaults to
+    wsproto for bench/slow_consumer.py, whose slow reader is a trio client; the command line's
+    default is picows."""
     from xypipe._nats import connect
 
     token = _token()
