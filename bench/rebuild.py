@@ -52,6 +52,8 @@ KINDS = ("random", "before-snapshot", "stale-group")
 SNAPSHOT_S = 2.0
 COLD_SYMBOLS = 500
 STORED_DEFAULT = "xy.md.snapshot.default"
+#: A restarted aggregator that has not reported its rebuild by then is counted as not rebuilt.
+REBUILD_TIMEOUT_S = 30.0
 
 
 def cold_tick(symbol: str, seq: int) -> bytes:
@@ -147,17 +149,19 @@ async def one_run(work: Path, kind: str, rng: random.Random) -> dict[str, Any]:
             spawned = time.monotonic()
             spawn_wall_us[0] = time.time_ns() // 1000
             await trio.to_thread.run_sync(second.start)
-            while True:
-                m = await trio.to_thread.run_sync(second.metrics)
-                if any(k.startswith("aggregator_rebuilds_total{") for k in m):
-                    break
-                await trio.sleep(0.01)
-            to_rebuilt = time.monotonic() - spawned
+            rebuilt, m = False, {}
+            with trio.move_on_after(REBUILD_TIMEOUT_S):
+                while not rebuilt:
+                    m = await trio.to_thread.run_sync(second.metrics)
+                    rebuilt = any(k.startswith("aggregator_rebuilds_total{") for k in m)
+                    if not rebuilt:
+                        await trio.sleep(0.01)
+            to_rebuilt = time.monotonic() - spawned if rebuilt else float("nan")
             with trio.move_on_after(10):
                 while not first_delta:  # noqa: ASYNC110 (set by the subscriber task)
                     await trio.sleep(0.01)
             to_first_delta = first_delta[0] - spawned if first_delta else float("nan")
-            rebuild_s = m["aggregator_rebuild_seconds"]
+            rebuild_s = m["aggregator_rebuild_seconds"] if rebuilt else float("nan")
             continued = m.get('aggregator_rebuilds_total{continued="true"}', 0.0)
             await trio.to_thread.run_sync(pub.wait)
             await trio.sleep(1.0)
@@ -174,19 +178,23 @@ async def one_run(work: Path, kind: str, rng: random.Random) -> dict[str, Any]:
             "replayed_msgs": replayed,
             "behind_at_kill_msgs": (None if replay_from is None
                                     else max(source_at_kill - replay_from + 1, 0)),
-            "continued": bool(continued), "deltas_before_kill": deltas_before,
+            "rebuilt": rebuilt, "continued": bool(continued),
+            "deltas_before_kill": deltas_before,
             "deltas": s.deltas, "snapshots": s.snapshots, "gaps": s.gaps, "repeats": s.repeats,
             "epoch_changes": s.epoch_changes, "checksum_mismatches": s.checksum_mismatches,
             "verified": s.verified, "symbols": len(view.state()), "problems": s.problems[:5]}
 
 
 def summary(runs: list[dict[str, Any]]) -> dict[str, float]:
-    rb = [float(r["rebuild_s"]) for r in runs]
-    sp = [float(r["spawn_to_rebuilt_s"]) for r in runs]
+    failed = [r for r in runs if not r["rebuilt"]]
+    done = [r for r in runs if r["rebuilt"]] or runs
+    rb = [float(r["rebuild_s"]) for r in done]
+    sp = [float(r["spawn_to_rebuilt_s"]) for r in done]
     fd = [float(r["spawn_to_first_delta_s"]) for r in runs]
     rp = [float(r["replayed_msgs"]) for r in runs if r["replayed_msgs"] is not None]
     bh = [float(r["behind_at_kill_msgs"]) for r in runs if r["behind_at_kill_msgs"] is not None]
-    return {"trials": len(runs), "rebuild_p50_s": pct(rb, 0.5), "rebuild_p95_s": pct(rb, 0.95),
+    return {"trials": len(runs), "not_rebuilt": len(failed),
+            "rebuild_p50_s": pct(rb, 0.5), "rebuild_p95_s": pct(rb, 0.95),
             "rebuild_max_s": max(rb), "spawn_to_rebuilt_p50_s": pct(sp, 0.5),
             "spawn_to_first_delta_p50_s": pct(fd, 0.5),
             "replayed_max_msgs": max(rp) if rp else float("nan"),
@@ -221,7 +229,8 @@ async def main(args: argparse.Namespace) -> None:
                   f"behind at the kill, replayed {r['replayed_msgs']} msgs "
                   f"(spawn to rebuilt {r['spawn_to_rebuilt_s'] * 1000:.0f} ms, to its first "
                   f"delta {r['spawn_to_first_delta_s'] * 1000:.0f} ms), "
-                  f"continued={r['continued']} symbols={r['symbols']} gaps={r['gaps']} "
+                  f"rebuilt={r['rebuilt']} continued={r['continued']} "
+                  f"symbols={r['symbols']} gaps={r['gaps']} "
                   f"repeats={r['repeats']} epoch_changes={r['epoch_changes']} "
                   f"checksum_mismatches={r['checksum_mismatches']}", flush=True)
     snap = SnapshotConfig()
@@ -246,6 +255,9 @@ async def main(args: argparse.Namespace) -> None:
         f"Snapshots every 2 s, and early once {snap.max_replay_msgs:,} source messages have "
         f"passed (at most every {snap.min_interval_ms / 1000:g} s: the snapshot stage's "
         "defaults); kinds in bench/rebuild.py. Bar: 1 s.",
+        *([f"Not rebuilt within {REBUILD_TIMEOUT_S:.0f} s (left out of the times above): "
+           f"{overall['not_rebuilt']:.0f} of {overall['trials']:.0f} trials."]
+          if overall["not_rebuilt"] else []),
         f"Machine: {env_note()}",
     ])
     print(table)
