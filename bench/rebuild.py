@@ -29,6 +29,7 @@ import argparse
 import json
 import random
 import re
+import subprocess
 import sys
 import tempfile
 import time
@@ -95,9 +96,25 @@ def replay_range(log: Path) -> tuple[int | None, int]:
 
 
 async def one_run(work: Path, kind: str, rng: random.Random) -> dict[str, Any]:
+    """One trial; whatever it started is gone when it ends, even when it fails (a busy machine
+    can miss the snapshot round a "before-snapshot" trial waits for)."""
+    started: list[Aggregator | subprocess.Popen[bytes]] = []
+    try:
+        return await _one_run(work, kind, rng, started)
+    finally:
+        for child in started:
+            proc = child.proc if isinstance(child, Aggregator) else child
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+
+
+async def _one_run(work: Path, kind: str, rng: random.Random,
+                   started: list[Aggregator | subprocess.Popen[bytes]]) -> dict[str, Any]:
     async with embedded_nats(port=0, data_dir=work / f"nats-{time.monotonic_ns()}") as srv:
         view = MarketView()
         first = Aggregator(work, srv.url, start="resume", snapshot_ms=int(SNAPSHOT_S * 1000))
+        started.append(first)
         await trio.to_thread.run_sync(first.start)
         rounds: list[float] = []
         first_round = trio.Event()
@@ -126,6 +143,7 @@ async def one_run(work: Path, kind: str, rng: random.Random) -> dict[str, Any]:
             t0 = trio.current_time()
             kill_at = rng.uniform(4.0, 8.0)
             pub = publish_sim(srv.url, symbols=5000, rate=4000, duration=kill_at + 8)
+            started.append(pub)
             if kind == "stale-group":
                 await cold_start(nc)
             await trio.sleep_until(t0 + kill_at)
@@ -146,6 +164,7 @@ async def one_run(work: Path, kind: str, rng: random.Random) -> dict[str, Any]:
             since_round = trio.current_time() - rounds[-1] if rounds else float("nan")
             period_s = rounds[-1] - rounds[-2] if len(rounds) > 1 else float("nan")
             second = Aggregator(work, srv.url, start="resume", snapshot_ms=int(SNAPSHOT_S * 1000))
+            started.append(second)
             spawned = time.monotonic()
             spawn_wall_us[0] = time.time_ns() // 1000
             await trio.to_thread.run_sync(second.start)
