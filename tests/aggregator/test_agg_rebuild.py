@@ -8,8 +8,11 @@ import pytest
 import trio
 from _agg_helpers import Routed, tick
 
+from xypipe import Level
 from xypipe._md.book import state_checksum
+from xypipe._md.conflation import Conflator
 from xypipe._md.records import Restore
+from xypipe._md.snapshots import SnapshotBuilder
 from xypipe._nats import NatsClient
 from xypipe._stages._jsfeed import js_feed
 from xypipe._stages.conflate import Conflate
@@ -156,3 +159,30 @@ async def test_a_last_per_subject_feed_knows_at_creation_how_many_it_delivers(
     async with js_feed(nats_client, "XY_T", deliver="last_per_subject",
                        filter_subject="nothing.>") as feed:
         assert feed.pending_at_start == 0
+
+
+def test_restored_entries_come_out_of_the_next_snapshot_as_stored_unless_replaced() -> None:
+    feed = Routed()
+    states = []
+    for name, last in (("OLD", 100), ("KEPT", 300)):
+        s = SymbolState(venue="V", symbol=name, seq=5, last=last, vol=7)
+        s.checksum = state_checksum(s)
+        states.append(s)
+    stored = Snapshot(group="default", version=3, epoch=EPOCH, shard_seq={0: 41}, shards=1,
+                      source_stream_seq=0, symbols=states)
+    builder = SnapshotBuilder(EPOCH)
+    builder.restore(Restore(epoch=EPOCH, snapshots=(stored,), continued=True, replay_from=1))
+    core = Conflator(EPOCH)
+    core.restore(Restore(epoch=EPOCH, snapshots=(stored,), checkpoints={("default", 0): 41},
+                         continued=True, replay_from=1))
+    core.apply(feed.batch([tick(symbol="OLD", seq=6, last=111)]))
+    for d in core.emit(0, Level.L0, 33):
+        builder.apply(d)
+    out = builder.build("default", 0, 33)
+    assert out is not None
+    got = {s.symbol: s for s in Snapshot.FromString(out.payload).symbols}
+    assert got["KEPT"] == states[1]  # the stored entry, byte for byte
+    assert (got["OLD"].seq, got["OLD"].last) == (6, 111)  # the replay's
+    again = builder.build("default", 0, 33)
+    assert again is not None and Snapshot.FromString(again.payload).symbols == \
+        Snapshot.FromString(out.payload).symbols
