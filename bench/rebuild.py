@@ -18,8 +18,12 @@ new one started. Trial kinds:
 Reported per trial and as p50/p95/max: the rebuild time the new aggregator measured itself
 (``aggregator_rebuild_seconds``: from its ingest stage starting to the state being rebuilt =
 last snapshots loaded + source stream replayed up to where it was), how many source messages it
-replayed, the time from spawning the process to that point, and what a subscriber rebuilding
-every group saw (gaps, repeats, epoch changes, checksum mismatches). The bar is 1 s.
+replayed, the time from spawning the process to that point and to the first delta it emitted
+reaching a subscriber, and what that subscriber, rebuilding every group, saw (gaps, repeats,
+epoch changes, checksum mismatches). A restarted aggregator that reports no rebuild within 30 s
+is counted as not rebuilt (on a machine too busy for the first one to store a snapshot before
+the kill there is nothing to rebuild from). The bar is 1 s. Runs unchanged against older
+checkouts of the project (it drives ``xypipe run``/``xypipe publish`` and reads /metrics).
 Results: bench/results/rebuild.{json,md}.
 """
 
