@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from typing import Generic, TypeVar
 
-__all__ = ["single_error_unwrapped"]
+import trio
+
+__all__ = ["Result", "both", "single_error_unwrapped"]
+
+T = TypeVar("T")
+U = TypeVar("U")
 
 
 def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
@@ -33,3 +39,33 @@ def single_error_unwrapped() -> Iterator[None]:
         if len(leaves) == 1:
             raise leaves[0] from leaves[0].__cause__
         raise
+
+
+class Result(Generic[T]):
+    """The value of a task run in a nursery (``nursery.start_soon(result.run, fn)``), for
+    another task of that nursery to wait for (``await result.get()``). A failure of ``fn``
+    propagates through the nursery, which cancels the waiter."""
+
+    def __init__(self) -> None:
+        self._done = trio.Event()
+        self._value: T | None = None
+
+    async def run(self, fn: Callable[[], Awaitable[T]]) -> None:
+        self._value = await fn()
+        self._done.set()
+
+    async def get(self) -> T:
+        await self._done.wait()
+        return self._value  # type: ignore[return-value]  # set by run() before _done
+
+
+async def both(first: Callable[[], Awaitable[T]],
+               second: Callable[[], Awaitable[U]]) -> tuple[T, U]:
+    """Run two independent calls at once (e.g. two round trips); their results in order. A
+    failure of either cancels the other and comes out as itself."""
+    a, b = Result[T](), Result[U]()
+    with single_error_unwrapped():
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(a.run, first)
+            nursery.start_soon(b.run, second)
+    return await a.get(), await b.get()

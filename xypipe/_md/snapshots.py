@@ -15,7 +15,7 @@ from collections.abc import Callable
 from xypipe._md.conflation import DeltaOut, Entry
 from xypipe._md.records import Restore
 from xypipe._md.wire import field_tag, repeated_field
-from xypipe.contracts import Snapshot, TopEntry
+from xypipe.contracts import Snapshot, SymbolState, TopEntry
 
 SNAPSHOT_SYMBOLS_TAG = field_tag(7)
 
@@ -47,10 +47,15 @@ class SnapshotOut:
 
 
 class GroupMirror:
-    __slots__ = ("entries", "hold_until", "prev_last", "shard_seq", "shards", "version")
+    __slots__ = ("entries", "hold_until", "prev_last", "restored", "shard_seq", "shards",
+                 "version")
 
     def __init__(self) -> None:
         self.entries: dict[str, Entry] = {}
+        #: Entries restored from a stored snapshot and not serialised yet (their bytes are
+        #: ``b""`` in ``entries`` until the next build): most are replaced by the replay's
+        #: deltas before then, and a restart's rebuild does not wait for the rest.
+        self.restored: dict[str, SymbolState] = {}
         self.shard_seq: dict[int, int] = {}
         self.shards = 1
         self.version = 0
@@ -82,12 +87,15 @@ class SnapshotBuilder:
         for snap in r.snapshots:
             g = self.groups.setdefault(snap.group, GroupMirror())
             g.shards = snap.shards or 1
+            entries, restored, prev_last = g.entries, g.restored, g.prev_last
+            group_of, group = self._group_of, snap.group
             for s in snap.symbols:
-                key = f"{s.venue}.{s.symbol}"
-                g.entries[key] = (key, s.venue, s.symbol, s.SerializeToString(), s.vol, s.oi,
-                                  s.last, s.total_trades)
-                self._group_of[key] = snap.group
-                g.prev_last[key] = s.last
+                venue, symbol, last = s.venue, s.symbol, s.last
+                key = f"{venue}.{symbol}"
+                entries[key] = (key, venue, symbol, b"", s.vol, s.oi, last, s.total_trades)
+                restored[key] = s
+                group_of[key] = group
+                prev_last[key] = last
             if r.continued:
                 g.version = snap.version
                 g.shard_seq = dict(snap.shard_seq)
@@ -166,6 +174,8 @@ class SnapshotBuilder:
             top=[TopEntry(venue=e[1], symbol=e[2], value=value(e, prev)) for e in top],
             source_stream_seq=self.watermark, window_ms=window_ms,
         )
+        if g.restored:
+            self._serialise_restored(g)
         keys = sorted(entries)
         payload = header.SerializeToString() + repeated_field(
             SNAPSHOT_SYMBOLS_TAG, (entries[k][3] for k in keys)
@@ -173,6 +183,15 @@ class SnapshotBuilder:
         g.prev_last = {k: e[6] for k, e in entries.items()}
         return SnapshotOut(group, f"{self.subject_prefix}.{group}", payload, g.version,
                            self.epoch, dict(g.shard_seq), len(keys))
+
+    @staticmethod
+    def _serialise_restored(g: GroupMirror) -> None:
+        entries = g.entries
+        for key, s in g.restored.items():
+            e = entries.get(key)
+            if e is not None and not e[3]:  # still the restored one (not replaced, not gone)
+                entries[key] = (key, e[1], e[2], s.SerializeToString(), e[4], e[5], e[6], e[7])
+        g.restored.clear()
 
     def build_all(self, ts_emit_us: int, window_ms: int) -> list[SnapshotOut]:
         out = []

@@ -41,6 +41,7 @@ from xypipe._stages._jswatch import HEARTBEAT, MISSING, Check, ConsumerWatch
 from xypipe._trio_util import single_error_unwrapped
 from xypipe.abc import (
     BridgeEvent,
+    ConsumerState,
     Deliver,
     JetStream,
     Msg,
@@ -130,9 +131,10 @@ class JsFeed:
         # delivery beyond what the caller has.
         self._overlap = False
         self._ack_reply = ""
+        self.pending_at_start = 0
 
     # -- consumer management ------------------------------------------------------------------
-    async def _create(self, deliver: Deliver) -> int:
+    async def _create(self, deliver: Deliver) -> ConsumerState:
         # Named by us, so that one whose answer never came can be found and deleted.
         name = f"xyfeed_{secrets.token_hex(8)}"
         self._unconfirmed.add(name)
@@ -140,11 +142,14 @@ class JsFeed:
                                                     deliver=deliver)
         self._unconfirmed.discard(name)
         self.name = state.name
-        return state.delivered_seq
+        return state
 
     async def start(self, deliver: Deliver) -> None:
-        delivered = await self._create(deliver)
-        self.watch.started(trio.current_time(), delivered)
+        state = await self._create(deliver)
+        #: What the consumer had to deliver when it was created (a one-shot read such as
+        #: the last message per subject knows from it how many to wait for).
+        self.pending_at_start = state.num_pending
+        self.watch.started(trio.current_time(), state.delivered_seq)
 
     async def _exists(self) -> bool:
         return await self.js.consumer_state(self.stream, self.name) is not None

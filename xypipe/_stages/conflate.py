@@ -42,6 +42,9 @@ class ConflateConfig:
     priorities: dict[str, str] = attrs.field(factory=dict)
     #: Epoch until ingest's ``Restore`` names one (which always wins); 0 = from the clock.
     epoch: int = attrs.field(default=0, validator=in_range(0, 1 << 62))
+    #: After a restart, no window closes while the replay catches up, for at most this long
+    #: (then windows resume as usual); 0 = windows as usual during a replay.
+    catch_up_ms: int = attrs.field(default=2000, validator=in_range(0, 600_000))
 
     def __attrs_post_init__(self) -> None:
         for p in self.pause_priorities:
@@ -85,6 +88,11 @@ class Conflate(Stage[Restore | Batch, Restore | list[DeltaOut] | list[Watermark]
         self._moves = m.counter("symbols_moved", "Symbols moved to another group (removed "
                                 "explicitly from the old group's stream)")
         self._rebuild: Restore | None = None
+        #: Set once a rebuild's replay has caught up (or at once when there is none).
+        self._caught_up = trio.Event()
+        self._caught_up.set()
+        #: While a replay catches up: when windows resume even if it has not.
+        self._hold_until: float | None = None
         self._stop = False
         self._wake = trio.Event()
         async with trio.open_nursery() as nursery:
@@ -99,7 +107,7 @@ class Conflate(Stage[Restore | Batch, Restore | list[DeltaOut] | list[Watermark]
                             if item.target_seq < item.replay_from:
                                 self._rebuilt(item)  # nothing to replay
                             else:
-                                self._rebuild = item
+                                self._catch_up(item)
                         continue
                     self.core.apply(item)
                     if self.core.moves:
@@ -108,6 +116,7 @@ class Conflate(Stage[Restore | Batch, Restore | list[DeltaOut] | list[Watermark]
                         self._rebuilt(self._rebuild)
                         self._rebuild = None
                 self._stop = True
+                self._caught_up.set()
                 self._wake.set()
             nursery.cancel_scope.cancel()
 
@@ -120,7 +129,21 @@ class Conflate(Stage[Restore | Batch, Restore | list[DeltaOut] | list[Watermark]
             self.ctx.log.info("more symbols moved to other groups", code=SYMBOL_MOVED,
                               symbols=len(moves) - 5)
 
+    def _catch_up(self, r: Restore) -> None:
+        """Replay after a restart: the ticks fold into the books and no window closes until
+        the state holds everything the stream had at the start (or ``catch_up_ms`` has
+        passed). Then one delta per (group, shard) goes out at once, carrying the replay's
+        changes as one window: what many would have carried, without building each symbol's
+        entry once per window on the way (sequences go on from the checkpoints either way)."""
+        self._rebuild = r
+        hold = self.config.catch_up_ms / 1000
+        if hold:
+            self._caught_up = trio.Event()
+            self._hold_until = trio.current_time() + hold
+            self._wake.set()  # a window already running waits for the catch-up instead
+
     def _rebuilt(self, r: Restore) -> None:
+        self._caught_up.set()
         took = trio.current_time() - r.started_at
         self._rebuild_s.set(took)
         self._rebuilds.labels("true" if r.continued else "false").inc()
@@ -146,6 +169,11 @@ class Conflate(Stage[Restore | Batch, Restore | list[DeltaOut] | list[Watermark]
             level = self.ctx.level
             interval = base * levels.at(level).window_factor
             deadline = start + interval
+            if self._hold_until is not None:
+                with trio.move_on_at(self._hold_until):
+                    await self._caught_up.wait()
+                self._hold_until = None
+                deadline = trio.current_time()  # the replay's window closes now
             with trio.move_on_at(deadline):
                 await self._wake.wait()
             now = trio.current_time()

@@ -56,6 +56,7 @@ from xypipe._stages._jsfeed import JsFeed, delivery_of, js_feed, pending_of, str
 from xypipe._stages._md_common import StateStreams, is_token, wall_us
 from xypipe._stages._srcstream import DEFAULT_SUBJECTS, SourceStream
 from xypipe._stages._srcwatch import SourceWatchConfig, watch_source
+from xypipe._trio_util import Result, both, single_error_unwrapped
 from xypipe._validate import Invalid, in_range, non_empty, one_of, subject_patterns
 from xypipe.abc import Deliver, JetStream, Msg, StreamState
 from xypipe.contracts import Contract, Delta, Snapshot, Tick
@@ -278,50 +279,69 @@ class Ingest(Stage[Never, Restore | Batch, IngestConfig]):
         def retried(op: str) -> Callable[[BridgeError], None]:
             return lambda exc: retries.labels(op).inc()
 
-        async def prepare() -> tuple[StreamState, Restore | None, list[Msg]]:
-            # Everything read before the first delivery, retried as a whole while JetStream
-            # is unavailable (a half-read restore point is worthless).
-            # Created here or by a publisher that came first, never overwritten (see
-            # _srcstream): contracts published before this moment are in it.
-            src = await cfg.source.ensure(js, owner=True, log=self.ctx.log)
-            await cfg.state.ensure(js)
+        async def prepare() -> tuple[StreamState, Restore | None]:
+            # Everything the restore point needs, retried as a whole while JetStream is
+            # unavailable (a half-read restore point is worthless). The source stream is
+            # created here or by a publisher that came first, never overwritten (see
+            # _srcstream); the state streams do not depend on it: both at once.
+            src, _ = await both(lambda: cfg.source.ensure(js, owner=True, log=self.ctx.log),
+                                lambda: cfg.state.ensure(js))
             restore = await self._restore(js, src) if cfg.start == "resume" else None
-            # Reference data before any tick is routed: the last contract of every symbol.
-            # Read after ``src``: a contract stored between the two is read here and again by
-            # the feed (which starts at or before src.last_seq + 1); applying it twice is
-            # harmless, missing it is not. The stream itself orders a publisher's contracts
-            # before its ticks, so from here on no tick overtakes its contract.
-            contracts = await self._last_per_subject(js, cfg.stream, CONTRACT_PREFIX + ">",
-                                                     src.messages)
-            return src, restore, contracts
+            return src, restore
 
-        src, restore, contracts = await retrying(
-            "ingest start-up (streams, restore point, contracts)", prepare, backoff=backoff,
+        src, restore = await retrying(
+            "ingest start-up (streams, restore point)", prepare, backoff=backoff,
             log=self.ctx.log, on_failure=retried("startup"), gave_up=lambda: nc.closed)
         deliver = self._deliver(cfg, src, restore)
         if restore is None:
             restore = Restore(epoch=wall_us())
         restore = attrs.evolve(restore, target_seq=src.last_seq, started_at=t0)
+        # Sent before the contracts are read and the feed's consumer exists: the stages
+        # downstream rebuild their state from it while those round trips are under way.
+        await self.outbox.send(restore)
         self._door = TickValidator(cfg.bounds)
         self._door.restore(s for snap in restore.snapshots for s in snap.symbols)
-        await self.outbox.send(restore)
-        if contracts:
-            now = trio.current_time()
-            recs = decode_messages(contracts, now, self._bad, decoder=self._decoder)
-            self._contracts.inc(len(recs))
-            await self.outbox.send(Batch(recs, 0))
-        self.ctx.log.info("ingest starting", stream=cfg.stream, deliver=str(deliver),
-                          epoch=restore.epoch, continued=restore.continued,
-                          snapshots=len(restore.snapshots), contracts=len(contracts))
-        async with watch_source(self.ctx, js, cfg.stream, cfg.watch, deliver=deliver,
-                                target=src.last_seq) as self._watch, \
-                js_feed(nc, cfg.stream, deliver=deliver, max_pending=cfg.max_pending,
-                        max_batch=cfg.batch, heartbeat_s=cfg.heartbeat_ms / 1000,
-                        missed_heartbeats=cfg.missed_heartbeats, backoff=backoff,
-                        on_recreate=lambda reason: recreated.labels(cfg.stream, reason).inc(),
-                        on_retry=retried("consumer"), log=self.ctx.log) as feed:
-            self.ctx.set_ready()
-            await self._consume(feed)
+
+        async def contracts() -> list[Msg]:
+            # Reference data before any tick is routed: the last contract of every symbol.
+            # Read after ``src``: a contract stored since is read here and again by the feed
+            # (which starts at or before src.last_seq + 1); applying it twice is harmless,
+            # missing it is not. The stream itself orders a publisher's contracts before its
+            # ticks, so from here on no tick overtakes its contract.
+            return await retrying(
+                "ingest start-up (reference contracts)",
+                lambda: self._last_per_subject(js, cfg.stream, CONTRACT_PREFIX + ">",
+                                               src.messages),
+                backoff=backoff, log=self.ctx.log, on_failure=retried("startup"),
+                gave_up=lambda: nc.closed)
+
+        feed_cm = js_feed(nc, cfg.stream, deliver=deliver, max_pending=cfg.max_pending,
+                          max_batch=cfg.batch, heartbeat_s=cfg.heartbeat_ms / 1000,
+                          missed_heartbeats=cfg.missed_heartbeats, backoff=backoff,
+                          on_recreate=lambda reason: recreated.labels(cfg.stream, reason).inc(),
+                          on_retry=retried("consumer"), log=self.ctx.log)
+        # The contracts are read while the feed's consumer is created (its deliveries wait in
+        # the bridge's inbox, bounded by ``max_pending``, until the contracts are sent).
+        refs = Result[list[Msg]]()
+        with single_error_unwrapped():
+            async with watch_source(self.ctx, js, cfg.stream, cfg.watch, deliver=deliver,
+                                    target=src.last_seq) as self._watch, \
+                    trio.open_nursery() as reading:
+                reading.start_soon(refs.run, contracts)
+                async with feed_cm as feed:
+                    ref_msgs = await refs.get()
+                    recs = decode_messages(ref_msgs, trio.current_time(), self._bad,
+                                           decoder=self._decoder)
+                    if recs:
+                        self._contracts.inc(len(recs))
+                        await self.outbox.send(Batch(recs, 0))
+                    self.ctx.log.info("ingest starting", stream=cfg.stream,
+                                      deliver=str(deliver), epoch=restore.epoch,
+                                      continued=restore.continued,
+                                      snapshots=len(restore.snapshots),
+                                      contracts=len(ref_msgs))
+                    self.ctx.set_ready()
+                    await self._consume(feed)
 
     @staticmethod
     def _deliver(cfg: IngestConfig, src: StreamState, restore: Restore | None) -> Deliver:
@@ -362,25 +382,25 @@ class Ingest(Stage[Never, Restore | Batch, IngestConfig]):
     # ------------------------------------------------------------------ rebuild
 
     async def _last_per_subject(self, js: JetStream, stream: str, subjects: str,
-                                stored: int) -> list[Msg]:
-        """Every subject's last message in ``stream`` (empty stream: no round trip). A read
-        cut short (the server went away) raises ``NatsTimeout`` instead of passing for the
-        whole: a restore point missing groups would rebuild them empty.
+                                stored: int | None = None) -> list[Msg]:
+        """Every subject's last message in ``stream`` (``stored`` messages in it, if known: an
+        empty stream costs no round trip). A read cut short (the server went away) raises
+        ``NatsTimeout`` instead of passing for the whole: a restore point missing groups would
+        rebuild them empty.
 
-        How many there are comes from a pull consumer's info; the messages themselves come
-        through a push feed, in the bridge's batches: a pull ``fetch`` hands them over one
-        asyncio wake-up each (5,000 contracts took ~0.9 s of a rebuild that way)."""
+        One push consumer delivers them in the bridge's batches (a pull ``fetch`` hands them
+        over one asyncio wake-up each: 5,000 contracts took ~0.9 s of a rebuild that way); how
+        many to wait for is what its creation reports pending."""
         if stored == 0:
             return []
-        async with js.pull(stream, subjects, deliver="last_per_subject", batch=1) as consumer:
-            expected = await consumer.num_pending()
-        if expected == 0:
-            return []
         out: list[Msg] = []
-        with trio.move_on_after(max(5.0, expected / 5_000)) as guard:
-            async with js_feed(self._nc, stream, deliver="last_per_subject",
-                               filter_subject=subjects, max_pending=min(expected, 65_536),
-                               max_batch=4096, log=self.ctx.log) as feed:
+        async with js_feed(self._nc, stream, deliver="last_per_subject",
+                           filter_subject=subjects, max_pending=min(stored or 65_536, 65_536),
+                           max_batch=4096, log=self.ctx.log) as feed:
+            expected = feed.pending_at_start
+            if expected == 0:
+                return out
+            with trio.move_on_after(max(5.0, expected / 5_000)) as guard:
                 async for msgs in feed:
                     out.extend(msgs)
                     feed.ack(msgs)
@@ -395,12 +415,14 @@ class Ingest(Stage[Never, Restore | Batch, IngestConfig]):
         cfg: IngestConfig = self.config
         state = cfg.state
         log = self.ctx.log
-        snap_state = await js.stream_state(state.snapshot_stream)
-        ckpt_state = await js.stream_state(state.checkpoint_stream)
+        # The stored snapshots and delta checkpoints at once (two independent reads).
+        stored_snaps, stored_ckpts = await both(
+            lambda: self._last_per_subject(js, state.snapshot_stream,
+                                           f"{state.snapshot_prefix}.>"),
+            lambda: self._last_per_subject(js, state.checkpoint_stream,
+                                           f"{state.checkpoint_prefix}.>"))
         snapshots: list[Snapshot] = []
-        for m in await self._last_per_subject(js, state.snapshot_stream,
-                                              f"{state.snapshot_prefix}.>",
-                                              snap_state.messages):
+        for m in stored_snaps:
             try:
                 snapshots.append(self._decoder.decode(Snapshot, m.data, where=m.subject))
             except ContractError as exc:
@@ -408,9 +430,7 @@ class Ingest(Stage[Never, Restore | Batch, IngestConfig]):
                             subject=m.subject, error=str(exc))
         checkpoints: dict[tuple[str, int], int] = {}
         epochs: set[int] = set()
-        for m in await self._last_per_subject(js, state.checkpoint_stream,
-                                              f"{state.checkpoint_prefix}.>",
-                                              ckpt_state.messages):
+        for m in stored_ckpts:
             try:
                 d = self._decoder.decode(Delta, m.data, where=m.subject)
             except ContractError as exc:

@@ -39,7 +39,7 @@ class SnapshotConfig:
     #: Snapshot early once the source watermark has moved this many stream messages past the
     #: last snapshot's (0 = by time only): a restart then replays at most about this many,
     #: whatever the tick rate. By count and by time.
-    max_replay_msgs: int = attrs.field(default=5_000, validator=in_range(0, 100_000_000))
+    max_replay_msgs: int = attrs.field(default=2_000, validator=in_range(0, 100_000_000))
     #: Early snapshots never come closer together than this.
     min_interval_ms: int = attrs.field(default=500, validator=in_range(10, 60_000))
 
