@@ -111,7 +111,7 @@ async function open(clock, { session = "s1" } = {}) {
   return ws;
 }
 
-const batches = (msgs) => msgs.filter((m) => m.t === "batch");
+const batches = (msgs) => msgs.filter((m) => m.t === "batches").flatMap((m) => m.list);
 
 test("the hub opens one socket and says hello with the token", async () => {
   const { clock } = setup();
