@@ -20,7 +20,7 @@ OUT = Path(__file__).resolve().parent.parent / "proto" / "scenarios" / "merge.js
 
 ABOUT = (
     "Merging consecutive deltas of one (group, shard) stream into one (docs/protocol.md, "
-    "'Merging deltas'): what one longer window would have produced. seq of the last, first_seq of "
+    "'Deltas'): what one longer window would have produced. seq of the last, first_seq of "
     "the first (0 for a single delta that had none), window_ms summed, level and ts_emit_us of the "
     "last. Per symbol: removals first (an entry pending for a removed symbol goes, its removal "
     "stays; a symbol back after its removal keeps only its new entry and is no longer removed), "
