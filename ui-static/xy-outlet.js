@@ -159,26 +159,29 @@ export class Outlet {
     return true;
   }
 
-  /** A new batch of `batch.group`: to every idle, visible tab now; merged for the others. */
-  offer(batch, now) {
-    const views = this.byGroup.get(batch.group);
-    if (views === undefined || views.size === 0) return [];
+  /**
+   * New batches (one gateway frame's, one per group): to every idle, visible tab now — all of a
+   * tab's in one delivery —, merged for the others.
+   */
+  offer(batches, now) {
     const touched = new Set();
-    for (const v of views) {
-      const t = this.tabs.get(v.tab);
-      if (!t.visible || v.needsView) {
-        // The current state goes out when it is next sent; nothing to merge until then.
-        v.needsView = true;
-        v.pending = null;
-        continue;
+    for (const batch of batches) {
+      for (const v of this.byGroup.get(batch.group) ?? []) {
+        const t = this.tabs.get(v.tab);
+        if (!t.visible || v.needsView) {
+          // The current state goes out when it is next sent; nothing to merge until then.
+          v.needsView = true;
+          v.pending = null;
+          continue;
+        }
+        if (v.pending === null) {
+          v.pending = batch; // shared with every view that sends it on as it is
+        } else {
+          v.pending = foldBatch(v.pending.owned ? v.pending : own(v.pending), batch);
+          this.stats.coalesced += 1;
+        }
+        touched.add(v.tab);
       }
-      if (v.pending === null) {
-        v.pending = batch; // shared with every view that sends it on as it is
-      } else {
-        v.pending = foldBatch(v.pending.owned ? v.pending : own(v.pending), batch);
-        this.stats.coalesced += 1;
-      }
-      touched.add(v.tab);
     }
     const out = [];
     for (const tab of touched) out.push(...this._flush(tab, this.tabs.get(tab), now));

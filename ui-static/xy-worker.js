@@ -554,14 +554,16 @@ export class Hub {
 
   /** This frame's batches, one per group, to the outlet (sent on to idle tabs at once). */
   _offer(now) {
+    const batches = [];
     for (const batch of this.merger.drain()) {
       if (!this.refs.holders(batch.group).size) {
         this.counters.droppedBatches += 1;
         continue;
       }
       batch.id = ++this.batchIds;
-      this._deliver(this.outlet.offer(batch, now));
+      batches.push(batch);
     }
+    this._deliver(this.outlet.offer(batches, now));
   }
 
   /**

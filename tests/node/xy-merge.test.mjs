@@ -59,14 +59,14 @@ for (const v of vectors.filter((x) => x.merged)) {
     const outlet = new Outlet();
     outlet.setTab("t", { acks: true });
     outlet.addView("t", "g", 0, 0);
-    const first = outlet.offer({ id: 1, group: "g", snapshot: null, symbols: [], removed: [], deltas: 1, minArrivalUs: 0, seqs: {} }, 0);
+    const first = outlet.offer([{ id: 1, group: "g", snapshot: null, symbols: [], removed: [], deltas: 1, minArrivalUs: 0, seqs: {} }], 0);
     assert.equal(first.length, 1, "the first batch goes to the idle tab at once");
     v.deltas.forEach((d, i) => {
       const batch = {
         id: i + 2, group: "g", snapshot: null, symbols: d.symbols.map(plain), removed: d.removed.map(removedKey),
         deltas: 1, minArrivalUs: 0, seqs: { [d.shard]: d.seq },
       };
-      assert.deepEqual(outlet.offer(batch, 1 + i), [], "held while the tab is busy");
+      assert.deepEqual(outlet.offer([batch], 1 + i), [], "held while the tab is busy");
     });
     const [delivery] = outlet.ack("t", 10);
     const [b] = delivery.batches;

@@ -32,20 +32,30 @@ test("an idle tab gets a batch as it arrives, the very batch every idle tab gets
   o.addView("a", "fx", TIERS.live, 0);
   o.addView("b", "fx", TIERS.live, 0);
   const b1 = batch("fx", [st("AAA", 1)]);
-  const out = o.offer(b1, 1);
+  const out = o.offer([b1], 1);
   assert.deepEqual(out.map((d) => d.tab), ["a", "b"]);
   assert.equal(out[0].batches[0].symbols, b1.symbols, "shared, not copied");
   assert.equal(out[0].batches[0].everyMs, 0);
   assert.equal(o.nextAt(), null, "nothing waits");
 });
 
+test("one frame's batches of several groups go to a tab in one delivery", () => {
+  const o = outlet();
+  o.setTab("a", { acks: true });
+  o.addView("a", "fx", 0, 0);
+  o.addView("a", "eq", 0, 0);
+  const out = o.offer([batch("fx", [st("AAA", 1)]), batch("eq", [st("IBM", 1)]), batch("other", [st("Z", 1)])], 1);
+  assert.equal(out.length, 1);
+  assert.deepEqual(out[0].batches.map((b) => b.group), ["fx", "eq"]);
+});
+
 test("while a tab is busy what arrives is merged trade-safely and goes with its ack", () => {
   const o = outlet();
   o.setTab("a", { acks: true });
   o.addView("a", "fx", 0, 0);
-  assert.equal(o.offer(batch("fx", [st("AAA", 1)]), 1).length, 1);
-  assert.deepEqual(o.offer(batch("fx", [st("AAA", 2, { windowTrades: 2, windowVolume: 5, windowHigh: 9, windowLow: 7 })]), 2), []);
-  assert.deepEqual(o.offer(batch("fx", [st("BBB", 3), st("AAA", 3, { windowTrades: 1, windowVolume: 4, windowHigh: 8, windowLow: 6 })]), 3), []);
+  assert.equal(o.offer([batch("fx", [st("AAA", 1)])], 1).length, 1);
+  assert.deepEqual(o.offer([batch("fx", [st("AAA", 2, { windowTrades: 2, windowVolume: 5, windowHigh: 9, windowLow: 7 })])], 2), []);
+  assert.deepEqual(o.offer([batch("fx", [st("BBB", 3), st("AAA", 3, { windowTrades: 1, windowVolume: 4, windowHigh: 8, windowLow: 6 })])], 3), []);
   const [d] = o.ack("a", 4);
   assert.deepEqual(symbolsOf(d), [["AAA", 3], ["BBB", 3]]);
   const aaa = d.batches[0].symbols[0];
@@ -60,10 +70,10 @@ test("a snapshot among the held batches replaces what was merged before it", () 
   const o = outlet();
   o.setTab("a", { acks: true });
   o.addView("a", "fx", 0, 0);
-  o.offer(batch("fx", [st("AAA", 1)]), 1);
-  o.offer(batch("fx", [st("AAA", 2)]), 2);
-  o.offer(batch("fx", [], { snapshot: { group: "fx", symbols: [st("ZZZ", 5)] } }), 3);
-  o.offer(batch("fx", [st("ZZZ", 6)], { removed: ["X:OLD"] }), 4);
+  o.offer([batch("fx", [st("AAA", 1)])], 1);
+  o.offer([batch("fx", [st("AAA", 2)])], 2);
+  o.offer([batch("fx", [], { snapshot: { group: "fx", symbols: [st("ZZZ", 5)] } })], 3);
+  o.offer([batch("fx", [st("ZZZ", 6)], { removed: ["X:OLD"] })], 4);
   const [b] = o.ack("a", 5)[0].batches;
   assert.equal(b.snapshot.symbols[0].symbol, "ZZZ");
   assert.deepEqual(b.symbols.map((s) => s.seq), [6]);
@@ -85,7 +95,7 @@ test("a slower tier gets one merged batch per interval from the same stream as a
   };
   for (let i = 1; i <= 30; i++) {
     t = i * 20;
-    take(o.offer(batch("fx", [st("AAA", i)]), t));
+    take(o.offer([batch("fx", [st("AAA", i)])], t));
     const next = o.nextAt();
     if (next !== null && next <= t + 20) take(o.due(next));
   }
@@ -100,17 +110,17 @@ test("a hidden tab is sent nothing and merges nothing; shown again it gets the c
   const o = new Outlet({ viewOf: (g) => view(g) });
   o.setTab("a", { acks: true, visible: false });
   o.addView("a", "fx", 0, 0);
-  assert.deepEqual(o.offer(batch("fx", [st("AAA", 1)]), 1), []);
-  assert.deepEqual(o.offer(batch("fx", [st("AAA", 2)]), 2), []);
+  assert.deepEqual(o.offer([batch("fx", [st("AAA", 1)])], 1), []);
+  assert.deepEqual(o.offer([batch("fx", [st("AAA", 2)])], 2), []);
   assert.equal(o.nextAt(), null, "no timer for a hidden tab");
   assert.equal(o.stats.coalesced, 0);
   const [d] = o.setVisible("a", true, 3);
   assert.equal(d.batches.length, 1);
   assert.ok(d.batches[0].snapshot.synthetic, "the book's current view, not a replay");
   o.ack("a", 4);
-  assert.equal(o.offer(batch("fx", [st("AAA", 3)]), 5).length, 1, "live again");
+  assert.equal(o.offer([batch("fx", [st("AAA", 3)])], 5).length, 1, "live again");
   assert.deepEqual(o.setVisible("a", false, 6), []);
-  assert.deepEqual(o.offer(batch("fx", [st("AAA", 4)]), 7), []);
+  assert.deepEqual(o.offer([batch("fx", [st("AAA", 4)])], 7), []);
 });
 
 test("a new view is sent the group's current state first", () => {
@@ -121,7 +131,7 @@ test("a new view is sent the group's current state first", () => {
   const none = new Outlet({ viewOf: () => null });
   none.setTab("a", { acks: true });
   assert.deepEqual(none.addView("a", "fx", 0, 0), [], "nothing held yet: nothing sent");
-  assert.equal(none.offer(batch("fx", [st("AAA", 1)]), 1).length, 1);
+  assert.equal(none.offer([batch("fx", [st("AAA", 1)])], 1).length, 1);
 });
 
 test("a delivery never acknowledged stops holding the tab after ackTimeoutMs; one from an older client after batchMs", () => {
@@ -130,8 +140,8 @@ test("a delivery never acknowledged stops holding the tab after ackTimeoutMs; on
   o.setTab("old", { acks: false });
   o.addView("a", "fx", 0, 0);
   o.addView("old", "fx", 0, 0);
-  o.offer(batch("fx", [st("AAA", 1)]), 0);
-  assert.deepEqual(o.offer(batch("fx", [st("AAA", 2)]), 5), []);
+  o.offer([batch("fx", [st("AAA", 1)])], 0);
+  assert.deepEqual(o.offer([batch("fx", [st("AAA", 2)])], 5), []);
   assert.equal(o.nextAt(), 16, "the older client is free again after batchMs");
   assert.deepEqual(o.due(16).map((d) => d.tab), ["old"]);
   assert.deepEqual(o.due(999), []);
@@ -148,7 +158,7 @@ test("a view goes with its tier; the group's reference goes with the tab's last 
   assert.equal(o.removeView("a", "fx", 0), false, "not held: nothing removed");
   assert.equal(o.removeView("a", "fx", 250), true);
   o.removeTab("a");
-  assert.deepEqual(o.offer(batch("fx", [st("AAA", 1)]), 1), []);
+  assert.deepEqual(o.offer([batch("fx", [st("AAA", 1)])], 1), []);
 });
 
 // ---------------------------------------------------------------------------- draw plan
