@@ -32,6 +32,10 @@ const stats = {
   pace: null, // the draw rate the hub asks of this tab (fps)
   draws: 0, // animation frames drawn in (the others skipped at 30 fps)
   latencies: [], // ms, tick arrival -> drawn (bounded; cleared by __xyReset)
+  // ms per live batch, where a latency goes (bounded; cleared by __xyReset): oldest tick arrival
+  // -> the hub posted the batch (gateway and worker), and posted -> this tab took it in.
+  hubMs: [],
+  postMs: [],
   frames: [], // ms between animation frames (bounded; cleared by __xyReset)
   panels: {}, // name -> [ms] per frame (bounded; cleared by __xyReset)
   overBudget: {}, // name -> frames where the panel stopped at its budget
@@ -49,6 +53,8 @@ const recent = {
 window.__xy = stats;
 window.__xyReset = () => {
   stats.latencies = [];
+  stats.hubMs = [];
+  stats.postMs = [];
   stats.frames = [];
   for (const k of Object.keys(stats.panels)) stats.panels[k] = [];
   for (const k of Object.keys(stats.overBudget)) stats.overBudget[k] = 0;
@@ -497,6 +503,11 @@ async function main() {
     stats.received += 1;
     stats.byGroup[batch.group] = (stats.byGroup[batch.group] ?? 0) + 1;
     offsetUs = batch.offsetUs ?? offsetUs;
+    if (batch.minArrivalUs && batch.flushedUs) {
+      // Both stamps are this machine's wall clock (the worker's and this tab's).
+      push(stats.hubMs, (batch.flushedUs + offsetUs - batch.minArrivalUs) / 1000);
+      push(stats.postMs, ((performance.timeOrigin + performance.now()) * 1000 - batch.flushedUs) / 1000);
+    }
     let book = books.get(batch.group);
     if (book === undefined) books.set(batch.group, (book = new Map()));
     if (batch.snapshot) {
