@@ -7,9 +7,9 @@
 // subscription per group whatever the tiers; what a view has not been sent yet is merged
 // trade-safely (foldEntries: the rule of merge_deltas, proto/scenarios/merge.json).
 //
-// Flow control: a tab with nothing in flight gets a batch the moment it arrives; while a delivery
-// is in flight (posted, not yet acknowledged: the tab is busy, e.g. drawing) what arrives is
-// merged and goes out with the ack. A hidden tab is sent nothing; on becoming visible it gets
+// Flow control: a tab with room in flight (fewer than `maxInFlight` deliveries posted and not yet
+// acknowledged) gets a batch the moment it arrives; while it has none (the tab is busy, e.g.
+// drawing) what arrives is merged and goes out with the next ack. A hidden tab is sent nothing; on becoming visible it gets
 // each group's current state at once (the hub's book as a snapshot, not a replay).
 
 import { foldEntries, symbolKey } from "./xy-core.js";
@@ -95,15 +95,17 @@ function asBatch(p) {
  * that acknowledges synchronously (the leader's own tab) is safe.
  *
  * `viewOf(group)` gives the group's current state as a batch with a snapshot (null when the hub
- * holds none); `ackTimeoutMs` bounds how long a tab may hold a delivery unacknowledged, and
- * `batchMs` is how long a tab that never acknowledges (an older client) counts as busy.
+ * holds none); `maxInFlight` is how many deliveries a tab may hold unacknowledged, `ackTimeoutMs`
+ * how long one may stay unacknowledged before it no longer counts, and `batchMs` how long a
+ * delivery to a tab that never acknowledges (an older client) counts.
  */
 export class Outlet {
-  constructor({ viewOf = () => null, batchMs = 16, ackTimeoutMs = 1000 } = {}) {
+  constructor({ viewOf = () => null, batchMs = 16, ackTimeoutMs = 1000, maxInFlight = 1 } = {}) {
     this.viewOf = viewOf;
     this.batchMs = batchMs;
     this.ackTimeoutMs = ackTimeoutMs;
-    this.tabs = new Map(); // tab -> {acks, visible, inFlight, sentAt, views: Map(key -> view)}
+    this.maxInFlight = maxInFlight;
+    this.tabs = new Map(); // tab -> {acks, visible, sent: [time posted, oldest first], views: Map(key -> view)}
     this.byGroup = new Map(); // group -> Set(view)
     this.stats = { deliveries: 0, batches: 0, coalesced: 0, ackTimeouts: 0 };
   }
@@ -116,11 +118,11 @@ export class Outlet {
   setTab(tab, { acks = false, visible = true } = {}) {
     const t = this.tabs.get(tab);
     if (t === undefined) {
-      this.tabs.set(tab, { acks, visible, inFlight: false, sentAt: 0, views: new Map() });
+      this.tabs.set(tab, { acks, visible, sent: [], views: new Map() });
     } else {
       t.acks = acks;
       t.visible = visible;
-      t.inFlight = false;
+      t.sent = [];
     }
   }
 
@@ -192,7 +194,7 @@ export class Outlet {
   ack(tab, now) {
     const t = this.tabs.get(tab);
     if (t === undefined) return [];
-    t.inFlight = false;
+    t.sent.shift();
     return this._flush(tab, t, now);
   }
 
@@ -207,7 +209,7 @@ export class Outlet {
       }
       return [];
     }
-    t.inFlight = false; // whatever was in flight was taken in while hidden
+    t.sent = []; // whatever was in flight was taken in while hidden
     return this._flush(tab, t, now);
   }
 
@@ -230,7 +232,7 @@ export class Outlet {
         if (at === null || vAt < at) at = vAt;
       }
       if (at === null) continue;
-      if (t.inFlight) at = Math.max(at, t.sentAt + (t.acks ? this.ackTimeoutMs : this.batchMs));
+      if (t.sent.length >= this.maxInFlight) at = Math.max(at, t.sent[0] + (t.acks ? this.ackTimeoutMs : this.batchMs));
       if (next === null || at < next) next = at;
     }
     return next;
@@ -238,12 +240,12 @@ export class Outlet {
 
   _flush(tab, t, now) {
     if (!t.visible) return [];
-    if (t.inFlight) {
-      const limit = t.acks ? this.ackTimeoutMs : this.batchMs;
-      if (now - t.sentAt < limit) return [];
+    const limit = t.acks ? this.ackTimeoutMs : this.batchMs;
+    while (t.sent.length && now - t.sent[0] >= limit) {
+      t.sent.shift();
       if (t.acks) this.stats.ackTimeouts += 1;
-      t.inFlight = false;
     }
+    if (t.sent.length >= this.maxInFlight) return [];
     const batches = [];
     for (const v of t.views.values()) {
       if (v.pending === null && !v.needsView) continue;
@@ -261,8 +263,7 @@ export class Outlet {
       batches.push({ ...b, everyMs: v.everyMs });
     }
     if (!batches.length) return [];
-    t.inFlight = true;
-    t.sentAt = now;
+    t.sent.push(now);
     this.stats.deliveries += 1;
     this.stats.batches += batches.length;
     return [{ tab, batches }];

@@ -48,6 +48,7 @@ export const DEFAULTS = Object.freeze({
   tokenUrl: "", // an endpoint answering {"token": "..."} (fetched for every connection)
   batchMs: 16, // 16..33: how long a tab that never acknowledges (an older client) counts as busy
   ackTimeoutMs: 1000, // a delivery not acknowledged within this no longer holds the tab's next one
+  maxInFlight: 1, // deliveries a tab may hold unacknowledged before the hub merges for it
   heartbeatMs: 5000, // used until the gateway's Welcome says otherwise
   deadAfterBeats: 3, // no frame for this many heartbeats -> the socket is dead
   metricsMs: 2000, // ClientMetrics report period
@@ -203,6 +204,7 @@ export class Hub {
     if (!c.wsUrl) throw new Error("xy hub: config.wsUrl is required (the gateway's ws:// URL)");
     this.outlet.batchMs = c.batchMs;
     this.outlet.ackTimeoutMs = c.ackTimeoutMs;
+    this.outlet.maxInFlight = c.maxInFlight;
     this.heartbeatMs = c.heartbeatMs;
     this.reconnector = new Reconnector({
       backoff: new Backoff({ baseMs: c.backoffBaseMs, capMs: c.backoffCapMs }),

@@ -66,6 +66,19 @@ test("while a tab is busy what arrives is merged trade-safely and goes with its 
   assert.deepEqual(o.ack("a", 5), [], "nothing more pending");
 });
 
+test("with room for two deliveries in flight a tab is sent the next batch before it acknowledges the first", () => {
+  const o = outlet({ maxInFlight: 2 });
+  o.setTab("a", { acks: true });
+  o.addView("a", "fx", 0, 0);
+  assert.equal(o.offer([batch("fx", [st("AAA", 1)])], 1).length, 1);
+  assert.equal(o.offer([batch("fx", [st("AAA", 2)])], 2).length, 1, "second in flight");
+  assert.deepEqual(o.offer([batch("fx", [st("AAA", 3)])], 3), [], "no room: merged");
+  assert.deepEqual(o.offer([batch("fx", [st("AAA", 4)])], 4), []);
+  const [d] = o.ack("a", 5);
+  assert.deepEqual(symbolsOf(d), [["AAA", 4]]);
+  assert.equal(d.batches[0].deltas, 2);
+});
+
 test("a snapshot among the held batches replaces what was merged before it", () => {
   const o = outlet();
   o.setTab("a", { acks: true });
