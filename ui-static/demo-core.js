@@ -165,5 +165,31 @@ export function nextSort(current, col) {
   return { col, dir: col === 0 ? 1 : -1 };
 }
 
+/**
+ * The rows of a scroll container in view, as an inclusive index range [first, last]: rows of
+ * `rowHeight` px under a header of `headHeight` px, the container scrolled to `scrollTop` and
+ * `viewHeight` px tall, `overscan` rows more on each side (so a row is drawn before it shows).
+ * Before the rows are measured (rowHeight 0) every row counts as in view; with no rows, last <
+ * first.
+ */
+export function visibleRows(scrollTop, viewHeight, headHeight, rowHeight, count, overscan = 2) {
+  if (count <= 0) return [0, -1];
+  if (!(rowHeight > 0)) return [0, count - 1];
+  const top = scrollTop - headHeight;
+  const first = Math.max(0, Math.floor(top / rowHeight) - overscan);
+  const last = Math.min(count - 1, Math.ceil((top + viewHeight) / rowHeight) - 1 + overscan);
+  return [first, Math.max(first - 1, last)];
+}
+
+/**
+ * Whether a tab drawing at `fps` draws in the animation frame at `ts` (ms), its last drawn
+ * frame having been at `lastDrawn`: at 60 every frame, at 30 every other one (a frame counts as
+ * due a few ms early, so frame-time jitter never skips two), at 0 none.
+ */
+export function drawDue(ts, lastDrawn, fps) {
+  if (!(fps > 0)) return false;
+  return ts - lastDrawn >= 1000 / fps - 4;
+}
+
 /** What the degradation level means for this page (docs/protocol.md, slow consumers). */
 export const LEVEL_MEANING = ["full rate", "conflated", "top of book", "groups paused"];

@@ -1,18 +1,22 @@
 // The demo page: five panels fed by the browser's single gateway connection.
 //
-// Batches only mark rows dirty; drawing happens in requestAnimationFrame (at most once a frame),
+// Batches only mark rows dirty; drawing happens in requestAnimationFrame at the rate the hub asks
+// of this tab (60 fps, 30 when several windows are visible or frames overrun, none while hidden),
 // each panel within its own budget (8 ms by default): whatever a panel cannot draw in time stays
-// dirty for the next frame, so a burst never produces a long frame. A cell is written only when
-// its text changes. Frame times, per-panel render times and tick-arrival -> drawn latencies are
-// kept in window.__xy for the browser tests and bench/e2e_latency.py, and latencies are
-// reported to the hub (ClientMetrics); the header shows their p50/p95 over the last 5 s.
+// dirty for the next frame, so a burst never produces a long frame. Rows update in place, and only
+// those in view of their scroll container; a cell is written only when its text changes. The
+// watchlists and the ladder take every batch (tier "live"); the top movers take one merged batch
+// per 250 ms (tier "overview"). Frame times, per-panel render times and tick-arrival -> drawn
+// latencies are kept in window.__xy for the browser tests and bench/e2e_latency.py, and latencies
+// are reported to the hub (ClientMetrics); the header shows their p50/p95 over the last 5 s.
 //
 // URL flags: ?mode=leader (no SharedWorker: leader election), ?groups=a,b, ?budget=8.
 
-import { connect, loadConfig } from "./xy-client.js";
+import { TIERS, connect, loadConfig } from "./xy-client.js";
 import { percentiles, symbolKey } from "./xy-core.js";
 import {
-  LEVEL_MEANING, RollingHistogram, Ring, WATCH_COLUMNS, nextSort, rowComparator, sortValues, topMovers,
+  LEVEL_MEANING, RollingHistogram, Ring, WATCH_COLUMNS, drawDue, nextSort, rowComparator, sortValues, topMovers,
+  visibleRows,
 } from "./demo-core.js";
 
 const params = new URLSearchParams(location.search);
@@ -22,9 +26,16 @@ const READOUT_MS = 250;
 const MAX_MOVERS = 15; // what the panel shows without scrolling at 1400x900
 
 const stats = {
-  received: 0,
+  received: 0, // batches of the live subscriptions (watchlists, ladder)
   byGroup: {}, // group -> batches received
+  overview: 0, // batches of the movers' overview subscriptions
+  pace: null, // the draw rate the hub asks of this tab (fps)
+  draws: 0, // animation frames drawn in (the others skipped at 30 fps)
   latencies: [], // ms, tick arrival -> drawn (bounded; cleared by __xyReset)
+  // ms per live batch, where a latency goes (bounded; cleared by __xyReset): oldest tick arrival
+  // -> the hub posted the batch (gateway and worker), and posted -> this tab took it in.
+  hubMs: [],
+  postMs: [],
   frames: [], // ms between animation frames (bounded; cleared by __xyReset)
   panels: {}, // name -> [ms] per frame (bounded; cleared by __xyReset)
   overBudget: {}, // name -> frames where the panel stopped at its budget
@@ -42,6 +53,8 @@ const recent = {
 window.__xy = stats;
 window.__xyReset = () => {
   stats.latencies = [];
+  stats.hubMs = [];
+  stats.postMs = [];
   stats.frames = [];
   for (const k of Object.keys(stats.panels)) stats.panels[k] = [];
   for (const k of Object.keys(stats.overBudget)) stats.overBudget[k] = 0;
@@ -81,14 +94,20 @@ class Watchlist {
     this.root = root;
     this.group = group;
     this.client = client;
+    this.scroller = root.querySelector(".scroll");
+    this.head = root.querySelector("thead");
     this.body = root.querySelector("tbody");
     this.count = root.querySelector(".count");
     root.querySelector(".group").textContent = group;
-    this.rows = new Map(); // key -> {key, tr, cells, texts, state, open, arrivalUs, vals}
+    this.rows = new Map(); // key -> {key, tr, cells, texts, state, open, arrivalUs, vals, index}
+    this.order = []; // rows in table order
     this.dirty = new Set();
     this.onSelect = onSelect;
     this.sort = { col: 0, dir: 1 };
     this.orderDirty = false;
+    this.inView = [0, -1]; // row indexes in view (visibleRows), measured at the frame's start
+    this.geometry = null; // {headHeight, rowHeight}, measured once rows exist (again on resize)
+    new ResizeObserver(() => { this.geometry = null; }).observe(this.scroller);
     this.heads = [...root.querySelectorAll("thead th")];
     this.heads.forEach((th, col) => {
       th.tabIndex = 0;
@@ -148,25 +167,47 @@ class Watchlist {
       tr.title = `${s.venue}:${s.symbol}`;
       tr.addEventListener("click", () => this.onSelect(this.group, key));
       this.body.appendChild(tr);
-      row = { key, tr, cells, texts: [s.symbol, "", "", "", "", "", "", ""], state: s, open: s.last, arrivalUs: 0, vals: sortValues(s, s.last) };
+      row = { key, tr, cells, texts: [s.symbol, "", "", "", "", "", "", ""], state: s, open: s.last, arrivalUs: 0, vals: sortValues(s, s.last), index: this.order.length };
       this.rows.set(key, row);
+      this.order.push(row);
       this.orderDirty = true;
     }
     row.state = s;
+    // Rows are ordered by what they hold, in view or not, so the rows in view are the right ones.
+    const vals = sortValues(s, row.open);
+    if (vals[this.sort.col] !== row.vals[this.sort.col]) this.orderDirty = true;
+    row.vals = vals;
     if (arrivalUs && (!row.arrivalUs || arrivalUs < row.arrivalUs)) row.arrivalUs = arrivalUs;
     this.dirty.add(key);
   }
 
+  /** Reads only (called for every panel before any draws, so no read forces a layout). */
+  measure() {
+    const sc = this.scroller;
+    if (this.geometry === null && this.order.length) {
+      const first = this.body.firstElementChild;
+      this.geometry = { headHeight: this.head.offsetHeight, rowHeight: first ? first.getBoundingClientRect().height : 0 };
+    }
+    const g = this.geometry;
+    this.inView = visibleRows(sc.scrollTop, sc.clientHeight, g?.headHeight ?? 0, g?.rowHeight ?? 0, this.order.length);
+  }
+
   render(deadline) {
+    if (this.orderDirty) this._reorder();
     let complete = true;
-    const col = this.sort.col;
+    const [first, last] = this.inView;
     for (const key of this.dirty) {
+      const row = this.rows.get(key);
+      if (row.index < first || row.index > last) {
+        // Out of view: drawn when it scrolls in; a latency is only measured for what is seen.
+        row.arrivalUs = 0;
+        continue;
+      }
       if (performance.now() > deadline) {
         complete = false;
         break;
       }
       this.dirty.delete(key);
-      const row = this.rows.get(key);
       const s = row.state;
       const d = s.priceDecimals;
       const chg = s.last - row.open;
@@ -183,10 +224,6 @@ class Watchlist {
         t[7] = cls;
         c[2].className = cls;
       }
-      // Rows are ordered by what they show, so the table is sorted after every frame.
-      const vals = sortValues(s, row.open);
-      if (vals[col] !== row.vals[col]) this.orderDirty = true;
-      row.vals = vals;
       if (row.arrivalUs) {
         const ms = (serverNowUs() - row.arrivalUs) / 1000;
         row.arrivalUs = 0;
@@ -195,19 +232,24 @@ class Watchlist {
         this.client.reportRender(ms);
       }
     }
-    if (this.orderDirty) this._reorder();
     return complete;
   }
 
-  /** Put the rows in sort order, moving only those out of place. */
+  /** Put the rows in sort order, moving only those out of place; rows that moved into view
+   * are drawn in this frame (the range was measured before any move). */
   _reorder() {
     this.orderDirty = false;
     const rows = [...this.rows.values()].sort(rowComparator(this.sort.col, this.sort.dir));
     let node = this.body.firstElementChild;
-    for (const row of rows) {
+    rows.forEach((row, i) => {
+      if (row.index !== i) {
+        row.index = i;
+        this.dirty.add(row.key); // its place in view may be new: draw it if it is in view
+      }
       if (row.tr === node) node = node.nextElementSibling;
       else this.body.insertBefore(row.tr, node);
-    }
+    });
+    this.order = rows;
     const n = String(rows.length);
     if (this.count.textContent !== n) this.count.textContent = n;
   }
@@ -440,10 +482,11 @@ async function main() {
   const client = await connect({ config, mode });
   window.__xyClient = client;
 
-  const books = new Map(); // group -> Map(key -> latest state), for the movers and the ladder
-  const baseline = new Map(); // key -> last in its group's latest snapshot
+  const books = new Map(); // group -> Map(key -> latest state), for the ladder (live tier)
+  const overview = new Map(); // group -> Map(key -> state), for the movers (overview tier)
+  const baseline = new Map(); // key -> last in its group's first snapshot (the movers' "change")
   const ladder = new Ladder(document.getElementById("panel-ladder"));
-  const movers = new Movers(document.getElementById("panel-movers"), books, baseline);
+  const movers = new Movers(document.getElementById("panel-movers"), overview, baseline);
   const status = new StatusPanel(document.getElementById("panel-status"));
   const watchRoots = [document.getElementById("panel-watch-a"), document.getElementById("panel-watch-b")];
   const watches = [];
@@ -460,27 +503,54 @@ async function main() {
     stats.received += 1;
     stats.byGroup[batch.group] = (stats.byGroup[batch.group] ?? 0) + 1;
     offsetUs = batch.offsetUs ?? offsetUs;
+    if (batch.minArrivalUs && batch.flushedUs) {
+      // Both stamps are this machine's wall clock (the worker's and this tab's).
+      push(stats.hubMs, (batch.flushedUs + offsetUs - batch.minArrivalUs) / 1000);
+      push(stats.postMs, ((performance.timeOrigin + performance.now()) * 1000 - batch.flushedUs) / 1000);
+    }
     let book = books.get(batch.group);
     if (book === undefined) books.set(batch.group, (book = new Map()));
     if (batch.snapshot) {
       book.clear();
       for (const s of batch.snapshot.symbols) {
-        const key = symbolKey(s);
-        book.set(key, s);
-        baseline.set(key, s.last);
+        book.set(symbolKey(s), s);
         ladder.offer(batch.group, s);
       }
-      movers.configure(batch.snapshot);
     }
     for (const k of batch.removed ?? []) book.delete(k);
     for (const s of batch.symbols) {
       book.set(symbolKey(s), s);
       ladder.offer(batch.group, s);
     }
-    movers.touch();
     for (const w of watches) if (w.group === batch.group) w.apply(batch);
   };
-  for (const g of groups) client.subscribe(g, onBatch);
+  // The movers rank every symbol of every group: four merged batches a second are plenty.
+  const onOverview = (batch) => {
+    stats.overview += 1;
+    let book = overview.get(batch.group);
+    if (book === undefined) overview.set(batch.group, (book = new Map()));
+    if (batch.snapshot) {
+      book.clear();
+      for (const s of batch.snapshot.symbols) {
+        const key = symbolKey(s);
+        book.set(key, s);
+        // A snapshot the hub made for a tab that came back into view is no new baseline.
+        if (!batch.snapshot.synthetic || !baseline.has(key)) baseline.set(key, s.last);
+      }
+      movers.configure(batch.snapshot);
+    }
+    for (const k of batch.removed ?? []) book.delete(k);
+    for (const s of batch.symbols) book.set(symbolKey(s), s);
+    movers.touch();
+  };
+  for (const g of groups) {
+    client.subscribe(g, onBatch, { everyMs: TIERS.live });
+    client.subscribe(g, onOverview, { everyMs: TIERS.overview });
+  }
+  stats.pace = client.pace;
+  client.on("pace", (fps) => {
+    stats.pace = fps;
+  });
   // Both carry the hub's current level: a status also reaches a tab that opened after a change.
   const onDegrade = (d) => {
     stats.degrade = d;
@@ -502,6 +572,7 @@ async function main() {
     recent.panels[p.name] = new Ring(300);
   }
   let lastTs = 0;
+  let lastDrawn = -Infinity;
   let fpsFrames = 0;
   let fpsSince = performance.now();
   const frame = (ts) => {
@@ -510,13 +581,19 @@ async function main() {
       recent.frames.push(ts - lastTs);
     }
     lastTs = ts;
-    for (const p of panels) {
-      const t0 = performance.now();
-      const complete = p.render(t0 + BUDGET_MS);
-      const spent = performance.now() - t0;
-      push(stats.panels[p.name], spent);
-      recent.panels[p.name].push(spent);
-      if (!complete) stats.overBudget[p.name] += 1;
+    if (drawDue(ts, lastDrawn, stats.pace)) {
+      lastDrawn = ts;
+      stats.draws += 1;
+      // Every read before any write: no panel's measuring forces a layout another one dirtied.
+      for (const p of panels) p.measure?.();
+      for (const p of panels) {
+        const t0 = performance.now();
+        const complete = p.render(t0 + BUDGET_MS);
+        const spent = performance.now() - t0;
+        push(stats.panels[p.name], spent);
+        recent.panels[p.name].push(spent);
+        if (!complete) stats.overBudget[p.name] += 1;
+      }
     }
     fpsFrames += 1;
     const now = performance.now();

@@ -1,9 +1,15 @@
 // The library a tab uses to reach the browser's single gateway connection.
 //
 //   const xy = await connect({ config });          // or connect() to read /config.json
-//   const off = xy.subscribe("fx", (batch) => ...);  // batches merged every 16–33 ms
+//   const off = xy.subscribe("fx", (batch) => ...);  // every batch, as soon as this tab is free
+//   xy.subscribe("fx", fn, { everyMs: 250 });        // a tier: at most one merged batch per 250 ms
 //   xy.reportRender(latencyMs);                      // tick arrival -> drawn, for ClientMetrics
+//   xy.on("pace", (fps) => ...);                     // how fast the hub wants this tab to draw
 //   xy.on("status", (s) => ...);                     // connection, level, counters
+//
+// Each delivery is acknowledged once its handlers ran: while a tab is busy (drawing), the hub
+// merges what arrives instead of queueing it. The tab tells the hub when it is hidden (it is then
+// sent nothing, and the current state at once when it shows again).
 //
 // `connect()` uses a SharedWorker (xy-worker.js) when the browser has one. Otherwise — or when
 // asked with mode "leader" (e.g. the page's ?mode=leader flag) — the tabs elect a leader with
@@ -12,8 +18,15 @@
 // the socket; the others re-announce their subscriptions to it.
 
 import { Hub } from "./xy-worker.js";
+import { TIERS } from "./xy-outlet.js";
+
+export { TIERS };
 
 const RENDER_REPORT_MS = 500;
+
+function isVisible() {
+  return globalThis.document?.visibilityState !== "hidden";
+}
 
 function newId() {
   return globalThis.crypto?.randomUUID?.() ?? `${Date.now().toString(36)}-${Math.random().toString(36).slice(2)}`;
@@ -58,7 +71,8 @@ export class XyClient {
     this.channel = channel;
     this.tab = newId();
     this.role = mode === "shared-worker" ? "worker-client" : "follower";
-    this.handlers = new Map(); // group -> Set(fn)
+    this.handlers = new Map(); // "group@everyMs" -> {group, everyMs, fns: Set(fn)}
+    this.pace = 60; // draw rate the hub asks of this tab (fps; 0 = do not draw)
     this.listeners = new Map(); // event -> Set(fn)
     this.status = null;
     this.pendingLatency = [];
@@ -73,25 +87,36 @@ export class XyClient {
 
   // ------------------------------------------------------------------ public API
 
-  /** Call `onBatch(batch)` for every batch of `group`; returns the unsubscribe function. */
-  subscribe(group, onBatch) {
-    let set = this.handlers.get(group);
-    if (set === undefined) {
-      this.handlers.set(group, (set = new Set()));
-      this._send({ t: "sub", group });
+  /**
+   * Call `onBatch(batch)` for the batches of `group`; returns the unsubscribe function. `everyMs`
+   * is the tier: 0 (TIERS.live) = every batch, as soon as this tab is free; otherwise at most one
+   * batch per `everyMs` (TIERS.ladder 16, TIERS.overview 250), holding every change since the
+   * last one (latest state per symbol, trades and volume accumulated). The browser keeps one
+   * gateway subscription per group whatever the tiers.
+   */
+  subscribe(group, onBatch, { everyMs = TIERS.live } = {}) {
+    if (!(Number.isFinite(everyMs) && everyMs >= 0)) {
+      throw new RangeError(`subscribe(${JSON.stringify(group)}): everyMs must be a number of ms >= 0, got ${everyMs}`);
     }
-    set.add(onBatch);
-    return () => this.unsubscribe(group, onBatch);
+    const key = `${group}@${everyMs}`;
+    let view = this.handlers.get(key);
+    if (view === undefined) {
+      this.handlers.set(key, (view = { group, everyMs, fns: new Set() }));
+      this._send({ t: "sub", group, everyMs });
+    }
+    view.fns.add(onBatch);
+    return () => this.unsubscribe(group, onBatch, { everyMs });
   }
 
-  unsubscribe(group, onBatch) {
-    const set = this.handlers.get(group);
-    if (set === undefined) return;
-    if (onBatch) set.delete(onBatch);
-    else set.clear();
-    if (set.size === 0) {
-      this.handlers.delete(group);
-      this._send({ t: "unsub", group });
+  unsubscribe(group, onBatch, { everyMs = TIERS.live } = {}) {
+    const key = `${group}@${everyMs}`;
+    const view = this.handlers.get(key);
+    if (view === undefined) return;
+    if (onBatch) view.fns.delete(onBatch);
+    else view.fns.clear();
+    if (view.fns.size === 0) {
+      this.handlers.delete(key);
+      this._send({ t: "unsub", group, everyMs });
     }
   }
 
@@ -111,7 +136,7 @@ export class XyClient {
     this._send({ t: "resync", group });
   }
 
-  /** Events: "status", "degrade", "error", "batch" (every batch, any group), "role". */
+  /** Events: "status", "degrade", "error", "batch" (every batch, any group), "role", "pace". */
   on(event, fn) {
     let set = this.listeners.get(event);
     if (set === undefined) this.listeners.set(event, (set = new Set()));
@@ -124,6 +149,7 @@ export class XyClient {
     this._closed = true;
     this._send({ t: "bye" });
     clearInterval(this._renderTimer);
+    globalThis.document?.removeEventListener("visibilitychange", this._onVisibility);
     this.hub?.stop();
     this._releaseLeader?.();
     this._releaseTabLock?.();
@@ -138,9 +164,19 @@ export class XyClient {
 
   _deliver(msg) {
     switch (msg.t) {
-      case "batch":
-        this._emit("batch", msg);
-        for (const fn of this.handlers.get(msg.group) ?? []) fn(msg);
+      case "batches":
+        try {
+          for (const batch of msg.list) {
+            this._emit("batch", batch);
+            for (const fn of this.handlers.get(`${batch.group}@${batch.everyMs}`)?.fns ?? []) fn(batch);
+          }
+        } finally {
+          this._send({ t: "ack" });
+        }
+        break;
+      case "pace":
+        this.pace = msg.fps;
+        this._emit("pace", msg.fps);
         break;
       case "status":
         this.status = { ...msg, role: this.role };
@@ -152,8 +188,8 @@ export class XyClient {
   }
 
   _hello() {
-    this._send({ t: "hello", tab: this.tab, config: this.config });
-    for (const group of this.handlers.keys()) this._send({ t: "sub", group });
+    this._send({ t: "hello", tab: this.tab, config: this.config, acks: true, visible: isVisible() });
+    for (const { group, everyMs } of this.handlers.values()) this._send({ t: "sub", group, everyMs });
   }
 
   async _start() {
@@ -170,6 +206,8 @@ export class XyClient {
     else this._startLeaderElection();
     this._renderTimer = setInterval(() => this._flushRender(), RENDER_REPORT_MS);
     globalThis.addEventListener?.("pagehide", () => this.close());
+    this._onVisibility = () => this._send({ t: "vis", visible: isVisible() });
+    globalThis.document?.addEventListener("visibilitychange", this._onVisibility);
   }
 
   _flushRender() {

@@ -441,13 +441,94 @@ export function mergeState(older, newer) {
 }
 
 /**
- * The batch being built for each group between two flushes. Deltas fold into one entry per
- * symbol (mergeState); a snapshot replaces whatever was pending for its group. `drain()`
- * returns one batch per group with something new, and starts over.
+ * Fold one delta's entries into `symbols` (Map symbolKey -> state) and `removed` (Set of
+ * symbolKeys), the rule of xypipe/_md/conflation.py merge_deltas (proto/scenarios/merge.json):
+ * removals first (an entry pending for a removed symbol goes, its removal stays), then each
+ * entry merges over the one pending for its symbol (mergeState) and clears a removal of it (it
+ * came back). With `isStale(prev, s)`, an entry it calls stale is skipped. Returns how many
+ * entries merged over a pending one and how many were skipped as stale.
+ */
+export function foldEntries(symbols, removed, removedKeys, states, isStale = null) {
+  let merged = 0;
+  let stale = 0;
+  for (const k of removedKeys) {
+    symbols.delete(k);
+    removed.add(k);
+  }
+  for (const s of states) {
+    const k = symbolKey(s);
+    removed.delete(k);
+    const prev = symbols.get(k);
+    if (prev === undefined) symbols.set(k, s);
+    else if (isStale !== null && isStale(prev, s)) stale += 1;
+    else {
+      symbols.set(k, mergeState(prev, s));
+      merged += 1;
+    }
+  }
+  return { merged, stale };
+}
+
+/**
+ * Consecutive deltas of one (group, shard) stream as one delta: what one longer window would
+ * have produced. The same function as xypipe/_md/conflation.py merge_deltas, checked against it
+ * by the shared vectors (proto/scenarios/merge.json). Deltas and the result are plain objects:
+ * {group, shard, epoch, seq, firstSeq, windowMs, level, tsEmitUs, removed: ["venue.symbol"],
+ * symbols: [plainState]}. Throws for no delta, mixed streams or epochs, or a sequence gap
+ * (merging must never hide a gap).
+ */
+export function mergeDeltas(deltas) {
+  if (!deltas.length) throw new RangeError("mergeDeltas: expected at least one delta, got none");
+  const first = deltas[0];
+  const last = deltas[deltas.length - 1];
+  const symbols = new Map();
+  const removed = new Set();
+  const wire = new Map(); // symbolKey -> the removed key as it came ("venue.symbol")
+  let prev = null;
+  let windowMs = 0;
+  for (const d of deltas) {
+    if (d.group !== first.group || (d.shard ?? 0) !== (first.shard ?? 0) || d.epoch !== first.epoch) {
+      throw new RangeError(`mergeDeltas: expected deltas of one stream, got ${d.group}/${d.shard ?? 0} epoch ${d.epoch} after ${first.group}/${first.shard ?? 0} epoch ${first.epoch}`);
+    }
+    const from = d.firstSeq || d.seq;
+    if (prev !== null && from !== prev.seq + 1) {
+      throw new RangeError(`mergeDeltas: ${d.group}/${d.shard ?? 0}: expected seq ${prev.seq + 1} after ${prev.seq}, got ${from} (a gap cannot be merged)`);
+    }
+    prev = d;
+    windowMs += d.windowMs ?? 0;
+    const keys = (d.removed ?? []).map((w) => {
+      const k = removedKey(w);
+      wire.set(k, w);
+      return k;
+    });
+    foldEntries(symbols, removed, keys, d.symbols ?? []);
+  }
+  return {
+    group: first.group,
+    shard: first.shard ?? 0,
+    epoch: first.epoch,
+    seq: last.seq,
+    firstSeq: deltas.length > 1 || first.firstSeq ? (first.firstSeq || first.seq) : 0,
+    windowMs,
+    level: last.level ?? 0,
+    tsEmitUs: last.tsEmitUs ?? 0,
+    symbols: [...symbols.values()],
+    removed: [...removed].map((k) => wire.get(k)),
+  };
+}
+
+/** An entry older than the one pending for its symbol (possible only across streams). */
+const olderThanPending = (prev, s) => s.seq !== 0 && prev.seq !== 0 && s.seq < prev.seq;
+
+/**
+ * The batch being built for each group from one gateway frame. Deltas fold into one entry per
+ * symbol (foldEntries; an entry older than the one pending is dropped as stale); a snapshot
+ * replaces whatever was pending for its group. `drain()` returns one batch per group with
+ * something new, and starts over.
  */
 export class BatchMerger {
   constructor() {
-    this.pending = new Map(); // group -> {snapshot, symbols: Map, deltas, merged, minArrivalUs, lastSeq}
+    this.pending = new Map(); // group -> {snapshot, symbols: Map, removed: Set, deltas, minArrivalUs, seqs}
     this.merged = 0; // symbol entries folded into an existing one (lifetime)
     this.stale = 0; // symbol entries dropped as older than the pending one (lifetime)
   }
@@ -469,22 +550,10 @@ export class BatchMerger {
     const e = this._entry(group);
     e.deltas += 1;
     e.seqs[shard] = seq;
-    for (const k of removed) {
-      e.symbols.delete(k);
-      e.removed.add(k);
-    }
+    const { merged, stale } = foldEntries(e.symbols, e.removed, removed, states, olderThanPending);
+    this.merged += merged;
+    this.stale += stale;
     for (const s of states) {
-      const k = symbolKey(s);
-      e.removed.delete(k);
-      const prev = e.symbols.get(k);
-      if (prev === undefined) {
-        e.symbols.set(k, s);
-      } else if (s.seq !== 0 && prev.seq !== 0 && s.seq < prev.seq) {
-        this.stale += 1;
-      } else {
-        e.symbols.set(k, mergeState(prev, s));
-        this.merged += 1;
-      }
       if (s.tsArrivalUs && (!e.minArrivalUs || s.tsArrivalUs < e.minArrivalUs)) e.minArrivalUs = s.tsArrivalUs;
     }
   }

@@ -6,13 +6,17 @@
 //
 // What it does: hello with a short-lived JWT, subscribe/unsubscribe by reference count across
 // tabs, per-(group, shard) epoch/sequence tracking with a snapshot request on a gap, an epoch
-// change or a checksum mismatch, merge/dedupe per group and a broadcast every `batchMs`,
-// resume after a reconnect (last sequence per stream), exponential backoff with jitter and a
-// cap on concurrent attempts, heartbeats and dead-socket detection, ClientMetrics reports.
+// change or a checksum mismatch, merge/dedupe per group per gateway frame, delivery to each tab
+// at its tier with flow control (xy-outlet.js: an idle tab gets a batch on arrival, a busy or
+// slower one a trade-safe merge later, a hidden one nothing until it shows), a draw rate per
+// tab (planDraw), resume after a reconnect (last sequence per stream), exponential backoff with
+// jitter and a cap on concurrent attempts, heartbeats and dead-socket detection, ClientMetrics.
 //
-// Tab -> hub messages ({t: ...}): hello {tab, config}, sub {group}, unsub {group},
+// Tab -> hub messages ({t: ...}): hello {tab, config, acks, visible}, sub {group, everyMs},
+// unsub {group, everyMs}, ack (a delivery was taken in), vis {visible},
 // render {lat: [ms...], fps, frameP95}, bye, resync {group}.
-// Hub -> tab messages: status {...}, batch {id, group, snapshot, symbols, ...}, error {...}.
+// Hub -> tab messages: status {...}, batches {list: [{id, group, everyMs, snapshot, symbols,
+// removed, ...}]} (acknowledge each with ack), pace {fps}, degrade {...}, error {...}.
 
 import {
   ClientFrameSchema,
@@ -34,6 +38,7 @@ import {
   plainState,
   removedKey,
 } from "./xy-core.js";
+import { Outlet, planDraw } from "./xy-outlet.js";
 
 export const PROTOCOL_VERSION = 1;
 
@@ -41,7 +46,9 @@ export const DEFAULTS = Object.freeze({
   wsUrl: "",
   token: "", // a fixed token, or:
   tokenUrl: "", // an endpoint answering {"token": "..."} (fetched for every connection)
-  batchMs: 16, // 16..33: how often merged batches go to the tabs
+  batchMs: 16, // 16..33: how long a tab that never acknowledges (an older client) counts as busy
+  ackTimeoutMs: 1000, // a delivery not acknowledged within this no longer holds the tab's next one
+  maxInFlight: 1, // deliveries a tab may hold unacknowledged before the hub merges for it
   heartbeatMs: 5000, // used until the gateway's Welcome says otherwise
   deadAfterBeats: 3, // no frame for this many heartbeats -> the socket is dead
   metricsMs: 2000, // ClientMetrics report period
@@ -76,7 +83,9 @@ export class Hub {
     this.mode = mode; // "shared-worker" | "leader"
     this.env = env;
     this.config = null;
-    this.tabs = new Map(); // tab -> {sink, fps, frameP95}
+    this.tabs = new Map(); // tab -> {sink, fps, frameP95, visible}
+    this.outlet = new Outlet({ viewOf: (group) => this._viewOf(group) });
+    this.pace = new Map(); // tab -> {fps, until}: the draw plan (planDraw)
     this.refs = new RefCount();
     this.tracker = new SeqTracker();
     this.books = new Map(); // group -> GroupBook
@@ -99,7 +108,6 @@ export class Hub {
     this.batchIds = 0;
     this.nonce = 0;
     this.lastRx = 0;
-    this.lastFlush = 0;
     this.connectedAt = 0;
     this.disconnectedAt = 0;
     this.lastRecoveryMs = null; // disconnect -> first data on the prior subscriptions
@@ -107,7 +115,7 @@ export class Hub {
     this.counters = {
       frames: 0, bytes: 0, deltas: 0, snapshots: 0, duplicates: 0, gaps: 0, epochChanges: 0, rejected: 0,
       snapshotRequests: 0, checksumMismatches: 0, checksumsVerified: 0, batches: 0,
-      droppedBatches: 0, badFrames: 0, errors: 0, connects: 0,
+      droppedBatches: 0, badFrames: 0, errors: 0, connects: 0, deliveries: 0, coalesced: 0, ackTimeouts: 0,
     };
     this._reported = { reconnects: 0, droppedBatches: 0, checksumMismatches: 0 };
     this.timers = {};
@@ -117,7 +125,8 @@ export class Hub {
 
   attach(tab, sink) {
     const known = this.tabs.get(tab);
-    this.tabs.set(tab, { sink, fps: known?.fps ?? 0, frameP95: known?.frameP95 ?? 0 });
+    this.tabs.set(tab, { sink, fps: known?.fps ?? 0, frameP95: known?.frameP95 ?? 0, visible: known?.visible ?? true });
+    if (!known) this.outlet.setTab(tab);
     // A tab's lock is released when the tab goes away (closed, crashed, navigated): waiting
     // for it is how the hub learns of a tab that never said goodbye.
     if (!known && this.env.locks) {
@@ -127,29 +136,47 @@ export class Hub {
 
   detach(tab) {
     if (!this.tabs.delete(tab)) return;
+    this.outlet.removeTab(tab);
+    this.pace.delete(tab);
     for (const group of this.refs.removeTab(tab)) this._dropGroup(group);
+    this._replan();
     this._broadcastStatus();
   }
 
   /** A message from a tab (already attached by the transport). */
   handle(tab, msg) {
     switch (msg?.t) {
-      case "hello":
+      case "hello": {
         if (this.config === null) this.configure(msg.config);
+        const visible = msg.visible ?? true;
+        this.tabs.get(tab).visible = visible;
+        this.outlet.setTab(tab, { acks: Boolean(msg.acks), visible });
         this._post(tab, this._status());
+        this.pace.delete(tab); // a (re)announced tab is told its draw rate afresh
+        this._replan();
         break;
+      }
       case "sub":
-        if (this.refs.add(tab, msg.group)) {
-          this._sendSubscribe([msg.group]);
-        } else {
-          this._sendView(tab, msg.group);
-        }
+        if (this.refs.add(tab, msg.group)) this._sendSubscribe([msg.group]);
+        this._deliver(this.outlet.addView(tab, msg.group, msg.everyMs ?? 0, this.env.now()));
         this._broadcastStatus();
         break;
       case "unsub":
-        if (this.refs.remove(tab, msg.group)) this._dropGroup(msg.group);
+        if (this.outlet.removeView(tab, msg.group, msg.everyMs ?? 0) && this.refs.remove(tab, msg.group)) {
+          this._dropGroup(msg.group);
+        }
         this._broadcastStatus();
         break;
+      case "ack":
+        this._deliver(this.outlet.ack(tab, this.env.now()));
+        break;
+      case "vis": {
+        const t = this.tabs.get(tab);
+        if (t) t.visible = Boolean(msg.visible);
+        this._deliver(this.outlet.setVisible(tab, Boolean(msg.visible), this.env.now()));
+        this._replan();
+        break;
+      }
       case "render": {
         for (const ms of msg.lat ?? []) if (Number.isFinite(ms)) this.latencies.add(ms);
         const t = this.tabs.get(tab);
@@ -157,6 +184,7 @@ export class Hub {
           t.fps = msg.fps ?? t.fps;
           t.frameP95 = msg.frameP95 ?? t.frameP95;
         }
+        this._replan();
         break;
       }
       case "resync":
@@ -174,6 +202,9 @@ export class Hub {
     this.config = { ...DEFAULTS, ...config };
     const c = this.config;
     if (!c.wsUrl) throw new Error("xy hub: config.wsUrl is required (the gateway's ws:// URL)");
+    this.outlet.batchMs = c.batchMs;
+    this.outlet.ackTimeoutMs = c.ackTimeoutMs;
+    this.outlet.maxInFlight = c.maxInFlight;
     this.heartbeatMs = c.heartbeatMs;
     this.reconnector = new Reconnector({
       backoff: new Backoff({ baseMs: c.backoffBaseMs, capMs: c.backoffCapMs }),
@@ -348,8 +379,7 @@ export class Hub {
     if (frame.error) this._onError(frame.error);
     for (const snap of frame.snapshots) this._onSnapshot(snap, now);
     for (const delta of frame.deltas) this._onDelta(delta, now);
-    if (this.merger.size && now - this.lastFlush >= this.config.batchMs) this._flush();
-    if (this.merger.size) this._scheduleOnce("flush", this.config.batchMs, () => this._flush());
+    if (this.merger.size) this._offer(now);
   }
 
   _onWelcome(w, now) {
@@ -515,45 +545,73 @@ export class Hub {
     this.snapshotAsked.delete(group);
   }
 
-  _sendView(tab, group) {
+  /** The group's current state as a batch (what a new, or newly visible, view is sent first). */
+  _viewOf(group) {
     const book = this.books.get(group);
-    if (book === undefined || book.symbols.size === 0) return;
-    this._post(tab, this._batchMessage({
-      group, snapshot: book.view(), symbols: [], deltas: 0, minArrivalUs: 0, seqs: {},
-    }));
+    if (book === undefined || book.symbols.size === 0) return null;
+    return { id: this.batchIds, group, snapshot: book.view(), symbols: [], removed: [], deltas: 0, minArrivalUs: 0, seqs: {} };
   }
 
-  // ------------------------------------------------------------------ fan-out
+  // ------------------------------------------------------------------ delivery
 
-  _flush() {
-    this._cancel("flush");
-    this.lastFlush = this.env.now();
+  /** This frame's batches, one per group, to the outlet (sent on to idle tabs at once). */
+  _offer(now) {
+    const batches = [];
     for (const batch of this.merger.drain()) {
-      const tabs = this.refs.holders(batch.group);
-      if (!tabs.size) {
+      if (!this.refs.holders(batch.group).size) {
         this.counters.droppedBatches += 1;
         continue;
       }
-      this._fanout(batch.group, this._batchMessage(batch));
+      batch.id = ++this.batchIds;
+      batches.push(batch);
+    }
+    this._deliver(this.outlet.offer(batches, now));
+  }
+
+  /**
+   * Post the outlet's deliveries (one message per tab), then arm the timer for what waits on a
+   * tier's interval or an unacknowledged delivery. In leader mode tabs sent the very same
+   * batches share one BroadcastChannel message.
+   */
+  _deliver(deliveries) {
+    if (deliveries.length) {
+      const offsetUs = this.clock.offsetUs;
+      const flushedUs = this.env.wallUs();
+      const messages = [];
+      for (const { tab, batches } of deliveries) {
+        const same = this.multicast ? messages.find((m) => sameBatches(m.batches, batches)) : undefined;
+        if (same) {
+          same.tabs.push(tab);
+          continue;
+        }
+        const list = batches.map((b) => ({ t: "batch", ...b, offsetUs, flushedUs }));
+        messages.push({ tabs: [tab], batches, msg: { t: "batches", list } });
+        this.counters.batches += list.length;
+      }
+      const s = this.outlet.stats;
+      Object.assign(this.counters, { deliveries: s.deliveries, coalesced: s.coalesced, ackTimeouts: s.ackTimeouts });
+      for (const m of messages) {
+        if (this.multicast) this.multicast(m.tabs, m.msg);
+        else this._post(m.tabs[0], m.msg);
+      }
+    }
+    const next = this.outlet.nextAt();
+    if (next === null) this._cancel("deliver");
+    else {
+      this._scheduleOnce("deliver", Math.max(0, next - this.env.now()), () => this._deliver(this.outlet.due(this.env.now())));
     }
   }
 
-  _batchMessage(batch) {
-    this.counters.batches += 1;
-    return {
-      t: "batch",
-      id: ++this.batchIds,
-      group: batch.group,
-      snapshot: batch.snapshot,
-      symbols: batch.symbols,
-      removed: batch.removed ?? [],
-      deltas: batch.deltas,
-      minArrivalUs: batch.minArrivalUs,
-      seqs: batch.seqs,
-      offsetUs: this.clock.offsetUs,
-      flushedUs: this.env.wallUs(),
-    };
+  /** Tell each tab whose draw rate changed (planDraw over every tab's reports). */
+  _replan() {
+    const plan = planDraw(this.tabs, this.pace, this.env.now());
+    for (const [tab, p] of plan) {
+      if (this.pace.get(tab)?.fps !== p.fps) this._post(tab, { t: "pace", fps: p.fps });
+    }
+    this.pace = plan;
   }
+
+  // ------------------------------------------------------------------ fan-out
 
   _fanout(group, msg) {
     const tabs = [...this.refs.holders(group)];
@@ -687,6 +745,11 @@ export class Hub {
       delete this.timers[name];
     }
   }
+}
+
+/** Two deliveries of the very same batches (same objects, same tiers). */
+function sameBatches(a, b) {
+  return a.length === b.length && a.every((x, i) => x.id === b[i].id && x.group === b[i].group && x.everyMs === b[i].everyMs && x.symbols === b[i].symbols);
 }
 
 // ---------------------------------------------------------------------- SharedWorker entry

@@ -5,7 +5,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 
 import {
-  RollingHistogram, Ring, nextSort, rowComparator, sortValues, topMovers,
+  RollingHistogram, Ring, drawDue, nextSort, rowComparator, sortValues, topMovers, visibleRows,
 } from "../../ui-static/demo-core.js";
 
 function st(symbol, over = {}) {
@@ -111,4 +111,27 @@ test("a click on the sorted column flips it; a new column starts ascending for n
   assert.deepEqual(nextSort({ col: 0, dir: 1 }, 5), { col: 5, dir: -1 });
   assert.deepEqual(nextSort({ col: 5, dir: -1 }, 5), { col: 5, dir: 1 });
   assert.deepEqual(nextSort({ col: 5, dir: 1 }, 0), { col: 0, dir: 1 });
+});
+
+// ---------------------------------------------------------------------------- drawing
+
+test("rows in view: the scrolled window under the header, with overscan, clamped", () => {
+  // 20 px rows under a 24 px header, a 200 px tall view.
+  assert.deepEqual(visibleRows(0, 200, 24, 20, 100, 0), [0, 8]);
+  assert.deepEqual(visibleRows(0, 200, 24, 20, 100, 2), [0, 10]);
+  assert.deepEqual(visibleRows(1000, 200, 24, 20, 100, 0), [48, 58]);
+  assert.deepEqual(visibleRows(1000, 200, 24, 20, 50, 0), [48, 49], "clamped to the last row");
+  assert.deepEqual(visibleRows(0, 200, 24, 0, 7), [0, 6], "not measured yet: every row");
+  assert.deepEqual(visibleRows(0, 200, 24, 20, 0), [0, -1], "no rows");
+});
+
+test("a tab draws every frame at 60 fps, every other one at 30, none at 0", () => {
+  const frames = Array.from({ length: 12 }, (_, i) => i * 16.7 + (i % 3 === 1 ? 1.5 : 0)); // jittered vsync
+  const drawn = (fps) => {
+    let last = -Infinity;
+    return frames.filter((ts) => (drawDue(ts, last, fps) ? ((last = ts), true) : false)).length;
+  };
+  assert.equal(drawn(60), 12);
+  assert.equal(drawn(30), 6);
+  assert.equal(drawn(0), 0);
 });

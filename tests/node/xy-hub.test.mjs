@@ -111,7 +111,7 @@ async function open(clock, { session = "s1" } = {}) {
   return ws;
 }
 
-const batches = (msgs) => msgs.filter((m) => m.t === "batch");
+const batches = (msgs) => msgs.filter((m) => m.t === "batches").flatMap((m) => m.list);
 
 test("the hub opens one socket and says hello with the token", async () => {
   const { clock } = setup();
@@ -350,4 +350,102 @@ test("a trimmed entry keeps the deeper levels the hub holds, and is not verified
   assert.deepEqual(got.asks.map((l) => [l.price, l.size]), [[101, 4], [102, 2]]);
   assert.equal(hub.counters.checksumMismatches, 0);
   assert.deepEqual(hub.books.get("fx").symbols.get("X:AAA").bids.map((l) => l.price), [100, 98]);
+});
+
+// ---------------------------------------------------------------------------- delivery to tabs
+
+/** Tabs as xy-client.js is: they say they acknowledge, and do when told (`ack`). */
+function setupAcking(config = {}, { visible = { t1: true, t2: true } } = {}) {
+  const s = setup(config);
+  for (const tab of ["t1", "t2"]) s.hub.handle(tab, { t: "hello", tab, config: {}, acks: true, visible: visible[tab] });
+  s.ack = (tab) => s.hub.handle(tab, { t: "ack" });
+  return s;
+}
+
+test("a tab that acknowledges gets each frame's batch on arrival, and while busy the merge with its ack", async () => {
+  const { hub, clock, inbox, ack } = setupAcking();
+  const ws = await open(clock);
+  hub.handle("t1", { t: "sub", group: "fx" });
+  ws.frame({ deltas: [{ group: "fx", seq: 1, epoch: 1, symbols: [sym("AAA", 1)] }] });
+  assert.equal(batches(inbox.t1).length, 1, "sent at once, no batch timer");
+  ws.frame({ deltas: [{ group: "fx", seq: 2, epoch: 1, symbols: [sym("AAA", 2)] }] });
+  ws.frame({ deltas: [{ group: "fx", seq: 3, epoch: 1, symbols: [sym("AAA", 3), sym("BBB", 3)] }] });
+  assert.equal(batches(inbox.t1).length, 1, "held while the first is in flight");
+  ack("t1");
+  const got = batches(inbox.t1);
+  assert.equal(got.length, 2);
+  assert.equal(got[1].deltas, 2);
+  assert.deepEqual(got[1].symbols.map((s) => [s.symbol, s.seq]), [["AAA", 3], ["BBB", 3]]);
+  assert.equal(got[1].symbols[0].tsArrivalUs, 1_000_000, "the merged entry's latency counts from its oldest tick");
+  assert.equal(hub.counters.coalesced, 1);
+  ack("t1");
+  ws.frame({ deltas: [{ group: "fx", seq: 4, epoch: 1, symbols: [sym("AAA", 4)] }] });
+  assert.equal(batches(inbox.t1).length, 3);
+});
+
+test("one upstream subscription serves a live view and a 250 ms view, which gets the merge", async () => {
+  const { hub, clock, inbox, ack } = setupAcking();
+  const ws = await open(clock);
+  hub.handle("t1", { t: "sub", group: "fx", everyMs: 0 });
+  hub.handle("t2", { t: "sub", group: "fx", everyMs: 250 });
+  hub.handle("t2", { t: "sub", group: "fx", everyMs: 0 });
+  assert.equal(ws.kinds().filter((k) => k === "subscribe").length, 1, "one gateway subscription");
+  for (let seq = 1; seq <= 30; seq++) {
+    ws.frame({ deltas: [{ group: "fx", seq, epoch: 1, symbols: [sym("AAA", seq)] }] });
+    ack("t1");
+    ack("t2");
+    await clock.advance(20);
+    ack("t2");
+  }
+  const live1 = batches(inbox.t1);
+  const slow = batches(inbox.t2).filter((b) => b.everyMs === 250);
+  const live2 = batches(inbox.t2).filter((b) => b.everyMs === 0);
+  assert.equal(live1.length, 30);
+  assert.equal(live2.length, 30, "a tab's live view is not slowed by its slower one");
+  assert.ok(slow.length >= 2 && slow.length <= 3, `${slow.length} overview batches in 600 ms`);
+  assert.ok(slow.reduce((n, b) => n + b.deltas, 0) >= 25, "every delta reaches the slower view, merged");
+  assert.equal(slow.at(-1).symbols[0].totalTrades, slow.at(-1).symbols[0].seq, "the latest state");
+  hub.handle("t2", { t: "unsub", group: "fx", everyMs: 250 });
+  hub.handle("t1", { t: "unsub", group: "fx", everyMs: 0 });
+  assert.ok(!ws.kinds().includes("unsubscribe"), "t2's live view still holds the group");
+  hub.handle("t2", { t: "unsub", group: "fx", everyMs: 0 });
+  assert.equal(ws.kinds().at(-1), "unsubscribe");
+});
+
+test("a hidden tab is sent nothing, and the group's current state at once when it shows", async () => {
+  const { hub, clock, inbox, ack } = setupAcking({}, { visible: { t1: true, t2: false } });
+  const ws = await open(clock);
+  hub.handle("t1", { t: "sub", group: "fx" });
+  hub.handle("t2", { t: "sub", group: "fx" });
+  ws.frame({ snapshots: [{ group: "fx", epoch: 1, shardSeq: { 0: 1 }, symbols: [sym("AAA", 1), sym("BBB", 1)] }] });
+  for (let seq = 2; seq <= 5; seq++) {
+    ws.frame({ deltas: [{ group: "fx", seq, epoch: 1, symbols: [sym("AAA", seq)] }] });
+    ack("t1");
+    await clock.advance(20);
+  }
+  assert.equal(batches(inbox.t1).length, 5);
+  assert.equal(batches(inbox.t2).length, 0, "nothing while hidden");
+  hub.handle("t2", { t: "vis", visible: true });
+  const [view] = batches(inbox.t2);
+  assert.ok(view.snapshot.synthetic);
+  assert.deepEqual(view.snapshot.symbols.map((s) => [s.symbol, s.seq]), [["AAA", 5], ["BBB", 1]]);
+  ack("t2");
+  ws.frame({ deltas: [{ group: "fx", seq: 6, epoch: 1, symbols: [sym("BBB", 6)] }] });
+  assert.deepEqual(batches(inbox.t2).at(-1).symbols.map((s) => s.seq), [6], "live again");
+});
+
+test("the hub tells each tab how fast to draw: full rate alone, 30 fps with more windows, none hidden", async () => {
+  const { hub, clock, inbox } = setupAcking({}, { visible: { t1: true, t2: false } });
+  await open(clock);
+  const pace = (tab) => inbox[tab].filter((m) => m.t === "pace").at(-1)?.fps;
+  assert.equal(pace("t1"), 60);
+  assert.equal(pace("t2"), 0);
+  hub.attach("t3", { post: (m) => (inbox.t3 ??= []).push(m) });
+  hub.handle("t3", { t: "hello", tab: "t3", config: {}, acks: true, visible: true });
+  hub.handle("t2", { t: "vis", visible: true });
+  assert.deepEqual(["t1", "t2", "t3"].map(pace), [30, 30, 30], "three windows in view");
+  hub.handle("t3", { t: "bye" });
+  assert.deepEqual(["t1", "t2"].map(pace), [60, 60]);
+  hub.handle("t1", { t: "render", lat: [], fps: 31, frameP95: 45 });
+  assert.deepEqual(["t1", "t2"].map(pace), [30, 60], "t1's frames overrun");
 });
