@@ -296,6 +296,13 @@ def chromium_cpu() -> dict[str, float]:
     return out
 
 
+def machine_cpu() -> float:
+    """CPU seconds the whole machine has spent busy (all cores), from /proc/stat."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields[:8]) - idle) / CLK_TCK
+
+
 def proc_cpu(pids: dict[str, int]) -> dict[str, float]:
     return {name: st[1] for name, pid in pids.items() if (st := _stat(pid)) is not None}
 
@@ -377,7 +384,7 @@ class Stack:
             text = Path(self.tmp, f"{name}.log").read_text(errors="replace").strip()
         except OSError:
             return ""
-        return " | ".join(text.splitlines()[-lines:])[-600:]
+        return " / ".join(line[:200] for line in text.splitlines()[-lines:])
 
     def dead(self) -> list[str]:
         return [f"{n} (exit {p.returncode}: {self.log_tail(n)})"
@@ -410,7 +417,7 @@ class Window:
 
     def mark(self) -> dict[str, Any]:
         s = self.stack
-        return {"t": time.monotonic(), "chromium": chromium_cpu(),
+        return {"t": time.monotonic(), "chromium": chromium_cpu(), "machine": machine_cpu(),
                 "services": proc_cpu({n: p.pid for n, p in s.procs.items()}),
                 "hists": {k: histogram(*h) for k, h in self.hists.items()},
                 "gw_bytes": counter_sum(s.url("gateway", "/metrics"), "ws_bytes_sent_total"),
@@ -424,6 +431,10 @@ class Window:
             "service_cpu_pct": cpu_share(start["services"], end["services"], wall),
         }
         out["chromium_cpu_pct"]["total"] = round(sum(out["chromium_cpu_pct"].values()), 1)
+        # What the rest of the machine took meanwhile (other users of a shared machine).
+        busy = 100 * (end["machine"] - start["machine"]) / wall
+        out["other_cpu_pct"] = round(busy - out["chromium_cpu_pct"]["total"]
+                                     - sum(out["service_cpu_pct"].values()), 1)
         for key in self.hists:
             out[key] = quantiles(start["hists"][key], end["hists"][key])
         if start["gw_bytes"] is not None and end["gw_bytes"] is not None:
@@ -515,17 +526,19 @@ def measure_page(stack: Stack, windows: int, args: argparse.Namespace) -> dict[s
     return out
 
 
-def build_peer(dest: Path) -> str | None:
-    """Bundle the raw-tick peer into ``dest``; the reason when it cannot be."""
-    esbuild = ROOT / "node_modules" / ".bin" / "esbuild"
-    if not (ROOT / "node_modules" / "nats.ws").is_dir() or not esbuild.exists():
-        return "node_modules has no nats.ws/esbuild (run npm ci)"
+def build_peer(dest: Path, modules: Path) -> str | None:
+    """Bundle the raw-tick peer into ``dest`` with the packages in ``modules`` (an older
+    checkout without nats.ws can point at a newer one's); the reason when it cannot be."""
+    esbuild = modules / ".bin" / "esbuild"
+    if not (modules / "nats.ws").is_dir() or not esbuild.exists():
+        return f"{modules} has no nats.ws/esbuild (run npm ci, or pass --node-modules)"
     if not (PEER_SRC / "peer.js").is_file():
         return f"{PEER_SRC} is missing"
     done = subprocess.run(
         [str(esbuild), str(PEER_SRC / "peer.js"), "--bundle", "--format=iife",
          "--platform=browser", "--external:crypto", f"--outfile={dest / 'peer.bundle.js'}",
-         "--log-level=error"], cwd=ROOT, capture_output=True, text=True)
+         "--log-level=error"], cwd=ROOT, capture_output=True, text=True,
+        env={**os.environ, "NODE_PATH": str(modules)})
     if done.returncode:
         return f"esbuild failed: {done.stderr.strip()[-300:]}"
     shutil.copy(PEER_SRC / "peer.html", dest / "peer.html")
@@ -637,6 +650,11 @@ def one_run(args: argparse.Namespace, run: int, order: list[str],
                     break
         finally:
             stack.stop()
+            if any("error" in r for r in results):
+                keep = tempfile.mkdtemp(prefix=f"xy-e2e-failed-run{run}-")
+                for log in Path(tmp).glob("*.log"):
+                    shutil.copy(log, keep)
+                print(f"run {run}: the services' logs are kept in {keep}", file=sys.stderr)
         done = {r["variant"] for r in results}
         results += [{"run": run, "variant": v, "error": f"not measured: {stack.dead()}"}
                     for v in order if v not in done]
@@ -681,7 +699,7 @@ SUMMARY = {
     "chromium_cpu_pct": ("chromium_cpu_pct", "total"),
     "received_p50": ("received_ms", "p50"), "received_p99": ("received_ms", "p99"),
     "gateway_send_p95": ("gateway_send_ms", "p95"), "aggregator_p95": ("aggregator_ms", "p95"),
-    "ingest_ticks_per_s": ("ingest_ticks_per_s",),
+    "ingest_ticks_per_s": ("ingest_ticks_per_s",), "other_cpu_pct": ("other_cpu_pct",),
 }
 
 
@@ -727,8 +745,8 @@ def markdown(doc: dict[str, Any]) -> str:
         "",
         "| variant | ok/failed | latency p50 | p95 | p99 | frame interval p50 | p95 "
         "| work/frame p50 | p95 | fps/window | bytes/s | renderers % | chromium % "
-        "| gateway send p95 | aggregator p95 | ingest ticks/s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| gateway send p95 | aggregator p95 | ingest ticks/s | others' CPU % |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for v in doc["variants"]:
         m = med[v]
@@ -740,7 +758,7 @@ def markdown(doc: dict[str, Any]) -> str:
             f"{fmt(m['fps_per_window'])} | {fmt(m['bytes_per_s'])} | "
             f"{fmt(m['renderer_cpu_pct'])} | {fmt(m['chromium_cpu_pct'])} | "
             f"{fmt(m['gateway_send_p95'])} | {fmt(m['aggregator_p95'])} | "
-            f"{fmt(m['ingest_ticks_per_s'])} |")
+            f"{fmt(m['ingest_ticks_per_s'])} | {fmt(m['other_cpu_pct'])} |")
     if c := doc.get("comparison"):
         lines += ["", f"Raw-tick peer against our one window: the peer receives "
                       f"**{c['peer_bytes_over_ours']}x** our bytes; p99 ours "
@@ -750,13 +768,14 @@ def markdown(doc: dict[str, Any]) -> str:
         lines += ["", f"Raw-tick peer not measured: {doc['peer_skipped']}."]
     lines += ["", "Every run:", "",
               "| run | variant | latency p50 | p95 | p99 | frame interval p95 | work/frame p95 "
-              "| fps/window | bytes/s | renderers % | services % | ingest ticks/s | load avg |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| fps/window | bytes/s | renderers % | services % | ingest ticks/s "
+              "| others' CPU % | load avg |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         if "error" in r:
             reason = r["error"].replace("|", "/")
             lines.append(f"| {r['run']} | {r['variant']} | failed: {reason} "
-                         "| | | | | | | | | | |")
+                         "| | | | | | | | | | | |")
             continue
         svc = ", ".join(f"{k} {v:g}" for k, v in r["service_cpu_pct"].items())
         lines.append(
@@ -765,7 +784,8 @@ def markdown(doc: dict[str, Any]) -> str:
             f"{fmt(r['frame_interval_ms']['p95'])} | {fmt(r['frame_work_ms']['p95'])} | "
             f"{r['fps_per_window']} | {fmt(r.get('bytes_per_s'))} | "
             f"{fmt(r['chromium_cpu_pct'].get('renderer'))} | {svc} | "
-            f"{fmt(r.get('ingest_ticks_per_s'))} | {r['load_average'][0]} |")
+            f"{fmt(r.get('ingest_ticks_per_s'))} | {fmt(r.get('other_cpu_pct'))} | "
+            f"{r['load_average'][0]} |")
     lines += ["", "Latencies in ms. Ours: `SymbolState.ts_arrival_us` (the aggregator's stamp "
               "when it takes the tick in) → row written in the DOM, on the gateway's clock via "
               "the worker's ping/pong offset. The raw peer: the publisher's `ts_arrival_us` "
@@ -774,8 +794,9 @@ def markdown(doc: dict[str, Any]) -> str:
               "frame (style, layout and paint follow it and show in the renderers' CPU). "
               "Bytes/s: ours as the gateway wrote them (`ws_bytes_sent_total`), the peer's as "
               "NATS protocol bytes counted in the page. CPU in % of one core over the measured "
-              "window. Server-side percentiles are interpolated from Prometheus histogram "
-              "buckets over that window.", ""]
+              "window; others' CPU = what the rest of the machine used meanwhile (a shared "
+              "machine's noise). Server-side percentiles are interpolated from Prometheus "
+              "histogram buckets over that window.", ""]
     return "\n".join(lines)
 
 
@@ -793,6 +814,8 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--raw-peer", action=argparse.BooleanOptionalAction, default=True,
                     help="also measure a window reading raw ticks from NATS (default on)")
+    ap.add_argument("--node-modules", type=Path, default=ROOT / "node_modules",
+                    help="where nats.ws and esbuild are installed (for the raw peer)")
     ap.add_argument("--verbose", action="store_true", help="print a failed run's traceback")
     ap.add_argument("--out", default=str(RESULTS / "e2e_latency"))
     args = ap.parse_args()
@@ -804,7 +827,8 @@ def main() -> int:
         return 2
     with tempfile.TemporaryDirectory(prefix="xy-e2e-peer-") as peer_tmp:
         peer_dir: Path | None = Path(peer_tmp)
-        peer_skipped = build_peer(Path(peer_tmp)) if args.raw_peer else "--no-raw-peer"
+        peer_skipped = (build_peer(Path(peer_tmp), args.node_modules) if args.raw_peer
+                        else "--no-raw-peer")
         if peer_skipped:
             print(f"raw-tick peer not measured: {peer_skipped}", flush=True)
             peer_dir = None
