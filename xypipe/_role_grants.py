@@ -109,6 +109,9 @@ _CONSUME = ("$JS.API.CONSUMER.CREATE.{name}", "$JS.API.CONSUMER.CREATE.{name}.>"
 _READ = ("$JS.API.DIRECT.GET.{name}", "$JS.API.DIRECT.GET.{name}.>",
          "$JS.API.STREAM.MSG.GET.{name}")
 _INFO = ("$JS.API.STREAM.INFO.{name}",)
+#: nats-server's announcements of a stream's creation and deletion.
+_STREAM_ADVISORIES = ("$JS.EVENT.ADVISORY.STREAM.CREATED.{name}",
+                      "$JS.EVENT.ADVISORY.STREAM.DELETED.{name}")
 
 
 def _kv(templates: tuple[str, ...]) -> tuple[str, ...]:
@@ -154,6 +157,8 @@ GRANTS: dict[str, tuple[Grant, ...]] = {
         Grant("publish source ticks and reference data", publish=("xy.src.>", "xy.ref.>")),
         Grant("make sure the source streams exist (create, update, info)", publish=_MANAGE,
               over="source_streams"),
+        Grant("hear when a source stream is created or deleted (to republish its reference "
+              "data)", subscribe=_STREAM_ADVISORIES, over="source_streams"),
     ),
     "admin": (
         _HEALTH, _INBOX,

@@ -33,6 +33,7 @@ from xypipe._edge import Edge
 from xypipe._embedded import EmbeddedNats, supervised_embedded_nats
 from xypipe._errors import (
     DEG_LEVEL_RAISED,
+    NatsBackpressure,
     NatsRefused,
     StageError,
     XyError,
@@ -548,18 +549,28 @@ class Runner:
         async with nc.subscribe(HEALTH_SUBJECT) as sub, trio.open_nursery() as nursery:
             task_status.started()
 
+            def send(subject: str) -> None:
+                # A report that cannot be queued now (the connection's publish queue is full:
+                # a publisher out-producing the machine) is skipped, never fatal: the next
+                # one follows within HEALTH_INTERVAL, and a process must not die of its own
+                # heartbeat.
+                try:
+                    nc.publish_nowait(subject, self.health_report())
+                except NatsBackpressure as exc:
+                    _log.warning("health report skipped: the publish queue is full",
+                                 code=exc.code, subject=subject)
+
             async def publish_periodically() -> None:
                 while True:
                     if nc.is_connected:
-                        nc.publish_nowait(f"{HEALTH_SUBJECT}.{self.process}",
-                                          self.health_report())
+                        send(f"{HEALTH_SUBJECT}.{self.process}")
                     await trio.sleep(HEALTH_INTERVAL)
 
             nursery.start_soon(publish_periodically)
             async for batch in sub:
                 for msg in batch:
                     if msg.reply:
-                        nc.publish_nowait(msg.reply, self.health_report())
+                        send(msg.reply)
 
     async def _stop_on_request(self) -> None:
         await self._stop_requested.wait()
