@@ -258,7 +258,7 @@ class Conflator:
         n_ticks = 0
         for book in changed.values():
             cs = book.checksum()
-            data = book.to_state(cs).SerializeToString()
+            data = book.state_bytes(cs)
             s = book.src
             assert s is not None  # checksummed above
             entries.append((book.key, book.venue, book.symbol, data, s.vol, s.oi, s.last,
