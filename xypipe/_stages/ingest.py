@@ -185,6 +185,7 @@ def decode_messages(msgs: Sequence[SourceMessage], now: float, bad: BadSourceCou
     """
     decoder = decoder if decoder is not None else default_decoder()
     decode = decoder.decode
+    decode_tick = decoder.hot(Tick, HOT_PATH_CHECK_EVERY)
     recs: list[TickRec | ContractRec] = []
     append = recs.append
     tlen, clen = len(TICK_PREFIX), len(CONTRACT_PREFIX)
@@ -199,7 +200,7 @@ def decode_messages(msgs: Sequence[SourceMessage], now: float, bad: BadSourceCou
             else:
                 sseq, stored_us = 0, now_us
             try:
-                t = decode(Tick, m.data, where=subject, check_every=HOT_PATH_CHECK_EVERY)
+                t = decode_tick(m.data, subject)
             except ContractError as exc:
                 bad("decode", subject, str(exc))
                 continue
