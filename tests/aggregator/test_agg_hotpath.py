@@ -10,7 +10,14 @@ import pytest
 from _agg_helpers import tick
 from google.protobuf.unknown_fields import UnknownFieldSet
 
-from xypipe._md.book import SymbolBook, checksum, flat_checksum, flat_levels, state_checksum
+from xypipe._md.book import (
+    SymbolBook,
+    checksum,
+    flat_checksum,
+    flat_levels,
+    state_checksum,
+    trimmed_state,
+)
 from xypipe._md.records import TickRec
 from xypipe._md.validate import TickBounds, TickValidator
 from xypipe._publisher import MarketSim, stamp_arrival
@@ -53,6 +60,8 @@ def test_state_bytes_are_the_bytes_to_state_serialises(stamped: bool) -> None:
         assert cs == state_checksum(book.to_state(cs))
         fast = book.state_bytes(cs)
         assert fast == book.to_state(cs).SerializeToString()
+        for depth in (1, 3):
+            assert trimmed_state(fast, depth) == book.to_state(cs, depth).SerializeToString()
         state = SymbolState.FromString(fast)
         assert state.ts_arrival_us == book.w_arrival_us and state.checksum == cs
         if i % 3 == 0:

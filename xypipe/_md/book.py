@@ -249,6 +249,17 @@ class SymbolBook:
 _STATE_FROM = SymbolState.FromString
 
 
+def trimmed_state(state: bytes, depth: int) -> bytes:
+    """``state`` (a serialised entry) keeping ``depth`` levels per side and marked trimmed: the
+    bytes ``to_state(cs, depth)`` serialises, from the full entry's bytes (parsed in C) instead
+    of a second state built field by field (L2 emits both forms of every entry)."""
+    m = _STATE_FROM(state)
+    del m.bids[depth:]
+    del m.asks[depth:]
+    m.trimmed = True
+    return m.SerializeToString()
+
+
 def levels(pairs: Sequence[tuple[int, int]]) -> list[PriceLevel]:
     """Levels from ``(price, size)`` pairs (tests and the publisher)."""
     return [PriceLevel(price=p, size=s) for p, s in pairs]
