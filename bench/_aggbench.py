@@ -195,3 +195,136 @@ def publish_sim(url: str, *, symbols: int, rate: float, duration: float,
         [PY, "-m", "xypipe", "publish", "--url", url, "--symbols", str(symbols), "--rate",
          str(rate), "--duration", str(duration), "--seed", str(seed)],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+# --------------------------------------------------------------------------- lean publisher
+#
+# The load generator must cost less than the aggregator it feeds, and report its own CPU. It
+# speaks the NATS client protocol on a plain socket (no client library, no event loop): the tape
+# is turned into ``PUB`` frames once, before the clock starts, and each pacing step writes the
+# slice of that buffer that is due (one ``sendall`` per step). Core NATS publishes into the
+# source stream exactly as ``xypipe publish`` does (contracts first, then the ticks), minus the
+# publisher's own arrival stamp, which the aggregator never reads (it stamps its own).
+
+
+def _pub_frames(tape_path: Path, count: int) -> tuple[bytes, list[int], bytes]:
+    """``(tick frames, end offset of each, contract frames)`` for the first ``count`` ticks."""
+    sys.path.insert(0, str(ROOT))
+    from xypipe._publisher import contract_for, read_tape
+    from xypipe.contracts import Tick
+
+    frames: list[bytes] = []
+    ends: list[int] = []
+    pos = 0
+    keys: dict[tuple[str, str], None] = {}
+    for i, payload in enumerate(read_tape(tape_path)):
+        if i >= count:
+            break
+        t = Tick.FromString(payload)
+        keys[(t.venue, t.symbol)] = None
+        f = b"PUB xy.src.tick.%s.%s %d\r\n%s\r\n" % (t.venue.encode(), t.symbol.encode(),
+                                                     len(payload), payload)
+        frames.append(f)
+        pos += len(f)
+        ends.append(pos)
+    if len(ends) < count:
+        raise SystemExit(f"tape {tape_path} holds {len(ends)} ticks, {count} asked for")
+    contracts = []
+    for venue, symbol in keys:
+        c = contract_for(venue, symbol).SerializeToString()
+        contracts.append(b"PUB xy.ref.contract.%s.%s %d\r\n%s\r\n" % (
+            venue.encode(), symbol.encode(), len(c), c))
+    return b"".join(frames), ends, b"".join(contracts)
+
+
+class _RawNats:
+    """The least of a NATS client: CONNECT, PUB frames written as given, PING/PONG."""
+
+    def __init__(self, url: str) -> None:
+        hostport = url.split("://", 1)[-1].rsplit("@", 1)[-1]
+        host, _, port = hostport.rpartition(":")
+        self.sock = socket.create_connection((host or "127.0.0.1", int(port)))
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._buf = b""
+        self._line()  # INFO
+        self.sock.sendall(b'CONNECT {"verbose":false,"pedantic":false,"protocol":1,'
+                          b'"name":"aggbench-publisher"}\r\n')
+        self.roundtrip()
+
+    def _line(self) -> bytes:
+        while b"\r\n" not in self._buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("nats-server closed the connection")
+            self._buf += chunk
+        line, _, self._buf = self._buf.partition(b"\r\n")
+        if line.startswith(b"-ERR"):
+            raise ConnectionError(line.decode())
+        return line
+
+    def roundtrip(self) -> None:
+        """PING and wait for its PONG: the server has processed everything sent before."""
+        self.sock.sendall(b"PING\r\n")
+        while (line := self._line()) != b"PONG":
+            if line == b"PING":
+                self.sock.sendall(b"PONG\r\n")
+
+    def answer_pings(self) -> None:
+        try:
+            chunk = self.sock.recv(65536, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return
+        self._buf += chunk
+        while b"\r\n" in self._buf:
+            if self._line() == b"PING":
+                self.sock.sendall(b"PONG\r\n")
+
+
+def lean_publish(url: str, tape_path: Path, rate: float, count: int,
+                 step_s: float = 0.005) -> dict[str, float]:
+    """Publish the tape's first ``count`` ticks at ``rate``/s; returns what it sent, how long
+    it took and the CPU it used while sending (the frames are built before the clock starts)."""
+    blob, ends, contracts = _pub_frames(tape_path, count)
+    view = memoryview(blob)
+    nats = _RawNats(url)
+    nats.sock.sendall(contracts)
+    nats.roundtrip()
+    cpu0 = time.process_time()
+    t0 = time.monotonic()
+    sent = 0
+    next_t = t0
+    while sent < count:
+        due = min(count, int((time.monotonic() - t0) * rate) + 1)
+        if due > sent:
+            start = ends[sent - 1] if sent else 0
+            nats.sock.sendall(view[start:ends[due - 1]])
+            sent = due
+            nats.answer_pings()
+        next_t += step_s
+        pause = next_t - time.monotonic()
+        if pause > 0:
+            time.sleep(pause)
+    nats.roundtrip()
+    seconds = time.monotonic() - t0
+    cpu = time.process_time() - cpu0
+    nats.sock.close()
+    return {"sent": sent, "seconds": seconds, "cpu_s": cpu, "rate": sent / seconds}
+
+
+def publish_lean(url: str, tape_path: Path, rate: float, count: int) -> subprocess.Popen[str]:
+    """:func:`lean_publish` in its own process; its last stdout line is the JSON result."""
+    return subprocess.Popen(
+        [PY, str(Path(__file__).resolve()), "publish", url, str(tape_path), str(rate),
+         str(count)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def publisher_result(proc: subprocess.Popen[str]) -> dict[str, float]:
+    out, err = proc.communicate()
+    if proc.returncode:
+        raise RuntimeError(f"publisher failed ({proc.returncode}): {err[-2000:]}")
+    return dict(json.loads(out.strip().splitlines()[-1]))
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["publish"]:
+    _url, _tape, _rate, _count = sys.argv[2:6]
+    print(json.dumps(lean_publish(_url, Path(_tape), float(_rate), int(_count))), flush=True)

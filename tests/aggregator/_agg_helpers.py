@@ -24,7 +24,8 @@ def tick(venue: str = "V", symbol: str = "AAA", seq: int = 1, *, last: int = 100
 
 
 def rec(t: Tick, sseq: int = 0, t_in: float = 0.0) -> TickRec:
-    return TickRec(f"{t.venue}.{t.symbol}", t, sseq, t_in)
+    # With its payload, as ingest makes it (the emitted entry is built from those bytes).
+    return TickRec(f"{t.venue}.{t.symbol}", t, sseq, t_in, raw=t.SerializeToString())
 
 
 class Routed:

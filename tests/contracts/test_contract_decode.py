@@ -126,3 +126,20 @@ def test_a_hot_path_checks_the_first_message_and_every_nth_after_it() -> None:
     # Messages 1, 5 and 9 were checked (one unknown field each); all nine keep the field.
     assert decoder.registry.get_sample_value(UNKNOWN, {"message": "xy.md.v1.Tick"}) == 3
     assert all(TickPlus.FromString(t.SerializeToString()).region == "us-east" for t in ticks)
+
+
+def test_the_hot_decoder_samples_like_decode_and_reports_bad_payloads() -> None:
+    TickPlus, _ = _v1plus_tick_classes()
+    newer = TickPlus(venue="XNAS", symbol="AAPL", seq=7, region="us-east").SerializeToString()
+    decoder = _contracts.ContractDecoder(CollectorRegistry())
+    hot = decoder.hot(Tick, 4)
+
+    ticks = [hot(newer, "test") for _ in range(9)]
+
+    assert decoder.registry.get_sample_value(UNKNOWN, {"message": "xy.md.v1.Tick"}) == 3
+    assert [t.seq for t in ticks] == [7] * 9
+    assert all(TickPlus.FromString(t.SerializeToString()).region == "us-east" for t in ticks)
+    with pytest.raises(ContractError, match=r"subject xy\.src\.tick\.X\.Y: 3 bytes do not decode"):
+        hot(b"\x0a\x05a", "subject xy.src.tick.X.Y")
+    assert decoder.registry.get_sample_value(
+        "contract_decode_errors_total", {"message": "xy.md.v1.Tick"}) == 1

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 from xypipe._degrade import Level
 from xypipe._levels import LevelPolicy
-from xypipe._md.book import SymbolBook
+from xypipe._md.book import SymbolBook, trimmed_state
 from xypipe._md.records import Batch, ContractRec, Rec, Restore, Route, TickRec
 from xypipe._md.wire import field_tag, repeated_field
 from xypipe.contracts import Delta, Priority, SymbolState
@@ -258,13 +258,13 @@ class Conflator:
         n_ticks = 0
         for book in changed.values():
             cs = book.checksum()
-            data = book.to_state(cs).SerializeToString()
+            data = book.state_bytes(cs)
             s = book.src
             assert s is not None  # checksummed above
             entries.append((book.key, book.venue, book.symbol, data, s.vol, s.oi, s.last,
                             book.total_trades))
             if trim is not None:
-                wire.append(book.to_state(cs, trim).SerializeToString())
+                wire.append(trimmed_state(data, trim))
             if book.w_ticks and book.w_t_in < t_oldest:
                 t_oldest = book.w_t_in
             n_ticks += book.w_ticks

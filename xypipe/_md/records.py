@@ -19,18 +19,28 @@ class TickRec:
     ``arrival_us`` the aggregator's wall clock at ingest (what ``SymbolState.ts_arrival_us``
     carries: latency is measured from a time the server stamped, never the publisher's).
     ``reanchor`` marks a tick the door validator accepted by re-anchoring its symbol (see
-    :mod:`xypipe._md.validate`): the reorder window follows it wherever its sequence is."""
+    :mod:`xypipe._md.validate`): the reorder window follows it wherever its sequence is.
 
-    __slots__ = ("arrival_us", "key", "reanchor", "route", "seq", "sseq", "t_in", "tick")
+    ``raw`` is the payload the tick was decoded from (b"" when built in memory) and ``levels``
+    its book levels read once, in canonical order (:func:`xypipe._md.book.flat_levels`; ``None``
+    when nobody read them yet): reading a protobuf sub-message costs more than the parse, so
+    the door, the checksum and the emitted entry all share one read (see ``docs/architecture.md``,
+    "Aggregator hot path")."""
+
+    __slots__ = ("arrival_us", "key", "levels", "raw", "reanchor", "route", "seq", "sseq", "t_in",
+                 "tick")
 
     def __init__(self, key: str, tick: Tick, sseq: int, t_in: float,
-                 arrival_us: int = 0) -> None:
+                 arrival_us: int = 0, raw: bytes = b"",
+                 levels: list[int] | None = None) -> None:
         self.key = key
         self.tick = tick
         self.seq: int = tick.seq
         self.sseq = sseq
         self.t_in = t_in
         self.arrival_us = arrival_us
+        self.raw = raw
+        self.levels = levels
         self.reanchor = False
         self.route: Route | None = None
 

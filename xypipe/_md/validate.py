@@ -36,7 +36,7 @@ from collections.abc import Iterable, Sequence
 
 import attrs
 
-from xypipe._md.book import PriceLike
+from xypipe._md.book import PriceLike, flat_levels
 from xypipe._validate import Invalid, in_range
 from xypipe.contracts import SymbolState, Tick
 
@@ -140,8 +140,11 @@ class TickValidator:
         a = self._anchors.get(key)
         return None if a is None else (a.seq, a.ts, a.ref)
 
-    def check(self, key: str, t: Tick, arrival_us: int) -> Reason | None:
-        """``None`` to accept ``t``; otherwise the reason (``REANCHOR``: accepted, re-anchored)."""
+    def check(self, key: str, t: Tick, arrival_us: int,
+              levels: list[int] | None = None) -> Reason | None:
+        """``None`` to accept ``t``; otherwise the reason (``REANCHOR``: accepted, re-anchored).
+        ``levels``: ``t``'s levels as :func:`~xypipe._md.book.flat_levels` read them (read here
+        when not given)."""
         seq = t.seq
         if not 1 <= seq <= MAX_SAFE:
             return self._reject(Reason.SEQ_RANGE, f"seq: expected 1..{MAX_SAFE}, got {seq}")
@@ -164,27 +167,25 @@ class TickValidator:
             plo, phi = max(ref - d, self._pmin), min(ref + d, MAX_SAFE)
         else:
             plo, phi = self._pmin, MAX_SAFE
-        # The costly part: every level's price and size (a protobuf attribute read each).
+        # The costly part is reading the levels (a protobuf wrapper per level): once per tick,
+        # shared with the checksum; the bounds are then C-level min/max over plain ints.
+        if levels is None:
+            levels = flat_levels(t.bids, t.asks)
         ok = not last or plo <= last <= phi
-        bids = t.bids
-        if ok:
-            for lv in bids:
-                if not (plo <= lv.price <= phi and 0 <= lv.size <= MAX_SAFE):
-                    ok = False
-                    break
-        asks = t.asks
-        if ok:
-            for lv in asks:
-                if not (plo <= lv.price <= phi and 0 <= lv.size <= MAX_SAFE):
-                    ok = False
-                    break
+        if ok and levels:
+            prices = levels[0::2]
+            sizes = levels[1::2]
+            ok = (plo <= min(prices) and max(prices) <= phi
+                  and 0 <= min(sizes) and max(sizes) <= MAX_SAFE)
         band_failed = False
         if not ok:
             absolute = self._levels(t)
             if absolute is not None:
                 return absolute
             band_failed = True  # in range, but out of the band
-        mark = last or reference_price(0, bids, asks)
+        # The reference price: the last trade, else the best bid, else the best ask — the
+        # first level in canonical order.
+        mark = last or (levels[0] if levels else 0)
         if a is None:
             self._anchors[key] = _Anchor(seq, ts, mark, self._jumps.get(t.venue, self._jump))
             return None

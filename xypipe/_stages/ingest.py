@@ -47,6 +47,7 @@ from xypipe._errors import (
     RebuildError,
     SourceDataError,
 )
+from xypipe._md.book import flat_levels
 from xypipe._md.records import Batch, ContractRec, Restore, TickRec
 from xypipe._md.restore_point import plan_restore
 from xypipe._md.validate import Reason, TickBounds, TickValidator
@@ -185,6 +186,7 @@ def decode_messages(msgs: Sequence[SourceMessage], now: float, bad: BadSourceCou
     """
     decoder = decoder if decoder is not None else default_decoder()
     decode = decoder.decode
+    decode_tick = decoder.hot(Tick, HOT_PATH_CHECK_EVERY)
     recs: list[TickRec | ContractRec] = []
     append = recs.append
     tlen, clen = len(TICK_PREFIX), len(CONTRACT_PREFIX)
@@ -199,7 +201,7 @@ def decode_messages(msgs: Sequence[SourceMessage], now: float, bad: BadSourceCou
             else:
                 sseq, stored_us = 0, now_us
             try:
-                t = decode(Tick, m.data, where=subject, check_every=HOT_PATH_CHECK_EVERY)
+                t = decode_tick(m.data, subject)
             except ContractError as exc:
                 bad("decode", subject, str(exc))
                 continue
@@ -208,12 +210,16 @@ def decode_messages(msgs: Sequence[SourceMessage], now: float, bad: BadSourceCou
                 bad("subject_mismatch", subject,
                     f"expected a tick for {key!r}, got venue={t.venue!r} symbol={t.symbol!r}")
                 continue
+            raw = m.data if type(m.data) is bytes else b""
             if check is None:
                 if t.seq < 1:
                     bad(Reason.SEQ_RANGE, subject, f"seq: expected >= 1, got {t.seq}")
                     continue
+                levels = None
             else:
-                verdict = check(key, t, stored_us)
+                # The levels are read once, here, for the door and later the checksum.
+                levels = flat_levels(t.bids, t.asks)
+                verdict = check(key, t, stored_us, levels)
                 if verdict is not None:
                     assert door is not None
                     if verdict is not Reason.REANCHOR:
@@ -221,11 +227,11 @@ def decode_messages(msgs: Sequence[SourceMessage], now: float, bad: BadSourceCou
                         continue
                     bad(verdict, subject, door.detail, code=SRC_REANCHOR,
                         what="source symbol re-anchored")
-                    rec = TickRec(key, t, sseq, now, now_us)
+                    rec = TickRec(key, t, sseq, now, now_us, raw, levels)
                     rec.reanchor = True
                     append(rec)
                     continue
-            append(TickRec(key, t, sseq, now, now_us))
+            append(TickRec(key, t, sseq, now, now_us, raw, levels))
         elif subject.startswith(CONTRACT_PREFIX):
             sseq = m.seq or (stream_seq_of(m.reply) if m.reply else 0)
             try:
