@@ -10,7 +10,9 @@ only moves bytes and waits. Three tasks per connection, owned by the connection'
   merge. It sleeps until its connection needs it: the session has something for it, a tick's
   flush could not write its frame (the socket was full, the connection is not plain L0), a
   heartbeat, the close;
-* **timer**: ticks the core at the session's deadlines (hello, heartbeat, token expiry).
+* **timer**: ticks the core at the session's deadlines (hello, heartbeat, token expiry); it
+  sleeps until the next one, brought forward by the reader when what the peer sent moved it
+  earlier (a hello, a refreshed token).
 
 The common case needs none of them: after each batch of the aggregator's messages the
 gateway's flush (:mod:`._flush`) writes each due connection's frame straight to its socket
@@ -48,6 +50,8 @@ class Connection:
         self._nursery: trio.Nursery | None = None
         self._grace_s = ports.options.close_grace_ms / 1000
         self._fd = -1
+        #: The timer's sleep (the reader brings its deadline forward).
+        self._timer_scope: trio.CancelScope | None = None
 
     @property
     def conn_id(self) -> int:
@@ -148,11 +152,15 @@ class Connection:
             reading = core.receive_data(data, trio.current_time(), self.ports.wall())
             if core.peer_closed:
                 self._peer_closed.set()
+            scope = self._timer_scope
+            if scope is not None:
+                scope.deadline = min(scope.deadline, core.next_deadline())
 
     async def _timer(self) -> None:
         core = self.core
         while True:
-            await trio.sleep_until(min(core.next_deadline(), trio.current_time() + 1.0))
+            with trio.move_on_at(core.next_deadline()) as self._timer_scope:
+                await trio.sleep_forever()
             core.tick(trio.current_time())
 
     async def _writer(self) -> None:

@@ -112,6 +112,9 @@ class TickFlush:
         m = self.metrics
         if tally.frames:
             m.frames.inc(tally.frames)
+            m.frames_direct.inc(tally.frames)
+        if tally.partial:
+            m.socket_full.inc(tally.partial)
         if tally.bytes:
             m.bytes_out.inc(tally.bytes)
         if tally.messages:
