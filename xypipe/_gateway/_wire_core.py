@@ -223,14 +223,12 @@ class ConnectionCore:
         #: The peer's close frame arrived.
         self.peer_closed = False
         #: The shell's writer is parked with nothing due and not woken since: the pressure
-        #: sampler skips it, and only then may a tick's flush write to the socket itself.
+        #: sampler skips it; only then may a tick's flush write to the socket itself.
         self.idle = False
-        #: Writes what the socket takes now without waiting and returns how many bytes that
-        #: was (``BlockingIOError``: none; another ``OSError``: the socket broke). Set by the
-        #: shell for a plaintext socket; None (TLS) keeps every frame on the writer.
+        #: The socket's non-blocking send (bytes taken; ``BlockingIOError``: none; another
+        #: ``OSError``: broken), set by the shell for a plaintext socket (None: TLS).
         self.send_now: Callable[[bytes], int] | None = None
-        #: The unsent tail of a frame a flush began writing (its socket was full) and the
-        #: frame: the writer sends it before anything else, so two frames never interleave.
+        #: The unsent tail of a frame a flush began, and the frame: the writer sends it first.
         self.pending = b""
         self.pending_built: Built | None = None
         #: When the last write completed (monotonic): heartbeats are due from it.
@@ -431,7 +429,7 @@ class ConnectionCore:
                 self._level_changed(eff.transition)
                 ob.level = eff.transition.new
             elif isinstance(eff, ClientReport):
-                self._client_report(eff.metrics)
+                _count_report(p.metrics, eff.metrics)
             elif isinstance(eff, Audit):
                 p.access.session_audit(session.session_id, eff)
             elif isinstance(eff, AuthThrottled):
@@ -469,15 +467,6 @@ class ConnectionCore:
         else:
             self.log.info("connection level lowered", **fields)
 
-    def _client_report(self, m: ClientMetrics) -> None:
-        metrics = self.ports.metrics
-        hist = metrics.e2e.labels("client_render")
-        for ms in m.render_latency_ms[:_RENDER_MAX_SAMPLES]:
-            if 0 <= ms < _RENDER_MAX_MS:
-                hist.observe(ms / 1000)
-        if m.checksum_mismatches:
-            metrics.client_mismatch.inc(m.checksum_mismatches)
-
     def _begin_close(self, eff: Close) -> None:
         if self.closing is not None:
             return
@@ -498,26 +487,20 @@ class ConnectionCore:
     # -- the tick's direct writes ---------------------------------------------------------------
 
     def can_write_now(self) -> bool:
-        """Whether a tick's flush may write this connection's next data frame to its socket
-        itself: a plaintext socket, the writer parked with nothing of its own (no control
-        frame, no frame's tail, not closing), the session open, and plain L0 (from L1 on the
-        writer holds frames ``hold_s`` so deltas merge)."""
-        s = self.session
-        ob = self.outbox
+        """Whether a tick's flush may write the next data frame itself: plaintext socket, writer
+        idle with nothing of its own, session open, plain L0 (L1+ holds frames to merge)."""
+        s, ob = self.session, self.outbox
         return (self.idle and self.send_now is not None and self.closing is None
                 and not self.pending and not ob.control and ob.level is Level.L0
                 and s is not None and s.is_open)
 
     def write_now(self, built: Built, now: float) -> int:
-        """Write a data frame a flush built straight to the socket; the bytes the socket took.
-        All of them: the frame is sent (the flush counts it). Fewer: the rest is this
-        connection's pending tail, counted in its send queue, and the writer is woken to
-        finish it. The socket broke: the connection ends."""
-        send = self.send_now
-        assert send is not None
+        """Write a frame a flush built to the socket; the bytes it took. Fewer than all: the rest
+        is the pending tail (in the send queue) and the writer is woken to finish it."""
+        assert self.send_now is not None
         data = built.data
         try:
-            n = send(data)
+            n = self.send_now(data)
         except BlockingIOError:
             n = 0
         except OSError as exc:
@@ -613,6 +596,16 @@ class ConnectionCore:
             except WsLocalError:
                 pass
         return b"".join(frames)
+
+
+def _count_report(metrics: GatewayMetrics, m: ClientMetrics) -> None:
+    """A browser's ClientMetrics: render latencies and checksum mismatches."""
+    hist = metrics.e2e.labels("client_render")
+    for ms in m.render_latency_ms[:_RENDER_MAX_SAMPLES]:
+        if 0 <= ms < _RENDER_MAX_MS:
+            hist.observe(ms / 1000)
+    if m.checksum_mismatches:
+        metrics.client_mismatch.inc(m.checksum_mismatches)
 
 
 def _nothing() -> None:
