@@ -7,6 +7,14 @@ concatenation of the prefixed deltas it is due (plus a snapshot, ``tag 0x1a``, a
 ``ts_send_us``). Connections due the same ranges at the same level share the same WebSocket
 frame bytes (server frames are unmasked), built once per stream-book generation.
 
+**Each position is worked out once.** After a tick most connections stand at the same cursors
+as many others: a connection's *position* is its level and, per group, the identity of its
+cursors dict — interned by content, shared by every connection at those cursors and never
+changed in place. The first connection at a position collects its chunks the long way; the
+others at that position get the same frame and the same next cursors from a dictionary look-up
+(per generation, like the bytes). A subscription waiting for a snapshot, or one that resyncs,
+always takes the long way.
+
 **The per-connection send queue is a set of cursors.** What a connection has not been sent yet is
 the history after its cursors, so queuing a delta for a thousand connections costs nothing, and
 the queue's bytes and age are read off the history (:meth:`FrameBuilder.pressure`). A
