@@ -131,7 +131,12 @@ class Connection:
 
     def _closing_began(self) -> None:
         if self._nursery is not None:
-            self._nursery.start_soon(self._close_deadline)
+            try:
+                self._nursery.start_soon(self._close_deadline)
+            except RuntimeError:
+                # Closed to new arrivals: every task of the connection has ended (a shutdown
+                # by cancellation reached it first); there is no close left to bound.
+                pass
 
     async def _close_deadline(self) -> None:
         # A peer that does not read cannot take our close frame: give up after the grace.
