@@ -4,18 +4,26 @@ The core decides everything (what a message means, what to write, when to close)
 only moves bytes and waits. Three tasks per connection, owned by the connection's nursery:
 
 * **reader**: socket bytes → the core (which reassembles messages and feeds the session);
-* **writer**: the only task that writes to the socket. It wakes when the hub or the session has
-  something for this connection, writes what the core hands it — control frames, then *one*
-  data frame holding every delta due (identical bytes for every connection due the same
-  deltas) — and at L1+ waits the core's hold time before the next one so deltas merge;
-* **timer**: ticks the core at the session's deadlines (hello, heartbeat, token expiry).
+* **writer**: writes what the core hands it — the tail of a frame a flush began, control
+  frames, then *one* data frame holding every delta due (identical bytes for every connection
+  due the same deltas) — and at L1+ waits the core's hold time before the next one so deltas
+  merge. It sleeps until its connection needs it: the session has something for it, a tick's
+  flush could not write its frame (the socket was full, the connection is not plain L0), a
+  heartbeat, the close;
+* **timer**: ticks the core at the session's deadlines (hello, heartbeat, token expiry); it
+  sleeps until the next one, brought forward by the reader when what the peer sent moved it
+  earlier (a hello, a refreshed token).
 
-A blocked write never blocks anyone else: only this connection's writer waits on its socket,
-and a close the gateway begins is bounded by ``close_grace_ms`` even then.
+The common case needs none of them: after each batch of the aggregator's messages the
+gateway's flush (:mod:`._flush`) writes each due connection's frame straight to its socket
+(:meth:`Connection.send_now`, a plaintext socket only; TLS keeps the writer) while its writer
+sleeps. A blocked write never blocks anyone else: only this connection's writer waits on its
+socket, and a close the gateway begins is bounded by ``close_grace_ms`` even then.
 """
 
 from __future__ import annotations
 
+import os
 import socket
 
 import trio
@@ -41,6 +49,9 @@ class Connection:
         self._peer_closed = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._grace_s = ports.options.close_grace_ms / 1000
+        self._fd = -1
+        #: The timer's sleep (the reader brings its deadline forward).
+        self._timer_scope: trio.CancelScope | None = None
 
     @property
     def conn_id(self) -> int:
@@ -51,7 +62,15 @@ class Connection:
         return self.core.outbox
 
     def wake(self) -> None:
+        # Woken, the writer is no longer idle: a flush must not write past it.
+        self.core.idle = False
         self._wake_ev.set()
+
+    def send_now(self, data: bytes) -> int:
+        """Write what the socket takes without waiting (it is non-blocking, as Trio keeps every
+        socket); the bytes taken. ``BlockingIOError`` when it takes none, another ``OSError``
+        when it broke."""
+        return os.write(self._fd, data)
 
     # -- handshake ------------------------------------------------------------------------------
 
@@ -77,9 +96,13 @@ class Connection:
         return True
 
     def _tune_socket(self) -> None:
-        size = self.ports.options.send_buffer_bytes
         sock = getattr(self.stream, "socket", None)
-        if size is None or not isinstance(sock, trio.socket.SocketType):
+        if not isinstance(sock, trio.socket.SocketType):
+            return  # TLS (trio.SSLStream has no socket): every frame goes through the writer
+        self._fd = sock.fileno()
+        self.core.send_now = self.send_now
+        size = self.ports.options.send_buffer_bytes
+        if size is None:
             return
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
@@ -108,7 +131,12 @@ class Connection:
 
     def _closing_began(self) -> None:
         if self._nursery is not None:
-            self._nursery.start_soon(self._close_deadline)
+            try:
+                self._nursery.start_soon(self._close_deadline)
+            except RuntimeError:
+                # Closed to new arrivals: every task of the connection has ended (a shutdown
+                # by cancellation reached it first); there is no close left to bound.
+                pass
 
     async def _close_deadline(self) -> None:
         # A peer that does not read cannot take our close frame: give up after the grace.
@@ -129,11 +157,15 @@ class Connection:
             reading = core.receive_data(data, trio.current_time(), self.ports.wall())
             if core.peer_closed:
                 self._peer_closed.set()
+            scope = self._timer_scope
+            if scope is not None:
+                scope.deadline = min(scope.deadline, core.next_deadline())
 
     async def _timer(self) -> None:
         core = self.core
         while True:
-            await trio.sleep_until(min(core.next_deadline(), trio.current_time() + 1.0))
+            with trio.move_on_at(core.next_deadline()) as self._timer_scope:
+                await trio.sleep_forever()
             core.tick(trio.current_time())
 
     async def _writer(self) -> None:

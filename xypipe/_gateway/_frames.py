@@ -7,6 +7,14 @@ concatenation of the prefixed deltas it is due (plus a snapshot, ``tag 0x1a``, a
 ``ts_send_us``). Connections due the same ranges at the same level share the same WebSocket
 frame bytes (server frames are unmasked), built once per stream-book generation.
 
+**Each position is worked out once.** After a tick most connections stand at the same cursors
+as many others: a connection's *position* is its level and, per group, the identity of its
+cursors dict — interned by content, shared by every connection at those cursors and never
+changed in place. The first connection at a position collects its chunks the long way; the
+others at that position get the same frame and the same next cursors from a dictionary look-up
+(per generation, like the bytes). A subscription waiting for a snapshot, or one that resyncs,
+always takes the long way.
+
 **The per-connection send queue is a set of cursors.** What a connection has not been sent yet is
 the history after its cursors, so queuing a delta for a thousand connections costs nothing, and
 the queue's bytes and age are read off the history (:meth:`FrameBuilder.pressure`). A
@@ -69,6 +77,34 @@ Chunk = SnapRec | tuple[StreamHistory, int]
 #: Identifies one chunk's content: ``("S", group, epoch, version)`` or
 #: ``("D", group, shard, from_seq, to_seq)``; with the level, they key the shared-bytes cache.
 Part = tuple[str | int, ...]
+#: Where a connection whose every group is live or paused stands: its level, then per group
+#: (in order) the identity of its cursors (interned: connections at the same cursors share one
+#: dict, never changed in place) or, when paused, the group's name.
+Position = tuple[object, ...]
+
+
+@attrs.frozen
+class _Step:
+    """What building from a :data:`Position` gave: the frame, and each group's cursors after it
+    (None: paused). ``before`` holds the cursors the position names, so their identities stay
+    theirs while the step is remembered."""
+
+    built: Built | None
+    cursors: tuple[dict[int, int] | None, ...]
+    before: tuple[object, ...]
+
+
+def _position(ob: Outbox) -> Position | None:
+    pos: list[object] = [ob.level]
+    for sub in ob.subs.values():
+        state = sub.state
+        if state is SubState.LIVE:
+            pos.append(id(sub.cursors))
+        elif state is SubState.PAUSED:
+            pos.append(sub.group)
+        else:
+            return None  # waiting for a snapshot: built the long way
+    return tuple(pos)
 
 
 class FrameBuilder:
@@ -81,6 +117,11 @@ class FrameBuilder:
         self.stats = stats
         self.levels = levels
         self._cache: dict[tuple[Level | Part, ...], Built] = {}
+        #: Connections at the same position get the same frame and move to the same cursors:
+        #: after a tick most of them stand where the others do, so each position is worked
+        #: out once per generation (like the frame bytes).
+        self._steps: dict[Position, _Step] = {}
+        self._interned: dict[tuple[object, ...], dict[int, int]] = {}
         self._cache_gen = -1
 
     # -- the send queue -------------------------------------------------------------------------
@@ -138,6 +179,44 @@ class FrameBuilder:
 
     def build(self, ob: Outbox, wall_us: int) -> Built | None:
         """The next data frame for ``ob`` (advancing its cursors), or None if nothing is due."""
+        if self._cache_gen != self.book.generation:
+            self._cache.clear()
+            self._steps.clear()
+            self._interned.clear()
+            self._cache_gen = self.book.generation
+        pos = _position(ob)
+        if pos is None:
+            built = self._build(ob, wall_us)
+            self._intern(ob)
+            return built
+        step = self._steps.get(pos)
+        if step is not None:
+            for sub, cursors in zip(ob.subs.values(), step.cursors, strict=True):
+                if cursors is not None:
+                    sub.cursors = cursors
+            if step.built is not None:
+                self.stats.cache_hits += 1
+            return step.built
+        before = tuple(sub.cursors for sub in ob.subs.values())
+        resyncs = self.stats.resyncs
+        built = self._build(ob, wall_us)
+        self._intern(ob)
+        if self.stats.resyncs == resyncs:  # a resync is the connection's own business
+            self._steps[pos] = _Step(built, tuple(
+                sub.cursors if sub.state is SubState.LIVE else None
+                for sub in ob.subs.values()), before)
+        return built
+
+    def _intern(self, ob: Outbox) -> None:
+        """Connections at the same cursors share one dict (so the next build finds their
+        position by identity)."""
+        interned = self._interned
+        for sub in ob.subs.values():
+            if sub.state is SubState.LIVE:
+                key = (sub.group, sub.epoch, sub.shards, *sub.cursors.items())
+                sub.cursors = interned.setdefault(key, sub.cursors)
+
+    def _build(self, ob: Outbox, wall_us: int) -> Built | None:
         parts: list[Part] = []
         chunks: list[Chunk] = []
         level = ob.level
@@ -162,9 +241,6 @@ class FrameBuilder:
                     break
         if not chunks:
             return None
-        if self._cache_gen != self.book.generation:
-            self._cache.clear()
-            self._cache_gen = self.book.generation
         key: tuple[Level | Part, ...] = (level, *parts)
         built = self._cache.get(key)
         if built is not None:
@@ -196,12 +272,14 @@ class FrameBuilder:
     def _collect(self, sub: GroupSub, parts: list[Part], chunks: list[Chunk]) -> bool:
         """Add the deltas ``sub`` is due; False when it had to go back to a snapshot."""
         book = self.book
+        # A copy: cursors are shared between connections at the same position.
+        cursors = dict(sub.cursors)
         if not sub.shards:
             for known in book.group_streams.get(sub.group, ()):
-                if known.shard not in sub.cursors and known.epoch == sub.epoch:
+                if known.shard not in cursors and known.epoch == sub.epoch:
                     # A shard that appeared after the snapshot: it must start at 1.
-                    sub.cursors[known.shard] = 1
-        for shard, cursor in sub.cursors.items():
+                    cursors[known.shard] = 1
+        for shard, cursor in cursors.items():
             hist = book.streams.get((sub.group, shard))
             if hist is None or (cursor == hist.last_seq + 1 and hist.epoch == sub.epoch):
                 continue
@@ -216,9 +294,10 @@ class FrameBuilder:
                 chunks[:] = [chunks[i] for i in keep]
                 parts[:] = [parts[i] for i in keep]
                 return False
-            sub.cursors[shard] = hist.last_seq + 1
+            cursors[shard] = hist.last_seq + 1
             parts.append(("D", sub.group, shard, cursor, hist.last_seq))
             chunks.append((hist, cursor))
+        sub.cursors = cursors
         return True
 
     def _assemble(self, chunks: list[Chunk], level: Level, wall_us: int) -> Built:

@@ -24,6 +24,14 @@ class GatewayMetrics:
         )
         self.frames = m.counter("ws_frames_sent", "WebSocket frames sent to browsers")
         self.bytes_out = m.counter("ws_bytes_sent", "Bytes written to browser sockets")
+        self.frames_direct = m.counter(
+            "ws_frames_direct",
+            "WebSocket frames a tick's flush wrote whole straight to the socket "
+            "(of ws_frames_sent)")
+        self.socket_full = m.counter(
+            "ws_flush_socket_full",
+            "Frames a tick's flush began whose socket could not take them whole (the "
+            "connection's writer finished them)")
         self.slow_consumers = m.gauge(
             "slow_consumers", "Browser connections currently degraded (level L1 or higher)"
         )

@@ -11,11 +11,13 @@ connection. No sockets, no tasks, no clock. The work is split by concern:
   by the gateway's per-level policy (:class:`FrameBuilder`).
 
 :class:`Hub` decodes what arrives (through the one contract decoder, which counts a newer
-aggregator's unknown fields), refuses what cannot be used (:class:`BadMessage`) and wakes the
-connections that have something due. The shell fetches JetStream records when the hub asks
-(:meth:`Hub.take_anchor_requests`, :meth:`Hub.take_snapshot_requests`) and feeds them back
-(:meth:`Hub.on_snapshot`, :meth:`Hub.on_checkpoint`); what the sequence checks did comes back as
-:class:`SeqEvent` values to log (:meth:`Hub.take_events`).
+aggregator's unknown fields), refuses what cannot be used (:class:`BadMessage`) and says which
+connections have something due (collected per batch between :meth:`Hub.begin_tick` and
+:meth:`Hub.end_tick`, for the shell's flush; woken at once outside a batch). The shell
+fetches JetStream records when the hub asks (:meth:`Hub.take_anchor_requests`,
+:meth:`Hub.take_snapshot_requests`) and feeds them back (:meth:`Hub.on_snapshot`,
+:meth:`Hub.on_checkpoint`); what the sequence checks did comes back as :class:`SeqEvent` values
+to log (:meth:`Hub.take_events`).
 """
 
 from __future__ import annotations
@@ -179,6 +181,15 @@ class Hub:
 
     def needs_snapshot(self, group: str) -> bool:
         return group not in self.book.snapshots
+
+    def begin_tick(self) -> None:
+        """A batch of messages begins: what it makes due is collected, nobody is woken
+        (:meth:`Subscriptions.begin_tick`)."""
+        self.subs.begin_tick()
+
+    def end_tick(self) -> set[Outbox]:
+        """The batch ended: the connections it made due, for the shell's flush."""
+        return self.subs.end_tick()
 
     # -- subscriptions --------------------------------------------------------------------------
 

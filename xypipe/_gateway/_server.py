@@ -7,8 +7,9 @@ the admin process, :mod:`xypipe._stages.flag_admin`), the known-groups watch
 (:mod:`._groupwatch`), access accounting
 (:mod:`._access`) — and hands each connection (:mod:`._conn`) the narrow
 :class:`~._wire_core.ConnectionPorts` it needs. What it does itself: one nursery for all of
-them, the set of live connections, feeding the hub from NATS, sampling each connection's send
-queue, and closing every socket on the way out.
+them, the set of live connections, feeding the hub from NATS one batch (a tick) at a time and
+flushing what the batch made due (:mod:`._flush`), sampling the send queues of the connections
+that have one, and closing every socket on the way out.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from xypipe._gateway._access import AccessRecorder
 from xypipe._gateway._auth import TokenVerifier
 from xypipe._gateway._conn import Connection
 from xypipe._gateway._flagwatch import FlagBoard
+from xypipe._gateway._flush import DirectTarget, TickFlush
 from xypipe._gateway._gmetrics import GatewayMetrics, LevelGauges
 from xypipe._gateway._groupwatch import KnownGroupsWatch
 from xypipe._gateway._hub import BadMessage, Hub
@@ -107,6 +109,9 @@ class GatewayServer:
                                on_change=self._flags_changed)
         self.levels = LevelGauges(self.metrics)
         self.connections: dict[int, Connection] = {}
+        #: The same connections' cores, as the tick's flush reaches them.
+        self.targets: dict[int, DirectTarget] = {}
+        self.flusher = TickFlush(self.hub, self.metrics)
         self.ports = ConnectionPorts(
             options=options, hub=self.hub, metrics=self.metrics, access=self.access,
             levels=self.levels, snapshots=self.snapshots, flags=self.flags,
@@ -157,7 +162,20 @@ class GatewayServer:
     # -- NATS input -------------------------------------------------------------------------------
 
     def ingest(self, batch: list[Msg]) -> None:
+        """One batch of the aggregator's messages (a tick): fed to the hub, then every
+        connection it made due flushed once."""
         now = trio.current_time()
+        hub = self.hub
+        hub.begin_tick()
+        try:
+            self._feed(batch, now)
+        finally:
+            due = hub.end_tick()
+        self.snapshots.after_sequence_checks(now)
+        if due:
+            self.flusher.flush(due, self.targets, now, self.wall())
+
+    def _feed(self, batch: list[Msg], now: float) -> None:
         hub = self.hub
         for msg in batch:
             kind = hub.classify(msg.subject)
@@ -174,7 +192,6 @@ class GatewayServer:
                 self.metrics.bad_input.labels(kind).inc()
                 self.log.warning("unusable message from the aggregator", code=GW_BAD_MESSAGE,
                                  subject=exc.subject, reason=exc.reason)
-        self.snapshots.after_sequence_checks(now)
 
     # -- connections ------------------------------------------------------------------------------
 
@@ -194,6 +211,7 @@ class GatewayServer:
             if not await conn.handshake(request.headers.get("origin")):
                 return
             self.connections[conn.conn_id] = conn
+            self.targets[conn.conn_id] = conn.core
             self.levels.move(None, conn.outbox.level)
             self.metrics.ws_active.set(len(self.connections))
             try:
@@ -201,6 +219,7 @@ class GatewayServer:
             finally:
                 self.hub.drop(conn.outbox)
                 self.connections.pop(conn.conn_id, None)
+                self.targets.pop(conn.conn_id, None)
                 self.levels.move(conn.outbox.level, None)
                 self.metrics.ws_active.set(len(self.connections))
                 if not self.connections:

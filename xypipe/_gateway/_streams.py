@@ -268,6 +268,7 @@ class StreamBook:
     def _new_stream(self, group: str, shard: int, now: float) -> StreamHistory:
         hist = self.streams[(group, shard)] = StreamHistory(group, shard,
                                                             self.history_capacity)
+        self.generation += 1  # a stream the group's frames did not know of
         self.group_streams.setdefault(group, []).append(hist)
         snap = self.snapshots.get(group)
         if snap is not None:

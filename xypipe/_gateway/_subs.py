@@ -7,6 +7,12 @@ it must be sent), waits for a snapshot the history can bridge (``SYNC``) or is h
 subscribe, resume, resync, pause — and collects the groups whose waiting subscribers need a
 fresher snapshot than the cache holds. Sans-I/O: it wakes a connection by calling its
 ``Outbox.wake``; the hub's frame builder (:mod:`xypipe._gateway._frames`) reads the cursors.
+
+**Ticks.** While the shell feeds one batch of the aggregator's messages (between
+:meth:`Subscriptions.begin_tick` and :meth:`Subscriptions.end_tick`), what the batch makes due
+wakes nobody: the connections are collected, once each, and the shell's flush
+(:mod:`xypipe._gateway._flush`) writes their frames after the batch. Outside a tick (a stored
+snapshot fetched, a subscription) a connection is woken as before.
 """
 
 from __future__ import annotations
@@ -35,6 +41,8 @@ class GroupSub:
     shards: frozenset[int]  # empty = every shard
     state: SubState = SubState.SYNC
     epoch: int = 0
+    #: Shard -> the next sequence to send. Replaced, never changed in place: connections at the
+    #: same cursors share one dict (the frame builder's positions, :mod:`._frames`).
     cursors: dict[int, int] = attrs.field(factory=dict)
     #: Snapshot versions not newer than this cannot be used (they were not bridgeable);
     #: versions count within an epoch, so this holds only for snapshots of ``min_epoch``.
@@ -98,12 +106,30 @@ class Subscriptions:
         self.snapshot_request_interval = snapshot_request_interval
         self._snap_wanted: set[str] = set()
         self._snap_asked: dict[str, float] = {}
+        #: The connections the current tick made due (None: not in a tick, wake at once).
+        self._tick: set[Outbox] | None = None
+
+    def begin_tick(self) -> None:
+        """A batch of the aggregator's messages begins: collect what it makes due."""
+        self._tick = set()
+
+    def end_tick(self) -> set[Outbox]:
+        """The batch ended: the connections it made due, each once (nobody was woken)."""
+        due, self._tick = self._tick, None
+        return due if due is not None else set()
+
+    def _due(self, obs: set[Outbox]) -> None:
+        if self._tick is not None:
+            self._tick |= obs
+        else:
+            for ob in obs:
+                ob.notify()
 
     def notify(self, group: str) -> set[Outbox]:
-        """Wake every subscriber of ``group``; returns them."""
+        """Every subscriber of ``group`` has something due (woken, or collected in a tick);
+        returns them."""
         subs = self.subscribers.get(group, set())
-        for ob in subs:
-            ob.notify()
+        self._due(subs)
         return subs
 
     def snapshot_arrived(self, group: str) -> set[Outbox]:
@@ -112,8 +138,7 @@ class Subscriptions:
         self._snap_wanted.discard(group)
         waiting = {ob for ob in self.subscribers.get(group, set())
                    if ob.subs[group].state == SubState.SYNC}
-        for ob in waiting:
-            ob.notify()
+        self._due(waiting)
         return waiting
 
     def subscribe(self, ob: Outbox, group: str, shards: frozenset[int]) -> GroupSub:

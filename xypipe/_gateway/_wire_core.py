@@ -222,8 +222,15 @@ class ConnectionCore:
         self.closing: Close | None = None
         #: The peer's close frame arrived.
         self.peer_closed = False
-        #: The shell's writer is waiting with nothing due (the pressure sampler skips it).
-        self.idle = True
+        #: The shell's writer is parked with nothing due and not woken since: the pressure
+        #: sampler skips it; only then may a tick's flush write to the socket itself.
+        self.idle = False
+        #: The socket's non-blocking send (bytes taken; ``BlockingIOError``: none; another
+        #: ``OSError``: broken), set by the shell for a plaintext socket (None: TLS).
+        self.send_now: Callable[[bytes], int] | None = None
+        #: The unsent tail of a frame a flush began, and the frame: the writer sends it first.
+        self.pending = b""
+        self.pending_built: Built | None = None
         #: When the last write completed (monotonic): heartbeats are due from it.
         self.last_send = 0.0
         #: Called once when the gateway begins a close (the shell bounds it in time).
@@ -286,10 +293,13 @@ class ConnectionCore:
         return self.session
 
     def finished(self) -> None:
-        """The socket is gone: the session ends and nothing wakes this connection again."""
+        """The socket is gone: the session ends and nothing wakes or writes to this connection
+        again (its descriptor may be reused once closed)."""
         if self.session is not None:
             self.session.closed()
         self.outbox.wake = None
+        self.send_now = None
+        self.idle = False
 
     def receive_data(self, data: bytes, now: float, wall: float) -> bool:
         """Bytes from the socket (``b""``: it ended); whether to keep reading."""
@@ -419,7 +429,7 @@ class ConnectionCore:
                 self._level_changed(eff.transition)
                 ob.level = eff.transition.new
             elif isinstance(eff, ClientReport):
-                self._client_report(eff.metrics)
+                _count_report(p.metrics, eff.metrics)
             elif isinstance(eff, Audit):
                 p.access.session_audit(session.session_id, eff)
             elif isinstance(eff, AuthThrottled):
@@ -457,15 +467,6 @@ class ConnectionCore:
         else:
             self.log.info("connection level lowered", **fields)
 
-    def _client_report(self, m: ClientMetrics) -> None:
-        metrics = self.ports.metrics
-        hist = metrics.e2e.labels("client_render")
-        for ms in m.render_latency_ms[:_RENDER_MAX_SAMPLES]:
-            if 0 <= ms < _RENDER_MAX_MS:
-                hist.observe(ms / 1000)
-        if m.checksum_mismatches:
-            metrics.client_mismatch.inc(m.checksum_mismatches)
-
     def _begin_close(self, eff: Close) -> None:
         if self.closing is not None:
             return
@@ -479,16 +480,56 @@ class ConnectionCore:
     # -- what to write --------------------------------------------------------------------------
 
     def due(self) -> bool:
-        """Whether the writer has something to do now (a frame, or the close)."""
-        return self.closing is not None or self.ports.hub.has_due(self.outbox)
+        """Whether the writer has something to do now (a frame's tail, a frame, the close)."""
+        return (self.closing is not None or bool(self.pending)
+                or self.ports.hub.has_due(self.outbox))
+
+    # -- the tick's direct writes ---------------------------------------------------------------
+
+    def can_write_now(self) -> bool:
+        """Whether a tick's flush may write the next data frame itself: plaintext socket, writer
+        idle with nothing of its own, session open, plain L0 (L1+ holds frames to merge)."""
+        s, ob = self.session, self.outbox
+        return (self.idle and self.send_now is not None and self.closing is None
+                and not self.pending and not ob.control and ob.level is Level.L0
+                and s is not None and s.is_open)
+
+    def write_now(self, built: Built, now: float) -> int:
+        """Write a frame a flush built to the socket; the bytes it took. Fewer than all: the rest
+        is the pending tail (in the send queue) and the writer is woken to finish it."""
+        assert self.send_now is not None
+        data = built.data
+        try:
+            n = self.send_now(data)
+        except BlockingIOError:
+            n = 0
+        except OSError as exc:
+            self.peer_gone(f"socket broke while sending: {exc}")
+            return 0
+        ob = self.outbox
+        ob.bytes_out += n
+        if n == len(data):
+            self.last_send = now
+            ob.frames += 1
+            return n
+        self.pending, self.pending_built = data[n:], built
+        ob.inflight_bytes = len(data) - n
+        ob.inflight_since = now
+        ob.notify()
+        return n
 
     def heartbeat_at(self) -> float:
         """When an idle connection is due a server heartbeat."""
         return self.last_send + self._heartbeat_s
 
     def next_write(self, now: float, wall: float) -> Outgoing | None:
-        """Control frames first, then one data frame with every delta due; a heartbeat when
-        the connection has been quiet for ``heartbeat_ms``; None when nothing is due."""
+        """The tail of a frame a flush began, alone; else control frames first, then one data
+        frame with every delta due; a heartbeat when the connection has been quiet for
+        ``heartbeat_ms``; None when nothing is due."""
+        if self.pending:
+            tail, built = self.pending, self.pending_built
+            self.pending, self.pending_built = b"", None
+            return Outgoing(tail, built)
         hub, ob = self.ports.hub, self.outbox
         frames = hub.take_control(ob)
         built = None
@@ -509,9 +550,11 @@ class ConnectionCore:
         return self._hub.levels.at(self.outbox.level).frame_interval_s
 
     def sending(self, nbytes: int, now: float) -> None:
-        """A write of ``nbytes`` is handed to the socket (the send queue counts it)."""
+        """A write of ``nbytes`` is handed to the socket (the send queue counts it; a frame's
+        tail keeps the age of its frame)."""
         self.outbox.inflight_bytes = nbytes
-        self.outbox.inflight_since = now
+        if self.outbox.inflight_since is None:
+            self.outbox.inflight_since = now
 
     def send_ended(self) -> None:
         """The write ended, taken by the socket or not (the socket broke, or it was cancelled)."""
@@ -542,7 +585,10 @@ class ConnectionCore:
         """What is left to write when closing: control frames, and our close frame unless the
         peer ended first."""
         closing = self.closing
-        frames = self.ports.hub.take_control(self.outbox)
+        # A frame's tail first: the socket holds its head.
+        frames = [self.pending] if self.pending else []
+        self.pending, self.pending_built = b"", None
+        frames += self.ports.hub.take_control(self.outbox)
         if closing is not None and closing.code and not self.peer_closed:
             try:
                 frames.append(self.ws.send(CloseConnection(code=closing.code,
@@ -550,6 +596,16 @@ class ConnectionCore:
             except WsLocalError:
                 pass
         return b"".join(frames)
+
+
+def _count_report(metrics: GatewayMetrics, m: ClientMetrics) -> None:
+    """A browser's ClientMetrics: render latencies and checksum mismatches."""
+    hist = metrics.e2e.labels("client_render")
+    for ms in m.render_latency_ms[:_RENDER_MAX_SAMPLES]:
+        if 0 <= ms < _RENDER_MAX_MS:
+            hist.observe(ms / 1000)
+    if m.checksum_mismatches:
+        metrics.client_mismatch.inc(m.checksum_mismatches)
 
 
 def _nothing() -> None:
