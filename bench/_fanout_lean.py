@@ -11,8 +11,11 @@ runs on asyncio because picows does; it is a separate process and nothing else i
 uses that loop.
 
 The protocol is the browser's (``docs/protocol.md``): hello with the token, subscribe to the
-groups, a ``ClientFrame{ping}`` every 2 s; a connection counts as up once its welcome arrived,
-and a fatal error before that stops the run with what the gateway said.
+groups, a ``ClientFrame{ping}`` every 2 s, each connection at its own phase (a thousand pings
+in one instant cost the gateway ~130 ms of its loop — p99 142 ms at 1,000 clients against 17 ms
+with the pings spread; no fleet of independent browsers pings in step); a connection counts
+as up once its welcome arrived, and a fatal error before that stops the run with what the
+gateway said.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 SAMPLE_EVERY = 10
 PING_EVERY_S = 2.0
+#: The ping period is cut into this many slots; each connection pings in its own one.
+PING_SLOTS = 50
 CONNECTING_AT_ONCE = 50
 
 
@@ -219,10 +224,13 @@ async def _run(port: int, token: str, clients: int, seconds: float, warmup: floa
     transports = await asyncio.gather(*(one() for _ in range(clients)))
 
     async def pinger() -> None:
-        while True:
-            await asyncio.sleep(PING_EVERY_S)
-            for t in transports:
-                if ping:
+        # Each connection pings every PING_EVERY_S at its own phase, as independent browsers
+        # do: a thousand pings in one instant would measure a burst no real fleet sends.
+        slots = PING_SLOTS
+        while ping:
+            for slot in range(slots):
+                await asyncio.sleep(PING_EVERY_S / slots)
+                for t in transports[slot::slots]:
                     t.send(WSMsgType.BINARY, ping)
 
     pings = asyncio.create_task(pinger())
