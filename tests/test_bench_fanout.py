@@ -54,13 +54,16 @@ def test_recorder_counts_every_frame_and_samples_every_tenth_while_measuring() -
 
 
 def _counted(r: dict) -> None:
-    """Every frame and byte counted, latency sampled, both sides' CPU read."""
+    """Every frame and byte counted, latency sampled, both sides' CPU read (a figure; /proc counts
+    in 10 ms ticks, so a lightly loaded side may read 0 over a short window — the caller checks
+    that CPU was seen across the runs)."""
     assert r["clients"] == 3 and r["connections_lost"] == 0, r
     assert r["frames"] > 0 and r["bytes"] > r["frames"], r
     assert r["lat_samples"] > 0 and r["lat_p99_ms"] >= r["lat_p50_ms"] > 0, r
     assert r["deltas_per_frame"] >= 1 and r["deltas_per_s"] > 0, r
-    assert r["loadgen_cpu_pct"] > 0 and r["gateway_cpu_pct"] > 0, r
-    assert r["loadgen_us_per_frame"] > 0 and r["gateway_us_per_frame"] > 0, r
+    for key in ("loadgen_cpu_pct", "gateway_cpu_pct", "loadgen_us_per_frame",
+                "gateway_us_per_frame"):
+        assert isinstance(r[key], float | int) and r[key] >= 0, (key, r)
 
 
 @pytest.mark.nats
@@ -78,6 +81,10 @@ def test_a_short_run_of_each_lean_client_and_the_nats_ws_peer(tmp_path: pathlib.
     assert set(runs) == {("gateway", "picows"), ("gateway", "node"), ("nats-ws", "picows")}
     for r in runs.values():
         _counted(r)
+    # The gateway (a Python process serving every frame) always shows CPU; the load generator's
+    # is read too, summed over its three windows.
+    assert runs["gateway", "picows"]["gateway_cpu_pct"] > 0, runs
+    assert sum(r["loadgen_cpu_pct"] for r in runs.values()) > 0, runs
     # The peer delivers each delta as its own NATS message: all of them are counted.
     assert runs["nats-ws", "picows"]["deltas"] > 0
     md = (tmp_path / "fanout_clients.md").read_text()

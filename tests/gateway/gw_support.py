@@ -124,6 +124,20 @@ def server_of(runner: xypipe.Runner) -> GatewayServer:
     return server
 
 
+def level_reached(server: GatewayServer, level: int) -> trio.Event:
+    """An event set the first time any connection of ``server`` moves to ``level``."""
+    reached = trio.Event()
+    move = server.levels.move
+
+    def watch(old: Any, new: Any) -> None:
+        move(old, new)
+        if new == level:
+            reached.set()
+
+    server.levels.move = watch  # type: ignore[method-assign]
+    return reached
+
+
 def admin_board(runner: xypipe.Runner) -> FlagBoard:
     """The flag_admin stage's board (the writer's view of the flags)."""
     board = runner.stage("admin", "admin", FlagAdmin).flags

@@ -14,6 +14,7 @@ from gw_support import (
     book_matches,
     caught_up,
     http_port,
+    level_reached,
     no_hole,
     running_gateway,
     sdk,
@@ -68,19 +69,12 @@ async def test_a_reader_that_stops_reading_falls_back_while_the_others_get_every
     agg = FakeAggregator(publisher, GROUPS, symbols=10)
     await agg.setup()
     await agg.publish_snapshots()
-    stop, published, at_l3 = trio.Event(), trio.Event(), trio.Event()
+    stop, published = trio.Event(), trio.Event()
     results: dict[int, Any] = {}
     async with running_gateway(nats_server.url, keys, **SLOW_OPTIONS) as runner:
         port = http_port(runner)
         server = server_of(runner)
-        move = server.levels.move
-
-        def watch_levels(old: Any, new: Any) -> None:
-            move(old, new)
-            if new == 3:
-                at_l3.set()
-
-        server.levels.move = watch_levels
+        at_l3 = level_reached(server, 3)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_publish, agg, stop, published)
             for i in range(5):

@@ -10,6 +10,7 @@ from gw_support import (
     Keys,
     expect_close,
     http_port,
+    level_reached,
     running_gateway,
     server_of,
     ws_client,
@@ -65,19 +66,12 @@ async def test_slow_reader_walks_up_the_levels_and_back_while_others_are_unaffec
     agg = FakeAggregator(publisher, GROUPS, symbols=10)
     await agg.setup()
     await agg.publish_snapshots()
-    stop, at_l3 = trio.Event(), trio.Event()
+    stop = trio.Event()
     normals: list[Any] = []
     async with running_gateway(nats_server.url, keys, **SLOW_OPTIONS) as runner:
         port = http_port(runner)
         server = server_of(runner)
-        move = server.levels.move
-
-        def watch_levels(old: Any, new: Any) -> None:
-            move(old, new)
-            if new == 3:
-                at_l3.set()
-
-        server.levels.move = watch_levels
+        at_l3 = level_reached(server, 3)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_publish, agg, stop)
             for i in range(20):
