@@ -22,22 +22,10 @@ from gw_support import (
     updates_until,
     ws_client,
 )
-from test_ws_slow_consumer import GROUPS, SLOW_OPTIONS
+from test_ws_slow_consumer import GROUPS, SLOW_OPTIONS, publish_at_cadence
 
 from xypipe.client import SnapshotApplied, Update
 from xypipe.contracts import GroupRef, Ping, Subscribe
-
-
-async def _publish(agg: FakeAggregator, stop: trio.Event, done: trio.Event) -> None:
-    """30 deltas/s per group, a snapshot per group every 0.5 s (live readers ignore them)."""
-    tick = 0
-    while not stop.is_set():
-        await agg.publish_deltas(1)
-        tick += 1
-        if tick % 15 == 0:
-            await agg.publish_snapshots()
-        await trio.sleep(1 / 30)
-    done.set()
 
 
 async def _reader(port: int, keys: Keys, n: int, agg: FakeAggregator, ready: trio.Event,
@@ -76,7 +64,7 @@ async def test_a_reader_that_stops_reading_falls_back_while_the_others_get_every
         server = server_of(runner)
         at_l3 = level_reached(server, 3)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_publish, agg, stop, published)
+            nursery.start_soon(publish_at_cadence, agg, stop, published)
             for i in range(5):
                 ready = trio.Event()
                 nursery.start_soon(_reader, port, keys, i, agg, ready, published, results)

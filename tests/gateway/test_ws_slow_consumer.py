@@ -31,8 +31,10 @@ SLOW_OPTIONS: dict[str, Any] = {
 }
 
 
-async def _publish(agg: FakeAggregator, stop: trio.Event) -> None:
-    """The aggregator's cadence: 30 deltas/s per group, a snapshot per group every 0.5 s."""
+async def publish_at_cadence(agg: FakeAggregator, stop: trio.Event,
+                             done: trio.Event | None = None) -> None:
+    """The aggregator's cadence: 30 deltas/s per group, a snapshot per group every 0.5 s;
+    ``done`` is set once the last delta went out."""
     tick = 0
     while not stop.is_set():
         await agg.publish_deltas(1)
@@ -40,6 +42,8 @@ async def _publish(agg: FakeAggregator, stop: trio.Event) -> None:
         if tick % 15 == 0:
             await agg.publish_snapshots()
         await trio.sleep(1 / 30)
+    if done is not None:
+        done.set()
 
 
 async def _normal_reader(port: int, keys: Keys, ready: trio.Event, stop: trio.Event,
@@ -73,7 +77,7 @@ async def test_slow_reader_walks_up_the_levels_and_back_while_others_are_unaffec
         server = server_of(runner)
         at_l3 = level_reached(server, 3)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_publish, agg, stop)
+            nursery.start_soon(publish_at_cadence, agg, stop)
             for i in range(20):
                 ready = trio.Event()
                 nursery.start_soon(_normal_reader, port, keys, ready, stop, agg, normals, i)
@@ -119,7 +123,7 @@ async def test_reader_that_never_reads_is_closed_when_l3_does_not_help(
     opts = dict(SLOW_OPTIONS, close_after_ms=300, close_grace_ms=200, priority_groups=["g*"])
     async with running_gateway(nats_server.url, keys, **opts) as runner:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_publish, agg, stop)
+            nursery.start_soon(publish_at_cadence, agg, stop)
             server = server_of(runner)
             async with ws_client(http_port(runner)) as slow:
                 await slow.hello(keys.token("stuck"))
