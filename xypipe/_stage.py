@@ -40,6 +40,7 @@ from xypipe._hints import Unchecked, describe, substitute
 from xypipe._log import Logger
 from xypipe._metrics import Metrics
 from xypipe._validate import expected_of
+from xypipe._worker import WorkerIdentity
 from xypipe.abc import Clock, HttpRoutes, NatsClient
 
 In = TypeVar("In")
@@ -140,6 +141,8 @@ class StageContext:
     reported_pressure: Pressure | None = None
     #: The pipeline's staleness watchdog (shared by its stages; see :meth:`watch`).
     watchdog: PipelineWatchdog | None = None
+    #: Which copy of its process this is (``workers = N``; see :mod:`xypipe._worker`).
+    worker: WorkerIdentity = attrs.field(factory=WorkerIdentity.from_environ)
 
     @property
     def level(self) -> Level:

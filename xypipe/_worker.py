@@ -1,0 +1,53 @@
+"""Which worker of which process this is: a process declared with ``workers = N`` runs N
+copies, and each copy needs a name of its own that survives its restarts (an aggregator's
+ownership leases are held by that name, so a restarted worker takes its share back).
+
+The supervisor passes the identity to each child in its environment; a process started any
+other way (a test, ``xypipe run`` of a single-process config) is worker 0 of 1.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+
+import attrs
+
+PROCESS_ENV = "XYPIPE_PROCESS"
+WORKER_ENV = "XYPIPE_WORKER"
+WORKERS_ENV = "XYPIPE_WORKERS"
+
+
+@attrs.frozen
+class WorkerIdentity:
+    #: The config's process name ("" when the process runs a config's pipelines itself).
+    process: str = ""
+    #: This copy's index, 0 .. count - 1.
+    index: int = 0
+    #: How many copies of the process the config runs.
+    count: int = 1
+    host: str = attrs.field(factory=socket.gethostname)
+
+    @property
+    def member(self) -> str:
+        """A name unique in a cluster and stable across restarts: ``host/process.index``."""
+        return f"{self.host}/{self.process or 'main'}.{self.index}"
+
+    def environ(self) -> dict[str, str]:
+        """What a child needs in its environment to know itself."""
+        return {PROCESS_ENV: self.process, WORKER_ENV: str(self.index),
+                WORKERS_ENV: str(self.count)}
+
+    @classmethod
+    def from_environ(cls, env: Mapping[str, str] | None = None) -> WorkerIdentity:
+        env = os.environ if env is None else env
+        try:
+            index = int(env.get(WORKER_ENV, "0"))
+            count = int(env.get(WORKERS_ENV, "1"))
+        except ValueError:
+            index, count = 0, 1
+        return cls(process=env.get(PROCESS_ENV, ""), index=index, count=max(count, 1))
+
+
+__all__ = ["WorkerIdentity"]
