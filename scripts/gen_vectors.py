@@ -119,7 +119,7 @@ EXTRA_FIELDS: list[tuple[str, int, str, int, int, str]] = [
     ("Tick", 18, "venue_flags", FieldDescriptor.TYPE_SINT32, _LABEL_REPEATED, ""),
     ("Tick", 19, "ts_gateway_us", FieldDescriptor.TYPE_UINT64, _LABEL_OPTIONAL, ""),
     ("SymbolState", 22, "vwap", FieldDescriptor.TYPE_SINT64, _LABEL_OPTIONAL, ""),
-    ("Snapshot", 12, "note", FieldDescriptor.TYPE_STRING, _LABEL_OPTIONAL, ""),
+    ("Snapshot", 13, "note", FieldDescriptor.TYPE_STRING, _LABEL_OPTIONAL, ""),
     ("ServerFrame", 9, "notice", FieldDescriptor.TYPE_MESSAGE, _LABEL_OPTIONAL,
      f".{PACKAGE}.Notice"),
     ("ClientFrame", 10, "ack", FieldDescriptor.TYPE_MESSAGE, _LABEL_OPTIONAL,

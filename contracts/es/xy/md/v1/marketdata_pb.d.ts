@@ -222,6 +222,16 @@ export declare type Delta = Message<"xy.md.v1.Delta"> & {
    * @generated from field: repeated string removed = 10;
    */
   removed: string[];
+
+  /**
+   * The fencing token of the aggregator that owns the group: the revision of its ownership
+   * lease (docs/architecture.md, "Aggregators that split the groups"). It only grows for a
+   * group; a reader drops a delta whose fence is below the highest it has seen for the group
+   * (a deposed owner still publishing). 0 = no lease (a single aggregator owns every group).
+   *
+   * @generated from field: uint64 fence = 11 [jstype = JS_NUMBER];
+   */
+  fence: bigint;
 };
 
 /**
@@ -328,6 +338,13 @@ export declare type Snapshot = Message<"xy.md.v1.Snapshot"> & {
    * @generated from field: uint32 window_ms = 11;
    */
   windowMs: number;
+
+  /**
+   * The owner's fencing token, as on Delta.
+   *
+   * @generated from field: uint64 fence = 12 [jstype = JS_NUMBER];
+   */
+  fence: bigint;
 };
 
 /**

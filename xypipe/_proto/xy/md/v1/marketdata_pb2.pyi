@@ -54,7 +54,7 @@ class SymbolState(_message.Message):
     def __init__(self, venue: _Optional[str] = ..., symbol: _Optional[str] = ..., seq: _Optional[int] = ..., ts_exchange_us: _Optional[int] = ..., ts_arrival_us: _Optional[int] = ..., last: _Optional[int] = ..., last_size: _Optional[int] = ..., bids: _Optional[_Iterable[_Union[_tick_pb2.PriceLevel, _Mapping]]] = ..., asks: _Optional[_Iterable[_Union[_tick_pb2.PriceLevel, _Mapping]]] = ..., vol: _Optional[int] = ..., oi: _Optional[int] = ..., flags: _Optional[int] = ..., price_decimals: _Optional[int] = ..., window_high: _Optional[int] = ..., window_low: _Optional[int] = ..., window_trades: _Optional[int] = ..., window_volume: _Optional[int] = ..., window_ticks: _Optional[int] = ..., total_trades: _Optional[int] = ..., checksum: _Optional[int] = ..., trimmed: _Optional[bool] = ...) -> None: ...
 
 class Delta(_message.Message):
-    __slots__ = ("group", "shard", "seq", "epoch", "ts_emit_us", "symbols", "level", "window_ms", "first_seq", "removed")
+    __slots__ = ("group", "shard", "seq", "epoch", "ts_emit_us", "symbols", "level", "window_ms", "first_seq", "removed", "fence")
     GROUP_FIELD_NUMBER: _ClassVar[int]
     SHARD_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
@@ -65,6 +65,7 @@ class Delta(_message.Message):
     WINDOW_MS_FIELD_NUMBER: _ClassVar[int]
     FIRST_SEQ_FIELD_NUMBER: _ClassVar[int]
     REMOVED_FIELD_NUMBER: _ClassVar[int]
+    FENCE_FIELD_NUMBER: _ClassVar[int]
     group: str
     shard: int
     seq: int
@@ -75,7 +76,8 @@ class Delta(_message.Message):
     window_ms: int
     first_seq: int
     removed: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, group: _Optional[str] = ..., shard: _Optional[int] = ..., seq: _Optional[int] = ..., epoch: _Optional[int] = ..., ts_emit_us: _Optional[int] = ..., symbols: _Optional[_Iterable[_Union[SymbolState, _Mapping]]] = ..., level: _Optional[int] = ..., window_ms: _Optional[int] = ..., first_seq: _Optional[int] = ..., removed: _Optional[_Iterable[str]] = ...) -> None: ...
+    fence: int
+    def __init__(self, group: _Optional[str] = ..., shard: _Optional[int] = ..., seq: _Optional[int] = ..., epoch: _Optional[int] = ..., ts_emit_us: _Optional[int] = ..., symbols: _Optional[_Iterable[_Union[SymbolState, _Mapping]]] = ..., level: _Optional[int] = ..., window_ms: _Optional[int] = ..., first_seq: _Optional[int] = ..., removed: _Optional[_Iterable[str]] = ..., fence: _Optional[int] = ...) -> None: ...
 
 class TopEntry(_message.Message):
     __slots__ = ("venue", "symbol", "value")
@@ -88,7 +90,7 @@ class TopEntry(_message.Message):
     def __init__(self, venue: _Optional[str] = ..., symbol: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
 
 class Snapshot(_message.Message):
-    __slots__ = ("group", "version", "epoch", "shard_seq", "shards", "ts_emit_us", "symbols", "top_by", "top", "source_stream_seq", "window_ms")
+    __slots__ = ("group", "version", "epoch", "shard_seq", "shards", "ts_emit_us", "symbols", "top_by", "top", "source_stream_seq", "window_ms", "fence")
     class ShardSeqEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -107,6 +109,7 @@ class Snapshot(_message.Message):
     TOP_FIELD_NUMBER: _ClassVar[int]
     SOURCE_STREAM_SEQ_FIELD_NUMBER: _ClassVar[int]
     WINDOW_MS_FIELD_NUMBER: _ClassVar[int]
+    FENCE_FIELD_NUMBER: _ClassVar[int]
     group: str
     version: int
     epoch: int
@@ -118,4 +121,5 @@ class Snapshot(_message.Message):
     top: _containers.RepeatedCompositeFieldContainer[TopEntry]
     source_stream_seq: int
     window_ms: int
-    def __init__(self, group: _Optional[str] = ..., version: _Optional[int] = ..., epoch: _Optional[int] = ..., shard_seq: _Optional[_Mapping[int, int]] = ..., shards: _Optional[int] = ..., ts_emit_us: _Optional[int] = ..., symbols: _Optional[_Iterable[_Union[SymbolState, _Mapping]]] = ..., top_by: _Optional[str] = ..., top: _Optional[_Iterable[_Union[TopEntry, _Mapping]]] = ..., source_stream_seq: _Optional[int] = ..., window_ms: _Optional[int] = ...) -> None: ...
+    fence: int
+    def __init__(self, group: _Optional[str] = ..., version: _Optional[int] = ..., epoch: _Optional[int] = ..., shard_seq: _Optional[_Mapping[int, int]] = ..., shards: _Optional[int] = ..., ts_emit_us: _Optional[int] = ..., symbols: _Optional[_Iterable[_Union[SymbolState, _Mapping]]] = ..., top_by: _Optional[str] = ..., top: _Optional[_Iterable[_Union[TopEntry, _Mapping]]] = ..., source_stream_seq: _Optional[int] = ..., window_ms: _Optional[int] = ..., fence: _Optional[int] = ...) -> None: ...
