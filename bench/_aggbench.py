@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -207,10 +208,35 @@ def publish_sim(url: str, *, symbols: int, rate: float, duration: float,
 # publisher's own arrival stamp, which the aggregator never reads (it stamps its own).
 
 
-def _pub_frames(tape_path: Path, count: int) -> tuple[bytes, list[int], bytes]:
+def bench_groups(n: int) -> tuple[tuple[str, Any], ...]:
+    """``n`` groups of normal priority (``g00``, ``g01``, ...) for :func:`contract_for`: the
+    symbols spread over more groups than the publisher's five, so aggregators splitting the
+    groups between them get near-equal shares (bench/scale.py)."""
+    from xypipe.contracts import Priority
+
+    return tuple((f"g{i:02d}", Priority.PRIORITY_NORMAL) for i in range(n))
+
+
+def contract_frames(keys: Iterable[tuple[str, str]], groups: int = 0) -> bytes:
+    """``PUB`` frames of the reference contracts of ``keys`` (venue, symbol): the publisher's
+    five groups, or ``groups`` of :func:`bench_groups`."""
+    sys.path.insert(0, str(ROOT))
+    from xypipe._publisher import DEFAULT_GROUPS, contract_for
+
+    spread = bench_groups(groups) if groups else DEFAULT_GROUPS
+    out = []
+    for venue, symbol in keys:
+        c = contract_for(venue, symbol, spread).SerializeToString()
+        out.append(b"PUB xy.ref.contract.%s.%s %d\r\n%s\r\n" % (
+            venue.encode(), symbol.encode(), len(c), c))
+    return b"".join(out)
+
+
+def _pub_frames(tape_path: Path, count: int,
+                groups: int = 0) -> tuple[bytes, list[int], bytes]:
     """``(tick frames, end offset of each, contract frames)`` for the first ``count`` ticks."""
     sys.path.insert(0, str(ROOT))
-    from xypipe._publisher import contract_for, read_tape
+    from xypipe._publisher import read_tape
     from xypipe.contracts import Tick
 
     frames: list[bytes] = []
@@ -229,12 +255,7 @@ def _pub_frames(tape_path: Path, count: int) -> tuple[bytes, list[int], bytes]:
         ends.append(pos)
     if len(ends) < count:
         raise SystemExit(f"tape {tape_path} holds {len(ends)} ticks, {count} asked for")
-    contracts = []
-    for venue, symbol in keys:
-        c = contract_for(venue, symbol).SerializeToString()
-        contracts.append(b"PUB xy.ref.contract.%s.%s %d\r\n%s\r\n" % (
-            venue.encode(), symbol.encode(), len(c), c))
-    return b"".join(frames), ends, b"".join(contracts)
+    return b"".join(frames), ends, contract_frames(keys, groups)
 
 
 class _RawNats:
@@ -281,10 +302,11 @@ class _RawNats:
 
 
 def lean_publish(url: str, tape_path: Path, rate: float, count: int,
-                 step_s: float = 0.005) -> dict[str, float]:
+                 step_s: float = 0.005, groups: int = 0) -> dict[str, float]:
     """Publish the tape's first ``count`` ticks at ``rate``/s; returns what it sent, how long
-    it took and the CPU it used while sending (the frames are built before the clock starts)."""
-    blob, ends, contracts = _pub_frames(tape_path, count)
+    it took and the CPU it used while sending (the frames are built before the clock starts).
+    ``groups``: the contracts spread the symbols over that many groups (0: the publisher's)."""
+    blob, ends, contracts = _pub_frames(tape_path, count, groups)
     view = memoryview(blob)
     nats = _RawNats(url)
     nats.sock.sendall(contracts)
@@ -311,11 +333,13 @@ def lean_publish(url: str, tape_path: Path, rate: float, count: int,
     return {"sent": sent, "seconds": seconds, "cpu_s": cpu, "rate": sent / seconds}
 
 
-def publish_lean(url: str, tape_path: Path, rate: float, count: int) -> subprocess.Popen[str]:
+def publish_lean(url: str, tape_path: Path, rate: float, count: int,
+                 groups: int = 0) -> subprocess.Popen[str]:
     """:func:`lean_publish` in its own process; its last stdout line is the JSON result."""
     return subprocess.Popen(
         [PY, str(Path(__file__).resolve()), "publish", url, str(tape_path), str(rate),
-         str(count)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+         str(count), str(groups)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
 
 
 def publisher_result(proc: subprocess.Popen[str]) -> dict[str, float]:
@@ -327,4 +351,6 @@ def publisher_result(proc: subprocess.Popen[str]) -> dict[str, float]:
 
 if __name__ == "__main__" and sys.argv[1:2] == ["publish"]:
     _url, _tape, _rate, _count = sys.argv[2:6]
-    print(json.dumps(lean_publish(_url, Path(_tape), float(_rate), int(_count))), flush=True)
+    _groups = int(sys.argv[6]) if len(sys.argv) > 6 else 0
+    print(json.dumps(lean_publish(_url, Path(_tape), float(_rate), int(_count),
+                                  groups=_groups)), flush=True)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import time
 from typing import Any
 
@@ -128,8 +129,17 @@ def _pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else float("nan")
 
 
+async def _stdin_line() -> None:
+    """Wait for a line on stdin (bench/scale.py starts several generators' windows at once)."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    await reader.readline()
+
+
 async def _run(port: int, token: str, clients: int, seconds: float, warmup: float,
-               groups: list[str], peer: str) -> dict[str, Any]:
+               groups: list[str], peer: str, gated: bool = False,
+               samples: bool = False) -> dict[str, Any]:
     from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
     from xypipe.contracts import ClientFrame, GroupRef, Hello, Ping, ServerFrame, Subscribe
@@ -222,6 +232,11 @@ async def _run(port: int, token: str, clients: int, seconds: float, warmup: floa
             return t
 
     transports = await asyncio.gather(*(one() for _ in range(clients)))
+    if gated:
+        # Every connection is up: say so, and start the warm-up when told (the orchestrator
+        # tells all its generators at once, so their windows coincide).
+        print("CONNECTED", flush=True)
+        await _stdin_line()
 
     async def pinger() -> None:
         # Each connection pings every PING_EVERY_S at its own phase, as independent browsers
@@ -259,6 +274,8 @@ async def _run(port: int, token: str, clients: int, seconds: float, warmup: floa
         "levels_seen": levels, "slow_levels": [], "slow_frames": 0,
         "connections_lost": len(rec.lost), "first_lost": rec.lost[:1],
     }
+    if samples:  # to merge several generators' percentiles exactly
+        result["lat_ms"] = [round(x, 3) for x in lat]
     # Printed before the connections close: the orchestrator reads this process's CPU when the
     # line arrives, and closing a thousand connections is not part of the window.
     print("RESULT " + json.dumps(result), flush=True)
@@ -268,7 +285,11 @@ async def _run(port: int, token: str, clients: int, seconds: float, warmup: floa
 
 
 def run(port: int, token: str, clients: int, seconds: float, warmup: float,
-        groups: list[str], peer: str = "gateway") -> dict[str, Any]:
+        groups: list[str], peer: str = "gateway", *, gated: bool = False,
+        samples: bool = False) -> dict[str, Any]:
+    """One window (see the module's docstring). ``gated``: print ``CONNECTED`` once every
+    connection is up and wait for a line on stdin before the warm-up; ``samples``: the result
+    carries every latency sample (``lat_ms``)."""
     try:
         import picows  # noqa: F401
         import uvloop
@@ -277,4 +298,5 @@ def run(port: int, token: str, clients: int, seconds: float, warmup: float,
                          "the dev extra (pip install -e '.[dev]') or pip install picows==2.3.1 "
                          "uvloop==0.23.0") from e
 
-    return uvloop.run(_run(port, token, clients, seconds, warmup, groups, peer))
+    return uvloop.run(_run(port, token, clients, seconds, warmup, groups, peer, gated,
+                           samples))
