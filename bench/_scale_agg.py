@@ -47,12 +47,14 @@ LEVEL = "degradation_level"
 SCOPE = "pipeline:aggregator"
 
 
-def agg_toml(url: str, sup_port: int, port: int, workers: int | None, ownership: bool) -> str:
+def agg_toml(url: str, sup_port: int, port: int, workers: int | None, metrics_port: int,
+             ownership: bool) -> str:
     """bench/_aggbench.py's aggregator (the same stages and budgets) as a process of its own
-    with ``workers`` copies (``None``: the key left out, for a checkout without it), budgets
-    that only the load moves."""
+    with ``workers`` copies, worker ``i`` serving its own /metrics on ``metrics_port + i``
+    (``workers=None``: both keys left out, for a checkout without them)."""
     own = "ownership = { enabled = true }\n" if ownership else ""
-    wk = f"workers = {workers}\n" if workers is not None else ""
+    wk = (f"workers = {workers}\nmetrics_port = {metrics_port}\n" if workers is not None
+          else "")
     stages = "\n".join(
         f"[[pipelines.aggregator.stages]]\nuse = \"{use}\"\n{extra}"
         f"budget = {{ max_items = {items}, max_age_ms = 100 }}\n"
@@ -114,17 +116,19 @@ class AggTree:
                  workers_key: bool) -> None:
         self.n = workers
         self.sup_port, self.port = free_port(), free_port()
+        self.private = _sides.free_ports(workers) if workers_key else None
         self.cfg = work / f"scale-agg-{self.port}.toml"
         self.cfg.write_text(agg_toml(url, self.sup_port, self.port,
-                                     workers if workers_key else None, ownership))
+                                     workers if workers_key else None, self.private or 0,
+                                     ownership))
         self.log = work / f"scale-agg-{self.port}.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.pids: dict[int, int] = {}
 
     def metrics_port(self, index: int) -> int:
-        """Worker ``index`` serves its own /metrics and /healthz on the process's port plus
-        its index (worker 0 on the port itself)."""
-        return self.port + index
+        """Where worker ``index`` serves its own /metrics and /healthz (the shared port lands
+        on any worker); a checkout without workers: the process's port."""
+        return self.port if self.private is None else self.private + index
 
     def metrics(self, index: int) -> dict[str, float]:
         url = f"http://127.0.0.1:{self.metrics_port(index)}/metrics"

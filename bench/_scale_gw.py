@@ -29,10 +29,13 @@ import trio
 SCRIPT = Path(__file__).resolve().parent / "scale.py"
 
 
-def gateway_toml(url: str, sup_port: int, port: int, workers: int | None) -> str:
+def gateway_toml(url: str, sup_port: int, port: int, workers: int | None,
+                 metrics_port: int = 0) -> str:
     """bench/fanout.py's gateway config, its pipeline moved to a process of ``workers`` copies
-    on ``port`` (``None``: the key left out, for a checkout without it)."""
-    wk = f"workers = {workers}\n" if workers is not None else ""
+    on ``port``, worker ``i`` serving its own /healthz on ``metrics_port + i`` (``workers=None``:
+    both keys left out, for a checkout without them)."""
+    wk = (f"workers = {workers}\nmetrics_port = {metrics_port}\n" if workers is not None
+          else "")
     base = fanout._gateway_config(url, sup_port)
     return base.replace("[pipelines.gateway]\n", (
         f'[processes.gateway]\nhttp = {{ host = "127.0.0.1", port = {port} }}\n'
@@ -45,30 +48,31 @@ def _get(url: str) -> bytes:
         return bytes(r.read())
 
 
-async def _start_tree(cfg: Path, port: int, workers: int,
+async def _ready(port: int) -> bool:
+    try:
+        doc = json.loads(await trio.to_thread.run_sync(_get,
+                                                       f"http://127.0.0.1:{port}/healthz"))
+    except (OSError, ValueError):
+        return False
+    return bool(doc.get("ready", True))
+
+
+async def _start_tree(cfg: Path, ports: list[int], workers: int,
                       log: Path) -> tuple[trio.Process, dict[int, int]]:
-    """``xypipe run`` of the gateway config; returns once every worker runs and the port
-    answers ready (SO_REUSEPORT: each probe lands on one worker or another, so the last
-    worker to come up is waited for through its pid and a few probes)."""
+    """``xypipe run`` of the gateway config; returns once every worker runs and answers ready
+    on ``ports`` (each worker's own, or the shared port in a checkout without workers)."""
     proc = await trio.lowlevel.open_process(
         [sys.executable, "-m", "xypipe", "run", str(cfg)], cwd=str(fanout.REPO),
         stdout=subprocess.DEVNULL, stderr=log.open("wb"))
     pids: dict[int, int] = {}
     with trio.fail_after(60):
-        ready = 0
-        while ready < 3 * workers:
+        while True:
             if proc.poll() is not None:
                 raise RuntimeError(f"gateway exited {proc.returncode}; its log: {log}")
             pids = _sides.workers(proc.pid, "gateway")
-            try:
-                doc = json.loads(await trio.to_thread.run_sync(
-                    _get, f"http://127.0.0.1:{port}/healthz"))
-                ok = bool(doc.get("ready", True))
-            except (OSError, ValueError):
-                ok = False
-            ready = ready + 1 if ok and len(pids) == workers else 0
+            if len(pids) == workers and all([await _ready(p) for p in ports]):
+                return proc, pids
             await trio.sleep(0.1)
-    return proc, pids
 
 
 async def _publisher(url: str) -> trio.Process:
@@ -201,18 +205,19 @@ async def curve(workers: int, sizes: list[int], loadgens: int, seconds: float, w
     out: list[dict[str, Any]] = []
     async with fanout._nats_server() as ns:
         sup_port, port = fanout._free_port(), fanout._free_port()
-        fanout._PORT[0] = port
+        private = _sides.free_ports(workers) if workers_key else 0
+        ports = [private + i for i in range(workers)] if workers_key else [port]
         with tempfile.TemporaryDirectory(prefix="xy-scale-gw-") as tmp:
             cfg = Path(tmp) / "gateway.toml"
             cfg.write_text(gateway_toml(ns.url, sup_port, port,
-                                        workers if workers_key else None))
+                                        workers if workers_key else None, private))
             # The snapshot stream exists before the gateway looks for it.
             async with connect(ns.url) as nc:
                 await nc.jetstream().ensure_stream(
                     "XY_MD_SNAPSHOT", ["xy.md.snapshot.>"], max_msgs_per_subject=1,
                     storage="memory")
             pub = await _publisher(ns.url)
-            tree, pids = await _start_tree(cfg, port, workers, Path(tmp) / "gateway.log")
+            tree, pids = await _start_tree(cfg, ports, workers, Path(tmp) / "gateway.log")
             try:
                 fixed = {f"gateway.{i}": pid for i, pid in sorted(pids.items())}
                 fixed.update({"supervisor": tree.pid, "nats-server": ns.pid,

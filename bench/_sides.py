@@ -12,6 +12,7 @@ them.
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -20,6 +21,25 @@ import attrs
 TICK = os.sysconf("SC_CLK_TCK")
 #: A side at or above this share of one core is called saturated.
 SATURATED = 0.9
+
+
+def free_ports(count: int) -> int:
+    """The first of ``count`` consecutive loopback ports free now (a process of N workers
+    serves worker ``i``'s own /metrics on ``metrics_port + i``)."""
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            base = int(s.getsockname()[1])
+        if base + count > 65535:
+            continue
+        try:
+            for port in range(base + 1, base + count):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+    raise OSError(f"no {count} consecutive free ports found")
 
 
 def cpu_seconds(pid: int) -> float | None:
