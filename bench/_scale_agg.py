@@ -103,6 +103,14 @@ def total(m: dict[str, float], name: str) -> float:
     return sum(v for k, v in m.items() if k == name or k.startswith(name + "{"))
 
 
+def consumed(m: dict[str, float]) -> float:
+    """Source ticks a worker has read: those it ingested (its groups') and those it skipped
+    undecoded (another worker's, ``agg_foreign_ticks_total{where="ingest"}``)."""
+    return total(m, "src_ingest_total") + sum(
+        v for k, v in m.items()
+        if k.startswith("agg_foreign_ticks_total{") and 'where="ingest"' in k)
+
+
 def level(m: dict[str, float]) -> float:
     return max((v for k, v in m.items() if k.startswith(LEVEL + "{") and SCOPE in k),
                default=0.0)
@@ -245,7 +253,7 @@ async def one_step(work: Path, workers: int, rate: float, duration: float, *,
             while time.monotonic() < deadline:
                 m1 = await trio.to_thread.run_sync(tree.all_metrics)
                 levels.append(max(level(m) for m in m1))
-                if sum(total(m, "src_ingest_total") for m in m1) >= count:
+                if min(consumed(m) for m in m1) >= count:  # fresh workers: counts from 0
                     break
                 await trio.sleep(0.1)
             r1 = _sides.read(sides, time.monotonic())
@@ -266,12 +274,16 @@ async def one_step(work: Path, workers: int, rate: float, duration: float, *,
         win["cpu"]["publisher"] = pub_win["cpu"].get("publisher",  # type: ignore[union-attr]
                                                      pub["cpu_s"] / max(pub["seconds"], 1e-9))
     share = ingested / count if count else 0.0
+    # Every worker reads every tick (its own or skipped): the slowest one is the lag.
+    read = [consumed(m) for m in m1]
+    kept_pace = min(read) / count if count else 0.0
     q = "aggregator_latency_seconds"
     p99s = [histogram_quantile(b, q, 0.99, a) for a, b in zip(m0, m1, strict=True)]
     return {
         "workers": workers, "offered": rate, "ticks": count, "ingest_rate": ingest_rate,
         "ingested_share": share, "max_level": max(levels),
-        "held": bool(max(levels) == 0 and share >= 0.98),
+        "read_share": kept_pace,
+        "held": bool(max(levels) == 0 and share >= 0.98 and kept_pace >= 0.98),
         "per_worker_ingested": [total(b, "src_ingest_total") - total(a, "src_ingest_total")
                                 for a, b in zip(m0, m1, strict=True)],
         "groups_owned": owned, "publisher_rate": pub["rate"],
