@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -208,22 +208,16 @@ def publish_sim(url: str, *, symbols: int, rate: float, duration: float,
 # publisher's own arrival stamp, which the aggregator never reads (it stamps its own).
 
 
-def bench_groups(n: int) -> tuple[tuple[str, Any], ...]:
-    """``n`` groups of normal priority (``g00``, ``g01``, ...) for :func:`contract_for`: the
-    symbols spread over more groups than the publisher's five, so aggregators splitting the
-    groups between them get near-equal shares (bench/scale.py)."""
-    from xypipe.contracts import Priority
-
-    return tuple((f"g{i:02d}", Priority.PRIORITY_NORMAL) for i in range(n))
-
-
-def contract_frames(keys: Iterable[tuple[str, str]], groups: int = 0) -> bytes:
+def contract_frames(keys: Iterable[tuple[str, str]], groups: Sequence[str] = ()) -> bytes:
     """``PUB`` frames of the reference contracts of ``keys`` (venue, symbol): the publisher's
-    five groups, or ``groups`` of :func:`bench_groups`."""
+    five groups, or the symbols spread over ``groups`` (bench/scale.py: aggregators splitting
+    the groups between them need more than five to get near-equal shares)."""
     sys.path.insert(0, str(ROOT))
     from xypipe._publisher import DEFAULT_GROUPS, contract_for
+    from xypipe.contracts import Priority
 
-    spread = bench_groups(groups) if groups else DEFAULT_GROUPS
+    spread = (tuple((g, Priority.PRIORITY_NORMAL) for g in groups) if groups
+              else DEFAULT_GROUPS)
     out = []
     for venue, symbol in keys:
         c = contract_for(venue, symbol, spread).SerializeToString()
@@ -233,7 +227,7 @@ def contract_frames(keys: Iterable[tuple[str, str]], groups: int = 0) -> bytes:
 
 
 def _pub_frames(tape_path: Path, count: int,
-                groups: int = 0) -> tuple[bytes, list[int], bytes]:
+                groups: Sequence[str] = ()) -> tuple[bytes, list[int], bytes]:
     """``(tick frames, end offset of each, contract frames)`` for the first ``count`` ticks."""
     sys.path.insert(0, str(ROOT))
     from xypipe._publisher import read_tape
@@ -302,10 +296,10 @@ class _RawNats:
 
 
 def lean_publish(url: str, tape_path: Path, rate: float, count: int,
-                 step_s: float = 0.005, groups: int = 0) -> dict[str, float]:
+                 step_s: float = 0.005, groups: Sequence[str] = ()) -> dict[str, float]:
     """Publish the tape's first ``count`` ticks at ``rate``/s; returns what it sent, how long
     it took and the CPU it used while sending (the frames are built before the clock starts).
-    ``groups``: the contracts spread the symbols over that many groups (0: the publisher's)."""
+    ``groups``: the contracts spread the symbols over these groups (none: the publisher's)."""
     blob, ends, contracts = _pub_frames(tape_path, count, groups)
     view = memoryview(blob)
     nats = _RawNats(url)
@@ -334,11 +328,11 @@ def lean_publish(url: str, tape_path: Path, rate: float, count: int,
 
 
 def publish_lean(url: str, tape_path: Path, rate: float, count: int,
-                 groups: int = 0) -> subprocess.Popen[str]:
+                 groups: Sequence[str] = ()) -> subprocess.Popen[str]:
     """:func:`lean_publish` in its own process; its last stdout line is the JSON result."""
     return subprocess.Popen(
         [PY, str(Path(__file__).resolve()), "publish", url, str(tape_path), str(rate),
-         str(count), str(groups)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+         str(count), ",".join(groups)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True)
 
 
@@ -351,6 +345,6 @@ def publisher_result(proc: subprocess.Popen[str]) -> dict[str, float]:
 
 if __name__ == "__main__" and sys.argv[1:2] == ["publish"]:
     _url, _tape, _rate, _count = sys.argv[2:6]
-    _groups = int(sys.argv[6]) if len(sys.argv) > 6 else 0
+    _groups = [g for g in sys.argv[6].split(",") if g] if len(sys.argv) > 6 else []
     print(json.dumps(lean_publish(_url, Path(_tape), float(_rate), int(_count),
                                   groups=_groups)), flush=True)

@@ -4,13 +4,14 @@ One step = one offered rate against a fresh nats-server and a fresh ``xypipe run
 aggregator config whose process runs ``workers = N`` copies (``ownership`` on the ingest stage:
 the copies split the groups through JetStream KV leases), fed by bench/_aggbench.py's lean
 publisher in its own process. The contracts spread the 5,000 symbols over ``GROUPS`` groups
-(rendezvous hashing gives two members near-equal shares of 16; of the publisher's 5 it could
-give one member 4 and the other 1) and are published and owned before the first tick, so no
-tick falls between a group's discovery and its lease.
+that rendezvous hashing splits evenly between this host's two members (:func:`group_names`),
+and are published, and every group leased by its worker, before the first tick, so no tick
+falls between a group's discovery and its lease.
 
 A step holds when every worker stayed at L0 for the whole step and, one second after the
 publisher's last tick, the workers together had ingested >= 98 % of the ticks offered (each
-tick is ingested by the one worker owning its group; the others skip it undecoded). The search
+tick is ingested by the one worker owning its group) and every worker had read >= 98 % of them
+(its own ingested, the others' skipped undecoded): no consumer lags. The search
 is bench/aggregator.py's: double from the start until a step fails, bisect to ``precision``.
 With 2 workers it starts from the 1-worker figure, the cheapest point that must hold.
 """
@@ -43,6 +44,39 @@ from xypipe._embedded import embedded_nats
 
 SYMBOLS = 5000
 GROUPS = 16
+DEFAULT_GROUP = "default"  # the shard stage's, always offered: it receives no tick here
+
+
+def members(n: int) -> list[str]:
+    """The ownership members the ``n`` workers of process ``aggregator`` on this host are."""
+    from xypipe._worker import WorkerIdentity
+
+    return [WorkerIdentity(process="aggregator", index=i, count=n).member for i in range(n)]
+
+
+def group_names(split: int = 2) -> tuple[list[str], str]:
+    """``GROUPS`` group names that rendezvous hashing gives in equal numbers to the ``split``
+    members of this host, and how that was decided.
+
+    The bench measures what a second process adds when the groups are split evenly. How evenly
+    HRW splits a deployment's groups depends on their number and the member names (the first 17
+    names ``g00``.. split 14 / 3 on one host name, 9 / 8 on another), which is not what this
+    curve is about; the JSON keeps each worker's share of the ticks to show the balance."""
+    try:
+        from xypipe._ownership._hrw import owner_of
+    except ImportError:
+        return [f"g{i:02d}" for i in range(GROUPS)], "g00.. (no ownership in this checkout)"
+    who = members(split)
+    picked: dict[str, list[str]] = {m: [] for m in who}
+    i = 0
+    while any(len(v) < GROUPS // split for v in picked.values()):
+        name = f"g{i:02d}"
+        m = owner_of(name, who)
+        if m is not None and len(picked[m]) < GROUPS // split:
+            picked[m].append(name)
+        i += 1
+    names = sorted(n for v in picked.values() for n in v)
+    return names, f"{GROUPS // split} per member of {', '.join(who)} by rendezvous hashing"
 LEVEL = "degradation_level"
 SCOPE = "pipeline:aggregator"
 
@@ -109,6 +143,14 @@ def consumed(m: dict[str, float]) -> float:
     return total(m, "src_ingest_total") + sum(
         v for k, v in m.items()
         if k.startswith("agg_foreign_ticks_total{") and 'where="ingest"' in k)
+
+
+def owned_ingested(m: dict[str, float]) -> float:
+    """Ticks of a worker's own groups it ingested: decoded ticks, less those shard dropped as
+    another's (a symbol's first tick is decoded before its group is known to ingest)."""
+    return total(m, "src_ingest_total") - sum(
+        v for k, v in m.items()
+        if k.startswith("agg_foreign_ticks_total{") and 'where="shard"' in k)
 
 
 def level(m: dict[str, float]) -> float:
@@ -191,25 +233,29 @@ def _tape_for(ticks: int) -> Path:
 SETTLE_S = 30.0
 
 
-async def _owned_settle(tree: AggTree, ownership: bool) -> list[float]:
-    """Every group owned by exactly one worker (the leases are taken): the groups each owns."""
+async def _owned_settle(tree: AggTree, groups: list[str], ownership: bool) -> list[float]:
+    """Every group leased by the worker rendezvous hashing gives it (the shares settle as the
+    workers see each other join): the number of groups each worker owns."""
     if not ownership:
-        return [float(GROUPS)]
+        return [float(len(groups) + 1)]
+    from xypipe._ownership._hrw import assign
+
+    owners = assign([*groups, DEFAULT_GROUP], members(tree.n))
+    want = [float(sum(1 for o in owners.values() if o == m)) for m in members(tree.n)]
     owned: list[float] = []
     with trio.move_on_after(SETTLE_S):
         while True:
             ms = await trio.to_thread.run_sync(tree.all_metrics)
             owned = [total(m, "ownership_groups_owned") for m in ms]
-            # Every bench group, and the default group the shard stage always offers.
-            if sum(owned) >= GROUPS:
+            if owned == want:
                 return owned
             await trio.sleep(0.1)
-    raise RuntimeError(f"the groups were not all owned within {SETTLE_S:g} s: {owned} of "
-                       f"{GROUPS} (+ the default group); see {tree.log}")
+    raise RuntimeError(f"the groups did not settle within {SETTLE_S:g} s: workers own "
+                       f"{owned}, rendezvous hashing gives {want}; see {tree.log}")
 
 
 async def one_step(work: Path, workers: int, rate: float, duration: float, *,
-                   ownership: bool, workers_key: bool) -> dict[str, Any]:
+                   groups: list[str], ownership: bool, workers_key: bool) -> dict[str, Any]:
     """One offered rate: fresh nats-server, fresh aggregator tree, the lean publisher."""
     count = int(rate * duration)
     tape_path = _tape_for(count)
@@ -220,17 +266,17 @@ async def one_step(work: Path, workers: int, rate: float, duration: float, *,
             assert srv.pid is not None and tree.proc is not None
             # The contracts first, so every group exists and has its owner before any tick.
             raw = _RawNats(srv.url)
-            raw.sock.sendall(contract_frames(_keys(), GROUPS))
+            raw.sock.sendall(contract_frames(_keys(), groups))
             raw.roundtrip()
             raw.sock.close()
-            owned = await _owned_settle(tree, ownership)
+            owned = await _owned_settle(tree, groups, ownership)
             sides = {f"aggregator.{i}": pid for i, pid in sorted(tree.pids.items())}
             sides["supervisor"] = tree.proc.pid
             sides["nats-server"] = srv.pid
-            proc = publish_lean(srv.url, tape_path, rate, count, GROUPS)
+            proc = publish_lean(srv.url, tape_path, rate, count, groups)
             sides["publisher"] = proc.pid
             m0 = await trio.to_thread.run_sync(tree.all_metrics)
-            base = sum(total(m, "src_ingest_total") for m in m0)
+            base = sum(owned_ingested(m) for m in m0)
             levels = [max(level(m) for m in m0)]
             series: list[tuple[float, float]] = []
             r0: _sides.Reading | None = None
@@ -239,7 +285,7 @@ async def one_step(work: Path, workers: int, rate: float, duration: float, *,
                 await trio.sleep(0.1)
                 ms = await trio.to_thread.run_sync(tree.all_metrics)
                 now = time.monotonic()
-                done = sum(total(m, "src_ingest_total") for m in ms)
+                done = sum(owned_ingested(m) for m in ms)
                 if r0 is None and done > base:
                     r0 = _sides.read(sides, now)
                     m0 = ms
@@ -259,8 +305,8 @@ async def one_step(work: Path, workers: int, rate: float, duration: float, *,
             r1 = _sides.read(sides, time.monotonic())
         finally:
             await trio.to_thread.run_sync(tree.stop)
-    ingested = sum(total(m, "src_ingest_total") for m in m1)
-    start = sum(total(m, "src_ingest_total") for m in m0)
+    ingested = sum(owned_ingested(m) for m in m1)
+    start = sum(owned_ingested(m) for m in m0)
     moved = [(t, v) for t, v in series if v > start]
     t0 = r0.at if r0 is not None else 0.0
     if len(moved) >= 2 and moved[-1][0] > t0:
@@ -284,8 +330,7 @@ async def one_step(work: Path, workers: int, rate: float, duration: float, *,
         "ingested_share": share, "max_level": max(levels),
         "read_share": kept_pace,
         "held": bool(max(levels) == 0 and share >= 0.98 and kept_pace >= 0.98),
-        "per_worker_ingested": [total(b, "src_ingest_total") - total(a, "src_ingest_total")
-                                for a, b in zip(m0, m1, strict=True)],
+        "per_worker_ingested": [owned_ingested(m) for m in m1],
         "groups_owned": owned, "publisher_rate": pub["rate"],
         "window": win, "bottleneck": _sides.bottleneck(win, clients="publisher"),
         "proc_p99_ms": max(((p or 0.0) * 1000 for p in p99s), default=float("nan")),

@@ -77,6 +77,8 @@ def ownership_supported() -> bool:
 async def agg_curve(args: argparse.Namespace, counts: list[int], ownership: bool,
                     workers_key: bool) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
+    groups, how = _scale_agg.group_names()
+    print(f"aggregator groups: {', '.join(groups)} ({how})", flush=True)
     with tempfile.TemporaryDirectory(prefix="xy-scale-agg-") as tmp:
         work = Path(tmp)
         first = 0.0
@@ -85,7 +87,7 @@ async def agg_curve(args: argparse.Namespace, counts: list[int], ownership: bool
 
             async def tried(rate: float, n: int = n, steps: list[dict[str, Any]] = steps
                             ) -> bool:
-                r = await _scale_agg.one_step(work, n, rate, args.duration,
+                r = await _scale_agg.one_step(work, n, rate, args.duration, groups=groups,
                                               ownership=ownership, workers_key=workers_key)
                 steps.append(r)
                 print("  " + _scale_agg.line(r), flush=True)
@@ -106,7 +108,8 @@ async def agg_curve(args: argparse.Namespace, counts: list[int], ownership: bool
             at = next((s for s in steps if s["offered"] == sustained), None)
             fail = next((s for s in steps if s["offered"] == failed), None)
             out.append({"workers": n, "sustained": sustained, "first_failed": failed,
-                        "steps": steps, "at_sustained": at, "at_failed": fail})
+                        "steps": steps, "at_sustained": at, "at_failed": fail,
+                        "groups": groups, "groups_chosen": how})
             print(f"  -> {n} process(es): sustained at L0 {sustained:,.0f} ticks/s",
                   flush=True)
     return out
