@@ -189,3 +189,22 @@ def bottleneck(win: Mapping[str, object], *, clients: str = "loadgen") -> dict[s
     return {"saturated": hot, "machine_saturated": machine,
             "clients_bottleneck": any(n.startswith(clients) for n in hot),
             "text": "; ".join(parts) if parts else "no side saturated"}
+
+
+def ceiling(win: Mapping[str, object], rate: float, workers: str) -> dict[str, object]:
+    """The rate this machine could carry at the costs measured in one window: each side's CPU
+    per unit of ``rate`` (a tick ingested, a frame delivered) extrapolated until either one of
+    the ``workers`` (names starting so) fills its core or all sides together fill every core.
+    An estimate from one window's costs, not a measurement: it says which limit comes first."""
+    cpu = win.get("cpu", {})
+    assert isinstance(cpu, dict)
+    cores = int(win.get("cores", os.cpu_count() or 1))  # type: ignore[call-overload]
+    if rate <= 0 or not cpu:
+        return {"rate": 0.0, "limited_by": "nothing measured"}
+    cost = {n: c / rate for n, c in cpu.items()}
+    limits = {n: 1 / c for n, c in cost.items() if n.startswith(workers) and c > 0}
+    machine = cores / max(sum(cost.values()), 1e-12)
+    worst = min(limits, key=lambda n: limits[n], default=None)
+    if worst is not None and limits[worst] < machine:
+        return {"rate": limits[worst], "limited_by": f"{worst} at a full core"}
+    return {"rate": machine, "limited_by": f"the machine's {cores} cores (every side together)"}

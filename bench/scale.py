@@ -49,6 +49,7 @@ sys.path.insert(0, str(HERE.parent))
 
 import _scale_agg  # noqa: E402  (bench/ is not a package)
 import _scale_gw  # noqa: E402
+import _sides  # noqa: E402
 from _aggbench import save  # noqa: E402
 
 GOAL = 1.6
@@ -120,6 +121,7 @@ def agg_verdict(curve: list[dict[str, Any]]) -> dict[str, Any]:
     if 1 not in by or 2 not in by or not by[1]["sustained"]:
         return {"ratio": None, "text": "only one process count measured"}
     ratio = by[2]["sustained"] / by[1]["sustained"]
+    est = _ceilings(by[1]["at_sustained"], by[2]["at_sustained"], "ingest_rate", "aggregator.")
     limit = by[2]["at_failed"] or by[2]["at_sustained"]
     where = limit["bottleneck"]["text"] if limit else "unknown"
     machine = bool(limit and limit["bottleneck"]["machine_saturated"])
@@ -130,8 +132,23 @@ def agg_verdict(curve: list[dict[str, Any]]) -> dict[str, Any]:
                 "processes' limit (the publisher and nats-server share them)")
     else:
         text = f"{ratio:.2f}x, below {GOAL}x"
-    return {"ratio": ratio, "bottleneck_at_limit": where, "text": f"{text}; at the limit: "
-            f"{where}"}
+    return {"ratio": ratio, "bottleneck_at_limit": where, "ceiling": est,
+            "text": f"{text}; at the limit: {where}; {est['text']}"}
+
+
+def _ceilings(one: dict[str, Any] | None, two: dict[str, Any] | None, rate: str,
+              workers: str) -> dict[str, Any]:
+    """What this machine allows at the costs measured with 1 and with 2 processes
+    (:func:`_sides.ceiling`), and the ratio those allow."""
+    if not one or not two:
+        return {"ratio": None, "text": "no ceiling (a point is missing)"}
+    c1 = _sides.ceiling(one["window"], one[rate], workers)
+    c2 = _sides.ceiling(two["window"], two[rate], workers)
+    r = float(c2["rate"]) / max(float(c1["rate"]), 1e-9)  # type: ignore[arg-type]
+    return {"one": c1, "two": c2, "ratio": r,
+            "text": f"at the measured costs 1 process tops out near {c1['rate']:,.0f}/s "
+                    f"({c1['limited_by']}), 2 near {c2['rate']:,.0f}/s ({c2['limited_by']}): "
+                    f"at most {r:.2f}x on this machine"}
 
 
 # --------------------------------------------------------------------------- the gateway
@@ -162,6 +179,7 @@ def gw_verdicts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             why = f"below {GOAL}x"
         out.append({
             "clients": n, "frames_ratio": ratio,
+            "ceiling": _ceilings(one, two, "frames_per_s", "gateway."),
             "p99_ratio": two["lat_p99_ms"] / max(one["lat_p99_ms"], 1e-9),
             "one_worker": b1["text"], "two_workers": b2["text"], "verdict": why})
     return out
@@ -223,11 +241,16 @@ def markdown(doc: dict[str, Any]) -> str:
                 f"{r['loadgen_us_per_frame']:.1f} | {_cpu_cell(r['window'])} |")
         if gw["verdicts"]:
             lines += ["", "| clients | frames/s 2 vs 1 | p99 2 vs 1 | bottleneck, 1 worker | "
-                      "bottleneck, 2 workers | verdict |", "|---:|---:|---:|---|---|---|"]
+                      "bottleneck, 2 workers | verdict | ceiling at the measured costs |",
+                      "|---:|---:|---:|---|---|---|---|"]
             for v in gw["verdicts"]:
                 lines.append(f"| {v['clients']} | {v['frames_ratio']:.2f}x | "
                              f"{v['p99_ratio']:.2f}x | {v['one_worker']} | {v['two_workers']} "
-                             f"| {v['verdict']} |")
+                             f"| {v['verdict']} | {v['ceiling']['text']} |")
+            lines += ["", "Ceiling: each side's CPU per delivered frame in that window, "
+                      "extrapolated until a gateway worker fills its core or all the sides "
+                      "together fill every core — an estimate of which limit comes first, not a "
+                      "measurement."]
         lost = sum(r["connections_lost"] for r in gw["rows"])
         if lost:
             lines += ["", f"**{lost} client connections were lost during measured windows.**"]
@@ -268,7 +291,7 @@ async def main(args: argparse.Namespace) -> None:
         for v in verdicts:
             print(f"gateway {v['clients']} clients 2 vs 1: frames/s {v['frames_ratio']:.2f}x, "
                   f"p99 {v['p99_ratio']:.2f}x — {v['verdict']} (1 worker: {v['one_worker']}; "
-                  f"2 workers: {v['two_workers']})", flush=True)
+                  f"2 workers: {v['two_workers']}); {v['ceiling']['text']}", flush=True)
     doc["seconds"] = time.monotonic() - t0
     md = markdown(doc)
     print(md)

@@ -33,6 +33,17 @@ def test_a_window_reads_each_side_and_names_the_saturated_ones() -> None:
     assert hot_clients["clients_bottleneck"] and not hot_clients["machine_saturated"]
 
 
+def test_the_ceiling_names_the_limit_that_comes_first() -> None:
+    # 10,000 frames/s: the worker costs 50 µs a frame (full core at 20,000), everything
+    # together 150 µs (2 cores full at 13,333): the machine comes first.
+    win = {"cpu": {"gateway.0": 0.5, "loadgen.0": 1.0}, "cores": 2}
+    c = _sides.ceiling(win, 10_000, "gateway.")
+    assert c["rate"] == pytest.approx(2 / 150e-6) and "machine" in str(c["limited_by"])
+    win = {"cpu": {"gateway.0": 0.5, "loadgen.0": 0.1}, "cores": 2}
+    c = _sides.ceiling(win, 10_000, "gateway.")
+    assert c["rate"] == pytest.approx(20_000) and c["limited_by"] == "gateway.0 at a full core"
+
+
 def test_this_process_is_read_from_proc() -> None:
     me = _sides.cpu_seconds(__import__("os").getpid())
     assert me is not None and me > 0
@@ -45,7 +56,7 @@ def _row(workers: int, clients: int, fps: float, *, loadgen: float = 0.3,
     win = {"cpu": {"gateway.0": 0.5, "loadgen.0": loadgen}, "machine_busy": busy}
     return {"workers": workers, "clients": clients, "frames_per_s": fps,
             "ideal_frames_per_s": clients * 30, "lat_p99_ms": 10.0,
-            "bottleneck": _sides.bottleneck(win)}
+            "window": win, "bottleneck": _sides.bottleneck(win)}
 
 
 def test_the_verdict_says_when_the_ratio_cannot_speak_for_the_gateway() -> None:
@@ -56,6 +67,7 @@ def test_the_verdict_says_when_the_ratio_cannot_speak_for_the_gateway() -> None:
     assert "already delivers every frame" in v[100]["verdict"]
     assert v[2000]["frames_ratio"] == pytest.approx(55 / 30) and "met" in v[2000]["verdict"]
     assert "load generators are the bottleneck" in v[3000]["verdict"]
+    assert all(x["ceiling"]["ratio"] > 0 for x in v.values())
 
 
 @pytest.mark.nats
