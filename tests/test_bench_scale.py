@@ -6,7 +6,9 @@ The numbers themselves are the benchmark's business, not the suite's: nothing he
 from __future__ import annotations
 
 import json
+import os
 import pathlib
+import signal
 import subprocess
 import sys
 
@@ -45,7 +47,7 @@ def test_the_ceiling_names_the_limit_that_comes_first() -> None:
 
 
 def test_this_process_is_read_from_proc() -> None:
-    me = _sides.cpu_seconds(__import__("os").getpid())
+    me = _sides.cpu_seconds(os.getpid())
     assert me is not None and me > 0
     busy, total = _sides.machine_jiffies()
     assert 0 < busy < total
@@ -72,10 +74,17 @@ def test_the_verdict_says_when_the_ratio_cannot_speak_for_the_gateway() -> None:
 
 @pytest.mark.nats
 def test_quick_run_writes_both_curves_with_every_sides_cpu(tmp_path: pathlib.Path) -> None:
-    out = subprocess.run(
+    # Its own process group: a run that overstays is stopped with every process it started.
+    proc = subprocess.Popen(
         [sys.executable, str(BENCH / "scale.py"), "--quick", "--results", str(tmp_path)],
-        capture_output=True, text=True, timeout=420)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=420)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        pytest.fail(f"bench/scale.py --quick overstayed 420 s: {stdout[-3000:]}")
+    assert proc.returncode == 0, stdout[-3000:] + stderr[-3000:]
     doc = json.loads((tmp_path / "scale.json").read_text())
     counts = [1, 2] if scale.workers_supported() and scale.ownership_supported() else [1]
 
