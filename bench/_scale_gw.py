@@ -190,6 +190,9 @@ def merge(results: list[dict[str, Any]], clients: int, win: dict[str, Any],
         "lat_samples": len(lat),
         "connections_lost": sum(r["connections_lost"] for r in results),
         "connections_per_worker": conns,
+        # Fewer than ``clients`` when the gateway closed some before the window (a client too
+        # slow to read is disconnected: docs/architecture.md, "The gateway").
+        "connected_at_start": sum(conns.values()),
         "gateway_us_per_frame": 1e6 * gw * secs / max(frames, 1),
         "loadgen_us_per_frame": 1e6 * gen * secs / max(frames, 1),
         "window": win, "bottleneck": _sides.bottleneck(win),

@@ -165,6 +165,8 @@ def gw_verdicts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         ratio = two["frames_per_s"] / max(one["frames_per_s"], 1e-9)
         b1, b2 = one["bottleneck"], two["bottleneck"]
         keeps_up = one["frames_per_s"] >= 0.97 * one["ideal_frames_per_s"]
+        shed = [f"{r['workers']} worker(s): {r['connected_at_start']} of {n} connected"
+                for r in (one, two) if r.get("connected_at_start", n) < n]
         if b1["clients_bottleneck"] or b2["clients_bottleneck"]:
             why = "the load generators are the bottleneck: the ratio says nothing of the gateway"
         elif keeps_up:
@@ -177,6 +179,9 @@ def gw_verdicts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                    "(clients, nats-server and publisher share them)")
         else:
             why = f"below {GOAL}x"
+        if shed:
+            why += ("; the gateway closed clients too slow to read before the window ("
+                    + ", ".join(shed) + ")")
         out.append({
             "clients": n, "frames_ratio": ratio,
             "ceiling": _ceilings(one, two, "frames_per_s", "gateway."),
