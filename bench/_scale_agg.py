@@ -237,7 +237,7 @@ async def _owned_settle(tree: AggTree, groups: list[str], ownership: bool) -> li
     """Every group leased by the worker rendezvous hashing gives it (the shares settle as the
     workers see each other join): the number of groups each worker owns."""
     if not ownership:
-        return [float(len(groups) + 1)]
+        return []  # one worker, every group its own: no lease to count
     from xypipe._ownership._hrw import assign
 
     owners = assign([*groups, DEFAULT_GROUP], members(tree.n))
@@ -320,6 +320,7 @@ async def one_step(work: Path, workers: int, rate: float, duration: float, *,
         win["cpu"]["publisher"] = pub_win["cpu"].get("publisher",  # type: ignore[union-attr]
                                                      pub["cpu_s"] / max(pub["seconds"], 1e-9))
     share = ingested / count if count else 0.0
+    workers_cpu = sum(c for n, c in win.get("cpu", {}).items() if n.startswith("aggregator."))
     # Every worker reads every tick (its own or skipped): the slowest one is the lag.
     read = [consumed(m) for m in m1]
     kept_pace = min(read) / count if count else 0.0
@@ -333,6 +334,9 @@ async def one_step(work: Path, workers: int, rate: float, duration: float, *,
         "per_worker_ingested": [owned_ingested(m) for m in m1],
         "groups_owned": owned, "publisher_rate": pub["rate"],
         "window": win, "bottleneck": _sides.bottleneck(win, clients="publisher"),
+        # All the workers' CPU per tick ingested: above one worker's when each worker also
+        # pays for reading (and skipping) the ticks of the groups it does not own.
+        "agg_us_per_tick": workers_cpu / max(ingest_rate, 1e-9) * 1e6,
         "proc_p99_ms": max(((p or 0.0) * 1000 for p in p99s), default=float("nan")),
     }
 
