@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -164,6 +164,42 @@ def histogram_quantile(metrics: dict[str, float], name: str, q: float,
             return prev_le + (le - prev_le) * frac
         prev_le, prev_n = le, n
     return None
+
+
+async def search_rate(tried: Callable[[float], Awaitable[bool]], start: float, max_rate: float,
+                      precision: float) -> tuple[float, float]:
+    """The highest rate that holds: double from ``start`` until a step fails, then bisect
+    between the last rate that held and the first that did not until they are within
+    ``precision``. Returns (highest held, lowest failed; 0 when none failed up to
+    ``max_rate``). A start that already fails is halved down to ``start / 64``."""
+    lo, hi = 0.0, 0.0
+    rate = start
+    while rate <= max_rate:
+        if not await tried(rate):
+            hi = rate
+            break
+        lo = rate
+        rate *= 2
+    if hi == 0.0:
+        return lo, 0.0
+    if lo == 0.0:
+        # Below the start: keep halving (a very slow machine still gets a figure).
+        rate = start / 2
+        while rate >= start / 64:
+            if await tried(rate):
+                lo = rate
+                break
+            hi = rate
+            rate /= 2
+    while lo and hi / lo > 1 + precision:
+        mid = round((lo + hi) / 2, -2)
+        if mid in (lo, hi):
+            break
+        if await tried(mid):
+            lo = mid
+        else:
+            hi = mid
+    return lo, hi
 
 
 def pct(values: list[float], q: float) -> float:

@@ -22,7 +22,6 @@ import json
 import subprocess
 import time
 import urllib.request
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -348,36 +347,3 @@ def line(r: dict[str, Any]) -> str:
             f"{r['ingest_rate']:>8,.0f}/s ({r['ingested_share']:.1%}) L{r['max_level']:.0f} "
             f"{'held' if r['held'] else 'FAILED'}; owned {r['groups_owned']}; CPU of a core: "
             f"{sides}; machine {r['window'].get('machine_busy', 0):.0%} busy")
-
-
-async def search(tried: Callable[[float], Awaitable[bool]], start: float, max_rate: float,
-                 precision: float) -> tuple[float, float]:
-    """bench/aggregator.py's search: double until a step fails, then bisect; returns (the
-    highest rate that held, the lowest that failed; 0 if none failed below ``max_rate``)."""
-    lo, hi = 0.0, 0.0
-    rate = start
-    while rate <= max_rate:
-        if not await tried(rate):
-            hi = rate
-            break
-        lo = rate
-        rate *= 2
-    if hi == 0.0:
-        return lo, 0.0
-    if lo == 0.0:
-        rate = start / 2
-        while rate >= start / 64:
-            if await tried(rate):
-                lo = rate
-                break
-            hi = rate
-            rate /= 2
-    while lo and hi / lo > 1 + precision:
-        mid = round((lo + hi) / 2, -2)
-        if mid in (lo, hi):
-            break
-        if await tried(mid):
-            lo = mid
-        else:
-            hi = mid
-    return lo, hi

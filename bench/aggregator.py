@@ -55,6 +55,7 @@ from _aggbench import (
     publish_lean,
     publisher_result,
     save,
+    search_rate,
     tape,
 )
 
@@ -207,34 +208,8 @@ async def search(work: Path, args: argparse.Namespace) -> dict[str, Any]:
         print("  " + _line(r), flush=True)
         return bool(r["held"])
 
-    lo, hi = 0.0, 0.0
-    rate = args.start
-    while rate <= args.max_rate:
-        if not await tried(rate):
-            hi = rate
-            break
-        lo = rate
-        rate *= 2
-    if hi == 0.0:
-        return {"sustained": lo, "steps": steps, "capped": True}
-    if lo == 0.0:
-        # Below the start: keep halving (a very slow machine still gets a figure).
-        rate = args.start / 2
-        while rate >= args.start / 64:
-            if await tried(rate):
-                lo = rate
-                break
-            hi = rate
-            rate /= 2
-    while lo and hi / lo > 1 + args.precision:
-        mid = round((lo + hi) / 2, -2)
-        if mid in (lo, hi):
-            break
-        if await tried(mid):
-            lo = mid
-        else:
-            hi = mid
-    return {"sustained": lo, "first_failed": hi, "steps": steps, "capped": False}
+    lo, hi = await search_rate(tried, args.start, args.max_rate, args.precision)
+    return {"sustained": lo, "first_failed": hi, "steps": steps, "capped": hi == 0.0}
 
 
 async def replay_capacity(work: Path, n: int) -> dict[str, Any]:

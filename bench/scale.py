@@ -50,7 +50,7 @@ sys.path.insert(0, str(HERE.parent))
 import _scale_agg  # noqa: E402  (bench/ is not a package)
 import _scale_gw  # noqa: E402
 import _sides  # noqa: E402
-from _aggbench import save  # noqa: E402
+from _aggbench import save, search_rate  # noqa: E402
 
 GOAL = 1.6
 
@@ -103,8 +103,8 @@ async def agg_curve(args: argparse.Namespace, counts: list[int], ownership: bool
             else:
                 # A second process starts from what one sustained: that point must hold.
                 start = first if first and n > 1 else args.start
-                sustained, failed = await _scale_agg.search(tried, start, args.max_rate,
-                                                            args.precision)
+                sustained, failed = await search_rate(tried, start, args.max_rate,
+                                                      args.precision)
             first = first or sustained
             at = next((s for s in steps if s["offered"] == sustained), None)
             fail = next((s for s in steps if s["offered"] == failed), None)
