@@ -1,6 +1,6 @@
 """Scaling out on one host: what a second aggregator process and a second gateway worker add.
 
-    python bench/scale.py            # both curves, the default run (about 7 minutes)
+    python bench/scale.py            # both curves, the default run (about 5 minutes)
     python bench/scale.py --quick    # a smoke: one short step / window per point
     python bench/scale.py --only gateway --clients 100 1000 --seconds 5
 
