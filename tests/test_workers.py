@@ -194,3 +194,15 @@ def test_the_demo_layout_watches_and_scrapes_each_worker_on_its_own_port(tmp_pat
                         layout.endpoints)
     jobs = {j["job_name"]: j["static_configs"] for j in cfg["scrape_configs"]}
     assert jobs["gateway"] == [{"targets": ["127.0.0.1:8180", "127.0.0.1:8181"]}]
+
+
+def test_the_main_runner_of_a_tree_shows_every_worker_on_its_healthz():
+    cfg = config({"gateway": GW})
+    runner = xypipe.Runner(cfg, process="gateway", worker=WorkerIdentity("gateway", 1, 2),
+                           supervised=lambda: {"gateway.0": True, "gateway.1": False})
+    doc = runner.health()
+    assert doc["worker"] == 1
+    assert doc["processes"] == {"gateway.0": True, "gateway.1": False}
+    assert runner.metrics.const_labels == {"worker": "1"}
+    single = xypipe.Runner(cfg, process="gateway", worker=WorkerIdentity("gateway", 0, 1))
+    assert "worker" not in single.health() and not single.metrics.const_labels

@@ -45,7 +45,13 @@ from xypipe._validate import (
     subject_pattern,
 )
 from xypipe._wiring import Provides, pipeline_problems
-from xypipe._worker import MAX_WORKERS, WorkerIdentity, auto_workers, usable_cores
+from xypipe._worker import (
+    MAX_WORKERS,
+    WorkerIdentity,
+    auto_workers,
+    ports_shared,
+    usable_cores,
+)
 
 T = TypeVar("T")
 #: A TOML table as parsed, before it is checked.
@@ -451,7 +457,8 @@ class AppConfig:
         serves its own /metrics. ``"auto"`` — the default for a process that runs a stage that
         scales out (the gateway) — is :func:`~xypipe._worker.auto_workers` of the ``cores``
         this process may use (its CPU affinity) and the config's other child processes; it is
-        1 for a process whose HTTP port is picked at start (port 0 cannot be shared)."""
+        1 for a process whose HTTP port is picked at start (port 0 cannot be shared) or where
+        a port cannot be shared at all (:func:`~xypipe._worker.ports_shared`)."""
         proc = self.processes.get(process)
         if proc is None or process == "main":
             return WorkerPlan(1, "default")
@@ -460,7 +467,7 @@ class AppConfig:
             wanted = "auto" if self._scales_out(process) else 1
         if wanted == "auto":
             source = "auto"
-            if proc.http.enabled and proc.http.port == 0:
+            if proc.http.enabled and (proc.http.port == 0 or not ports_shared()):
                 count = 1
             else:
                 others = sum(self._fixed_workers(p) for p in self.process_names()

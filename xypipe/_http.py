@@ -19,6 +19,7 @@ import trio
 
 from xypipe._errors import HTTP_HANDLER_FAILED, SharedPortUnsupported
 from xypipe._log import get_logger
+from xypipe._worker import ports_shared
 
 _log = get_logger("http")
 
@@ -252,13 +253,14 @@ async def shared_port_listeners(host: str, port: int,
                                 backlog: int = 1024) -> list[trio.SocketListener]:
     """Listeners on ``host:port`` bound with ``SO_REUSEPORT``, so other processes that bind the
     same port the same way (the other workers of a process) share it: Linux hashes each new
-    connection to one of the listening sockets. Where the option does not exist this raises
-    :class:`~xypipe._errors.SharedPortUnsupported`."""
+    connection to one of the listening sockets. Anywhere else this raises
+    :class:`~xypipe._errors.SharedPortUnsupported` (the option is missing, or does not
+    spread connections)."""
     reuse = getattr(trio.socket, "SO_REUSEPORT", None)
-    if reuse is None:
+    if reuse is None or not ports_shared():
         raise SharedPortUnsupported(
-            f"cannot share port {port} between workers: this platform has no SO_REUSEPORT; "
-            "run one worker (workers = 1) and scale out with more hosts")
+            f"cannot share port {port} between workers: this platform has no SO_REUSEPORT "
+            "that spreads connections (Linux has); run one worker (workers = 1) per host")
     infos = await trio.socket.getaddrinfo(host, port, type=trio.socket.SOCK_STREAM,
                                           flags=trio.socket.AI_PASSIVE)
     listeners = []

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from collections.abc import Mapping
 
 import attrs
@@ -66,6 +67,13 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+def ports_shared() -> bool:
+    """Whether copies of a process can share a port here: ``SO_REUSEPORT`` as Linux has it,
+    which spreads connections across the sockets (macOS and the BSDs accept the option but hand
+    every connection to one socket; Windows lacks it)."""
+    return sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")
+
+
 def auto_workers(cores: int, others: int) -> int:
     """``workers = "auto"``: the cores the config leaves free — ``cores`` minus the ``others``
     child processes the same config runs (each keeps a core busy) — and never fewer than one,
@@ -73,4 +81,4 @@ def auto_workers(cores: int, others: int) -> int:
     return max(1, min(MAX_WORKERS, cores - others))
 
 
-__all__ = ["MAX_WORKERS", "WorkerIdentity", "auto_workers", "usable_cores"]
+__all__ = ["MAX_WORKERS", "WorkerIdentity", "auto_workers", "ports_shared", "usable_cores"]
