@@ -3,6 +3,8 @@ errors, what ``xypipe check`` shows, the ``worker`` label and a port shared with
 
 from __future__ import annotations
 
+import json
+import logging
 import pathlib
 from typing import Any
 
@@ -206,3 +208,67 @@ def test_the_main_runner_of_a_tree_shows_every_worker_on_its_healthz():
     assert runner.metrics.const_labels == {"worker": "1"}
     single = xypipe.Runner(cfg, process="gateway", worker=WorkerIdentity("gateway", 0, 1))
     assert "worker" not in single.health() and not single.metrics.const_labels
+
+
+def plain_process(port: int, metrics_port: int) -> xypipe.AppConfig:
+    """One child process ``w`` running a counter into a list, with a fixed port."""
+    return xypipe.parse_config({
+        "http": {"port": 0},
+        "processes": {"w": {"http": {"port": port}, "workers": 2,
+                            "metrics_port": metrics_port}},
+        "pipelines": {"p": {"process": "w", "stages": [
+            {"use": "runner_stages:Endless", "interval_ms": 20},
+            {"use": "xypipe.testing:ListSink"}]}},
+    }, "w.toml")
+
+
+async def test_two_runners_share_the_port_and_each_serves_its_own(caplog):
+    from test_demo import free_port, http_get
+
+    port, private = free_port(), free_port()
+    cfg = plain_process(port, private)
+    # Worker 1's private port (private + 1) is taken: it keeps serving the shared port.
+    import socket
+
+    taken = socket.socket()
+    caplog.set_level(logging.INFO, logger="xypipe")
+    try:
+        try:
+            taken.bind(("127.0.0.1", private + 1))
+        except OSError:
+            pytest.skip("the port after a free one is in use")
+        taken.listen()
+        runners = [xypipe.Runner(cfg, process="w", worker=WorkerIdentity("w", i, 2))
+                   for i in range(2)]
+        async with trio.open_nursery() as nursery:
+            for r in runners:
+                await nursery.start(r.run)
+            status, body = await trio.to_thread.run_sync(http_get, private, "/healthz")
+            assert status == 200 and json.loads(body)["worker"] == 0
+            _, text = await trio.to_thread.run_sync(http_get, private, "/metrics")
+            assert 'pipeline_running{pipeline="p",worker="0"} 1.0' in text
+            seen: set[int] = set()
+            with trio.fail_after(30):
+                while seen != {0, 1}:
+                    status, body = await trio.to_thread.run_sync(http_get, port, "/healthz")
+                    seen.add(json.loads(body)["worker"])
+            for r in runners:
+                r.stop()
+    finally:
+        taken.close()
+    warned = [getattr(r, "xy_fields", {}) for r in caplog.records
+              if getattr(r, "xy_fields", {}).get("code") == "XY-SUP-022"]
+    assert len(warned) == 1 and warned[0]["worker"] == 1 and warned[0]["port"] == private + 1
+
+
+async def test_where_ports_cannot_be_shared_auto_is_one_and_sharing_is_refused(monkeypatch):
+    import xypipe._config
+    import xypipe._http
+    from xypipe._errors import SharedPortUnsupported
+
+    monkeypatch.setattr(xypipe._config, "ports_shared", lambda: False)
+    monkeypatch.setattr(xypipe._http, "ports_shared", lambda: False)
+    assert config({"gateway": GW}).worker_plan("gateway", cores=16).count == 1
+    with pytest.raises(SharedPortUnsupported) as caught:
+        await xypipe._http.shared_port_listeners("127.0.0.1", 0)
+    assert caught.value.code == "XY-SUP-020" and "workers = 1" in str(caught.value)
