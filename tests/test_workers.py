@@ -62,7 +62,7 @@ def test_a_gateway_process_defaults_to_auto_and_any_other_to_one():
     cfg = config({"gateway": GW, "aggregator": {"http": {"port": 8090}},
                   "admin": {"http": {"port": 8092}}})
     assert cfg.worker_plan("gateway", cores=2) == WorkerPlan(1, "auto", None)
-    assert cfg.worker_plan("gateway", cores=8) == WorkerPlan(6, "auto", 8081)
+    assert cfg.worker_plan("gateway", cores=8) == WorkerPlan(6, "auto", 8180)
     assert cfg.worker_plan("aggregator", cores=8) == WorkerPlan(1, "default", None)
     assert cfg.worker_plan("main") == WorkerPlan(1, "default", None)
 
@@ -72,7 +72,7 @@ def test_other_processes_count_with_their_own_workers_and_auto_elsewhere_too():
                   "admin": {"http": {"port": 8192}, "workers": "auto"}})
     # 8 cores - 2 aggregators - 1 admin (an "auto" elsewhere counts one core).
     assert cfg.worker_plan("gateway", cores=8).count == 5
-    assert cfg.worker_plan("aggregator", cores=8) == WorkerPlan(2, "set", 8091)
+    assert cfg.worker_plan("aggregator", cores=8) == WorkerPlan(2, "set", 8190)
     # admin: 8 - 2 aggregators - 1 gateway.
     assert cfg.worker_plan("admin", cores=8).count == 5
 
@@ -110,9 +110,9 @@ def test_several_workers_need_a_fixed_port_and_free_private_ports():
     assert "processes.gateway.workers: expected 1 while http.port is 0, got 2" in str(
         caught.value)
     with pytest.raises(ConfigError) as caught:
-        config({"gateway": {**GW, "workers": 2}, "aggregator": {"http": {"port": 8082}}})
-    assert ("processes.gateway.workers: worker 1's private /metrics port 8082 "
-            "(metrics_port 8081 + index) is processes.aggregator.http.port") in str(caught.value)
+        config({"gateway": {**GW, "workers": 2}, "aggregator": {"http": {"port": 8181}}})
+    assert ("processes.gateway.workers: worker 1's private /metrics port 8181 "
+            "(metrics_port 8180 + index) is processes.aggregator.http.port") in str(caught.value)
     with pytest.raises(ConfigError) as caught:
         config({"gateway": {**GW, "workers": 4, "metrics_port": 65534}})
     assert ("processes.gateway.metrics_port: the private /metrics ports of 4 workers "

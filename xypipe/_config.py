@@ -297,7 +297,8 @@ class ProcessConfig:
                                             validator=count_or("auto", 1, MAX_WORKERS))
     #: Worker ``i`` also serves /metrics, /healthz and /livez on ``http.host``, port
     #: ``metrics_port + i``, so Prometheus can scrape every copy (the shared port lands on any
-    #: of them). Not set: ``http.port + 1`` when the process runs more than one copy, none
+    #: of them). Not set: ``http.port + PRIVATE_PORT_OFFSET`` (8180.. for a gateway on 8080)
+    #: when the process runs more than one copy, none otherwise.
     #: otherwise.
     metrics_port: int | None = attrs.field(default=None, validator=in_range(1, 65535))
 
@@ -316,11 +317,17 @@ class WorkerPlan:
         return None if self.metrics_port is None else self.metrics_port + index
 
 
+#: Where the private ports of a process's workers start by default, above its HTTP port: clear
+#: of the ports just above it that configs give their other processes (8090, 8091, 8092 beside
+#: a gateway on 8080), however many cores "auto" finds.
+PRIVATE_PORT_OFFSET = 100
+
+
 def _metrics_port(proc: ProcessConfig, count: int) -> int | None:
     if proc.metrics_port is not None:
         return proc.metrics_port
     if count > 1 and proc.http.enabled and proc.http.port:
-        return proc.http.port + 1
+        return proc.http.port + PRIVATE_PORT_OFFSET
     return None
 
 
