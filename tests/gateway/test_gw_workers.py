@@ -244,6 +244,10 @@ async def test_a_killed_worker_is_restarted_alone_and_its_clients_resume_without
                                                      "ws_resumes_total")).values())
             # Every group of every moved client was resumed (bridged or from a snapshot).
             assert resumes >= on_w0 * len(GROUPS)
+            # The clients that came back while worker 0 was down landed on worker 1, whose
+            # history (fed from NATS like every worker's) bridged their points.
+            bridged = await worker_samples(ports["w1"], "ws_resumes_total", outcome="bridged")
+            assert bridged.get("1", 0.0) > 0
         # Only the killed worker was restarted; the other kept its pid and its clients.
         assert _alive(w1) and not tree.supervisor("process restarted", "gateway.1")
         restarts = await supervisor_samples(ports["sup"], "process_restarts_total")
