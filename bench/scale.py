@@ -288,7 +288,11 @@ async def main(args: argparse.Namespace) -> None:
     t0 = time.monotonic()
     if args.only in (None, "aggregator"):
         curve = await agg_curve(args, counts, ownership, workers_key)
-        doc["aggregator"] = {"curve": curve, "verdict": agg_verdict(curve)}
+        verdict = agg_verdict(curve)
+        if args.quick:
+            verdict["text"] = ("a smoke (--quick): one step per process count at the same "
+                               "rate, no search — no ratio to read; " + verdict["text"])
+        doc["aggregator"] = {"curve": curve, "verdict": verdict}
         print(f"aggregator 2 vs 1: {doc['aggregator']['verdict']['text']}", flush=True)
     if args.only in (None, "gateway"):
         rows: list[dict[str, Any]] = []
