@@ -157,6 +157,8 @@ class _Held:
     valid_until: float = 0.0
     renew_due: float = 0.0
     in_flight: bool = False
+    #: How the group had become free when it was claimed (for the acquired event).
+    how: str = "new"
 
 
 @attrs.define
@@ -255,14 +257,12 @@ class OwnershipCore:
         h = self._held.get(group)
         if h is None or h.phase is not Phase.ACQUIRING:
             return
-        seen = self._seen.get(group)
-        how = seen.how if seen is not None and seen.owner is None else "new"
         h.phase, h.fence, h.revision, h.in_flight = Phase.HELD, revision, revision, False
         h.valid_until = h.sent_at + self.validity
         # The create wrote fence 0 (its revision was not known yet): the first renewal writes it.
         h.renew_due = h.sent_at
         self._seen[group] = _Seen(self.me, revision, h.sent_at, "held")
-        self._events.append(OwnEvent("acquired", group, how, revision))
+        self._events.append(OwnEvent("acquired", group, h.how, revision))
 
     def acquire_refused(self, group: str, now: float) -> None:
         """Someone holds the lease: wait for the watch to show it free (or a renew period)."""
@@ -373,7 +373,9 @@ class OwnershipCore:
                 continue
             if seen is not None and seen.owner is not None and now - seen.at <= self.ttl:
                 continue  # held by another; its holder releases it or the server expires it
-            self._held[group] = _Held(Phase.ACQUIRING, sent_at=now, in_flight=True)
+            # Decided now: the watch may show the create's own write before its answer.
+            how = seen.how if seen is not None and seen.owner is None else "new"
+            self._held[group] = _Held(Phase.ACQUIRING, sent_at=now, in_flight=True, how=how)
             out.append(Acquire(group, lease_value(self.me, 0, self._epochs.get(group, 0))))
         return out
 
