@@ -245,3 +245,37 @@ async def test_the_aggregator_role_may_use_the_ownership_buckets_and_the_gateway
             with pytest.raises(OwnershipError, match="cannot be opened"):
                 async with open_ownership(nc, CFG, member="h/gw.0"):
                     pass
+
+
+async def test_a_release_hook_that_hangs_is_cut_at_its_timeout_and_the_lease_deleted_anyway(
+    nats_server: EmbeddedNats, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = attrs.evolve(CFG, release_timeout_ms=200)
+    hung: list[str] = []
+
+    async def hang(group: str) -> None:
+        hung.append(group)
+        await trio.sleep_forever()
+
+    async with connect(nats_server.url) as nc1, connect(nats_server.url) as nc2:
+        async with open_ownership(nc1, cfg, member="h/agg.0", metrics=Metrics()) as a:
+            a.on_release = hang
+            a.offer(GROUPS)
+            with trio.fail_after(10):
+                await a.wait_change(frozenset())
+                while a.owned != set(GROUPS):  # noqa: ASYNC110
+                    await trio.sleep(0.01)
+            metrics = Metrics()
+            async with open_ownership(nc2, cfg, member="h/agg.1", metrics=metrics) as b:
+                b.offer(GROUPS)
+                want = {g for g, o in assign(GROUPS, ["h/agg.0", "h/agg.1"]).items()
+                        if o == "h/agg.1"}
+                with trio.fail_after(10):
+                    while b.owned != want:  # noqa: ASYNC110
+                        await trio.sleep(0.01)
+                assert set(hung) == want
+                # Deleted after the hook's timeout, not expired after the ttl.
+                assert metrics.sample("ownership_acquired_total",
+                                      {"reason": "released"}) == len(want)
+                codes = [getattr(r, "xy_fields", {}).get("code") for r in caplog.records]
+                assert codes.count("XY-OWN-003") == len(want)

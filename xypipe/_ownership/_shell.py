@@ -187,14 +187,16 @@ class LeaseOwnership:
     # -- the core's actions ---------------------------------------------------------------------
 
     async def _do(self, action: Action) -> None:
+        if isinstance(action, Release):
+            await self._release(action)  # bounded by its own timeout (release_timeout_ms)
+            self._kick()
+            return
         try:
             with trio.fail_after(self._write_timeout):
                 if isinstance(action, Acquire):
                     await self._acquire(action)
                 elif isinstance(action, Renew):
                     await self._renew(action)
-                elif isinstance(action, Release):
-                    await self._release(action)
                 elif isinstance(action, Delete):
                     await self._delete(action)
                 else:
