@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+from test_client_core import WALL, connected, frame, sent, sym
+
 from xypipe._md.client import HELD, MarketView, SeqTracker
 from xypipe._md.seqrules import STALE_FENCE, Fences
+from xypipe.client import DeltaApplied, DeltaSkipped
 from xypipe.contracts import Delta, Snapshot
 
 
@@ -44,3 +47,22 @@ def test_the_market_view_counts_what_it_drops() -> None:
     assert v.groups["fx"].seqs == {0: 1}
     assert v.stats.rejected == {STALE_FENCE: 2}
     assert any("fence 3 dropped" in p for p in v.stats.problems)
+
+
+def test_the_client_core_skips_a_replaced_owners_frames_without_asking_for_a_snapshot(
+) -> None:
+    core = connected("fx", heartbeat_ms=60_000, metrics_interval_s=0)
+    snap = Snapshot(group="fx", epoch=7, version=1, shard_seq={0: 1}, symbols=[sym("A", 1)],
+                    fence=9)
+    core.receive(frame(snapshots=[snap]), 0.0, WALL)
+    sent(core)
+    zombie = Delta(group="fx", epoch=7, seq=2, symbols=[sym("A", 2)], fence=4)
+    assert core.receive(frame(deltas=[zombie]), 0.1, WALL) == [
+        DeltaSkipped("fx", 0, 7, 0, 2, STALE_FENCE)]
+    old_snap = Snapshot(group="fx", epoch=7, version=2, shard_seq={0: 2}, fence=4)
+    assert core.receive(frame(snapshots=[old_snap]), 0.2, WALL) == []
+    assert sent(core) == []  # nothing to resync: the owner's own stream goes on
+    d = Delta(group="fx", epoch=7, seq=2, symbols=[sym("A", 2)], fence=9)
+    [applied] = core.receive(frame(deltas=[d]), 0.3, WALL)
+    assert isinstance(applied, DeltaApplied) and applied.seq == 2
+    assert core.statistics().skipped == {STALE_FENCE: 2}
