@@ -279,3 +279,19 @@ async def test_a_release_hook_that_hangs_is_cut_at_its_timeout_and_the_lease_del
                                       {"reason": "released"}) == len(want)
                 codes = [getattr(r, "xy_fields", {}).get("code") for r in caplog.records]
                 assert codes.count("XY-OWN-003") == len(want)
+
+
+async def test_an_error_in_the_block_comes_out_as_itself_and_leaves_the_leases_to_expire(
+    nats_server: EmbeddedNats
+) -> None:
+    async with connect(nats_server.url) as nc:
+        with pytest.raises(KeyError):
+            async with open_ownership(nc, CFG, member="h/agg.0", metrics=Metrics()) as own:
+                own.offer(["g"])
+                with trio.fail_after(10):
+                    await own.wait_change(frozenset())
+                raise KeyError("g")
+        leases = await nc.jetstream().kv(CFG.bucket, ttl_s=CFG.ttl,
+                                         marker_ttl_s=max(1.0, CFG.ttl))
+        entry = await leases.get("g")
+        assert entry is not None and b'"owner":"h/agg.0"' in entry.value  # not handed over
