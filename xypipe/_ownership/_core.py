@@ -193,6 +193,10 @@ class OwnershipCore:
         #: Groups not to try again before this time (a refused create, a failed write).
         self._retry_at: dict[str, float] = {}
         self._events: list[OwnEvent] = []
+        #: Each group's rendezvous owner among ``_owners_of`` (recomputed when they change:
+        #: the core is polled at every watch entry, the members change rarely).
+        self._owners_of: tuple[str, ...] = ()
+        self._owners: dict[str, str | None] = {}
 
     # -- what the aggregator reads ----------------------------------------------------------
 
@@ -337,7 +341,7 @@ class OwnershipCore:
             if h.in_flight:
                 continue
             if h.phase is Phase.HELD and (
-                    self.leaving or (self.ready and owner_of(group, live) != self.me)):
+                    self.leaving or (self.ready and self._owner(group, live) != self.me)):
                 h.phase = Phase.RELEASING
                 actions.append(Release(group))
             if h.phase in (Phase.HELD, Phase.RELEASING) and now >= h.renew_due:
@@ -351,6 +355,14 @@ class OwnershipCore:
             actions += self._claims(now, live)
         return actions
 
+    def _owner(self, group: str, live: tuple[str, ...]) -> str | None:
+        if live != self._owners_of:
+            self._owners_of, self._owners = live, {}
+        owner = self._owners.get(group, "")
+        if owner == "":
+            owner = self._owners[group] = owner_of(group, live)
+        return owner
+
     def _expire(self, now: float) -> None:
         for group, h in list(self._held.items()):
             if h.phase is not Phase.ACQUIRING and now >= h.valid_until:
@@ -362,7 +374,7 @@ class OwnershipCore:
         for group in sorted(self._offered):
             if group in self._held or now < self._retry_at.get(group, now):
                 continue
-            if owner_of(group, live) != self.me:
+            if self._owner(group, live) != self.me:
                 continue
             seen = self._seen.get(group)
             if seen is not None and seen.owner == self.me:
