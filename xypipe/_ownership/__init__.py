@@ -48,7 +48,9 @@ class Ownership(Protocol):
 
     @property
     def owned(self) -> frozenset[str]:
-        """The groups this member holds the lease of now (changes: :meth:`wait_change`)."""
+        """The groups this member holds the lease of (changes: :meth:`wait_change`). Updated
+        at the end of each step of the engine; :meth:`may_publish` and :meth:`lease` are
+        live — gate every publish with ``may_publish``, never with ``owned``."""
         ...
 
     def lease(self, group: str) -> Lease | None:

@@ -85,7 +85,8 @@ class LeaseOwnership:
         return self._owned
 
     def lease(self, group: str) -> Lease | None:
-        return self.core.lease(group) if group in self._owned else None
+        # Live, like ``may_publish`` (``owned`` follows at the end of the core's step).
+        return self.core.lease(group)
 
     def may_publish(self, group: str) -> bool:
         return self.core.may_publish(group, trio.current_time())
