@@ -68,8 +68,8 @@ from xypipe._validate import show
 from xypipe._worker import PROCESS_ENV, WORKER_ENV, WORKERS_ENV
 
 __all__ = [
-    "ALIASES", "ENV_PREFIX", "RESERVED", "Effective", "KeyPath", "Override", "load_effective",
-    "render_key",
+    "ALIASES", "ENV_PREFIX", "RESERVED", "BadValue", "Effective", "KeyPath", "Override",
+    "env_name", "load_effective", "parse_value", "render_key",
 ]
 
 ENV_PREFIX = "XYPIPE_"
@@ -143,7 +143,7 @@ class Effective:
     def explain(self, exc: ConfigError) -> ConfigError:
         """``exc`` (about this config: a prod-profile finding) with each line about a key set
         from outside the file naming the variable or ``--set`` that set it; same codes."""
-        applied = [(ov, parse_value(ov.text, object)) for ov in self.applied]
+        applied = [(ov, ov.text) for ov in self.applied]
         lines, codes = _annotate(exc, self.config.path, self.file, applied, recode=False)
         out = copy.copy(exc)
         out.problems, out.codes = lines, codes
@@ -364,7 +364,10 @@ def parse_value(text: str, shape: object) -> object:
         return [w.strip() for w in text.split(",")] if text.strip() else []
     try:
         parsed = tomllib.loads(f"v = {text}")
-    except tomllib.TOMLDecodeError:
+    except tomllib.TOMLDecodeError as exc:
+        if text.lstrip()[:1] in ("[", "{"):  # meant as a TOML array or table: say why not
+            what = "array" if text.lstrip()[0] == "[" else "inline table"
+            raise BadValue(f"expected a TOML {what}, got {show(text)} ({exc})") from None
         return text
     # A newline in the text could add keys of its own: then it is no one value.
     return parsed["v"] if set(parsed) == {"v"} else text
@@ -373,6 +376,12 @@ def parse_value(text: str, shape: object) -> object:
 def _is_str_literal(shape: object) -> bool:
     return typing.get_origin(shape) is typing.Literal and all(
         isinstance(a, str) for a in typing.get_args(shape))
+
+
+class BadValue(XyError):
+    """A value meant as TOML (``[…``, ``{…``) that is none."""
+
+    code = CFG_OVERRIDE_VALUE
 
 
 # --------------------------------------------------------------------------- rendering
@@ -493,7 +502,7 @@ def _unknown(w: _Wanted, exc: _NoKey, every: list[str]) -> str:
             else f"{where} has no key {bad.lower()!r}")
     written = ENV_PREFIX + _SEP.join(_norm(p) for p in w.parts)
     # The closest of: the name with the wrong part mended, and every name this config has
-    # (`XYPIPE_NATS_URL` is `XYPIPE_NATS__URL` with one `_` too few).
+    # (a single `_` where the path needs `__`).
     guesses = [ENV_PREFIX + _SEP.join((*(_norm(p) for p in w.parts[: exc.at]), close,
                                        *(_norm(p) for p in w.parts[exc.at + 1:])))
                for close in difflib.get_close_matches(_norm(bad), exc.choices, n=1, cutoff=0.6)]
@@ -586,7 +595,12 @@ def load_effective(path: str | os.PathLike[str], *, environ: Mapping[str, str] |
     for ov, shape in found:
         if ov.kind == "alias" and any(o.path == ov.path for o, _ in found if o.kind != "alias"):
             continue  # the variable that names the key wins over its alias
-        value = parse_value(ov.text, shape)
+        try:
+            value = parse_value(ov.text, shape)
+        except BadValue as exc:
+            problems.append((f"{ov.label} ({render_key(ov.path, doc)}): {exc}",
+                             CFG_OVERRIDE_VALUE))
+            continue
         problem = _apply(doc, ov, value)
         if problem is not None:
             problems.append((problem, CFG_OVERRIDE_NOT_TABLE))
