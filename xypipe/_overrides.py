@@ -143,6 +143,7 @@ class Effective:
     def explain(self, exc: ConfigError) -> ConfigError:
         """``exc`` (about this config: a prod-profile finding) with each line about a key set
         from outside the file naming the variable or ``--set`` that set it; same codes."""
+        # The text stands for the value: a secret's key is a string key, which takes it as is.
         applied = [(ov, ov.text) for ov in self.applied]
         lines, codes = _annotate(exc, self.config.path, self.file, applied, recode=False)
         out = copy.copy(exc)
@@ -552,7 +553,7 @@ def _whole(ov: Override, depth: int) -> str:
 
 
 def _annotate(exc: ConfigError, shown: str, doc: RawTable,
-              applied: list[tuple[Override, object]], *, recode: bool = True
+              applied: Sequence[tuple[Override, object]], *, recode: bool = True
               ) -> tuple[list[str], list[str]]:
     """The loader's lines, those about a key set from outside the file naming who set it (and
     coded as a refused override, unless ``recode`` is false)."""
