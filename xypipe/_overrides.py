@@ -211,7 +211,10 @@ _FIELDS: dict[type, dict[str, object]] = {}
 def _fields(cls: type) -> dict[str, object]:
     """The keys of an attrs table and their types (with the loader's raw tables' real shape)."""
     if cls not in _FIELDS:
-        attrs.resolve_types(cls)
+        try:
+            attrs.resolve_types(cls)
+        except NameError:
+            pass  # a plugin's annotation we cannot resolve: its keys are found, values TOML
         _FIELDS[cls] = {f.name: _SHAPES.get((cls, f.name), f.type) for f in attrs.fields(cls)
                         if f.init and not f.name.startswith("_")}
     return _FIELDS[cls]
