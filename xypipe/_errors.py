@@ -452,6 +452,22 @@ CFG_INVALID_VALUE = "XY-CFG-101"
 #: A config value has the wrong TOML type (a string for an integer, a table for a list...).
 CFG_WRONG_TYPE = "XY-CFG-102"
 
+# -- overrides of the config from the environment and the command line (XY-CFG-200..219)
+
+#: An ``XYPIPE_`` variable (or a ``--set`` key) that names no config key; with a did-you-mean.
+CFG_OVERRIDE_UNKNOWN = "XY-CFG-200"
+#: A value from the environment or the command line that its key refuses (the line names the
+#: variable, the key and what was expected).
+CFG_OVERRIDE_VALUE = "XY-CFG-201"
+#: A ``--set`` argument that is not ``KEY=VALUE``.
+CFG_SET_SYNTAX = "XY-CFG-202"
+#: Two variables of the environment name the same key (spelled in different cases).
+CFG_OVERRIDE_TWICE = "XY-CFG-203"
+#: An override reaches into a file value that is not a table (``restart = "always"``).
+CFG_OVERRIDE_NOT_TABLE = "XY-CFG-204"
+#: A process started with keys set by the environment or the command line (names, never values).
+CFG_OVERRIDES_APPLIED = "XY-CFG-205"
+
 
 class MissingRequirement(XyError):
     """A stage asked its context for something its process does not have (``require_nats()``
