@@ -65,11 +65,12 @@ def workers_supported() -> bool:
 
 
 def ownership_supported() -> bool:
-    try:
-        import xypipe._ownership  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    """Whether the ingest stage takes ``ownership = {...}`` (aggregators splitting groups)."""
+    import attrs
+
+    from xypipe._stages.ingest import IngestConfig
+
+    return any(f.name == "ownership" for f in attrs.fields(IngestConfig))
 
 
 # --------------------------------------------------------------------------- the aggregator
