@@ -56,6 +56,10 @@ export { TIERS };
  * @property {string} [channel] the name shared by the tabs of one app ("xy")
  */
 /** @typedef {{ group: string, everyMs: number, fns: Set<(batch: DeliveredBatch) => void> }} Handlers */
+/**
+ * What travels on the leader's BroadcastChannel.
+ * @typedef {{ leader: string } | { to: "leader", from: string, msg: TabMessage } | { to: string | string[], msg: HubMessage }} Envelope
+ */
 
 const RENDER_REPORT_MS = 500;
 
@@ -120,34 +124,36 @@ export class XyClient {
     this.config = config;
     this.mode = mode; // "shared-worker" | "leader"
     this.channel = channel;
+    /** @type {string} */
     this.tab = newId();
     /** @type {Role} */
     this.role = mode === "shared-worker" ? "worker-client" : "follower";
-    /** @type {Map<string, Handlers>} */
+    /** @private @type {Map<string, Handlers>} */
     this.handlers = new Map(); // "group@everyMs" -> {group, everyMs, fns: Set(fn)}
     this.pace = 60; // draw rate the hub asks of this tab (fps; 0 = do not draw)
-    /** @type {Map<string, Set<(value: unknown) => void>>} */
+    /** @private @type {Map<string, Set<(value: unknown) => void>>} */
     this.listeners = new Map(); // event -> Set(fn)
     /** @type {ClientStatus | null} */
     this.status = null;
-    /** @type {number[]} */
+    /** @private @type {number[]} */
     this.pendingLatency = [];
     this.fps = 0;
     this.frameP95 = 0;
-    /** @type {(msg: TabMessage) => void} */
+    /** @private @type {(msg: TabMessage) => void} */
     this._send = () => {};
-    /** @type {(() => void) | null} */
+    /** @private @type {(() => void) | null} */
     this._releaseTabLock = null;
-    /** @type {(() => void) | null} */
+    /** @private @type {(() => void) | null} */
     this._releaseLeader = null;
-    /** @type {Hub | null} */
+    /** @private @type {Hub | null} */
     this.hub = null; // the Hub, when this tab is the leader
-    /** @type {BroadcastChannel | null} */
+    /** @private @type {BroadcastChannel | null} */
     this.bc = null;
-    /** @type {ReturnType<typeof setInterval> | undefined} */
+    /** @private @type {ReturnType<typeof setInterval> | undefined} */
     this._renderTimer = undefined;
-    /** @type {(() => void) | null} */
+    /** @private @type {(() => void) | null} */
     this._onVisibility = null;
+    /** @private */
     this._closed = false;
   }
 
@@ -256,12 +262,16 @@ export class XyClient {
   /**
    * @param {string} event
    * @param {unknown} value
+   * @private
    */
   _emit(event, value) {
     for (const fn of this.listeners.get(event) ?? []) fn(value);
   }
 
-  /** @param {HubMessage} msg */
+  /**
+   * @param {HubMessage} msg
+   * @private
+   */
   _deliver(msg) {
     switch (msg.t) {
       case "batches":
@@ -287,11 +297,13 @@ export class XyClient {
     }
   }
 
+  /** @private */
   _hello() {
     this._send({ t: "hello", tab: this.tab, config: this.config, acks: true, visible: isVisible() });
     for (const { group, everyMs } of this.handlers.values()) this._send({ t: "sub", group, everyMs });
   }
 
+  /** Starts the connection; connect() calls it once. */
   async _start() {
     // Held for the tab's whole life: the hub waits on it to learn when the tab is gone.
     if (globalThis.navigator?.locks) {
@@ -311,6 +323,7 @@ export class XyClient {
     globalThis.document?.addEventListener("visibilitychange", onVisibility);
   }
 
+  /** @private */
   _flushRender() {
     if (!this.pendingLatency.length && !this.fps) return;
     const lat = this.pendingLatency;
@@ -318,6 +331,7 @@ export class XyClient {
     this._send({ t: "render", lat, fps: this.fps, frameP95: this.frameP95 });
   }
 
+  /** @private */
   _startWorker() {
     const url = new URL("./xy-worker.js", import.meta.url);
     const worker = new SharedWorker(url, { type: "module", name: `${this.channel}-hub` });
@@ -329,14 +343,10 @@ export class XyClient {
     this._hello();
   }
 
-  /**
-   * What travels on the leader's BroadcastChannel.
-   * @typedef {{ leader: string } | { to: "leader", from: string, msg: TabMessage } | { to: string | string[], msg: HubMessage }} Envelope
-   */
-
   // Leader election: one tab holds the `xy-leader` lock and the Hub; the lock passes on when
   // that tab closes. Messages on the channel: {to: "leader", from, msg} tab -> hub,
   // {to: [tabs], msg} hub -> tabs, {leader: tab} when a tab takes over.
+  /** @private */
   _startLeaderElection() {
     const bc = new BroadcastChannel(`${this.channel}-hub`);
     this.bc = bc;
@@ -364,7 +374,10 @@ export class XyClient {
     });
   }
 
-  /** @param {BroadcastChannel} bc */
+  /**
+   * @param {BroadcastChannel} bc
+   * @private
+   */
   _becomeLeader(bc) {
     this.role = "leader";
     const hub = new Hub("leader");
@@ -387,6 +400,7 @@ export class XyClient {
   /**
    * @param {string} from
    * @param {TabMessage} msg
+   * @private
    */
   _hubReceive(from, msg) {
     const hub = this.hub;
