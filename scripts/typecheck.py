@@ -5,8 +5,9 @@
 
 What it checks:
 
-1. ``tsc -p tsconfig.json`` (strict, noEmit): the TypeScript contracts (``contracts/ts``) and the
-   browser client (``ui-static/xy-*.js``: JavaScript with JSDoc types, ``checkJs``).
+1. ``tsc -p tsconfig.json`` (strict, noEmit): the TypeScript contracts (``contracts/ts``), the
+   browser client (``ui-static/xy-*.js``: JavaScript with JSDoc types, ``checkJs``) and the
+   demo page's pure ``demo-core.js``.
 2. The browser client package's declarations (``ui-static/types/``, what its package.json names
    as ``types``) are what ``tsconfig.types.json`` emits from the client as it is now.
 3. The README's TypeScript example compiles (strict, noEmit) in a scratch app that imports the
@@ -140,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         check_sources()
-        print("typecheck: tsc --strict --noEmit: contracts/ts and ui-static/xy-*.js clean")
+        print("typecheck: tsc --strict: contracts/ts, ui-static/xy-*.js, demo-core.js: clean")
         with tempfile.TemporaryDirectory(prefix="xy-typecheck-") as name:
             tmp = pathlib.Path(name)
             if args.write:
