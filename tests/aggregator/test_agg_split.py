@@ -17,7 +17,7 @@ from xypipe._md.snapshots import SnapshotBuilder, SnapshotOut
 from xypipe._metrics import Metrics
 from xypipe._stage import SharedValues, StageContext
 from xypipe._stages._aggshare import share_of
-from xypipe._stages._pubgate import PublishGate, fenced, DELTA_FENCE_TAG
+from xypipe._stages._pubgate import DELTA_FENCE_TAG, PublishGate, fenced
 from xypipe._stages.conflate import Conflate
 from xypipe._stages.dedupe import Dedupe
 from xypipe._stages.ingest import BadSourceCounter, ForeignFilter, decode_messages
@@ -233,6 +233,8 @@ def test_a_foreign_tick_is_skipped_before_it_is_decoded() -> None:
 
 class Owning:
     """The ownership as the gate reads it: groups owned, with their fences."""
+
+    on_release = None
 
     def __init__(self, fences: dict[str, int]) -> None:
         self.fences = fences

@@ -109,7 +109,8 @@ class GroupEpoch:
 def group_epochs(snapshots: Iterable[Snapshot],
                  checkpoint_epochs: Mapping[str, Collection[int]], *,
                  first_seq: int, fresh: int,
-                 superseded: Collection[str] = ()) -> dict[str, GroupEpoch]:
+                 superseded: Collection[str] = (),
+                 rebuilt: Collection[str] = ()) -> dict[str, GroupEpoch]:
     """Per group: continue its epoch, or start a new one.
 
     A group continues when its stored snapshot and every one of its delta checkpoints name the
@@ -117,8 +118,10 @@ def group_epochs(snapshots: Iterable[Snapshot],
     stream's first sequence, is at most the snapshot's ``source_stream_seq + 1``; a
     ``superseded`` group replays nothing). Otherwise it gets a new epoch, greater than any seen
     for it and at least ``fresh``: clients resync it by snapshot. A group with checkpoints and
-    no snapshot is in the answer too (a new epoch); a group with neither is not (it gets the
-    restore's fresh epoch when first seen).
+    no snapshot is in the answer too (a new epoch) unless it is ``rebuilt``: its whole state
+    is replayed from where it began (a group this process built since its start and kept),
+    so one epoch among its checkpoints continues. A group with neither is not in the answer
+    (it gets the restore's fresh epoch when first seen).
     """
     snaps = {s.group: s for s in snapshots}
     out: dict[str, GroupEpoch] = {}
@@ -128,7 +131,12 @@ def group_epochs(snapshots: Iterable[Snapshot],
         if snap is not None:
             seen.add(snap.epoch)
         reason = ""
-        if snap is None:
+        if snap is None and group in rebuilt:
+            if len(seen) == 1:
+                out[group] = GroupEpoch(group, next(iter(seen)), True)
+                continue
+            reason = f"epochs disagree (checkpoints {sorted(seen)})"
+        elif snap is None:
             reason = "delta checkpoints but no snapshot"
         elif set(checkpoint_epochs.get(group, ())) != {snap.epoch}:
             reason = (f"epochs disagree (snapshot {snap.epoch}, checkpoints "

@@ -3,7 +3,7 @@ ingest opened, the routing table shard keeps, and what publish has put on the wi
 
 Ingest opens the ownership (``[...ingest] ownership = {...}``) and reads the routing table to
 skip a foreign tick before decoding it; shard offers every group it routes to and writes the
-table; publish gates each delta and snapshot with :meth:`GroupOwnership.may_publish`, stamps the
+table; publish gates each delta and snapshot with ``may_publish``, stamps the
 lease's fence, and records the last sequence it published per stream, which a restore after an
 ownership change continues from (the stored checkpoints may not have caught up yet). See
 ``docs/architecture.md``, "Aggregators that split the groups".
@@ -11,48 +11,13 @@ ownership change continues from (the stored checkpoints may not have caught up y
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
-from typing import Protocol
+from collections.abc import Iterable
 
 import attrs
 from prometheus_client import Counter
 
+from xypipe._ownership import Ownership, ReleaseHook
 from xypipe._stage import Shared, StageContext
-
-
-class GroupLease(Protocol):
-    """What the aggregator reads of a lease."""
-
-    @property
-    def group(self) -> str: ...
-
-    @property
-    def fence(self) -> int: ...
-
-    @property
-    def epoch(self) -> int: ...
-
-
-class GroupOwnership(Protocol):
-    """The part of :mod:`xypipe._ownership`'s handle the aggregator uses."""
-
-    @property
-    def owned(self) -> frozenset[str]: ...
-
-    def lease(self, group: str) -> GroupLease | None: ...
-
-    def may_publish(self, group: str) -> bool: ...
-
-    def offer(self, groups: Iterable[str]) -> None: ...
-
-    async def wait_change(self, seen: frozenset[str]) -> frozenset[str]: ...
-
-    def set_epoch(self, group: str, epoch: int) -> None: ...
-
-
-#: Makes sure the last checkpoint of a group this process published is stored (an
-#: acknowledged publish): what a released lease waits for before it is deleted.
-StoreCheckpoint = Callable[[str], Awaitable[None]]
 
 
 @attrs.define(eq=False)
@@ -60,7 +25,7 @@ class AggregatorShare:
     """One aggregator pipeline's shared state (see the module docstring)."""
 
     #: ``None``: no ownership (every group is this aggregator's, fence 0).
-    ownership: GroupOwnership | None = None
+    ownership: Ownership | None = None
     #: The generation of the last ``Restore`` ingest sent: publish drops what an older one
     #: emitted (it is rebuilt and re-emitted under the new one).
     generation: int = 0
@@ -68,8 +33,12 @@ class AggregatorShare:
     published: dict[tuple[str, int], tuple[int, int]] = attrs.field(factory=dict)
     #: Symbol key (``venue.symbol``) -> the group shard routes it to.
     routes: dict[str, str] = attrs.field(factory=dict)
-    #: Set by publish: store a group's last checkpoint, acknowledged.
-    store_checkpoint: StoreCheckpoint | None = None
+    #: Group -> the stream sequence of the first tick routed to it in this process (owned or
+    #: not): where a restore replays a group without a stored snapshot from.
+    first_tick: dict[str, int] = attrs.field(factory=dict)
+    #: Set by publish: store a group's last checkpoint, acknowledged (the ownership's
+    #: release handshake).
+    store_checkpoint: ReleaseHook | None = None
     #: Every group offered so far (ingest offers them all once the ownership is open).
     offered: set[str] = attrs.field(factory=set)
 
@@ -102,5 +71,4 @@ def share_of(ctx: StageContext) -> AggregatorShare:
     return found
 
 
-__all__ = ["AggregatorShare", "GroupLease", "GroupOwnership", "StoreCheckpoint", "foreign_counter",
-           "share_of"]
+__all__ = ["AggregatorShare", "foreign_counter", "share_of"]

@@ -109,11 +109,11 @@ class Conflate(Stage[Restore | Batch, Restore | list[DeltaOut] | list[Watermark]
                         self.core.restore(item)
                         self._rebuild = None
                         await self.outbox.send(item)
-                        if item.snapshots and item.target_seq >= item.replay_from:
+                        if item.replay_from and item.target_seq >= item.replay_from:
                             self._catch_up(item)
                             continue
                         self._caught_up.set()
-                        if item.snapshots:
+                        if item.replay_from:
                             self._rebuilt(item)  # nothing to replay
                         continue
                     self.core.apply(item)

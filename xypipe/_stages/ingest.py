@@ -51,12 +51,12 @@ from xypipe._errors import (
 )
 from xypipe._md.book import flat_levels
 from xypipe._md.records import Batch, ContractRec, Restore, TickRec
-from xypipe._md.restore_point import group_epochs, plan_restore
+from xypipe._md.restore_point import GroupEpoch, group_epochs, plan_restore
 from xypipe._md.validate import Reason, TickBounds, TickValidator
-from xypipe._ownership import OwnershipConfig, open_ownership
+from xypipe._ownership import Ownership, OwnershipConfig, open_ownership
 from xypipe._retry import Backoff, retrying
 from xypipe._stage import Stage, StageContext
-from xypipe._stages._aggshare import GroupOwnership, foreign_counter, share_of
+from xypipe._stages._aggshare import foreign_counter, share_of
 from xypipe._stages._jsfeed import JsFeed, delivery_of, js_feed, pending_of, stream_seq_of
 from xypipe._stages._md_common import StateStreams, is_token, wall_us
 from xypipe._stages._srcstream import DEFAULT_SUBJECTS, SourceStream
@@ -192,6 +192,9 @@ class ForeignFilter:
 
     routes: dict[str, str]
     owned: frozenset[str]
+    #: Group -> stream sequence of the first tick routed to it (shared with shard): a skipped
+    #: tick counts, since a restore replays a group without a snapshot from there.
+    first_tick: dict[str, int] = attrs.field(factory=dict)
     skipped: int = 0
 
 
@@ -216,6 +219,7 @@ def decode_messages(msgs: Sequence[SourceMessage], now: float, bad: BadSourceCou
     check = door.check if door is not None and door.enabled else None
     routes = foreign.routes if foreign is not None else None
     owned = foreign.owned if foreign is not None else frozenset()
+    first_tick = foreign.first_tick if foreign is not None else {}
     skipped = 0
     for m in msgs:
         subject = m.subject
@@ -224,6 +228,8 @@ def decode_messages(msgs: Sequence[SourceMessage], now: float, bad: BadSourceCou
                 group = routes.get(subject[tlen:])
                 if group is not None and group not in owned:
                     skipped += 1
+                    if group not in first_tick:
+                        first_tick[group] = m.seq or (stream_seq_of(m.reply) if m.reply else 0)
                     continue
             if m.seq:
                 sseq, stored_us = m.seq, now_us
@@ -333,13 +339,21 @@ class Ingest(Stage[Never, Restore | Batch, IngestConfig]):
         member = cfg.ownership.member or self.ctx.worker.member
         async with open_ownership(nc, cfg.ownership, member=member, log=self.ctx.log,
                                   metrics=metrics) as own:
+            own.on_release = self._store_checkpoint
             self._share.ownership = own
             try:
                 await self._owned_sessions(own, t0)
             finally:
                 self._share.ownership = None
 
-    async def _owned_sessions(self, own: GroupOwnership, t0: float) -> None:
+    async def _store_checkpoint(self, group: str) -> None:
+        """The release handshake: publish (the stage that published the group) stores its last
+        checkpoint before the lease is deleted."""
+        store = self._share.store_checkpoint
+        if store is not None:
+            await store(group)
+
+    async def _owned_sessions(self, own: Ownership, t0: float) -> None:
         """One session (restore, contracts, feed) per owned set: a change of the groups owned
         cancels the feed and starts the next session from a restore of the new set."""
         own.offer(self._share.offered)
@@ -406,7 +420,8 @@ class Ingest(Stage[Never, Restore | Batch, IngestConfig]):
             restore = Restore(epoch=wall_us())
         restore = attrs.evolve(restore, target_seq=src.last_seq, started_at=t0, owned=owned,
                                generation=self._generation)
-        self._foreign = None if owned is None else ForeignFilter(share.routes, owned)
+        self._foreign = None if owned is None else ForeignFilter(share.routes, owned,
+                                                                      share.first_tick)
         self._restores.labels("start" if self._generation == 1 else "owned").inc()
         if owned is not None:
             self._owned_gauge.set(len(owned))
@@ -584,16 +599,29 @@ class Ingest(Stage[Never, Restore | Batch, IngestConfig]):
                 checkpoints[(group, shard)] = max(seq, checkpoints.get((group, shard), 0))
                 ckpt_epochs.setdefault(group, set()).add(epoch)
         fresh = wall_us()
+        # With ownership, an owned group without a stored snapshot (new, or its owner never
+        # snapshotted it) is replayed from the first tick this process routed to it: a group
+        # kept since then gets its whole state back that way, so its sequence goes on; one
+        # just acquired gets every tick of it the stream holds since (those skipped while
+        # another member owned it, or nobody did). A group no tick was routed to has nothing
+        # to replay.
+        bare = (owned or frozenset()) - {s.group for s in snapshots}
+        first_seq = src.first_seq if src.messages else 0
+        since = {g: seq for g in bare if (seq := self._share.first_tick.get(g, 0)) >= first_seq
+                 and seq}
+        origin = min(since.values(), default=0)
+        rebuilt = kept & since.keys()
         if not snapshots:
-            if checkpoints:
-                log.warning("delta checkpoints but no snapshot: those groups start a new epoch",
-                            code=AGG_GROUP_NEW_EPOCH, groups=sorted(ckpt_epochs))
-            decided = group_epochs((), ckpt_epochs, first_seq=0, fresh=fresh)
-            if not decided:
+            decided = group_epochs((), ckpt_epochs, first_seq=0, fresh=fresh, rebuilt=rebuilt)
+            replay_from = origin
+            if not decided and not replay_from:
                 return None
-            self._group_epochs.labels("false").inc(len(decided))
-            return Restore(epoch=fresh, epochs={g: e.epoch for g, e in decided.items()},
-                           continued_groups=frozenset())
+            self._decided(decided)
+            continued = frozenset(g for g, e in decided.items() if e.continued)
+            return Restore(epoch=fresh, checkpoints=checkpoints, replay_from=replay_from,
+                           continued=len(continued) == len(decided),
+                           epochs={g: e.epoch for g, e in decided.items()},
+                           continued_groups=continued)
         point = plan_restore(snapshots, checkpoints)
         for gone in point.ignored:
             log.info("stored snapshot left out of the restore point", code=RESTORE_SNAPSHOT_IGNORED,
@@ -602,21 +630,31 @@ class Ingest(Stage[Never, Restore | Batch, IngestConfig]):
         snapshots, replay_from = list(point.snapshots), point.replay_from
         decided = group_epochs(snapshots, ckpt_epochs,
                                first_seq=src.first_seq if src.messages else 0, fresh=fresh,
-                               superseded={g.group for g in point.ignored})
+                               superseded={g.group for g in point.ignored}, rebuilt=rebuilt)
+        if origin:
+            replay_from = min(replay_from, origin)
         if src.messages and src.first_seq > replay_from:
             replay_from = src.first_seq
+        self._decided(decided)
         continued = frozenset(g for g, e in decided.items() if e.continued)
-        for e in decided.values():
-            if not e.continued:
-                log.warning("cannot continue a group's delta sequence: new epoch",
-                            code=AGG_GROUP_NEW_EPOCH, group=e.group, reason=e.reason,
-                            epoch=e.epoch)
-        self._group_epochs.labels("true").inc(len(continued))
-        self._group_epochs.labels("false").inc(len(decided) - len(continued))
         return Restore(epoch=fresh, snapshots=tuple(snapshots), checkpoints=checkpoints,
                        continued=len(continued) == len(decided), replay_from=replay_from,
                        epochs={g: e.epoch for g, e in decided.items()},
                        continued_groups=continued)
+
+
+    def _decided(self, decided: dict[str, GroupEpoch]) -> None:
+        """Count and log what a restore decided per group."""
+        continued = 0
+        for e in decided.values():
+            if e.continued:
+                continued += 1
+                continue
+            self.ctx.log.warning("cannot continue a group's delta sequence: new epoch",
+                                 code=AGG_GROUP_NEW_EPOCH, group=e.group, reason=e.reason,
+                                 epoch=e.epoch)
+        self._group_epochs.labels("true").inc(continued)
+        self._group_epochs.labels("false").inc(len(decided) - continued)
 
 
 __all__ = ["ForeignFilter", "Ingest", "IngestConfig", "decode_messages"]

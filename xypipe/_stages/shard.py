@@ -122,13 +122,13 @@ class Router:
     def learn(self, key: str, group: str) -> Route | None:
         """``key`` belongs to ``group`` from now on; returns the route it leaves (``None``
         when it was never routed or stays in the same group)."""
+        self.table[key] = group
         if self._group_of.get(key) == group:
             return None
         old = self._routes.get(key)
         if old is None and key in self._group_of:
             old = self.route(key)  # known from a restored snapshot, not routed yet
         self._group_of[key] = group
-        self.table[key] = group
         self._seen(group)
         self._routes.pop(key, None)
         return old if old is not None and old.group != group else None
@@ -183,10 +183,15 @@ class Shard(Stage[Restore | Batch, Restore | Batch, ShardConfig]):
                 continue
             routes = router._routes
             route_of = router.route
+            first_tick = share.first_tick
             for rec in item.recs:
                 if type(rec) is TickRec:
                     r = routes.get(rec.key)
-                    rec.route = r if r is not None else route_of(rec.key)
+                    if r is None:  # the symbol's first tick since the last restore
+                        r = route_of(rec.key)
+                        if rec.sseq and rec.sseq < first_tick.get(r.group, rec.sseq + 1):
+                            first_tick[r.group] = rec.sseq
+                    rec.route = r
                 elif type(rec) is ContractRec:
                     if use_contracts and rec.contract.group:
                         rec.moved_from = router.learn(rec.key, rec.contract.group)
