@@ -36,6 +36,8 @@ class AggregatorShare:
     #: Group -> the stream sequence of the first tick routed to it in this process (owned or
     #: not): where a restore replays a group without a stored snapshot from.
     first_tick: dict[str, int] = attrs.field(factory=dict)
+    #: Every source message up to this stream sequence has been routed by shard (0: unknown).
+    routed_through: int = 0
     #: Set by publish: store a group's last checkpoint, acknowledged (the ownership's
     #: release handshake).
     store_checkpoint: ReleaseHook | None = None

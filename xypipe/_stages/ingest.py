@@ -192,8 +192,9 @@ class ForeignFilter:
 
     routes: dict[str, str]
     owned: frozenset[str]
-    #: Group -> stream sequence of the first tick routed to it (shared with shard): a skipped
-    #: tick counts, since a restore replays a group without a snapshot from there.
+    #: Group -> stream sequence of the first tick shard routed to it: a group's ticks are
+    #: skipped only once shard has seen one (so that first one is exact: a restore replays a
+    #: group without a snapshot from there).
     first_tick: dict[str, int] = attrs.field(factory=dict)
     skipped: int = 0
 
@@ -219,17 +220,15 @@ def decode_messages(msgs: Sequence[SourceMessage], now: float, bad: BadSourceCou
     check = door.check if door is not None and door.enabled else None
     routes = foreign.routes if foreign is not None else None
     owned = foreign.owned if foreign is not None else frozenset()
-    first_tick = foreign.first_tick if foreign is not None else {}
+    first_tick = foreign.first_tick if foreign is not None else frozenset()
     skipped = 0
     for m in msgs:
         subject = m.subject
         if subject.startswith(TICK_PREFIX):
             if routes is not None:
                 group = routes.get(subject[tlen:])
-                if group is not None and group not in owned:
+                if group is not None and group not in owned and group in first_tick:
                     skipped += 1
-                    if group not in first_tick:
-                        first_tick[group] = m.seq or (stream_seq_of(m.reply) if m.reply else 0)
                     continue
             if m.seq:
                 sseq, stored_us = m.seq, now_us
@@ -607,10 +606,16 @@ class Ingest(Stage[Never, Restore | Batch, IngestConfig]):
         # to replay.
         bare = (owned or frozenset()) - {s.group for s in snapshots}
         first_seq = src.first_seq if src.messages else 0
-        since = {g: seq for g in bare if (seq := self._share.first_tick.get(g, 0)) >= first_seq
+        share = self._share
+        since = {g: seq for g in bare if (seq := share.first_tick.get(g, 0)) >= first_seq
                  and seq}
         origin = min(since.values(), default=0)
         rebuilt = kept & since.keys()
+        if bare - share.first_tick.keys() and share.routed_through:
+            # Their first ticks may be on their way to shard (sent, not routed yet): those go
+            # with this restore's reset, so they are replayed.
+            cover = max(share.routed_through + 1, first_seq)
+            origin = min(origin, cover) if origin else cover
         if not snapshots:
             decided = group_epochs((), ckpt_epochs, first_seq=0, fresh=fresh, rebuilt=rebuilt)
             replay_from = origin

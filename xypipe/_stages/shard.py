@@ -176,6 +176,8 @@ class Shard(Stage[Restore | Batch, Restore | Batch, ShardConfig]):
                 share.routes.clear()
                 router.new_groups.clear()
                 owned = item.owned
+                share.routed_through = (item.replay_from - 1 if item.replay_from
+                                        else item.target_seq)
                 for snap in item.snapshots:
                     for s in snap.symbols:
                         router.learn(f"{s.venue}.{s.symbol}", snap.group)
@@ -187,11 +189,9 @@ class Shard(Stage[Restore | Batch, Restore | Batch, ShardConfig]):
             for rec in item.recs:
                 if type(rec) is TickRec:
                     r = routes.get(rec.key)
-                    if r is None:  # the symbol's first tick since the last restore
-                        r = route_of(rec.key)
-                        if rec.sseq and rec.sseq < first_tick.get(r.group, rec.sseq + 1):
-                            first_tick[r.group] = rec.sseq
-                    rec.route = r
+                    rec.route = r = r if r is not None else route_of(rec.key)
+                    if owned is not None and r.group not in first_tick and rec.sseq:
+                        first_tick[r.group] = rec.sseq  # (stream order: the first one)
                 elif type(rec) is ContractRec:
                     if use_contracts and rec.contract.group:
                         rec.moved_from = router.learn(rec.key, rec.contract.group)
@@ -202,6 +202,8 @@ class Shard(Stage[Restore | Batch, Restore | Batch, ShardConfig]):
                 share.offer(router.new_groups)
                 router.new_groups = []
             batch = item if isinstance(item, Batch) else Batch(list(item), 0)
+            if batch.watermark > share.routed_through:
+                share.routed_through = batch.watermark
             if owned is not None:
                 batch = self._owned_only(batch, owned)
             await send(batch)
