@@ -12,6 +12,7 @@ from xypipe import Level
 from xypipe._md.book import state_checksum
 from xypipe._md.conflation import Conflator, DeltaOut
 from xypipe._md.records import Batch, Restore
+from xypipe._md.restore_plan import Known, plan_owned_restore
 from xypipe._md.restore_point import group_epochs
 from xypipe._md.snapshots import SnapshotBuilder, SnapshotOut
 from xypipe._metrics import Metrics
@@ -105,6 +106,59 @@ def test_snapshot_mirrors_carry_their_groups_epoch() -> None:
     assert snaps["a"].version == 4 and snaps["b"].version == 1  # b's versions start over
 
 
+# --------------------------------------------------------------------------- restore per owned set
+
+
+def ckpt(group: str, epoch: int, seq: int, shard: int = 0) -> Delta:
+    return Delta(group=group, shard=shard, epoch=epoch, seq=seq)
+
+
+def test_an_acquired_group_continues_its_previous_owners_epoch_and_sequence() -> None:
+    plan = plan_owned_restore([snap("g", 11, shard_seq=10, source_seq=100)], [ckpt("g", 11, 14)],
+                              owned=frozenset({"g"}), known=Known(), first_seq=1, fresh=FRESH)
+    r = plan.restore
+    assert r is not None and r.continues("g") and r.epoch_of("g") == 11
+    assert r.checkpoints == {("g", 0): 14} and r.replay_from == 101
+
+
+def test_a_kept_group_continues_after_what_was_published_even_if_not_stored_yet() -> None:
+    known = Known(kept=frozenset({"g", "h"}), published={("g", 0): (11, 20), ("h", 0): (5, 3)})
+    plan = plan_owned_restore([snap("g", 11), snap("h", 4)], [ckpt("g", 11, 14), ckpt("h", 4, 9)],
+                              owned=frozenset({"g", "h"}), known=known, first_seq=1,
+                              fresh=FRESH)
+    r = plan.restore
+    assert r is not None
+    assert r.continues("g") and r.checkpoints[("g", 0)] == 20  # the published one, not 14
+    # h published under epoch 5 but its stored snapshot says 4: no proof, a new epoch.
+    assert not r.continues("h") and r.epoch_of("h") == FRESH
+    assert "epochs disagree" in plan.decided["h"].reason
+
+
+def test_a_group_without_a_snapshot_replays_from_its_first_tick_and_a_kept_one_continues(
+) -> None:
+    known = Known(kept=frozenset({"k"}), published={("k", 0): (7, 30)},
+                  first_tick={"k": 400, "new": 350}, routed_through=900)
+    plan = plan_owned_restore([snap("s", 3, source_seq=600)], [ckpt("s", 3, 10), ckpt("k", 7, 29)],
+                              owned=frozenset({"s", "k", "new"}), known=known, first_seq=1,
+                              fresh=FRESH)
+    r = plan.restore
+    assert r is not None and r.replay_from == 350  # the earliest first tick of a bare group
+    assert r.continues("k") and r.epoch_of("k") == 7 and r.checkpoints[("k", 0)] == 30
+    assert r.continues("s") and "new" not in r.epochs  # new: the fresh epoch when first seen
+
+
+def test_ticks_not_routed_yet_are_replayed_for_a_group_no_tick_reached_shard_for() -> None:
+    plan = plan_owned_restore([], [], owned=frozenset({"late"}),
+                              known=Known(routed_through=900), first_seq=1, fresh=FRESH)
+    assert plan.restore is not None and plan.restore.replay_from == 901
+    nothing = plan_owned_restore([], [], owned=frozenset({"late"}), known=Known(), first_seq=1,
+                                 fresh=FRESH)
+    assert nothing.restore is None  # a cold start: from now on
+    gone = plan_owned_restore([], [], owned=frozenset({"k"}),
+                              known=Known(first_tick={"k": 5}), first_seq=50, fresh=FRESH)
+    assert gone.restore is None  # its first ticks are gone from the stream: from now on
+
+
 # --------------------------------------------------------------------------- full resets
 
 
@@ -142,6 +196,8 @@ async def test_a_mid_stream_restore_resets_shard_and_drops_foreign_ticks(
         out = await h.receive()
         assert [r.key for r in out.recs] == ["V.AAA"] and out.watermark == 2
         assert share.routes == {"V.AAA": "a", "V.BBB": "b"}
+        # Where each group's ticks began (b's too, dropped or not), and how far routing got.
+        assert share.first_tick == {"a": 1, "b": 2} and share.routed_through == 2
         assert h.metrics.sample("agg_foreign_ticks_total", {"where": "shard"}) == 1
         # Now b is owned, a is not; the restored snapshot puts CCC in b.
         await h.send(Restore(epoch=1, owned=frozenset({"b"}), generation=2,
@@ -218,12 +274,15 @@ def test_a_foreign_tick_is_skipped_before_it_is_decoded() -> None:
     ctx = StageContext("p", "ingest", None, None, degradation=None,  # type: ignore[arg-type]
                        metrics=Metrics(), log=None)  # type: ignore[arg-type]
     bad = BadSourceCounter(ctx, 5)
-    foreign = ForeignFilter({"V.BBB": "b", "V.AAA": "a"}, frozenset({"a"}))
+    foreign = ForeignFilter({"V.BBB": "b", "V.CCC": "c", "V.AAA": "a"}, frozenset({"a"}),
+                            {"b": 1})
     msgs = [M("xy.src.tick.V.BBB", b"\xff not a tick", 1),  # never decoded: no bad count
             M("xy.src.tick.V.AAA", tick(symbol="AAA").SerializeToString(), 2),
-            M("xy.src.tick.V.NEW", tick(symbol="NEW").SerializeToString(), 3)]
+            M("xy.src.tick.V.NEW", tick(symbol="NEW").SerializeToString(), 3),
+            # c's first tick has not reached shard yet: decoded, so shard sees where c began.
+            M("xy.src.tick.V.CCC", tick(symbol="CCC").SerializeToString(), 4)]
     recs = decode_messages(msgs, 0.0, bad, foreign=foreign)
-    assert [r.key for r in recs] == ["V.AAA", "V.NEW"]  # not routed yet: decoded, shard decides
+    assert [r.key for r in recs] == ["V.AAA", "V.NEW", "V.CCC"]
     assert foreign.skipped == 1
     assert ctx.metrics.sample("src_bad_total", {"reason": "decode"}) in (None, 0)
 

@@ -51,7 +51,8 @@ from xypipe._errors import (
 )
 from xypipe._md.book import flat_levels
 from xypipe._md.records import Batch, ContractRec, Restore, TickRec
-from xypipe._md.restore_point import GroupEpoch, group_epochs, plan_restore
+from xypipe._md.restore_plan import Known, plan_owned_restore
+from xypipe._md.restore_point import GroupEpoch
 from xypipe._md.validate import Reason, TickBounds, TickValidator
 from xypipe._ownership import Ownership, OwnershipConfig, open_ownership
 from xypipe._retry import Backoff, retrying
@@ -575,78 +576,27 @@ class Ingest(Stage[Never, Restore | Batch, IngestConfig]):
             except ContractError as exc:
                 log.warning("ignoring an undecodable stored snapshot", code=RebuildError.code,
                             subject=m.subject, error=str(exc))
-        checkpoints: dict[tuple[str, int], int] = {}
-        ckpt_epochs: dict[str, set[int]] = {}
+        checkpoints: list[Delta] = []
         for m in stored_ckpts:
             if not ours(m.subject, ckpt_prefix):
                 continue
             try:
-                d = self._decoder.decode(Delta, m.data, where=m.subject)
+                checkpoints.append(self._decoder.decode(Delta, m.data, where=m.subject))
             except ContractError as exc:
                 log.warning("ignoring an undecodable delta checkpoint", code=RebuildError.code,
                             subject=m.subject, error=str(exc))
-                continue
-            checkpoints[(d.group, d.shard)] = d.seq
-            ckpt_epochs.setdefault(d.group, set()).add(d.epoch)
-        for (group, shard), (epoch, seq) in self._share.published.items():
-            if group not in kept:
-                continue
-            if checkpoints.get((group, shard), 0) < seq or epoch not in ckpt_epochs.get(
-                    group, set()):
-                # Stored or not yet, it went out: the sequence goes on after it. An epoch
-                # other than the stored one's makes the group's epochs disagree (a new one).
-                checkpoints[(group, shard)] = max(seq, checkpoints.get((group, shard), 0))
-                ckpt_epochs.setdefault(group, set()).add(epoch)
-        fresh = wall_us()
-        # With ownership, an owned group without a stored snapshot (new, or its owner never
-        # snapshotted it) is replayed from the first tick this process routed to it: a group
-        # kept since then gets its whole state back that way, so its sequence goes on; one
-        # just acquired gets every tick of it the stream holds since (those skipped while
-        # another member owned it, or nobody did). A group no tick was routed to has nothing
-        # to replay.
-        bare = (owned or frozenset()) - {s.group for s in snapshots}
-        first_seq = src.first_seq if src.messages else 0
         share = self._share
-        since = {g: seq for g in bare if (seq := share.first_tick.get(g, 0)) >= first_seq
-                 and seq}
-        origin = min(since.values(), default=0)
-        rebuilt = kept & since.keys()
-        if bare - share.first_tick.keys() and share.routed_through:
-            # Their first ticks may be on their way to shard (sent, not routed yet): those go
-            # with this restore's reset, so they are replayed.
-            cover = max(share.routed_through + 1, first_seq)
-            origin = min(origin, cover) if origin else cover
-        if not snapshots:
-            decided = group_epochs((), ckpt_epochs, first_seq=0, fresh=fresh, rebuilt=rebuilt)
-            replay_from = origin
-            if not decided and not replay_from:
-                return None
-            self._decided(decided)
-            continued = frozenset(g for g, e in decided.items() if e.continued)
-            return Restore(epoch=fresh, checkpoints=checkpoints, replay_from=replay_from,
-                           continued=len(continued) == len(decided),
-                           epochs={g: e.epoch for g, e in decided.items()},
-                           continued_groups=continued)
-        point = plan_restore(snapshots, checkpoints)
-        for gone in point.ignored:
+        known = Known(kept, share.published, share.first_tick, share.routed_through)
+        plan = plan_owned_restore(snapshots, checkpoints, owned=owned, known=known,
+                                  first_seq=src.first_seq if src.messages else 0,
+                                  fresh=wall_us())
+        for gone in plan.ignored:
             log.info("stored snapshot left out of the restore point", code=RESTORE_SNAPSHOT_IGNORED,
                      group=gone.group, source_stream_seq=gone.source_stream_seq,
-                     reason=gone.reason, replay_from=point.replay_from)
-        snapshots, replay_from = list(point.snapshots), point.replay_from
-        decided = group_epochs(snapshots, ckpt_epochs,
-                               first_seq=src.first_seq if src.messages else 0, fresh=fresh,
-                               superseded={g.group for g in point.ignored}, rebuilt=rebuilt)
-        if origin:
-            replay_from = min(replay_from, origin)
-        if src.messages and src.first_seq > replay_from:
-            replay_from = src.first_seq
-        self._decided(decided)
-        continued = frozenset(g for g, e in decided.items() if e.continued)
-        return Restore(epoch=fresh, snapshots=tuple(snapshots), checkpoints=checkpoints,
-                       continued=len(continued) == len(decided), replay_from=replay_from,
-                       epochs={g: e.epoch for g, e in decided.items()},
-                       continued_groups=continued)
-
+                     reason=gone.reason,
+                     replay_from=plan.restore.replay_from if plan.restore else 0)
+        self._decided(plan.decided)
+        return plan.restore
 
     def _decided(self, decided: dict[str, GroupEpoch]) -> None:
         """Count and log what a restore decided per group."""
