@@ -34,6 +34,7 @@ from xypipe._ownership._config import Lease, OwnershipConfig, ReleaseHook
 from xypipe._ownership._disabled import AllOwned
 from xypipe._ownership._ometrics import OwnershipMetrics
 from xypipe._ownership._shell import LeaseOwnership
+from xypipe._trio_util import single_error_unwrapped
 from xypipe.abc import NatsClient
 
 __all__ = ["Lease", "Ownership", "OwnershipConfig", "ReleaseHook", "open_ownership"]
@@ -47,7 +48,9 @@ class Ownership(Protocol):
 
     @property
     def owned(self) -> frozenset[str]:
-        """The groups this member holds the lease of now (changes: :meth:`wait_change`)."""
+        """The groups this member holds the lease of (changes: :meth:`wait_change`). Updated
+        at the end of each step of the engine; :meth:`may_publish` and :meth:`lease` are
+        live — gate every publish with ``may_publish``, never with ``owned``."""
         ...
 
     def lease(self, group: str) -> Lease | None:
@@ -110,9 +113,10 @@ async def open_ownership(
                              f"cannot be opened: {exc}") from exc
     own = LeaseOwnership(cfg, name, leases, members, log.bind(member=name),
                          OwnershipMetrics(metrics or Metrics()))
-    async with trio.open_nursery() as nursery:
-        await nursery.start(own.run)
-        yield own
-        with trio.CancelScope(shield=True):
-            await own.leave()
-        nursery.cancel_scope.cancel()
+    with single_error_unwrapped():
+        async with trio.open_nursery() as nursery:
+            await nursery.start(own.run)
+            yield own
+            with trio.CancelScope(shield=True):
+                await own.leave()
+            nursery.cancel_scope.cancel()

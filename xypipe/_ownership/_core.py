@@ -157,6 +157,8 @@ class _Held:
     valid_until: float = 0.0
     renew_due: float = 0.0
     in_flight: bool = False
+    #: How the group had become free when it was claimed (for the acquired event).
+    how: str = "new"
 
 
 @attrs.define
@@ -191,6 +193,10 @@ class OwnershipCore:
         #: Groups not to try again before this time (a refused create, a failed write).
         self._retry_at: dict[str, float] = {}
         self._events: list[OwnEvent] = []
+        #: Each group's rendezvous owner among ``_owners_of`` (recomputed when they change:
+        #: the core is polled at every watch entry, the members change rarely).
+        self._owners_of: tuple[str, ...] = ()
+        self._owners: dict[str, str | None] = {}
 
     # -- what the aggregator reads ----------------------------------------------------------
 
@@ -255,14 +261,12 @@ class OwnershipCore:
         h = self._held.get(group)
         if h is None or h.phase is not Phase.ACQUIRING:
             return
-        seen = self._seen.get(group)
-        how = seen.how if seen is not None and seen.owner is None else "new"
         h.phase, h.fence, h.revision, h.in_flight = Phase.HELD, revision, revision, False
         h.valid_until = h.sent_at + self.validity
         # The create wrote fence 0 (its revision was not known yet): the first renewal writes it.
         h.renew_due = h.sent_at
         self._seen[group] = _Seen(self.me, revision, h.sent_at, "held")
-        self._events.append(OwnEvent("acquired", group, how, revision))
+        self._events.append(OwnEvent("acquired", group, h.how, revision))
 
     def acquire_refused(self, group: str, now: float) -> None:
         """Someone holds the lease: wait for the watch to show it free (or a renew period)."""
@@ -337,7 +341,7 @@ class OwnershipCore:
             if h.in_flight:
                 continue
             if h.phase is Phase.HELD and (
-                    self.leaving or (self.ready and owner_of(group, live) != self.me)):
+                    self.leaving or (self.ready and self._owner(group, live) != self.me)):
                 h.phase = Phase.RELEASING
                 actions.append(Release(group))
             if h.phase in (Phase.HELD, Phase.RELEASING) and now >= h.renew_due:
@@ -351,6 +355,14 @@ class OwnershipCore:
             actions += self._claims(now, live)
         return actions
 
+    def _owner(self, group: str, live: tuple[str, ...]) -> str | None:
+        if live != self._owners_of:
+            self._owners_of, self._owners = live, {}
+        owner = self._owners.get(group, "")
+        if owner == "":
+            owner = self._owners[group] = owner_of(group, live)
+        return owner
+
     def _expire(self, now: float) -> None:
         for group, h in list(self._held.items()):
             if h.phase is not Phase.ACQUIRING and now >= h.valid_until:
@@ -362,7 +374,7 @@ class OwnershipCore:
         for group in sorted(self._offered):
             if group in self._held or now < self._retry_at.get(group, now):
                 continue
-            if owner_of(group, live) != self.me:
+            if self._owner(group, live) != self.me:
                 continue
             seen = self._seen.get(group)
             if seen is not None and seen.owner == self.me:
@@ -373,7 +385,9 @@ class OwnershipCore:
                 continue
             if seen is not None and seen.owner is not None and now - seen.at <= self.ttl:
                 continue  # held by another; its holder releases it or the server expires it
-            self._held[group] = _Held(Phase.ACQUIRING, sent_at=now, in_flight=True)
+            # Decided now: the watch may show the create's own write before its answer.
+            how = seen.how if seen is not None and seen.owner is None else "new"
+            self._held[group] = _Held(Phase.ACQUIRING, sent_at=now, in_flight=True, how=how)
             out.append(Acquire(group, lease_value(self.me, 0, self._epochs.get(group, 0))))
         return out
 

@@ -85,7 +85,8 @@ class LeaseOwnership:
         return self._owned
 
     def lease(self, group: str) -> Lease | None:
-        return self.core.lease(group) if group in self._owned else None
+        # Live, like ``may_publish`` (``owned`` follows at the end of the core's step).
+        return self.core.lease(group)
 
     def may_publish(self, group: str) -> bool:
         return self.core.may_publish(group, trio.current_time())
@@ -187,14 +188,16 @@ class LeaseOwnership:
     # -- the core's actions ---------------------------------------------------------------------
 
     async def _do(self, action: Action) -> None:
+        if isinstance(action, Release):
+            await self._release(action)  # bounded by its own timeout (release_timeout_ms)
+            self._kick()
+            return
         try:
             with trio.fail_after(self._write_timeout):
                 if isinstance(action, Acquire):
                     await self._acquire(action)
                 elif isinstance(action, Renew):
                     await self._renew(action)
-                elif isinstance(action, Release):
-                    await self._release(action)
                 elif isinstance(action, Delete):
                     await self._delete(action)
                 else:
