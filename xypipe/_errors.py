@@ -202,8 +202,9 @@ SRC_REANCHOR = "XY-SRC-003"
 
 
 class RebuildError(XyError):
-    """A restarted aggregator could not continue its sequence (no snapshot, missing source
-    history, epochs that disagree) and starts a new epoch; clients resynchronise."""
+    """A restarted aggregator could not use part of its stored state (an undecodable stored
+    snapshot or checkpoint is left out; the groups concerned start a new epoch, see
+    ``AGG_GROUP_NEW_EPOCH``)."""
 
     code = "XY-AGG-001"
 
