@@ -291,3 +291,26 @@ def test_config_refuses_a_renew_period_that_a_single_loss_would_expire() -> None
     with pytest.raises(Invalid, match="members_bucket"):
         OwnershipConfig(members_bucket="xy_agg_leases")
     assert OwnershipConfig().ttl == 1.5 and OwnershipConfig().renew == 0.3
+
+
+def test_a_late_answer_does_not_roll_back_what_the_watch_showed_after_it() -> None:
+    core = _core("a")
+    core.offer({"g"})
+    assert _of(core.poll(0.0), Acquire)
+    # Paused: the key was created (rev 120) and expired (tombstone 131) meanwhile, and the
+    # watch's tombstone is handled before the create's answer.
+    core.lease_gone("g", 131, "expired", 2.0)
+    core.acquired("g", 120)
+    actions = core.poll(2.0)  # the lease's deadline (sent at 0) has long passed
+    assert [e.kind for e in core.take_events()] == ["acquired", "lost"]
+    assert _of(actions, Acquire) and not _of(actions, ClearStale)
+
+
+def test_a_refused_stale_delete_forgets_the_view_and_tries_a_create() -> None:
+    core = _core("a")
+    core.offer({"g"})
+    core.lease_seen("g", "a", 3, 0.0)
+    assert core.poll(0.0) == [ClearStale("g", 3)]
+    core.stale_failed("g", 0.0)
+    assert core.poll(0.1) == []
+    assert _of(core.poll(RENEW), Acquire)

@@ -4,6 +4,7 @@ that two publishers of one group at one instant would be seen."""
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable
 from pathlib import Path
 
@@ -295,3 +296,30 @@ async def test_an_error_in_the_block_comes_out_as_itself_and_leaves_the_leases_t
                                          marker_ttl_s=max(1.0, CFG.ttl))
         entry = await leases.get("g")
         assert entry is not None and b'"owner":"h/agg.0"' in entry.value  # not handed over
+
+
+async def test_after_the_server_is_killed_and_restarted_the_groups_are_split_again(
+    nats_server: EmbeddedNats
+) -> None:
+    """A NATS outage longer than a lease's validity: every holder stops publishing by its own
+    deadline, and after the restart the members take the groups again with new fences."""
+    dog = Watchdog()
+    names = ["h/agg.0", "h/agg.1"]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(dog.run)
+        members = [await nursery.start(_member, nats_server.url, n, dog) for n in names]
+        await _split(dog, names)
+        before = {g: m.own.lease(g).fence for m in members for g in m.own.owned}  # type: ignore[union-attr]
+        await nats_server.kill(signal.SIGKILL)
+        with trio.fail_after(10):
+            while any(m.own.may_publish(g) for m in members for g in GROUPS):  # noqa: ASYNC110
+                await trio.sleep(0.01)
+        await nats_server.start()
+        await _split(dog, names)
+        after = {g: m.own.lease(g).fence for m in members for g in m.own.owned}  # type: ignore[union-attr]
+        assert all(after[g] > before[g] for g in GROUPS)
+        lost = sum(m.metrics.sample("ownership_lost_total", {"reason": "expired"}) or 0
+                   for m in members)
+        assert lost == len(GROUPS)
+        nursery.cancel_scope.cancel()
+    assert dog.doubles == []

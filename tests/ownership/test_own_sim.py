@@ -125,11 +125,14 @@ class Sim:
         self.step(node)
 
     def kill(self, name: str) -> None:
-        self.nodes[name].alive = False
+        if name in self.nodes:
+            self.nodes[name].alive = False
 
     def pause(self, name: str, until: float) -> None:
-        self.nodes[name].paused_until = until
-        self.at(until, lambda: self.step(self.nodes[name]))
+        node = self.nodes.get(name)
+        if node is not None:
+            node.paused_until = until
+            self.at(until, lambda: self.step(node))
 
     def deliver(self, node: Node, fn: Callable[[], None]) -> None:
         """Run ``fn`` on ``node`` after a delay (later if it is paused; never if it died)."""

@@ -265,7 +265,7 @@ class OwnershipCore:
         h.valid_until = h.sent_at + self.validity
         # The create wrote fence 0 (its revision was not known yet): the first renewal writes it.
         h.renew_due = h.sent_at
-        self._seen[group] = _Seen(self.me, revision, h.sent_at, "held")
+        self._saw_own(group, revision, h.sent_at)
         self._events.append(OwnEvent("acquired", group, h.how, revision))
 
     def acquire_refused(self, group: str, now: float) -> None:
@@ -285,8 +285,14 @@ class OwnershipCore:
         h.revision, h.in_flight = revision, False
         h.valid_until = max(h.valid_until, h.sent_at + self.validity)
         h.renew_due = h.sent_at + self.renew
-        if self._seen.get(group, _Seen(None, 0, 0.0, "")).revision < revision:
-            self._seen[group] = _Seen(self.me, revision, h.sent_at, "held")
+        self._saw_own(group, revision, h.sent_at)
+
+    def _saw_own(self, group: str, revision: int, at: float) -> None:
+        """Our own write, unless the watch already showed something later (an answer can
+        arrive after the watch entry of what followed it, e.g. the key's expiry)."""
+        seen = self._seen.get(group)
+        if seen is None or seen.revision < revision:
+            self._seen[group] = _Seen(self.me, revision, at, "held")
 
     def renew_refused(self, group: str) -> None:
         """The server refused the renewal (another revision, the key gone): lost at once."""
@@ -321,6 +327,9 @@ class OwnershipCore:
             self._seen[group] = _Seen(None, seen.revision, now, "stale")
 
     def stale_failed(self, group: str, now: float) -> None:
+        """The delete was refused (the key moved on) or failed: what we saw is out of date.
+        Forget it; the next claim's create tells (and the watch shows the key as it is)."""
+        self._seen.pop(group, None)
         self._retry_at[group] = now + self.renew
 
     def _forget(self, group: str, phase: Phase) -> _Held | None:
