@@ -280,6 +280,8 @@ async def test_two_aggregators_split_the_groups_fail_over_and_take_their_share_b
                               "the second run converges after the takeover")
             assert mismatches(judge.view, truth) == []
             check_clean(judge)
+            # b's snapshots and checkpoints agreed: a continued its epochs and sequences.
+            assert judge.view.stats.epoch_changes == 0, judge.view.stats.problems
 
             # b comes back under the same name: it takes exactly its share back.
             third = await publish(nursery, url, "XTRE", seed=3)
@@ -296,6 +298,8 @@ async def test_two_aggregators_split_the_groups_fail_over_and_take_their_share_b
                               "the third run converges after the hand-back")
             assert mismatches(judge.view, truth) == []
             check_clean(judge)
+            # Handed over with the last checkpoint stored: b continued a's epochs and sequences.
+            assert judge.view.stats.epoch_changes == 0, judge.view.stats.problems
             nursery.cancel_scope.cancel()
     finally:
         with trio.CancelScope(shield=True):
