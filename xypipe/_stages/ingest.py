@@ -20,6 +20,14 @@ state. A symbol re-anchored after a consistent run out of bounds is counted as
 ``reason="reanchor"`` and logged with ``XY-SRC-003``. Every tick is stamped with the
 aggregator's own wall clock (``TickRec.arrival_us``): that, never a publisher's field, is where
 latency is measured from.
+
+With ``ownership = { enabled = true, ... }`` several aggregators split the groups (JetStream KV
+leases, :mod:`xypipe._ownership`): ingest opens the ownership and shares it with the other
+stages (:mod:`xypipe._stages._aggshare`), restores only the groups it owns
+(:mod:`xypipe._md.restore_plan`), skips a tick of a group it does not own before decoding it,
+and, whenever the groups owned change, stops its feed and starts over with a new ``Restore``
+of the new set (a session per owned set). See ``docs/architecture.md``, "The pipeline over the
+leases".
 """
 
 from __future__ import annotations
