@@ -6,6 +6,7 @@ the publisher, a subscriber judging with the client SDK's sequence rules and che
 * ``kill -9`` one: its groups continue from the other with no hole or repeat a client sees
   (or a clean epoch change and a snapshot resync); the takeover time is logged;
 * restart it: it takes its share back (the same member name gets the same groups);
+* stop one gracefully: its groups are handed over (released, not left to expire);
 * at no time do two publish the same group: per group, the fences a subscriber on ``xy.md.>``
   sees never go down (an old owner's delta after a new owner's would).
 """
@@ -300,6 +301,26 @@ async def test_two_aggregators_split_the_groups_fail_over_and_take_their_share_b
             check_clean(judge)
             # Handed over with the last checkpoint stored: b continued a's epochs and sequences.
             assert judge.view.stats.epoch_changes == 0, judge.view.stats.problems
+
+            # a stops gracefully (Ctrl-C): its groups are handed over, not left to expire.
+            fourth = await publish(nursery, url, "XFOR", seed=4)
+            await judge.until(lambda: truth_of(fourth).ticks > 1500, "the fourth run going")
+            a_groups = GROUPS - b_groups
+            stopped_at = time.monotonic()
+            await a.stop()
+            await judge.until(lambda: all(judge.first_fence_after(g, stopped_at) is not None
+                                          for g in a_groups), "b publishing a's groups")
+            handover = {g: round(judge.first_fence_after(g, stopped_at)[0] - stopped_at, 3)
+                        for g in sorted(a_groups)}
+            log.info("handover after a graceful stop", seconds=handover)
+            print(f"handover after a graceful stop (s): {handover}")
+            truth = truth_of(fourth)
+            await judge.until(lambda: truth.ticks == 6000 and converged(judge.view, truth),
+                              "the fourth run converges after the graceful stop")
+            assert mismatches(judge.view, truth) == []
+            check_clean(judge)
+            assert judge.view.stats.epoch_changes == 0, judge.view.stats.problems
+            assert "group handed over" in a.log_path.read_text()
             nursery.cancel_scope.cancel()
     finally:
         with trio.CancelScope(shield=True):

@@ -78,6 +78,8 @@ from xypipe.contracts import Contract, Delta, Snapshot, Tick
 TICK_PREFIX = "xy.src.tick."
 #: After the groups owned change, further changes within this long join the same restore.
 OWNED_SETTLE_S = 0.05
+#: A graceful stop's handover may take the release timeout plus a lease's lifetime, and this.
+HANDOVER_SLACK_S = 1.0
 CONTRACT_PREFIX = "xy.ref.contract."
 
 
@@ -344,15 +346,39 @@ class Ingest(Stage[Never, Restore | Batch, IngestConfig]):
         if not cfg.ownership.enabled:
             await self._session(t0, None)
             return
-        member = cfg.ownership.member or self.ctx.worker.member
-        async with open_ownership(nc, cfg.ownership, member=member, log=self.ctx.log,
-                                  metrics=metrics) as own:
-            own.on_release = self._store_checkpoint
-            self._share.ownership = own
+        await self._with_ownership(t0)
+
+    async def _with_ownership(self, t0: float) -> None:
+        """Sessions under the ownership. A graceful stop (the runner ends its sources by
+        cancelling them) ends the sessions and then leaves the ownership normally, so every
+        group is handed over at once (release handshake, lease deleted) instead of expiring
+        after ``ttl_ms``; bounded. A failure leaves the leases to expire, like a crash."""
+        cfg = self.config.ownership
+        member = cfg.member or self.ctx.worker.member
+        sessions = trio.CancelScope()
+        leaving = trio.CancelScope(shield=True)
+
+        async def on_stop(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                          ) -> None:
+            task_status.started()
             try:
-                await self._owned_sessions(own, t0)
+                await trio.sleep_forever()
             finally:
-                self._share.ownership = None
+                sessions.cancel()
+                leaving.deadline = (trio.current_time() + cfg.release_timeout_ms / 1000
+                                    + cfg.ttl + HANDOVER_SLACK_S)
+
+        async with trio.open_nursery() as stop_watch:
+            await stop_watch.start(on_stop)
+            with leaving:
+                async with open_ownership(self._nc, cfg, member=member, log=self.ctx.log,
+                                          metrics=self.ctx.metrics) as own:
+                    own.on_release = self._store_checkpoint
+                    # Kept after the block: publish, still draining, then may publish nothing.
+                    self._share.ownership = own
+                    with sessions:
+                        await self._owned_sessions(own, t0)
+            stop_watch.cancel_scope.cancel()
 
     async def _store_checkpoint(self, group: str) -> None:
         """The release handshake: publish (the stage that published the group) stores its last
