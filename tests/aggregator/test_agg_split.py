@@ -4,6 +4,7 @@ before decoding, and the publish gate (mock clock, memory channels)."""
 
 from __future__ import annotations
 
+import pytest
 import trio
 import trio.testing
 from _agg_helpers import Routed, rec, tick
@@ -16,6 +17,7 @@ from xypipe._md.restore_plan import Known, plan_owned_restore
 from xypipe._md.restore_point import group_epochs
 from xypipe._md.snapshots import SnapshotBuilder, SnapshotOut
 from xypipe._metrics import Metrics
+from xypipe._nats import NatsClient
 from xypipe._stage import SharedValues, StageContext
 from xypipe._stages._aggshare import share_of
 from xypipe._stages._pubgate import DELTA_FENCE_TAG, PublishGate, fenced
@@ -340,3 +342,21 @@ async def test_the_gate_drops_foreign_and_superseded_items_and_hands_out_fences(
     d = delta_out("a", 3, 7, 2)
     wire = Delta.FromString(fenced(DELTA_FENCE_TAG, 41, d.payload))
     assert (wire.fence, wire.seq, len(wire.symbols)) == (41, 3, 1)
+
+
+@pytest.mark.nats
+async def test_only_the_owner_answers_a_snapshot_request(nats_client: NatsClient) -> None:
+    # Two aggregators on one bus, each owning one group: a request for a group is answered
+    # by its owner only (the other one's "no snapshot" would race it and often win).
+    subject = "xy.agg.snapshot.request"
+    async with stage_harness(SnapshotStage, {"request_subject": subject},
+                             nats=nats_client) as a, \
+            stage_harness(SnapshotStage, {"request_subject": subject},
+                          nats=nats_client) as b:
+        await a.send(Restore(epoch=1, owned=frozenset({"a"}), snapshots=(snap("a", 1),)))
+        await b.send(Restore(epoch=1, owned=frozenset({"b"}), snapshots=(snap("b", 2),)))
+        await trio.testing.wait_all_tasks_blocked()
+        for group in ["a", "b"] * 10:
+            with trio.fail_after(5):
+                reply = await nats_client.request(subject, group.encode(), timeout=2.0)
+            assert reply.data and Snapshot.FromString(reply.data).group == group
