@@ -12,7 +12,7 @@ from _agg_helpers import Routed, rec, tick
 from xypipe import Level
 from xypipe._md.book import state_checksum
 from xypipe._md.conflation import Conflator, DeltaOut
-from xypipe._md.records import Batch, Restore
+from xypipe._md.records import Batch, ContractRec, Restore
 from xypipe._md.restore_plan import Known, plan_owned_restore
 from xypipe._md.restore_point import group_epochs
 from xypipe._md.snapshots import SnapshotBuilder, SnapshotOut
@@ -26,7 +26,7 @@ from xypipe._stages.dedupe import Dedupe
 from xypipe._stages.ingest import BadSourceCounter, ForeignFilter, decode_messages
 from xypipe._stages.shard import Shard
 from xypipe._stages.snapshot import SnapshotStage
-from xypipe.contracts import Delta, Snapshot, SymbolState
+from xypipe.contracts import Contract, Delta, Snapshot, SymbolState
 from xypipe.testing import stage_harness
 
 FRESH = 9_000
@@ -90,6 +90,20 @@ def test_the_conflator_stamps_each_groups_epoch_and_sequence() -> None:
     assert (out["a"].epoch, out["a"].seq) == (11, 13)  # continues after its checkpoint
     assert (out["b"].epoch, out["b"].seq) == (99, 1)  # new epoch, sequence from 1
     assert (out["c"].epoch, out["c"].seq) == (500, 1)  # first seen: the fresh epoch
+
+
+def test_a_symbol_moved_to_a_group_owned_elsewhere_only_leaves_the_owned_one() -> None:
+    feed = routed(AAA="a")
+    core = Conflator(1)
+    core.restore(Restore(epoch=1, owned=frozenset({"a"})))
+    core.apply(feed.batch([tick(symbol="AAA", seq=1)]))
+    core.emit(1, Level.L0, 33)
+    moved = ContractRec("V.AAA", Contract(venue="V", symbol="AAA", group="z"), 2, 0.0)
+    moved.moved_from = feed.router.learn("V.AAA", "z")
+    moved.route = feed.router.route("V.AAA")
+    core.apply([moved])
+    out = [(d.group, d.removed) for d in core.emit(2, Level.L0, 33)]
+    assert out == [("a", ("V.AAA",))]  # z's owner shows it, not this aggregator
 
 
 def test_snapshot_mirrors_carry_their_groups_epoch() -> None:
@@ -355,7 +369,10 @@ async def test_only_the_owner_answers_a_snapshot_request(nats_client: NatsClient
                           nats=nats_client) as b:
         await a.send(Restore(epoch=1, owned=frozenset({"a"}), snapshots=(snap("a", 1),)))
         await b.send(Restore(epoch=1, owned=frozenset({"b"}), snapshots=(snap("b", 2),)))
-        await trio.testing.wait_all_tasks_blocked()
+        with trio.fail_after(5):  # both restored (their NATS subscriptions come first)
+            while not ("a" in a.stage.builder.groups  # noqa: ASYNC110 (no event to await)
+                       and "b" in b.stage.builder.groups):
+                await trio.sleep(0.01)
         for group in ["a", "b"] * 10:
             with trio.fail_after(5):
                 reply = await nats_client.request(subject, group.encode(), timeout=2.0)

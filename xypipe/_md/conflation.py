@@ -96,6 +96,8 @@ class Conflator:
         self.epochs: dict[str, int] = {}
         #: The generation of the last restore (stamped on every delta).
         self.generation = 0
+        #: The groups this aggregator owns (``None``: every group).
+        self.owned: frozenset[str] | None = None
         #: What each degradation level changes in the deltas (trim depth, paused priorities).
         self.levels = levels or LevelPolicy()
         self.configured_priorities = dict(priorities or {})
@@ -121,6 +123,7 @@ class Conflator:
         conflator that ran before is reset first: a restore is a fresh start)."""
         self.epoch = r.epoch
         self.generation = r.generation
+        self.owned = r.owned
         self.epochs = dict(r.epochs)
         self.books.clear()
         self.seqs.clear()
@@ -183,7 +186,8 @@ class Conflator:
             gone = self._removed.get(route)
             if gone is not None:
                 gone.discard(key)  # it came back before the removal went out
-            if book.src is not None:
+            if book.src is not None and (self.owned is None or route.group in self.owned):
+                # (Into a group another aggregator owns: that one shows it.)
                 self._dirty.setdefault(route, {})[key] = book
         book.route = route
 
