@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 
 import nats.errors
@@ -363,3 +364,26 @@ async def test_a_closed_client_refuses_publishes(nats_url: str) -> None:
     with pytest.raises(NatsConnectionError, match="the client is closed"):
         nc.publish_nowait("x", b"")
     assert [e.kind async for e in events][-1] == "closed"
+
+
+async def test_a_pong_for_a_cancelled_flush_leaves_the_connection_working(
+    nats_url: str, nats_bridge: str
+) -> None:
+    # What a flush cancelled in flight (a Trio cancellation crossing the bridge, a flush
+    # timeout) leaves behind: a PING on the wire whose waiter is cancelled. Its PONG must not
+    # stop nats-py's read loop (it raised InvalidStateError there and the connection went deaf).
+    async with connect(nats_url, bridge=nats_bridge) as nc:  # type: ignore[arg-type]
+        bridge = nc._bridge
+
+        async def abandoned_ping() -> None:
+            waiter = asyncio.get_running_loop().create_future()
+            waiter.cancel()
+            await bridge.aio._send_ping(waiter)
+
+        await bridge.call("an abandoned ping", abandoned_ping)
+        with trio.fail_after(HANG_GUARD_S):
+            await nc.flush()
+            async with nc.subscribe("after.pong") as sub:
+                await nc.publish("after.pong", b"still here")
+                (msg,) = await sub.receive()
+    assert msg.data == b"still here"

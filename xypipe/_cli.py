@@ -224,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     dev = sub.add_parser("dev", help="developer tools").add_subparsers(
         dest="dev", required=True, metavar="TOOL")
-    p = dev.add_parser("proto", help="regenerate code from proto/ (Python, JS, Go)")
+    p = dev.add_parser("proto", help="regenerate code from proto/ (Python, TypeScript, JS, Go)")
     p.add_argument("--check", action="store_true", help="fail if generated code is stale")
     p.set_defaults(func=_cmd_dev_proto)
 

@@ -218,8 +218,9 @@ SRC_REANCHOR = "XY-SRC-003"
 
 
 class RebuildError(XyError):
-    """A restarted aggregator could not continue its sequence (no snapshot, missing source
-    history, epochs that disagree) and starts a new epoch; clients resynchronise."""
+    """A restarted aggregator could not use part of its stored state (an undecodable stored
+    snapshot or checkpoint is left out; the groups concerned start a new epoch, see
+    ``AGG_GROUP_NEW_EPOCH``)."""
 
     code = "XY-AGG-001"
 
@@ -336,6 +337,18 @@ ROUTED_WITHOUT_CONTRACT = "XY-AGG-012"
 SYMBOL_MOVED = "XY-AGG-013"
 #: Writing a group to the known-groups KV bucket failed; retried with the next delta.
 KNOWN_GROUPS_WRITE_FAILED = "XY-AGG-014"
+# -- aggregators that split the groups (docs/architecture.md "Aggregators that split the
+# groups"): XY-AGG-030..049 --
+#: A delta or snapshot of a group this aggregator may not publish (no lease, or the lease is
+#: lost or released) was dropped (counted; logged at most once a second per group).
+AGG_NOT_OWNER = "XY-AGG-030"
+#: The groups this aggregator owns changed: ingest restores the new set and replays.
+AGG_OWNED_CHANGED = "XY-AGG-031"
+#: A group cannot continue its delta sequence (checkpoints and snapshot disagree, or the
+#: replay it needs is gone): it starts a new epoch, clients resync it by snapshot.
+AGG_GROUP_NEW_EPOCH = "XY-AGG-032"
+#: Storing a released group's last checkpoint (acknowledged publish) failed.
+AGG_CHECKPOINT_STORE_FAILED = "XY-AGG-033"
 #: Subscribe/resume to a well-formed group the aggregator does not publish (``UNKNOWN_GROUP``).
 GW_UNKNOWN_GROUP = "XY-GW-030"
 #: A connection's snapshot look-ups were over its rate limit; the request was refused.

@@ -45,8 +45,8 @@ class DeltaOut:
     """One emitted delta: the wire payload plus what the snapshot and publish stages need."""
 
     __slots__ = (
-        "entries", "epoch", "group", "level", "n_ticks", "payload", "removed", "seq", "shard",
-        "shards", "subject", "t_oldest", "ts_emit_us", "watermark", "window_ms",
+        "entries", "epoch", "generation", "group", "level", "n_ticks", "payload", "removed",
+        "seq", "shard", "shards", "subject", "t_oldest", "ts_emit_us", "watermark", "window_ms",
     )
 
     def __init__(self, route: Route, seq: int, epoch: int, payload: bytes,
@@ -69,6 +69,8 @@ class DeltaOut:
         self.watermark = watermark
         #: Keys that left this (group, shard) at this sequence (moved to another group).
         self.removed = removed
+        #: The :class:`~xypipe._md.records.Restore` generation it was emitted under.
+        self.generation = 0
 
     @property
     def nbytes(self) -> int:
@@ -88,7 +90,14 @@ class Conflator:
         priorities: dict[str, int] | None = None,
         default_priority: int = Priority.PRIORITY_NORMAL,
     ) -> None:
+        #: The epoch of every group :attr:`epochs` names none for (a group first seen).
         self.epoch = epoch
+        #: Group -> its epoch (set by a restore, or at a group's first delta).
+        self.epochs: dict[str, int] = {}
+        #: The generation of the last restore (stamped on every delta).
+        self.generation = 0
+        #: The groups this aggregator owns (``None``: every group).
+        self.owned: frozenset[str] | None = None
         #: What each degradation level changes in the deltas (trim depth, paused priorities).
         self.levels = levels or LevelPolicy()
         self.configured_priorities = dict(priorities or {})
@@ -110,14 +119,23 @@ class Conflator:
     # ------------------------------------------------------------------ inputs
 
     def restore(self, r: Restore) -> None:
-        """Start from a restarted aggregator's last snapshots and delta sequences."""
+        """Start from a restarted aggregator's last snapshots and delta sequences (a
+        conflator that ran before is reset first: a restore is a fresh start)."""
         self.epoch = r.epoch
+        self.generation = r.generation
+        self.owned = r.owned
+        self.epochs = dict(r.epochs)
+        self.books.clear()
+        self.seqs.clear()
+        self._dirty.clear()
+        self._removed.clear()
+        self.moves.clear()
         for snap in r.snapshots:
+            self.epochs.setdefault(snap.group, r.epoch_of(snap.group))
             for s in snap.symbols:
                 book = SymbolBook.from_state(s)
                 self.books[book.key] = book
-        if r.continued:
-            self.seqs.update(r.checkpoints)
+        self.seqs.update({k: seq for k, seq in r.checkpoints.items() if r.continues(k[0])})
         self.watermark = self._applied_watermark = max(r.replay_from - 1, 0)
 
     def priority_of(self, group: str) -> int:
@@ -168,7 +186,8 @@ class Conflator:
             gone = self._removed.get(route)
             if gone is not None:
                 gone.discard(key)  # it came back before the removal went out
-            if book.src is not None:
+            if book.src is not None and (self.owned is None or route.group in self.owned):
+                # (Into a group another aggregator owns: that one shows it.)
                 self._dirty.setdefault(route, {})[key] = book
         book.route = route
 
@@ -250,6 +269,9 @@ class Conflator:
                level: Level, window_ms: int, trim: int | None,
                removed: tuple[str, ...] = ()) -> DeltaOut:
         k = (route.group, route.shard)
+        epoch = self.epochs.get(route.group)
+        if epoch is None:
+            epoch = self.epochs[route.group] = self.epoch  # a group first seen
         seq = self.seqs.get(k, 0) + 1
         self.seqs[k] = seq
         entries: list[Entry] = []
@@ -269,15 +291,17 @@ class Conflator:
                 t_oldest = book.w_t_in
             n_ticks += book.w_ticks
             book.reset_window()
-        header = Delta(group=route.group, shard=route.shard, seq=seq, epoch=self.epoch,
+        header = Delta(group=route.group, shard=route.shard, seq=seq, epoch=epoch,
                        ts_emit_us=ts_emit_us, level=level, window_ms=window_ms,
                        removed=removed)
         payload = header.SerializeToString() + repeated_field(
             DELTA_SYMBOLS_TAG, wire if trim is not None else (e[3] for e in entries)
         )
-        return DeltaOut(route, seq, self.epoch, payload, entries, t_oldest=t_oldest,
-                        n_ticks=n_ticks, ts_emit_us=ts_emit_us, level=level,
-                        window_ms=window_ms, watermark=0, removed=removed)
+        out = DeltaOut(route, seq, epoch, payload, entries, t_oldest=t_oldest,
+                       n_ticks=n_ticks, ts_emit_us=ts_emit_us, level=level,
+                       window_ms=window_ms, watermark=0, removed=removed)
+        out.generation = self.generation
+        return out
 
 
 # --------------------------------------------------------------------------- merging

@@ -98,16 +98,21 @@ class Batch:
 
 @attrs.frozen(slots=True)
 class Restore:
-    """Sent once by ingest before anything else: the state a restarted aggregator starts from.
+    """The state the aggregator (re)starts from: sent by ingest before anything else, and again
+    whenever the groups it owns change (then every stage downstream starts over from it, as
+    after a restart: see ``docs/architecture.md``, "Aggregators that split the groups").
 
-    ``snapshots`` are the last snapshot of each group; ``checkpoints`` the last delta sequence
-    emitted per ``(group, shard)``; ``epoch`` the epoch to continue (or a fresh one).
+    ``snapshots`` are the last snapshot of each restored group; ``checkpoints`` the last delta
+    sequence emitted per ``(group, shard)``. Epochs are per group: ``epochs`` names the epoch
+    of each restored group; every other group (first seen from now on) gets ``epoch``, a fresh
+    one.
     """
 
     epoch: int
     snapshots: tuple[Snapshot, ...] = ()
     checkpoints: dict[tuple[str, int], int] = attrs.field(factory=dict)
-    #: ``True`` when the sequence continues (checkpoints and snapshots agree, replay possible).
+    #: ``True`` when every restored group continues its sequence (its checkpoints and snapshot
+    #: agree, replay possible); see ``continued_groups`` for the per-group answer.
     continued: bool = False
     #: First source stream sequence to replay (0: no replay).
     replay_from: int = 0
@@ -116,6 +121,29 @@ class Restore:
     target_seq: int = 0
     #: Trio time the aggregator started (to report how long the rebuild took).
     started_at: float = 0.0
+    #: Group -> its epoch (restored groups); a group not named gets ``epoch``.
+    epochs: dict[str, int] = attrs.field(factory=dict)
+    #: The groups whose sequence continues from ``checkpoints``; ``None``: every restored group
+    #: if ``continued``, none otherwise.
+    continued_groups: frozenset[str] | None = None
+    #: The groups this aggregator owns (``None``: every group, no ownership). Ticks of other
+    #: groups are dropped before they reach any state.
+    owned: frozenset[str] | None = None
+    #: 1 for the first restore of a run, +1 for each restore after an ownership change: what
+    #: was emitted under an older generation is not published.
+    generation: int = 1
+
+    def epoch_of(self, group: str) -> int:
+        return self.epochs.get(group, self.epoch)
+
+    def continues(self, group: str) -> bool:
+        """Whether ``group``'s delta sequence goes on from its checkpoints."""
+        if self.continued_groups is not None:
+            return group in self.continued_groups
+        return self.continued
+
+    def owns(self, group: str) -> bool:
+        return self.owned is None or group in self.owned
 
 
 @attrs.frozen(slots=True)

@@ -14,7 +14,7 @@ and its next snapshot is current.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 
 import attrs
 
@@ -95,4 +95,61 @@ def plan_restore(snapshots: Iterable[Snapshot],
     return RestorePoint(tuple(out), replay_from, tuple(ignored))
 
 
-__all__ = ["Ignored", "RestorePoint", "plan_restore"]
+@attrs.frozen
+class GroupEpoch:
+    """What a restore decided for one group: the epoch it goes on with and whether its delta
+    sequence continues (else ``reason`` says why not)."""
+
+    group: str
+    epoch: int
+    continued: bool
+    reason: str = ""
+
+
+def group_epochs(snapshots: Iterable[Snapshot],
+                 checkpoint_epochs: Mapping[str, Collection[int]], *,
+                 first_seq: int, fresh: int,
+                 superseded: Collection[str] = (),
+                 rebuilt: Collection[str] = ()) -> dict[str, GroupEpoch]:
+    """Per group: continue its epoch, or start a new one.
+
+    A group continues when its stored snapshot and every one of its delta checkpoints name the
+    same epoch and the source stream still holds what its replay needs (``first_seq``, the
+    stream's first sequence, is at most the snapshot's ``source_stream_seq + 1``; a
+    ``superseded`` group replays nothing). Otherwise it gets a new epoch, greater than any seen
+    for it and at least ``fresh``: clients resync it by snapshot. A group with checkpoints and
+    no snapshot is in the answer too (a new epoch) unless it is ``rebuilt``: its whole state
+    is replayed from where it began (a group this process built since its start and kept),
+    so one epoch among its checkpoints continues. A group with neither is not in the answer
+    (it gets the restore's fresh epoch when first seen).
+    """
+    snaps = {s.group: s for s in snapshots}
+    out: dict[str, GroupEpoch] = {}
+    for group in sorted(snaps.keys() | checkpoint_epochs.keys()):
+        snap = snaps.get(group)
+        seen = set(checkpoint_epochs.get(group, ()))
+        if snap is not None:
+            seen.add(snap.epoch)
+        reason = ""
+        if snap is None and group in rebuilt:
+            if len(seen) == 1:
+                out[group] = GroupEpoch(group, next(iter(seen)), True)
+                continue
+            reason = f"epochs disagree (checkpoints {sorted(seen)})"
+        elif snap is None:
+            reason = "delta checkpoints but no snapshot"
+        elif set(checkpoint_epochs.get(group, ())) != {snap.epoch}:
+            reason = (f"epochs disagree (snapshot {snap.epoch}, checkpoints "
+                      f"{sorted(checkpoint_epochs.get(group, ()))})")
+        elif (first_seq and group not in superseded
+              and snap.source_stream_seq + 1 < first_seq):
+            reason = (f"source stream starts at {first_seq}, replay needs "
+                      f"{snap.source_stream_seq + 1}")
+        if reason or snap is None:
+            out[group] = GroupEpoch(group, max(fresh, max(seen, default=0) + 1), False, reason)
+        else:
+            out[group] = GroupEpoch(group, snap.epoch, True)
+    return out
+
+
+__all__ = ["GroupEpoch", "Ignored", "RestorePoint", "group_epochs", "plan_restore"]

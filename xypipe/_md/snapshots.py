@@ -26,7 +26,8 @@ TOP_BY = ("vol", "oi", "trades", "last", "change")
 class SnapshotOut:
     """One serialised snapshot, ready to publish on ``subject``."""
 
-    __slots__ = ("epoch", "group", "payload", "shard_seq", "subject", "symbols", "version")
+    __slots__ = ("epoch", "generation", "group", "payload", "shard_seq", "subject", "symbols",
+                 "version")
 
     def __init__(self, group: str, subject: str, payload: bytes, version: int, epoch: int,
                  shard_seq: dict[int, int], symbols: int) -> None:
@@ -37,6 +38,8 @@ class SnapshotOut:
         self.epoch = epoch
         self.shard_seq = shard_seq
         self.symbols = symbols
+        #: The :class:`~xypipe._md.records.Restore` generation it was built under.
+        self.generation = 0
 
     @property
     def nbytes(self) -> int:
@@ -47,10 +50,12 @@ class SnapshotOut:
 
 
 class GroupMirror:
-    __slots__ = ("entries", "hold_until", "prev_last", "restored", "shard_seq", "shards",
-                 "version")
+    __slots__ = ("entries", "epoch", "hold_until", "prev_last", "restored", "shard_seq",
+                 "shards", "version")
 
-    def __init__(self) -> None:
+    def __init__(self, epoch: int = 0) -> None:
+        #: The group's epoch (per group: groups continue or restart their sequences apart).
+        self.epoch = epoch
         self.entries: dict[str, Entry] = {}
         #: Entries restored from a stored snapshot and not serialised yet (their bytes are
         #: ``b""`` in ``entries`` until the next build): most are replaced by the replay's
@@ -81,11 +86,16 @@ class SnapshotBuilder:
         self.groups: dict[str, GroupMirror] = {}
         self._group_of: dict[str, str] = {}
         self.watermark = 0
+        self.generation = 0
 
     def restore(self, r: Restore) -> None:
+        """Start over from ``r`` (a builder that ran before forgets every mirror)."""
         self.epoch = r.epoch
+        self.generation = r.generation
+        self.groups.clear()
+        self._group_of.clear()
         for snap in r.snapshots:
-            g = self.groups.setdefault(snap.group, GroupMirror())
+            g = self.groups.setdefault(snap.group, GroupMirror(r.epoch_of(snap.group)))
             g.shards = snap.shards or 1
             entries, restored, prev_last = g.entries, g.restored, g.prev_last
             group_of, group = self._group_of, snap.group
@@ -96,7 +106,7 @@ class SnapshotBuilder:
                 restored[key] = s
                 group_of[key] = group
                 prev_last[key] = last
-            if r.continued:
+            if r.continues(snap.group):
                 g.version = snap.version
                 g.shard_seq = dict(snap.shard_seq)
                 g.hold_until = {shard: seq for (grp, shard), seq in r.checkpoints.items()
@@ -106,8 +116,8 @@ class SnapshotBuilder:
     def apply(self, d: DeltaOut) -> None:
         g = self.groups.get(d.group)
         if g is None:
-            g = self.groups[d.group] = GroupMirror()
-        self.epoch = d.epoch
+            g = self.groups[d.group] = GroupMirror(d.epoch)
+        g.epoch = d.epoch
         g.shards = d.shards
         g.shard_seq[d.shard] = d.seq
         entries = g.entries
@@ -169,7 +179,7 @@ class SnapshotBuilder:
             lambda e: value(e, prev))
         top = heapq.nlargest(self.top_k, entries.values(), key=rank) if self.top_k else []
         header = Snapshot(
-            group=group, version=g.version, epoch=self.epoch, shard_seq=g.shard_seq,
+            group=group, version=g.version, epoch=g.epoch, shard_seq=g.shard_seq,
             shards=g.shards, ts_emit_us=ts_emit_us, top_by=self.top_by,
             top=[TopEntry(venue=e[1], symbol=e[2], value=value(e, prev)) for e in top],
             source_stream_seq=self.watermark, window_ms=window_ms,
@@ -181,8 +191,10 @@ class SnapshotBuilder:
             SNAPSHOT_SYMBOLS_TAG, (entries[k][3] for k in keys)
         )
         g.prev_last = {k: e[6] for k, e in entries.items()}
-        return SnapshotOut(group, f"{self.subject_prefix}.{group}", payload, g.version,
-                           self.epoch, dict(g.shard_seq), len(keys))
+        out = SnapshotOut(group, f"{self.subject_prefix}.{group}", payload, g.version,
+                          g.epoch, dict(g.shard_seq), len(keys))
+        out.generation = self.generation
+        return out
 
     @staticmethod
     def _serialise_restored(g: GroupMirror) -> None:

@@ -17,7 +17,7 @@ from typing import Literal, TypeVar, TypeVarTuple
 
 import nats.errors
 import trio
-from nats.aio.client import Client as _AioClient
+from nats.aio.client import Client as _NatsPyClient
 
 from xypipe._bridge_portal import BridgeKind, Portal
 from xypipe._errors import (
@@ -55,6 +55,21 @@ _CLOSE_REFUSED_S = 0.5
 #: Keyword arguments of nats-py's ``Client.connect`` (strings, numbers, bools, an SSL context):
 #: nats-py's own signature is the schema, checked when it is called.
 ConnectOptions = dict[str, object]
+
+
+class _AioClient(_NatsPyClient):
+    """nats-py's client, with one fix: a PONG answering a flush whose waiter was cancelled (a
+    Trio cancellation crossing the bridge, or a flush timeout) is skipped instead of raising
+    ``InvalidStateError`` in the read loop, which would stop it and leave the connection deaf.
+    The PONG still takes its place in the queue, so later flushes keep their own."""
+
+    async def _process_pong(self) -> None:
+        if self._pongs:
+            future = self._pongs.pop(0)
+            if not future.done():
+                future.set_result(True)
+            self._pongs_received += 1
+            self._pings_outstanding = 0
 
 
 class _Refused(NatsRefused):

@@ -1,8 +1,11 @@
 """``conflate``: one delta per (group, shard) every ``interval_ms`` with the latest state of each
 symbol that changed — nothing for a quiet window.
 
-Input: ``Restore`` then routed ``Batch`` values. Output: ``Restore`` (forwarded once), then one
-``list[DeltaOut]`` per window that had changes.
+Input: ``Restore`` then routed ``Batch`` values. Output: ``Restore`` (forwarded), then one
+``list[DeltaOut]`` per window that had changes. A ``Restore`` in mid-stream (the groups owned
+changed) is a fresh start: the state is dropped and rebuilt from it, epochs and sequences are
+per group (``Restore.epochs``, ``Restore.checkpoints``), and every delta carries the restore's
+generation so what an older one emitted is not published.
 
 Degradation (one :class:`~xypipe._levels.LevelPolicy` built from this config, see
 :mod:`xypipe._md.conflation`): L1 stretches the window ``l1_factor`` times, L2 trims depth beyond
@@ -101,13 +104,17 @@ class Conflate(Stage[Restore | Batch, Restore | list[DeltaOut] | list[Watermark]
                 windows.start_soon(self._ticker)
                 async for item in self.inbox:
                     if isinstance(item, Restore):
+                        # A fresh start, mid-stream too (the groups owned changed): the core
+                        # forgets everything, an earlier catch-up is over.
                         self.core.restore(item)
+                        self._rebuild = None
                         await self.outbox.send(item)
-                        if item.snapshots:
-                            if item.target_seq < item.replay_from:
-                                self._rebuilt(item)  # nothing to replay
-                            else:
-                                self._catch_up(item)
+                        if item.replay_from and item.target_seq >= item.replay_from:
+                            self._catch_up(item)
+                            continue
+                        self._caught_up.set()
+                        if item.replay_from:
+                            self._rebuilt(item)  # nothing to replay
                         continue
                     self.core.apply(item)
                     if self.core.moves:
@@ -138,8 +145,9 @@ class Conflate(Stage[Restore | Batch, Restore | list[DeltaOut] | list[Watermark]
         self._rebuild = r
         hold = self.config.catch_up_ms / 1000
         if hold:
-            self._caught_up = trio.Event()
+            earlier, self._caught_up = self._caught_up, trio.Event()
             self._hold_until = trio.current_time() + hold
+            earlier.set()  # a ticker waiting for an earlier catch-up now waits for this one
             self._wake.set()  # a window already running waits for the catch-up instead
 
     def _rebuilt(self, r: Restore) -> None:
@@ -165,14 +173,17 @@ class Conflate(Stage[Restore | Batch, Restore | list[DeltaOut] | list[Watermark]
         base = cfg.interval_ms / 1000
         start = trio.current_time()
         sent_watermark = 0
+        generation = self.core.generation
         while True:
             level = self.ctx.level
             interval = base * levels.at(level).window_factor
             deadline = start + interval
-            if self._hold_until is not None:
+            while self._hold_until is not None:
+                caught_up = self._caught_up
                 with trio.move_on_at(self._hold_until):
-                    await self._caught_up.wait()
-                self._hold_until = None
+                    await caught_up.wait()
+                if caught_up is self._caught_up:  # else a newer restore's catch-up began
+                    self._hold_until = None
                 deadline = trio.current_time()  # the replay's window closes now
             with trio.move_on_at(deadline):
                 await self._wake.wait()
@@ -188,6 +199,8 @@ class Conflate(Stage[Restore | Batch, Restore | list[DeltaOut] | list[Watermark]
             self._pending.set(self.core.pending())
             # A window that fell behind (a slow downstream) is skipped, never bunched up.
             start = deadline if now - deadline < interval else now
+            if self.core.generation != generation:
+                generation, sent_watermark = self.core.generation, 0  # restored meanwhile
             if deltas:
                 self._deltas.inc(len(deltas))
                 await self.outbox.send(deltas)

@@ -3,8 +3,9 @@ back in order, give up on gaps the window cannot close.
 
 Input/output: :class:`~xypipe._md.records.Batch` (ticks in, ticks in sequence order out;
 contracts pass straight through) and the ``Restore`` record, whose symbol sequences become
-the starting point. The batch watermark is lowered below any tick still held, so a snapshot
-never claims a source message that is waiting here.
+the starting point (a ``Restore`` in mid-stream resets the window: whatever it held is
+dropped, the stream is replayed from the new restore point). The batch watermark is lowered
+below any tick still held, so a snapshot never claims a source message that is waiting here.
 
 Metrics: ``src_duplicates_total``, ``reorder_count_total``, ``src_gap_total`` (gaps given up
 on) and ``src_gap_ticks_total`` (sequences they skipped), ``dedupe_held`` (gauge).
@@ -49,6 +50,17 @@ class Dedupe(Stage[Restore | Batch, Restore | Batch, DedupeConfig]):
                                          "session): the key starts over instead of dropping")
         seen = [0, 0, 0, 0]
         seen_resets = 0
+
+        def count_from(w: ReorderWindow[TickRec]) -> None:
+            nonlocal seen
+            counts = (w.duplicates, w.reordered, w.gaps, w.gap_missing)
+            if counts != tuple(seen):
+                dups.inc(counts[0] - seen[0])
+                reorders.inc(counts[1] - seen[1])
+                gaps.inc(counts[2] - seen[2])
+                gap_ticks.inc(counts[3] - seen[3])
+                seen = list(counts)
+
         watermark_in = 0
         inbox, send = self.inbox, self.outbox.send
         while True:
@@ -62,6 +74,12 @@ class Dedupe(Stage[Restore | Batch, Restore | Batch, DedupeConfig]):
             now = trio.current_time()
             out: list[TickRec | ContractRec] = []
             if isinstance(item, Restore):
+                # A restore is a fresh start (mid-stream too: the groups owned changed and the
+                # stream is replayed from the new restore point); what was held is dropped.
+                count_from(window)
+                window = ReorderWindow(cfg.hold_ms / 1000, cfg.max_held, stamp=_exchange_time)
+                held.set(0)
+                seen, seen_resets = [0, 0, 0, 0], 0
                 states = [s for snap in item.snapshots for s in snap.symbols]
                 window.restore({f"{s.venue}.{s.symbol}": s.seq for s in states},
                                {f"{s.venue}.{s.symbol}": s.ts_exchange_us for s in states})
@@ -78,13 +96,7 @@ class Dedupe(Stage[Restore | Batch, Restore | Batch, DedupeConfig]):
                 if item.watermark > watermark_in:
                     watermark_in = item.watermark
             window.expire(now, out)
-            counts = (window.duplicates, window.reordered, window.gaps, window.gap_missing)
-            if counts != tuple(seen):
-                dups.inc(counts[0] - seen[0])
-                reorders.inc(counts[1] - seen[1])
-                gaps.inc(counts[2] - seen[2])
-                gap_ticks.inc(counts[3] - seen[3])
-                seen = list(counts)
+            count_from(window)
             if window.resets != seen_resets:
                 resets.inc(window.resets - seen_resets)
                 self.ctx.log.warning("source sequences restarted at 1; following the new session",

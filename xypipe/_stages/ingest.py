@@ -20,6 +20,14 @@ state. A symbol re-anchored after a consistent run out of bounds is counted as
 ``reason="reanchor"`` and logged with ``XY-SRC-003``. Every tick is stamped with the
 aggregator's own wall clock (``TickRec.arrival_us``): that, never a publisher's field, is where
 latency is measured from.
+
+With ``ownership = { enabled = true, ... }`` several aggregators split the groups (JetStream KV
+leases, :mod:`xypipe._ownership`): ingest opens the ownership and shares it with the other
+stages (:mod:`xypipe._stages._aggshare`), restores only the groups it owns
+(:mod:`xypipe._md.restore_plan`), skips a tick of a group it does not own before decoding it,
+and, whenever the groups owned change, stops its feed and starts over with a new ``Restore``
+of the new set (a session per owned set). See ``docs/architecture.md``, "The pipeline over the
+leases".
 """
 
 from __future__ import annotations
@@ -39,6 +47,8 @@ from xypipe._contracts import (
     default_decoder,
 )
 from xypipe._errors import (
+    AGG_GROUP_NEW_EPOCH,
+    AGG_OWNED_CHANGED,
     RESTORE_SNAPSHOT_IGNORED,
     SRC_REANCHOR,
     BridgeError,
@@ -49,10 +59,13 @@ from xypipe._errors import (
 )
 from xypipe._md.book import flat_levels
 from xypipe._md.records import Batch, ContractRec, Restore, TickRec
-from xypipe._md.restore_point import plan_restore
+from xypipe._md.restore_plan import Known, plan_owned_restore
+from xypipe._md.restore_point import GroupEpoch
 from xypipe._md.validate import Reason, TickBounds, TickValidator
+from xypipe._ownership import Ownership, OwnershipConfig, open_ownership
 from xypipe._retry import Backoff, retrying
 from xypipe._stage import Stage, StageContext
+from xypipe._stages._aggshare import foreign_counter, share_of
 from xypipe._stages._jsfeed import JsFeed, delivery_of, js_feed, pending_of, stream_seq_of
 from xypipe._stages._md_common import StateStreams, is_token, wall_us
 from xypipe._stages._srcstream import DEFAULT_SUBJECTS, SourceStream
@@ -63,6 +76,10 @@ from xypipe.abc import Deliver, JetStream, Msg, StreamState
 from xypipe.contracts import Contract, Delta, Snapshot, Tick
 
 TICK_PREFIX = "xy.src.tick."
+#: After the groups owned change, further changes within this long join the same restore.
+OWNED_SETTLE_S = 0.05
+#: A graceful stop's handover may take the release timeout plus a lease's lifetime, and this.
+HANDOVER_SLACK_S = 1.0
 CONTRACT_PREFIX = "xy.ref.contract."
 
 
@@ -106,6 +123,10 @@ class IngestConfig:
     state: StateStreams = attrs.field(factory=StateStreams)
     #: Freshness of the source stream for /healthz (see :mod:`xypipe._stages._srcwatch`).
     watch: SourceWatchConfig = attrs.field(factory=SourceWatchConfig)
+    #: Split the groups with the other aggregators on the bus (JetStream KV leases; see
+    #: ``docs/architecture.md``, "Aggregators that split the groups"). Disabled: this
+    #: aggregator publishes every group, unfenced.
+    ownership: OwnershipConfig = attrs.field(factory=OwnershipConfig)
 
     @property
     def source(self) -> SourceStream:
@@ -173,9 +194,26 @@ class SourceMessage(Protocol):
     def seq(self) -> int | None: ...
 
 
+@attrs.define(eq=False)
+class ForeignFilter:
+    """Skips a tick of a group this aggregator does not own before it is decoded: the group of
+    its symbol comes from the routing table shard keeps (a symbol not routed yet is decoded,
+    and shard drops it if it turns out foreign). A contract takes its symbol out of the table
+    until shard routes it again: the group it names may be another."""
+
+    routes: dict[str, str]
+    owned: frozenset[str]
+    #: Group -> stream sequence of the first tick shard routed to it: a group's ticks are
+    #: skipped only once shard has seen one (so that first one is exact: a restore replays a
+    #: group without a snapshot from there).
+    first_tick: dict[str, int] = attrs.field(factory=dict)
+    skipped: int = 0
+
+
 def decode_messages(msgs: Sequence[SourceMessage], now: float, bad: BadSourceCounter,
                     door: TickValidator | None = None, now_us: int = 0,
-                    decoder: ContractDecoder | None = None) -> list[TickRec | ContractRec]:
+                    decoder: ContractDecoder | None = None,
+                    foreign: ForeignFilter | None = None) -> list[TickRec | ContractRec]:
     """Source messages to records; bad ones counted.
 
     ``now`` is the Trio time and ``now_us`` the wall clock (microseconds) at which the batch
@@ -191,9 +229,18 @@ def decode_messages(msgs: Sequence[SourceMessage], now: float, bad: BadSourceCou
     append = recs.append
     tlen, clen = len(TICK_PREFIX), len(CONTRACT_PREFIX)
     check = door.check if door is not None and door.enabled else None
+    routes = foreign.routes if foreign is not None else None
+    owned = foreign.owned if foreign is not None else frozenset()
+    first_tick = foreign.first_tick if foreign is not None else frozenset()
+    skipped = 0
     for m in msgs:
         subject = m.subject
         if subject.startswith(TICK_PREFIX):
+            if routes is not None:
+                group = routes.get(subject[tlen:])
+                if group is not None and group not in owned and group in first_tick:
+                    skipped += 1
+                    continue
             if m.seq:
                 sseq, stored_us = m.seq, now_us
             elif m.reply:
@@ -249,10 +296,14 @@ def decode_messages(msgs: Sequence[SourceMessage], now: float, bad: BadSourceCou
                 bad("bad_group", subject,
                     f"expected a group made of letters, digits, '_' or '-', got {c.group!r}")
                 continue
+            if routes is not None:
+                routes.pop(key, None)
             append(ContractRec(key, c, sseq, now))
         else:
             bad("unknown_subject", subject,
                 f"expected a subject under {TICK_PREFIX}* or {CONTRACT_PREFIX}*")
+    if foreign is not None:
+        foreign.skipped += skipped
     return recs
 
 
@@ -267,23 +318,122 @@ class Ingest(Stage[Never, Restore | Batch, IngestConfig]):
         nc = self.ctx.require_nats()
         self._nc = nc
         cfg = self.config
-        t0 = trio.current_time()
-        js = nc.jetstream()
         metrics = self.ctx.metrics
         self._rate = metrics.rate("src_ingest_rate", "Source ticks ingested per second",
                                   "src_ingest")
         self._contracts = metrics.counter("src_contracts", "Reference contracts ingested")
         self._bad = BadSourceCounter(self.ctx, cfg.log_bad_per_s)
         self._decoder = decoder_for(metrics.registry)
-        recreated = metrics.counter(
+        self._recreated = metrics.counter(
             "js_consumer_recreated", "JetStream consumers re-created after they went missing",
             ["stream", "reason"])
-        retries = metrics.counter(
+        self._retries = metrics.counter(
             "js_retries", "JetStream calls that failed transiently and were retried", ["op"])
-        backoff = Backoff(cfg.retry_initial_ms / 1000, cfg.retry_max_ms / 1000)
+        self._restores = metrics.counter(
+            "agg_restores", "Restores sent down the pipeline, by cause (start: the stage "
+            "started; owned: the groups this aggregator owns changed)", ["cause"])
+        self._owned_gauge = metrics.gauge(
+            "agg_groups_owned", "Groups the pipeline's last restore covers (with ownership)")
+        self._group_epochs = metrics.counter(
+            "agg_group_restores", "Groups restored, by whether their delta sequence continued "
+            "(false: a new epoch, clients resync by snapshot)", ["continued"])
+        self._backoff = Backoff(cfg.retry_initial_ms / 1000, cfg.retry_max_ms / 1000)
+        self._share = share_of(self.ctx)
+        self._foreign_count = foreign_counter(self.ctx)
+        self._foreign: ForeignFilter | None = None
+        self._generation = 0
+        t0 = trio.current_time()
+        if not cfg.ownership.enabled:
+            await self._session(t0, None)
+            return
+        await self._with_ownership(t0)
+
+    async def _with_ownership(self, t0: float) -> None:
+        """Sessions under the ownership. A graceful stop (the runner ends its sources by
+        cancelling them) ends the sessions and then leaves the ownership normally, so every
+        group is handed over at once (release handshake, lease deleted) instead of expiring
+        after ``ttl_ms``; bounded. A failure leaves the leases to expire, like a crash."""
+        cfg = self.config.ownership
+        member = cfg.member or self.ctx.worker.member
+        sessions = trio.CancelScope()
+        leaving = trio.CancelScope(shield=True)
+
+        async def on_stop(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                          ) -> None:
+            task_status.started()
+            try:
+                await trio.sleep_forever()
+            finally:
+                sessions.cancel()
+                leaving.deadline = (trio.current_time() + cfg.release_timeout_ms / 1000
+                                    + cfg.ttl + HANDOVER_SLACK_S)
+
+        async with trio.open_nursery() as stop_watch:
+            await stop_watch.start(on_stop)
+            with leaving:
+                async with open_ownership(self._nc, cfg, member=member, log=self.ctx.log,
+                                          metrics=self.ctx.metrics) as own:
+                    own.on_release = self._store_checkpoint
+                    # Kept after the block: publish, still draining, then may publish nothing.
+                    self._share.ownership = own
+                    with sessions:
+                        await self._owned_sessions(own, t0)
+            stop_watch.cancel_scope.cancel()
+
+    async def _store_checkpoint(self, group: str) -> None:
+        """The release handshake: publish (the stage that published the group) stores its last
+        checkpoint before the lease is deleted."""
+        store = self._share.store_checkpoint
+        if store is not None:
+            await store(group)
+
+    async def _owned_sessions(self, own: Ownership, t0: float) -> None:
+        """One session (restore, contracts, feed) per owned set: a change of the groups owned
+        cancels the feed and starts the next session from a restore of the new set."""
+        own.offer(self._share.offered)
+        owned = own.owned
+        settle = OWNED_SETTLE_S
+        while True:
+            changed: frozenset[str] | None = None
+            async with trio.open_nursery() as session:
+
+                async def until_change(owned: frozenset[str] = owned) -> None:
+                    nonlocal changed
+                    seen = await own.wait_change(owned)
+                    # Claims come in bursts (a start, a member gone): one restore for a burst.
+                    with trio.move_on_after(settle):
+                        while True:
+                            seen = await own.wait_change(seen)
+                    changed = seen
+                    session.cancel_scope.cancel()
+
+                session.start_soon(until_change)
+                await self._session(t0, owned)
+                session.cancel_scope.cancel()
+            if changed is None:
+                return  # the feed ended (shutdown)
+            self.ctx.log.info("groups owned changed: restoring the new set",
+                              code=AGG_OWNED_CHANGED, acquired=sorted(changed - owned),
+                              lost=sorted(owned - changed), owned=len(changed))
+            owned, t0 = changed, trio.current_time()
+
+    async def _session(self, t0: float, owned: frozenset[str] | None) -> None:
+        """Restore (``owned``: of those groups only; ``None``: every group), then the
+        contracts, then the feed until it ends or the session is cancelled."""
+        nc, cfg, share = self._nc, self.config, self._share
+        js = nc.jetstream()
+        recreated, retries, backoff = self._recreated, self._retries, self._backoff
 
         def retried(op: str) -> Callable[[BridgeError], None]:
             return lambda exc: retries.labels(op).inc()
+
+        kept = (self._foreign.owned if self._foreign is not None else frozenset()) & (
+            owned or frozenset())
+        self._generation += 1
+        # From now on publish drops what the previous restore's state emits (it is rebuilt
+        # from this one), so the sequences it published are final: the restore continues
+        # after them for the groups kept.
+        share.generation = self._generation
 
         async def prepare() -> tuple[StreamState, Restore | None]:
             # Everything the restore point needs, retried as a whole while JetStream is
@@ -292,7 +442,8 @@ class Ingest(Stage[Never, Restore | Batch, IngestConfig]):
             # _srcstream); the state streams do not depend on it: both at once.
             src, _ = await both(lambda: cfg.source.ensure(js, owner=True, log=self.ctx.log),
                                 lambda: cfg.state.ensure(js))
-            restore = await self._restore(js, src) if cfg.start == "resume" else None
+            restore = (await self._restore(js, src, owned, kept) if cfg.start == "resume"
+                       else None)
             return src, restore
 
         src, restore = await retrying(
@@ -301,7 +452,16 @@ class Ingest(Stage[Never, Restore | Batch, IngestConfig]):
         deliver = self._deliver(cfg, src, restore)
         if restore is None:
             restore = Restore(epoch=wall_us())
-        restore = attrs.evolve(restore, target_seq=src.last_seq, started_at=t0)
+        restore = attrs.evolve(restore, target_seq=src.last_seq, started_at=t0, owned=owned,
+                               generation=self._generation)
+        self._foreign = None if owned is None else ForeignFilter(share.routes, owned,
+                                                                      share.first_tick)
+        self._restores.labels("start" if self._generation == 1 else "owned").inc()
+        if owned is not None:
+            self._owned_gauge.set(len(owned))
+            if share.ownership is not None:
+                for group in owned:
+                    share.ownership.set_epoch(group, restore.epoch_of(group))
         # Sent before the contracts are read and the feed's consumer exists: the stages
         # downstream rebuild their state from it while those round trips are under way.
         await self.outbox.send(restore)
@@ -337,7 +497,7 @@ class Ingest(Stage[Never, Restore | Batch, IngestConfig]):
                 async with feed_cm as feed:
                     ref_msgs = await refs.get()
                     recs = decode_messages(ref_msgs, trio.current_time(), self._bad,
-                                           decoder=self._decoder)
+                                           decoder=self._decoder, foreign=self._foreign)
                     if recs:
                         self._contracts.inc(len(recs))
                         await self.outbox.send(Batch(recs, 0))
@@ -345,7 +505,9 @@ class Ingest(Stage[Never, Restore | Batch, IngestConfig]):
                                       deliver=str(deliver), epoch=restore.epoch,
                                       continued=restore.continued,
                                       snapshots=len(restore.snapshots),
-                                      contracts=len(ref_msgs))
+                                      contracts=len(ref_msgs),
+                                      owned=None if owned is None else len(owned),
+                                      generation=self._generation)
                     self.ctx.set_ready()
                     await self._consume(feed)
 
@@ -367,7 +529,11 @@ class Ingest(Stage[Never, Restore | Batch, IngestConfig]):
         decoder = self._decoder
         async for msgs in feed:
             now = trio.current_time()
-            recs = decode_messages(msgs, now, bad, door, wall_us(), decoder)
+            foreign = self._foreign
+            recs = decode_messages(msgs, now, bad, door, wall_us(), decoder, foreign)
+            if foreign is not None and foreign.skipped:
+                self._foreign_count.labels("ingest").inc(foreign.skipped)
+                foreign.skipped = 0
             ticks = sum(1 for r in recs if type(r) is TickRec)
             rate.add(ticks)
             if ticks < len(recs):
@@ -417,61 +583,67 @@ class Ingest(Stage[Never, Restore | Batch, IngestConfig]):
                               f"{len(out)} of {expected} read, then nothing")
         return out
 
-    async def _restore(self, js: JetStream, src: StreamState) -> Restore | None:
+    async def _restore(self, js: JetStream, src: StreamState, owned: frozenset[str] | None,
+                       kept: frozenset[str] = frozenset()) -> Restore | None:
+        """The restore point of ``owned`` (``None``: every group): their stored snapshots and
+        delta checkpoints, an epoch per group, the replay from their oldest snapshot. For the
+        groups ``kept`` from the previous restore, what publish has let out counts as a
+        checkpoint too (the stored one may not have caught up)."""
         cfg: IngestConfig = self.config
         state = cfg.state
         log = self.ctx.log
+        snap_prefix, ckpt_prefix = state.snapshot_prefix + ".", state.checkpoint_prefix + "."
+
+        def ours(subject: str, prefix: str) -> bool:
+            return owned is None or subject[len(prefix):].split(".", 1)[0] in owned
+
         # The stored snapshots and delta checkpoints at once (two independent reads).
         stored_snaps, stored_ckpts = await both(
-            lambda: self._last_per_subject(js, state.snapshot_stream,
-                                           f"{state.snapshot_prefix}.>"),
-            lambda: self._last_per_subject(js, state.checkpoint_stream,
-                                           f"{state.checkpoint_prefix}.>"))
+            lambda: self._last_per_subject(js, state.snapshot_stream, f"{snap_prefix}>"),
+            lambda: self._last_per_subject(js, state.checkpoint_stream, f"{ckpt_prefix}>"))
         snapshots: list[Snapshot] = []
         for m in stored_snaps:
+            if not ours(m.subject, snap_prefix):
+                continue  # another aggregator's group: not even decoded
             try:
                 snapshots.append(self._decoder.decode(Snapshot, m.data, where=m.subject))
             except ContractError as exc:
                 log.warning("ignoring an undecodable stored snapshot", code=RebuildError.code,
                             subject=m.subject, error=str(exc))
-        checkpoints: dict[tuple[str, int], int] = {}
-        epochs: set[int] = set()
+        checkpoints: list[Delta] = []
         for m in stored_ckpts:
+            if not ours(m.subject, ckpt_prefix):
+                continue
             try:
-                d = self._decoder.decode(Delta, m.data, where=m.subject)
+                checkpoints.append(self._decoder.decode(Delta, m.data, where=m.subject))
             except ContractError as exc:
                 log.warning("ignoring an undecodable delta checkpoint", code=RebuildError.code,
                             subject=m.subject, error=str(exc))
-                continue
-            checkpoints[(d.group, d.shard)] = d.seq
-            epochs.add(d.epoch)
-        if not snapshots:
-            if checkpoints:
-                log.warning("delta checkpoints but no snapshot: starting a new epoch",
-                            code=RebuildError.code)
-            return None
-        point = plan_restore(snapshots, checkpoints)
-        for gone in point.ignored:
+        share = self._share
+        known = Known(kept, share.published, share.first_tick, share.routed_through)
+        plan = plan_owned_restore(snapshots, checkpoints, owned=owned, known=known,
+                                  first_seq=src.first_seq if src.messages else 0,
+                                  fresh=wall_us())
+        for gone in plan.ignored:
             log.info("stored snapshot left out of the restore point", code=RESTORE_SNAPSHOT_IGNORED,
                      group=gone.group, source_stream_seq=gone.source_stream_seq,
-                     reason=gone.reason, replay_from=point.replay_from)
-        snapshots, replay_from = list(point.snapshots), point.replay_from
-        snap_epochs = {s.epoch for s in snapshots}
-        reasons = []
-        if len(epochs) != 1 or snap_epochs != epochs:
-            reasons.append(f"epochs disagree (snapshots {sorted(snap_epochs)}, "
-                           f"checkpoints {sorted(epochs)})")
-        if src.messages and src.first_seq > replay_from:
-            reasons.append(f"source stream starts at {src.first_seq}, replay needs "
-                           f"{replay_from}")
-            replay_from = src.first_seq
-        continued = not reasons
-        epoch = next(iter(epochs)) if continued else wall_us()
-        if not continued:
-            log.warning("cannot continue the delta sequence: new epoch",
-                        code=RebuildError.code, reasons=reasons, epoch=epoch)
-        return Restore(epoch=epoch, snapshots=tuple(snapshots), checkpoints=checkpoints,
-                       continued=continued, replay_from=replay_from)
+                     reason=gone.reason,
+                     replay_from=plan.restore.replay_from if plan.restore else 0)
+        self._decided(plan.decided)
+        return plan.restore
+
+    def _decided(self, decided: dict[str, GroupEpoch]) -> None:
+        """Count and log what a restore decided per group."""
+        continued = 0
+        for e in decided.values():
+            if e.continued:
+                continued += 1
+                continue
+            self.ctx.log.warning("cannot continue a group's delta sequence: new epoch",
+                                 code=AGG_GROUP_NEW_EPOCH, group=e.group, reason=e.reason,
+                                 epoch=e.epoch)
+        self._group_epochs.labels("true").inc(continued)
+        self._group_epochs.labels("false").inc(len(decided) - continued)
 
 
-__all__ = ["Ingest", "IngestConfig", "decode_messages"]
+__all__ = ["ForeignFilter", "Ingest", "IngestConfig", "decode_messages"]

@@ -12,6 +12,13 @@ Every group it publishes is listed, before its first delta, in the known-groups 
 (``groups_bucket``, key = group): gateways answer a subscription to any other group with
 ``UNKNOWN_GROUP``.
 
+With group ownership (see :mod:`xypipe._stages._pubgate`) a delta or snapshot of a group this
+aggregator may not publish is dropped and counted, and every one published carries its lease's
+fence (``Delta.fence`` / ``Snapshot.fence``, checkpoints too); what an older restore generation
+emitted is dropped. The last sequence published per stream is shared with ingest (a restore
+after an ownership change continues after it), and a released group's last checkpoint is stored
+with an acknowledged publish before its lease goes (:meth:`Publish._store_checkpoint`).
+
 Metrics: ``ticks_out_total`` (deltas published), ``snapshots_out_total``,
 ``aggregator_latency_seconds`` (oldest tick of a delta: ingest to publish).
 """
@@ -25,6 +32,7 @@ import attrs
 import trio
 
 from xypipe._errors import (
+    AGG_CHECKPOINT_STORE_FAILED,
     KNOWN_GROUPS_WRITE_FAILED,
     PUBLISH_DROPPED,
     STG_UNEXPECTED_ITEM,
@@ -36,7 +44,9 @@ from xypipe._md.records import Watermark
 from xypipe._md.snapshots import SnapshotOut
 from xypipe._retry import retrying
 from xypipe._stage import Stage, StageContext
+from xypipe._stages._aggshare import share_of
 from xypipe._stages._md_common import StateStreams, wall_us
+from xypipe._stages._pubgate import DELTA_FENCE_TAG, SNAPSHOT_FENCE_TAG, PublishGate, fenced
 from xypipe.abc import JetStream, KeyValue
 from xypipe.contracts import Delta
 
@@ -100,36 +110,50 @@ class Publish(Stage[list[DeltaOut] | list[SnapshotOut] | list[Watermark], Never,
             await retrying(f"open the known-groups bucket {cfg.groups_bucket!r}", known.open,
                            log=self.ctx.log, on_failure=lambda exc: retries.labels("kv").inc(),
                            gave_up=lambda: nc.closed)
+        share = share_of(self.ctx)
+        gate = PublishGate(self.ctx, share)
+        published = share.published
+        share.store_checkpoint = lambda group: self._store_checkpoint(js, group)
         self.ctx.set_ready()
         try:
             async for item in self.inbox:
                 now = trio.current_time()
-                if known is not None:
-                    for x in item:
-                        group = getattr(x, "group", None)
-                        if group is not None and group not in known.written:
-                            await known.write(group, now)
                 for x in item:
                     if type(x) is DeltaOut:
+                        fence = gate.admit("delta", x.group, x.generation)
+                        if fence is None:
+                            continue
+                        if known is not None and x.group not in known.written:
+                            await known.write(x.group, now)
+                        # Recorded before it goes out: a restore after an ownership change
+                        # continues after it (a delta cancelled here would be a hole clients
+                        # resync over, never a sequence number used twice).
+                        published[(x.group, x.shard)] = (x.epoch, x.seq)
                         if checkpoint:
                             await publish(
                                 state.checkpoint_subject(x.group, x.shard),
                                 Delta(group=x.group, shard=x.shard, seq=x.seq, epoch=x.epoch,
-                                      ts_emit_us=x.ts_emit_us).SerializeToString(),
+                                      ts_emit_us=x.ts_emit_us, fence=fence).SerializeToString(),
                             )
+                        payload = fenced(DELTA_FENCE_TAG, fence, x.payload)
                         # No checkpoint between the two: a cancellation cannot separate a
                         # delta from its checkpoint (a stored sequence never published would
                         # be a hole after a restart).
                         try:
-                            nc.publish_nowait(x.subject, x.payload)
+                            nc.publish_nowait(x.subject, payload)
                         except NatsBackpressure:
                             with trio.CancelScope(shield=True):
-                                await publish(x.subject, x.payload)
+                                await publish(x.subject, payload)
                         ticks_out.inc()
                         symbols_out.inc(len(x.entries))
                         latency.observe(max(now - x.t_oldest, 0.0))
                     elif type(x) is SnapshotOut:
-                        await publish(x.subject, x.payload)
+                        fence = gate.admit("snapshot", x.group, x.generation)
+                        if fence is None:
+                            continue
+                        if known is not None and x.group not in known.written:
+                            await known.write(x.group, now)
+                        await publish(x.subject, fenced(SNAPSHOT_FENCE_TAG, fence, x.payload))
                         snaps_out.inc()
                     elif type(x) is Watermark:
                         pass  # for a snapshot stage; nothing to publish without one
@@ -143,6 +167,29 @@ class Publish(Stage[list[DeltaOut] | list[SnapshotOut] | list[Watermark], Never,
                     except BridgeError as exc:
                         self.ctx.log.warning("final flush failed", code=exc.code,
                                              error=str(exc))
+
+    async def _store_checkpoint(self, js: JetStream, group: str) -> None:
+        """Make sure the last checkpoint of every shard of ``group`` this process published is
+        stored: each is published again, acknowledged (a stream stores one connection's
+        messages in order, so the acknowledgement also covers every earlier one). What a
+        released lease waits for before it is deleted: the next owner restores from it."""
+        state = self.config.state
+        share = share_of(self.ctx)
+        if not self.config.checkpoint:
+            return
+        for (g, shard), (epoch, seq) in sorted(share.published.items()):
+            if g != group:
+                continue
+            lease = share.ownership.lease(g) if share.ownership is not None else None
+            try:
+                await js.publish(state.checkpoint_subject(g, shard), Delta(
+                    group=g, shard=shard, seq=seq, epoch=epoch, ts_emit_us=wall_us(),
+                    fence=lease.fence if lease is not None else 0).SerializeToString())
+            except BridgeError as exc:
+                self.ctx.log.warning("could not store a released group's last checkpoint",
+                                     code=AGG_CHECKPOINT_STORE_FAILED, group=g, shard=shard,
+                                     seq=seq, error=str(exc))
+                raise
 
     def _unexpected(self, x: object) -> None:
         self.ctx.log.warning("publish got something that is neither a delta nor a snapshot",

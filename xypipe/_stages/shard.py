@@ -7,7 +7,13 @@ instance and every restart agrees. The delta subject becomes ``{prefix}.{group}`
 one-shard group and ``{prefix}.{group}.{shard}`` otherwise.
 
 Input/output: ``Batch`` values (records get their ``route``) and the ``Restore`` record (whose
-snapshots say where each symbol was, so routing survives a restart before contracts are read).
+snapshots say where each symbol was, so routing survives a restart before contracts are read;
+a ``Restore`` in mid-stream starts the routes over).
+
+With group ownership (``ownership`` on ``ingest``) every group shard routes to is offered to
+the ownership, the routes are shared with ingest (which skips a tick of a group this aggregator
+does not own before decoding it), and a tick routed to such a group here is dropped and counted
+(``agg_foreign_ticks_total{where="shard"}``).
 
 A tick whose symbol no contract has named a group for yet is routed at once by the rules /
 default group, not held (ingest loads every stored contract before the first tick, and a
@@ -28,6 +34,7 @@ from xypipe._errors import ROUTED_WITHOUT_CONTRACT
 from xypipe._md.conflation import delta_subject
 from xypipe._md.records import Batch, ContractRec, Restore, Route, TickRec
 from xypipe._stage import Stage
+from xypipe._stages._aggshare import foreign_counter, share_of
 from xypipe._validate import Invalid, group_problem, in_range, non_empty, subject_pattern
 
 
@@ -71,16 +78,34 @@ class ShardConfig:
 
 
 class Router:
-    """The sans-I/O core: symbol -> Route, learning groups from contracts."""
+    """The sans-I/O core: symbol -> Route, learning groups from contracts.
 
-    def __init__(self, cfg: ShardConfig) -> None:
+    ``table`` (symbol key -> group) is kept up to date with every route and every group a
+    contract names (ingest reads it to skip foreign ticks before decoding them); groups never
+    routed to before are collected in :attr:`new_groups` (the stage offers them to the
+    ownership)."""
+
+    def __init__(self, cfg: ShardConfig, table: dict[str, str] | None = None) -> None:
         self.cfg = cfg
         self._routes: dict[str, Route] = {}
         self._shared: dict[tuple[str, int], Route] = {}
         self._group_of: dict[str, str] = {}
+        self.table: dict[str, str] = table if table is not None else {}
+        self._groups: set[str] = set()
+        #: Groups seen for the first time (drained by the stage).
+        self.new_groups: list[str] = []
         #: Keys routed by the rules / default group because no contract named their group yet
         #: (drained by the stage, which counts and logs them).
         self.without_contract: list[str] = []
+
+    def groups_of_config(self) -> list[str]:
+        """The groups the config names (rules and the default group)."""
+        return sorted({r.group for r in self.cfg.rules} | {self.cfg.default_group})
+
+    def _seen(self, group: str) -> None:
+        if group not in self._groups:
+            self._groups.add(group)
+            self.new_groups.append(group)
 
     def shards_of(self, group: str) -> int:
         return self.cfg.group_shards.get(group, self.cfg.shards)
@@ -97,12 +122,14 @@ class Router:
     def learn(self, key: str, group: str) -> Route | None:
         """``key`` belongs to ``group`` from now on; returns the route it leaves (``None``
         when it was never routed or stays in the same group)."""
+        self.table[key] = group
         if self._group_of.get(key) == group:
             return None
         old = self._routes.get(key)
         if old is None and key in self._group_of:
             old = self.route(key)  # known from a restored snapshot, not routed yet
         self._group_of[key] = group
+        self._seen(group)
         self._routes.pop(key, None)
         return old if old is not None and old.group != group else None
 
@@ -120,7 +147,9 @@ class Router:
         if r is None:
             r = self._shared[(group, shard)] = Route(
                 group, shard, shards, delta_subject(self.cfg.prefix, group, shard, shards))
+            self._seen(group)
         self._routes[key] = r
+        self.table[key] = group
         return r
 
 
@@ -128,33 +157,68 @@ class Shard(Stage[Restore | Batch, Restore | Batch, ShardConfig]):
     """Map each symbol to its group and shard; set the delta subject."""
 
     async def run(self) -> None:
-        router = Router(self.config)
+        share = share_of(self.ctx)
+        router = Router(self.config, share.routes)
+        share.offer(router.groups_of_config())
         self._no_contract = self.ctx.metrics.counter(
             "symbols_routed_without_contract",
             "Symbols whose first tick was routed by the rules / default group because no "
             "reference contract named their group yet")
+        self._foreign = foreign_counter(self.ctx)
         use_contracts = self.config.use_contracts
-        routes = router._routes
-        route_of = router.route
         send = self.outbox.send
+        owned: frozenset[str] | None = None
         async for item in self.inbox:
             if isinstance(item, Restore):
+                # A fresh start (mid-stream too): the routes are learnt again from the
+                # restore's snapshots and the contracts ingest reads after it.
+                router = Router(self.config, share.routes)
+                share.routes.clear()
+                router.new_groups.clear()
+                owned = item.owned
+                share.routed_through = (item.replay_from - 1 if item.replay_from
+                                        else item.target_seq)
                 for snap in item.snapshots:
                     for s in snap.symbols:
                         router.learn(f"{s.venue}.{s.symbol}", snap.group)
                 await send(item)
                 continue
+            routes = router._routes
+            route_of = router.route
+            first_tick = share.first_tick
             for rec in item.recs:
                 if type(rec) is TickRec:
                     r = routes.get(rec.key)
-                    rec.route = r if r is not None else route_of(rec.key)
+                    rec.route = r = r if r is not None else route_of(rec.key)
+                    if owned is not None and r.group not in first_tick and rec.sseq:
+                        first_tick[r.group] = rec.sseq  # (stream order: the first one)
                 elif type(rec) is ContractRec:
                     if use_contracts and rec.contract.group:
                         rec.moved_from = router.learn(rec.key, rec.contract.group)
                     rec.route = route_of(rec.key)
             if router.without_contract:
                 self._without_contract(router, use_contracts)
-            await send(item if isinstance(item, Batch) else Batch(list(item), 0))
+            if router.new_groups:
+                share.offer(router.new_groups)
+                router.new_groups = []
+            batch = item if isinstance(item, Batch) else Batch(list(item), 0)
+            if batch.watermark > share.routed_through:
+                share.routed_through = batch.watermark
+            if owned is not None:
+                batch = self._owned_only(batch, owned)
+            await send(batch)
+
+    def _owned_only(self, batch: Batch, owned: frozenset[str]) -> Batch:
+        """Ticks of groups this aggregator does not own go no further (ingest skips most
+        before decoding them; these were routed here first). Contracts all pass: they move
+        symbols out of owned groups too."""
+        recs = batch.recs
+        kept = [r for r in recs
+                if type(r) is not TickRec or (r.route is not None and r.route.group in owned)]
+        if len(kept) != len(recs):
+            self._foreign.labels("shard").inc(len(recs) - len(kept))
+            batch.recs = kept
+        return batch
 
     def _without_contract(self, router: Router, use_contracts: bool) -> None:
         keys, router.without_contract = router.without_contract, []

@@ -6,7 +6,10 @@ then ``list[SnapshotOut]`` — so on the wire a snapshot always follows the delt
 The snapshot is built from the deltas themselves (see :mod:`xypipe._md.snapshots`), so it is
 consistent with its ``shard_seq`` by construction. With ``request_subject`` set, a NATS request
 whose payload is a group name gets that group's snapshot at once (published as well, so the
-stream holds the newest).
+stream holds the newest); with group ownership only the owner answers.
+
+A ``Restore`` in mid-stream (the groups owned changed) rebuilds every mirror from it; deltas
+emitted before it (an older generation) are dropped here, never applied to the new mirrors.
 """
 
 from __future__ import annotations
@@ -61,6 +64,8 @@ class SnapshotStage(Stage[Restore | list[DeltaOut] | list[Watermark],
                                  ["trigger"])
         self._size = m.gauge("snapshot_bytes", "Size of the last snapshot", ["group"])
         self._window_ms = 0
+        #: The groups this aggregator owns (``None``: all), from the last restore.
+        self._owned: frozenset[str] | None = None
         async with trio.open_nursery() as nursery:
             if cfg.request_subject and self.ctx.nats is not None:
                 await nursery.start(self._serve_requests, self.ctx.nats, cfg.request_subject)
@@ -84,8 +89,10 @@ class SnapshotStage(Stage[Restore | list[DeltaOut] | list[Watermark],
                 except trio.EndOfChannel:
                     return
             if isinstance(item, Restore):
+                # A fresh start, mid-stream too: every mirror is rebuilt from it.
                 builder.restore(item)
                 snapped = builder.watermark
+                self._owned = item.owned
                 continue
             # A list is all watermarks or all deltas (conflate sends them apart).
             if item and type(item[0]) is Watermark:
@@ -93,6 +100,8 @@ class SnapshotStage(Stage[Restore | list[DeltaOut] | list[Watermark],
                     builder.advance(w.seq)
             elif item is not None:
                 deltas = cast(list[DeltaOut], item)
+                if 0 < deltas[0].generation < builder.generation:
+                    continue  # emitted before the last restore: rebuilt and emitted again
                 for d in deltas:
                     builder.apply(d)
                     self._window_ms = d.window_ms
@@ -130,6 +139,8 @@ class SnapshotStage(Stage[Restore | list[DeltaOut] | list[Watermark],
 
     async def _answer(self, nc: NatsClient, msg: Msg) -> None:
         group = msg.data.decode("utf-8", "replace").strip()
+        if self._owned is not None and group not in self._owned:
+            return  # another aggregator owns it and answers
         snap = self.builder.build(group, wall_us(), self._window_ms)
         if snap is None:
             self.ctx.log.warning("snapshot requested for an unknown or not yet consistent group",
