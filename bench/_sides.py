@@ -21,6 +21,9 @@ import attrs
 TICK = os.sysconf("SC_CLK_TCK")
 #: A side at or above this share of one core is called saturated.
 SATURATED = 0.9
+#: Other work on the machine above this share of a core makes a window's figures unfit to
+#: compare (they measure the competition, not the sides).
+DISTURBED = 0.25
 
 
 def free_ports(count: int) -> int:
@@ -170,8 +173,12 @@ def window(a: Reading, b: Reading) -> dict[str, object]:
             cpu[name] = round((c1 - c0) / span, 4)
     busy = b.machine[0] - a.machine[0]
     total = max(b.machine[1] - a.machine[1], 1)
+    cores = os.cpu_count() or 1
+    # What the machine did besides the sides measured (in cores): other work on a shared
+    # machine, which takes the cores the sides would have had.
+    others = max(0.0, busy / total * cores - sum(cpu.values()))
     return {"seconds": round(span, 3), "cpu": cpu, "machine_busy": round(busy / total, 4),
-            "cores": os.cpu_count() or 1}
+            "cores": cores, "others": round(others, 3)}
 
 
 def bottleneck(win: Mapping[str, object], *, clients: str = "loadgen") -> dict[str, object]:
@@ -186,7 +193,11 @@ def bottleneck(win: Mapping[str, object], *, clients: str = "loadgen") -> dict[s
     parts = [f"{n} at {cpu[n]:.0%} of a core" for n in hot]
     if machine:
         parts.append(f"the machine's {win.get('cores')} cores {busy:.0%} busy")
-    return {"saturated": hot, "machine_saturated": machine,
+    others = float(win.get("others", 0.0))  # type: ignore[arg-type]
+    disturbed = others >= DISTURBED
+    if disturbed:
+        parts.append(f"other processes took {others:.0%} of a core")
+    return {"saturated": hot, "machine_saturated": machine, "disturbed": disturbed,
             "clients_bottleneck": any(n.startswith(clients) for n in hot),
             "text": "; ".join(parts) if parts else "no side saturated"}
 

@@ -126,7 +126,13 @@ def agg_verdict(curve: list[dict[str, Any]]) -> dict[str, Any]:
     limit = by[2]["at_failed"] or by[2]["at_sustained"]
     where = limit["bottleneck"]["text"] if limit else "unknown"
     machine = bool(limit and limit["bottleneck"]["machine_saturated"])
-    if ratio >= GOAL:
+    disturbed = [s for c in curve for s in c["steps"] if s["bottleneck"].get("disturbed")]
+    if disturbed:
+        worst = max(s["window"].get("others", 0.0) for s in disturbed)
+        text = (f"{ratio:.2f}x, not a measurement: other processes used the machine in "
+                f"{len(disturbed)} of the steps (up to {worst:.0%} of a core); re-run on an idle "
+                "machine")
+    elif ratio >= GOAL:
         text = f"{ratio:.2f}x: the >= {GOAL}x goal is met"
     elif machine:
         text = (f"{ratio:.2f}x, below {GOAL}x: the machine's cores are saturated at 2 "
@@ -168,7 +174,10 @@ def gw_verdicts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         keeps_up = one["frames_per_s"] >= 0.97 * one["ideal_frames_per_s"]
         shed = [f"{r['workers']} worker(s): {r['connected_at_start']} of {n} connected"
                 for r in (one, two) if r.get("connected_at_start", n) < n]
-        if b1["clients_bottleneck"] or b2["clients_bottleneck"]:
+        if b1.get("disturbed") or b2.get("disturbed"):
+            why = ("not a measurement: other processes used the machine during the window "
+                   "(see the bottleneck columns); re-run on an idle machine")
+        elif b1["clients_bottleneck"] or b2["clients_bottleneck"]:
             why = "the load generators are the bottleneck: the ratio says nothing of the gateway"
         elif keeps_up:
             why = ("1 worker already delivers every frame due: frames/s cannot grow, the "
@@ -206,6 +215,15 @@ def markdown(doc: dict[str, Any]) -> str:
              f"{platform.python_version()}, {doc['when']}. CPU is the share of one core each "
              "side's process used over the same window, read from /proc; machine = busy share "
              "of all cores (anything else running counts).", ""]
+    windows = [s["window"] for c in (doc.get("aggregator") or {}).get("curve", [])
+               for s in c["steps"]] + [r["window"] for r in (doc.get("gateway") or {}).get(
+                   "rows", [])]
+    busy = [w for w in windows if w.get("others", 0.0) >= _sides.DISTURBED]
+    if busy:
+        doc["notes"].append(
+            f"in {len(busy)} of {len(windows)} windows other processes used the machine (up to "
+            f"{max(w['others'] for w in busy):.0%} of a core besides the sides measured): the "
+            "figures measure the competition as much as xypipe. Re-run on an idle machine.")
     for note in doc["notes"]:
         lines.append(f"**Note:** {note}")
         lines.append("")

@@ -27,6 +27,8 @@ def test_a_window_reads_each_side_and_names_the_saturated_ones() -> None:
     win = _sides.window(a, b)
     assert win["cpu"] == {"gateway.0": 0.98, "loadgen.0": 0.25}  # a side that exited: left out
     assert win["machine_busy"] == 0.95
+    cores = win["cores"]
+    assert win["others"] == pytest.approx(max(0.0, 0.95 * cores - 1.23), abs=1e-3)
     b = _sides.bottleneck(win)
     assert b["saturated"] == ["gateway.0"] and b["machine_saturated"]
     assert not b["clients_bottleneck"]
@@ -54,8 +56,9 @@ def test_this_process_is_read_from_proc() -> None:
 
 
 def _row(workers: int, clients: int, fps: float, *, loadgen: float = 0.3,
-         busy: float = 0.5) -> dict:
-    win = {"cpu": {"gateway.0": 0.5, "loadgen.0": loadgen}, "machine_busy": busy}
+         busy: float = 0.5, others: float = 0.0) -> dict:
+    win = {"cpu": {"gateway.0": 0.5, "loadgen.0": loadgen}, "machine_busy": busy,
+           "others": others}
     return {"workers": workers, "clients": clients, "frames_per_s": fps,
             "ideal_frames_per_s": clients * 30, "lat_p99_ms": 10.0,
             "window": win, "bottleneck": _sides.bottleneck(win)}
@@ -64,11 +67,14 @@ def _row(workers: int, clients: int, fps: float, *, loadgen: float = 0.3,
 def test_the_verdict_says_when_the_ratio_cannot_speak_for_the_gateway() -> None:
     rows = [_row(1, 100, 3000), _row(2, 100, 3000),  # one worker keeps up
             _row(1, 2000, 30_000), _row(2, 2000, 55_000),  # goal met
-            _row(1, 3000, 30_000), _row(2, 3000, 40_000, loadgen=0.97)]  # clients saturated
+            _row(1, 3000, 30_000), _row(2, 3000, 40_000, loadgen=0.97),  # clients saturated
+            _row(1, 4000, 30_000), _row(2, 4000, 60_000, others=0.6)]  # a busy machine
     v = {x["clients"]: x for x in scale.gw_verdicts(rows)}
     assert "already delivers every frame" in v[100]["verdict"]
     assert v[2000]["frames_ratio"] == pytest.approx(55 / 30) and "met" in v[2000]["verdict"]
     assert "load generators are the bottleneck" in v[3000]["verdict"]
+    assert v[4000]["verdict"].startswith("not a measurement: other processes")
+    assert "other processes took 60% of a core" in v[4000]["two_workers"]
     assert all(x["ceiling"]["ratio"] > 0 for x in v.values())
 
 
