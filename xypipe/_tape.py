@@ -56,6 +56,10 @@ _EXCHANGE_TAG = _varint_tag(Tick.DESCRIPTOR.fields_by_name["ts_exchange_us"].num
 _ARRIVAL_TAG = _varint_tag(Tick.DESCRIPTOR.fields_by_name["ts_arrival_us"].number)
 
 
+def _strings(value: Iterable[str]) -> tuple[str, ...]:
+    return tuple(value)
+
+
 @attrs.frozen
 class TapeHeader:
     """What a tape says about itself. ``created_us``: wall-clock microseconds of its start
@@ -67,7 +71,7 @@ class TapeHeader:
     created_us: int = 0
     source: str = ""
     seed: int | None = None
-    subjects: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    subjects: tuple[str, ...] = attrs.field(default=(), converter=_strings)
     records: int = 0
 
 
