@@ -19,6 +19,7 @@ The values here are plain frozen attrs classes; the protobuf messages stay insid
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -338,6 +339,57 @@ async def replay_tape(nc: NatsClient, tape: Tape, speed: float | None, *,
     return sent
 
 
+# --------------------------------------------------------------------------- recording
+
+
+async def record_tape(nc: NatsClient, subjects: Iterable[str], path: str | Path, *,
+                      duration: float | None = None, count: int = 0, source: str = "",
+                      on_recorded: Callable[[int], None] | None = None,
+                      task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+                      ) -> TapeHeader:
+    """Record what arrives on ``subjects`` into a tape at ``path`` until ``duration`` seconds
+    have passed (``None``: until cancelled) or ``count`` messages (0: no limit) were recorded;
+    returns the closed tape's header. Started (``task_status``) once every subscription is in
+    place, so nothing published after that is missed.
+
+    A record's time is when its batch reached this process (Trio's clock, microseconds since
+    the start; the header's ``created_us`` is the wall clock then). Messages of one subject keep
+    their order; messages of different subjects are interleaved in the order their batches came
+    in. The tape is closed (record count written) however recording ends, cancellation
+    included; a process killed outright leaves a tape without a count, still readable."""
+    subjects = list(subjects)
+    header = TapeHeader(created_us=time.time_ns() // 1000, source=source or "xypipe record",
+                        subjects=tuple(subjects))
+    done = trio.Event()
+    with TapeWriter(path, header) as writer:
+        start = trio.current_time()
+        write = writer.write
+
+        async def follow(subject: str, *,
+                         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+            async with nc.subscribe(subject, max_batch=1024) as sub:
+                task_status.started()
+                async for batch in sub:
+                    t_us = round((trio.current_time() - start) * 1e6)
+                    for m in batch:
+                        write(TapeRecord(t_us, m.subject, bytes(m.data)))
+                        if count and writer.count >= count:
+                            done.set()
+                            return
+                    if on_recorded is not None:
+                        on_recorded(writer.count)
+
+        async with trio.open_nursery() as nursery:
+            for subject in subjects:
+                await nursery.start(follow, subject)
+            await nc.flush()  # the server has every subscription before we say we started
+            task_status.started()
+            with trio.move_on_after(duration if duration is not None else math.inf):
+                await done.wait()
+            nursery.cancel_scope.cancel()
+    return writer.header
+
+
 __all__ = [
     "TAPE_FORMAT",
     "TAPE_VERSION",
@@ -347,6 +399,7 @@ __all__ = [
     "TapeWriter",
     "parse_speed",
     "read_tape",
+    "record_tape",
     "replay_tape",
     "write_tape",
 ]
