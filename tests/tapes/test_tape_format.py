@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -175,3 +178,28 @@ def test_speeds(text: str, speed: float | None) -> None:
 def test_bad_speeds_say_what_is_expected(text: str) -> None:
     with pytest.raises(ValueError, match=r"expected a speed such as 1x, 10x, 0.5x or max"):
         parse_speed(text)
+
+
+def _xypipe(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "xypipe", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=120, check=False)
+
+
+def test_the_cli_reports_a_damaged_tape_with_its_code(tmp_path: Path) -> None:
+    path = _tape(tmp_path)
+    path.write_bytes(path.read_bytes()[:-1])
+    for args in (["tape", "info", str(path)], ["tape", "deltas", str(path), "--out", "d"],
+                 ["publish", "--tape", str(path), "--url", "nats://127.0.0.1:1"]):
+        proc = _xypipe(*args, cwd=tmp_path)
+        assert proc.returncode == 1, args
+        assert "XY-TAPE-003" in proc.stderr and "is truncated" in proc.stderr, proc.stderr
+    proc = _xypipe("publish", "--tape", str(path), "--speed", "fast", cwd=tmp_path)
+    assert proc.returncode == 2 and "expected a speed such as 1x" in proc.stderr
+
+
+def test_tape_info_describes_a_tape(tmp_path: Path) -> None:
+    proc = _xypipe("tape", "info", str(_tape(tmp_path)), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout)
+    assert info["records"] == 5 and info["seed"] == 7 and info["closed"]
+    assert info["by_subject"] == {"xy.ref.contract": 1, "xy.src.tick": 4}
