@@ -24,7 +24,7 @@ import trio
 
 from xypipe._cli_common import add_log_options
 from xypipe._cli_md import _NKEY_HELP, DEFAULT_URL, credentials
-from xypipe._errors import TAPE_NOT_CLOSED, TAPE_RECORDED_NOTHING, UsageError
+from xypipe._errors import TAPE_NOT_CLOSED, TAPE_RECORDED_NOTHING, TAPE_RECORDS_SKIPPED, UsageError
 from xypipe._log import get_logger
 from xypipe._progress import progress
 
@@ -189,6 +189,9 @@ def _cmd_deltas(args: argparse.Namespace) -> int:
 
     cfg = ReplayConfig() if args.config is None else replay_config_of(args.config)
     header, stats = write_deltas(args.out, read_tape(args.tape), cfg)
+    if stats.bad:
+        _log.warning("records of the tape skipped as ingest skips them", code=TAPE_RECORDS_SKIPPED,
+                     tape=args.tape, reasons=stats.bad)
     print(json.dumps({"tape": args.tape, "out": args.out, "written": header.records,
                       **attrs.asdict(stats)}))
     return 0
