@@ -93,7 +93,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def _cmd_record(args: argparse.Namespace) -> int:
     if args.count < 0 or (args.duration is not None and args.duration <= 0):
         raise UsageError("record: expected --count >= 1 or --duration > 0")
-    header = trio.run(_record, args)
+    try:
+        header = trio.run(_record, args)
+    except KeyboardInterrupt:
+        # Ctrl-C is how an open-ended recording ends: the writer closed the tape on the way out.
+        from xypipe._tape import read_tape
+
+        header = read_tape(args.to).header
     print(json.dumps({"tape": args.to, "records": header.records,
                       "subjects": list(header.subjects)}))
     if not header.records:
