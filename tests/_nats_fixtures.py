@@ -1,13 +1,20 @@
-"""Fixtures that give a test a real nats-server (JetStream on, random port) and a client."""
+"""Fixtures that give a test a real nats-server (JetStream on, random port) and a client, or a
+real 3-node JetStream cluster on loopback (``nats_cluster``)."""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator
+from contextlib import ExitStack
+from functools import partial
 from pathlib import Path
 
 import pytest
+import trio
 
-from xypipe._embedded import EmbeddedNats, embedded_nats
+from xypipe._config import EmbeddedClusterConfig, EmbeddedNatsConfig, ProcessRestartPolicy
+from xypipe._embedded import EmbeddedBus, EmbeddedNats, embedded_nats, supervised_embedded_nats
+from xypipe._metrics import Metrics
 from xypipe._nats import NatsClient, connect
 
 
@@ -34,3 +41,68 @@ async def nats_client(nats_server: EmbeddedNats) -> AsyncIterator[NatsClient]:
     """A client on the default bridge, connected to ``nats_server``."""
     async with connect(nats_server.url, name="xypipe-tests") as nc:
         yield nc
+
+
+def free_port_block(count: int, host: str = "127.0.0.1") -> int:
+    """The first of ``count`` consecutive ports free on ``host`` right now (a cluster's route
+    ports must be known before its nodes start, so they cannot be read back from a log)."""
+    for _ in range(200):
+        with socket.socket() as probe:
+            probe.bind((host, 0))
+            base = int(probe.getsockname()[1])
+        if base + count > 65535:
+            continue
+        with ExitStack() as held:
+            try:
+                for port in range(base, base + count):
+                    sock = held.enter_context(socket.socket())
+                    sock.bind((host, port))
+            except OSError:
+                continue
+            return base
+    raise RuntimeError(f"no {count} consecutive free ports on {host}")
+
+
+def cluster_config(data_dir: Path, *, nodes: int = 3, auth: str = "none") -> EmbeddedNatsConfig:
+    """``[nats.embedded]`` of a ``nodes``-node cluster on free loopback ports, each node
+    restarted at once when it dies."""
+    return EmbeddedNatsConfig(
+        port=0, data_dir=str(data_dir), auth=auth,
+        cluster=EmbeddedClusterConfig(nodes=nodes, name="xytest",
+                                      route_port=free_port_block(nodes)),
+        restart=ProcessRestartPolicy(policy="always", max_restarts=20, window_s=60,
+                                     backoff_ms=50, max_backoff_ms=200))
+
+
+class ClusterUnderTest:
+    """A running embedded cluster and the registry its supervision counts restarts in."""
+
+    def __init__(self, bus: EmbeddedBus, config: EmbeddedNatsConfig, metrics: Metrics) -> None:
+        self.bus = bus
+        self.config = config
+        self.metrics = metrics
+
+    @property
+    def url(self) -> str:
+        return self.bus.url
+
+    def restarts(self, index: int) -> float:
+        value = self.metrics.registry.get_sample_value(
+            "process_restarts_total", {"process": f"nats-{index}"})
+        return value or 0.0
+
+
+@pytest.fixture
+async def nats_cluster(tmp_path: Path) -> AsyncIterator[ClusterUnderTest]:
+    """A 3-node JetStream cluster (routes, a store per node, R3 by default), every node
+    supervised like ``xypipe run`` does it; stopped after the test."""
+    cfg = cluster_config(tmp_path / "nats-cluster")
+    metrics = Metrics()
+    stopping = trio.Event()
+    async with trio.open_nursery() as nursery:
+        bus = await nursery.start(partial(
+            supervised_embedded_nats, cfg, metrics=metrics, stopping=stopping))
+        try:
+            yield ClusterUnderTest(bus, cfg, metrics)
+        finally:
+            stopping.set()
