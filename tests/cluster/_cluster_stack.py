@@ -5,6 +5,7 @@ was accepted) and its browser-like clients on the gateway's shared port."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from collections.abc import AsyncIterator
@@ -90,6 +91,27 @@ def scrape(port: int, name: str) -> float | None:
     return sum(values) if values else None
 
 
+def connected_node(pid: int, nats_base: int, nodes: int = 3) -> int | None:
+    """Which node (client port ``nats_base + i``) process ``pid`` holds an established TCP
+    connection to: its socket inodes matched against the kernel's connection table."""
+    fd_dir = Path(f"/proc/{pid}/fd")
+    inodes = set()
+    for fd in fd_dir.iterdir():
+        try:
+            link = os.readlink(fd)
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            inodes.add(link[len("socket:["):-1])
+    for line in Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        remote_port = int(fields[2].split(":")[1], 16)
+        established = fields[3] == "01"
+        if established and fields[9] in inodes and nats_base <= remote_port < nats_base + nodes:
+            return remote_port - nats_base
+    return None
+
+
 async def metric(port: int, name: str) -> float | None:
     return await trio.to_thread.run_sync(scrape, port, name)
 
@@ -168,6 +190,10 @@ class ClusterStack:
             if f"XYPIPE_WORKER={index}".encode() in env:
                 return pid
         return None
+
+    def connected_node(self, pid: int) -> int | None:
+        """The node process ``pid`` has its NATS connection to (from its sockets in /proc)."""
+        return connected_node(pid, self.ports.nats)
 
     async def stream_leader(self, stream: str) -> int:
         """The node index of ``stream``'s leader (server names are ``xypipe-<i>``)."""

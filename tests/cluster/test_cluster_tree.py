@@ -42,6 +42,26 @@ async def node_back(stack: ClusterStack, node: int, old_pid: int | None) -> None
 
 async def test_a_tree_on_the_cluster_loses_nothing_when_a_node_dies(tmp_path: Path):
     async with running_cluster(tmp_path, scale_out=False) as stack:
+        # The node the aggregator is connected to: the aggregator must move to another.
+        aggregator = stack.tree.child_pid("aggregator")
+        assert aggregator is not None
+        node = stack.connected_node(aggregator)
+        assert node is not None, "the aggregator holds no connection to a cluster node"
+        old = stack.nats_pid(node)
+        assert old is not None
+        os.kill(old, signal.SIGKILL)
+        await stack.all_fresh()
+        with trio.fail_after(30):
+            # The aggregator's own count of its moves, read from its /metrics: polled.
+            while not await metric(stack.ports.aggregator,  # noqa: ASYNC110
+                                   "nats_server_changes_total"):
+                await trio.sleep(0.2)
+        moved_to = stack.connected_node(aggregator)
+        assert moved_to is not None and moved_to != node
+        await node_back(stack, node, old)
+        assert not stack.problems(), stack.diagnostics()
+
+        # Then the source stream's leader (a new election for the stream everything reads).
         leader = await stack.stream_leader("XY_SRC")
         old = stack.nats_pid(leader)
         await kill_stream_leader(stack)
