@@ -43,24 +43,38 @@ async def nats_client(nats_server: EmbeddedNats) -> AsyncIterator[NatsClient]:
         yield nc
 
 
+def free_port_blocks(*counts: int, host: str = "127.0.0.1") -> list[int]:
+    """The first port of each of ``counts`` runs of consecutive ports, all free on ``host``
+    right now and apart from each other (every port stays bound until all are found). A
+    cluster's route ports must be known before its nodes start, so they cannot be read back
+    from a log."""
+    firsts: list[int] = []
+    with ExitStack() as held:
+        for count in counts:
+            for _ in range(200):
+                with socket.socket() as probe:
+                    probe.bind((host, 0))
+                    base = int(probe.getsockname()[1])
+                if base + count > 65535:
+                    continue
+                with ExitStack() as run:
+                    try:
+                        for port in range(base, base + count):
+                            sock = run.enter_context(socket.socket())
+                            sock.bind((host, port))
+                    except OSError:
+                        continue
+                    held.enter_context(run.pop_all())
+                firsts.append(base)
+                break
+            else:
+                raise RuntimeError(f"no {count} consecutive free ports on {host}")
+    return firsts
+
+
 def free_port_block(count: int, host: str = "127.0.0.1") -> int:
-    """The first of ``count`` consecutive ports free on ``host`` right now (a cluster's route
-    ports must be known before its nodes start, so they cannot be read back from a log)."""
-    for _ in range(200):
-        with socket.socket() as probe:
-            probe.bind((host, 0))
-            base = int(probe.getsockname()[1])
-        if base + count > 65535:
-            continue
-        with ExitStack() as held:
-            try:
-                for port in range(base, base + count):
-                    sock = held.enter_context(socket.socket())
-                    sock.bind((host, port))
-            except OSError:
-                continue
-            return base
-    raise RuntimeError(f"no {count} consecutive free ports on {host}")
+    """The first of ``count`` consecutive ports free on ``host`` right now."""
+    return free_port_blocks(count, host=host)[0]
 
 
 def cluster_config(data_dir: Path, *, nodes: int = 3, auth: str = "none") -> EmbeddedNatsConfig:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import attrs
 import trio
-from _nats_fixtures import free_port_block
+from _nats_fixtures import free_port_blocks
 from chaos_clients import Subscriber
 from chaos_feed import Feed, accepted
 from chaos_stack import HealthWatch, XypipeRun, children_of
@@ -44,10 +44,7 @@ class Ports:
 
     @classmethod
     def free(cls) -> Ports:
-        return cls(nats=free_port_block(3), routes=free_port_block(3),
-                   gateway=free_port_block(1), gateway_metrics=free_port_block(2),
-                   aggregator=free_port_block(1), aggregator_metrics=free_port_block(2),
-                   main=free_port_block(1), ui=free_port_block(1))
+        return cls(*free_port_blocks(3, 3, 1, 2, 1, 2, 1, 1))
 
 
 def cluster_toml(tmp: Path, ports: Ports, *, scale_out: bool) -> Path:
