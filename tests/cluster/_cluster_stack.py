@@ -41,10 +41,11 @@ class Ports:
     aggregator_metrics: int
     main: int
     ui: int
+    admin: int
 
     @classmethod
     def free(cls) -> Ports:
-        return cls(*free_port_blocks(3, 3, 1, 2, 1, 2, 1, 1))
+        return cls(*free_port_blocks(3, 3, 1, 2, 1, 2, 1, 1, 1))
 
 
 def cluster_toml(tmp: Path, ports: Ports, *, scale_out: bool) -> Path:
@@ -61,6 +62,7 @@ def cluster_toml(tmp: Path, ports: Ports, *, scale_out: bool) -> Path:
              r"metrics_port = 8094\b": f"metrics_port = {ports.aggregator_metrics}",
              r"port = 8091\b": f"port = {ports.main}",
              r"port = 5174\b": f"port = {ports.ui}",
+             r"port = 8092\b": f"port = {ports.admin}",
              r'data_dir = "var/nats-cluster"': f'data_dir = "{tmp / "nats"}"',
              r'"configs/': f'"{ROOT}/configs/',
              r'root = "ui-static"': f'root = "{ROOT}/ui-static"'}
