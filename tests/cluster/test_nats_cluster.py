@@ -19,9 +19,11 @@ from _nats_fixtures import ClusterUnderTest, cluster_config
 
 from xypipe._embedded import EmbeddedBus, supervised_embedded_nats
 from xypipe._errors import NatsRefused, XyError
+from xypipe._log import get_logger
 from xypipe._metrics import Metrics
 from xypipe._nats import NatsClient, connect
 from xypipe._nats_keys import seed_file_of
+from xypipe._stages._srcstream import SourceStream
 
 pytestmark = pytest.mark.nats
 
@@ -210,3 +212,18 @@ async def test_every_node_admits_the_same_role_users_only(tmp_path: Path):
         assert oct((Path(cfg.data_dir) / "auth" / "node-0.conf").stat().st_mode & 0o777) == "0o600"
         assert '"password"' in route_conf
         stopping.set()
+
+
+async def test_the_aggregator_moves_a_source_stream_made_on_one_copy_to_the_replicas(
+        nats_cluster: ClusterUnderTest):
+    source = SourceStream(name="XY_SRC_R", subjects=["r.src.>"])
+    async with connect(nats_cluster.bus.urls, name="before", replicas=1) as nc:
+        await source.ensure(nc.jetstream(), owner=True, log=get_logger("test"))
+        assert (await stream_info(nc, "XY_SRC_R"))["config"]["num_replicas"] == 1  # type: ignore[index]
+    async with connect(nats_cluster.bus.urls, name="cluster", replicas=3) as nc:
+        # A publisher leaves it as it is; the aggregator's ingest (the owner) moves it.
+        await source.ensure(nc.jetstream(), owner=False, log=get_logger("test"))
+        assert (await stream_info(nc, "XY_SRC_R"))["config"]["num_replicas"] == 1  # type: ignore[index]
+        await source.ensure(nc.jetstream(), owner=True, log=get_logger("test"))
+        assert (await stream_info(nc, "XY_SRC_R"))["config"]["num_replicas"] == 3  # type: ignore[index]
+        await wait_current(nc, "XY_SRC_R")
