@@ -128,13 +128,20 @@ use = "conflate"
 """
 
 
+def demo_gateways() -> int:
+    """How many gateway workers "auto" gives the demo on this machine: its cores minus the
+    demo's two other child processes (aggregator, admin), at least one."""
+    return max(1, len(os.sched_getaffinity(0)) - 2)
+
+
 def test_check_prints_one_line_per_problem_with_its_code(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text(BROKEN)
     done = cli("check", str(bad), "configs/demo.toml")
     assert done.returncode == 1
     assert done.stdout == ("configs/demo.toml: ok (5 pipelines, 11 stages, processes: "
-                           "admin, aggregator, gateway, main)\n")
+                           f"admin, aggregator, gateway (workers: {demo_gateways()}, auto), "
+                           "main)\n")
     assert done.stderr.splitlines() == [
         f'{bad}: log.level: expected one of "debug", "info", "warning", "error", got "infoo"; '
         'did you mean "info"? [XY-CFG-001]',

@@ -57,8 +57,17 @@ def _cmd_check(args: argparse.Namespace) -> int:
             continue
         stages = sum(len(p.stages) for p in cfg.pipelines.values())
         print(f"{path}: ok ({len(cfg.pipelines)} pipelines, {stages} stages, "
-              f"processes: {', '.join(cfg.process_names())})")
+              f"processes: {', '.join(_with_workers(cfg, p) for p in cfg.process_names())})")
     return status
+
+
+def _with_workers(cfg: AppConfig, process: str) -> str:
+    """A process as ``xypipe check`` lists it: with its effective number of workers when the
+    config asks for several or leaves it to "auto" (decided on this machine)."""
+    plan = cfg.worker_plan(process)
+    if plan.source == "auto":
+        return f"{process} (workers: {plan.count}, auto)"
+    return f"{process} (workers: {plan.count})" if plan.count > 1 else process
 
 
 def _cmd_run(args: argparse.Namespace,

@@ -36,6 +36,7 @@ from xypipe._role_grants import ROLE_ALIASES, ROLES, canonical_role
 from xypipe._stage import StageBase
 from xypipe._validate import (
     Invalid,
+    count_or,
     expected_of,
     in_range,
     non_empty,
@@ -44,6 +45,13 @@ from xypipe._validate import (
     subject_pattern,
 )
 from xypipe._wiring import Provides, pipeline_problems
+from xypipe._worker import (
+    MAX_WORKERS,
+    WorkerIdentity,
+    auto_workers,
+    ports_shared,
+    usable_cores,
+)
 
 T = TypeVar("T")
 #: A TOML table as parsed, before it is checked.
@@ -339,6 +347,46 @@ class ProcessConfig:
                                         validator=one_of(_ROLE_NAMES))
     #: How this process signs in to NATS where it differs from ``[nats]``.
     nats: ProcessNatsConfig | None = None
+    #: How many copies of this process run, each its own supervised child: an integer, or
+    #: ``"auto"`` (the cores the config leaves free, :func:`xypipe._worker.auto_workers`).
+    #: Not set: ``"auto"`` for a process that runs a gateway stage, 1 for any other
+    #: (:meth:`AppConfig.workers_of`). Copies share ``http.port`` (``SO_REUSEPORT``).
+    workers: int | str | None = attrs.field(default=None,
+                                            validator=count_or("auto", 1, MAX_WORKERS))
+    #: Worker ``i`` also serves /metrics, /healthz and /livez on ``http.host``, port
+    #: ``metrics_port + i``, so Prometheus can scrape every copy (the shared port lands on any
+    #: of them). Not set: ``http.port + PRIVATE_PORT_OFFSET`` (8180.. for a gateway on 8080)
+    #: when the process runs more than one copy, none otherwise.
+    #: otherwise.
+    metrics_port: int | None = attrs.field(default=None, validator=in_range(1, 65535))
+
+
+@attrs.frozen
+class WorkerPlan:
+    """How many copies of one process run and where each serves its own /metrics."""
+
+    count: int
+    #: Why: ``"set"`` (an integer in the config), ``"auto"`` or ``"default"`` (not set; 1).
+    source: str
+    #: Worker ``i``'s private port is ``metrics_port + i``; None: no private ports.
+    metrics_port: int | None = None
+
+    def private_port(self, index: int) -> int | None:
+        return None if self.metrics_port is None else self.metrics_port + index
+
+
+#: Where the private ports of a process's workers start by default, above its HTTP port: clear
+#: of the ports just above it that configs give their other processes (8090, 8091, 8092 beside
+#: a gateway on 8080), however many cores "auto" finds.
+PRIVATE_PORT_OFFSET = 100
+
+
+def _metrics_port(proc: ProcessConfig, count: int) -> int | None:
+    if proc.metrics_port is not None:
+        return proc.metrics_port
+    if count > 1 and proc.http.enabled and proc.http.port:
+        return proc.http.port + PRIVATE_PORT_OFFSET
+    return None
 
 
 @attrs.frozen
@@ -468,6 +516,50 @@ class AppConfig:
         if len(roles) > 1:
             raise WiringError(self.role_conflicts())
         return next(iter(roles), "basic")
+
+    def worker_plan(self, process: str, cores: int | None = None) -> WorkerPlan:
+        """How many copies of ``process`` run (``[processes.NAME] workers``) and where each
+        serves its own /metrics. ``"auto"`` — the default for a process that runs a stage that
+        scales out (the gateway) — is :func:`~xypipe._worker.auto_workers` of the ``cores``
+        this process may use (its CPU affinity) and the config's other child processes; it is
+        1 for a process whose HTTP port is picked at start (port 0 cannot be shared) or where
+        a port cannot be shared at all (:func:`~xypipe._worker.ports_shared`)."""
+        proc = self.processes.get(process)
+        if proc is None or process == "main":
+            return WorkerPlan(1, "default")
+        wanted = proc.workers
+        if wanted is None:
+            wanted = "auto" if self._scales_out(process) else 1
+        if wanted == "auto":
+            source = "auto"
+            if proc.http.enabled and (proc.http.port == 0 or not ports_shared()):
+                count = 1
+            else:
+                others = sum(self._fixed_workers(p) for p in self.process_names()
+                             if p not in ("main", process))
+                count = auto_workers(usable_cores() if cores is None else cores, others)
+        else:
+            assert isinstance(wanted, int)
+            count, source = wanted, "set" if proc.workers is not None else "default"
+        return WorkerPlan(count, source, _metrics_port(proc, count))
+
+    def private_metrics_port(self, process: str, worker: WorkerIdentity) -> int | None:
+        """Where ``worker`` of ``process`` serves its own /metrics and /healthz (None: it
+        serves them on the shared port only)."""
+        proc = self.processes.get(process)
+        if proc is None or process == "main":
+            return None
+        base = _metrics_port(proc, worker.count)
+        return None if base is None else base + worker.index
+
+    def _fixed_workers(self, process: str) -> int:
+        # Another process's count as the auto rule sees it: its integer, else one core.
+        proc = self.processes.get(process)
+        return proc.workers if proc is not None and isinstance(proc.workers, int) else 1
+
+    def _scales_out(self, process: str) -> bool:
+        return any(decl.stage_cls.scales_out for pipe in self.pipelines.values()
+                   if pipe.process == process for decl in pipe.stages)
 
     def provides(self, process: str) -> Provides:
         """What ``process`` gives its stages (checked against their ``requires``)."""
@@ -621,6 +713,8 @@ def _make_converter() -> cattrs.Converter:
         return restart_table({"policy": value} if isinstance(value, str) else value, t)
 
     conv.register_structure_hook(ProcessRestartPolicy, process_restart)
+    # `workers = 4` or `workers = "auto"`: the field's validator says what fits.
+    conv.register_structure_hook_func(lambda t: t == (int | str | None), lambda v, _t: v)
     return conv
 
 
@@ -849,6 +943,7 @@ def parse_config(doc: RawTable, path: str = "<config>") -> AppConfig:
             path=path, nats=app.nats, http=app.http, log=app.log, processes=app.processes,
             pipelines=pipelines, security=app.security,
         )
+        problems += worker_problems(cfg)
         if cfg.role_auth:
             conflicts = cfg.role_conflicts()
             problems += conflicts
@@ -859,6 +954,48 @@ def parse_config(doc: RawTable, path: str = "<config>") -> AppConfig:
                    codes=[WiringError.code if p in wiring else ConfigError.code
                           for p in problems])
     return cfg
+
+
+def worker_problems(cfg: AppConfig) -> list[str]:
+    """Copies of a process that cannot share its port, or private /metrics ports that run out
+    of range or land on a port the config already gives to something else."""
+    problems: list[str] = []
+    fixed: dict[int, str] = {}
+    if cfg.http.enabled and cfg.http.port:
+        fixed[cfg.http.port] = "http.port"
+    if cfg.nats is not None and cfg.nats.url == "embedded" and cfg.nats.embedded.port:
+        fixed[cfg.nats.embedded.port] = "nats.embedded.port"
+    for name, declared in cfg.processes.items():
+        if declared.http.enabled and declared.http.port:
+            fixed[declared.http.port] = f"processes.{name}.http.port"
+    for name in cfg.process_names():
+        proc = cfg.processes.get(name)
+        if proc is None or name == "main":
+            continue
+        plan = cfg.worker_plan(name)
+        if plan.count > 1 and proc.http.enabled and proc.http.port == 0:
+            problems.append(
+                f"processes.{name}.workers: expected 1 while http.port is 0, got {plan.count} "
+                "(copies share one fixed port; a port picked at start cannot be shared): set "
+                "http.port")
+            continue
+        if plan.metrics_port is None:
+            continue
+        key = "metrics_port" if proc.metrics_port is not None else "workers"
+        last = plan.metrics_port + plan.count - 1
+        if last > 65535:
+            problems.append(
+                f"processes.{name}.{key}: the private /metrics ports of {plan.count} workers "
+                f"({plan.metrics_port}..{last}) go past 65535; set a lower metrics_port")
+            continue
+        for port in range(plan.metrics_port, last + 1):
+            if port in fixed:
+                problems.append(
+                    f"processes.{name}.{key}: worker {port - plan.metrics_port}'s private "
+                    f"/metrics port {port} (metrics_port {plan.metrics_port} + index) is "
+                    f"{fixed[port]}; set a metrics_port whose {plan.count} ports are free")
+                break
+    return problems
 
 
 def check_wiring(cfg: AppConfig) -> None:

@@ -148,6 +148,22 @@ EMB_START_FAILED = "XY-EMB-004"
 EMB_NOT_RESTARTED = "XY-EMB-005"
 
 
+class SharedPortUnsupported(XyError):
+    """``workers = N`` > 1 asks the copies of a process to share one port with
+    ``SO_REUSEPORT``, and this platform has no such option."""
+
+    code = "XY-SUP-020"
+
+
+# Workers (``[processes.NAME] workers = N``): the copies of one process, each supervised alone.
+#: How many copies of a process the supervisor starts, and why (the config's integer or the
+#: "auto" rule: usable cores, other child processes) — logged once at start.
+SUP_WORKERS_PLANNED = "XY-SUP-021"
+#: A worker could not bind its private /metrics port (metrics_port + index): it serves the
+#: shared port only, and Prometheus cannot scrape it alone.
+SUP_WORKER_METRICS_PORT = "XY-SUP-022"
+
+
 class AuthError(XyError):
     """A client failed authentication (bad token, expired, wrong audience...)."""
 

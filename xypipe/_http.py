@@ -17,8 +17,9 @@ import attrs
 import h11
 import trio
 
-from xypipe._errors import HTTP_HANDLER_FAILED
+from xypipe._errors import HTTP_HANDLER_FAILED, SharedPortUnsupported
 from xypipe._log import get_logger
+from xypipe._worker import ports_shared
 
 _log = get_logger("http")
 
@@ -96,9 +97,12 @@ class HttpServer:
     """Routes by exact path. Handlers get a :class:`Request` and return a :class:`Response`."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
+                 ssl_context: ssl.SSLContext | None = None, *, reuse_port: bool = False) -> None:
         self.host = host
         self.port = port
+        #: Bind with ``SO_REUSEPORT``: the copies of a process (``workers = N``) listen on one
+        #: port and the kernel spreads new connections across them.
+        self.reuse_port = reuse_port
         #: When set, every connection is TLS (HTTPS, and WSS for the upgrade handler).
         self.ssl_context = ssl_context
         self._routes: dict[str, dict[str, Handler]] = {}
@@ -113,7 +117,10 @@ class HttpServer:
         self._upgrade = handler
 
     async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-        listeners = await trio.open_tcp_listeners(self.port, host=self.host)
+        if self.reuse_port:
+            listeners = await shared_port_listeners(self.host, self.port)
+        else:
+            listeners = await trio.open_tcp_listeners(self.port, host=self.host)
         self.port = listeners[0].socket.getsockname()[1]
         _log.info("http listening", host=self.host, port=self.port)
         await trio.serve_listeners(self._handle, listeners, handler_nursery=None,
@@ -240,6 +247,42 @@ class HttpServer:
             await stream.send_all(conn.send(h11.EndOfMessage()))
         except h11.LocalProtocolError:
             return
+
+
+async def shared_port_listeners(host: str, port: int,
+                                backlog: int = 1024) -> list[trio.SocketListener]:
+    """Listeners on ``host:port`` bound with ``SO_REUSEPORT``, so other processes that bind the
+    same port the same way (the other workers of a process) share it: Linux hashes each new
+    connection to one of the listening sockets. Anywhere else this raises
+    :class:`~xypipe._errors.SharedPortUnsupported` (the option is missing, or does not
+    spread connections)."""
+    reuse = getattr(trio.socket, "SO_REUSEPORT", None)
+    if reuse is None or not ports_shared():
+        raise SharedPortUnsupported(
+            f"cannot share port {port} between workers: this platform has no SO_REUSEPORT "
+            "that spreads connections (Linux has); run one worker (workers = 1) per host")
+    infos = await trio.socket.getaddrinfo(host, port, type=trio.socket.SOCK_STREAM,
+                                          flags=trio.socket.AI_PASSIVE)
+    listeners = []
+    try:
+        for family, kind, proto, _name, addr in infos:
+            sock = trio.socket.socket(family, kind, proto)
+            try:
+                sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEADDR, 1)
+                sock.setsockopt(trio.socket.SOL_SOCKET, reuse, 1)
+                if family == trio.socket.AF_INET6:
+                    sock.setsockopt(trio.socket.IPPROTO_IPV6, trio.socket.IPV6_V6ONLY, 1)
+                await sock.bind(addr)
+                sock.listen(backlog)
+            except BaseException:
+                sock.close()
+                raise
+            listeners.append(trio.SocketListener(sock))
+    except BaseException:
+        for listener in listeners:
+            listener.socket.close()
+        raise
+    return listeners
 
 
 class _Started:

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from xypipe._degrade import Level
@@ -70,6 +70,9 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
         self._metrics: dict[str, Counter | Gauge | Histogram | RateMeter] = {}
+        #: Labels added to every sample when rendered (``worker`` for a copy of a process
+        #: that runs several): the registry itself, and what tests read, stay without them.
+        self.const_labels: dict[str, str] = {}
 
     def _get(self, kind: type[M], name: str, make: Callable[[], M]) -> M:
         found = self._metrics.get(name)
@@ -108,11 +111,29 @@ class Metrics:
         return meter
 
     def render(self) -> bytes:
+        if self.const_labels:
+            return generate_latest(_Labelled(self.registry, self.const_labels))
         return generate_latest(self.registry)
 
     def sample(self, name: str, labels: dict[str, str] | None = None) -> float | None:
         """Current value of one sample, for tests and health checks."""
         return self.registry.get_sample_value(name, labels or {})
+
+
+class _Labelled(Collector):
+    """A registry's samples with some labels added (prometheus-client has no registry-wide
+    constant labels)."""
+
+    def __init__(self, registry: CollectorRegistry, labels: dict[str, str]) -> None:
+        self._registry = registry
+        self._labels = labels
+
+    def collect(self) -> Iterable[Metric]:
+        for family in self._registry.collect():
+            out = Metric(family.name, family.documentation, family.type, family.unit)
+            out.samples = [s._replace(labels={**s.labels, **self._labels})
+                           for s in family.samples]
+            yield out
 
 
 def backpressure_events(metrics: Metrics) -> Counter:

@@ -20,19 +20,28 @@ import os
 import socket
 import ssl
 import time
-from typing import TypedDict, TypeVar
+from collections.abc import Callable
+from typing import NotRequired, TypedDict, TypeVar
 
 import attrs
 import trio
 
 from xypipe._bus_layout import bus_layout
-from xypipe._config import AppConfig, PipelineConfig, StageDecl, TlsConfig, check_wiring
+from xypipe._config import (
+    AppConfig,
+    HttpConfig,
+    PipelineConfig,
+    StageDecl,
+    TlsConfig,
+    check_wiring,
+)
 from xypipe._contracts import use_registry
 from xypipe._degrade import DegradationController, Level, LevelWatch, Pressure, Transition
 from xypipe._edge import Edge
 from xypipe._embedded import EmbeddedBus, EmbeddedNats, supervised_embedded_nats
 from xypipe._errors import (
     DEG_LEVEL_RAISED,
+    SUP_WORKER_METRICS_PORT,
     NatsBackpressure,
     NatsRefused,
     StageError,
@@ -48,6 +57,7 @@ from xypipe._nats_session import hold_nats
 from xypipe._nats_signin import sign_in
 from xypipe._stage import SharedValues, StageBase, StageContext
 from xypipe._watchdog import Verdict
+from xypipe._worker import WorkerIdentity
 from xypipe.abc import HttpRoutes
 from xypipe.abc import NatsClient as NatsApi
 from xypipe.contracts import HealthReport
@@ -83,6 +93,10 @@ class HealthDoc(TypedDict):
     process: str
     nats: NatsHealth
     pipelines: dict[str, PipelineHealthDoc]
+    #: This copy's index, for a process that runs several (``workers = N``).
+    worker: NotRequired[int]
+    #: The tree's supervised processes (one per worker) and whether each runs (``main``).
+    processes: NotRequired[dict[str, bool]]
 
 
 class Liveness(TypedDict):
@@ -378,14 +392,24 @@ class Runner:
         metrics: Metrics | None = None,
         nats_url: str | None = None,
         nats_nkey: str | None = None,
+        worker: WorkerIdentity | None = None,
+        supervised: Callable[[], dict[str, bool]] | None = None,
     ) -> None:
         check_wiring(config)
         self.config = config
         self.process = process
+        #: Which copy of ``process`` this is (the supervisor says so in the environment).
+        self.worker = worker if worker is not None else WorkerIdentity.from_environ()
+        #: For the ``main`` process of a tree: whether each supervised child (each worker)
+        #: runs, shown on /healthz.
+        self._supervised = supervised
         #: The seed file this process signs in to the embedded bus with (given by the
         #: supervisor to its children; taken from the server when this runner starts it).
         self.nats_nkey = nats_nkey
         self.metrics = metrics or Metrics()
+        if self.worker.count > 1:
+            # Every copy's samples say which copy they are: Prometheus sums over `worker`.
+            self.metrics.const_labels["worker"] = str(self.worker.index)
         # Contract decoding anywhere in the process counts unknown fields into our registry.
         use_registry(self.metrics.registry)
         self.nats_url = nats_url
@@ -443,7 +467,7 @@ class Runner:
                             for v in h.streams},
             }
         ready = not reasons
-        return {
+        doc: HealthDoc = {
             "status": "ok" if ready else "not-ready",
             "live": True,
             "ready": ready,
@@ -452,6 +476,12 @@ class Runner:
             "nats": {"configured": self.config.nats is not None, "connected": nats_ok},
             "pipelines": pipes,
         }
+        if self.worker.count > 1:
+            doc["worker"] = self.worker.index
+        if self._supervised is not None:
+            # Shown, not judged: a child restarting does not make this process unready.
+            doc["processes"] = self._supervised()
+        return doc
 
     def liveness(self) -> Liveness:
         """``/livez``: answering at all proves the event loop runs; nothing else is checked
@@ -488,7 +518,8 @@ class Runner:
                 http_cfg = self.config.http_for(self.process)
                 if http_cfg.enabled:
                     self.http = self._http_server(http_cfg.host, http_cfg.port,
-                                                  server_tls(http_cfg.tls))
+                                                  server_tls(http_cfg.tls),
+                                                  reuse_port=self.worker.count > 1)
                 self.pipelines = [
                     PipelineRun(p, self.metrics, nats=self.nats, http=self.http,
                                 shared=self.shared)
@@ -496,6 +527,7 @@ class Runner:
                 ]
                 if self.http is not None:
                     await services.start(self.http.serve)
+                    await self._serve_private(services, http_cfg)
                 if self.nats is not None:
                     await services.start(self._health_on_nats, self.nats)
 
@@ -512,8 +544,23 @@ class Runner:
                 services.cancel_scope.cancel()
             self._nats_stop.set()
 
-    def _http_server(self, host: str, port: int, tls: ssl.SSLContext | None) -> HttpServer:
-        server = HttpServer(host, port, ssl_context=tls)
+    async def _serve_private(self, nursery: trio.Nursery, http_cfg: HttpConfig) -> None:
+        """Worker ``i``'s own /metrics and /healthz on ``metrics_port + i``: the shared port
+        lands on any copy, this one on this copy only (what Prometheus scrapes)."""
+        port = self.config.private_metrics_port(self.process, self.worker)
+        if port is None:
+            return
+        private = self._http_server(http_cfg.host, port, server_tls(http_cfg.tls))
+        try:
+            await nursery.start(private.serve)
+        except OSError as exc:
+            _log.warning("worker serves no private /metrics: its port is taken",
+                         code=SUP_WORKER_METRICS_PORT, process=self.process,
+                         worker=self.worker.index, port=port, error=str(exc))
+
+    def _http_server(self, host: str, port: int, tls: ssl.SSLContext | None, *,
+                     reuse_port: bool = False) -> HttpServer:
+        server = HttpServer(host, port, ssl_context=tls, reuse_port=reuse_port)
 
         async def healthz(_req: Request) -> Response:
             doc = self.health()

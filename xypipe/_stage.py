@@ -221,6 +221,10 @@ class StageBase:
     #: The embedded bus role (:data:`xypipe._nats_roles.ROLES`) this stage's NATS work needs;
     #: None for stages that use no NATS or work with whatever role their process has.
     nats_role: ClassVar[str | None] = None
+    #: Whether a process running this stage defaults to ``workers = "auto"`` (as many copies
+    #: as the config leaves cores free): true for stages whose copies serve independently
+    #: from the same bus (the gateway), false for any whose copies would publish twice.
+    scales_out: ClassVar[bool] = False
     #: What the class declares (set for every subclass of :class:`Stage`).
     types: ClassVar[StageTypes] = StageTypes(Unchecked, Unchecked, Unchecked)
 

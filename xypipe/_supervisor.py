@@ -4,6 +4,12 @@ A Python process uses one core, so pipelines that name a ``[processes.X]`` table
 ``xypipe run CONFIG --process X``. The parent owns the embedded nats-server (children get its URL)
 and runs the ``main`` process's pipelines itself.
 
+A process with ``workers = N`` (:meth:`~xypipe._config.AppConfig.worker_plan`) runs as N
+children, ``NAME.0`` .. ``NAME.{N-1}``, each supervised alone (its own restarts and budget) and
+told which copy it is in its environment (:class:`~xypipe._worker.WorkerIdentity`); they share
+the process's HTTP port (``SO_REUSEPORT``) and each serves its own /metrics on
+``metrics_port + index``.
+
 Every child and the embedded server are supervised (:func:`xypipe._supervise.supervise`): one
 that dies is restarted in place (same argv, same ports) by its ``restart`` policy while the others
 keep serving; the tree stops only when a restart budget is spent (or the policy is ``never``), and
@@ -21,8 +27,9 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
+import attrs
 import trio
 
 from xypipe._bus_layout import bus_layout
@@ -32,6 +39,7 @@ from xypipe._errors import (
     SUP_HTTP_PORT_TAKEN,
     SUP_KILLED_AFTER_GRACE,
     SUP_SECOND_SIGNAL,
+    SUP_WORKERS_PLANNED,
     ChildFailed,
     XyError,
 )
@@ -42,6 +50,7 @@ from xypipe._process import Child
 from xypipe._profile import check_profile
 from xypipe._runner import Runner, server_tls
 from xypipe._supervise import WORKER_CODES, Failed, Finished, SupervisionMetrics, supervise
+from xypipe._worker import WorkerIdentity, usable_cores
 
 __all__ = ["CHILD_GRACE", "ChildFailed", "run_process_tree"]
 
@@ -70,7 +79,31 @@ async def run_process_tree(
     if not children:
         await _run_single(cfg, "main", nats_url, signals, nats_nkey)
         return
-    await _run_tree(cfg, children, nats_url, signals)
+    await _run_tree(cfg, _units(cfg, children), nats_url, signals)
+
+
+@attrs.frozen
+class _Unit:
+    """One supervised child: a process, or one worker of a process that runs several."""
+
+    #: What logs, ``process_up`` and ``/healthz`` call it: the process's name, or
+    #: ``NAME.INDEX`` for one of its workers.
+    name: str
+    identity: WorkerIdentity
+
+
+def _units(cfg: AppConfig, children: list[str]) -> list[_Unit]:
+    units = []
+    for process in children:
+        plan = cfg.worker_plan(process)
+        if plan.source == "auto" or plan.count > 1:
+            _log.info("workers planned", code=SUP_WORKERS_PLANNED,
+                      process=process, workers=plan.count, source=plan.source,
+                      cores=usable_cores(), metrics_port=plan.metrics_port)
+        for index in range(plan.count):
+            name = process if plan.count == 1 else f"{process}.{index}"
+            units.append(_Unit(name, WorkerIdentity(process, index, plan.count)))
+    return units
 
 
 async def _run_single(
@@ -120,7 +153,7 @@ class _Tree:
 
 
 async def _run_tree(
-    cfg: AppConfig, children: list[str], nats_url: str | None, signals: tuple[int, ...]
+    cfg: AppConfig, children: list[_Unit], nats_url: str | None, signals: tuple[int, ...]
 ) -> None:
     main_pipelines = [p for p in cfg.pipelines.values() if p.process == "main"]
     # The parent's registry: process_restarts_total, served by the main runner's /metrics.
@@ -133,7 +166,7 @@ async def _run_tree(
         # Nesting is the stop order: `work` (children, main runner) ends before NATS is asked to.
         async with trio.open_nursery() as base:
             url = nats_url
-            supervised = list(children)
+            supervised = [unit.name for unit in children]
             keys = None
             if url is None and cfg.nats is not None and cfg.nats.url == "embedded":
                 bus = await base.start(_own_nats, cfg, metrics, nats_stop, tree)
@@ -151,15 +184,17 @@ async def _run_tree(
 
             if not main_pipelines and cfg.http.enabled:
                 # In `outer`: /metrics answers until NATS too has stopped.
-                await _serve_supervisor(cfg, supervised, metrics, outer)
+                await _serve_supervisor(cfg, children, supervised, metrics, outer)
             try:
                 async with trio.open_nursery() as work:
-                    for name in children:
-                        await work.start(_child, cfg, name, url, nkey_of(name), metrics, tree)
+                    for unit in children:
+                        await work.start(_child, cfg, unit, url, nkey_of(unit.identity.process),
+                                         metrics, tree)
                     runner = None
                     if main_pipelines:
                         runner = Runner(cfg, process="main", nats_url=url, metrics=metrics,
-                                        nats_nkey=nkey_of("main"))
+                                        nats_nkey=nkey_of("main"),
+                                        supervised=lambda: _up(metrics, supervised))
                         work.start_soon(_main_runner, runner, tree)
                     await tree.stop_all.wait()
                     if runner is not None:
@@ -173,12 +208,20 @@ async def _run_tree(
         raise tree.failures[0]
 
 
+def _up(metrics: Metrics, supervised: list[str]) -> dict[str, bool]:
+    """Whether each supervised process (each worker of one that runs several) runs now."""
+    return {name: metrics.registry.get_sample_value("process_up", {"process": name}) == 1
+            for name in supervised}
+
+
 async def _serve_supervisor(
-    cfg: AppConfig, supervised: list[str], metrics: Metrics, nursery: trio.Nursery
+    cfg: AppConfig, children: list[_Unit], supervised: list[str], metrics: Metrics,
+    nursery: trio.Nursery,
 ) -> None:
     """Without ``main`` pipelines nobody serves the parent's registry: serve it on ``[http]``,
-    with a /healthz that is ready while every supervised process runs."""
-    taken = {cfg.http_for(name).port: name for name in supervised if name in cfg.processes}
+    with a /healthz that is ready while every supervised process — every worker — runs."""
+    taken = {cfg.http_for(unit.identity.process).port: unit.identity.process
+             for unit in children}
     if cfg.http.port in taken:
         _log.warning("the supervisor's [http] port is a child's; it serves no /metrics",
                      code=SUP_HTTP_PORT_TAKEN, port=cfg.http.port, process=taken[cfg.http.port])
@@ -186,8 +229,7 @@ async def _serve_supervisor(
     server = HttpServer(cfg.http.host, cfg.http.port, ssl_context=server_tls(cfg.http.tls))
 
     async def healthz(_req: Request) -> Response:
-        up = {name: metrics.registry.get_sample_value("process_up", {"process": name}) == 1
-              for name in supervised}
+        up = _up(metrics, supervised)
         ready = all(up.values())
         return Response.json({"status": "ok" if ready else "not-ready", "live": True,
                               "ready": ready, "process": "supervisor", "processes": up},
@@ -226,11 +268,13 @@ async def _own_nats(
 
 
 class _Worker:
-    """``xypipe run CONFIG --process NAME`` as a :class:`~xypipe._supervise.Supervised` unit."""
+    """``xypipe run CONFIG --process NAME`` as a :class:`~xypipe._supervise.Supervised` unit;
+    ``env`` is added to ours (which copy of the process it is)."""
 
-    def __init__(self, name: str, argv: list[str]) -> None:
+    def __init__(self, name: str, argv: list[str], env: Mapping[str, str] | None = None) -> None:
         self.name = name
         self.argv = argv
+        self.env = {**os.environ, **(env or {})}
         self._proc: Child | None = None
 
     @property
@@ -244,7 +288,7 @@ class _Worker:
     async def start(self) -> None:
         # Own session: a Ctrl-C in the terminal reaches the parent only, which then stops the
         # children in order (pipelines drain before NATS goes away).
-        self._proc = Child.spawn(self.argv, start_new_session=True, env=os.environ)
+        self._proc = Child.spawn(self.argv, start_new_session=True, env=self.env)
 
     async def wait(self) -> int:
         assert self._proc is not None
@@ -271,17 +315,20 @@ class _Worker:
 
 
 async def _child(
-    cfg: AppConfig, name: str, nats_url: str | None, nats_nkey: str | None, metrics: Metrics,
+    cfg: AppConfig, unit: _Unit, nats_url: str | None, nats_nkey: str | None, metrics: Metrics,
     tree: _Tree, *, task_status: trio.TaskStatus[object] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    argv = [sys.executable, "-m", "xypipe", "run", cfg.path, "--process", name]
+    process = unit.identity.process
+    argv = [sys.executable, "-m", "xypipe", "run", cfg.path, "--process", process]
     if nats_url:
         argv += ["--nats-url", nats_url]
     if nats_nkey:
         # A path, not the seed: argv is visible to every process on the machine.
         argv += ["--nats-nkey", nats_nkey]
+    # Each worker has the process's restart policy and a budget of its own.
     outcome = await supervise(
-        name, _Worker(name, argv), cfg.processes[name].restart, stopping=tree.stop_all,
+        unit.name, _Worker(unit.name, argv, unit.identity.environ()),
+        cfg.processes[process].restart, stopping=tree.stop_all,
         metrics=SupervisionMetrics(metrics), codes=WORKER_CODES, task_status=task_status,
     )
     if isinstance(outcome, Failed):

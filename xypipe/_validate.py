@@ -74,6 +74,13 @@ def in_range(lo: float, hi: float) -> _Validator:
     )
 
 
+def count_or(word: str, lo: int, hi: int) -> _Validator:
+    """An integer ``lo..hi`` or the string ``word`` (``workers = 4`` or ``workers = "auto"``)."""
+    return _Validator(f"expected an integer {lo}..{hi} or {show(word)}",
+                      lambda v: v == word or (_is_int(v) and lo <= v <= hi),
+                      lambda v: did_you_mean(v, [word]))
+
+
 def did_you_mean(word: object, choices: Iterable[str]) -> str:
     """``; did you mean "x"?`` for the closest of ``choices`` to a mistyped ``word``, or ""."""
     if not isinstance(word, str):

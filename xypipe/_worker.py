@@ -4,12 +4,16 @@ ownership leases are held by that name, so a restarted worker takes its share ba
 
 The supervisor passes the identity to each child in its environment; a process started any
 other way (a test, ``xypipe run`` of a single-process config) is worker 0 of 1.
+
+How many copies ``workers = "auto"`` means is decided here too (:func:`auto_workers`): the cores
+this process may use that the config's other child processes leave free, at least one.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import sys
 from collections.abc import Mapping
 
 import attrs
@@ -50,4 +54,31 @@ class WorkerIdentity:
         return cls(process=env.get(PROCESS_ENV, ""), index=index, count=max(count, 1))
 
 
-__all__ = ["WorkerIdentity"]
+#: Most copies of one process a config may ask for (each is a whole Python process).
+MAX_WORKERS = 256
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, which a container or ``taskset``
+    narrows), not the machine's count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # no affinity on this platform
+        return os.cpu_count() or 1
+
+
+def ports_shared() -> bool:
+    """Whether copies of a process can share a port here: ``SO_REUSEPORT`` as Linux has it,
+    which spreads connections across the sockets (macOS and the BSDs accept the option but hand
+    every connection to one socket; Windows lacks it)."""
+    return sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")
+
+
+def auto_workers(cores: int, others: int) -> int:
+    """``workers = "auto"``: the cores the config leaves free — ``cores`` minus the ``others``
+    child processes the same config runs (each keeps a core busy) — and never fewer than one,
+    nor more than :data:`MAX_WORKERS`. On a 2-core machine beside one other process: 1."""
+    return max(1, min(MAX_WORKERS, cores - others))
+
+
+__all__ = ["MAX_WORKERS", "WorkerIdentity", "auto_workers", "ports_shared", "usable_cores"]

@@ -85,6 +85,9 @@ class Layout:
     role_keys: bool
     #: The processes that sign in to NATS (each reports its health on ``xy.exec.health.*``).
     on_nats: list[str] = attrs.field(factory=list)
+    #: Ports the workers of a process share (``workers = N``): the browsers' port, which lands
+    #: on any worker; each worker's own endpoint is in ``endpoints``.
+    shared: dict[int, str] = attrs.field(factory=dict)
 
     def key_of(self, role: str, cwd: Path) -> str | None:
         """The seed file ``role`` signs in with on the demo's bus (None: no credentials)."""
@@ -95,6 +98,7 @@ class Layout:
     def ports(self) -> dict[int, str]:
         """Every fixed port the demo listens on, with who listens there."""
         out = {e.port: f"{e.process} HTTP" for e in self.endpoints}
+        out.update(self.shared)
         if self.nats_url is not None and self.data_dir is not None:
             out[int(self.nats_url.rpartition(":")[2])] = "NATS"
         for url in self.pages:
@@ -106,6 +110,7 @@ def layout_of(cfg: AppConfig) -> Layout:
     """The layout of ``cfg``, or :class:`DemoError` (``XY-DEMO-005``) when a background demo
     of it could not be reached: a port picked at start, or no process serving health."""
     endpoints: list[Endpoint] = []
+    shared: dict[int, str] = {}
     names = cfg.process_names()
     if "main" not in names and cfg.http.enabled and len(names) > 0:
         names = ["main", *names]  # the supervisor serves [http] itself
@@ -118,8 +123,18 @@ def layout_of(cfg: AppConfig) -> Layout:
             raise DemoError(
                 f"{cfg.path}: {where} is 0 (picked at start); a background demo needs fixed "
                 "ports to be found again — set one", code=DEMO_CONFIG_UNSUITABLE)
-        endpoints.append(Endpoint(name, MAIN_JOB if name == "main" else name,
-                                  _loopback(http.host), http.port, http.tls is not None))
+        plan = cfg.worker_plan(name)
+        if plan.metrics_port is None:
+            endpoints.append(Endpoint(name, MAIN_JOB if name == "main" else name,
+                                      _loopback(http.host), http.port, http.tls is not None))
+            continue
+        # Several workers: each is scraped and watched on its own port; the shared one
+        # would answer for any of them.
+        shared[http.port] = f"{name} HTTP (its {plan.count} workers)"
+        for index in range(plan.count):
+            unit = name if plan.count == 1 else f"{name}.{index}"
+            endpoints.append(Endpoint(unit, name, _loopback(http.host),
+                                      plan.metrics_port + index, http.tls is not None))
     if not endpoints:
         raise DemoError(f"{cfg.path}: no process serves HTTP, so nothing can tell when the "
                         "demo is ready; enable [http]", code=DEMO_CONFIG_UNSUITABLE)
@@ -137,4 +152,4 @@ def layout_of(cfg: AppConfig) -> Layout:
     elif cfg.nats is not None:
         nats_url = cfg.nats.url.split(",")[0].strip()
     on_nats = cfg.process_names() if cfg.nats is not None else []
-    return Layout(page_urls(cfg), endpoints, nats_url, data_dir, role_keys, on_nats)
+    return Layout(page_urls(cfg), endpoints, nats_url, data_dir, role_keys, on_nats, shared)

@@ -47,23 +47,23 @@ def scrape_config(template: dict[str, object], template_dir: Path,
     """``template`` with each job's targets replaced by its process's endpoint (jobs with no
     such process dropped, processes with no job added after them) and rule files made absolute
     (Prometheus reads them relative to the config, which lives elsewhere)."""
-    by_job = {e.job: e for e in endpoints}
+    # A process with several workers has one endpoint (one target) per worker in its job.
+    by_job: dict[str, list[Endpoint]] = {}
+    for e in endpoints:
+        by_job.setdefault(e.job, []).append(e)
     jobs: list[dict[str, object]] = []
-    done: set[str] = set()
     raw_jobs = template.get("scrape_configs")
     for job in raw_jobs if isinstance(raw_jobs, list) else []:
         name = job.get("job_name") if isinstance(job, dict) else None
         if not isinstance(name, str) or name not in by_job:
             continue
-        e = by_job[name]
-        jobs.append({**job, **({"scheme": "https"} if e.tls else {}),
-                     "static_configs": [{"targets": [e.target]}]})
-        done.add(name)
-    for e in endpoints:
-        if e.job not in done:
-            jobs.append({"job_name": e.job, "metrics_path": "/metrics",
-                         **({"scheme": "https"} if e.tls else {}),
-                         "static_configs": [{"targets": [e.target]}]})
+        found = by_job.pop(name)
+        jobs.append({**job, **({"scheme": "https"} if found[0].tls else {}),
+                     "static_configs": [{"targets": [e.target for e in found]}]})
+    for name, found in by_job.items():
+        jobs.append({"job_name": name, "metrics_path": "/metrics",
+                     **({"scheme": "https"} if found[0].tls else {}),
+                     "static_configs": [{"targets": [e.target for e in found]}]})
     rules = template.get("rule_files")
     rule_files = [str((template_dir / str(r)).resolve()) if not Path(str(r)).is_absolute()
                   else str(r) for r in (rules if isinstance(rules, list) else [])]
@@ -78,7 +78,10 @@ def _targets_up(doc: object) -> dict[str, str]:
     for t in active if isinstance(active, list) else []:
         labels = t.get("labels") if isinstance(t, dict) else None
         if isinstance(labels, dict):
-            out[str(labels.get("job"))] = str(t.get("health"))
+            # A job is up once every one of its targets (every worker) is.
+            job = str(labels.get("job"))
+            if out.get(job, "up") == "up":
+                out[job] = str(t.get("health"))
     return out
 
 
@@ -120,7 +123,7 @@ async def observe(state: StateDir, *, port: int, template: str, timeout_s: float
          f"--storage.tsdb.path={state.prometheus_data.resolve()}",
          f"--web.listen-address=127.0.0.1:{port}", *RETENTION], log=log)
     state.write(StateDir.PROMETHEUS, HelperState(launched, url))
-    jobs = sorted(e.job for e in tree.layout.endpoints)
+    jobs = sorted({e.job for e in tree.layout.endpoints})
     say(f"xypipe demo: starting Prometheus (pid {launched.pid}) on {url}, scraping "
         f"{', '.join(jobs)}")
     with trio.move_on_after(timeout_s):

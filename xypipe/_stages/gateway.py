@@ -40,6 +40,8 @@ class Gateway(Stage[list[Msg] | Msg, Never, GatewayOptions]):
     # feature flags, known groups or snapshot look-ups — a gateway fed by other means).
     requires = frozenset({"http"})
     nats_role = "gateway"
+    # Copies of a gateway each read every group from NATS and serve their own connections.
+    scales_out = True
     ready_on_start = False
 
     def __init__(self, config: GatewayOptions, ctx: StageContext) -> None:
