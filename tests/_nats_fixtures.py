@@ -3,6 +3,7 @@ real 3-node JetStream cluster on loopback (``nats_cluster``)."""
 
 from __future__ import annotations
 
+import json
 import socket
 from collections.abc import AsyncIterator
 from contextlib import ExitStack
@@ -14,8 +15,10 @@ import trio
 
 from xypipe._config import EmbeddedClusterConfig, EmbeddedNatsConfig, ProcessRestartPolicy
 from xypipe._embedded import EmbeddedBus, EmbeddedNats, embedded_nats, supervised_embedded_nats
+from xypipe._errors import XyError
 from xypipe._metrics import Metrics
 from xypipe._nats import NatsClient, connect
+from xypipe._retry import retrying
 
 
 @pytest.fixture
@@ -106,16 +109,59 @@ class ClusterUnderTest:
         return value or 0.0
 
 
+async def stream_info(nc: NatsClient, name: str) -> dict[str, object]:
+    """A stream's info as the server reports it (its replicas, and whether each is current)."""
+    reply = await nc.request(f"$JS.API.STREAM.INFO.{name}", b"", timeout=2.0)
+    info = json.loads(reply.data)
+    assert isinstance(info, dict) and "error" not in info, info
+    return info
+
+
+async def replicas_current(nc: NatsClient, name: str, nodes: int = 3) -> bool:
+    """Whether the stream has a leader and ``nodes - 1`` followers, all current."""
+    try:
+        info = await stream_info(nc, name)
+    except (XyError, AssertionError):
+        return False  # no leader yet (an election after a kill): asked again
+    cluster = info.get("cluster")
+    assert isinstance(cluster, dict)
+    followers = cluster.get("replicas") or []
+    return (bool(cluster.get("leader")) and len(followers) == nodes - 1
+            and all(f.get("current") and not f.get("offline") for f in followers))
+
+
+async def wait_current(nc: NatsClient, name: str, nodes: int = 3) -> None:
+    """Until every replica of the stream is current (a node that was down has caught up)."""
+    with trio.fail_after(30):
+        # The server's view of its replicas: a state to poll, not an event.
+        while not await replicas_current(nc, name, nodes):  # noqa: ASYNC110
+            await trio.sleep(0.1)
+
+
+async def placement_ready(urls: list[str], nodes: int) -> None:
+    """Until JetStream places a stream on ``nodes`` servers: a cluster whose nodes all know
+    their meta leader may not yet know every peer's JetStream (placement then fails,
+    transiently)."""
+    async with connect(urls, name="placement-probe", replicas=nodes) as nc:
+        js = nc.jetstream(timeout=2.0)
+        with trio.fail_after(30):
+            await retrying("place a probe stream", lambda: js.ensure_stream(
+                "XYTEST_PROBE", ["xytest.probe"], storage="memory"))
+        await js.delete_stream("XYTEST_PROBE")
+
+
 @pytest.fixture
 async def nats_cluster(tmp_path: Path) -> AsyncIterator[ClusterUnderTest]:
     """A 3-node JetStream cluster (routes, a store per node, R3 by default), every node
-    supervised like ``xypipe run`` does it; stopped after the test."""
+    supervised like ``xypipe run`` does it, ready to place R3 streams; stopped after the
+    test."""
     cfg = cluster_config(tmp_path / "nats-cluster")
     metrics = Metrics()
     stopping = trio.Event()
     async with trio.open_nursery() as nursery:
         bus = await nursery.start(partial(
             supervised_embedded_nats, cfg, metrics=metrics, stopping=stopping))
+        await placement_ready(bus.urls, len(bus.nodes))
         try:
             yield ClusterUnderTest(bus, cfg, metrics)
         finally:

@@ -4,7 +4,6 @@ was accepted) and its browser-like clients on the gateway's shared port."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import time
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import attrs
 import trio
-from _nats_fixtures import free_port_blocks
+from _nats_fixtures import free_port_blocks, stream_info, wait_current
 from chaos_clients import Subscriber
 from chaos_feed import Feed, accepted
 from chaos_stack import HealthWatch, XypipeRun, children_of
@@ -196,9 +195,10 @@ class ClusterStack:
 
     async def stream_leader(self, stream: str) -> int:
         """The node index of ``stream``'s leader (server names are ``xypipe-<i>``)."""
-        reply = await self.nc.request(f"$JS.API.STREAM.INFO.{stream}", b"", timeout=2.0)
-        leader = json.loads(reply.data)["cluster"]["leader"]
-        return int(str(leader).rsplit("-", 1)[1])
+        await wait_current(self.nc, stream)
+        cluster = (await stream_info(self.nc, stream))["cluster"]
+        assert isinstance(cluster, dict)
+        return int(str(cluster["leader"]).rsplit("-", 1)[1])
 
     def problems(self) -> dict[str, dict[str, int]]:
         return {c.name: p for c in self.clients if any((p := c.problems()).values())}
@@ -222,6 +222,8 @@ class ClusterStack:
         self.feed.stop()
         with trio.fail_after(GUARD_S):
             await self.feed.done.wait()
+        # A node killed a moment ago may still be catching up (a stream info then times out).
+        await wait_current(self.nc, "XY_SRC")
         truth = await accepted(self.nc)
         assert truth, "the source stream XY_SRC holds no ticks"
 

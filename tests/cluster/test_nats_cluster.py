@@ -8,21 +8,23 @@ and a client that was connected to the killed node carries on from another one.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 from pathlib import Path
 
+import nats.js.errors
 import pytest
 import trio
-from _nats_fixtures import ClusterUnderTest, cluster_config
+from _nats_fixtures import ClusterUnderTest, cluster_config, stream_info, wait_current
 
 from xypipe._embedded import EmbeddedBus, supervised_embedded_nats
-from xypipe._errors import NatsRefused, XyError
+from xypipe._errors import NatsJsUnavailable, NatsRefused, XyError
 from xypipe._log import get_logger
 from xypipe._metrics import Metrics
 from xypipe._nats import NatsClient, connect
+from xypipe._nats._boundary import map_error
 from xypipe._nats_keys import seed_file_of
+from xypipe._retry import transient
 from xypipe._stages._srcstream import SourceStream
 
 pytestmark = pytest.mark.nats
@@ -30,34 +32,6 @@ pytestmark = pytest.mark.nats
 STREAM = "CL_TEST"
 BUCKET = "cl_test"
 KEYS = 16
-
-
-async def stream_info(nc: NatsClient, name: str) -> dict[str, object]:
-    """The stream's info as the server reports it (replicas and whether each is current)."""
-    reply = await nc.request(f"$JS.API.STREAM.INFO.{name}", b"", timeout=2.0)
-    info = json.loads(reply.data)
-    assert isinstance(info, dict) and "error" not in info, info
-    return info
-
-
-async def replicas_current(nc: NatsClient, name: str, nodes: int) -> bool:
-    """Whether the stream has a leader and ``nodes - 1`` followers, all current."""
-    try:
-        info = await stream_info(nc, name)
-    except (XyError, AssertionError):
-        return False  # no leader yet (an election after a kill): asked again
-    cluster = info.get("cluster")
-    assert isinstance(cluster, dict)
-    followers = cluster.get("replicas") or []
-    return (bool(cluster.get("leader")) and len(followers) == nodes - 1
-            and all(f.get("current") and not f.get("offline") for f in followers))
-
-
-async def wait_current(nc: NatsClient, name: str, nodes: int = 3) -> None:
-    with trio.fail_after(30):
-        # The server's view of its replicas: a state to poll, not an event.
-        while not await replicas_current(nc, name, nodes):  # noqa: ASYNC110
-            await trio.sleep(0.1)
 
 
 async def read_all(nc: NatsClient, count: int) -> dict[int, int]:
@@ -227,3 +201,15 @@ async def test_the_aggregator_moves_a_source_stream_made_on_one_copy_to_the_repl
         await source.ensure(nc.jetstream(), owner=True, log=get_logger("test"))
         assert (await stream_info(nc, "XY_SRC_R"))["config"]["num_replicas"] == 3  # type: ignore[index]
         await wait_current(nc, "XY_SRC_R")
+
+
+def test_too_few_servers_for_the_replicas_is_ridden_out_with_a_retry():
+    # What JetStream answers a creation while a cluster node is down (or still joining).
+    refused = nats.js.errors.BadRequestError(
+        code=400, err_code=10005, description="no suitable peers for placement")
+    error = map_error(refused, "ensure stream 'XY_SRC'")
+    assert isinstance(error, NatsJsUnavailable) and transient(error)
+    assert str(error).startswith("ensure stream 'XY_SRC': not enough JetStream servers up for "
+                                 "the replicas asked for")
+    other = map_error(nats.js.errors.BadRequestError(code=400, err_code=10058), "x")
+    assert not transient(other)
