@@ -1,7 +1,7 @@
 # The two commands of the README:
 #   make demo   set up and run the demo (embedded NATS, pipelines, UI)
 #   make test   set up and run the whole test suite
-.PHONY: demo test setup setup-test proto proto-check bench bench-chaos lint clean
+.PHONY: demo test setup setup-test proto proto-check typecheck bench bench-chaos lint clean
 
 # Quiet recipes: the first line `make demo` prints is the address of the page to open.
 demo: setup
@@ -21,6 +21,11 @@ proto: setup-test
 
 proto-check: setup-test
 	.venv/bin/xypipe dev proto --check
+
+# tsc --strict --noEmit over contracts/ts, the browser client and the README example (part of
+# `make test`); `.venv/bin/python scripts/typecheck.py --write` refreshes ui-static/types/.
+typecheck: setup-test
+	.venv/bin/python scripts/typecheck.py
 
 bench: setup-test
 	.venv/bin/python bench/bridge.py

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install what the contract tooling needs (idempotent, quiet, fast when already done):
 #   - Debian: protoc-gen-go, the Go toolchain and Go protobuf runtime, protoc
-#   - npm ci: buf, protoc-gen-es, the protobuf-es runtime, esbuild (package-lock.json)
+#   - npm ci: buf, protoc-gen-es, the protobuf-es runtime, esbuild, typescript (package-lock.json)
 #   - contracts/go/vendor: Debian's Go protobuf runtime, so `go test` builds offline
 # Usage: scripts/setup_contracts.sh   (from anywhere; root needed only for apt-get)
 set -euo pipefail

@@ -46,7 +46,7 @@ else
   step "buf breaking against git: skipped (not a git work tree; the baseline check still ran)"
 fi
 
-step "generated code up to date (Python, JS, Go, golden vectors)"
+step "generated code up to date (Python, TypeScript, JS, Go, golden vectors)"
 PYTHON="$PYTHON" scripts/gen_proto.sh --check
 
 step "golden vectors: Node (ui-static/gen/xy_contracts.js)"

@@ -2,6 +2,12 @@
 // time): the rolling latency window, bounded sample rings, the live top movers and the
 // watchlists' sort order. demo.js draws with them; tests/node/xy-demo.test.mjs checks them.
 
+/** @typedef {import("./xy-core.js").State} State */
+/**
+ * One row of the top movers: the symbol's state and the value it is ranked by.
+ * @typedef {{ group: string, key: string, symbol: string, value: number, rank: number, state: State }} Mover
+ */
+
 /**
  * Percentiles of the samples added in the last `windowMs`. Samples go into per-slot histograms
  * (`binMs` wide bins up to `maxMs`, the last bin holding everything above), so adding one is
@@ -10,6 +16,7 @@
  * `maxMs`); slots older than the window are skipped, then reused.
  */
 export class RollingHistogram {
+  /** @param {{ windowMs?: number, slotMs?: number, binMs?: number, maxMs?: number }} [options] */
   constructor({ windowMs = 5000, slotMs = 500, binMs = 0.5, maxMs = 2000 } = {}) {
     this.windowMs = windowMs;
     this.slotMs = slotMs;
@@ -22,6 +29,10 @@ export class RollingHistogram {
     this.sum = new Float64Array(this.bins);
   }
 
+  /**
+   * @param {number} ms
+   * @param {number} nowMs
+   */
   add(ms, nowMs) {
     const id = Math.floor(nowMs / this.slotMs);
     const slot = this.slots[((id % this.slots.length) + this.slots.length) % this.slots.length];
@@ -37,11 +48,17 @@ export class RollingHistogram {
   }
 
   /** `{n, p50, p95, ...}` for `ps` (ascending) over the window ending at `nowMs`; null when empty. */
+  /**
+   * @param {number} nowMs
+   * @param {number[]} ps
+   * @returns {{ n: number } & Record<string, number | null>}
+   */
   percentiles(nowMs, ps) {
     const id = Math.floor(nowMs / this.slotMs);
     const live = this.slots.filter((s) => s.id <= id && s.id > id - this.slots.length && s.n > 0);
     let n = 0;
     for (const s of live) n += s.n;
+    /** @type {{ n: number } & Record<string, number | null>} */
     const out = { n };
     for (const p of ps) out[`p${p}`] = null;
     if (n === 0) return out;
@@ -60,12 +77,14 @@ export class RollingHistogram {
 
 /** The last `cap` numbers pushed (a fixed buffer: pushing never allocates). */
 export class Ring {
+  /** @param {number} cap */
   constructor(cap) {
     this.buf = new Float64Array(cap);
     this.size = 0;
     this.next = 0;
   }
 
+  /** @param {number} v */
   push(v) {
     this.buf[this.next] = v;
     this.next = (this.next + 1) % this.buf.length;
@@ -83,6 +102,7 @@ export class Ring {
   }
 }
 
+/** @type {Record<string, (s: State) => number>} */
 const MOVER_VALUE = {
   vol: (s) => s.vol,
   oi: (s) => s.oi,
@@ -96,9 +116,17 @@ const MOVER_VALUE = {
  * `change` = last minus `baseline.get(key)` (the last the page's snapshot had), by absolute
  * value. Computed from the live states, so values and ranks follow every delta.
  */
+/**
+ * @param {Map<string, Map<string, State>>} books
+ * @param {string} by
+ * @param {number} k
+ * @param {Map<string, number>} [baseline]
+ * @returns {Mover[]}
+ */
 export function topMovers(books, by, k, baseline = new Map()) {
   const change = by === "change";
   const valueOf = Object.hasOwn(MOVER_VALUE, by) ? MOVER_VALUE[by] : MOVER_VALUE.vol;
+  /** @type {Mover[]} */
   const out = [];
   if (k <= 0) return out;
   for (const [group, book] of books) {
@@ -106,14 +134,15 @@ export function topMovers(books, by, k, baseline = new Map()) {
       const value = change ? s.last - (baseline.get(key) ?? s.last) : valueOf(s);
       const rank = change ? Math.abs(value) : value;
       if (out.length === k && rank <= out[k - 1].rank) continue;
+      const entry = { group, key, symbol: s.symbol, value, rank, state: s };
       let i = out.length;
       if (i === k) i -= 1;
-      else out.push(null);
+      else out.push(entry); // a place at the end, filled below
       while (i > 0 && out[i - 1].rank < rank) {
         out[i] = out[i - 1];
         i -= 1;
       }
-      out[i] = { group, key, symbol: s.symbol, value, rank, state: s };
+      out[i] = entry;
     }
   }
   return out;
@@ -127,6 +156,11 @@ export const WATCH_COLUMNS = ["Symbol", "Last", "Chg", "Bid", "Ask", "Vol", "Tra
  * `open`: the symbol's name, then real numbers (fixed-point prices scaled by their own
  * decimals, so symbols quoted with different decimals compare right). A side without a quote
  * is null (sorted last, either direction).
+ */
+/**
+ * @param {State} s
+ * @param {number} open
+ * @returns {[string, number, number, number | null, number | null, number, number]}
  */
 export function sortValues(s, open) {
   const scale = 10 ** (s.priceDecimals || 0);
@@ -145,6 +179,11 @@ export function sortValues(s, open) {
  * A comparator of rows (objects with `vals` from sortValues and a `key`) by column `col`,
  * `dir` 1 ascending / -1 descending; ties by key, so the order is total and stable.
  */
+/**
+ * @param {number} col
+ * @param {number} dir
+ * @returns {(a: { vals: (string | number | null)[], key: string }, b: { vals: (string | number | null)[], key: string }) => number}
+ */
 export function rowComparator(col, dir) {
   return (a, b) => {
     const x = a.vals[col];
@@ -160,6 +199,11 @@ export function rowComparator(col, dir) {
 
 /** The sort after a click on column `col`: the same column flips, a new one starts ascending
  * for names and descending for numbers (largest first, as a desk reads a column). */
+/**
+ * @param {{ col: number, dir: number }} current
+ * @param {number} col
+ * @returns {{ col: number, dir: number }}
+ */
 export function nextSort(current, col) {
   if (current.col === col) return { col, dir: -current.dir };
   return { col, dir: col === 0 ? 1 : -1 };
@@ -171,6 +215,14 @@ export function nextSort(current, col) {
  * `viewHeight` px tall, `overscan` rows more on each side (so a row is drawn before it shows).
  * Before the rows are measured (rowHeight 0) every row counts as in view; with no rows, last <
  * first.
+ */
+/**
+ * @param {number} scrollTop
+ * @param {number} viewHeight
+ * @param {number} headHeight
+ * @param {number} rowHeight
+ * @param {number} count
+ * @returns {[number, number]}
  */
 export function visibleRows(scrollTop, viewHeight, headHeight, rowHeight, count, overscan = 2) {
   if (count <= 0) return [0, -1];
@@ -185,6 +237,11 @@ export function visibleRows(scrollTop, viewHeight, headHeight, rowHeight, count,
  * Whether a tab drawing at `fps` draws in the animation frame at `ts` (ms), its last drawn
  * frame having been at `lastDrawn`: at 60 every frame, at 30 every other one (a frame counts as
  * due a few ms early, so frame-time jitter never skips two), at 0 none.
+ */
+/**
+ * @param {number} ts
+ * @param {number} lastDrawn
+ * @param {number} fps
  */
 export function drawDue(ts, lastDrawn, fps) {
   if (!(fps > 0)) return false;

@@ -6,9 +6,129 @@
 // (milliseconds) and returns what the caller should do. xy-worker.js wraps it with I/O, and
 // tests/node/ drives it directly.
 
+// ------------------------------------------------------------------------------ types
+
+/**
+ * A protobuf int64/uint64 field as the generated code gives it (bigint), or as a JS number.
+ * @typedef {bigint | number | null | undefined} Int64
+ */
+/**
+ * One price level of a book side, with JS numbers.
+ * @typedef {{ price: number, size: number, orders: number }} Level
+ */
+/**
+ * A SymbolState as a plain object with JS numbers (plainState): what tabs receive.
+ * @typedef {object} State
+ * @property {string} venue
+ * @property {string} symbol
+ * @property {number} seq
+ * @property {number} tsExchangeUs
+ * @property {number} tsArrivalUs
+ * @property {number} last
+ * @property {number} lastSize
+ * @property {Level[]} bids
+ * @property {Level[]} asks
+ * @property {number} vol
+ * @property {number} oi
+ * @property {number} flags
+ * @property {number} priceDecimals
+ * @property {number} windowHigh
+ * @property {number} windowLow
+ * @property {number} windowTrades
+ * @property {number} windowVolume
+ * @property {number} windowTicks
+ * @property {number} totalTrades
+ * @property {number} checksum
+ * @property {boolean} trimmed
+ */
+/**
+ * A SymbolState as it comes off the wire (the protobuf-es message, or a plain object with some
+ * fields absent): what plainState accepts.
+ * @typedef {object} WireState
+ * @property {string} venue
+ * @property {string} symbol
+ * @property {Int64} [seq]
+ * @property {Int64} [tsExchangeUs]
+ * @property {Int64} [tsArrivalUs]
+ * @property {Int64} [last]
+ * @property {Int64} [lastSize]
+ * @property {{ price?: Int64, size?: Int64, orders?: number }[]} [bids]
+ * @property {{ price?: Int64, size?: Int64, orders?: number }[]} [asks]
+ * @property {Int64} [vol]
+ * @property {Int64} [oi]
+ * @property {number} [flags]
+ * @property {number} [priceDecimals]
+ * @property {Int64} [windowHigh]
+ * @property {Int64} [windowLow]
+ * @property {number} [windowTrades]
+ * @property {Int64} [windowVolume]
+ * @property {number} [windowTicks]
+ * @property {Int64} [totalTrades]
+ * @property {number} [checksum]
+ * @property {boolean} [trimmed]
+ */
+/**
+ * A delta as SeqTracker judges it (the protobuf-es Delta, or a plain object).
+ * @typedef {{ group: string, shard?: number, seq: Int64, firstSeq?: Int64, epoch: Int64 }} DeltaHead
+ */
+/**
+ * A delta as plain object (mergeDeltas' input and output).
+ * @typedef {object} PlainDelta
+ * @property {string} group
+ * @property {number} [shard]
+ * @property {number} epoch
+ * @property {number} seq
+ * @property {number} [firstSeq]
+ * @property {number} [windowMs]
+ * @property {number} [level]
+ * @property {number} [tsEmitUs]
+ * @property {string[]} [removed] wire keys "venue.symbol"
+ * @property {State[]} [symbols]
+ */
+/**
+ * A snapshot as plain object (what the hub keeps and tabs receive).
+ * @typedef {object} PlainSnapshot
+ * @property {string} group
+ * @property {number} [version]
+ * @property {number} [epoch]
+ * @property {State[]} symbols
+ * @property {TopEntry[]} [top] the group's Top-K, best first
+ * @property {string} [topBy]
+ * @property {number} [tsEmitUs]
+ * @property {boolean} [synthetic] true for a GroupBook view (no snapshot on the wire)
+ */
+/** @typedef {{ venue: string, symbol: string, value: number }} TopEntry */
+/**
+ * What a tab's subscription receives: every change of one group since the last batch.
+ * @typedef {object} Batch
+ * @property {string} group
+ * @property {PlainSnapshot | null} snapshot set when the group was (re)built from a snapshot
+ * @property {State[]} symbols the latest state of each symbol that changed
+ * @property {string[]} removed symbolKeys ("venue:symbol") that left the group
+ * @property {number} deltas how many deltas the batch folds
+ * @property {number} minArrivalUs the oldest tick arrival time it stands for (0: unknown)
+ * @property {Record<number, number>} seqs the last sequence per shard
+ */
+/** @typedef {"apply" | "duplicate" | "gap" | "far_future" | "stale_epoch" | "future_epoch"} Verdict */
+/** @typedef {"ok" | "mismatch" | "skipped"} ChecksumResult */
+
+// ------------------------------------------------------------------------------ errors
+
+/**
+ * What to say of a caught value: its message when it has one, else the value.
+ * @param {unknown} err
+ */
+export function errorText(err) {
+  return /** @type {{ message?: unknown } | null | undefined} */ (err)?.message ?? err;
+}
+
 // ------------------------------------------------------------------------------ numbers
 
 /** A protobuf int64/uint64 field as a JS number, whether the generated code gave bigint or number. */
+/**
+ * @param {Int64} value
+ * @returns {number}
+ */
 export function num(value) {
   return typeof value === "bigint" ? Number(value) : (value ?? 0);
 }
@@ -22,6 +142,7 @@ export function num(value) {
  * socket usually reconnects at once, and the ≤ 3 s recovery target leaves no room to wait.
  */
 export class Backoff {
+  /** @param {{ baseMs?: number, capMs?: number, factor?: number, firstImmediate?: boolean, random?: () => number }} [options] */
   constructor({ baseMs = 100, capMs = 2000, factor = 2, firstImmediate = true, random = Math.random } = {}) {
     if (!(baseMs > 0) || !(capMs >= baseMs) || !(factor >= 1)) {
       throw new RangeError(`Backoff: expected 0 < baseMs <= capMs and factor >= 1, got baseMs=${baseMs} capMs=${capMs} factor=${factor}`);
@@ -33,7 +154,11 @@ export class Backoff {
     this.random = random;
   }
 
-  /** Delay before retry number `attempt` (0 = the first retry). */
+  /**
+   * Delay before retry number `attempt` (0 = the first retry).
+   * @param {number} attempt
+   * @returns {number}
+   */
   delay(attempt) {
     if (attempt === 0 && this.firstImmediate) return 0;
     const n = this.firstImmediate ? attempt - 1 : attempt;
@@ -51,6 +176,7 @@ export class Backoff {
  * abandon them. A connection counts as stable (resetting the backoff) after `stableMs`.
  */
 export class Reconnector {
+  /** @param {{ backoff?: Backoff, maxConcurrent?: number, attemptTimeoutMs?: number, stableMs?: number }} [options] */
   constructor({ backoff = new Backoff(), maxConcurrent = 1, attemptTimeoutMs = 5000, stableMs = 5000 } = {}) {
     if (!(maxConcurrent >= 1)) throw new RangeError(`Reconnector: maxConcurrent must be >= 1, got ${maxConcurrent}`);
     this.backoff = backoff;
@@ -59,7 +185,9 @@ export class Reconnector {
     this.stableMs = stableMs;
     this.failures = 0; // consecutive failed attempts since the last stable connection
     this.nextAt = 0; // earliest time the next attempt may start
+    /** @type {Map<number, number>} */
     this.inFlight = new Map(); // id -> start time
+    /** @type {number | null} */
     this.openedAt = null; // when the current connection opened
     this.reconnects = 0; // connections opened after the first
     this.everOpened = false;
@@ -67,15 +195,21 @@ export class Reconnector {
   }
 
   /** May an attempt start now? (connected == false and not at the concurrency cap) */
+  /** @param {number} now */
   due(now) {
     return this.openedAt === null && this.inFlight.size < this.maxConcurrent && now >= this.nextAt;
   }
 
   /** Milliseconds until `due` may turn true (0 when it is already). */
+  /** @param {number} now */
   waitMs(now) {
     return Math.max(0, this.nextAt - now);
   }
 
+  /**
+   * @param {number} now
+   * @returns {number | null} the attempt's id, null at the concurrency cap
+   */
   begin(now) {
     if (this.inFlight.size >= this.maxConcurrent) return null;
     const id = ++this._ids;
@@ -83,8 +217,12 @@ export class Reconnector {
     return id;
   }
 
+  /**
+   * @param {number | null} id
+   * @param {number} now
+   */
   opened(id, now) {
-    this.inFlight.delete(id);
+    if (id !== null) this.inFlight.delete(id);
     if (this.everOpened) this.reconnects += 1;
     this.everOpened = true;
     this.openedAt = now;
@@ -94,6 +232,11 @@ export class Reconnector {
    * An attempt failed (`id`) or the open connection closed (`id` null); returns the delay
    * before the next attempt. Failures only reset once a connection stayed up `stableMs`, so a
    * flapping gateway keeps pushing the delay up instead of being hammered.
+   */
+  /**
+   * @param {number | null} id
+   * @param {number} now
+   * @returns {number}
    */
   failed(id, now) {
     if (id !== null) this.inFlight.delete(id);
@@ -106,7 +249,9 @@ export class Reconnector {
   }
 
   /** Attempts that have been in flight longer than attemptTimeoutMs (the caller abandons them). */
+  /** @param {number} now */
   expired(now) {
+    /** @type {number[]} */
     const out = [];
     for (const [id, started] of this.inFlight) {
       if (now - started >= this.attemptTimeoutMs) out.push(id);
@@ -120,15 +265,21 @@ export class Reconnector {
 /** Which tabs want which keys (groups). A key stays wanted while any tab holds it. */
 export class RefCount {
   constructor() {
+    /** @type {Map<string, Set<string>>} */
     this.byKey = new Map(); // key -> Set(tab)
+    /** @type {Map<string, Set<string>>} */
     this.byTab = new Map(); // tab -> Set(key)
   }
 
   /** Returns true when `key` went from unwanted to wanted (subscribe upstream). */
+  /**
+   * @param {string} tab
+   * @param {string} key
+   */
   add(tab, key) {
     let tabs = this.byKey.get(key);
     const first = tabs === undefined;
-    if (first) this.byKey.set(key, (tabs = new Set()));
+    if (tabs === undefined) this.byKey.set(key, (tabs = new Set()));
     tabs.add(tab);
     let keys = this.byTab.get(tab);
     if (keys === undefined) this.byTab.set(tab, (keys = new Set()));
@@ -137,6 +288,10 @@ export class RefCount {
   }
 
   /** Returns true when `key` is no longer wanted by anyone (unsubscribe upstream). */
+  /**
+   * @param {string} tab
+   * @param {string} key
+   */
   remove(tab, key) {
     const tabs = this.byKey.get(key);
     if (tabs === undefined || !tabs.delete(tab)) return false;
@@ -149,9 +304,11 @@ export class RefCount {
   }
 
   /** Forget a tab; returns the keys nobody wants any more. */
+  /** @param {string} tab */
   removeTab(tab) {
     const keys = this.byTab.get(tab);
     this.byTab.delete(tab);
+    /** @type {string[]} */
     const dropped = [];
     if (keys === undefined) return dropped;
     for (const key of keys) {
@@ -166,10 +323,12 @@ export class RefCount {
     return dropped;
   }
 
+  /** @param {string} key */
   holders(key) {
     return this.byKey.get(key) ?? new Set();
   }
 
+  /** @param {string} tab */
   keysOf(tab) {
     return this.byTab.get(tab) ?? new Set();
   }
@@ -192,6 +351,7 @@ export class RefCount {
 export const MAX_GAP = 256;
 
 /** Verdicts that are never believed: counted, the baseline stays where it was. */
+/** @type {ReadonlySet<string>} */
 export const REJECTED = new Set(["far_future", "stale_epoch", "future_epoch"]);
 
 /**
@@ -203,6 +363,13 @@ export const REJECTED = new Set(["far_future", "stale_epoch", "future_epoch"]);
  *   "far_future"   – same epoch, first beyond last + 1 + maxGap: rejected, re-anchor from a snapshot;
  *   "stale_epoch"  – an older epoch: rejected, nothing else happens;
  *   "future_epoch" – a newer epoch: held until a snapshot of it arrives.
+ */
+/**
+ * @param {[number, number] | null | undefined} baseline
+ * @param {number} epoch
+ * @param {number} firstSeq
+ * @param {number} seq
+ * @returns {Verdict}
  */
 export function judgeDelta(baseline, epoch, firstSeq, seq, maxGap = MAX_GAP) {
   if (baseline === null || baseline === undefined) return "apply";
@@ -220,6 +387,10 @@ export function judgeDelta(baseline, epoch, firstSeq, seq, maxGap = MAX_GAP) {
  * The gateway's resume rule for one stream `[epoch, firstHeld, last]` (null: unknown shard)
  * and the client's point `[epoch, seq]` (null: none for that stream); "bridged" or the reason
  * the group restarts from a snapshot.
+ */
+/**
+ * @param {[number, number, number] | null | undefined} stream
+ * @param {[number, number] | null | undefined} point
  */
 export function judgeResume(stream, point) {
   if (stream === null || stream === undefined) return "unknown_shard";
@@ -243,18 +414,32 @@ export function judgeResume(stream, point) {
  *   "held"         – a snapshot is already on its way for this group: hold the delta until it lands.
  * Held deltas are replayed by `applySnapshot`, which returns those newer than the snapshot.
  */
+/**
+ * @template {DeltaHead} [D=DeltaHead]
+ */
 export class SeqTracker {
+  /** @param {{ maxHeld?: number, maxGap?: number }} [options] */
   constructor({ maxHeld = 256, maxGap = MAX_GAP } = {}) {
+    /** @type {Map<string, { group: string, shard: number, epoch: number, seq: number }>} */
     this.streams = new Map(); // "group\u0000shard" -> {group, shard, epoch, seq}
+    /** @type {Map<string, { since: number, held: D[] }>} */
     this.resyncing = new Map(); // group -> {since, held: [delta]}
     this.maxHeld = maxHeld;
     this.maxGap = maxGap;
   }
 
+  /**
+   * @param {string} group
+   * @param {number} shard
+   */
   static key(group, shard) {
     return `${group}\u0000${shard}`;
   }
 
+  /**
+   * @param {D} delta
+   * @returns {Verdict | "held"}
+   */
   check(delta) {
     const group = delta.group;
     const shard = delta.shard ?? 0;
@@ -277,20 +462,31 @@ export class SeqTracker {
   }
 
   /** Start holding the group's deltas until its snapshot arrives (returns false if already). */
+  /**
+   * @param {string} group
+   * @param {number} now
+   * @param {D | null} [delta]
+   */
   beginResync(group, now, delta = null) {
     let pending = this.resyncing.get(group);
     const fresh = pending === undefined;
-    if (fresh) this.resyncing.set(group, (pending = { since: now, held: [] }));
+    if (pending === undefined) this.resyncing.set(group, (pending = { since: now, held: [] }));
     if (delta !== null) this._hold(pending, delta);
     return fresh;
   }
 
+  /** @param {string} group */
   isResyncing(group) {
     return this.resyncing.has(group);
   }
 
   /** Groups whose snapshot has not arrived within `timeoutMs` (ask again). */
+  /**
+   * @param {number} now
+   * @param {number} timeoutMs
+   */
   overdue(now, timeoutMs) {
+    /** @type {string[]} */
     const out = [];
     for (const [group, p] of this.resyncing) {
       if (now - p.since >= timeoutMs) {
@@ -301,6 +497,10 @@ export class SeqTracker {
     return out;
   }
 
+  /**
+   * @param {{ since: number, held: D[] }} pending
+   * @param {D} delta
+   */
   _hold(pending, delta) {
     pending.held.push(delta);
     if (pending.held.length > this.maxHeld) pending.held.shift();
@@ -310,11 +510,15 @@ export class SeqTracker {
    * A snapshot of `group` arrived: its epoch and per-shard sequences become the baseline.
    * Returns the held deltas that follow it, in order, already accounted for (apply them).
    */
+  /**
+   * @param {{ group: string, epoch?: Int64, shardSeq?: Record<number, Int64> }} snapshot
+   * @returns {D[]}
+   */
   applySnapshot(snapshot) {
     const group = snapshot.group;
     const epoch = num(snapshot.epoch);
-    for (const k of [...this.streams.keys()]) {
-      if (this.streams.get(k).group === group) this.streams.delete(k);
+    for (const [k, s] of [...this.streams]) {
+      if (s.group === group) this.streams.delete(k);
     }
     for (const [shard, seq] of Object.entries(snapshot.shardSeq ?? {})) {
       const s = Number(shard);
@@ -322,9 +526,10 @@ export class SeqTracker {
     }
     const pending = this.resyncing.get(group);
     this.resyncing.delete(group);
+    /** @type {D[]} */
     const follow = [];
     if (pending === undefined) return follow;
-    const held = [...pending.held].sort((a, b) => (a.shard - b.shard) || (num(a.seq) - num(b.seq)));
+    const held = [...pending.held].sort((a, b) => ((a.shard ?? 0) - (b.shard ?? 0)) || (num(a.seq) - num(b.seq)));
     for (const d of held) {
       if (num(d.epoch) !== epoch) continue;
       const verdict = this.check(d);
@@ -339,9 +544,10 @@ export class SeqTracker {
     return follow;
   }
 
+  /** @param {string} group */
   forgetGroup(group) {
-    for (const k of [...this.streams.keys()]) {
-      if (this.streams.get(k).group === group) this.streams.delete(k);
+    for (const [k, s] of [...this.streams]) {
+      if (s.group === group) this.streams.delete(k);
     }
     this.resyncing.delete(group);
   }
@@ -351,6 +557,7 @@ export class SeqTracker {
    * groups this client holds live from, and the groups to `subscribe` afresh (no point held,
    * or waiting for a snapshot). The same rule as xypipe/_md/seqrules.py's SeqTracker.
    */
+  /** @param {string[]} groups */
   reconnectPlan(groups) {
     const live = groups.filter((g) => !this.isResyncing(g));
     const points = this.resumePoints(live);
@@ -359,8 +566,10 @@ export class SeqTracker {
   }
 
   /** Where we stand in every stream of `groups`, for a Resume frame after reconnecting. */
+  /** @param {Iterable<string>} groups */
   resumePoints(groups) {
     const wanted = new Set(groups);
+    /** @type {{ group: string, shard: number, epoch: number, seq: number }[]} */
     const out = [];
     for (const s of this.streams.values()) {
       if (wanted.has(s.group)) out.push({ group: s.group, shard: s.shard, epoch: s.epoch, seq: s.seq });
@@ -372,6 +581,10 @@ export class SeqTracker {
 // ------------------------------------------------------------------------------ symbol states
 
 /** A SymbolState (protobuf-es message) as a plain object with JS numbers; what tabs receive. */
+/**
+ * @param {WireState} s
+ * @returns {State}
+ */
 export function plainState(s) {
   return {
     venue: s.venue,
@@ -398,11 +611,13 @@ export function plainState(s) {
   };
 }
 
+/** @param {{ venue: string, symbol: string }} s */
 export function symbolKey(s) {
   return `${s.venue}:${s.symbol}`;
 }
 
 /** The symbolKey of a wire key "venue.symbol" (Delta.removed). */
+/** @param {string} wireKey */
 export function removedKey(wireKey) {
   const i = wireKey.indexOf(".");
   return i < 0 ? wireKey : `${wireKey.slice(0, i)}:${wireKey.slice(i + 1)}`;
@@ -414,6 +629,11 @@ export function removedKey(wireKey) {
  * the current-state fields come from the newer entry, the window fields cover both windows
  * (high/low over the windows that traded, trades/volume/ticks summed) and the arrival time is
  * the oldest, so latency is measured from the first tick the merged entry stands for.
+ */
+/**
+ * @param {State} older
+ * @param {State} newer
+ * @returns {State}
  */
 export function mergeState(older, newer) {
   let windowHigh = newer.windowHigh;
@@ -448,6 +668,13 @@ export function mergeState(older, newer) {
  * came back). With `isStale(prev, s)`, an entry it calls stale is skipped. Returns how many
  * entries merged over a pending one and how many were skipped as stale.
  */
+/**
+ * @param {Map<string, State>} symbols
+ * @param {Set<string>} removed
+ * @param {Iterable<string>} removedKeys
+ * @param {Iterable<State>} states
+ * @param {((prev: State, s: State) => boolean) | null} [isStale]
+ */
 export function foldEntries(symbols, removed, removedKeys, states, isStale = null) {
   let merged = 0;
   let stale = 0;
@@ -477,13 +704,21 @@ export function foldEntries(symbols, removed, removedKeys, states, isStale = nul
  * symbols: [plainState]}. Throws for no delta, mixed streams or epochs, or a sequence gap
  * (merging must never hide a gap).
  */
+/**
+ * @param {PlainDelta[]} deltas
+ * @returns {PlainDelta & { shard: number, firstSeq: number, symbols: State[], removed: string[] }}
+ */
 export function mergeDeltas(deltas) {
   if (!deltas.length) throw new RangeError("mergeDeltas: expected at least one delta, got none");
   const first = deltas[0];
   const last = deltas[deltas.length - 1];
+  /** @type {Map<string, State>} */
   const symbols = new Map();
+  /** @type {Set<string>} */
   const removed = new Set();
+  /** @type {Map<string, string>} */
   const wire = new Map(); // symbolKey -> the removed key as it came ("venue.symbol")
+  /** @type {PlainDelta | null} */
   let prev = null;
   let windowMs = 0;
   for (const d of deltas) {
@@ -513,11 +748,12 @@ export function mergeDeltas(deltas) {
     level: last.level ?? 0,
     tsEmitUs: last.tsEmitUs ?? 0,
     symbols: [...symbols.values()],
-    removed: [...removed].map((k) => wire.get(k)),
+    removed: [...removed].map((k) => wire.get(k) ?? k),
   };
 }
 
 /** An entry older than the one pending for its symbol (possible only across streams). */
+/** @type {(prev: State, s: State) => boolean} */
 const olderThanPending = (prev, s) => s.seq !== 0 && prev.seq !== 0 && s.seq < prev.seq;
 
 /**
@@ -528,11 +764,13 @@ const olderThanPending = (prev, s) => s.seq !== 0 && prev.seq !== 0 && s.seq < p
  */
 export class BatchMerger {
   constructor() {
+    /** @type {Map<string, { snapshot: PlainSnapshot | null, symbols: Map<string, State>, removed: Set<string>, deltas: number, minArrivalUs: number, seqs: Record<number, number> }>} */
     this.pending = new Map(); // group -> {snapshot, symbols: Map, removed: Set, deltas, minArrivalUs, seqs}
     this.merged = 0; // symbol entries folded into an existing one (lifetime)
     this.stale = 0; // symbol entries dropped as older than the pending one (lifetime)
   }
 
+  /** @param {string} group */
   _entry(group) {
     let e = this.pending.get(group);
     if (e === undefined) {
@@ -545,6 +783,13 @@ export class BatchMerger {
   /**
    * `states` are plain states (plainState) of one delta; `removed` the symbolKeys it says left
    * the group (Delta.removed, applied first: a symbol in both came back).
+   */
+  /**
+   * @param {string} group
+   * @param {number} shard
+   * @param {number} seq
+   * @param {State[]} states
+   * @param {string[]} [removed]
    */
   addDelta(group, shard, seq, states, removed = []) {
     const e = this._entry(group);
@@ -559,6 +804,10 @@ export class BatchMerger {
   }
 
   /** `snapshot` = {group, version, epoch, symbols: [plain], top, topBy, tsEmitUs}. */
+  /**
+   * @param {string} group
+   * @param {PlainSnapshot} snapshot
+   */
   addSnapshot(group, snapshot) {
     const e = this._entry(group);
     e.snapshot = snapshot;
@@ -572,7 +821,9 @@ export class BatchMerger {
     return this.pending.size;
   }
 
+  /** @returns {Batch[]} */
   drain() {
+    /** @type {Batch[]} */
     const out = [];
     for (const [group, e] of this.pending) {
       out.push({
@@ -595,15 +846,19 @@ export class BatchMerger {
  * tab already has gets the current view at once instead of waiting for the next snapshot.
  */
 export class GroupBook {
+  /** @param {string} group */
   constructor(group) {
     this.group = group;
+    /** @type {Map<string, State>} */
     this.symbols = new Map();
+    /** @type {TopEntry[]} */
     this.top = [];
     this.topBy = "";
     this.version = 0;
     this.epoch = 0;
   }
 
+  /** @param {PlainSnapshot} snap */
   applySnapshot(snap) {
     this.symbols.clear();
     for (const s of snap.symbols) this.symbols.set(symbolKey(s), s);
@@ -614,10 +869,12 @@ export class GroupBook {
   }
 
   /** Drop symbols that left the group (symbolKeys). */
+  /** @param {Iterable<string>} keys */
   remove(keys) {
     for (const k of keys) this.symbols.delete(k);
   }
 
+  /** @param {Iterable<State>} states */
   applyStates(states) {
     for (const s of states) {
       const k = symbolKey(s);
@@ -632,7 +889,12 @@ export class GroupBook {
    * other entry's checksum is verified (proto/scenarios/checksum.json, "apply"). Returns the
    * states as held now, the removed symbolKeys and one verifyChecksum result per entry.
    */
+  /**
+   * @param {Iterable<string>} removedWire
+   * @param {State[]} entries
+   */
   applyDelta(removedWire, entries) {
+    /** @type {string[]} */
     const removed = [];
     for (const w of removedWire) {
       const k = removedKey(w);
@@ -644,7 +906,10 @@ export class GroupBook {
     return { states, removed, checks };
   }
 
-  /** The whole group as a snapshot-shaped object (what a late-joining tab is sent). */
+  /**
+   * The whole group as a snapshot-shaped object (what a late-joining tab is sent).
+   * @returns {PlainSnapshot & { version: number, epoch: number, top: TopEntry[], topBy: string }}
+   */
   view() {
     return {
       group: this.group,
@@ -671,6 +936,7 @@ const CRC_TABLE = (() => {
 })();
 
 /** CRC-32 (IEEE 802.3, as zlib.crc32) of a byte array. */
+/** @param {ArrayLike<number>} bytes */
 export function crc32(bytes) {
   let c = 0xffffffff;
   for (let i = 0; i < bytes.length; i++) c = CRC_TABLE[(c ^ bytes[i]) & 0xff] ^ (c >>> 8);
@@ -686,7 +952,9 @@ const UTF8 = new TextEncoder();
  * the book interleaved level by level (best first), a missing level on one side skipped, every
  * number a base-10 integer (prices are fixed-point).
  */
+/** @param {State} s */
 export function canonicalState(s) {
+  /** @type {(string | number)[]} */
   const parts = [s.venue, s.symbol, s.seq, s.last, s.lastSize, s.vol, s.oi, s.flags, s.totalTrades];
   const nb = s.bids.length;
   const na = s.asks.length;
@@ -701,6 +969,10 @@ export function canonicalState(s) {
  * "ok", "mismatch", or "skipped" for a trimmed entry (degradation level 2: its checksum covers
  * the full book, which it does not carry). docs/protocol.md: ok = trimmed || crc32 === checksum.
  */
+/**
+ * @param {State} s
+ * @returns {ChecksumResult}
+ */
 export function verifyChecksum(s) {
   if (s.trimmed) return "skipped";
   return crc32(UTF8.encode(canonicalState(s))) === s.checksum ? "ok" : "mismatch";
@@ -709,6 +981,11 @@ export function verifyChecksum(s) {
 /**
  * The state to hold for a trimmed entry (best level only): the entry with the deeper levels of
  * the state held before it (docs/protocol.md, "Deltas"). Any other entry is held as it came.
+ */
+/**
+ * @param {State | null | undefined} held
+ * @param {State} entry
+ * @returns {State}
  */
 export function keepDepth(held, entry) {
   if (!entry.trimmed || held === undefined || held === null) return entry;
@@ -722,7 +999,12 @@ export function keepDepth(held, entry) {
 // ------------------------------------------------------------------------------ statistics
 
 /** Nearest-rank percentiles of a list of numbers: percentiles([..], [50, 95, 99]). */
+/**
+ * @param {ArrayLike<number> & Iterable<number>} values
+ * @param {number[]} ps
+ */
 export function percentiles(values, ps) {
+  /** @type {Record<string, number | null>} */
   const out = {};
   if (values.length === 0) {
     for (const p of ps) out[`p${p}`] = null;
@@ -744,10 +1026,12 @@ export class Reservoir {
   constructor(cap = 512, random = Math.random) {
     this.cap = cap;
     this.random = random;
+    /** @type {number[]} */
     this.values = [];
     this.seen = 0;
   }
 
+  /** @param {number} v */
   add(v) {
     this.seen += 1;
     if (this.values.length < this.cap) {
@@ -778,6 +1062,11 @@ export class ClockOffset {
     this.samples = 0;
   }
 
+  /**
+   * @param {number} sentUs
+   * @param {number} receivedUs
+   * @param {number} serverUs
+   */
   observe(sentUs, receivedUs, serverUs) {
     const rtt = receivedUs - sentUs;
     if (!(rtt >= 0) || !serverUs) return;
@@ -789,6 +1078,10 @@ export class ClockOffset {
   }
 
   /** Before any Pong: one-way estimate from a server timestamp received now. */
+  /**
+   * @param {number} receivedUs
+   * @param {number} serverUs
+   */
   seed(receivedUs, serverUs) {
     if (this.samples === 0 && serverUs) this.offsetUs = serverUs - receivedUs;
   }

@@ -14,6 +14,38 @@
 
 import { foldEntries, symbolKey } from "./xy-core.js";
 
+/** @typedef {import("./xy-core.js").Batch} Batch */
+/** @typedef {import("./xy-core.js").State} State */
+/**
+ * A batch as the hub numbers it (`id`); `owned` marks a view's own pending merge (Pending).
+ * @typedef {Batch & { id: number, owned?: false }} HubBatch
+ */
+/**
+ * A batch as a tab receives it: at the tier (`everyMs`) of the subscription it is for.
+ * @typedef {HubBatch & { everyMs: number }} TierBatch
+ */
+/**
+ * A view's own pending merge of batches (Maps, so later batches fold in place).
+ * @typedef {object} Pending
+ * @property {true} owned
+ * @property {number} id
+ * @property {string} group
+ * @property {Batch["snapshot"]} snapshot
+ * @property {Map<string, State>} symbols
+ * @property {Set<string>} removed
+ * @property {number} deltas
+ * @property {number} minArrivalUs
+ * @property {Record<number, number>} seqs
+ */
+/**
+ * One tab's subscription of one group at one tier.
+ * @typedef {{ tab: string, group: string, everyMs: number, pending: HubBatch | Pending | null, lastAt: number, needsView: boolean }} View
+ */
+/** @typedef {{ acks: boolean, visible: boolean, sent: number[], views: Map<string, View> }} OutletTab */
+/** What to post to one tab: one message holding every batch due to it. */
+/** @typedef {{ tab: string, batches: TierBatch[] }} Delivery */
+/** @typedef {{ fps: number, until: number }} DrawPlan */
+
 /** Named tiers (ms between deliveries); any interval in ms works as well. */
 export const TIERS = Object.freeze({ live: 0, ladder: 16, overview: 250 });
 
@@ -30,9 +62,16 @@ export const DRAW_POLICY = Object.freeze({ fullRateMaxVisible: 2, overrunMs: 20,
  * plan (tab -> {fps, until}). Returns the new plan, tab -> {fps, until}, `until` being how long
  * an overrun keeps the tab at 30 fps.
  */
+/**
+ * @param {Map<string, { visible: boolean, frameP95: number }>} tabs
+ * @param {Map<string, DrawPlan>} prev
+ * @param {number} now
+ * @returns {Map<string, DrawPlan>}
+ */
 export function planDraw(tabs, prev, now, policy = DRAW_POLICY) {
   let visible = 0;
   for (const t of tabs.values()) if (t.visible) visible += 1;
+  /** @type {Map<string, DrawPlan>} */
   const plan = new Map();
   for (const [tab, t] of tabs) {
     const held = prev.get(tab)?.until ?? 0;
@@ -47,6 +86,10 @@ export function planDraw(tabs, prev, now, policy = DRAW_POLICY) {
 // ------------------------------------------------------------------------------ pending batches
 
 /** A batch as a view's own pending merge (Maps, so later batches fold in place). */
+/**
+ * @param {HubBatch} b
+ * @returns {Pending}
+ */
 function own(b) {
   return {
     owned: true,
@@ -62,6 +105,11 @@ function own(b) {
 }
 
 /** Fold batch `b` into the pending merge `p` (a snapshot in `b` replaces everything). */
+/**
+ * @param {Pending} p
+ * @param {HubBatch} b
+ * @returns {Pending}
+ */
 export function foldBatch(p, b) {
   if (b.snapshot) return own(b);
   foldEntries(p.symbols, p.removed, b.removed, b.symbols);
@@ -72,6 +120,10 @@ export function foldBatch(p, b) {
   return p;
 }
 
+/**
+ * @param {HubBatch | Pending} p
+ * @returns {HubBatch}
+ */
 function asBatch(p) {
   if (!p.owned) return p;
   return {
@@ -100,21 +152,32 @@ function asBatch(p) {
  * delivery to a tab that never acknowledges (an older client) counts.
  */
 export class Outlet {
+  /** @param {{ viewOf?: (group: string) => HubBatch | null, batchMs?: number, ackTimeoutMs?: number, maxInFlight?: number }} [options] */
   constructor({ viewOf = () => null, batchMs = 16, ackTimeoutMs = 1000, maxInFlight = 1 } = {}) {
     this.viewOf = viewOf;
     this.batchMs = batchMs;
     this.ackTimeoutMs = ackTimeoutMs;
     this.maxInFlight = maxInFlight;
+    /** @type {Map<string, OutletTab>} */
     this.tabs = new Map(); // tab -> {acks, visible, sent: [time posted, oldest first], views: Map(key -> view)}
+    /** @type {Map<string, Set<View>>} */
     this.byGroup = new Map(); // group -> Set(view)
     this.stats = { deliveries: 0, batches: 0, coalesced: 0, ackTimeouts: 0 };
   }
 
+  /**
+   * @param {string} group
+   * @param {number} everyMs
+   */
   static key(group, everyMs) {
     return `${group}@${everyMs}`;
   }
 
   /** Add (or re-announce) a tab: whether it acknowledges deliveries, whether it is visible. */
+  /**
+   * @param {string} tab
+   * @param {{ acks?: boolean, visible?: boolean }} [options]
+   */
   setTab(tab, { acks = false, visible = true } = {}) {
     const t = this.tabs.get(tab);
     if (t === undefined) {
@@ -126,6 +189,7 @@ export class Outlet {
     }
   }
 
+  /** @param {string} tab */
   removeTab(tab) {
     const t = this.tabs.get(tab);
     if (t === undefined) return;
@@ -134,6 +198,13 @@ export class Outlet {
   }
 
   /** A tab subscribes `group` at `everyMs`: it is sent the group's current state at once. */
+  /**
+   * @param {string} tab
+   * @param {string} group
+   * @param {number} everyMs
+   * @param {number} now
+   * @returns {Delivery[]}
+   */
   addView(tab, group, everyMs, now) {
     const t = this.tabs.get(tab);
     if (t === undefined) return [];
@@ -150,6 +221,11 @@ export class Outlet {
   }
 
   /** Returns true when the tab holds no other view of `group` (its reference can go). */
+  /**
+   * @param {string} tab
+   * @param {string} group
+   * @param {number} everyMs
+   */
   removeView(tab, group, everyMs) {
     const t = this.tabs.get(tab);
     if (t === undefined) return false;
@@ -165,12 +241,18 @@ export class Outlet {
    * New batches (one gateway frame's, one per group): to every idle, visible tab now — all of a
    * tab's in one delivery —, merged for the others.
    */
+  /**
+   * @param {HubBatch[]} batches
+   * @param {number} now
+   * @returns {Delivery[]}
+   */
   offer(batches, now) {
+    /** @type {Set<string>} */
     const touched = new Set();
     for (const batch of batches) {
       for (const v of this.byGroup.get(batch.group) ?? []) {
         const t = this.tabs.get(v.tab);
-        if (!t.visible || v.needsView) {
+        if (t === undefined || !t.visible || v.needsView) {
           // The current state goes out when it is next sent; nothing to merge until then.
           v.needsView = true;
           v.pending = null;
@@ -185,12 +267,21 @@ export class Outlet {
         touched.add(v.tab);
       }
     }
+    /** @type {Delivery[]} */
     const out = [];
-    for (const tab of touched) out.push(...this._flush(tab, this.tabs.get(tab), now));
+    for (const tab of touched) {
+      const t = this.tabs.get(tab);
+      if (t !== undefined) out.push(...this._flush(tab, t, now));
+    }
     return out;
   }
 
   /** The tab took its delivery in: what it has pending goes now. */
+  /**
+   * @param {string} tab
+   * @param {number} now
+   * @returns {Delivery[]}
+   */
   ack(tab, now) {
     const t = this.tabs.get(tab);
     if (t === undefined) return [];
@@ -198,6 +289,12 @@ export class Outlet {
     return this._flush(tab, t, now);
   }
 
+  /**
+   * @param {string} tab
+   * @param {boolean} visible
+   * @param {number} now
+   * @returns {Delivery[]}
+   */
   setVisible(tab, visible, now) {
     const t = this.tabs.get(tab);
     if (t === undefined || t.visible === visible) return [];
@@ -214,17 +311,27 @@ export class Outlet {
   }
 
   /** Whatever has come due by `now` (tiers whose interval passed, deliveries never acknowledged). */
+  /**
+   * @param {number} now
+   * @returns {Delivery[]}
+   */
   due(now) {
+    /** @type {Delivery[]} */
     const out = [];
     for (const [tab, t] of this.tabs) out.push(...this._flush(tab, t, now));
     return out;
   }
 
-  /** When `due` next has something to send (null: nothing is waiting). */
+  /**
+   * When `due` next has something to send (null: nothing is waiting).
+   * @returns {number | null}
+   */
   nextAt() {
+    /** @type {number | null} */
     let next = null;
     for (const t of this.tabs.values()) {
       if (!t.visible) continue;
+      /** @type {number | null} */
       let at = null;
       for (const v of t.views.values()) {
         if (v.pending === null && !v.needsView) continue;
@@ -238,6 +345,12 @@ export class Outlet {
     return next;
   }
 
+  /**
+   * @param {string} tab
+   * @param {OutletTab} t
+   * @param {number} now
+   * @returns {Delivery[]}
+   */
   _flush(tab, t, now) {
     if (!t.visible) return [];
     const limit = t.acks ? this.ackTimeoutMs : this.batchMs;
@@ -246,15 +359,17 @@ export class Outlet {
       if (t.acks) this.stats.ackTimeouts += 1;
     }
     if (t.sent.length >= this.maxInFlight) return [];
+    /** @type {TierBatch[]} */
     const batches = [];
     for (const v of t.views.values()) {
       if (v.pending === null && !v.needsView) continue;
       if (now - v.lastAt < v.everyMs) continue;
+      /** @type {HubBatch | null} */
       let b = null;
       if (v.needsView) {
         b = this.viewOf(v.group);
         v.needsView = false;
-      } else {
+      } else if (v.pending !== null) {
         b = asBatch(v.pending);
       }
       v.pending = null;

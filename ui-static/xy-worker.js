@@ -34,14 +34,119 @@ import {
   RefCount,
   Reservoir,
   SeqTracker,
+  errorText,
   num,
   plainState,
   removedKey,
 } from "./xy-core.js";
 import { Outlet, planDraw } from "./xy-outlet.js";
 
+/** @typedef {import("./gen/xy_contracts.js").ServerFrame} ServerFrame */
+/** @typedef {import("./gen/xy_contracts.js").ClientFrame} ClientFrame */
+/** @typedef {import("./gen/xy_contracts.js").Snapshot} Snapshot */
+/** @typedef {import("./gen/xy_contracts.js").Delta} Delta */
+/** @typedef {import("./gen/xy_contracts.js").Welcome} Welcome */
+/** @typedef {import("./gen/xy_contracts.js").DegradeChange} DegradeChange */
+/** @typedef {import("./gen/xy_contracts.js").Error} ErrorFrame */
+/** @typedef {import("./xy-core.js").PlainSnapshot} PlainSnapshot */
+/** @typedef {import("./xy-outlet.js").HubBatch} HubBatch */
+/** @typedef {import("./xy-outlet.js").TierBatch} TierBatch */
+/** @typedef {import("./xy-outlet.js").Delivery} Delivery */
+/** @typedef {import("./xy-outlet.js").DrawPlan} DrawPlan */
+
+/**
+ * The hub's settings (DEFAULTS, overridden by the config the first tab's hello carries).
+ * @typedef {object} HubConfig
+ * @property {string} wsUrl the gateway's ws:// or wss:// URL
+ * @property {string} token a fixed token, or ""
+ * @property {string} tokenUrl an endpoint answering {"token": "..."} (fetched for every connection)
+ * @property {number} batchMs
+ * @property {number} ackTimeoutMs
+ * @property {number} maxInFlight
+ * @property {number} heartbeatMs
+ * @property {number} deadAfterBeats
+ * @property {number} metricsMs
+ * @property {number} statusMs
+ * @property {number} backoffBaseMs
+ * @property {number} backoffCapMs
+ * @property {number} maxConcurrentConnects
+ * @property {number} connectTimeoutMs
+ * @property {number} stableMs
+ * @property {number} snapshotTimeoutMs
+ * @property {string} client
+ */
+/** @typedef {Partial<HubConfig> & { wsUrl: string }} Config what an app passes: wsUrl and any other setting */
+
+/**
+ * Tab -> hub messages.
+ * @typedef {{ t: "hello", tab: string, config: Config, acks?: boolean, visible?: boolean }
+ *   | { t: "sub", group: string, everyMs?: number }
+ *   | { t: "unsub", group: string, everyMs?: number }
+ *   | { t: "ack" }
+ *   | { t: "vis", visible: boolean }
+ *   | { t: "render", lat?: number[], fps?: number, frameP95?: number }
+ *   | { t: "bye" }
+ *   | { t: "resync", group: string }} TabMessage
+ */
+/** @typedef {{ code: string, message: string, group?: string, fatal?: boolean }} HubError */
+/** @typedef {{ level: number, reason: string, recovery: string, paused: string[] }} Degrade */
+/** @typedef {{ frames: number, bytes: number, deltas: number, snapshots: number, duplicates: number, gaps: number, epochChanges: number, rejected: number, snapshotRequests: number, checksumMismatches: number, checksumsVerified: number, batches: number, droppedBatches: number, badFrames: number, errors: number, connects: number, deliveries: number, coalesced: number, ackTimeouts: number }} Counters */
+/**
+ * The hub's state, as every tab is sent it (about once a second and on every change).
+ * @typedef {object} Status
+ * @property {string} mode "shared-worker" | "leader"
+ * @property {"idle" | "connecting" | "open" | "waiting" | "stopped"} state
+ * @property {string} wsUrl
+ * @property {string} sessionId
+ * @property {string} principal
+ * @property {number} reconnects
+ * @property {number} failures
+ * @property {number} tabs
+ * @property {string[]} groups
+ * @property {string[]} subscribed
+ * @property {Degrade} degrade
+ * @property {number} heartbeatMs
+ * @property {number | null} rttMs
+ * @property {number} offsetUs
+ * @property {number | null} lastRecoveryMs
+ * @property {number} pendingLatencySamples
+ * @property {Counters} counters
+ * @property {HubError | null} lastError
+ */
+/**
+ * A batch as a tab receives it, with the clock offset to the gateway and when the hub posted it.
+ * @typedef {TierBatch & { t: "batch", offsetUs: number, flushedUs: number }} DeliveredBatch
+ */
+/**
+ * Hub -> tab messages.
+ * @typedef {({ t: "status" } & Status)
+ *   | { t: "batches", list: DeliveredBatch[] }
+ *   | { t: "pace", fps: number }
+ *   | ({ t: "degrade" } & Degrade)
+ *   | { t: "error", code: string | number, message: string, group?: string, fatal?: boolean }} HubMessage
+ */
+/** Where the hub posts a tab's messages (a MessagePort, a BroadcastChannel, the tab itself). */
+/** @typedef {{ post: (msg: HubMessage) => void }} Sink */
+/** @typedef {{ sink: Sink, fps: number, frameP95: number, visible: boolean }} HubTab */
+/**
+ * The socket the hub needs: the browser's WebSocket, or a test's stand-in.
+ * @typedef {Pick<WebSocket, "binaryType" | "readyState" | "send" | "close" | "onopen" | "onmessage" | "onclose" | "onerror">} SocketLike
+ */
+/**
+ * What the hub needs from its surroundings (browserEnv, or a test's fake clock and socket).
+ * @typedef {object} HubEnv
+ * @property {new (url: string) => SocketLike} WebSocket
+ * @property {(fn: () => void, ms: number) => number} setTimeout
+ * @property {(id: number) => void} clearTimeout
+ * @property {() => number} now monotonic milliseconds
+ * @property {() => number} wallUs wall clock, microseconds
+ * @property {typeof fetch} [fetch]
+ * @property {LockManager} [locks]
+ */
+
 export const PROTOCOL_VERSION = 1;
 
+/** @type {Readonly<HubConfig>} */
 export const DEFAULTS = Object.freeze({
   wsUrl: "",
   token: "", // a fixed token, or:
@@ -66,6 +171,7 @@ export const DEFAULTS = Object.freeze({
 const ERR_SNAPSHOT_UNAVAILABLE = 9;
 
 /** What the hub needs from its surroundings; tests and the leader tab pass the same shape. */
+/** @returns {HubEnv} */
 export function browserEnv() {
   return {
     WebSocket: globalThis.WebSocket,
@@ -79,30 +185,49 @@ export function browserEnv() {
 }
 
 export class Hub {
+  /**
+   * @param {"shared-worker" | "leader"} mode
+   * @param {HubEnv} [env]
+   */
   constructor(mode, env = browserEnv()) {
     this.mode = mode; // "shared-worker" | "leader"
     this.env = env;
+    /** @type {HubConfig | null} */
     this.config = null;
+    /** @type {Reconnector | null} set by configure() */
+    this.reconnector = null;
+    /** @type {Map<string, HubTab>} */
     this.tabs = new Map(); // tab -> {sink, fps, frameP95, visible}
     this.outlet = new Outlet({ viewOf: (group) => this._viewOf(group) });
+    /** @type {Map<string, DrawPlan>} */
     this.pace = new Map(); // tab -> {fps, until}: the draw plan (planDraw)
     this.refs = new RefCount();
+    /** @type {SeqTracker<Delta>} */
     this.tracker = new SeqTracker();
+    /** @type {Map<string, GroupBook>} */
     this.books = new Map(); // group -> GroupBook
     this.merger = new BatchMerger();
     this.clock = new ClockOffset();
     this.latencies = new Reservoir(512);
+    /** @type {((tabs: string[], msg: HubMessage) => void) | null} */
     this.multicast = null; // optional (tabs, msg) => void, set by the leader tab
+    /** @type {Status["state"]} */
     this.state = "idle"; // idle | connecting | open | waiting | stopped
+    /** @type {SocketLike | null} */
     this.ws = null;
+    /** @type {{ id: number, ws: SocketLike | null } | null} */
     this.attempt = null;
     this.sessionId = "";
     this.principal = "";
     this.heartbeatMs = DEFAULTS.heartbeatMs;
     this.tokenExpiresUs = 0;
+    /** @type {Set<string>} */
     this.subscribed = new Set(); // groups the gateway confirmed
+    /** @type {Map<string, number>} */
     this.snapshotAsked = new Map(); // group -> time asked
+    /** @type {Degrade} */
     this.degrade = { level: 0, reason: "", recovery: "", paused: [] };
+    /** @type {HubError | null} */
     this.lastError = null;
     this.frameIds = 0;
     this.batchIds = 0;
@@ -110,19 +235,26 @@ export class Hub {
     this.lastRx = 0;
     this.connectedAt = 0;
     this.disconnectedAt = 0;
+    /** @type {number | null} */
     this.lastRecoveryMs = null; // disconnect -> first data on the prior subscriptions
     this.awaitingRecovery = false;
+    /** @type {Counters} */
     this.counters = {
       frames: 0, bytes: 0, deltas: 0, snapshots: 0, duplicates: 0, gaps: 0, epochChanges: 0, rejected: 0,
       snapshotRequests: 0, checksumMismatches: 0, checksumsVerified: 0, batches: 0,
       droppedBatches: 0, badFrames: 0, errors: 0, connects: 0, deliveries: 0, coalesced: 0, ackTimeouts: 0,
     };
     this._reported = { reconnects: 0, droppedBatches: 0, checksumMismatches: 0 };
+    /** @type {Record<string, number>} */
     this.timers = {};
   }
 
   // ------------------------------------------------------------------ tabs
 
+  /**
+   * @param {string} tab
+   * @param {Sink} sink
+   */
   attach(tab, sink) {
     const known = this.tabs.get(tab);
     this.tabs.set(tab, { sink, fps: known?.fps ?? 0, frameP95: known?.frameP95 ?? 0, visible: known?.visible ?? true });
@@ -134,6 +266,7 @@ export class Hub {
     }
   }
 
+  /** @param {string} tab */
   detach(tab) {
     if (!this.tabs.delete(tab)) return;
     this.outlet.removeTab(tab);
@@ -143,13 +276,18 @@ export class Hub {
     this._broadcastStatus();
   }
 
-  /** A message from a tab (already attached by the transport). */
+  /**
+   * A message from a tab (already attached by the transport).
+   * @param {string} tab
+   * @param {TabMessage} msg
+   */
   handle(tab, msg) {
     switch (msg?.t) {
       case "hello": {
         if (this.config === null) this.configure(msg.config);
         const visible = msg.visible ?? true;
-        this.tabs.get(tab).visible = visible;
+        const t = this.tabs.get(tab);
+        if (t) t.visible = visible;
         this.outlet.setTab(tab, { acks: Boolean(msg.acks), visible });
         this._post(tab, this._status());
         this.pace.delete(tab); // a (re)announced tab is told its draw rate afresh
@@ -194,13 +332,14 @@ export class Hub {
         this.detach(tab);
         break;
       default:
-        this._post(tab, { t: "error", code: "XY-UI-001", message: `unknown message type ${JSON.stringify(msg?.t)} from tab` });
+        this._post(tab, { t: "error", code: "XY-UI-001", message: `unknown message type ${JSON.stringify(/** @type {{ t?: unknown } | null} */ (msg)?.t)} from tab` });
     }
   }
 
+  /** @param {Config} config */
   configure(config) {
-    this.config = { ...DEFAULTS, ...config };
-    const c = this.config;
+    const c = { ...DEFAULTS, ...config };
+    this.config = c;
     if (!c.wsUrl) throw new Error("xy hub: config.wsUrl is required (the gateway's ws:// URL)");
     this.outlet.batchMs = c.batchMs;
     this.outlet.ackTimeoutMs = c.ackTimeoutMs;
@@ -217,6 +356,21 @@ export class Hub {
     this._driveConnection();
   }
 
+  /**
+   * The settings, set by configure() (the first tab's hello) before any connection runs.
+   * @returns {HubConfig}
+   */
+  _cfg() {
+    if (this.config === null) throw new Error("xy hub: not configured yet (no hello with a config)");
+    return this.config;
+  }
+
+  /** @returns {Reconnector} the reconnector configure() made */
+  _rc() {
+    if (this.reconnector === null) throw new Error("xy hub: not configured yet (no hello with a config)");
+    return this.reconnector;
+  }
+
   stop() {
     this.state = "stopped";
     for (const name of Object.keys(this.timers)) this._cancel(name);
@@ -228,39 +382,40 @@ export class Hub {
   _driveConnection() {
     if (this.state === "stopped" || this.config === null) return;
     const now = this.env.now();
-    for (const id of this.reconnector.expired(now)) {
-      if (this.attempt?.id === id) this._socketGone(`no Welcome within ${this.config.connectTimeoutMs} ms`);
+    for (const id of this._rc().expired(now)) {
+      if (this.attempt?.id === id) this._socketGone(`no Welcome within ${this._cfg().connectTimeoutMs} ms`);
     }
-    if (this.reconnector.due(now)) {
+    if (this._rc().due(now)) {
       this._connect();
     } else if (this.state !== "open" && this.state !== "connecting") {
       this.state = "waiting";
-      this._scheduleOnce("connect", Math.max(1, this.reconnector.waitMs(now)), () => this._driveConnection());
+      this._scheduleOnce("connect", Math.max(1, this._rc().waitMs(now)), () => this._driveConnection());
     }
   }
 
   async _connect() {
-    const id = this.reconnector.begin(this.env.now());
+    const id = this._rc().begin(this.env.now());
     if (id === null) return;
     this.state = "connecting";
     this.attempt = { id, ws: null };
-    this._scheduleOnce("connect", this.config.connectTimeoutMs + 1, () => this._driveConnection());
+    this._scheduleOnce("connect", this._cfg().connectTimeoutMs + 1, () => this._driveConnection());
     this._broadcastStatus();
     let token;
     try {
       token = await this._token();
     } catch (err) {
       if (this.attempt?.id !== id) return;
-      this.lastError = { code: "XY-UI-002", message: `token: ${err.message ?? err}` };
+      this.lastError = { code: "XY-UI-002", message: `token: ${errorText(err)}` };
       this._attemptFailed();
       return;
     }
-    if (this.attempt?.id !== id || this.state === "stopped") return;
+    // stop() may have run while the token was fetched.
+    if (this.attempt?.id !== id || /** @type {Status["state"]} */ (this.state) === "stopped") return;
     let ws;
     try {
-      ws = new this.env.WebSocket(this.config.wsUrl);
+      ws = new this.env.WebSocket(this._cfg().wsUrl);
     } catch (err) {
-      this.lastError = { code: "XY-UI-003", message: `WebSocket(${this.config.wsUrl}): ${err.message ?? err}` };
+      this.lastError = { code: "XY-UI-003", message: `WebSocket(${this._cfg().wsUrl}): ${errorText(err)}` };
       this._attemptFailed();
       return;
     }
@@ -272,7 +427,7 @@ export class Hub {
       if (this.ws !== ws) return;
       this.lastRx = this.env.now();
       this._send({
-        hello: { token, protocolVersion: PROTOCOL_VERSION, client: `${this.config.client} (${this.mode})`, sessionId: this.sessionId },
+        hello: { token, protocolVersion: PROTOCOL_VERSION, client: `${this._cfg().client} (${this.mode})`, sessionId: this.sessionId },
       });
     };
     ws.onmessage = (ev) => {
@@ -286,10 +441,12 @@ export class Hub {
     };
   }
 
+  /** @returns {Promise<string>} */
   async _token() {
-    const c = this.config;
+    const c = this._cfg();
     if (c.token) return c.token;
     if (!c.tokenUrl) return "";
+    if (this.env.fetch === undefined) throw new Error(`${c.tokenUrl}: this environment has no fetch`);
     const res = await this.env.fetch(c.tokenUrl, { method: "POST", cache: "no-store" });
     if (!res.ok) throw new Error(`${c.tokenUrl} answered ${res.status}`);
     const doc = await res.json();
@@ -302,12 +459,13 @@ export class Hub {
     this.attempt = null;
     this.ws = null;
     this.state = "waiting";
-    this.reconnector.failed(id, this.env.now());
+    this._rc().failed(id, this.env.now());
     this._cancel("heartbeat");
     this._broadcastStatus();
     this._driveConnection();
   }
 
+  /** @param {string} why */
   _socketGone(why) {
     const ws = this.ws;
     const wasOpen = this.state === "open";
@@ -326,13 +484,14 @@ export class Hub {
     const id = wasOpen ? null : (this.attempt?.id ?? null);
     this.attempt = null;
     this.state = "waiting";
-    this.reconnector.failed(id, this.env.now());
+    this._rc().failed(id, this.env.now());
     this._cancel("heartbeat");
     this._cancel("refresh");
     this._broadcastStatus();
     this._driveConnection();
   }
 
+  /** @param {string} why */
   _closeSocket(why) {
     const ws = this.ws;
     this.ws = null;
@@ -342,6 +501,10 @@ export class Hub {
     }
   }
 
+  /**
+   * One ClientFrame with the next id and `fields` (hello, subscribe, ping, ...).
+   * @param {Exclude<import("@bufbuild/protobuf").MessageInitShape<typeof ClientFrameSchema>, ClientFrame>} fields
+   */
   _send(fields) {
     const ws = this.ws;
     if (ws === null || ws.readyState !== 1) return false;
@@ -352,6 +515,7 @@ export class Hub {
 
   // ------------------------------------------------------------------ frames in
 
+  /** @param {unknown} data */
   _onFrame(data) {
     const now = this.env.now();
     this.lastRx = now;
@@ -367,7 +531,7 @@ export class Hub {
       frame = fromBinary(ServerFrameSchema, new Uint8Array(data));
     } catch (err) {
       this.counters.badFrames += 1;
-      this.lastError = { code: "XY-UI-005", message: `undecodable ServerFrame (${data.byteLength} bytes): ${err.message ?? err}` };
+      this.lastError = { code: "XY-UI-005", message: `undecodable ServerFrame (${data.byteLength} bytes): ${errorText(err)}` };
       return;
     }
     const wall = this.env.wallUs();
@@ -382,6 +546,10 @@ export class Hub {
     if (this.merger.size) this._offer(now);
   }
 
+  /**
+   * @param {Welcome} w
+   * @param {number} now
+   */
   _onWelcome(w, now) {
     this.tokenExpiresUs = num(w.tokenExpiresUs);
     if (this.state === "open") {
@@ -389,7 +557,7 @@ export class Hub {
       this._scheduleRefresh();
       return;
     }
-    this.reconnector.opened(this.attempt?.id ?? null, now);
+    this._rc().opened(this.attempt?.id ?? null, now);
     this.attempt = null;
     this._cancel("connect");
     this.state = "open";
@@ -404,18 +572,22 @@ export class Hub {
     const groups = this.refs.keys();
     if (groups.length) {
       const plan = this.tracker.reconnectPlan(groups);
-      if (plan.points.length) this._send({ resume: { points: plan.points } });
+      // uint64 on the wire: the same varints as the numbers, typed as the contract's bigint.
+      const points = plan.points.map((p) => ({ ...p, epoch: BigInt(p.epoch), seq: BigInt(p.seq) }));
+      if (points.length) this._send({ resume: { points } });
       if (plan.subscribe.length) this._send({ subscribe: { groups: plan.subscribe.map((group) => ({ group })) } });
     }
     this._broadcastStatus();
   }
 
+  /** @param {DegradeChange} d */
   _onDegrade(d) {
     this.degrade = { level: d.level, reason: d.reason, recovery: d.recovery, paused: [...d.pausedGroups] };
     this._broadcastAll({ t: "degrade", ...this.degrade });
     this._broadcastStatus();
   }
 
+  /** @param {ErrorFrame} e */
   _onError(e) {
     this.counters.errors += 1;
     this.lastError = { code: `gateway:${e.code}`, message: e.message, group: e.group, fatal: e.fatal };
@@ -424,11 +596,16 @@ export class Hub {
       this.tracker.forgetGroup(e.group);
       this.snapshotAsked.delete(e.group);
     }
+    /** @type {HubMessage} */
     const msg = { t: "error", code: e.code, message: e.message, group: e.group, fatal: e.fatal };
     if (e.group) this._fanout(e.group, msg);
     else this._broadcastAll(msg);
   }
 
+  /**
+   * @param {Snapshot} snap
+   * @param {number} now
+   */
   _onSnapshot(snap, now) {
     const group = snap.group;
     if (!this.refs.holders(group).size) return;
@@ -451,6 +628,10 @@ export class Hub {
     this._noteRecovery(now);
   }
 
+  /**
+   * @param {Delta} delta
+   * @param {number} now
+   */
   _onDelta(delta, now) {
     const group = delta.group;
     if (!this.refs.holders(group).size) return;
@@ -485,6 +666,10 @@ export class Hub {
     }
   }
 
+  /**
+   * @param {Delta} delta
+   * @param {number} now
+   */
   _applyDelta(delta, now) {
     // Symbols that moved to another group leave this one first; trimmed entries keep the
     // deeper levels the book holds; every other entry's checksum is verified.
@@ -504,6 +689,7 @@ export class Hub {
     }
   }
 
+  /** @param {number} now */
   _noteRecovery(now) {
     if (this.awaitingRecovery) {
       this.awaitingRecovery = false;
@@ -512,11 +698,15 @@ export class Hub {
     }
   }
 
+  /**
+   * @param {string} group
+   * @param {string} why
+   */
   _askSnapshot(group, why) {
     if (!group || !this.refs.holders(group).size) return;
     const now = this.env.now();
     const asked = this.snapshotAsked.get(group);
-    if (asked !== undefined && now - asked < this.config.snapshotTimeoutMs) return;
+    if (asked !== undefined && now - asked < this._cfg().snapshotTimeoutMs) return;
     if (!this.tracker.isResyncing(group)) this.tracker.beginResync(group, now);
     if (this._send({ snapshotRequest: { group } })) {
       this.snapshotAsked.set(group, now);
@@ -525,6 +715,7 @@ export class Hub {
     }
   }
 
+  /** @param {string} group */
   _book(group) {
     let b = this.books.get(group);
     if (b === undefined) this.books.set(group, (b = new GroupBook(group)));
@@ -533,10 +724,12 @@ export class Hub {
 
   // ------------------------------------------------------------------ subscriptions
 
+  /** @param {string[]} groups */
   _sendSubscribe(groups) {
     if (this.state === "open") this._send({ subscribe: { groups: groups.map((group) => ({ group })) } });
   }
 
+  /** @param {string} group */
   _dropGroup(group) {
     if (this.state === "open") this._send({ unsubscribe: { groups: [{ group }] } });
     this.subscribed.delete(group);
@@ -546,6 +739,10 @@ export class Hub {
   }
 
   /** The group's current state as a batch (what a new, or newly visible, view is sent first). */
+  /**
+   * @param {string} group
+   * @returns {HubBatch | null}
+   */
   _viewOf(group) {
     const book = this.books.get(group);
     if (book === undefined || book.symbols.size === 0) return null;
@@ -555,15 +752,16 @@ export class Hub {
   // ------------------------------------------------------------------ delivery
 
   /** This frame's batches, one per group, to the outlet (sent on to idle tabs at once). */
+  /** @param {number} now */
   _offer(now) {
+    /** @type {HubBatch[]} */
     const batches = [];
     for (const batch of this.merger.drain()) {
       if (!this.refs.holders(batch.group).size) {
         this.counters.droppedBatches += 1;
         continue;
       }
-      batch.id = ++this.batchIds;
-      batches.push(batch);
+      batches.push(Object.assign(batch, { id: ++this.batchIds }));
     }
     this._deliver(this.outlet.offer(batches, now));
   }
@@ -573,10 +771,12 @@ export class Hub {
    * tier's interval or an unacknowledged delivery. In leader mode tabs sent the very same
    * batches share one BroadcastChannel message.
    */
+  /** @param {Delivery[]} deliveries */
   _deliver(deliveries) {
     if (deliveries.length) {
       const offsetUs = this.clock.offsetUs;
       const flushedUs = this.env.wallUs();
+      /** @type {{ tabs: string[], batches: TierBatch[], msg: HubMessage }[]} */
       const messages = [];
       for (const { tab, batches } of deliveries) {
         const same = this.multicast ? messages.find((m) => sameBatches(m.batches, batches)) : undefined;
@@ -584,6 +784,7 @@ export class Hub {
           same.tabs.push(tab);
           continue;
         }
+        /** @type {DeliveredBatch[]} */
         const list = batches.map((b) => ({ t: "batch", ...b, offsetUs, flushedUs }));
         messages.push({ tabs: [tab], batches, msg: { t: "batches", list } });
         this.counters.batches += list.length;
@@ -613,6 +814,10 @@ export class Hub {
 
   // ------------------------------------------------------------------ fan-out
 
+  /**
+   * @param {string} group
+   * @param {HubMessage} msg
+   */
   _fanout(group, msg) {
     const tabs = [...this.refs.holders(group)];
     if (this.multicast) {
@@ -622,16 +827,22 @@ export class Hub {
     for (const tab of tabs) this._post(tab, msg);
   }
 
+  /** @param {HubMessage} msg */
   _broadcastAll(msg) {
     const tabs = [...this.tabs.keys()];
     if (this.multicast) this.multicast(tabs, msg);
     else for (const tab of tabs) this._post(tab, msg);
   }
 
+  /**
+   * @param {string} tab
+   * @param {HubMessage} msg
+   */
   _post(tab, msg) {
     this.tabs.get(tab)?.sink.post(msg);
   }
 
+  /** @returns {{ t: "status" } & Status} */
   _status() {
     const latest = this.latencies.values;
     return {
@@ -667,18 +878,18 @@ export class Hub {
     this._scheduleOnce("heartbeat", Math.max(250, this.heartbeatMs / 2), () => {
       if (this.state !== "open") return;
       const idle = this.env.now() - this.lastRx;
-      const deadAfter = this.heartbeatMs * this.config.deadAfterBeats;
+      const deadAfter = this.heartbeatMs * this._cfg().deadAfterBeats;
       if (idle > deadAfter) {
         this._socketGone(`no frame from the gateway for ${Math.round(idle)} ms (dead after ${deadAfter} ms)`);
         return;
       }
-      this._send({ ping: { tsUs: Math.round(this.env.wallUs()), nonce: ++this.nonce } });
+      this._send({ ping: { tsUs: BigInt(Math.round(this.env.wallUs())), nonce: BigInt(++this.nonce) } });
       this._heartbeat();
     });
   }
 
   _scheduleRefresh() {
-    if (!this.tokenExpiresUs || this.config.token) return;
+    if (!this.tokenExpiresUs || this._cfg().token) return;
     const leftMs = (this.tokenExpiresUs - (this.env.wallUs() + this.clock.offsetUs)) / 1000;
     if (!(leftMs > 0)) return;
     this._scheduleOnce("refresh", Math.max(1000, leftMs * 0.8), async () => {
@@ -686,14 +897,14 @@ export class Hub {
         const token = await this._token();
         if (this.state === "open") this._send({ refresh: { token } });
       } catch (err) {
-        this.lastError = { code: "XY-UI-002", message: `token refresh: ${err.message ?? err}` };
+        this.lastError = { code: "XY-UI-002", message: `token refresh: ${errorText(err)}` };
       }
     });
   }
 
   _onStatusTimer() {
     const now = this.env.now();
-    for (const group of this.tracker.overdue(now, this.config.snapshotTimeoutMs)) {
+    for (const group of this.tracker.overdue(now, this._cfg().snapshotTimeoutMs)) {
       this.snapshotAsked.delete(group);
       this._askSnapshot(group, "snapshot overdue");
     }
@@ -702,7 +913,7 @@ export class Hub {
 
   _onMetricsTimer() {
     if (this.state !== "open") return;
-    const reconnects = this.reconnector.reconnects;
+    const reconnects = this._rc().reconnects;
     const c = this.counters;
     const tabs = [...this.tabs.values()];
     const fps = tabs.length ? tabs.reduce((a, t) => a + (t.fps || 0), 0) / tabs.length : 0;
@@ -722,6 +933,11 @@ export class Hub {
     if (sent) this._reported = { reconnects, droppedBatches: c.droppedBatches, checksumMismatches: c.checksumMismatches };
   }
 
+  /**
+   * @param {string} name
+   * @param {number} everyMs
+   * @param {() => void} fn
+   */
   _schedule(name, everyMs, fn) {
     const tick = () => {
       this.timers[name] = this.env.setTimeout(tick, everyMs);
@@ -731,6 +947,11 @@ export class Hub {
     this.timers[name] = this.env.setTimeout(tick, everyMs);
   }
 
+  /**
+   * @param {string} name
+   * @param {number} ms
+   * @param {() => void} fn
+   */
   _scheduleOnce(name, ms, fn) {
     this._cancel(name);
     this.timers[name] = this.env.setTimeout(() => {
@@ -739,6 +960,7 @@ export class Hub {
     }, ms);
   }
 
+  /** @param {string} name */
   _cancel(name) {
     if (this.timers[name] !== undefined) {
       this.env.clearTimeout(this.timers[name]);
@@ -748,22 +970,31 @@ export class Hub {
 }
 
 /** Two deliveries of the very same batches (same objects, same tiers). */
+/**
+ * @param {TierBatch[]} a
+ * @param {TierBatch[]} b
+ */
 function sameBatches(a, b) {
   return a.length === b.length && a.every((x, i) => x.id === b[i].id && x.group === b[i].group && x.everyMs === b[i].everyMs && x.symbols === b[i].symbols);
 }
 
 // ---------------------------------------------------------------------- SharedWorker entry
 
-if (typeof SharedWorkerGlobalScope !== "undefined" && globalThis instanceof SharedWorkerGlobalScope) {
+// The DOM library has no SharedWorkerGlobalScope: the worker's global as far as it is used here.
+const workerScope = /** @type {{ SharedWorkerGlobalScope?: Function, onconnect?: (event: MessageEvent) => void }} */ (
+  /** @type {unknown} */ (globalThis));
+if (typeof workerScope.SharedWorkerGlobalScope === "function" && globalThis instanceof workerScope.SharedWorkerGlobalScope) {
   const hub = new Hub("shared-worker");
-  globalThis.onconnect = (event) => {
+  workerScope.onconnect = (event) => {
     const port = event.ports[0];
+    /** @type {string | null} */
     let tab = null;
     port.onmessage = (ev) => {
       const msg = ev.data;
       if (msg?.t === "hello") {
-        tab = msg.tab;
-        hub.attach(tab, { post: (m) => port.postMessage(m) });
+        const hello = /** @type {string} */ (msg.tab);
+        tab = hello;
+        hub.attach(hello, { post: (m) => port.postMessage(m) });
       }
       if (tab === null) {
         port.postMessage({ t: "error", code: "XY-UI-001", message: `first message must be hello, got ${JSON.stringify(msg?.t)}` });
@@ -772,7 +1003,7 @@ if (typeof SharedWorkerGlobalScope !== "undefined" && globalThis instanceof Shar
       try {
         hub.handle(tab, msg);
       } catch (err) {
-        port.postMessage({ t: "error", code: "XY-UI-007", message: `hub: ${err.message ?? err}` });
+        port.postMessage({ t: "error", code: "XY-UI-007", message: `hub: ${errorText(err)}` });
       }
     };
     port.start();

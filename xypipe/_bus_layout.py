@@ -10,6 +10,7 @@ from __future__ import annotations
 from xypipe._config import AppConfig
 from xypipe._gateway._options import FlagAdminOptions, GatewayOptions
 from xypipe._nats_roles import BusLayout, unique
+from xypipe._ownership import OwnershipConfig
 from xypipe._stages.ingest import IngestConfig
 from xypipe._stages.publish import PublishConfig
 
@@ -25,12 +26,17 @@ def bus_layout(cfg: AppConfig) -> BusLayout:
     buckets: list[str] = []
     groups: list[str] = []
     requests: list[str] = []
+    leases: list[str] = []
     for pipe in cfg.pipelines.values():
         for decl in pipe.stages:
             c = decl.config
             if isinstance(c, IngestConfig):
                 source.append(c.stream)
                 state += [c.state.snapshot_stream, c.state.checkpoint_stream]
+                # The ingest stage's ownership table (absent from configs that predate it).
+                own = getattr(c, "ownership", None)
+                if isinstance(own, OwnershipConfig) and own.enabled:
+                    leases += [own.bucket, own.members_bucket]
             elif isinstance(c, PublishConfig):
                 state += [c.state.snapshot_stream, c.state.checkpoint_stream]
                 groups += [c.groups_bucket] if c.groups_bucket else []
@@ -49,4 +55,5 @@ def bus_layout(cfg: AppConfig) -> BusLayout:
         flag_buckets=unique(buckets) or default.flag_buckets,
         group_buckets=unique(groups) or default.group_buckets,
         snapshot_requests=unique(requests),
+        lease_buckets=unique(leases) or default.lease_buckets,
     )

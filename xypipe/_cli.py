@@ -17,13 +17,15 @@ import trio
 
 from xypipe import _log
 from xypipe._cli_common import add_log_options, error_lines, report
-from xypipe._config import AppConfig, load_config
+from xypipe._config import AppConfig
 from xypipe._demo._cli import ACTIONS as DEMO_ACTIONS
 from xypipe._demo._cli import DEFAULT_CONFIG as DEMO_CONFIG
 from xypipe._demo._cli import SUMMARY as DEMO_SUMMARY
 from xypipe._demo._cli import run_action as run_demo_action
 from xypipe._demo._layout import page_urls
+from xypipe._effective import effective_lines
 from xypipe._errors import (
+    CFG_OVERRIDES_APPLIED,
     CLI_FILE_ERROR,
     ConfigError,
     StageError,
@@ -31,6 +33,7 @@ from xypipe._errors import (
     XyError,
     find_in_group,
 )
+from xypipe._overrides import Effective, load_effective
 
 _COMMAND_MODULES: list[str] = [
     # Each module exposes register(subparsers). Keep one line per module.
@@ -49,16 +52,33 @@ def _cmd_check(args: argparse.Namespace) -> int:
     status = 0
     for path in args.config:
         try:
-            cfg = load_config(path)
-            check_profile(cfg)
+            eff = load_effective(path, sets=args.set)
         except ConfigError as exc:
             print("\n".join(error_lines(exc)), file=sys.stderr)
             status = 1
             continue
+        try:
+            check_profile(eff.config)
+        except ConfigError as exc:
+            exc = eff.explain(exc)
+            print("\n".join(error_lines(exc)), file=sys.stderr)
+            status = 1
+            continue
+        if args.effective:
+            print("\n".join(effective_lines(eff)))
+            continue
+        cfg = eff.config
         stages = sum(len(p.stages) for p in cfg.pipelines.values())
         print(f"{path}: ok ({len(cfg.pipelines)} pipelines, {stages} stages, "
-              f"processes: {', '.join(_with_workers(cfg, p) for p in cfg.process_names())})")
+              f"processes: {', '.join(_with_workers(cfg, p) for p in cfg.process_names())})"
+              + _set_by(eff))
     return status
+
+
+def _set_by(eff: Effective) -> str:
+    """`` set by: XYPIPE_NATS__URL, --set log.level`` (names, never values), or ""."""
+    labels = list(dict.fromkeys(ov.label for ov in eff.applied))
+    return f"; set by: {', '.join(labels)}" if labels else ""
 
 
 def _with_workers(cfg: AppConfig, process: str) -> str:
@@ -72,11 +92,22 @@ def _with_workers(cfg: AppConfig, process: str) -> str:
 
 def _cmd_run(args: argparse.Namespace,
              announce: Callable[[AppConfig], None] | None = None) -> int:
-    cfg = load_config(args.config)
+    from xypipe._profile import check_profile
+
+    eff = load_effective(args.config, sets=getattr(args, "set", None) or ())
+    cfg = eff.config
+    try:
+        check_profile(cfg)  # again when the tree starts; here to name who set what it refuses
+    except ConfigError as exc:
+        raise eff.explain(exc) from None
     if announce is not None:
         announce(cfg)
     _log.configure(args.log_level or cfg.log.level, format=cfg.log.format,
                    repeats=cfg.log.repeats)
+    if eff.applied:
+        # Which keys, and who set them; never the values (a password may be one).
+        _log_cli.info("config keys set over the file", code=CFG_OVERRIDES_APPLIED,
+                      keys={_key(ov.path): ov.source for ov in eff.applied})
     try:
         try:
             trio.run(_run_main, cfg, args)
@@ -137,6 +168,17 @@ def _cmd_dev_proto(args: argparse.Namespace) -> int:
     return subprocess.run(cmd, check=False).returncode
 
 
+def _add_set_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="set a config key over the file and the environment, e.g. --set "
+                        "processes.gateway.workers=2 (repeatable; a TOML value unless the key "
+                        "is a string; docs/operations.md, \"Environment overrides\")")
+
+
+def _key(path: tuple[str | int, ...]) -> str:
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from xypipe import __version__
 
@@ -155,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nats-nkey", default=None,
                    help="file with the NKey seed to sign in to the embedded bus with (used by "
                         "the supervisor: each process as its role)")
+    _add_set_option(p)
     add_log_options(p)
     p.set_defaults(func=_cmd_run)
 
@@ -173,11 +216,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check", help="validate configs without running them")
     p.add_argument("config", nargs="+", help="TOML config files (one line per problem)")
+    p.add_argument("--effective", action="store_true",
+                   help="print each config as it would run: every key, its value (secrets as "
+                        "***) and where it came from (command line, env var, file, default)")
+    _add_set_option(p)
     p.set_defaults(func=_cmd_check)
 
     dev = sub.add_parser("dev", help="developer tools").add_subparsers(
         dest="dev", required=True, metavar="TOOL")
-    p = dev.add_parser("proto", help="regenerate code from proto/ (Python, JS, Go)")
+    p = dev.add_parser("proto", help="regenerate code from proto/ (Python, TypeScript, JS, Go)")
     p.add_argument("--check", action="store_true", help="fail if generated code is stale")
     p.set_defaults(func=_cmd_dev_proto)
 

@@ -23,11 +23,11 @@ from pathlib import Path
 import trio
 
 from xypipe._bus_layout import bus_layout
-from xypipe._config import load_config
 from xypipe._creds import Chain, ChainOptions, Claims, decode, init_chain, parse_creds
 from xypipe._creds._push import push_accounts
 from xypipe._errors import CredsError, UsageError
 from xypipe._nats_roles import BusLayout
+from xypipe._overrides import load_effective
 from xypipe._progress import progress
 from xypipe._role_grants import ROLE_ALIASES, ROLES, canonical_role, permissions
 
@@ -98,7 +98,7 @@ def _chain_dir(arg: str | None) -> Path:
 
 def _layout(config: str | None) -> BusLayout:
     """The layout of ``config`` (the defaults without one)."""
-    return bus_layout(load_config(config)) if config else BusLayout()
+    return bus_layout(load_effective(config).config) if config else BusLayout()
 
 
 def _cmd_nsc(args: argparse.Namespace) -> int:

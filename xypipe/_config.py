@@ -435,6 +435,9 @@ class AppConfig:
     processes: Mapping[str, ProcessConfig]
     pipelines: Mapping[str, PipelineConfig]
     security: SecurityConfig = attrs.field(factory=SecurityConfig)
+    #: The command line's ``--set KEY=VALUE`` it was loaded with: handed on to the child
+    #: processes, which read the same file and environment (:mod:`xypipe._overrides`).
+    cli_sets: tuple[str, ...] = ()
 
     def process_names(self) -> list[str]:
         return sorted({p.process for p in self.pipelines.values()})
@@ -1006,16 +1009,20 @@ def check_wiring(cfg: AppConfig) -> None:
         raise WiringError([f"{cfg.path}: {p}" for p in problems])
 
 
-def load_config(path: str | os.PathLike[str]) -> AppConfig:
-    """Read and validate a TOML config file."""
-    p = pathlib.Path(path)
-    shown = str(path)
+def read_config_doc(path: str | os.PathLike[str], shown: str | None = None) -> RawTable:
+    """The TOML document of a config file, not yet checked."""
+    shown = str(path) if shown is None else shown
     try:
-        text = p.read_text(encoding="utf-8")
+        text = pathlib.Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([f"{shown}: cannot read the file: {exc.strerror}"]) from None
     try:
-        doc = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{shown}: invalid TOML: {exc}"]) from None
-    return parse_config(doc, shown)
+
+
+def load_config(path: str | os.PathLike[str]) -> AppConfig:
+    """Read and validate a TOML config file, the file alone (``xypipe run`` and ``check`` set
+    keys from the environment and the command line over it: :mod:`xypipe._overrides`)."""
+    return parse_config(read_config_doc(path), str(path))

@@ -452,6 +452,22 @@ CFG_INVALID_VALUE = "XY-CFG-101"
 #: A config value has the wrong TOML type (a string for an integer, a table for a list...).
 CFG_WRONG_TYPE = "XY-CFG-102"
 
+# -- overrides of the config from the environment and the command line (XY-CFG-200..219)
+
+#: An ``XYPIPE_`` variable (or a ``--set`` key) that names no config key; with a did-you-mean.
+CFG_OVERRIDE_UNKNOWN = "XY-CFG-200"
+#: A value from the environment or the command line that its key refuses (the line names the
+#: variable, the key and what was expected).
+CFG_OVERRIDE_VALUE = "XY-CFG-201"
+#: A ``--set`` argument that is not ``KEY=VALUE``.
+CFG_SET_SYNTAX = "XY-CFG-202"
+#: Two variables of the environment name the same key (spelled in different cases).
+CFG_OVERRIDE_TWICE = "XY-CFG-203"
+#: An override reaches into a file value that is not a table (``restart = "always"``).
+CFG_OVERRIDE_NOT_TABLE = "XY-CFG-204"
+#: A process started with keys set by the environment or the command line (names, never values).
+CFG_OVERRIDES_APPLIED = "XY-CFG-205"
+
 
 class MissingRequirement(XyError):
     """A stage asked its context for something its process does not have (``require_nats()``
@@ -739,3 +755,43 @@ PROD_NO_TOKEN_KEY = "XY-SEC-034"
 PROD_DEV_TOKENS = "XY-SEC-035"
 #: prod: a process signs in as ``superuser`` (everything; operators' tools and tests only).
 PROD_SUPERUSER = "XY-SEC-036"
+
+
+# -- Ownership of groups by aggregators: leases, members, fencing (XY-OWN-001..029;
+# -- docs/architecture.md, "Aggregators that split the groups") ------------------------------
+class KvKeyExists(KvRevisionConflict):
+    """A KV create found the key holding a value (a lease someone holds); nothing was stored.
+    ``current`` is that value's revision."""
+
+    code = "XY-OWN-002"
+
+
+class OwnershipError(XyError):
+    """The ownership engine cannot work: its buckets cannot be opened or created (permissions,
+    JetStream away at start), or a member name is not a valid KV key."""
+
+    code = "XY-OWN-011"
+
+
+#: A held lease was lost: its renewal was refused (someone else's revision, the key gone) or
+#: its local deadline passed before a renewal came back. The group stopped publishing at once.
+OWN_LOST = "XY-OWN-001"
+#: The release hook (store the group's last checkpoint) failed or overran its timeout; the
+#: lease is deleted anyway (the next owner restores from what is stored).
+OWN_RELEASE_HOOK_FAILED = "XY-OWN-003"
+#: Deleting a released lease failed; it expires by the bucket's age limit instead.
+OWN_RELEASE_DELETE_FAILED = "XY-OWN-004"
+#: A renewal failed in transport (NATS away, timeout); retried until the local deadline.
+OWN_RENEW_FAILED = "XY-OWN-005"
+#: Acquiring a lease failed for another reason than someone holding it; retried.
+OWN_ACQUIRE_FAILED = "XY-OWN-006"
+#: This member's announcement in the members bucket failed; retried every renew period.
+OWN_ANNOUNCE_FAILED = "XY-OWN-007"
+#: A lease in this member's name that it does not hold (a previous incarnation, a renewal
+#: that came back after the deadline) is deleted so the member can take the group again.
+OWN_STALE_LEASE_CLEARED = "XY-OWN-008"
+#: A value in the leases or members bucket is not what xypipe writes: ignored, counted.
+OWN_BAD_VALUE = "XY-OWN-009"
+#: A reader (the gateway's hub, the Python client) dropped a delta or snapshot whose fence is
+#: below the highest seen for its group: from an owner that has since been replaced.
+OWN_FENCED = "XY-OWN-010"

@@ -60,6 +60,8 @@ class BusLayout:
     snapshot_requests: tuple[str, ...] = ("xy.agg.snapshot.request",)
     #: Known-groups buckets: written by the aggregator, read by gateways.
     group_buckets: tuple[str, ...] = ("xy_md_groups",)
+    #: The aggregators' ownership buckets (leases and members): aggregators only.
+    lease_buckets: tuple[str, ...] = ("xy_agg_leases", "xy_agg_members")
 
 
 def unique(names: Iterable[str]) -> tuple[str, ...]:

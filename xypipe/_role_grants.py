@@ -37,7 +37,7 @@ __all__ = [
 HEALTH_SUBJECT = "xy.exec.health"
 
 LayoutField = Literal["source_streams", "state_streams", "snapshot_streams", "flag_buckets",
-                      "snapshot_requests", "group_buckets"]
+                      "snapshot_requests", "group_buckets", "lease_buckets"]
 
 
 class Layout(Protocol):
@@ -55,6 +55,8 @@ class Layout(Protocol):
     def snapshot_requests(self) -> tuple[str, ...]: ...
     @property
     def group_buckets(self) -> tuple[str, ...]: ...
+    @property
+    def lease_buckets(self) -> tuple[str, ...]: ...
 
 
 @attrs.frozen
@@ -139,6 +141,12 @@ GRANTS: dict[str, tuple[Grant, ...]] = {
               publish=_MANAGE + _CONSUME + _READ, over="state_streams"),
         Grant("create, write and read the known-groups buckets",
               publish=_kv(_MANAGE + _CONSUME + _READ) + _KV_WRITE, over="group_buckets"),
+        Grant("create, write, watch and read the ownership buckets (group leases, members)",
+              publish=_kv(_MANAGE + _CONSUME + _READ) + _KV_WRITE, over="lease_buckets"),
+        # nats-py reads the account's JetStream API level before it asks for a bucket with
+        # expiry markers (nats-server 2.11+).
+        Grant("read its account's JetStream limits and API level",
+              publish=("$JS.API.INFO",)),
     ),
     "gateway": (
         _HEALTH, _INBOX,

@@ -325,6 +325,9 @@ async def _child(
     if nats_nkey:
         # A path, not the seed: argv is visible to every process on the machine.
         argv += ["--nats-nkey", nats_nkey]
+    # The child reads the same file and inherits our environment; what our command line set
+    # goes with it, so every process runs the same config.
+    argv += [f"--set={item}" for item in cfg.cli_sets]
     # Each worker has the process's restart policy and a budget of its own.
     outcome = await supervise(
         unit.name, _Worker(unit.name, argv, unit.identity.environ()),

@@ -30,15 +30,20 @@ def test_stale_check_names_every_edited_missing_and_extra_file(
     bundle = tmp_path / "ui-static/gen/xy_contracts.js"
     bundle.write_text(bundle.read_text().replace("TickSchema", "TickSchemaX", 1))
     (tmp_path / "proto/testdata/tick.trade.binpb").unlink()
+    ts = tmp_path / "contracts/ts/xy/md/v1/tick_pb.ts"
+    ts.write_text(ts.read_text().replace("price: bigint;", "price: number;", 1))
     (tmp_path / "contracts/go/xy/md/v1/old.pb.go").write_text("package mdv1\n")
     monkeypatch.setattr(gen_proto, "ROOT", tmp_path)
 
     problems = gen_proto.compare(fresh)
 
-    assert len(problems) == 3, problems
-    edited = next(p for p in problems if p.startswith("differs: "))
+    assert len(problems) == 4, problems
+    edited = next(p for p in problems if p.startswith("differs: ui-static/"))
     assert edited.startswith("differs: ui-static/gen/xy_contracts.js\n")
     assert "TickSchemaX" in edited
+    typescript = next(p for p in problems if p.startswith("differs: contracts/ts/"))
+    assert typescript.startswith("differs: contracts/ts/xy/md/v1/tick_pb.ts\n")
+    assert "price: number;" in typescript
     assert "missing (not generated/committed): proto/testdata/tick.trade.binpb" in problems
     assert ("stale extra file (no longer generated): contracts/go/xy/md/v1/old.pb.go"
             in problems)

@@ -32,7 +32,7 @@ from xypipe._contracts import ContractDecoder
 from xypipe._degrade import Level
 from xypipe._errors import ContractError, GatewayAuthError, GatewayClosed
 from xypipe._md.client import HELD, SeqTracker
-from xypipe._md.seqrules import DEFAULT_MAX_GAP, Verdict
+from xypipe._md.seqrules import DEFAULT_MAX_GAP, STALE_FENCE, Verdict
 from xypipe.contracts import (
     ClientFrame,
     ClientMetrics,
@@ -423,6 +423,10 @@ class ClientCore:
         if group not in self.wanted:
             return []
         self._c.snapshots += 1
+        if not self.tracker.admit_snapshot(snap):
+            # From an owner already replaced (its fence is below the group's): dropped.
+            self._c.skipped[STALE_FENCE] = self._c.skipped.get(STALE_FENCE, 0) + 1
+            return []
         book = self.books.get(group)
         if book is None:
             book = self.books[group] = GroupBook(group)
@@ -463,7 +467,8 @@ class ClientCore:
         elif verdict == Verdict.FAR_FUTURE.value:
             # Never the baseline: re-anchored from a fresh snapshot, not held.
             self.tracker.begin_resync(group, now)
-        if verdict not in (Verdict.DUPLICATE.value, Verdict.STALE_EPOCH.value, HELD):
+        if verdict not in (Verdict.DUPLICATE.value, Verdict.STALE_EPOCH.value, HELD,
+                           STALE_FENCE):
             asked = self.request_snapshot(group, now, verdict)
             if asked is not None:
                 out.append(asked)

@@ -86,8 +86,9 @@ class DeltaApplied:
 @attrs.frozen
 class DeltaSkipped:
     """A delta the sequence rules did not apply (``docs/protocol.md``, "Sequence rules"):
-    ``verdict`` is ``duplicate``, ``gap``, ``far_future``, ``stale_epoch``, ``future_epoch``
-    or ``held`` (its group waits for a snapshot; held deltas after it are replayed)."""
+    ``verdict`` is ``duplicate``, ``gap``, ``far_future``, ``stale_epoch``, ``future_epoch``,
+    ``stale_fence`` (from an aggregator that has since lost the group to another) or ``held``
+    (its group waits for a snapshot; held deltas after it are replayed)."""
 
     group: str
     shard: int
@@ -169,7 +170,8 @@ class ClientStatistics:
     snapshots: int
     deltas: int
     applied: int
-    #: Deltas not applied, by verdict (``duplicate``, ``gap``, ``held``, ``far_future``...).
+    #: Deltas not applied, by verdict (``duplicate``, ``gap``, ``held``, ``far_future``...);
+    #: ``stale_fence`` counts snapshots from a replaced owner too.
     skipped: dict[str, int]
     checksums_verified: int
     checksum_mismatches: int

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import trio
 
-from xypipe._config import load_config
 from xypipe._datadir_lock import LOCK_NAME, DataDirLock, holder
 from xypipe._demo._layout import Layout, layout_of
 from xypipe._demo._probe import Health, health, listening
@@ -36,6 +35,7 @@ from xypipe._errors import (
     DemoError,
 )
 from xypipe._log import get_logger
+from xypipe._overrides import load_effective
 
 __all__ = ["down", "last_words", "up"]
 
@@ -108,7 +108,7 @@ async def up(config: str, state: StateDir, *, timeout_s: float, say: Say) -> Non
             f"the demo is already up (pid {live.process.pid}, since {live.since}, config "
             f"{_rel(Path(live.config))}): `xypipe demo down` first", code=DEMO_ALREADY_UP)
     await _clear_stale(state, say)
-    cfg = load_config(config)
+    cfg = load_effective(config).config
     layout = layout_of(cfg)
     cwd = Path.cwd()
     _refuse_busy(layout, cwd)
@@ -230,7 +230,7 @@ def _wipe(state: StateDir, tree: TreeState | None, config: str | None, say: Say)
     if tree is not None and config is None:
         layout, cwd = tree.layout, Path(tree.cwd)
     else:
-        layout, cwd = layout_of(load_config(config or "configs/demo.toml")), Path.cwd()
+        layout, cwd = layout_of(load_effective(config or "configs/demo.toml").config), Path.cwd()
     if layout.data_dir is not None:
         data = cwd / layout.data_dir
         if data.exists():

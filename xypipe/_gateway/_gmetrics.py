@@ -105,6 +105,11 @@ class GatewayMetrics:
             "gateway_snapshots_rejected", "Snapshots ignored by the sequence rules, by reason",
             ["reason"],
         )
+        self.fenced = m.counter(
+            "gateway_fenced", "Deltas and snapshots dropped because their fence is below the "
+            "highest seen for their group (from an aggregator that lost the group's lease), "
+            "by group", ["group"],
+        )
         self.reanchors = m.counter(
             "gateway_reanchors", "Streams restarted from JetStream's record, by reason",
             ["reason"],

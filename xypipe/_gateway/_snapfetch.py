@@ -27,6 +27,7 @@ from xypipe._errors import (
     GW_REANCHORED,
     GW_SNAPSHOT_GET_FAILED,
     GW_SNAPSHOT_REJECTED,
+    OWN_FENCED,
     BridgeError,
     ContractError,
 )
@@ -35,6 +36,7 @@ from xypipe._gateway._hub import BadMessage, Hub, ws_binary
 from xypipe._gateway._options import GatewayOptions
 from xypipe._gateway._store import STORE_BACKOFF, Msg, NatsClient
 from xypipe._log import Logger
+from xypipe._md.seqrules import STALE_FENCE
 from xypipe.contracts import Delta, Error, ErrorCode, ServerFrame
 
 __all__ = ["SnapshotFetcher", "checkpoint"]
@@ -87,6 +89,12 @@ class SnapshotFetcher:
             if ev.kind == "reanchored":
                 self.log.warning("stream re-anchored from JetStream's record",
                                  code=GW_REANCHORED, **fields)
+            elif ev.reason.endswith(":" + STALE_FENCE):
+                # Head of a fence event: (the group's highest fence, the message's own).
+                self.log.warning(f"{ev.reason.split(':')[0]} from a replaced owner dropped "
+                                 "(fence below the group's)", code=OWN_FENCED,
+                                 count=ev.count, group=ev.group, epoch=ev.epoch, seq=ev.seq,
+                                 fence=ev.head_seq, highest_fence=ev.head_epoch)
             elif ev.reason.startswith("snapshot:"):
                 self.log.warning("snapshot from a replaced epoch ignored",
                                  code=GW_SNAPSHOT_REJECTED, count=ev.count, **fields)
@@ -98,6 +106,7 @@ class SnapshotFetcher:
         self._export.export("verdicts", st.verdict_counts(), m.deltas)
         self._export.export("resyncs", st.resync_reasons, m.resyncs)
         self._export.export("reanchors", st.reanchors, m.reanchors)
+        self._export.export("fenced", st.fenced, m.fenced)
         self._export.export("snapshots_rejected",
                             {r: n for (k, r), n in st.rejected.items() if k == "snapshot"},
                             m.snapshots_rejected)

@@ -20,7 +20,7 @@ from collections import deque
 
 import attrs
 
-from xypipe._md.seqrules import DEFAULT_MAX_GAP, Verdict, judge
+from xypipe._md.seqrules import DEFAULT_MAX_GAP, STALE_FENCE, Fences, Verdict, judge
 from xypipe.contracts import Delta, Snapshot
 
 _APPLY, _GAP, _DUPLICATE, _FUTURE_EPOCH = (Verdict.APPLY, Verdict.GAP, Verdict.DUPLICATE,
@@ -163,10 +163,13 @@ class HubStats:
     cache_hits: int = 0
     cache_misses: int = 0
     #: Messages never believed, by ``(kind, reason)``: kind ``delta`` with reason
-    #: ``far_future``/``stale_epoch``/``future_epoch``, kind ``snapshot`` with ``stale_epoch``.
+    #: ``far_future``/``stale_epoch``/``future_epoch``, kind ``snapshot`` with ``stale_epoch``;
+    #: both kinds with ``stale_fence``.
     rejected: dict[tuple[str, str], int] = attrs.field(factory=dict)
     #: Streams restarted from JetStream's record, by reason (see :class:`SeqEvent`).
     reanchors: dict[str, int] = attrs.field(factory=dict)
+    #: Deltas and snapshots dropped for a fence below their group's highest, by group.
+    fenced: dict[str, int] = attrs.field(factory=dict)
     #: Resume requests by outcome (:class:`~xypipe._md.seqrules.ResumeOutcome` values).
     resumes: dict[str, int] = attrs.field(factory=dict)
     #: Deltas judged ``apply``, and the others by :class:`~xypipe._md.seqrules.Verdict`
@@ -229,6 +232,8 @@ class StreamBook:
         self.streams: dict[tuple[str, int], StreamHistory] = {}
         self.group_streams: dict[str, list[StreamHistory]] = {}
         self.snapshots: dict[str, SnapRec] = {}
+        #: The highest fence per group: messages of a replaced owner are dropped first.
+        self.fences = Fences()
         #: Moves whenever what a frame may hold changes (a delta kept, a snapshot cached, a
         #: stream re-anchored): frames built at another generation are stale.
         self.generation = 0
@@ -238,6 +243,8 @@ class StreamBook:
         """Judge a delta (already checked against its subject); ``data`` is it framed for a
         ``ServerFrame``. True when it was kept: the group's subscribers have something due."""
         self.stats.deltas_in += 1
+        if self._fenced(d.group, d.shard, "delta", d.fence, d.epoch, d.seq):
+            return False
         key = (d.group, d.shard)
         hist = self.streams.get(key)
         if hist is None:
@@ -341,6 +348,18 @@ class StreamBook:
         self._pending[key] = (count, SeqEvent("rejected", group, shard, f"{kind}:{reason}",
                                               epoch, seq, *head))
 
+    def _fenced(self, group: str, shard: int, kind: str, fence: int, epoch: int, seq: int
+                ) -> bool:
+        """Drop (count, note for the log) a message whose fence is below its group's highest:
+        its aggregator has lost the group's lease to another since."""
+        if self.fences.admit(group, fence):
+            return False
+        self.stats.fenced[group] = self.stats.fenced.get(group, 0) + 1
+        # The head of the event is the fence it lost to (epoch: the highest fence, seq: its own).
+        self._reject(group, shard, kind, STALE_FENCE, epoch, seq,
+                     (self.fences.highest[group], fence))
+        return True
+
     def take_events(self, now: float) -> list[SeqEvent]:
         """What happened since the last call: every re-anchor, and per stream and reason the
         rejections (one event with their count, at most once per ``anchor_interval``)."""
@@ -360,6 +379,8 @@ class StreamBook:
         ``ServerFrame``; it anchors the group's streams. True when it is the group's newest:
         cached for the subscribers waiting for one."""
         self.stats.snapshots_in += 1
+        if self._fenced(s.group, 0, "snapshot", s.fence, s.epoch, s.version):
+            return False
         old = self.snapshots.get(s.group)
         streams = self.group_streams.get(s.group, [])
         newest = max([h.epoch for h in streams if h.anchored and h.epoch is not None]

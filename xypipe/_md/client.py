@@ -25,7 +25,7 @@ from collections.abc import Iterable, MutableMapping
 import attrs
 
 from xypipe._md.book import state_checksum
-from xypipe._md.seqrules import DEFAULT_MAX_GAP, Verdict, judge
+from xypipe._md.seqrules import DEFAULT_MAX_GAP, STALE_FENCE, Fences, Verdict, judge
 from xypipe.contracts import Delta, ResumePoint, Snapshot, SymbolState
 
 #: What a consumer holds of a group's symbols: ``(venue, symbol) -> state``.
@@ -129,10 +129,11 @@ class SeqTracker:
 
     - ``gap``, ``future_epoch``: ask for a snapshot; :meth:`begin_resync` holding the delta;
     - ``far_future``: ask for a snapshot; :meth:`begin_resync` without the delta;
-    - ``stale_epoch``, ``duplicate``: drop it, nothing else.
+    - ``stale_epoch``, ``duplicate``, ``stale_fence``: drop it, nothing else.
 
-    :meth:`apply_snapshot` makes the snapshot the group's baseline and returns the held deltas
-    that follow it, already checked (apply them in order).
+    A snapshot goes through :meth:`admit_snapshot` first (its fence); :meth:`apply_snapshot`
+    makes it the group's baseline and returns the held deltas that follow it, already checked
+    (apply them in order).
     """
 
     def __init__(self, *, max_gap: int = DEFAULT_MAX_GAP, max_held: int = 256) -> None:
@@ -141,12 +142,22 @@ class SeqTracker:
         #: group -> shard -> (epoch, last sequence applied)
         self.streams: dict[str, dict[int, tuple[int, int]]] = {}
         self.resyncing: dict[str, _Pending] = {}
+        #: Highest fence per group (kept when a group is forgotten: fences only grow).
+        self.fences = Fences()
+
+    def admit_snapshot(self, snap: Snapshot) -> bool:
+        """False for a snapshot from an owner already replaced (its fence is below the
+        group's highest): drop it."""
+        return self.fences.admit(snap.group, snap.fence)
 
     def baseline(self, group: str, shard: int) -> tuple[int, int] | None:
         return self.streams.get(group, {}).get(shard)
 
     def check(self, d: Delta) -> str:
-        """A :class:`~xypipe._md.seqrules.Verdict` value, or :data:`HELD`."""
+        """A :class:`~xypipe._md.seqrules.Verdict` value, :data:`HELD`, or
+        :data:`~xypipe._md.seqrules.STALE_FENCE`."""
+        if not self.fences.admit(d.group, d.fence):
+            return STALE_FENCE
         known = self.baseline(d.group, d.shard)
         verdict = judge(known, d.epoch, d.first_seq, d.seq, self.max_gap)
         pending = self.resyncing.get(d.group)
@@ -270,12 +281,24 @@ class MarketView:
         self.groups: dict[str, GroupView] = {}
         self.stats = ViewStats()
         self.max_gap = max_gap
+        self.fences = Fences()
+
+    def _fenced(self, kind: str, group: str, fence: int) -> bool:
+        """Count and note a message from a replaced owner (its fence below the group's)."""
+        if self.fences.admit(group, fence):
+            return False
+        self.stats.rejected[STALE_FENCE] = self.stats.rejected.get(STALE_FENCE, 0) + 1
+        self._problem(f"{group}: {kind} of fence {fence} dropped (the group's owner since has "
+                      f"fence {self.fences.highest[group]})")
+        return True
 
     def _problem(self, text: str) -> None:
         if len(self.stats.problems) < 50:
             self.stats.problems.append(text)
 
     def apply_snapshot(self, snap: Snapshot) -> None:
+        if self._fenced("snapshot", snap.group, snap.fence):
+            return
         g = self.groups.setdefault(snap.group, GroupView(snap.group))
         self.stats.snapshots += 1
         if g.synced and snap.epoch == g.epoch:
@@ -304,7 +327,10 @@ class MarketView:
 
     def apply_delta(self, d: Delta) -> bool:
         """Apply if it continues the group; returns False when it was not applied. A rejected
-        delta (far future, stale or future epoch) never becomes the group's baseline."""
+        delta (far future, stale or future epoch) never becomes the group's baseline; one from a
+        replaced owner (a fence below the group's) is dropped first."""
+        if self._fenced("delta", d.group, d.fence):
+            return False
         g = self.groups.setdefault(d.group, GroupView(d.group))
         verdict = self.judge_delta(d)
         if verdict != Verdict.APPLY.value:

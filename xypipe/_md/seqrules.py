@@ -23,6 +23,10 @@ verdict            when                                                        b
 Epochs are the aggregator's start time in microseconds, so a newer incarnation has a larger
 epoch. A rejected or held delta never becomes the baseline: the consumer re-anchors from a
 snapshot (or, in the gateway, the aggregator's stored checkpoint), never from it.
+
+Before any of that, the **fence** (:class:`Fences`): a delta or snapshot whose ``fence`` is
+below the highest seen for its group comes from an aggregator that has since lost the group's
+lease to another (``STALE_FENCE``: dropped, counted); fence 0 (no lease) is always admitted.
 """
 
 from __future__ import annotations
@@ -33,6 +37,30 @@ import enum
 #: (deltas lost in transit). 256 deltas are ~8 s of one stream at 30 deltas/s; a consumer that
 #: lost more re-anchors from JetStream's own record (snapshot, checkpoint) instead.
 DEFAULT_MAX_GAP = 256
+
+
+#: The verdict on a delta or snapshot of an owner already replaced (see :class:`Fences`).
+STALE_FENCE = "stale_fence"
+
+
+class Fences:
+    """Per group, the highest fence seen: the lease revision of the aggregator that owned the
+    group when it published (docs/architecture.md, "Aggregators that split the groups").
+    Fences only grow, so a message with a lower one is from a replaced owner — late in flight,
+    or a zombie that has not noticed it lost its lease yet."""
+
+    def __init__(self) -> None:
+        self.highest: dict[str, int] = {}
+
+    def admit(self, group: str, fence: int) -> bool:
+        """False when ``fence`` is below the group's highest (0: unfenced, always True)."""
+        if fence == 0:
+            return True
+        top = self.highest.get(group, 0)
+        if fence < top:
+            return False
+        self.highest[group] = fence
+        return True
 
 
 class Verdict(enum.Enum):

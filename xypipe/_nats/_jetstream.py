@@ -412,11 +412,17 @@ class JetStream:
         history: int = 1,
         ttl_s: float | None = None,
         storage: Literal["file", "memory"] = "file",
+        marker_ttl_s: float | None = None,
         replicas: int | None = None,
     ) -> KeyValue:
         """Open a KV bucket; with ``create`` it is created (or updated) with these settings
         (``replicas`` None: :attr:`replicas`), otherwise a missing bucket raises
-        ``NatsNotFound``."""
+        ``NatsNotFound``.
+
+        ``ttl_s`` is the bucket's age limit (a value not rewritten within it is removed);
+        ``marker_ttl_s`` (nats-server 2.11+, at least 1 s) makes the server leave a tombstone
+        when it removes a key by age, kept that long, so watchers see the expiry as a delete
+        (``op="PURGE"``) at once instead of never."""
         copies = self._replicas(replicas)
 
         async def _open() -> _AioKeyValue:
@@ -428,6 +434,7 @@ class JetStream:
                     bucket=bucket,
                     history=history,
                     ttl=ttl_s,
+                    limit_marker_ttl=marker_ttl_s,
                     storage=(
                         _js_api.StorageType.FILE
                         if storage == "file"

@@ -1,4 +1,4 @@
-"""JetStream key/value buckets: get, put, conditional update, delete, keys, watch.
+"""JetStream key/value buckets: get, put, create, conditional update and delete, keys, watch.
 
 A watch survives server restarts (it is started again after every reconnect, skipping revisions
 already delivered); a conditional update that failed never lands later (see
@@ -23,6 +23,7 @@ from nats.js.kv import KeyValue as _AioKeyValue
 from xypipe._errors import (
     KV_WATCH_RESTARTED,
     BridgeError,
+    KvKeyExists,
     KvRevisionConflict,
     NatsConnectionError,
 )
@@ -37,6 +38,28 @@ from xypipe._trio_util import single_error_unwrapped
 __all__ = ["KeyValue", "KvWatch"]
 
 _log = get_logger("nats")
+
+
+#: JetStream's "wrong last sequence" refusals (an expected revision that is not the last).
+_WRONG_LAST = (10071, 10164)
+_KV_OP = "KV-Operation"
+#: nats-server (2.11+) marks a key removed by the bucket's age limit or a message TTL with this
+#: header (a *subject delete marker*) instead of ``KV-Operation``; nats-py's ``get`` reads such
+#: a marker as an empty value.
+_MARKER_REASON = "Nats-Marker-Reason"
+
+
+def _op_of(headers: dict[str, str] | None) -> str:
+    """``PUT``, ``DEL`` or ``PURGE`` from a stored KV message's headers."""
+    if not headers:
+        return "PUT"
+    op = headers.get(_KV_OP)
+    if op in ("DEL", "PURGE"):
+        return op
+    reason = headers.get(_MARKER_REASON)
+    if reason is not None:
+        return "DEL" if reason == "Remove" else "PURGE"
+    return "PUT"
 
 
 # nats-py's own key check is ``re.match`` with ``$``, which lets a trailing newline through.
@@ -104,15 +127,24 @@ class KeyValue:
             created=e.created if isinstance(e.created, datetime.datetime) else None,
         )
 
+    async def _last(self, key: str) -> KvEntry | None:
+        """The key's last stored message, deletes and server markers included (asyncio side)."""
+        try:
+            msg = await self._kv._js.get_msg(self._kv._stream, subject=f"{self._kv._pre}{key}",
+                                             direct=self._kv._direct)
+        except nats.js.errors.NotFoundError:
+            return None
+        return KvEntry(bucket=self.bucket, key=key, value=msg.data or b"",
+                       revision=msg.seq or 0, op=_op_of(msg.headers),
+                       created=msg.time if isinstance(msg.time, datetime.datetime) else None)
+
     async def get(self, key: str) -> KvEntry | None:
-        """The current value, or ``None`` if the key is absent or deleted."""
+        """The current value, or ``None`` if the key is absent, deleted or expired."""
         _check_key(self.bucket, key)
 
         async def _get() -> KvEntry | None:
-            try:
-                return self._entry(await self._kv.get(key))
-            except nats.js.errors.NotFoundError:  # includes KeyNotFound and KeyDeleted
-                return None
+            entry = await self._last(key)
+            return entry if entry is not None and entry.op == "PUT" else None
 
         return await self._c.call(f"KV get {self.bucket}/{key}", _get)
 
@@ -144,36 +176,75 @@ class KeyValue:
         """
         _check_key(self.bucket, key)
         what = f"KV update {self.bucket}/{key} (expected revision {last})"
-        marker = f"Xy-Write-Id: {uuid.uuid4().hex}"
-        hdrs = {"Nats-Expected-Last-Subject-Sequence": str(last), **(headers or {}),
-                "Xy-Write-Id": marker.split(": ", 1)[1]}
+        return await self._c.call(what, lambda: self._write(key, value, last, headers, what))
 
-        async def _update() -> int:
-            nc = self._c.aio
-            if not nc.is_connected or nc.is_reconnecting:
-                raise NatsConnectionError(
-                    f"{what}: not connected to NATS; refused instead of buffered")
+    async def _write(self, key: str, value: bytes, last: int, headers: dict[str, str] | None,
+                     what: str) -> int:
+        """A conditional write (asyncio side): see :meth:`update`."""
+        write_id = uuid.uuid4().hex
+        hdrs = {"Nats-Expected-Last-Subject-Sequence": str(last), **(headers or {}),
+                "Xy-Write-Id": write_id}
+        nc = self._c.aio
+        if not nc.is_connected or nc.is_reconnecting:
+            raise NatsConnectionError(
+                f"{what}: not connected to NATS; refused instead of buffered")
+        try:
+            ack = await self._kv._js.publish(f"{self._kv._pre}{key}", value, headers=hdrs)
+        except nats.js.errors.APIError as exc:
+            if exc.err_code in _WRONG_LAST:
+                raise KvRevisionConflict(
+                    f"{what}: the key has moved on ({exc.description})") from None
+            raise
+        except BaseException:
+            _withdraw(nc, f"Xy-Write-Id: {write_id}".encode())
+            raise
+        return int(ack.seq)
+
+    async def create(self, key: str, value: bytes) -> int:
+        """Store ``value`` only if the key holds no value (never written, deleted, purged or
+        expired); returns the new revision. Written like :meth:`update` (never lands later).
+
+        Raises :class:`~xypipe._errors.KvKeyExists` (with the live value's revision in
+        ``current``) when the key holds a value.
+        """
+        _check_key(self.bucket, key)
+        what = f"KV create {self.bucket}/{key}"
+
+        async def _create() -> int:
             try:
-                ack = await self._kv._js.publish(f"{self._kv._pre}{key}", value, headers=hdrs)
+                return await self._write(key, value, 0, None, what)
+            except KvRevisionConflict:
+                pass
+            # Something is stored under the key: a value, or a tombstone (delete, purge, the
+            # server's expiry marker) whose revision a create must name.
+            last = await self._last(key)
+            if last is not None and last.op == "PUT":
+                raise KvKeyExists(f"{what}: the key holds a value (revision {last.revision})",
+                                  current=last.revision)
+            try:
+                return await self._write(key, value, last.revision if last else 0, None, what)
+            except KvRevisionConflict as exc:
+                raise KvKeyExists(f"{what}: written meanwhile by another ({exc})") from None
+
+        return await self._c.call(what, _create)
+
+    async def delete(self, key: str, *, last: int | None = None) -> None:
+        """Delete the key (a tombstone watchers see as ``op="DEL"``); with ``last``, only while
+        its last revision is ``last`` — else :class:`~xypipe._errors.KvRevisionConflict`."""
+        _check_key(self.bucket, key)
+        what = f"KV delete {self.bucket}/{key}" + (
+            f" (expected revision {last})" if last is not None else "")
+
+        async def _delete() -> None:
+            try:
+                await self._kv.delete(key, last=last)
             except nats.js.errors.APIError as exc:
-                if exc.err_code in (10071, 10164):
+                if exc.err_code in _WRONG_LAST:
                     raise KvRevisionConflict(
                         f"{what}: the key has moved on ({exc.description})") from None
                 raise
-            except BaseException:
-                _withdraw(nc, marker.encode())
-                raise
-            return int(ack.seq)
 
-        return await self._c.call(what, _update)
-
-    async def delete(self, key: str) -> None:
-        _check_key(self.bucket, key)
-
-        async def _delete() -> None:
-            await self._kv.delete(key)
-
-        await self._c.call(f"KV delete {self.bucket}/{key}", _delete)
+        await self._c.call(what, _delete)
 
     async def keys(self) -> list[str]:
         async def _keys() -> list[str]:
