@@ -4,18 +4,17 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import attrs
 
 from xypipe._config import ProcessConfig
+from xypipe._stages.ingest import IngestConfig
 
 #: ``workers = N`` for a process.
 HAS_WORKERS = "workers" in {a.name for a in attrs.fields(ProcessConfig)}
-#: The ownership engine (leases in JetStream KV) and the ingest stage's ``ownership`` key.
-HAS_OWNERSHIP = importlib.util.find_spec("xypipe._ownership") is not None
+#: The ingest stage's ``ownership`` key (aggregators that split the groups).
+HAS_OWNERSHIP = "ownership" in {a.name for a in attrs.fields(IngestConfig)}
 
 MISSING = ", ".join(
     name for name, present in (("[processes.NAME] workers", HAS_WORKERS),
-                               ("ingest ownership (xypipe._ownership)", HAS_OWNERSHIP))
+                               ("the ingest stage's ownership", HAS_OWNERSHIP))
     if not present)
