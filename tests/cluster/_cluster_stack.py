@@ -22,6 +22,7 @@ from google.protobuf.message import DecodeError
 from xypipe._nats import NatsClient, connect
 from xypipe._nats_keys import seed_file_of
 from xypipe._nats_roles import inbox_prefix
+from xypipe._retry import retrying
 from xypipe.contracts import Delta, Snapshot
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -224,7 +225,9 @@ class ClusterStack:
             await self.feed.done.wait()
         # A node killed a moment ago may still be catching up (a stream info then times out).
         await wait_current(self.nc, "XY_SRC")
-        truth = await accepted(self.nc)
+        # JetStream may still be electing (its API then answers "temporarily unavailable").
+        with trio.fail_after(GUARD_S):
+            truth = await retrying("read what XY_SRC accepted", lambda: accepted(self.nc))
         assert truth, "the source stream XY_SRC holds no ticks"
 
         def diff(c: Subscriber) -> list[str]:
