@@ -155,6 +155,30 @@ def _one_sign_in(chain: str | None, creds: str | None, nkey: str | None) -> None
 
 
 @attrs.frozen
+class EmbeddedClusterConfig:
+    """``[nats.embedded] cluster = {...}``: the embedded bus as a JetStream cluster of
+    ``nodes`` nats-servers on ``host`` (docs/architecture.md, "A NATS cluster").
+
+    Node ``i`` (0-based) serves clients on ``port + i`` (every node picks a free one when
+    ``port`` is 0), talks to its peers on ``route_port + i`` (fixed: each node is told all
+    its peers' route addresses before it starts), is named ``<name>-<i>`` and keeps its
+    JetStream store in ``DATA_DIR/node-<i>``.
+    """
+
+    nodes: int = attrs.field(default=3, validator=in_range(1, 9))
+    name: str = attrs.field(default="xypipe", validator=non_empty())
+    route_port: int = attrs.field(default=6222, validator=in_range(1, 65535))
+
+    def __attrs_post_init__(self) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", self.name):
+            raise Invalid("name", "expected letters, digits, - or _ (a cluster and server "
+                          "name part)", self.name)
+        if self.route_port + self.nodes - 1 > 65535:
+            raise Invalid("route_port", f"expected room for {self.nodes} route ports "
+                          "(route_port + nodes - 1 <= 65535)", self.route_port)
+
+
+@attrs.frozen
 class EmbeddedNatsConfig:
     """The nats-server child started for ``url = "embedded"``.
 
@@ -171,6 +195,25 @@ class EmbeddedNatsConfig:
     jetstream: bool = True
     restart: ProcessRestartPolicy = attrs.field(factory=_nats_restart_default)
     auth: str = attrs.field(default="roles", validator=one_of(["roles", "none"]))
+    #: Run ``nodes`` servers as one JetStream cluster instead of one server (None: one).
+    cluster: EmbeddedClusterConfig | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if self.cluster is None:
+            return
+        last = self.port + self.cluster.nodes - 1
+        if self.port and last > 65535:
+            raise Invalid("port", f"expected room for {self.cluster.nodes} client ports "
+                          "(port + nodes - 1 <= 65535)", self.port)
+        routes = range(self.cluster.route_port, self.cluster.route_port + self.cluster.nodes)
+        if self.port and set(routes) & set(range(self.port, last + 1)):
+            raise Invalid("cluster.route_port", f"expected route ports apart from the client "
+                          f"ports {self.port}..{last}", self.cluster.route_port)
+
+    @property
+    def nodes(self) -> int:
+        """How many servers the embedded bus runs."""
+        return self.cluster.nodes if self.cluster is not None else 1
 
 
 @attrs.frozen
@@ -209,8 +252,16 @@ class NatsConfig:
     creds_poll_ms: int = attrs.field(default=1000, validator=in_range(10, 600_000))
     creds_warn_s: float = attrs.field(default=300.0, validator=in_range(0.0, 86_400.0))
     embedded: EmbeddedNatsConfig = attrs.field(factory=EmbeddedNatsConfig)
+    #: Copies every stream and KV bucket xypipe creates keeps (JetStream ``num_replicas``);
+    #: None: the embedded cluster's node count, 1 on one server. An external cluster sets it.
+    replicas: int | None = attrs.field(default=None, validator=in_range(1, 5))
 
     def __attrs_post_init__(self) -> None:
+        if (self.replicas is not None and self.url == "embedded"
+                and self.replicas > self.embedded.nodes):
+            raise Invalid("replicas", f"expected at most the embedded bus's {self.embedded.nodes} "
+                          "node(s) (a stream cannot keep more copies than there are servers)",
+                          self.replicas)
         if self.url != "embedded":
             for server in self.url.split(","):
                 scheme = server.strip().split("://", 1)[0] if "://" in server else ""
@@ -238,6 +289,13 @@ class NatsConfig:
     @property
     def servers(self) -> list[str]:
         return [s.strip() for s in self.url.split(",")]
+
+    @property
+    def stream_replicas(self) -> int:
+        """``replicas`` in effect: set, else the embedded bus's nodes, else 1."""
+        if self.replicas is not None:
+            return self.replicas
+        return self.embedded.nodes if self.url == "embedded" else 1
 
 
 @attrs.frozen

@@ -35,28 +35,53 @@ import sys
 import tempfile
 from collections import deque
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
+import attrs
 import trio
 
 from xypipe._config import EmbeddedNatsConfig
 from xypipe._datadir_lock import DataDirLock
-from xypipe._errors import NATS_DEMO_WITHOUT_TLS, NATS_OPEN_BUS, ChildFailed, EmbeddedServerError
+from xypipe._errors import (
+    EMB_FEW_REPLICAS,
+    NATS_DEMO_WITHOUT_TLS,
+    NATS_OPEN_BUS,
+    ChildFailed,
+    ClusterNotFormed,
+    EmbeddedServerError,
+)
 from xypipe._log import get_logger
 from xypipe._metrics import Metrics
+from xypipe._nats_cluster import ClusterNode, cluster_nodes, write_node_configs
 from xypipe._nats_keys import BusKeys
-from xypipe._nats_roles import BusLayout
+from xypipe._nats_roles import BusLayout, server_doc
 from xypipe._process import Child
-from xypipe._supervise import NATS_CODES, Failed, Finished, SupervisionMetrics, supervise
+from xypipe._supervise import (
+    NATS_CODES,
+    Failed,
+    Finished,
+    Outcome,
+    SupervisionMetrics,
+    supervise,
+)
 from xypipe._trio_util import single_error_unwrapped
 
-__all__ = ["EmbeddedNats", "embedded_nats", "find_nats_server", "supervised_embedded_nats"]
+__all__ = [
+    "EmbeddedBus",
+    "EmbeddedNats",
+    "embedded_nats",
+    "find_nats_server",
+    "supervised_embedded_nats",
+]
 
 ENV_BINARY = "XY_NATS_SERVER"
 
 _LISTEN_RE = re.compile(rb"Listening for client connections on (\S+):(\d+)")
 _READY = b"Server is ready"
+# A clustered node knows the JetStream meta leader (itself or a peer): JetStream answers.
+_META_LEADER_RE = re.compile(
+    rb"Self is new JetStream cluster metadata leader|JetStream cluster new metadata leader")
 # Lines of the child's log kept to explain a failed start.
 _LOG_TAIL = 40
 
@@ -110,7 +135,7 @@ class EmbeddedNats:
         self.port = port
         self.data_dir = data_dir
         self.jetstream = jetstream
-        self._startup_timeout_s = startup_timeout_s
+        self.startup_timeout_s = startup_timeout_s
         self._stop_grace_s = stop_grace_s
         self._proc: Child | None = None
         self._log_tail: deque[bytes] = deque(maxlen=_LOG_TAIL)
@@ -121,6 +146,11 @@ class EmbeddedNats:
         #: Descriptors every server child inherits: the data directory's lock, so the store
         #: stays locked while a server runs even if its owner was killed.
         self.pass_fds: tuple[int, ...] = ()
+        #: The server's name (a cluster node's must stay the same across restarts: JetStream
+        #: knows its peers by it); empty: one made from the owner's pid.
+        self.server_name = ""
+        #: Set once this run of the server knows its JetStream cluster's meta leader.
+        self.meta_leader = trio.Event()
 
     @property
     def url(self) -> str:
@@ -147,7 +177,7 @@ class EmbeddedNats:
             "-p",
             str(self.port if self.port else -1),
             "-n",
-            f"xypipe-embedded-{os.getpid()}",
+            self.server_name or f"xypipe-embedded-{os.getpid()}",
         ]
         if self.jetstream:
             argv += ["-js", "-sd", str(self.data_dir)]
@@ -161,6 +191,7 @@ class EmbeddedNats:
             raise EmbeddedServerError(f"nats-server already running (pid {self.pid})")
         assert self._nursery is not None, "use embedded_nats() to create an EmbeddedNats"
         self._log_tail.clear()
+        self.meta_leader = trio.Event()
         argv = self._argv()
         try:
             proc = Child.spawn(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -172,14 +203,14 @@ class EmbeddedNats:
         # Set when the log says "ready" or when stderr closes (the child exited).
         settled = trio.Event()
         self._nursery.start_soon(self._read_log, proc, ready, settled)
-        with trio.move_on_after(self._startup_timeout_s) as scope:
+        with trio.move_on_after(self.startup_timeout_s) as scope:
             await settled.wait()
         if ready.is_set():
             return
         await self._terminate()
         tail = b"".join(self._log_tail).decode(errors="replace").strip()
         why = (
-            f"did not report ready within {self._startup_timeout_s} s"
+            f"did not report ready within {self.startup_timeout_s} s"
             if scope.cancelled_caught
             else f"exited with status {proc.returncode}"
         )
@@ -201,6 +232,8 @@ class EmbeddedNats:
                 *lines, buf = buf.split(b"\n")
                 for line in lines:
                     self._log_tail.append(line + b"\n")
+                    if _META_LEADER_RE.search(line):
+                        self.meta_leader.set()
                     if ready.is_set():
                         continue
                     match = _LISTEN_RE.search(line)
@@ -296,29 +329,53 @@ async def embedded_nats(
             tmp.cleanup()
 
 
+@attrs.frozen(eq=False)
+class EmbeddedBus:
+    """The running embedded bus: one server, or the nodes of a cluster. ``url`` lists every
+    node (comma-separated, as ``--nats-url`` and ``[nats] url`` take it): a client tries them
+    and moves to another when its server is lost."""
+
+    nodes: tuple[EmbeddedNats, ...]
+    #: The role keys clients sign in with (None: the server admits anyone).
+    keys: BusKeys | None = None
+
+    @property
+    def urls(self) -> list[str]:
+        return [node.url for node in self.nodes]
+
+    @property
+    def url(self) -> str:
+        return ",".join(self.urls)
+
+
 async def supervised_embedded_nats(
     cfg: EmbeddedNatsConfig,
     *,
     metrics: Metrics,
     stopping: trio.Event,
     layout: BusLayout | None = None,
-    task_status: trio.TaskStatus[EmbeddedNats] = trio.TASK_STATUS_IGNORED,
+    replicas: int | None = None,
+    task_status: trio.TaskStatus[EmbeddedBus] = trio.TASK_STATUS_IGNORED,
 ) -> ChildFailed | None:
-    """Run the configured server until ``stopping`` is set, restarting it by its policy.
+    """Run the configured server (or cluster) until ``stopping`` is set, restarting each
+    server by its policy.
 
-    With ``cfg.auth == "roles"`` the server admits only the role users, with the permissions
-    of ``layout`` (the streams the config's stages use); ``server.keys`` has their seed files.
+    With ``cfg.auth == "roles"`` the servers admit only the role users, with the permissions
+    of ``layout`` (the streams the config's stages use); ``keys`` has their seed files.
+    ``replicas``: what the config's streams keep (``[nats] replicas``), to warn when a cluster
+    keeps fewer copies than it has nodes.
 
-    Reports the running server (its ``url``) through ``task_status``. Returns None once stopped on
-    request, or the error that should stop the tree when the server is down for good (its
-    budget spent, policy ``never``, or a clean exit that ``on-failure`` does not restart —
-    nothing works without it).
+    Reports the running bus (its ``url``) through ``task_status``: for a cluster once every node
+    knows the JetStream meta leader. Returns None once stopped on request, or the error that
+    should stop the tree when a server is down for good (its budget spent, policy ``never``, or
+    a clean exit that ``on-failure`` does not restart — nothing works without it).
     """
     # Before anything is written there: the keys and the store are this run's alone. Held
     # across every restart below, and passed to each server child.
     with DataDirLock.acquire(cfg.data_dir) as lock:
         return await _supervise_locked(cfg, lock, metrics=metrics, stopping=stopping,
-                                       layout=layout, task_status=task_status)
+                                       layout=layout, replicas=replicas,
+                                       task_status=task_status)
 
 
 async def _supervise_locked(
@@ -328,39 +385,122 @@ async def _supervise_locked(
     metrics: Metrics,
     stopping: trio.Event,
     layout: BusLayout | None,
-    task_status: trio.TaskStatus[EmbeddedNats],
+    replicas: int | None,
+    task_status: trio.TaskStatus[EmbeddedBus],
 ) -> ChildFailed | None:
     keys: BusKeys | None = None
-    config_file: Path | None = None
+    config_files: list[Path | None] = [None] * cfg.nodes
     # Once per run, not per restart: what this bus relaxes (docs/security.md).
     get_logger("embedded").warning(
         "the embedded NATS bus runs without TLS (a development bus on this machine; "
         '[security] profile = "prod" refuses it)', code=NATS_DEMO_WITHOUT_TLS,
         host=cfg.host, port=cfg.port)
+    base: dict[str, object] = {}
     if cfg.auth == "roles":
         keys = BusKeys.load_or_create(cfg.data_dir)
-        config_file = keys.write_server_config(layout or BusLayout())
+        config_files = [keys.write_server_config(layout or BusLayout())] * cfg.nodes
+        base = server_doc(keys.public, layout or BusLayout())
     else:
         get_logger("embedded").warning(
             'the embedded nats-server admits anyone (auth = "none"): any process on this '
             "machine can publish market data to browsers", code=NATS_OPEN_BUS,
             data_dir=cfg.data_dir)
-    async with embedded_nats(
-        port=cfg.port, host=cfg.host, data_dir=cfg.data_dir, binary=cfg.binary,
-        jetstream=cfg.jetstream, config_file=config_file, start=False,
-    ) as server:
-        server.keys = keys
-        server.pass_fds = (lock.fd,)
-        outcome = await supervise(
-            "nats", server, cfg.restart, stopping=stopping,
-            metrics=SupervisionMetrics(metrics), codes=NATS_CODES, task_status=task_status,
-        )
+    nodes = cluster_nodes(cfg)
+    if cfg.cluster is not None:
+        config_files = list(write_node_configs(cfg, nodes, base))
+    async with AsyncExitStack() as stack:
+        servers: list[EmbeddedNats] = []
+        for node, config_file in zip(nodes, config_files, strict=True):
+            server = await stack.enter_async_context(embedded_nats(
+                port=node.port, host=node.host, data_dir=node.store_dir, binary=cfg.binary,
+                jetstream=cfg.jetstream, config_file=config_file, start=False))
+            server.keys = keys
+            server.pass_fds = (lock.fd,)
+            server.server_name = node.name
+            servers.append(server)
+        bus = EmbeddedBus(tuple(servers), keys)
+        return await _supervise_nodes(cfg, bus, nodes, metrics=metrics, stopping=stopping,
+                                      replicas=replicas, task_status=task_status)
+
+
+def _outcome_error(name: str, cfg: EmbeddedNatsConfig, outcome: Outcome) -> ChildFailed | None:
     if isinstance(outcome, Failed):
         return outcome.error
     if isinstance(outcome, Finished):
+        which = "" if name == "nats" else f" {name!r}"
         return ChildFailed(
-            f"the embedded nats-server exited with status {outcome.status}; restart policy "
-            f'"{cfg.restart.policy}" does not restart a clean exit',
+            f"the embedded nats-server{which} exited with status {outcome.status}; restart "
+            f'policy "{cfg.restart.policy}" does not restart a clean exit',
             code=NATS_CODES.not_restarted,
         )
     return None
+
+
+async def _supervise_nodes(
+    cfg: EmbeddedNatsConfig, bus: EmbeddedBus, nodes: tuple[ClusterNode, ...], *,
+    metrics: Metrics, stopping: trio.Event, replicas: int | None,
+    task_status: trio.TaskStatus[EmbeddedBus],
+) -> ChildFailed | None:
+    """Each server under its own restart loop (``nats``, or ``nats-<i>`` in a cluster: one
+    that dies is restarted alone while the others keep serving); one down for good stops
+    them all — nothing works without its bus."""
+    halt = trio.Event()
+    failures: list[ChildFailed] = []
+    clustered = cfg.cluster is not None
+
+    async def node_loop(index: int, server: EmbeddedNats, *,
+                        task_status: trio.TaskStatus[EmbeddedNats]) -> None:
+        name = f"nats-{index}" if clustered else "nats"
+        outcome = await supervise(name, server, cfg.restart, stopping=halt,
+                                  metrics=SupervisionMetrics(metrics), codes=NATS_CODES,
+                                  task_status=task_status)
+        error = _outcome_error(name, cfg, outcome)
+        if error is not None:
+            failures.append(error)
+            halt.set()
+
+    async with trio.open_nursery() as outer:
+        outer.start_soon(_relay, stopping, halt)
+        async with trio.open_nursery() as loops:
+            for index, server in enumerate(bus.nodes):
+                await loops.start(node_loop, index, server)
+            if clustered:
+                try:
+                    await _cluster_formed(bus, nodes, replicas)
+                except ClusterNotFormed:
+                    halt.set()
+                    raise
+            task_status.started(bus)
+        outer.cancel_scope.cancel()
+    return failures[0] if failures else None
+
+
+async def _cluster_formed(
+    bus: EmbeddedBus, nodes: tuple[ClusterNode, ...], replicas: int | None
+) -> None:
+    """Wait until every node knows the JetStream meta leader: before that a stream cannot be
+    created, and the first process to try would fail."""
+    timeout = bus.nodes[0].startup_timeout_s
+    with trio.move_on_after(timeout):
+        for server in bus.nodes:
+            await server.meta_leader.wait()
+    waiting = [n.name for n, s in zip(nodes, bus.nodes, strict=True) if not s.meta_leader.is_set()]
+    if waiting:
+        raise ClusterNotFormed(
+            f"the embedded NATS cluster ({len(nodes)} nodes, routes on "
+            f"{', '.join(n.route_address for n in nodes)}): {', '.join(waiting)} saw no "
+            f"JetStream meta leader within {timeout:g} s (a route port blocked, or taken by "
+            "something else)")
+    log = get_logger("embedded")
+    copies = replicas if replicas is not None else len(nodes)
+    log.info("the embedded NATS cluster is up", nodes=len(nodes), urls=bus.urls,
+             replicas=copies)
+    if copies < len(nodes):
+        log.warning("streams keep fewer copies than the cluster has nodes: losing a node can "
+                    "lose what only it kept", code=EMB_FEW_REPLICAS, replicas=copies,
+                    nodes=len(nodes))
+
+
+async def _relay(source: trio.Event, target: trio.Event) -> None:
+    await source.wait()
+    target.set()

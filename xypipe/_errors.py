@@ -668,6 +668,24 @@ class DataDirUnusable(EmbeddedServerError):
     code = "XY-EMB-011"
 
 
+# -- the embedded NATS cluster (XY-EMB-020..029): [nats.embedded] cluster (xypipe/_embedded.py,
+# xypipe/_nats_cluster.py).
+
+
+class ClusterNotFormed(EmbeddedServerError):
+    """The embedded cluster's servers started but did not agree on a JetStream meta leader
+    within the start-up time (routes blocked, a route port taken by something else)."""
+
+    code = "XY-EMB-020"
+
+
+#: Streams and buckets keep fewer copies than the embedded cluster has nodes (``[nats]
+#: replicas`` set lower): losing a node can lose what it alone kept.
+EMB_FEW_REPLICAS = "XY-EMB-021"
+#: The process's NATS connection moved to another server of the cluster (its server was lost).
+EMB_SERVER_CHANGED = "XY-EMB-022"
+
+
 class DemoError(XyError):
     """A ``xypipe demo`` command cannot do what was asked; the code says why (constants below)."""
 

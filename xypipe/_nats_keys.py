@@ -31,7 +31,7 @@ from xypipe._errors import NATS_KEY_MODE_TIGHTENED, NatsKeyError
 from xypipe._log import get_logger
 from xypipe._nats_roles import ROLES, BusLayout, server_config
 
-__all__ = ["AUTH_DIR", "BusKeys", "seed_file_of"]
+__all__ = ["AUTH_DIR", "BusKeys", "seed_file_of", "write_private"]
 
 _log = get_logger("nats.keys")
 
@@ -44,7 +44,7 @@ def seed_file_of(data_dir: str | os.PathLike[str], role: str) -> Path:
     return Path(data_dir) / AUTH_DIR / f"{role}.nk"
 
 
-def _write_private(path: Path, data: bytes, *, exclusive: bool) -> None:
+def write_private(path: Path, data: bytes, *, exclusive: bool) -> None:
     flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else os.O_TRUNC)
     fd = os.open(path, flags, 0o600)
     try:
@@ -72,7 +72,7 @@ class BusKeys:
             if not path.exists():
                 seed = nkeys.encode_seed(secrets.token_bytes(32), nkeys.PREFIX_BYTE_USER)
                 try:
-                    _write_private(path, seed + b"\n", exclusive=True)
+                    write_private(path, seed + b"\n", exclusive=True)
                 except FileExistsError:
                     pass  # another start made it meanwhile: read theirs
                 else:
@@ -107,6 +107,6 @@ class BusKeys:
         """Write (atomically) the server's users and permissions; its path."""
         path = self.directory / CONFIG_NAME
         tmp = path.with_suffix(".tmp")
-        _write_private(tmp, server_config(self.public, layout).encode(), exclusive=False)
+        write_private(tmp, server_config(self.public, layout).encode(), exclusive=False)
         os.replace(tmp, path)
         return path

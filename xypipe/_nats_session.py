@@ -21,6 +21,7 @@ from prometheus_client import Counter
 
 from xypipe._config import NatsConfig
 from xypipe._creds import follow_creds
+from xypipe._errors import EMB_SERVER_CHANGED
 from xypipe._log import get_logger
 from xypipe._metrics import Metrics
 from xypipe._nats import NatsClient, Refusal, connect
@@ -76,10 +77,32 @@ async def hold_nats(
         connect_timeout=cfg.connect_timeout_ms / 1000,
         reconnect_wait=cfg.reconnect_wait_ms / 1000,
         max_reconnect_attempts=cfg.max_reconnect_attempts,
+        # Every stream and bucket this process creates keeps this many copies.
+        replicas=cfg.stream_replicas,
     ) as nc, trio.open_nursery() as nursery:
         if signin.creds is not None:
             await nursery.start(partial(
                 follow_creds, signin.creds, nc, poll_s=cfg.creds_poll_ms / 1000,
                 warn_before_s=cfg.creds_warn_s))
+        nursery.start_soon(_follow_server, nc, metrics)
         task_status.started(nc)
         await trio.sleep_forever()
+
+
+async def _follow_server(nc: NatsClient, metrics: Metrics) -> None:
+    """Count and log every move of the connection to another server (a cluster node lost:
+    nats-py reconnects to the next URL of the list, or one the cluster told it about)."""
+    moves = metrics.counter(
+        "nats_server_changes", "Times this process's NATS connection came back on another "
+        "server than the one it lost (a cluster node down)")
+    current = nc.connected_url
+    with nc.events() as events:
+        async for event in events:
+            if event.kind != "reconnected":
+                continue
+            now = nc.connected_url
+            if now != current:
+                moves.inc()
+                _log.warning("the NATS connection moved to another server", code=EMB_SERVER_CHANGED,
+                             lost=current, server=now)
+            current = now

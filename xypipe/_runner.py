@@ -38,7 +38,7 @@ from xypipe._config import (
 from xypipe._contracts import use_registry
 from xypipe._degrade import DegradationController, Level, LevelWatch, Pressure, Transition
 from xypipe._edge import Edge
-from xypipe._embedded import EmbeddedNats, supervised_embedded_nats
+from xypipe._embedded import EmbeddedBus, EmbeddedNats, supervised_embedded_nats
 from xypipe._errors import (
     DEG_LEVEL_RAISED,
     SUP_WORKER_METRICS_PORT,
@@ -416,6 +416,8 @@ class Runner:
         self.nats: NatsClient | None = None
         self.http: HttpServer | None = None
         self.pipelines: list[PipelineRun] = []
+        #: The embedded bus this runner started (every node), and its first server.
+        self.bus: EmbeddedBus | None = None
         self.embedded: EmbeddedNats | None = None
         #: Values the stages of this process share (``ctx.shared``).
         self.shared = SharedValues()
@@ -630,11 +632,12 @@ class Runner:
             return self.nats_url
         if self.config.nats.url != "embedded":
             return self.config.nats.url
-        embedded: EmbeddedNats = await nursery.start(self._supervise_nats)
-        self.embedded = embedded
-        if embedded.keys is not None and self.nats_nkey is None:
-            self.nats_nkey = str(embedded.keys.seed_file(self.nats_role))
-        return embedded.url
+        bus: EmbeddedBus = await nursery.start(self._supervise_nats)
+        self.bus = bus
+        self.embedded = bus.nodes[0]
+        if bus.keys is not None and self.nats_nkey is None:
+            self.nats_nkey = str(bus.keys.seed_file(self.nats_role))
+        return bus.url
 
     @property
     def nats_role(self) -> str:
@@ -658,11 +661,12 @@ class Runner:
                 "processes it starts; docs/security.md)", reason=exc.reason) from exc
 
     async def _supervise_nats(
-        self, *, task_status: trio.TaskStatus[EmbeddedNats] = trio.TASK_STATUS_IGNORED
+        self, *, task_status: trio.TaskStatus[EmbeddedBus] = trio.TASK_STATUS_IGNORED
     ) -> None:
         assert self.config.nats is not None
         error = await supervised_embedded_nats(
             self.config.nats.embedded, metrics=self.metrics, stopping=self._nats_stop,
+            replicas=self.config.nats.stream_replicas,
             layout=bus_layout(self.config), task_status=task_status,
         )
         if error is not None:

@@ -34,7 +34,7 @@ import trio
 
 from xypipe._bus_layout import bus_layout
 from xypipe._config import AppConfig
-from xypipe._embedded import EmbeddedNats, supervised_embedded_nats
+from xypipe._embedded import EmbeddedBus, supervised_embedded_nats
 from xypipe._errors import (
     SUP_HTTP_PORT_TAKEN,
     SUP_KILLED_AFTER_GRACE,
@@ -169,10 +169,12 @@ async def _run_tree(
             supervised = [unit.name for unit in children]
             keys = None
             if url is None and cfg.nats is not None and cfg.nats.url == "embedded":
-                server = await base.start(_own_nats, cfg, metrics, nats_stop, tree)
-                url = server.url
-                keys = server.keys
-                supervised.append("nats")
+                bus = await base.start(_own_nats, cfg, metrics, nats_stop, tree)
+                # Every node: a child reaches whichever is up, and moves when it is lost.
+                url = bus.url
+                keys = bus.keys
+                supervised += (["nats"] if len(bus.nodes) == 1
+                               else [f"nats-{i}" for i in range(len(bus.nodes))])
 
             def nkey_of(process: str) -> str | None:
                 # Each process signs in as its own role on the embedded bus.
@@ -253,11 +255,12 @@ async def _main_runner(runner: Runner, tree: _Tree) -> None:
 
 async def _own_nats(
     cfg: AppConfig, metrics: Metrics, stopping: trio.Event, tree: _Tree,
-    *, task_status: trio.TaskStatus[EmbeddedNats] = trio.TASK_STATUS_IGNORED,
+    *, task_status: trio.TaskStatus[EmbeddedBus] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     assert cfg.nats is not None
     error = await supervised_embedded_nats(
         cfg.nats.embedded, metrics=metrics, stopping=stopping, layout=bus_layout(cfg),
+        replicas=cfg.nats.stream_replicas,
         task_status=task_status,
     )
     if error is not None:

@@ -122,7 +122,11 @@ class PullConsumer(Protocol):
 
 
 class JetStream(Protocol):
-    """JetStream on a :class:`NatsClient` (``nc.jetstream()``)."""
+    """JetStream on a :class:`NatsClient` (``nc.jetstream()``). Streams and buckets it
+    creates keep :attr:`replicas` copies (``[nats] replicas``) unless a call names its own."""
+
+    #: Copies a created stream or bucket keeps by default (3 on a 3-node cluster, else 1).
+    replicas: int
 
     async def ensure_stream(
         self,
@@ -134,6 +138,7 @@ class JetStream(Protocol):
         max_msgs_per_subject: int | None = None,
         storage: Storage = "file",
         allow_direct: bool = True,
+        replicas: int | None = None,
     ) -> StreamState: ...
 
     async def create_stream(
@@ -144,10 +149,12 @@ class JetStream(Protocol):
         max_age_s: float | None = None,
         max_bytes: int | None = None,
         storage: Storage = "file",
+        replicas: int | None = None,
     ) -> tuple[StreamState, Mapping[str, object] | None]: ...
 
     async def update_stream_limits(
-        self, name: str, *, max_age_s: float | None, max_bytes: int | None
+        self, name: str, *, max_age_s: float | None, max_bytes: int | None,
+        replicas: int | None = None,
     ) -> StreamState: ...
 
     async def stream_state(self, name: str) -> StreamState: ...
@@ -190,6 +197,7 @@ class JetStream(Protocol):
         ttl_s: float | None = None,
         storage: Storage = "file",
         marker_ttl_s: float | None = None,
+        replicas: int | None = None,
     ) -> KeyValue: ...
 
 
@@ -202,6 +210,9 @@ class NatsClient(Protocol):
 
     #: Where this connection's request replies arrive (a role's own prefix on a closed bus).
     inbox_prefix: str
+    #: Copies every stream and KV bucket created on this connection keeps (``[nats]
+    #: replicas``; :meth:`jetstream` passes it on).
+    replicas: int
 
     @property
     def closed(self) -> bool: ...

@@ -45,8 +45,18 @@ _BAD_NAME = re.compile(r"[>*. /\\\s]")
 NATS_ERRORS = (nats.errors.Error, asyncio.TimeoutError, TimeoutError, OSError)
 
 
+# JetStream API error: fewer JetStream servers are up than the replicas asked for (a cluster
+# node down, or a cluster still forming) — transient, like JetStream being unavailable.
+_ERR_NO_PLACEMENT = 10005
+
+
 def map_error(exc: BaseException, what: str) -> BridgeError:
     detail = str(exc) or type(exc).__name__
+    if isinstance(exc, nats.js.errors.APIError) and exc.err_code == _ERR_NO_PLACEMENT:
+        return NatsJsUnavailable(
+            f"{what}: not enough JetStream servers up for the replicas asked for ({detail}); "
+            "a cluster node is down or the cluster is still forming (else lower [nats] "
+            "replicas)")
     if isinstance(exc, nats.errors.NoRespondersError):
         return NatsNoResponders(f"{what}: no responders")
     if isinstance(exc, nats.js.errors.NoStreamResponseError):

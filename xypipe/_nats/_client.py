@@ -35,11 +35,16 @@ _CLIENT_PENDING_BYTES = 64 * 1024 * 1024
 class NatsClient:
     """A connected client. Create it with :func:`connect`; every method is called from Trio."""
 
-    def __init__(self, bridge: Bridge, *, inbox_prefix: str = "_INBOX") -> None:
+    def __init__(
+        self, bridge: Bridge, *, inbox_prefix: str = "_INBOX", replicas: int = 1
+    ) -> None:
         self._bridge = bridge
         self._out = bridge.outbox
         #: Where replies to this client's requests arrive (``<prefix>.<unique>``).
         self.inbox_prefix = inbox_prefix
+        #: Copies each stream and KV bucket created through :meth:`jetstream` keeps unless the
+        #: call says otherwise (``[nats] replicas``: 3 on a 3-node cluster, 1 on one server).
+        self.replicas = replicas
 
     @property
     def bridge(self) -> BridgeKind:
@@ -54,6 +59,11 @@ class NatsClient:
     @property
     def is_connected(self) -> bool:
         return self._bridge.is_connected
+
+    @property
+    def connected_url(self) -> str | None:
+        """The server this client is connected to now (one of a cluster's), or None."""
+        return self._bridge.connected_url()
 
     def events(self, buffer: int = 64) -> trio.MemoryReceiveChannel[BridgeEvent]:
         """A receive channel of :class:`BridgeEvent` from now on; closed with the client. A
@@ -168,8 +178,9 @@ class NatsClient:
         await bridge.call("reconnect", _force)
 
     def jetstream(self, *, timeout: float = 5.0) -> JetStream:
-        """The JetStream API on this connection (``timeout`` bounds each API call)."""
-        return JetStream(self._bridge, timeout)
+        """The JetStream API on this connection (``timeout`` bounds each API call); streams
+        and buckets it creates keep :attr:`replicas` copies unless a call names its own."""
+        return JetStream(self._bridge, timeout, replicas=self.replicas)
 
 
 @asynccontextmanager
@@ -196,6 +207,7 @@ async def connect(
     close_timeout: float = 2.0,
     connect_deadline: float | None = None,
     bridge: BridgeKind = "trio-asyncio",
+    replicas: int = 1,
 ) -> AsyncIterator[NatsClient]:
     """Connect to NATS for the duration of the block (a Trio async context manager).
 
@@ -213,9 +225,11 @@ async def connect(
     ``max_reconnect_attempts=-1`` retries forever. ``bridge`` picks the Trio/asyncio bridge
     (``bench/bridge.py`` measures them; the default is the fastest). Raises
     :class:`NatsConnectionError` if no server can be reached within ``connect_deadline``
-    (default: ``2 * connect_timeout`` per server). nats-py itself would retry the *first* connect
-    as long as ``max_reconnect_attempts`` allows, i.e. forever by default; the deadline makes a
-    wrong URL fail fast while an established connection still reconnects forever.
+    (default: ``2 * connect_timeout`` per server). ``replicas``: copies every stream and KV
+    bucket created on this connection keeps (:attr:`NatsClient.replicas`). nats-py itself
+    would retry the *first* connect as long as ``max_reconnect_attempts`` allows, i.e. forever
+    by default; the deadline makes a wrong URL fail fast while an established connection still
+    reconnects forever.
     """
     server_list = [servers] if isinstance(servers, str) else list(servers)
     options: ConnectOptions = {
@@ -270,6 +284,6 @@ async def connect(
             raise NatsConnectionError(str(exc)) from exc.__cause__
         core.emit(BridgeEvent("connected", core.connected_url() or ""))
         try:
-            yield NatsClient(core, inbox_prefix=inbox_prefix)
+            yield NatsClient(core, inbox_prefix=inbox_prefix, replicas=replicas)
         finally:
             await core.close()

@@ -141,10 +141,15 @@ def _stream_state(info: _js_api.StreamInfo) -> StreamState:
 class JetStream:
     """JetStream on a :class:`~xypipe._nats.NatsClient`. Create with ``nc.jetstream()``."""
 
-    def __init__(self, bridge: Bridge, timeout: float) -> None:
+    def __init__(self, bridge: Bridge, timeout: float, *, replicas: int = 1) -> None:
         self._c = bridge
         self._timeout = timeout
         self._ctx: JetStreamContext | None = None
+        #: Copies a stream or bucket created here keeps when the call names none.
+        self.replicas = replicas
+
+    def _replicas(self, asked: int | None) -> int:
+        return self.replicas if asked is None else asked
 
     def _js(self) -> JetStreamContext:
         # Built on the asyncio side: nats-py's context creates asyncio primitives.
@@ -163,8 +168,10 @@ class JetStream:
         max_msgs_per_subject: int | None = None,
         storage: Literal["file", "memory"] = "file",
         allow_direct: bool = True,
+        replicas: int | None = None,
     ) -> StreamState:
-        """Create the stream, or update it to this configuration if it exists."""
+        """Create the stream, or update it to this configuration if it exists (``replicas``
+        None: :attr:`replicas`)."""
         cfg = _js_api.StreamConfig(
             name=name,
             subjects=list(subjects),
@@ -173,6 +180,7 @@ class JetStream:
             max_msgs_per_subject=max_msgs_per_subject if max_msgs_per_subject is not None else -1,
             storage=_js_api.StorageType.FILE if storage == "file" else _js_api.StorageType.MEMORY,
             allow_direct=allow_direct,
+            num_replicas=self._replicas(replicas),
         )
 
         async def _ensure() -> StreamState:
@@ -195,12 +203,14 @@ class JetStream:
         max_age_s: float | None = None,
         max_bytes: int | None = None,
         storage: Literal["file", "memory"] = "file",
+        replicas: int | None = None,
     ) -> tuple[StreamState, StreamConfigSeen | None]:
         """Create the stream if it does not exist; never change an existing one.
 
         Returns the stream's state and, when it already existed with another configuration,
-        that configuration (``subjects``, ``max_age_s``, ``max_bytes``, ``storage``) so the
-        caller decides what a difference means; ``None`` when it was created or matches."""
+        that configuration (``subjects``, ``max_age_s``, ``max_bytes``, ``storage``,
+        ``replicas``) so the caller decides what a difference means; ``None`` when it was
+        created or matches."""
         cfg = _js_api.StreamConfig(
             name=name,
             subjects=list(subjects),
@@ -208,6 +218,7 @@ class JetStream:
             max_bytes=max_bytes if max_bytes is not None else -1,
             storage=_js_api.StorageType.FILE if storage == "file" else _js_api.StorageType.MEMORY,
             allow_direct=True,
+            num_replicas=self._replicas(replicas),
         )
 
         async def _create() -> tuple[StreamState, StreamConfigSeen | None]:
@@ -225,21 +236,26 @@ class JetStream:
                 "max_age_s": float(c.max_age) if c.max_age else None,
                 "max_bytes": c.max_bytes if c.max_bytes and c.max_bytes > 0 else None,
                 "storage": "file" if c.storage == _js_api.StorageType.FILE else "memory",
+                "replicas": c.num_replicas or 1,
             }
             return _stream_state(info), have
 
         return await self._c.call(f"create stream {name!r}", _create)
 
     async def update_stream_limits(
-        self, name: str, *, max_age_s: float | None, max_bytes: int | None
+        self, name: str, *, max_age_s: float | None, max_bytes: int | None,
+        replicas: int | None = None,
     ) -> StreamState:
-        """Change only the retention limits of an existing stream (all else stays)."""
+        """Change only the retention limits (and, given, the replicas) of an existing stream
+        (all else stays)."""
 
         async def _update() -> StreamState:
             js = self._js()
             c = (await js.stream_info(name)).config
             c.max_age = max_age_s
             c.max_bytes = max_bytes if max_bytes is not None else -1
+            if replicas is not None:
+                c.num_replicas = replicas
             return _stream_state(await js.update_stream(c))
 
         return await self._c.call(f"update limits of stream {name!r}", _update)
@@ -397,14 +413,17 @@ class JetStream:
         ttl_s: float | None = None,
         storage: Literal["file", "memory"] = "file",
         marker_ttl_s: float | None = None,
+        replicas: int | None = None,
     ) -> KeyValue:
-        """Open a KV bucket; with ``create`` it is created (or updated) with these settings,
-        otherwise a missing bucket raises ``NatsNotFound``.
+        """Open a KV bucket; with ``create`` it is created (or updated) with these settings
+        (``replicas`` None: :attr:`replicas`), otherwise a missing bucket raises
+        ``NatsNotFound``.
 
         ``ttl_s`` is the bucket's age limit (a value not rewritten within it is removed);
         ``marker_ttl_s`` (nats-server 2.11+, at least 1 s) makes the server leave a tombstone
         when it removes a key by age, kept that long, so watchers see the expiry as a delete
         (``op="PURGE"``) at once instead of never."""
+        copies = self._replicas(replicas)
 
         async def _open() -> _AioKeyValue:
             js = self._js()
@@ -421,6 +440,7 @@ class JetStream:
                         if storage == "file"
                         else _js_api.StorageType.MEMORY
                     ),
+                    replicas=copies,
                 )
             )
 

@@ -81,6 +81,7 @@ class StreamConfigSeen(TypedDict):
     max_age_s: float | None
     max_bytes: int | None
     storage: Literal["file", "memory"]
+    replicas: int
 
 
 @attrs.frozen(slots=True)

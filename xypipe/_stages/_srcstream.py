@@ -14,6 +14,9 @@ reconciled by one documented rule (:meth:`SourceStream.ensure`):
   it publishes on. A stream capturing other subjects loses data silently; an operator decides.
 * retention (``max_age_s``, ``max_bytes``) differs: the aggregator owns retention and sets its
   own, logged with ``XY-AGG-011``; a publisher leaves it as it is (logged at INFO).
+* replicas differ (``[nats] replicas``: a stream made on one server, now on a cluster): the
+  aggregator sets its own with the retention (JetStream moves a live stream to more or fewer
+  copies), logged with ``XY-AGG-011``; a publisher leaves it as it is.
 * storage differs: kept as it is (it cannot change on a live stream, and it decides durability,
   not what is captured), logged with ``XY-AGG-011``. A stream a publisher created with the
   default file storage stays file-backed for an aggregator configured with memory storage.
@@ -42,6 +45,8 @@ class StreamSettings:
     max_age_s: float | None
     max_bytes: int | None
     storage: str
+    #: Copies the stream keeps (None: whatever the connection creates with).
+    replicas: int | None = None
 
     @classmethod
     def read(cls, have: Mapping[str, object]) -> StreamSettings:
@@ -53,10 +58,12 @@ class StreamSettings:
             max_age_s=float(age) if isinstance(age, int | float) else None,
             max_bytes=size if isinstance(size, int) else None,
             storage=str(have.get("storage")),
+            replicas=copies if isinstance(copies := have.get("replicas"), int) else None,
         )
 
     def limits(self) -> dict[str, float | int | None]:
-        return {"max_age_s": self.max_age_s, "max_bytes": self.max_bytes}
+        return {"max_age_s": self.max_age_s, "max_bytes": self.max_bytes,
+                "replicas": self.replicas}
 
 
 @attrs.frozen
@@ -81,7 +88,7 @@ class SourceStream:
 
     async def ensure(self, js: JetStream, *, owner: bool, log: Logger) -> StreamState:
         """Create the stream if missing; reconcile an existing one (see the module doc)."""
-        want = self.wanted()
+        want = attrs.evolve(self.wanted(), replicas=js.replicas)
         storage: Literal["file", "memory"] = "memory" if self.storage == "memory" else "file"
         state, existing = await js.create_stream(
             self.name, list(self.subjects), max_age_s=want.max_age_s,
@@ -101,7 +108,8 @@ class SourceStream:
                         code=SOURCE_STREAM_RETENTION, stream=self.name,
                         storage=have.storage, configured=want.storage)
         old, new = have.limits(), want.limits()
-        limits = {k: (old[k], new[k]) for k in ("max_age_s", "max_bytes") if old[k] != new[k]}
+        limits = {k: (old[k], new[k]) for k in ("max_age_s", "max_bytes", "replicas")
+                  if old[k] != new[k] and (k != "replicas" or old[k] is not None)}
         if not limits:
             return state
         if not owner:
@@ -115,7 +123,8 @@ class SourceStream:
                     old={k: v[0] for k, v in limits.items()},
                     new={k: v[1] for k, v in limits.items()})
         return await js.update_stream_limits(
-            self.name, max_age_s=want.max_age_s, max_bytes=want.max_bytes)
+            self.name, max_age_s=want.max_age_s, max_bytes=want.max_bytes,
+            replicas=want.replicas)
 
 
 __all__ = ["DEFAULT_SUBJECTS", "SourceStream", "StreamSettings"]
