@@ -369,6 +369,15 @@ ACL_DENIED = "XY-ACL-001"
 AUTH_INVALID = "XY-AUTH-002"
 #: A token has expired (or is not valid yet).
 AUTH_EXPIRED = "XY-AUTH-003"
+#: A key file of the token key set is unusable (named in the line); at a reload the previous
+#: set stays in force, at start the stage refuses to start.
+AUTH_KEYS_BAD = "XY-AUTH-020"
+#: A token's ``kid`` names no loaded key (or it has none while several are loaded).
+AUTH_UNKNOWN_KID = "XY-AUTH-021"
+#: The token key set was reloaded (file change or SIGHUP): kids added and removed.
+AUTH_KEYS_RELOADED = "XY-AUTH-022"
+#: A session ended because the key its token was verified with was removed (audited).
+AUTH_KEY_REMOVED = "XY-AUTH-023"
 #: An admin request without a bearer token, or with a bad one (audited).
 ADM_UNAUTHENTICATED = "XY-ADM-001"
 #: An admin request from a principal without the admin role (audited).
