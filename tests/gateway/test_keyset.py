@@ -107,6 +107,7 @@ def test_bad_key_files_are_named(tmp_path: Path, name: str, content: object,
     with pytest.raises(AuthError) as info:
         load_keyset(path if name.endswith(".json") else tmp_path)
     assert message.format(path=path) in info.value.message
+    assert info.value.code == "XY-AUTH-020"
 
 
 def test_an_empty_directory_is_refused(tmp_path: Path) -> None:

@@ -54,7 +54,7 @@ class KeyDir:
 
 async def _until(cond: Callable[[], bool], limit_s: float = 10) -> None:
     with trio.fail_after(limit_s):
-        while not cond():
+        while not cond():  # noqa: ASYNC110 (a reload or a log line: nothing to await on)
             await trio.sleep(0.01)
 
 

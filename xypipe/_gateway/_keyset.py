@@ -27,7 +27,7 @@ import attrs
 import jwt
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from xypipe._errors import AuthError
+from xypipe._errors import AuthError, AuthKeysBad
 from xypipe._gateway._auth_keys import VerifyKey, algorithm_for_key
 
 __all__ = ["KeySet", "fingerprint", "kid_of", "load_keyset"]
@@ -92,16 +92,16 @@ def _pem_key(path: Path) -> VerifyKey:
     try:
         pem = path.read_bytes()
     except OSError as exc:
-        raise AuthError(f"JWT public key file {os.fspath(path)!r}: {exc.strerror}") from exc
+        raise AuthKeysBad(f"JWT public key file {os.fspath(path)!r}: {exc.strerror}") from exc
     try:
         key = load_pem_public_key(pem)
     except ValueError as exc:
-        raise AuthError(f"JWT public key file {os.fspath(path)!r}: not a PEM public key "
+        raise AuthKeysBad(f"JWT public key file {os.fspath(path)!r}: not a PEM public key "
                         f"({exc})") from exc
     try:
         algorithm_for_key(key)
     except AuthError as exc:
-        raise AuthError(f"JWT public key file {os.fspath(path)!r}: {exc.message}") from exc
+        raise AuthKeysBad(f"JWT public key file {os.fspath(path)!r}: {exc.message}") from exc
     assert isinstance(key, VerifyKey)  # algorithm_for_key refused every other kind
     return key
 
@@ -111,31 +111,31 @@ def _jwks(path: Path) -> dict[str, VerifyKey]:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise AuthError(f"{where}: {exc.strerror}") from exc
+        raise AuthKeysBad(f"{where}: {exc.strerror}") from exc
     except UnicodeDecodeError as exc:
-        raise AuthError(f"{where}: not UTF-8 text ({exc.reason})") from exc
+        raise AuthKeysBad(f"{where}: not UTF-8 text ({exc.reason})") from exc
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise AuthError(f"{where}: not JSON ({exc.msg} at line {exc.lineno})") from exc
+        raise AuthKeysBad(f"{where}: not JSON ({exc.msg} at line {exc.lineno})") from exc
     raw = doc.get("keys") if isinstance(doc, dict) else None
     if not isinstance(raw, list) or not raw:
-        raise AuthError(f"{where}: expected {{\"keys\": [...]}} with at least one key")
+        raise AuthKeysBad(f"{where}: expected {{\"keys\": [...]}} with at least one key")
     keys: dict[str, VerifyKey] = {}
     for i, entry in enumerate(raw):
         kid = entry.get("kid") if isinstance(entry, dict) else None
         if not isinstance(kid, str) or not kid:
-            raise AuthError(f"{where}: keys[{i}] has no \"kid\" (every key needs one)")
+            raise AuthKeysBad(f"{where}: keys[{i}] has no \"kid\" (every key needs one)")
         if kid in keys:
-            raise AuthError(f"{where}: keys[{i}]: kid {kid!r} appears twice")
+            raise AuthKeysBad(f"{where}: keys[{i}]: kid {kid!r} appears twice")
         try:
             key = jwt.PyJWK.from_dict(entry).key
         except (jwt.PyJWKError, jwt.InvalidKeyError, ValueError, TypeError) as exc:
-            raise AuthError(f"{where}: key {kid!r}: {exc}") from exc
+            raise AuthKeysBad(f"{where}: key {kid!r}: {exc}") from exc
         try:
             algorithm_for_key(key)
         except AuthError as exc:
-            raise AuthError(f"{where}: key {kid!r}: {exc.message}") from exc
+            raise AuthKeysBad(f"{where}: key {kid!r}: {exc.message}") from exc
         assert isinstance(key, VerifyKey)
         keys[kid] = key
     return keys
@@ -151,11 +151,11 @@ def load_keyset(source: str | os.PathLike[str]) -> KeySet:
         try:
             files = _key_files(path)
         except OSError as exc:
-            raise AuthError(f"JWT key directory {shown!r}: {exc.strerror}") from exc
+            raise AuthKeysBad(f"JWT key directory {shown!r}: {exc.strerror}") from exc
         for p in files:
             keys[kid_of(p)] = _pem_key(p)
         if not keys:
-            raise AuthError(f"JWT key directory {shown!r}: no public key (*.pem) in it")
+            raise AuthKeysBad(f"JWT key directory {shown!r}: no public key (*.pem) in it")
         return KeySet(keys=keys, source=shown, strict=True)
     if path.suffix == ".json":
         return KeySet(keys=_jwks(path), source=shown, strict=True)

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import trio
 
-from xypipe._errors import AUTH_KEYS_BAD, AUTH_KEYS_RELOADED, AuthError
+from xypipe._errors import AUTH_KEYS_RELOADED, AuthError, AuthKeysBad
 from xypipe._gateway._auth import TokenVerifier
 from xypipe._gateway._keyset import fingerprint, load_keyset
 from xypipe._log import Logger
@@ -59,7 +59,7 @@ class KeyWatch:
         except AuthError as exc:
             self._reloads.labels(self.surface, "refused").inc()
             self.log.error("token key set not reloaded: the keys in force stay",
-                           code=AUTH_KEYS_BAD, source=self.source, trigger=why,
+                           code=AuthKeysBad.code, source=self.source, trigger=why,
                            reason=exc.message, kept=sorted(self.verifier.keys.kids))
             return False
         before = self.verifier.keys.kids
