@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 import signal
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -152,3 +154,43 @@ async def test_sighup_reloads_and_a_bad_file_keeps_the_keys_in_force(
         m = runner.metrics
         assert m.sample("auth_key_reloads_total", {"surface": "ws", "result": "refused"}) == 1
         assert m.sample("auth_key_reloads_total", {"surface": "ws", "result": "applied"}) == 1
+
+
+async def _admin_get(port: int, token: str) -> int:
+    def call() -> int:
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/admin/feature-flags")
+        req.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(req, timeout=5) as r:
+                return int(r.status)
+        except urllib.error.HTTPError as e:
+            return int(e.code)
+
+    return await trio.to_thread.run_sync(call)
+
+
+async def test_the_admin_api_follows_the_same_key_directory(nats_server, keys: Keys,
+                                                            tmp_path: Path) -> None:
+    kd = KeyDir(tmp_path / "token-keys")
+    kd.add("old")
+    async with running_gateway(nats_server.url, keys, public_key=str(kd.path),
+                               keys_reload_ms=20) as runner:
+        port = http_port(runner)
+
+        def admin(kid: str) -> str:
+            return mint(kd.private[kid], subject="root", allow=[], now=time.time(),  # type: ignore[arg-type]
+                        roles=["admin"], kid=kid)
+
+        assert await _admin_get(port, admin("old")) == 200
+        kd.add("new")
+        await _until(lambda: runner.metrics.sample(
+            "auth_keys_loaded", {"surface": "admin"}) == 2)
+        assert await _admin_get(port, admin("new")) == 200
+        assert await _admin_get(port, admin("old")) == 200
+        kd.remove("old")
+        await _until(lambda: runner.metrics.sample(
+            "auth_keys_loaded", {"surface": "admin"}) == 1)
+        assert await _admin_get(port, admin("old")) == 401
+        assert await _admin_get(port, admin("new")) == 200
+        assert runner.metrics.sample(
+            "auth_failures_total", {"surface": "admin", "reason": "unknown_kid"}) == 1
