@@ -90,7 +90,7 @@ import { Outlet, planDraw } from "./xy-outlet.js";
  */
 /** @typedef {{ code: string, message: string, group?: string, fatal?: boolean }} HubError */
 /** @typedef {{ level: number, reason: string, recovery: string, paused: string[] }} Degrade */
-/** @typedef {{ frames: number, bytes: number, deltas: number, snapshots: number, duplicates: number, gaps: number, epochChanges: number, rejected: number, snapshotRequests: number, checksumMismatches: number, checksumsVerified: number, batches: number, droppedBatches: number, badFrames: number, errors: number, connects: number, deliveries: number, coalesced: number, ackTimeouts: number }} Counters */
+/** @typedef {{ frames: number, bytes: number, deltas: number, snapshots: number, duplicates: number, gaps: number, epochChanges: number, rejected: number, snapshotRequests: number, checksumMismatches: number, checksumsVerified: number, batches: number, droppedBatches: number, badFrames: number, errors: number, connects: number, deliveries: number, coalesced: number, ackTimeouts: number, unknownFields: number }} Counters */
 /**
  * The hub's state, as every tab is sent it (about once a second and on every change).
  * @typedef {object} Status
@@ -184,6 +184,19 @@ export function browserEnv() {
   };
 }
 
+
+/**
+ * Fields of a newer contract that this worker's does not know: protobuf-es keeps them in
+ * `$unknown` (re-encoding writes them back); they are counted, then ignored (docs/contracts.md).
+ * @param {{ $unknown?: unknown[], symbols?: { $unknown?: unknown[] }[] }} msg
+ * @returns {number}
+ */
+function unknownFields(msg) {
+  let n = msg.$unknown?.length ?? 0;
+  for (const s of msg.symbols ?? []) n += s.$unknown?.length ?? 0;
+  return n;
+}
+
 export class Hub {
   /**
    * @param {"shared-worker" | "leader"} mode
@@ -243,6 +256,7 @@ export class Hub {
       frames: 0, bytes: 0, deltas: 0, snapshots: 0, duplicates: 0, gaps: 0, epochChanges: 0, rejected: 0,
       snapshotRequests: 0, checksumMismatches: 0, checksumsVerified: 0, batches: 0,
       droppedBatches: 0, badFrames: 0, errors: 0, connects: 0, deliveries: 0, coalesced: 0, ackTimeouts: 0,
+      unknownFields: 0,
     };
     this._reported = { reconnects: 0, droppedBatches: 0, checksumMismatches: 0 };
     /** @type {Record<string, number>} */
@@ -541,6 +555,9 @@ export class Hub {
     if (frame.subscribed) for (const g of frame.subscribed.groups) this.subscribed.add(g.group);
     if (frame.degrade) this._onDegrade(frame.degrade);
     if (frame.error) this._onError(frame.error);
+    this.counters.unknownFields += unknownFields(frame)
+      + frame.snapshots.reduce((n, m) => n + unknownFields(m), 0)
+      + frame.deltas.reduce((n, m) => n + unknownFields(m), 0);
     for (const snap of frame.snapshots) this._onSnapshot(snap, now);
     for (const delta of frame.deltas) this._onDelta(delta, now);
     if (this.merger.size) this._offer(now);

@@ -170,6 +170,13 @@ class AuthError(XyError):
     code = "XY-AUTH-001"
 
 
+class AuthKeysBad(AuthError):
+    """A file of the token key set is unusable (named in the message): at a reload the keys in
+    force stay, at start the stage refuses to start."""
+
+    code = "XY-AUTH-020"
+
+
 class ProtocolError(XyError):
     """A peer broke the wire protocol. ``remote`` says whether it was the peer or us."""
 
@@ -382,6 +389,12 @@ ACL_DENIED = "XY-ACL-001"
 AUTH_INVALID = "XY-AUTH-002"
 #: A token has expired (or is not valid yet).
 AUTH_EXPIRED = "XY-AUTH-003"
+#: A token's ``kid`` names no loaded key (or it has none while several are loaded).
+AUTH_UNKNOWN_KID = "XY-AUTH-021"
+#: The token key set was reloaded (file change or SIGHUP): kids added and removed.
+AUTH_KEYS_RELOADED = "XY-AUTH-022"
+#: A session ended because the key its token was verified with was removed (audited).
+AUTH_KEY_REMOVED = "XY-AUTH-023"
 #: An admin request without a bearer token, or with a bad one (audited).
 ADM_UNAUTHENTICATED = "XY-ADM-001"
 #: An admin request from a principal without the admin role (audited).

@@ -89,8 +89,8 @@ def gateway_config(nats_url: str, keys: Keys, *, admin: bool = True,
         "allowed_origins": ["*"], "issuer": DEV_ISSUER, "audience": DEV_AUDIENCE,
         "snapshot_stream": SNAPSHOT_STREAM,
     }
-    admin_options = {k: options[k] for k in ("nats_timeout_ms", "auth_throttle")
-                     if k in options}
+    admin_options = {k: options[k] for k in ("nats_timeout_ms", "auth_throttle", "public_key",
+                                             "keys_reload_ms") if k in options}
     gw.update(options)
     pipelines: dict[str, Any] = {"gateway": {"stages": [
         {"use": "nats_source", "name": "md", "subjects": ["xy.md.tick.>", "xy.md.snapshot.>"]},

@@ -124,6 +124,19 @@ def test_token_expiry_ends_the_session_unless_refreshed(keys: Keys) -> None:
     assert sent(effects)[0].error.code == ErrorCode.ERROR_CODE_AUTH_EXPIRED
 
 
+def test_removing_the_sessions_key_ends_it_and_no_other(keys: Keys) -> None:
+    s = opened(keys, heartbeat_timeout_ms=60_000)
+    assert s.principal is not None and s.principal.kid == "default"
+    assert not s.key_removed(frozenset({"another"}))
+    assert not s.take_effects()
+    assert s.key_removed(frozenset({"default"}))
+    effects = s.take_effects()
+    assert closes(effects) == [4003]
+    assert "key 'default'" in sent(effects)[0].error.message
+    assert any(isinstance(e, Audit) and e.outcome == "key_removed" for e in effects)
+    assert not s.key_removed(frozenset({"default"}))  # closing already: nothing more
+
+
 def test_refresh_for_another_subject_is_refused_and_closes(keys: Keys) -> None:
     s = opened(keys)
     s.receive(1.0, WALL + 1, frame(refresh=RefreshToken(token=keys.token("eve", now=WALL))))

@@ -48,7 +48,7 @@ export function browserEnv(): HubEnv;
  */
 /** @typedef {{ code: string, message: string, group?: string, fatal?: boolean }} HubError */
 /** @typedef {{ level: number, reason: string, recovery: string, paused: string[] }} Degrade */
-/** @typedef {{ frames: number, bytes: number, deltas: number, snapshots: number, duplicates: number, gaps: number, epochChanges: number, rejected: number, snapshotRequests: number, checksumMismatches: number, checksumsVerified: number, batches: number, droppedBatches: number, badFrames: number, errors: number, connects: number, deliveries: number, coalesced: number, ackTimeouts: number }} Counters */
+/** @typedef {{ frames: number, bytes: number, deltas: number, snapshots: number, duplicates: number, gaps: number, epochChanges: number, rejected: number, snapshotRequests: number, checksumMismatches: number, checksumsVerified: number, batches: number, droppedBatches: number, badFrames: number, errors: number, connects: number, deliveries: number, coalesced: number, ackTimeouts: number, unknownFields: number }} Counters */
 /**
  * The hub's state, as every tab is sent it (about once a second and on every change).
  * @typedef {object} Status
@@ -414,6 +414,7 @@ export type Counters = {
     deliveries: number;
     coalesced: number;
     ackTimeouts: number;
+    unknownFields: number;
 };
 /**
  * The hub's state, as every tab is sent it (about once a second and on every change).

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable
 
 import attrs
 
-from xypipe._contracts import ContractDecoder
+from xypipe._contracts import UNKNOWN_FIELDS_METRIC, ContractDecoder
 from xypipe._degrade import Level
 from xypipe._errors import ContractError, GatewayAuthError, GatewayClosed
 from xypipe._md.client import HELD, SeqTracker
@@ -274,7 +274,13 @@ class ClientCore:
             checksums_verified=c.verified, checksum_mismatches=c.mismatches,
             trimmed=c.trimmed, snapshot_requests=c.snapshot_requests,
             resumed_groups=c.resumed_groups, errors=c.errors, bad_frames=c.bad_frames,
-            best_rtt_ms=None if c.best_rtt_us is None else c.best_rtt_us / 1000)
+            best_rtt_ms=None if c.best_rtt_us is None else c.best_rtt_us / 1000,
+            unknown_fields=self._unknown_fields())
+
+    def _unknown_fields(self) -> int:
+        registry = self._decoder.registry
+        return int(sum(s.value for m in registry.collect() if m.name == UNKNOWN_FIELDS_METRIC
+                       for s in m.samples if s.name.endswith("_total")))
 
     # -- time --------------------------------------------------------------------------------
 

@@ -183,6 +183,9 @@ class ClientStatistics:
     bad_frames: int
     #: The shortest ping round trip seen, in milliseconds (``None`` before the first pong).
     best_rtt_ms: float | None
+    #: Fields of the gateway's frames this client's contracts do not know (a newer producer's
+    #: additions, kept and ignored), as ``contract_unknown_fields_total`` counts them.
+    unknown_fields: int = 0
 
     @property
     def reconnects(self) -> int:

@@ -9,7 +9,15 @@ metrics and audit lines (the line shapes are in :mod:`._audit`).
 from __future__ import annotations
 
 from xypipe._audit import AuditLog
-from xypipe._errors import ACL_DENIED, AUTH_EXPIRED, AUTH_LOCKOUT, WS_ORIGIN_DENIED, AuthError
+from xypipe._errors import (
+    ACL_DENIED,
+    AUTH_EXPIRED,
+    AUTH_KEY_REMOVED,
+    AUTH_LOCKOUT,
+    AUTH_UNKNOWN_KID,
+    WS_ORIGIN_DENIED,
+    AuthError,
+)
 from xypipe._gateway._gmetrics import GatewayMetrics
 from xypipe._gateway._session import Audit
 from xypipe._gateway._throttle import AuthThrottle, Lockout
@@ -18,6 +26,8 @@ __all__ = ["AccessRecorder"]
 
 #: Session actions whose refusal names a group: refused by the subject ACL.
 _ACL_ACTIONS = ("subscribe", "resume", "refresh")
+#: ``auth_failures_total{reason}`` by the refusal's code; any other refusal is ``invalid``.
+_REASONS = {AUTH_EXPIRED: "expired", AUTH_UNKNOWN_KID: "unknown_kid"}
 
 
 class AccessRecorder:
@@ -36,7 +46,7 @@ class AccessRecorder:
         if action == "auth":
             self.metrics.auth.labels(outcome).inc()
             if outcome == "denied":
-                reason = "expired" if a.fields.get("error_code") == AUTH_EXPIRED else "invalid"
+                reason = _REASONS.get(str(a.fields.get("error_code")), "invalid")
                 self.metrics.auth_failures.labels("ws", reason).inc()
                 self.metrics.auth_throttle_addresses.set(len(self.throttle))
         if outcome == "denied":
@@ -47,6 +57,10 @@ class AccessRecorder:
             else:
                 self.audit.record(f"{action} denied", action=action, outcome=outcome,
                                   sub=principal, code=AuthError.code, details=fields)
+        elif outcome == "key_removed":
+            self.audit.record("session ended: its signing key was removed", action=action,
+                              outcome=outcome, sub=principal, code=AUTH_KEY_REMOVED,
+                              details=fields)
         elif outcome == "expired":
             self.audit.record(f"{action} {outcome}", action=action, outcome=outcome,
                               sub=principal, code=AUTH_EXPIRED, details=fields)

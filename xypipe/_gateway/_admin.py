@@ -34,7 +34,7 @@ from xypipe._errors import (
     KvRevisionConflict,
 )
 from xypipe._gateway._access import AccessRecorder
-from xypipe._gateway._auth import AuthExpired, Principal, TokenVerifier
+from xypipe._gateway._auth import AuthExpired, AuthUnknownKid, Principal, TokenVerifier
 from xypipe._gateway._flags import FlagError, FlagValue, validate
 from xypipe._gateway._flagwatch import FlagBoard
 from xypipe._gateway._gmetrics import GatewayMetrics
@@ -99,7 +99,8 @@ class AdminRoute:
             principal = self.verifier.verify(token, self.wall())
         except AuthError as exc:
             self.access.admin_failed(
-                address, "expired" if isinstance(exc, AuthExpired) else "invalid", now)
+                address, "expired" if isinstance(exc, AuthExpired)
+                else "unknown_kid" if isinstance(exc, AuthUnknownKid) else "invalid", now)
             self.metrics.flag_changes.labels("unauthenticated").inc()
             self.audit.record("admin request with a bad token", code=ADM_UNAUTHENTICATED,
                               outcome="denied", sub=None, claimed_sub=claimed_subject(token),

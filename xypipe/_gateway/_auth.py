@@ -21,29 +21,34 @@ from typing import ClassVar
 
 import attrs
 import jwt
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from xypipe._errors import AUTH_EXPIRED, AUTH_INVALID, AuthError
+from xypipe._errors import AUTH_EXPIRED, AUTH_INVALID, AUTH_UNKNOWN_KID, AuthError
 from xypipe._gateway._acl import Acl, valid_pattern
+from xypipe._gateway._auth_keys import VerifyKey, algorithm_for_key
+from xypipe._gateway._keyset import KeySet, load_keyset
 
 __all__ = [
     "AuthExpired",
     "AuthInvalid",
+    "AuthUnknownKid",
     "Principal",
     "TokenVerifier",
     "VerifyKey",
     "algorithm_for_key",
 ]
 
-#: The public keys a gateway verifies tokens with (the algorithm follows the key).
-VerifyKey = ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey | rsa.RSAPublicKey
-
-
 class AuthInvalid(AuthError):
     """The token is malformed, forged, for someone else, or uses a refused algorithm."""
 
     code: ClassVar[str] = AUTH_INVALID
+
+
+class AuthUnknownKid(AuthInvalid):
+    """The token's ``kid`` names no loaded key (retired, not yet deployed, or forged), or it has
+    no ``kid`` while several keys are loaded."""
+
+    code: ClassVar[str] = AUTH_UNKNOWN_KID
 
 
 class AuthExpired(AuthError):
@@ -61,33 +66,22 @@ class Principal:
     roles: frozenset[str]
     expires_at: float
     token_id: str = ""
+    #: The kid of the key that verified the token (its session ends if that key is removed).
+    kid: str = ""
 
     def has_role(self, role: str) -> bool:
         return role in self.roles
 
 
-def algorithm_for_key(key: object) -> str:
-    if isinstance(key, ed25519.Ed25519PublicKey):
-        return "EdDSA"
-    if isinstance(key, ec.EllipticCurvePublicKey):
-        if not isinstance(key.curve, ec.SECP256R1):
-            raise AuthError(f"EC public key on {key.curve.name}: expected P-256 (ES256)")
-        return "ES256"
-    if isinstance(key, rsa.RSAPublicKey):
-        if key.key_size < 2048:
-            raise AuthError(f"RSA public key of {key.key_size} bits: expected at least 2048")
-        return "RS256"
-    raise AuthError(
-        f"public key of type {type(key).__name__}: expected Ed25519, EC P-256 or RSA"
-    )
-
-
 class TokenVerifier:
-    """Verifies tokens against one public key. Pure: the caller passes the wall time."""
+    """Verifies tokens against a set of public keys selected by ``kid`` (:mod:`._keyset`).
+
+    Pure: the caller passes the wall time. The key set is replaced whole by
+    :meth:`replace_keys` (the reload watch), so a verification sees one set or the other."""
 
     def __init__(
         self,
-        public_key_pem: bytes,
+        public_key_pem: bytes | KeySet,
         *,
         issuer: str,
         audience: str,
@@ -96,13 +90,16 @@ class TokenVerifier:
         roles_claim: str = "roles",
         max_lifetime_s: float | None = None,
     ) -> None:
-        try:
-            key = load_pem_public_key(public_key_pem)
-        except ValueError as exc:
-            raise AuthError(f"JWT public key: not a PEM public key ({exc})") from exc
-        self.algorithm = algorithm_for_key(key)
-        assert isinstance(key, VerifyKey)  # algorithm_for_key refused every other kind
-        self._key: VerifyKey = key
+        if isinstance(public_key_pem, KeySet):
+            self.keys = public_key_pem
+        else:
+            try:
+                key = load_pem_public_key(public_key_pem)
+            except ValueError as exc:
+                raise AuthError(f"JWT public key: not a PEM public key ({exc})") from exc
+            algorithm_for_key(key)
+            assert isinstance(key, VerifyKey)  # algorithm_for_key refused every other kind
+            self.keys = KeySet(keys={"default": key}, source="", strict=False)
         self.issuer = issuer
         self.audience = audience
         self.leeway_s = leeway_s
@@ -122,14 +119,30 @@ class TokenVerifier:
         roles_claim: str = "roles",
         max_lifetime_s: float | None = None,
     ) -> TokenVerifier:
-        try:
-            with open(path, "rb") as f:
-                pem = f.read()
-        except OSError as exc:
-            raise AuthError(f"JWT public key file {os.fspath(path)!r}: {exc.strerror}") from exc
-        return cls(pem, issuer=issuer, audience=audience, leeway_s=leeway_s,
+        """Keys from a PEM file, a directory of PEM files or a JWKS file (:mod:`._keyset`)."""
+        return cls(load_keyset(path), issuer=issuer, audience=audience, leeway_s=leeway_s,
                    allow_claim=allow_claim, roles_claim=roles_claim,
                    max_lifetime_s=max_lifetime_s)
+
+    def replace_keys(self, keys: KeySet) -> frozenset[str]:
+        """Use ``keys`` from now on; the kids that were loaded and are gone."""
+        removed = self.keys.kids - keys.kids
+        self.keys = keys
+        return removed
+
+    def _select(self, header: Mapping[str, object]) -> tuple[str, VerifyKey, str]:
+        kid = header.get("kid")
+        if kid is not None and not isinstance(kid, str):
+            raise AuthInvalid(f"token header 'kid': expected a string, got {kid!r}")
+        chosen = self.keys.select(kid)
+        if chosen is None:
+            loaded = ", ".join(sorted(self.keys.kids))
+            if kid is None:
+                raise AuthUnknownKid(f"token has no 'kid' and the gateway holds several keys "
+                                     f"({loaded}): expected a kid naming one of them")
+            raise AuthUnknownKid(f"token kid {kid!r} names no loaded key (loaded: {loaded})")
+        key_id, key = chosen
+        return key_id, key, algorithm_for_key(key)
 
     def verify(self, token: str, wall: float) -> Principal:
         """The principal of a valid token; :class:`AuthInvalid` / :class:`AuthExpired` otherwise."""
@@ -144,16 +157,17 @@ class TokenVerifier:
             raise AuthInvalid(
                 f"token algorithm {alg!r} refused: unsigned tokens are never accepted"
             )
-        if alg != self.algorithm:
+        kid, key, algorithm = self._select(header)
+        if alg != algorithm:
             raise AuthInvalid(
-                f"token algorithm {alg!r} refused: this gateway's key only verifies "
-                f"{self.algorithm}"
+                f"token algorithm {alg!r} refused: this gateway's key {kid!r} only verifies "
+                f"{algorithm}"
             )
         try:
             claims = jwt.decode(
                 token,
-                self._key,
-                algorithms=[self.algorithm],
+                key,
+                algorithms=[algorithm],
                 audience=self.audience,
                 issuer=self.issuer,
                 options={
@@ -170,12 +184,13 @@ class TokenVerifier:
         except jwt.InvalidIssuerError as exc:
             raise AuthInvalid(f"token issuer refused: {exc} (expected {self.issuer!r})") from None
         except jwt.InvalidSignatureError:
-            raise AuthInvalid("token signature does not verify with the gateway's key") from None
+            raise AuthInvalid("token signature does not verify with the gateway's key "
+                              f"{kid!r}") from None
         except jwt.MissingRequiredClaimError as exc:
             raise AuthInvalid(f"token lacks a required claim: {exc}") from None
         except jwt.PyJWTError as exc:
             raise AuthInvalid(f"token refused: {exc}") from None
-        return self._principal(claims, wall)
+        return attrs.evolve(self._principal(claims, wall), kid=kid)
 
     def _principal(self, claims: Mapping[str, object], wall: float) -> Principal:
         exp = claims.get("exp")

@@ -17,7 +17,9 @@ def _default_degrade() -> DegradePolicy:
 
 @attrs.frozen
 class GatewayOptions:
-    #: PEM public key (Ed25519, EC P-256 or RSA ≥ 2048) that verifies browser tokens.
+    #: The keys (Ed25519, EC P-256 or RSA ≥ 2048) that verify browser tokens: a PEM file, a
+    #: directory of ``<kid>.pem`` files or a JWKS ``.json`` file (docs/security.md, "Rotating
+    #: the signing key").
     public_key: str = attrs.field(validator=non_empty())
     #: Origins allowed to open a socket (exact ``scheme://host[:port]``); ``["*"]`` only in dev.
     allowed_origins: list[str] = attrs.field(validator=non_empty())
@@ -85,6 +87,9 @@ class GatewayOptions:
     send_buffer_bytes: int | None = attrs.field(default=None, validator=in_range(4096, 1 << 30))
     close_grace_ms: int = attrs.field(default=1000, validator=in_range(1, 60_000))
     nats_timeout_ms: int = attrs.field(default=2000, validator=in_range(1, 60_000))
+    #: How often ``public_key`` is checked for changed files (reloaded when they change; SIGHUP
+    #: reloads at once); 0 = on SIGHUP only.
+    keys_reload_ms: int = attrs.field(default=2000, validator=in_range(0, 3_600_000))
     #: Authentication failures per client address (WebSocket hello, admin bearer token)
     #: before the address is locked out for a while; see docs/protocol.md "Auth throttling".
     auth_throttle: ThrottlePolicy = attrs.field(factory=ThrottlePolicy)
@@ -125,7 +130,8 @@ class FlagAdminOptions:
 
     The token options mean what the gateway's do (the same identity provider signs both)."""
 
-    #: PEM public key that verifies the admins' bearer tokens.
+    #: The keys that verify the admins' bearer tokens (a PEM file, a key directory or a JWKS
+    #: file, as the gateway's).
     public_key: str = attrs.field(validator=non_empty())
     issuer: str = attrs.field(default="xypipe-dev", validator=non_empty())
     audience: str = attrs.field(default="xypipe-gateway", validator=non_empty())
@@ -135,5 +141,8 @@ class FlagAdminOptions:
     admin_role: str = attrs.field(default="admin", validator=non_empty())
     flags_bucket: str = attrs.field(default="xy_feature_flags", validator=non_empty())
     nats_timeout_ms: int = attrs.field(default=2000, validator=in_range(1, 60_000))
+    #: How often ``public_key`` is checked for changed files (reloaded when they change; SIGHUP
+    #: reloads at once); 0 = on SIGHUP only.
+    keys_reload_ms: int = attrs.field(default=2000, validator=in_range(0, 3_600_000))
     #: Authentication failures per client address before it is locked out for a while.
     auth_throttle: ThrottlePolicy = attrs.field(factory=ThrottlePolicy)

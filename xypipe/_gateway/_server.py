@@ -32,6 +32,7 @@ from xypipe._gateway._flush import DirectTarget, TickFlush
 from xypipe._gateway._gmetrics import GatewayMetrics, LevelGauges
 from xypipe._gateway._groupwatch import KnownGroupsWatch
 from xypipe._gateway._hub import BadMessage, Hub
+from xypipe._gateway._keywatch import KeyWatch
 from xypipe._gateway._options import GatewayOptions
 from xypipe._gateway._session import CLOSE_GOING_AWAY, KnownGroups, Session, SessionPolicy
 from xypipe._gateway._snapfetch import SnapshotFetcher
@@ -90,6 +91,9 @@ class GatewayServer:
             options.public_key, issuer=options.issuer, audience=options.audience,
             leeway_s=options.leeway_s, max_lifetime_s=options.max_token_lifetime_s,
         )
+        self.keywatch = KeyWatch(options.public_key, self.verifier, log=log, metrics=metrics,
+                                 surface="ws", interval_s=options.keys_reload_ms / 1000,
+                                 on_removed=self._keys_removed)
         self.policy = session_policy(options)
         self.throttle = AuthThrottle(options.auth_throttle)
         self.access = AccessRecorder(self.metrics, audit, self.throttle)
@@ -141,6 +145,7 @@ class GatewayServer:
             if http is not None:
                 http.set_upgrade_handler(self.handle_upgrade)
             nursery.start_soon(self._sampler)
+            await nursery.start(self.keywatch.run)
             task_status.started()
             try:
                 async for batch in inbox:
@@ -236,6 +241,12 @@ class GatewayServer:
             self.snapshots.after_sequence_checks(now)
             for conn in list(self.connections.values()):
                 conn.core.sample(now)
+
+    def _keys_removed(self, kids: frozenset[str]) -> None:
+        # At once rather than at the token's expiry: a removed key is one nobody may rely on.
+        now = trio.current_time()
+        for conn in list(self.connections.values()):
+            conn.core.key_removed(kids, now)
 
     def _flags_changed(self) -> None:
         now = trio.current_time()

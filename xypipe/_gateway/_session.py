@@ -418,6 +418,19 @@ class Session:
         self._go(Ev.LEVEL_UP if t.new > Level.L0 else Ev.LEVEL_NORMAL)
         self._level.changed(t, self.groups)
 
+    def key_removed(self, kids: frozenset[str]) -> bool:
+        """The token key set lost ``kids``: a session whose token one of them verified ends at
+        once (audited), as an expired one does; the client reconnects with a token signed by a
+        key still loaded. True when this session ended."""
+        p = self.principal
+        if not self.is_open or p is None or p.kid not in kids:
+            return False
+        self._out.add(Audit("session", "key_removed", {"principal": p.subject, "kid": p.kid}))
+        self._bad(f"the key {p.kid!r} that verified this session's token was removed; "
+                  "reconnect with a token signed by a current key",
+                  ErrorCode.ERROR_CODE_AUTH_EXPIRED, fatal=True)
+        return True
+
     # -- end ----------------------------------------------------------------------------------
 
     def close(self, code: int, reason: str) -> None:

@@ -7,6 +7,8 @@ tests and the browser tests can speak to a gateway configured with the dev publi
 from __future__ import annotations
 
 import os
+import secrets
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 
@@ -49,8 +51,10 @@ def mint(
     issuer: str = DEV_ISSUER,
     audience: str = DEV_AUDIENCE,
     extra: Mapping[str, object] | None = None,
+    kid: str | None = None,
 ) -> str:
-    """A signed JWT; the algorithm follows the key (EdDSA, ES256, RS256)."""
+    """A signed JWT; the algorithm follows the key (EdDSA, ES256, RS256). ``kid`` goes into the
+    header: it selects the gateway's key when it holds several (docs/security.md)."""
     alg = algorithm_for_key(private_key.public_key())
     claims: dict[str, object] = {
         "sub": subject,
@@ -64,7 +68,13 @@ def mint(
         "roles": list(roles),
     }
     claims.update(extra or {})
-    return jwt.encode(claims, private_key, algorithm=alg)
+    headers = {"kid": kid} if kid else None
+    return jwt.encode(claims, private_key, algorithm=alg, headers=headers)
+
+
+def new_kid(now: float) -> str:
+    """A fresh key id: the UTC date and time it was made, and a random tail (never reused)."""
+    return time.strftime("k%Y%m%dT%H%M%SZ", time.gmtime(now)) + "-" + secrets.token_hex(3)
 
 
 def generate_ed25519_keypair() -> tuple[bytes, bytes]:

@@ -369,6 +369,14 @@ class ConnectionCore:
             s.close(code, reason)
             self.apply(now)
 
+    def key_removed(self, kids: frozenset[str], now: float) -> bool:
+        """The token key set lost ``kids``: ends the session if its token depends on one."""
+        s = self.session
+        if s is None or not s.key_removed(kids):
+            return False
+        self.apply(now)
+        return True
+
     def refresh_flags(self, now: float) -> None:
         """Apply the current operator flags (forced level, disabled groups) to the session."""
         s = self.session

@@ -32,6 +32,7 @@ from xypipe._gateway._admin import PATH, AdminRoute
 from xypipe._gateway._auth import TokenVerifier
 from xypipe._gateway._flagwatch import FlagBoard
 from xypipe._gateway._gmetrics import GatewayMetrics
+from xypipe._gateway._keywatch import KeyWatch
 from xypipe._gateway._options import FlagAdminOptions
 from xypipe._gateway._throttle import AuthThrottle
 from xypipe._log import get_logger
@@ -72,7 +73,10 @@ class FlagAdmin(Stage[Never, Never, FlagAdminOptions]):
         access = AccessRecorder(metrics, audit, AuthThrottle(cfg.auth_throttle))
         route = AdminRoute(role=cfg.admin_role, verifier=verifier, access=access,
                            metrics=metrics, flags=flags, wall=self._wall)
+        keys = KeyWatch(cfg.public_key, verifier, log=self.ctx.log, metrics=self.ctx.metrics,
+                        surface="admin", interval_s=cfg.keys_reload_ms / 1000)
         async with trio.open_nursery() as nursery:
+            await nursery.start(keys.run)
             await nursery.start(flags.watch, nats)
             http.route(PATH, route, methods=("GET", "PUT"))
             self.ctx.set_ready()
