@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pathlib
-import sys
 import textwrap
 
 import pytest
@@ -303,15 +302,8 @@ def test_missing_file_names_the_path(tmp_path):
         load_config(tmp_path / "nope.toml")
 
 
-def _shipped_configs() -> list[object]:
-    # configs/cluster.toml uses gateway workers and aggregator ownership: checked where the
-    # tree has them (tests/cluster/_features.py says which part is missing).
-    sys.path.insert(0, str(ROOT / "tests" / "cluster"))
-    from _features import MISSING
-
-    return [pytest.param(p, marks=pytest.mark.skipif(
-                p.name == "cluster.toml" and bool(MISSING), reason=f"needs {MISSING}"))
-            for p in sorted((ROOT / "configs").rglob("*.toml"))]
+def _shipped_configs() -> list[pathlib.Path]:
+    return sorted((ROOT / "configs").rglob("*.toml"))
 
 
 @pytest.mark.parametrize("path", _shipped_configs(),

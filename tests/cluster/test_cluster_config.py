@@ -8,7 +8,6 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from _features import MISSING
 
 from xypipe._config import EmbeddedClusterConfig, EmbeddedNatsConfig, NatsConfig, load_config
 from xypipe._errors import ConfigError
@@ -43,7 +42,6 @@ def test_the_cluster_configs_bus_is_three_routed_nodes_keeping_three_copies(tmp_
                                  for p in (6222, 6223, 6224)]
 
 
-@pytest.mark.skipif(bool(MISSING), reason=f"needs {MISSING}")
 def test_xypipe_check_accepts_the_cluster_config():
     done = subprocess.run([sys.executable, "-m", "xypipe", "check", str(CLUSTER_TOML)],
                           capture_output=True, text=True, timeout=120, check=False, cwd=ROOT)

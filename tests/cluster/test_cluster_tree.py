@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 import trio
 from _cluster_stack import ClusterStack, metric, running_cluster
-from _features import MISSING
 
 pytestmark = pytest.mark.nats
 
@@ -74,7 +73,6 @@ async def test_a_tree_on_the_cluster_loses_nothing_when_a_node_dies(tmp_path: Pa
         assert not stack.fences.interleaved
 
 
-@pytest.mark.skipif(bool(MISSING), reason=f"needs {MISSING}")
 async def test_cluster_acceptance(tmp_path: Path):
     async with running_cluster(tmp_path, scale_out=True, clients=2) as stack:
         ports = stack.ports
