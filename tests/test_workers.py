@@ -223,9 +223,9 @@ def plain_process(port: int, metrics_port: int) -> xypipe.AppConfig:
 
 
 async def test_two_runners_share_the_port_and_each_serves_its_own(caplog):
-    from test_demo import free_port, http_get
-
     import socket
+
+    from test_demo import free_port, http_get
 
     # Worker 1's private port (private + 1) is taken: it keeps serving the shared port. A
     # free port whose neighbour is busy is tried again with another one.
