@@ -777,3 +777,25 @@ OWN_BAD_VALUE = "XY-OWN-009"
 #: A reader (the gateway's hub, the Python client) dropped a delta or snapshot whose fence is
 #: below the highest seen for its group: from an owner that has since been replaced.
 OWN_FENCED = "XY-OWN-010"
+
+
+# -- replay benchmark and SLO gates (xypipe bench replay, bench/README.md): XY-BENCH-001..019 --
+
+
+class SloSpecError(UsageError):
+    """An ``--slo`` spec that cannot be read: the message names the term and what a term looks
+    like (``METRIC<BUDGET`` with a known metric and a unit of its kind)."""
+
+    code = "XY-BENCH-001"
+
+
+class BenchSetupError(XyError):
+    """``xypipe bench replay`` cannot run: the benchmark harness (``bench/replay.py``) or the
+    tape is not there, or an objective needs a measurement the run will not make."""
+
+    code = "XY-BENCH-002"
+
+
+#: One or more service level objectives were broken by the measured run (each named on stderr
+#: with its measured value and budget); the command exits 1.
+BENCH_SLO_BROKEN = "XY-BENCH-003"
