@@ -279,7 +279,8 @@ async def _run(port: int, token: str, clients: int, seconds: float, warmup: floa
         if not levels or levels[-1] != lvl:
             levels.append(lvl)
     result = {
-        "client_kind": "picows", "server": "nats-ws-raw" if raw else peer, "clients": clients, "seconds": elapsed,
+        "client_kind": "picows", "server": "nats-ws-raw" if raw else peer, "clients": clients,
+        "seconds": elapsed,
         "deltas": rec.deltas if isinstance(rec, NatsRecorder) else None,
         "client_cpu_pct": 100 * cpu / elapsed, "frames": rec.frames, "bytes": rec.bytes,
         "frames_per_s": rec.frames / elapsed, "mbytes_per_s": rec.bytes / elapsed / 1e6,

@@ -216,7 +216,7 @@ class Stack:
                                                           repo=REPO))
 
     def _spawn(self, name: str, argv: list[str]) -> None:
-        log = open(self.tmp / f"{name}.log", "ab")  # noqa: SIM115 — the child holds it
+        log = open(self.tmp / f"{name}.log", "ab")
         self.procs[name] = subprocess.Popen(argv, stdout=log, stderr=log, cwd=str(REPO))
         log.close()
 
@@ -242,9 +242,9 @@ class Stack:
     def pid(self, name: str) -> int:
         return self.procs[name].pid
 
-    async def wait_ready(self, name: str, timeout: float = 60.0) -> None:
+    async def wait_ready(self, name: str, within_s: float = 60.0) -> None:
         port = {"aggregator": self.agg_port, "gateway": self.gw_port}.get(name)
-        with trio.fail_after(timeout):
+        with trio.fail_after(within_s):
             while True:
                 p = self.procs[name]
                 if p.poll() is not None:
@@ -407,9 +407,9 @@ class Probe:
                         self.changed.set()
                         self.changed = trio.Event()
 
-    async def next_after(self, t: float, timeout: float) -> float | None:
+    async def next_after(self, t: float, within_s: float) -> float | None:
         """Seconds from ``t`` to the first frame holding a delta emitted after ``t``."""
-        with trio.move_on_after(timeout):
+        with trio.move_on_after(within_s):
             while True:
                 hit = next((recv for recv, emit in reversed(self.frames) if emit > t), None)
                 if hit is not None:
@@ -553,7 +553,8 @@ def rows(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
 def summary_lines(result: dict[str, Any]) -> list[str]:
     ing, f = result["ingest"], result["faults"]
     return [
-        f"ingest: {ing['ticks_per_s']:,} ticks/s ingested (best second of {ing['seconds']} s): a burst of "
+        f"ingest: {ing['ticks_per_s']:,} ticks/s ingested (best second of {ing['seconds']} s): "
+        f"a burst of "
         f"{ing['burst_rate']:,.0f}/s (sent {ing['burst_sent_per_s']:,}/s) on top of the input's "
         f"{ing['input_rate']:,.0f}/s; worst level L{ing['worst_level']}",
         f"rebuild (aggregator killed -> deltas again): {_fmt(f['rebuild'], 3)} s "
@@ -614,7 +615,7 @@ def main(argv: list[str] | None = None) -> int:
     from rich.table import Table
 
     from xypipe._errors import BENCH_SLO_BROKEN, BenchSetupError, SloSpecError
-    from xypipe._slo import evaluate, needs, parse_slo
+    from xypipe._slo import Verdict, evaluate, needs, parse_slo
 
     p = argparse.ArgumentParser(prog="xypipe bench replay", description=__doc__.splitlines()[0])
     p.add_argument("tape", nargs="?", type=Path, default=None,
@@ -699,11 +700,13 @@ def main(argv: list[str] | None = None) -> int:
     for v in verdicts:
         out.print(v.line())
     if broken:
-        err.print(f"SLO broken [{BENCH_SLO_BROKEN}]: "
-                  + ", ".join(f"{v.objective.metric} "
-                              f"({'not measured' if v.measured is None else v.objective.show(v.measured)}"
-                              f" vs {v.objective.op} {v.objective.show(v.objective.budget)})"
-                              for v in broken), markup=False)
+        def told(v: Verdict) -> str:
+            o = v.objective
+            got = "not measured" if v.measured is None else o.show(v.measured)
+            return f"{o.metric} ({got} vs {o.op} {o.show(o.budget)})"
+
+        err.print(f"SLO broken [{BENCH_SLO_BROKEN}]: " + ", ".join(told(v) for v in broken),
+                  markup=False)
         return 1
     return 0
 

@@ -78,8 +78,8 @@ class Objective:
         return _OPS[self.op](measured, self.budget)
 
     def show(self, value: float) -> str:
-        factor = _UNITS[METRICS[self.metric].kind][self.unit]
-        return f"{value / factor:.4g}{self.unit}"
+        v = value / _UNITS[METRICS[self.metric].kind][self.unit]
+        return f"{v:,.0f}{self.unit}" if abs(v) >= 1000 else f"{v:.4g}{self.unit}"
 
 
 @attrs.frozen
@@ -132,7 +132,7 @@ def parse_slo(spec: str) -> tuple[Objective, ...]:
         if unit not in units:
             raise SloSpecError(
                 f"--slo: term {i} {term!r}: {name} is a {metric.kind.value}; its budget needs "
-                f"a unit of {', '.join(units)} (got {unit or 'none'!r})")
+                f"a unit of {', '.join(units)} (got {repr(unit) if unit else 'no unit'})")
         try:
             value = float(number)
         except ValueError:
