@@ -1,7 +1,7 @@
 # The two commands of the README:
 #   make demo   set up and run the demo (embedded NATS, pipelines, UI)
 #   make test   set up and run the whole test suite
-.PHONY: demo test setup setup-test proto proto-check bench bench-chaos lint clean
+.PHONY: demo test setup setup-test proto proto-check bench bench-chaos bench-tape lint clean
 
 # Quiet recipes: the first line `make demo` prints is the address of the page to open.
 demo: setup
@@ -30,6 +30,13 @@ bench: setup-test
 # Each fault of the chaos suite 20 times: recovery p50/p95/max (long: tens of minutes).
 bench-chaos: setup-test
 	.venv/bin/python bench/chaos.py
+
+# The tape shipped in bench/data/ (docs/tapes.md): 2 s of the demo market, seed 1. The same
+# command writes the same bytes.
+BENCH_TAPE = .venv/bin/xypipe tape make --to bench/data/demo-market.tape --seed 1 --rate 4000 \
+	--duration 2 --symbols 500 --duplicate 0.001 --reorder 0.001
+bench-tape: setup-test
+	$(BENCH_TAPE)
 
 lint: setup
 	.venv/bin/ruff check xypipe tests bench stages scripts

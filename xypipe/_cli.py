@@ -39,6 +39,7 @@ _COMMAND_MODULES: list[str] = [
     # Each module exposes register(subparsers). Keep one line per module.
     "xypipe._gateway._token_cli",
     "xypipe._cli_md",
+    "xypipe._cli_tape",
     "xypipe._cli_creds",
     "xypipe._cli_stages",
     "xypipe._cli_bench",

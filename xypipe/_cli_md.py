@@ -5,6 +5,7 @@
     xypipe publish --rate 4000 --symbols 500 --seed 1 --duplicate 0.01 --reorder 0.01
     xypipe publish --count 200000 --record bench/data/market.tape
     xypipe publish --replay bench/data/market.tape --rate 40000
+    xypipe publish --tape bench/data/demo-market.tape --speed 10x   # a tape (docs/tapes.md)
     xypipe tail 'xy.md.>'                 # one line per delta / snapshot
     xypipe tail 'xy.md.>' --verify --seconds 10   # rebuild the books, check every checksum
     xypipe tail --ws ws://127.0.0.1:8080/ws --token "$(xypipe token)" fx rates --verify
@@ -35,6 +36,7 @@ from xypipe._config import AppConfig
 from xypipe._errors import CLI_TAIL_UNDECODABLE, NATS_NO_CREDENTIALS, ContractError
 from xypipe._log import get_logger
 from xypipe._progress import Bar, progress
+from xypipe._tape import Tape
 from xypipe.abc import NatsClient
 from xypipe.contracts import Contract, Delta, Snapshot, Tick, decode
 
@@ -97,7 +99,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--count", type=int, default=0, help="stop after this many ticks")
     p.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds")
     p.add_argument("--record", default="", help="write the ticks to this tape")
-    p.add_argument("--replay", default="", help="replay this tape instead of simulating")
+    p.add_argument("--replay", default="",
+                   help="replay a headerless tick stream (--record's) at --rate instead of "
+                        "simulating")
+    p.add_argument("--tape", default="", metavar="TAPE",
+                   help="replay a tape (xypipe record / xypipe tape make, docs/tapes.md) at its "
+                        "own pace times --speed")
+    p.add_argument("--speed", default="1x",
+                   help="with --tape: 1x (as recorded), 10x, 0.5x ... or max (as fast as NATS "
+                        "takes it); default 1x")
     p.add_argument("--stream", default="XY_SRC",
                    help="source stream made sure to exist before the first contract (created "
                         "with xy.src.> and xy.ref.> if missing; default XY_SRC)")
@@ -139,6 +149,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def _cmd_publish(args: argparse.Namespace) -> int:
     from xypipe._config import parse_config
 
+    if args.tape:
+        return _publish_tape(args)
+
     options = {
         "symbols": args.symbols, "venues": [v for v in args.venues.split(",") if v],
         "rate": args.rate, "burst_factor": args.burst_factor,
@@ -169,6 +182,40 @@ def _cmd_publish(args: argparse.Namespace) -> int:
         summary = trio.run(_publish, cfg, args.duration, bar)
     print(json.dumps(summary))
     return 0
+
+
+def _publish_tape(args: argparse.Namespace) -> int:
+    from xypipe._errors import UsageError
+    from xypipe._tape import parse_speed, read_tape
+
+    if args.replay or args.record:
+        raise UsageError("publish: expected --tape alone, not with --replay or --record")
+    try:
+        speed = parse_speed(args.speed)
+    except ValueError as exc:
+        raise UsageError(f"publish --speed: {exc}") from None
+    tape = read_tape(args.tape)
+    with progress(f"replaying {args.tape} at {args.speed}", total=len(tape),
+                  unit="msgs") as bar:
+        sent = trio.run(_replay_tape, args, tape, speed, bar)
+    print(json.dumps({"tape": args.tape, "published": sent, "speed": args.speed}))
+    return 0
+
+
+async def _replay_tape(args: argparse.Namespace, tape: Tape, speed: float | None,
+                       bar: Bar) -> int:
+    from xypipe._nats import connect
+    from xypipe._stages._srcstream import SourceStream
+    from xypipe._tape import replay_tape
+
+    creds = credentials(args.url, args.nkey, "adapter")
+    async with connect(args.url, name="xypipe-publish", nkeys_seed=creds.nkey,
+                       inbox_prefix=creds.inbox_prefix) as nc:
+        if not args.no_stream:
+            # As the publisher stage does: the stream keeps the first contracts even when the
+            # aggregator starts later.
+            await SourceStream(args.stream).ensure(nc.jetstream(), owner=False, log=_log)
+        return await replay_tape(nc, tape, speed, on_sent=lambda n: bar.update(completed=n))
 
 
 async def _publish(cfg: AppConfig, duration: float, bar: Bar) -> dict[str, object]:

@@ -799,3 +799,55 @@ class BenchSetupError(XyError):
 #: One or more service level objectives were broken by the measured run (each named on stderr
 #: with its measured value and budget); the command exits 1.
 BENCH_SLO_BROKEN = "XY-BENCH-003"
+
+# -- tapes (xypipe._tape, docs/tapes.md): XY-TAPE-001..019 ------------------------------------
+
+
+class TapeError(XyError):
+    """A file is not a tape: empty, or its first message is not a ``TapeHeader`` whose
+    ``format`` is ``"xypipe-tape"``. Every tape error names the file, the byte offset (and
+    the record index when it is about a record) and what was expected."""
+
+    code = "XY-TAPE-001"
+
+
+class TapeVersionError(TapeError):
+    """The tape's header has a ``version`` this xypipe does not know (a newer layout)."""
+
+    code = "XY-TAPE-002"
+
+
+class TapeTruncated(TapeError):
+    """The tape ends inside a record (its length prefix or its bytes): the file was cut short,
+    e.g. a recording killed in mid-write or a partial copy."""
+
+    code = "XY-TAPE-003"
+
+
+class TapeCorrupt(TapeError):
+    """A record's bytes do not decode as a ``TapeRecord`` (damaged in the middle)."""
+
+    code = "XY-TAPE-004"
+
+
+class TapeCountMismatch(TapeError):
+    """The header says how many records follow and the file holds another number (cut at a
+    record boundary, or records appended after it was closed)."""
+
+    code = "XY-TAPE-005"
+
+
+class TapeOrderError(TapeError):
+    """A writer was given a record earlier than the one before it (or before the tape's start):
+    a tape is in time order."""
+
+    code = "XY-TAPE-006"
+
+
+#: A tape whose header does not say how many records it holds (a recording that was not closed):
+#: read to its end, every record checked, with this warning.
+TAPE_NOT_CLOSED = "XY-TAPE-007"
+#: ``xypipe record`` stopped without having received any message on its subjects.
+TAPE_RECORDED_NOTHING = "XY-TAPE-008"
+#: The deterministic replay met a record on a subject the aggregator does not read (skipped).
+TAPE_SUBJECT_SKIPPED = "XY-TAPE-009"

@@ -25,6 +25,8 @@ import attrs
 
 from xypipe._contracts import decode
 from xypipe._md.wire import iter_delimited, varint_field, varint_tag, write_delimited
+from xypipe._tape import TapeHeader, TapeRecord
+from xypipe._tape import write_tape as write_tape_file
 from xypipe.contracts import Contract, PriceLevel, Priority, Tick, TickFlag
 
 TRADE = int(TickFlag.TICK_FLAG_TRADE)
@@ -328,3 +330,86 @@ def load_tape(path: str | Path) -> list[TapeTick]:
 def read_tape(path: str | Path) -> Iterator[bytes]:
     """The serialised ticks of a tape, in order (raises ``TruncatedStream`` if cut short)."""
     return iter_delimited(Path(path).read_bytes())
+
+
+# --------------------------------------------------------------------------- seeded tapes
+
+#: Where a tape made from a seed starts by default (2026-01-01T00:00:00Z): a fixed start keeps
+#: the file a pure function of its options (a replay re-times ticks to its own clock).
+DEFAULT_TAPE_START_US = 1_767_225_600_000_000
+
+
+@attrs.frozen
+class MarketTapeSpec:
+    """A synthetic market as a tape: what ``xypipe tape make`` is given. The same spec gives the
+    same bytes."""
+
+    seed: int = 0
+    rate: float = 4000.0
+    duration_s: float = 3.0
+    symbols: int = 500
+    venues: tuple[str, ...] = DEFAULT_VENUES
+    depth: int = 5
+    faults: FaultRates = FaultRates()
+    burst_factor: float = 10.0
+    burst_every_s: float = 0.0
+    burst_s: float = 1.0
+    #: The pacing step (the publisher stage's ``interval_ms``): ticks due go out together.
+    interval_ms: int = 10
+    #: Contracts again every this many seconds (0: only at the start).
+    contracts_every_s: float = 30.0
+    start_us: int = DEFAULT_TAPE_START_US
+
+
+def market_tape(spec: MarketTapeSpec, truth: GroundTruth | None = None,
+                ) -> Iterator[tuple[int, str, bytes]]:
+    """``(t_us, subject, payload)`` of what the ``publisher`` stage would put on the wire for
+    ``spec``, on the tape's own clock: the contracts at t = 0 (and every ``contracts_every_s``),
+    then every ``interval_ms`` the ticks the pacer says are due, faults included, each stamped
+    ``ts_exchange_us`` = tape time - 50 us and ``ts_arrival_us`` = tape time. ``truth`` (if
+    given) records what was really sent, as the stage's ``truth`` does."""
+    sim = MarketSim(spec.symbols, venues=spec.venues, seed=spec.seed, depth=spec.depth)
+    faults = FaultInjector(spec.faults, sim.rng)
+    pacer = Pacer(spec.rate, spec.burst_factor, spec.burst_every_s, spec.burst_s)
+    contracts = [(contract_subject(c.venue, c.symbol), c.SerializeToString())
+                 for c in sim.contracts()]
+    step_us = spec.interval_ms * 1000
+    end_us = round(spec.duration_s * 1e6)
+    every_us = round(spec.contracts_every_s * 1e6)
+    for subject, payload in contracts:
+        yield 0, subject, payload
+    next_contracts = every_us or None
+    pacer.due(0.0)
+    t_us = 0
+    while t_us + step_us <= end_us:
+        t_us += step_us
+        if next_contracts is not None and t_us >= next_contracts:
+            next_contracts = t_us + every_us
+            for subject, payload in contracts:
+                yield t_us, subject, payload
+        ts = spec.start_us + t_us
+        out: list[tuple[str, bytes]] = []
+        for _ in range(pacer.due(t_us / 1e6)):
+            tick = sim.next_tick(ts - 50)
+            key = f"{tick.venue}.{tick.symbol}"
+            if faults.feed(key, tick_subject(tick.venue, tick.symbol),
+                           stamp_arrival(tick.SerializeToString(), ts), out) and truth is not None:
+                truth.record(key, tick)
+        if t_us + step_us > end_us:
+            faults.flush(out)
+        for subject, payload in out:
+            yield t_us, subject, payload
+
+
+def write_market_tape(path: str | Path, spec: MarketTapeSpec,
+                      truth: GroundTruth | None = None) -> TapeHeader:
+    """Write :func:`market_tape` of ``spec`` to a tape file; returns its header."""
+    f = spec.faults
+    source = (f"xypipe tape make --seed {spec.seed} --rate {spec.rate:g} "
+              f"--duration {spec.duration_s:g} --symbols {spec.symbols} "
+              f"--venues {','.join(spec.venues)} --duplicate {f.duplicate:g} "
+              f"--reorder {f.reorder:g} --gap {f.gap:g} --malformed {f.malformed:g}")
+    header = TapeHeader(created_us=spec.start_us, source=source, seed=spec.seed,
+                        subjects=("xy.src.tick.>", "xy.ref.contract.>"))
+    return write_tape_file(path, header, (TapeRecord(t, subject, data)
+                                          for t, subject, data in market_tape(spec, truth)))

@@ -16,6 +16,7 @@ from xypipe._errors import ContractError
 from xypipe._proto.xy.md.v1.admin_pb2 import FeatureFlag, HealthReport
 from xypipe._proto.xy.md.v1.contract_pb2 import Contract, Priority
 from xypipe._proto.xy.md.v1.marketdata_pb2 import Delta, Snapshot, SymbolState, TopEntry
+from xypipe._proto.xy.md.v1.tape_pb2 import TapeHeader, TapeRecord
 from xypipe._proto.xy.md.v1.tick_pb2 import PriceLevel, Tick, TickFlag
 from xypipe._proto.xy.md.v1.ws_pb2 import (
     ClientFrame,
@@ -65,6 +66,8 @@ __all__ = [
     "Subscribe",
     "Subscribed",
     "SymbolState",
+    "TapeHeader",
+    "TapeRecord",
     "Tick",
     "TickFlag",
     "TopEntry",

@@ -3,6 +3,7 @@
 export * from "./xy/md/v1/admin_pb.js";
 export * from "./xy/md/v1/contract_pb.js";
 export * from "./xy/md/v1/marketdata_pb.js";
+export * from "./xy/md/v1/tape_pb.js";
 export * from "./xy/md/v1/tick_pb.js";
 export * from "./xy/md/v1/ws_pb.js";
 export { clone, create, createRegistry, equals, fromBinary, fromJson, fromJsonString, isMessage, toBinary, toJson, toJsonString } from "@bufbuild/protobuf";

@@ -3,6 +3,7 @@
 export * from "./xy/md/v1/admin_pb.js";
 export * from "./xy/md/v1/contract_pb.js";
 export * from "./xy/md/v1/marketdata_pb.js";
+export * from "./xy/md/v1/tape_pb.js";
 export * from "./xy/md/v1/tick_pb.js";
 export * from "./xy/md/v1/ws_pb.js";
 export { clone, create, createRegistry, equals, fromBinary, fromJson, fromJsonString, isMessage, toBinary, toJson, toJsonString } from "@bufbuild/protobuf";
@@ -10,8 +11,9 @@ import { createRegistry } from "@bufbuild/protobuf";
 import { file_xy_md_v1_admin } from "./xy/md/v1/admin_pb.js";
 import { file_xy_md_v1_contract } from "./xy/md/v1/contract_pb.js";
 import { file_xy_md_v1_marketdata } from "./xy/md/v1/marketdata_pb.js";
+import { file_xy_md_v1_tape } from "./xy/md/v1/tape_pb.js";
 import { file_xy_md_v1_tick } from "./xy/md/v1/tick_pb.js";
 import { file_xy_md_v1_ws } from "./xy/md/v1/ws_pb.js";
 
 // Every message and enum of the contracts, for lookups by type name.
-export const registry = createRegistry(file_xy_md_v1_admin, file_xy_md_v1_contract, file_xy_md_v1_marketdata, file_xy_md_v1_tick, file_xy_md_v1_ws);
+export const registry = createRegistry(file_xy_md_v1_admin, file_xy_md_v1_contract, file_xy_md_v1_marketdata, file_xy_md_v1_tape, file_xy_md_v1_tick, file_xy_md_v1_ws);

@@ -216,7 +216,9 @@ class Conflator:
         pause = bool(reaction.paused_priorities)
         paused_left = False
         removed = self._removed
-        for route in list(self._dirty.keys() | removed.keys()):
+        # In the order the streams first changed (not a set's: a Route hashes by identity), so
+        # the same input emits the same deltas in the same order (docs/tapes.md, determinism).
+        for route in list(dict.fromkeys([*self._dirty, *removed])):
             changed = self._dirty.get(route) or {}
             gone = removed.get(route)
             if not changed and not gone:

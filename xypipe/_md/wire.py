@@ -87,9 +87,17 @@ class TruncatedStream(ContractError, ValueError):
 
 def iter_delimited(data: bytes) -> Iterator[bytes]:
     """The records of a length-delimited stream held in memory."""
-    pos, end = 0, len(data)
+    for _start, payload in iter_delimited_at(data):
+        yield payload
+
+
+def iter_delimited_at(data: bytes, pos: int = 0) -> Iterator[tuple[int, bytes]]:
+    """``(byte offset of its length prefix, payload)`` of every record of a length-delimited
+    stream held in memory, from byte ``pos`` on (a reader that names where a record is)."""
+    end = len(data)
     view = memoryview(data)
     while pos < end:
+        start = pos
         try:
             size, pos = _decode_varint(view, pos)
         except (IndexError, DecodeError):
@@ -98,5 +106,5 @@ def iter_delimited(data: bytes) -> Iterator[bytes]:
             raise TruncatedStream(
                 f"record at byte {pos} needs {size} bytes, only {end - pos} left"
             )
-        yield bytes(view[pos : pos + size])
+        yield start, bytes(view[pos : pos + size])
         pos += size
