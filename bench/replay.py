@@ -1,16 +1,17 @@
 """Replay benchmark: a market (a tape, or the seeded synthetic publisher) through the whole path
-— NATS -> aggregator -> gateway -> N WebSocket clients — beside the peers on the same input,
-then the faults, then a table, JSON + a PNG plot and the SLO gates.
+— NATS -> aggregator -> gateway -> N WebSocket clients (-> N browser tabs) — beside the peers on
+the same input, then the faults, then a table, JSON + a PNG plot and the SLO gates.
 
     xypipe bench replay [TAPE] [--speed 1x|10x|max] [--clients 100] [--duration 10]
-        [--quick] [--slo "e2e_p99<180ms,recovery<3s"] [--peer nats-ws|none]
+        [--tabs N] [--quick] [--slo "e2e_p99<180ms,recovery<3s"] [--peer nats-ws|none]
 
 (``xypipe bench replay`` runs this script; ``python bench/replay.py ...`` is the same.)
 
 One stack, each part its own process: nats-server (its WebSocket listener open for the peers),
 one ``xypipe run`` for the aggregator (ingest -> dedupe -> shard -> conflate -> snapshot ->
-publish) and one for the gateway, the input (``xypipe publish``: ``--replay TAPE`` at the speed,
-or the synthetic market from ``--seed``), and the load generator (``bench/_fanout_lean.py``:
+publish) and one for the gateway, the input (TAPE — default bench/data/demo-market.tape —
+looped at ``--speed`` by bench/_tape_loop.py, or ``--synthetic``: ``xypipe publish`` from
+``--seed``), and the load generator (``bench/_fanout_lean.py``:
 picows on uvloop, every connection in one process, cheaper than the server it reads). The run,
 in order (a rich progress bar shows where it is):
 
@@ -21,6 +22,8 @@ in order (a rich progress bar shows where it is):
 3. **peers** (``--peer nats-ws``): N clients on nats-server's own WebSocket listener, what a team
    builds without a gateway: the conflated deltas (``xy.md.tick.<group>``) and then the raw
    ticks (``xy.src.tick.>``), each for ``--duration`` s on the same input.
+3b. **tabs** (``--tabs N``): bench/e2e_latency.py's page measurements on this stack — N Chromium
+   tabs of the demo page (one SharedWorker socket), then the NATS JS client peer tab.
 4. **faults**, each measured by one ``xypipe.client`` (reconnecting) as the time from the kill to
    the next delta it receives; the harness restarts the killed process at once, as a supervisor
    does: the aggregator (**rebuild**: restore from the stored snapshots + source replay), the
@@ -60,6 +63,7 @@ REPO = HERE.parent
 RESULTS = HERE / "results"
 LEAN = HERE / "_fanout_lean.py"
 DEMO_TAPE = HERE / "data" / "demo-market.tape"
+CHROMIUM = "/usr/bin/chromium"
 GROUPS = ["equities", "futures", "fx", "crypto", "rates"]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -115,6 +119,27 @@ public_key = "{repo}/configs/dev-keys/gateway-dev.pub.pem"
 allowed_origins = ["*"]
 max_connections = 5000
 """
+
+
+UI_CONFIG = """
+[log]
+level = "warning"
+[nats]
+url = "{nats}"
+[http]
+port = {port}
+[pipelines.ui]
+[[pipelines.ui.stages]]
+use = "ui_server"
+port = {ui_port}
+gateway_url = "ws://{{host}}:{gw_port}/ws"
+groups = {groups}
+batch_ms = 16
+token_private_key = "{repo}/configs/dev-keys/gateway-dev.key.pem"
+token_subject = "bench"
+"""
+#: The groups the demo page shows in the tabs (bench/e2e_latency.py's).
+PAGE_GROUPS = ["equities", "fx"]
 
 
 # --------------------------------------------------------------------------- /proc readers
@@ -204,6 +229,7 @@ class Stack:
         self.nats_bin = str(find_nats_server())
         self.nats_port, self.ws_port = free_port(), free_port()
         self.agg_port, self.gw_port = free_port(), free_port()
+        self.ui_http_port, self.ui_port = free_port(), free_port()
         self.nats_url = f"nats://127.0.0.1:{self.nats_port}"
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         (tmp / "nats.conf").write_text(
@@ -215,6 +241,9 @@ class Stack:
                                  ("gateway", GW_CONFIG, self.gw_port)):
             (tmp / f"{name}.toml").write_text(text.format(nats=self.nats_url, port=port,
                                                           repo=REPO))
+        (tmp / "ui.toml").write_text(UI_CONFIG.format(
+            nats=self.nats_url, port=self.ui_http_port, ui_port=self.ui_port,
+            gw_port=self.gw_port, groups=json.dumps(PAGE_GROUPS), repo=REPO))
 
     def _spawn(self, name: str, argv: list[str]) -> None:
         log = open(self.tmp / f"{name}.log", "ab")
@@ -225,7 +254,7 @@ class Stack:
         py = [sys.executable, "-m", "xypipe"]
         if name == "nats":
             self._spawn(name, [self.nats_bin, "-c", str(self.tmp / "nats.conf")])
-        elif name in ("aggregator", "gateway"):
+        elif name in ("aggregator", "gateway", "ui"):
             self._spawn(name, [*py, "run", str(self.tmp / f"{name}.toml")])
         elif name == "input":
             a = self.args
@@ -247,7 +276,8 @@ class Stack:
         return self.procs[name].pid
 
     async def wait_ready(self, name: str, within_s: float = 60.0) -> None:
-        port = {"aggregator": self.agg_port, "gateway": self.gw_port}.get(name)
+        port = {"aggregator": self.agg_port, "gateway": self.gw_port,
+                "ui": self.ui_http_port}.get(name)
         with trio.fail_after(within_s):
             while True:
                 p = self.procs[name]
@@ -396,6 +426,39 @@ async def ingest_window(stack: Stack, tick: Callable[[float], None]) -> dict[str
             "input_rate": round(a.rate), "seconds": round(samples[-1][0] - samples[0][0], 2)}
 
 
+class PageView:
+    """The shape of bench/e2e_latency.py's stack its page measurements read (ports, processes),
+    over this harness's stack: the same Chromium tabs, the same page records."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.procs = {n: p for n, p in stack.procs.items() if n != "ui"}
+        self.base = "http://127.0.0.1:{}"
+        self.ui_port, self.ws_port = stack.ui_port, stack.ws_port
+        self.ports = {"gateway": stack.gw_port, "aggregator": stack.agg_port}
+
+    def url(self, service: str, path: str) -> str:
+        return self.base.format(self.ports[service]) + path
+
+
+def tabs_window(stack: Stack) -> dict[str, Any]:
+    """N tabs of xypipe's demo page (one SharedWorker socket), then the NATS JS client peer
+    page (nats.ws, raw ticks of the same groups' symbols): bench/e2e_latency.py's measures."""
+    import e2e_latency
+
+    a = stack.args
+    view = PageView(stack)
+    ns = argparse.Namespace(warmup=a.warmup, duration=a.duration, symbols=a.symbols)
+    out: dict[str, Any] = {"xypipe": e2e_latency.measure_page(view, a.tabs, ns)}  # type: ignore[arg-type]
+    peer_dir = stack.tmp / "peer"
+    peer_dir.mkdir(exist_ok=True)
+    why = e2e_latency.build_peer(peer_dir, REPO / "node_modules")
+    if why is None:
+        out["nats.ws"] = e2e_latency.measure_peer(view, ns, peer_dir)  # type: ignore[arg-type]
+    else:
+        out["nats.ws"] = {"error": why}
+    return out
+
+
 class Probe:
     """One reconnecting ``xypipe.client``: for every frame with deltas, when it arrived and the
     newest delta's emit stamp (a delta emitted after a kill went through the restarted part)."""
@@ -457,7 +520,8 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     if args.peer == "nats-ws":
         windows += [("nats-ws conflated", "nats-ws"), ("nats-ws raw ticks", "nats-ws-raw")]
     per_window = args.warmup + args.duration + 2
-    total = 8 + args.burst_seconds + len(windows) * per_window + 3 * 4
+    total = (8 + args.burst_seconds + len(windows) * per_window + 3 * 4
+             + (2 * per_window if args.tabs else 0))
     result: dict[str, Any] = {"windows": {}}
     tmp = Path(tempfile.mkdtemp(prefix="xy-replay-"))
     stack = Stack(tmp, args)
@@ -484,6 +548,13 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 bar.update(task, description=f"clients: {label}")
                 result["windows"][label] = await clients_window(
                     stack, server, tok, args.clients, args.duration, args.warmup, tick)
+            if args.tabs:
+                bar.update(task, description=f"browser: {args.tabs} tabs, then the peer")
+                stack.start("ui")
+                await stack.wait_ready("ui")
+                result["tabs"] = await trio.to_thread.run_sync(tabs_window, stack)
+                stack.kill("ui")
+                tick(2 * per_window)
             probe = Probe()
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(probe.run, stack.gw_port, tok)
@@ -519,6 +590,12 @@ def measured(result: dict[str, Any]) -> dict[str, float | None]:
     ing = result["ingest"]
     out["ingest_l0"] = None if ing["l0_ticks_per_s"] is None else float(ing["l0_ticks_per_s"])
     out["bytes_per_client"] = ours["bytes_per_client_s"]
+    page = result.get("tabs", {}).get("xypipe", {})
+    for name, key, q in (("frame_p95", "frame_interval_ms", "p95"),
+                         ("frame_p99", "frame_interval_ms", "p99"),
+                         ("render_p99", "latency_ms", "p99")):
+        v = page.get(key, {}).get(q)
+        out[name] = None if v is None else v / 1000
     return out
 
 
@@ -567,6 +644,35 @@ def rows(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     return head, out
 
 
+def tab_rows(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """The browser table: xypipe's N tabs against the nats.ws peer tab."""
+    t = result.get("tabs") or {}
+    ours, peer = t.get("xypipe", {}), t.get("nats.ws", {})
+    head = ["browser", f"xypipe ({result['meta']['tabs']} tabs, 1 socket)", "nats.ws (1 tab)",
+            "xypipe / nats.ws"]
+
+    def get(r: dict[str, Any], *path: str) -> float | None:
+        for k in path:
+            r = r.get(k) if isinstance(r, dict) else None  # type: ignore[assignment]
+        return r if isinstance(r, int | float) else None  # type: ignore[return-value]
+
+    def line(label: str, *path: str) -> list[str]:
+        a, b = get(ours, *path), get(peer, *path)
+        return [label, _fmt(a), _fmt(b), "—" if not a or not b else f"{a / b:.2f}"]
+
+    return head, [
+        line("E2E -> drawn p50 ms", "latency_ms", "p50"),
+        line("E2E -> drawn p95 ms", "latency_ms", "p95"),
+        line("E2E -> drawn p99 ms", "latency_ms", "p99"),
+        line("frame interval p95 ms", "frame_interval_ms", "p95"),
+        line("frame interval p99 ms", "frame_interval_ms", "p99"),
+        line("page work per frame p95 ms", "frame_work_ms", "p95"),
+        line("fps per tab", "fps_per_window"),
+        line("bytes/s into the browser", "bytes_per_s"),
+        line("Chromium CPU % (all its processes)", "chromium_cpu_pct", "total"),
+    ]
+
+
 def summary_lines(result: dict[str, Any]) -> list[str]:
     ing, f = result["ingest"], result["faults"]
     return [
@@ -591,6 +697,12 @@ def markdown(result: dict[str, Any]) -> str:
              f"{' (--quick)' if m['quick'] else ''}.", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(r) + " |" for r in body]
+    if result.get("tabs"):
+        th, tb = tab_rows(result)
+        lines += ["", "| " + " | ".join(th) + " |", "|" + "---|" * len(th)]
+        lines += ["| " + " | ".join(r) + " |" for r in tb]
+        if err := result["tabs"]["nats.ws"].get("error"):
+            lines += ["", f"nats.ws peer tab not measured: {err}"]
     lines += [""] + [f"- {s}" for s in summary_lines(result)]
     if result.get("slo"):
         lines += ["", "SLO gates:", ""] + [f"    {v}" for v in result["slo"]]
@@ -632,7 +744,7 @@ def main(argv: list[str] | None = None) -> int:
     from rich.table import Table
 
     from xypipe._errors import BENCH_SLO_BROKEN, BenchSetupError, SloSpecError, XyError
-    from xypipe._slo import Verdict, evaluate, needs, parse_slo
+    from xypipe._slo import METRICS, Verdict, evaluate, needs, parse_slo
     from xypipe._tape import TICK_PREFIX, parse_speed, read_tape
 
     p = argparse.ArgumentParser(prog="xypipe bench replay", description=__doc__.splitlines()[0])
@@ -643,7 +755,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="the seeded synthetic market (xypipe publish) instead of a tape")
     p.add_argument("--speed", default="1x", help="1x, 10x, ... or max (default 1x)")
     p.add_argument("--clients", type=int, default=100, help="WebSocket clients (default 100)")
-    p.add_argument("--tabs", type=int, default=0, help="browser tabs (not measured here yet)")
+    p.add_argument("--tabs", type=int, default=0,
+                   help="also N Chromium tabs of the demo page (one SharedWorker socket), then "
+                        "the nats.ws peer page (default 0: none)")
     p.add_argument("--duration", type=float, default=10.0, help="seconds per window")
     p.add_argument("--warmup", type=float, default=3.0, help="seconds before each window")
     p.add_argument("--quick", action="store_true",
@@ -662,11 +776,13 @@ def main(argv: list[str] | None = None) -> int:
     err = Console(stderr=True)
     try:
         objectives = parse_slo(args.slo) if args.slo else ()
-        if args.tabs or "tabs" in needs(objectives):
+        if "tabs" in needs(objectives) and args.tabs < 1:
             raise BenchSetupError(
-                "xypipe bench replay: browser tabs (--tabs, frame_p95/frame_p99/render_p99) "
-                "are not measured by this harness yet; bench/e2e_latency.py measures them "
-                "(one command: python bench/e2e_latency.py)")
+                "xypipe bench replay: " + ", ".join(sorted(
+                    o.metric for o in objectives if METRICS[o.metric].needs == "tabs"))
+                + " are measured in browser tabs: add --tabs N (N ≥ 1)")
+        if args.tabs and not Path(CHROMIUM).exists():
+            raise BenchSetupError(f"xypipe bench replay: --tabs needs Chromium at {CHROMIUM}")
         if args.synthetic:
             args.tape = None
         elif not args.tape.is_file():
@@ -719,6 +835,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"synthetic market (seed {args.seed}, {args.symbols} symbols)"),
         "speed": args.speed, "rate": args.rate, "clients": args.clients,
         "duration": args.duration, "warmup": args.warmup, "quick": args.quick,
+        "tabs": args.tabs,
         "spec_bar": SPEC_BAR}
     values = measured(result)
     result["measured"] = values
@@ -732,6 +849,16 @@ def main(argv: list[str] | None = None) -> int:
         table.add_row(*r)
     out = Console(width=None if sys.stdout.isatty() else 160)
     out.print(table)
+    if result.get("tabs"):
+        th, tb = tab_rows(result)
+        tt = Table(title="browser tabs")
+        for h in th:
+            tt.add_column(h, justify="left" if h == "browser" else "right")
+        for r in tb:
+            tt.add_row(*r)
+        out.print(tt)
+        if why := result["tabs"]["nats.ws"].get("error"):
+            out.print(f"nats.ws peer tab not measured: {why}")
     for s in summary_lines(result):
         out.print(s)
     args.results.mkdir(parents=True, exist_ok=True)

@@ -92,3 +92,13 @@ def test_a_bad_spec_fails_before_anything_starts(tmp_path: pathlib.Path) -> None
     assert out.returncode == 2
     assert "XY-BENCH-001" in out.stderr and "term 2 'recovery<3'" in out.stderr
     assert not list(tmp_path.iterdir())
+
+
+def test_an_objective_measured_in_tabs_needs_tabs(tmp_path: pathlib.Path) -> None:
+    out = subprocess.run(
+        [sys.executable, str(BENCH / "replay.py"), "--quick", "--slo",
+         "e2e_p99<180ms,frame_p95<16.7ms", "--results", str(tmp_path)],
+        capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert "XY-BENCH-002" in out.stderr and "frame_p95" in out.stderr and "--tabs" in out.stderr
+    assert not list(tmp_path.iterdir())

@@ -790,8 +790,9 @@ class SloSpecError(UsageError):
 
 
 class BenchSetupError(XyError):
-    """``xypipe bench replay`` cannot run: the benchmark harness (``bench/replay.py``) or the
-    tape is not there, or an objective needs a measurement the run will not make."""
+    """``xypipe bench replay`` cannot run: the benchmark harness (``bench/replay.py``), the
+    tape or Chromium is not there, or an objective needs a measurement the run will not make
+    (browser tabs without ``--tabs``)."""
 
     code = "XY-BENCH-002"
 
