@@ -24,7 +24,7 @@ import trio
 
 from xypipe._cli_common import add_log_options
 from xypipe._cli_md import _NKEY_HELP, DEFAULT_URL, credentials
-from xypipe._errors import TAPE_NOT_CLOSED, TAPE_RECORDED_NOTHING, UsageError
+from xypipe._errors import TAPE_NOT_CLOSED, TAPE_RECORDED_NOTHING, TAPE_RECORDS_SKIPPED, UsageError
 from xypipe._log import get_logger
 from xypipe._progress import progress
 
@@ -93,7 +93,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def _cmd_record(args: argparse.Namespace) -> int:
     if args.count < 0 or (args.duration is not None and args.duration <= 0):
         raise UsageError("record: expected --count >= 1 or --duration > 0")
-    header = trio.run(_record, args)
+    try:
+        header = trio.run(_record, args)
+    except KeyboardInterrupt:
+        # Ctrl-C is how an open-ended recording ends: the writer closed the tape on the way out.
+        from xypipe._tape import read_tape
+
+        header = read_tape(args.to).header
     print(json.dumps({"tape": args.to, "records": header.records,
                       "subjects": list(header.subjects)}))
     if not header.records:
@@ -189,6 +195,9 @@ def _cmd_deltas(args: argparse.Namespace) -> int:
 
     cfg = ReplayConfig() if args.config is None else replay_config_of(args.config)
     header, stats = write_deltas(args.out, read_tape(args.tape), cfg)
+    if stats.bad:
+        _log.warning("records of the tape skipped as ingest skips them", code=TAPE_RECORDS_SKIPPED,
+                     tape=args.tape, reasons=stats.bad)
     print(json.dumps({"tape": args.tape, "out": args.out, "written": header.records,
                       **attrs.asdict(stats)}))
     return 0

@@ -850,5 +850,6 @@ class TapeOrderError(TapeError):
 TAPE_NOT_CLOSED = "XY-TAPE-007"
 #: ``xypipe record`` stopped without having received any message on its subjects.
 TAPE_RECORDED_NOTHING = "XY-TAPE-008"
-#: The deterministic replay met a record on a subject the aggregator does not read (skipped).
-TAPE_SUBJECT_SKIPPED = "XY-TAPE-009"
+#: ``xypipe tape deltas`` skipped records of the tape as ingest would (malformed, out of bounds,
+#: on a subject the aggregator does not read); counted by reason in its summary.
+TAPE_RECORDS_SKIPPED = "XY-TAPE-009"

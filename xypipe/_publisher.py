@@ -7,10 +7,13 @@ NATS; the tests and benchmarks use them to know the right answer.
 
 Everything random comes from one ``random.Random(seed)``: the same seed gives the same ticks.
 
-Tapes are length-delimited ``Tick`` records (varint length, then the message), written before
-faults and without the arrival time; a replay stamps ``ts_arrival_us`` when it sends (a scalar
-field appended to a message overrides the earlier value, so stamping is an append, not a
-re-encode).
+Two file layouts live here. :func:`market_tape` / :func:`write_market_tape` make a real tape
+(:mod:`xypipe._tape`, docs/tapes.md: a header, then every message with its subject and time) from
+a seed, exactly what the ``publisher`` stage would send. The older headerless stream
+(:func:`write_tape`, :func:`read_tape`, ``xypipe publish --record/--replay``) is length-delimited
+``Tick`` records (varint length, then the message), written before faults and without the arrival
+time; a replay stamps ``ts_arrival_us`` when it sends (a scalar field appended to a message
+overrides the earlier value, so stamping is an append, not a re-encode).
 """
 
 from __future__ import annotations

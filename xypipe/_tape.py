@@ -123,6 +123,10 @@ class TapeWriter:
         self._last_t = rec.t_us
         self.count += 1
 
+    def flush(self) -> None:
+        """Hand what was written to the OS (a recorder killed later keeps it)."""
+        self._f.flush()
+
     def close(self) -> TapeHeader:
         """Patch the record count into the header and close; returns the final header."""
         if self._f.closed:
@@ -376,6 +380,7 @@ async def record_tape(nc: NatsClient, subjects: Iterable[str], path: str | Path,
                         if count and writer.count >= count:
                             done.set()
                             return
+                    writer.flush()  # per batch: a killed recorder loses at most one
                     if on_recorded is not None:
                         on_recorded(writer.count)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -196,3 +197,40 @@ async def test_xypipe_publish_tape_at_max_speed(nats_client: NatsClient, nats_ur
                 if got >= n:
                     break
     assert got == n
+
+
+async def test_xypipe_record_closes_the_tape_on_ctrl_c(nats_url: str, tmp_path: Path) -> None:
+    sent = _messages(40)
+    path = tmp_path / "open.tape"
+    proc = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "xypipe", "record", *SUBJECTS, "--to", str(path), "--url",
+         nats_url], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stderr is not None and proc.stdout is not None
+        seen = b""
+        with trio.fail_after(60):
+            while b"recording " not in seen:
+                chunk = await proc.stderr.receive_some()
+                assert chunk, seen.decode()
+                seen += chunk
+        async with connect(nats_url, name="publisher") as pub:
+            for subject, data in sent:
+                await pub.publish(subject, data)
+            await pub.flush()
+        # Written record by record (buffered): wait until the last one reached the file.
+        with trio.fail_after(30):
+            while sent[-1][1] not in path.read_bytes():  # noqa: ASYNC110 (another process)
+                await trio.sleep(0.01)
+        proc.send_signal(signal.SIGINT)
+        out = b""
+        with trio.fail_after(60):
+            while chunk := await proc.stdout.receive_some():
+                out += chunk
+            assert await proc.wait() == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert json.loads(out)["records"] == len(sent)
+    tape = read_tape(path)
+    assert tape.closed and tape.header.records == len(sent)
