@@ -84,7 +84,7 @@ port = {port}
 [[pipelines.aggregator.stages]]
 use = "ingest"
 storage = "file"
-start = "new"
+start = "resume"
 state = {{ storage = "file" }}
 [[pipelines.aggregator.stages]]
 use = "dedupe"
