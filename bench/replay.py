@@ -70,8 +70,11 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 #: The ticks/s of ``--speed 1x`` for the synthetic market (the demo's rate).
 SYNTHETIC_RATE = 4000.0
 #: The spec's bar, quoted beside the numbers.
-SPEC_BAR = {"e2e_p99": "≤ 180 ms (spec: E2E p99 at 4k ticks/s)", "recovery": "≤ 3 s",
-            "rebuild": "≤ 1 s (aggregator_rebuild_seconds)"}
+#: The spec's bar (docs: shared spec, "Performance"), judged by the SLO gates' own evaluator.
+#: Its E2E runs adapter -> render; the clients' e2e here stops at the socket (render_p99 is the
+#: tabs'), so e2e_* is held to it as the part of the path it covers.
+SPEC_BAR = ("e2e_p95<120ms,e2e_p99<180ms,render_p99<180ms,frame_p95<=16.7ms,frame_p99<=25ms,"
+            "rebuild<=1s,recovery<=3s,ingest_l0>=4000/s")
 
 AGG_CONFIG = """
 [log]
@@ -630,8 +633,13 @@ def rows(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         line("E2E max ms", lambda r: r["e2e"]["max"]),
         line("bytes/s per client", lambda r: float(r["bytes_per_client_s"]), 0),
         line("messages/s per client", lambda r: float(r["msgs_per_client_s"]), 1),
-        line("server CPU % (gateway | nats-server)",
+        line("server CPU % (gateway or nats-server)",
              lambda r: r["cpu_pct"]["gateway" if r["server"] == "gateway" else "nats"]),
+        # nats-server serves the aggregator and the gateway in every window: what it spends on
+        # the peer's clients is its CPU above the xypipe window's.
+        line("server CPU % for the clients (gateway, or nats-server above the xypipe window)",
+             lambda r: r["cpu_pct"]["gateway"] if r["server"] == "gateway"
+             else r["cpu_pct"]["nats"] - w["xypipe"]["cpu_pct"]["nats"]),
         line("aggregator CPU %", lambda r: r["cpu_pct"]["aggregator"]),
         line("nats-server CPU %", lambda r: r["cpu_pct"]["nats"]),
         line("input (publisher) CPU %", lambda r: r["cpu_pct"]["input"]),
@@ -704,8 +712,11 @@ def markdown(result: dict[str, Any]) -> str:
         if err := result["tabs"]["nats.ws"].get("error"):
             lines += ["", f"nats.ws peer tab not measured: {err}"]
     lines += [""] + [f"- {s}" for s in summary_lines(result)]
+    lines += ["", "The spec's bar (the gates' evaluator; rebuild = aggregator killed -> deltas "
+              "again, not measured = no tabs in this run):", ""]
+    lines += [f"    {v}" for v in result["spec_bar"]]
     if result.get("slo"):
-        lines += ["", "SLO gates:", ""] + [f"    {v}" for v in result["slo"]]
+        lines += ["", "SLO gates (--slo):", ""] + [f"    {v}" for v in result["slo"]]
     return "\n".join(lines) + "\n"
 
 
@@ -841,6 +852,7 @@ def main(argv: list[str] | None = None) -> int:
     result["measured"] = values
     verdicts = evaluate(objectives, values)
     result["slo"] = [v.line() for v in verdicts]
+    result["spec_bar"] = [v.line() for v in evaluate(parse_slo(SPEC_BAR), values)]
     head, body = rows(result)
     table = Table(title="xypipe bench replay")
     for h in head:

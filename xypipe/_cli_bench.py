@@ -32,7 +32,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "replay", add_help=False, prefix_chars="+",  # every option is the harness's
         help="replay a tape (or the synthetic market) through the whole path beside the "
              "peers; --slo gates on the numbers (--help: every option)")
-    p.add_argument("rest", nargs="*", help=argparse.SUPPRESS)
+    p.add_argument("rest", nargs="*", metavar="ARG",
+                   help="the harness's arguments: [TAPE] --speed --clients --tabs --duration "
+                        "--quick --slo --peer ... (xypipe bench replay --help lists them)")
     p.set_defaults(func=_cmd_replay)
 
 
