@@ -44,6 +44,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import signal
 import socket
 import subprocess
@@ -582,8 +583,12 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                     tick(4)
                 result["faults"] = faults
                 nursery.cancel_scope.cancel()
-        finally:
+        except BaseException:
             stack.close()
+            print(f"xypipe bench replay: the processes' logs are kept in {tmp}", file=sys.stderr)
+            raise
+        stack.close()
+    shutil.rmtree(tmp, ignore_errors=True)
     return result
 
 
