@@ -1,7 +1,7 @@
 # The two commands of the README:
 #   make demo   set up and run the demo (embedded NATS, pipelines, UI)
 #   make test   set up and run the whole test suite
-.PHONY: demo test setup setup-test proto proto-check typecheck bench bench-chaos bench-tape lint clean
+.PHONY: demo test setup setup-test proto proto-check typecheck bench bench-chaos bench-tape bench-replay lint clean
 
 # Quiet recipes: the first line `make demo` prints is the address of the page to open.
 demo: setup
@@ -31,6 +31,10 @@ bench: setup-test
 	.venv/bin/python bench/bridge.py
 	.venv/bin/python bench/aggregator.py
 	.venv/bin/python bench/fanout.py
+
+# The shipped tape through the whole path beside the peers, 2 browser tabs (bench/README.md).
+bench-replay: setup-test
+	.venv/bin/xypipe bench replay --tabs 2
 
 # Each fault of the chaos suite 20 times: recovery p50/p95/max (long: tens of minutes).
 bench-chaos: setup-test

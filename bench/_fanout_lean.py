@@ -43,12 +43,20 @@ def stamp_class(frame_descriptor: Any) -> Any:
     deltas = frame_descriptor.fields_by_name["deltas"]
     degrade = frame_descriptor.fields_by_name["degrade"]
     ts = deltas.message_type.fields_by_name["ts_emit_us"]
+    syms = deltas.message_type.fields_by_name["symbols"]
+    arrival = syms.message_type.fields_by_name["ts_arrival_us"]
     level = degrade.message_type.fields_by_name["level"]
     fd = descriptor_pb2.FieldDescriptorProto
     f = descriptor_pb2.FileDescriptorProto(name="xybench_stamp.proto", package="xybench",
                                            syntax="proto3")
-    f.message_type.add(name="DeltaStamp").field.add(
-        name="ts_emit_us", number=ts.number, type=ts.type, label=fd.LABEL_OPTIONAL)
+    # A symbol's arrival stamp: the end-to-end latency (the oldest tick in a frame -> the client)
+    # starts there; the raw ticks' peer reads the same field number of a Tick.
+    f.message_type.add(name="SymbolStamp").field.add(
+        name="ts_arrival_us", number=arrival.number, type=arrival.type, label=fd.LABEL_OPTIONAL)
+    d = f.message_type.add(name="DeltaStamp")
+    d.field.add(name="ts_emit_us", number=ts.number, type=ts.type, label=fd.LABEL_OPTIONAL)
+    d.field.add(name="symbols", number=syms.number, type=fd.TYPE_MESSAGE,
+                label=fd.LABEL_REPEATED, type_name=".xybench.SymbolStamp")
     f.message_type.add(name="DegradeStamp").field.add(
         name="level", number=level.number, type=level.type, label=fd.LABEL_OPTIONAL)
     m = f.message_type.add(name="FrameStamp")
@@ -75,6 +83,12 @@ class Recorder:
         self.lat: list[float] = []
         self.levels: list[int] = []
         self.lost: list[str] = []
+        #: (receive time s, ms since the frame's oldest tick arrived): the end-to-end latency.
+        self.e2e: list[tuple[float, float]] = []
+
+    def arrival(self, now_us: float, first_arrival_us: int) -> None:
+        if first_arrival_us > 0:
+            self.e2e.append((now_us / 1e6, (now_us - first_arrival_us) / 1000))
 
     def frame(self, payload: bytes | memoryview, n: int) -> None:
         if not self.measuring:
@@ -89,6 +103,8 @@ class Recorder:
         self.deltas_sampled += len(s.deltas)
         if s.deltas:
             self.lat.append((now_us - min(d.ts_emit_us for d in s.deltas)) / 1000)
+            self.arrival(now_us, min((y.ts_arrival_us for d in s.deltas for y in d.symbols
+                                      if y.ts_arrival_us), default=0))
         if s.HasField("degrade"):
             self.levels.append(s.degrade.level)
 
@@ -98,10 +114,13 @@ class NatsRecorder(Recorder):
     per WebSocket frame), so deltas are counted per ``MSG`` and latency is sampled on the first
     message of every ``SAMPLE_EVERY``-th frame."""
 
-    def __init__(self, stamp: Any) -> None:
+    def __init__(self, stamp: Any, raw: bool = False) -> None:
         super().__init__(stamp)
         self.delta_stamp = message_factory.GetMessageClass(
             stamp.DESCRIPTOR.fields_by_name["deltas"].message_type)
+        self.tick_stamp = message_factory.GetMessageClass(
+            self.delta_stamp.DESCRIPTOR.fields_by_name["symbols"].message_type)
+        self.raw = raw
         self.deltas = 0
 
     def frame(self, payload: bytes | memoryview, n: int) -> None:
@@ -122,7 +141,13 @@ class NatsRecorder(Recorder):
         now_us = time.time() * 1e6
         self.sampled += 1
         self.deltas_sampled += 1
-        self.lat.append((now_us - self.delta_stamp.FromString(body).ts_emit_us) / 1000)
+        if self.raw:  # a Tick: its ts_arrival_us is the publisher's send stamp
+            self.arrival(now_us, self.tick_stamp.FromString(body).ts_arrival_us)
+            return
+        delta = self.delta_stamp.FromString(body)
+        self.lat.append((now_us - delta.ts_emit_us) / 1000)
+        self.arrival(now_us, min((y.ts_arrival_us for y in delta.symbols if y.ts_arrival_us),
+                                 default=0))
 
 
 def _pct(xs: list[float], q: float) -> float:
@@ -145,13 +170,18 @@ async def _run(port: int, token: str, clients: int, seconds: float, warmup: floa
     from xypipe.contracts import ClientFrame, GroupRef, Hello, Ping, ServerFrame, Subscribe
 
     stamp = stamp_class(ServerFrame.DESCRIPTOR)
-    rec = NatsRecorder(stamp) if peer == "nats-ws" else Recorder(stamp)
+    # nats-ws-raw: the raw source ticks (xy.src.tick.>) instead of the conflated deltas.
+    raw = peer == "nats-ws-raw"
+    subjects = ["xy.src.tick.>"] if raw else [f"xy.md.tick.{g}" for g in groups]
+    if raw:
+        peer = "nats-ws"
+    rec = NatsRecorder(stamp, raw) if peer == "nats-ws" else Recorder(stamp)
     if peer == "nats-ws":
         # The NATS client protocol (as nats-server's WebSocket listener speaks it): one
         # subscription per group's delta subject, and a PING whose PONG says all are in place.
         hello = (b'CONNECT {"verbose":false,"pedantic":false,"protocol":1,"name":"bench"}\r\n'
-                 + b"".join(f"SUB xy.md.tick.{g} {i}\r\n".encode()
-                            for i, g in enumerate(groups, 1)) + b"PING\r\n")
+                 + b"".join(f"SUB {subject} {i}\r\n".encode()
+                            for i, subject in enumerate(subjects, 1)) + b"PING\r\n")
         sub = ping = b""
     else:
         hello = ClientFrame(id=1, hello=Hello(token=token, protocol_version=1,
@@ -264,7 +294,8 @@ async def _run(port: int, token: str, clients: int, seconds: float, warmup: floa
         if not levels or levels[-1] != lvl:
             levels.append(lvl)
     result = {
-        "client_kind": "picows", "server": peer, "clients": clients, "seconds": elapsed,
+        "client_kind": "picows", "server": "nats-ws-raw" if raw else peer, "clients": clients,
+        "seconds": elapsed,
         "deltas": rec.deltas if isinstance(rec, NatsRecorder) else None,
         "client_cpu_pct": 100 * cpu / elapsed, "frames": rec.frames, "bytes": rec.bytes,
         "frames_per_s": rec.frames / elapsed, "mbytes_per_s": rec.bytes / elapsed / 1e6,
@@ -273,6 +304,7 @@ async def _run(port: int, token: str, clients: int, seconds: float, warmup: floa
         "lat_p50_ms": _pct(lat, 0.50), "lat_p99_ms": _pct(lat, 0.99), "lat_samples": len(lat),
         "levels_seen": levels, "slow_levels": [], "slow_frames": 0,
         "connections_lost": len(rec.lost), "first_lost": rec.lost[:1],
+        "e2e_ms": [[round(t, 4), round(ms, 3)] for t, ms in rec.e2e],
     }
     if samples:  # to merge several generators' percentiles exactly
         result["lat_ms"] = [round(x, 3) for x in lat]

@@ -42,6 +42,7 @@ _COMMAND_MODULES: list[str] = [
     "xypipe._cli_tape",
     "xypipe._cli_creds",
     "xypipe._cli_stages",
+    "xypipe._cli_bench",
 ]
 
 _log_cli = _log.get_logger("cli")

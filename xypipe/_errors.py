@@ -823,6 +823,28 @@ OWN_BAD_VALUE = "XY-OWN-009"
 OWN_FENCED = "XY-OWN-010"
 
 
+# -- replay benchmark and SLO gates (xypipe bench replay, bench/README.md): XY-BENCH-001..019 --
+
+
+class SloSpecError(UsageError):
+    """An ``--slo`` spec that cannot be read: the message names the term and what a term looks
+    like (``METRIC<BUDGET`` with a known metric and a unit of its kind)."""
+
+    code = "XY-BENCH-001"
+
+
+class BenchSetupError(XyError):
+    """``xypipe bench replay`` cannot run: the benchmark harness (``bench/replay.py``), the
+    tape or Chromium is not there, or an objective needs a measurement the run will not make
+    (browser tabs without ``--tabs``)."""
+
+    code = "XY-BENCH-002"
+
+
+#: One or more service level objectives were broken by the measured run (each named on stderr
+#: with its measured value and budget); the command exits 1.
+BENCH_SLO_BROKEN = "XY-BENCH-003"
+
 # -- tapes (xypipe._tape, docs/tapes.md): XY-TAPE-001..019 ------------------------------------
 
 

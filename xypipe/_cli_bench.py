@@ -1,0 +1,71 @@
+"""``xypipe bench replay``: the replay benchmark and its SLO gates, from a checkout.
+
+::
+
+    xypipe bench replay [TAPE] --quick --slo "e2e_p99<180ms,recovery<3s"
+    xypipe bench replay --help            # every option (bench/replay.py's)
+
+The harness is ``bench/replay.py`` beside the package (it drives nats-server, ``xypipe run``,
+``xypipe publish`` and the load generator as separate processes and reuses bench/'s readers),
+so the command runs from a clone (``pip install -e '.[dev]'``), not from a wheel; the spec is
+checked here first so a typo fails before anything starts. The exit status is the harness's:
+0, 1 when an objective is broken (each named), 2 for a bad spec or argument.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+from xypipe._errors import BenchSetupError, SloSpecError
+from xypipe._slo import parse_slo
+
+__all__ = ["harness", "register"]
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    bench = sub.add_parser("bench", help="benchmarks of a checkout (bench/README.md)")
+    tools = bench.add_subparsers(dest="bench", required=True, metavar="BENCHMARK")
+    p = tools.add_parser(
+        "replay", add_help=False, prefix_chars="+",  # every option is the harness's
+        help="replay a tape (or the synthetic market) through the whole path beside the "
+             "peers; --slo gates on the numbers (--help: every option)")
+    p.add_argument("rest", nargs="*", metavar="ARG",
+                   help="the harness's arguments: [TAPE] --speed --clients --tabs --duration "
+                        "--quick --slo --peer ... (xypipe bench replay --help lists them)")
+    p.set_defaults(func=_cmd_replay)
+
+
+def harness() -> Path:
+    """``bench/replay.py`` of the checkout this package runs from (or the current directory)."""
+    for root in (Path(__file__).resolve().parent.parent, Path.cwd()):
+        script = root / "bench" / "replay.py"
+        if script.is_file():
+            return script
+    raise BenchSetupError(
+        "xypipe bench replay: bench/replay.py not found beside the package nor in the current "
+        "directory; the benchmarks run from a clone of the repository (pip install -e '.[dev]')")
+
+
+def _slo_arg(rest: list[str]) -> str | None:
+    for i, a in enumerate(rest):
+        if a == "--slo" and i + 1 < len(rest):
+            return rest[i + 1]
+        if a.startswith("--slo="):
+            return a.split("=", 1)[1]
+    return None
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    rest: list[str] = list(args.rest)
+    try:
+        spec = _slo_arg(rest)
+        if spec is not None:
+            parse_slo(spec)
+        script = harness()
+    except (SloSpecError, BenchSetupError) as e:
+        print(f"{e} [{e.code}]", file=sys.stderr)
+        return 2
+    return subprocess.call([sys.executable, str(script), *rest])
