@@ -25,6 +25,7 @@ from test_supervisor import Tree, _is
 
 from xypipe.client import (
     Connected,
+    Degraded,
     DeltaApplied,
     DeltaSkipped,
     MoveRequested,
@@ -185,13 +186,18 @@ async def test_sigterm_drains_a_worker_its_clients_move_once_and_resume_without_
                 after = [u for t, u in times[i] if t >= told]
                 assert not any(isinstance(u, SnapshotApplied) for u in after), after
                 gaps.append(worst_gap(times[i], told))
+            stayed = [worst_gap(times[i], min(move_times)) for i in range(CLIENTS)
+                      if i not in moved]
+            levels = sum(1 for ups in fl.updates for u in ups if isinstance(u, Degraded))
             # The moves were spread over the drain, not sent in one burst.
             spread = max(move_times) - min(move_times)
             assert spread >= (DRAIN_S - CLOSE_IN_MS / 1000) * 0.5 * (on_w0 - 1) / on_w0
             print(f"\ndrain: {on_w0} of {CLIENTS} clients moved; moves spread over "
                   f"{spread:.2f} s (SIGTERM → first GoAway {min(move_times) - sigterm_at:.3f} s);"
                   f" worst gap between deltas of a moved client {max(gaps) * 1000:.0f} ms, "
-                  f"median of the worst gaps {sorted(gaps)[len(gaps) // 2] * 1000:.0f} ms")
+                  f"median of the worst gaps {sorted(gaps)[len(gaps) // 2] * 1000:.0f} ms; "
+                  f"clients that stayed: worst gap {max(stayed) * 1000:.0f} ms over the same "
+                  f"time; level changes seen {levels}")
 
             # Every moved client resumed bridged on the surviving worker.
             bridged = await worker_samples(ports["w1"], "ws_resumes_total", outcome="bridged")
