@@ -16,10 +16,17 @@ keep serving; the tree stops only when a restart budget is spent (or the policy 
 then exits non-zero naming the process.
 
 Stopping (SIGINT/SIGTERM, or a process down for good) goes in order: the children are asked to
-stop (SIGTERM: they drain) and the main runner stops, then — once all of them are gone — the
-embedded nats-server, so the pipelines' last messages still reach it. Children and the server run
-in their own sessions, so a terminal's Ctrl-C reaches this process only. A second signal stops
-at once: everything left is killed.
+stop (SIGINT: they finish what is in flight, without a graceful drain — every peer they could
+move their clients to is stopping too) and the main runner stops, then — once all of them are
+gone — the embedded nats-server, so the pipelines' last messages still reach it. Children and
+the server run in their own sessions, so a terminal's Ctrl-C reaches this process only. A second
+signal stops at once: everything left is killed.
+
+A SIGTERM sent to one child (an operator, an orchestrator, a rolling restart) is a **graceful
+drain** of that child (:mod:`xypipe._drain_request`): it stops taking clients, moves its own
+to the other workers and exits with :data:`~xypipe._drain_request.DRAINED_EXIT`; the
+supervisor starts a fresh copy at once, without counting a failure (docs/architecture.md
+"Graceful drain").
 """
 
 from __future__ import annotations
@@ -34,8 +41,10 @@ import trio
 
 from xypipe._bus_layout import bus_layout
 from xypipe._config import AppConfig
+from xypipe._drain_request import DRAINED_EXIT
 from xypipe._embedded import EmbeddedBus, supervised_embedded_nats
 from xypipe._errors import (
+    GW_DRAINED_EXIT,
     SUP_HTTP_PORT_TAKEN,
     SUP_KILLED_AFTER_GRACE,
     SUP_SECOND_SIGNAL,
@@ -50,7 +59,7 @@ from xypipe._process import Child
 from xypipe._profile import check_profile
 from xypipe._runner import Runner, server_tls
 from xypipe._supervise import WORKER_CODES, Failed, Finished, SupervisionMetrics, supervise
-from xypipe._worker import WorkerIdentity, usable_cores
+from xypipe._worker import PROCESS_ENV, WorkerIdentity, usable_cores
 
 __all__ = ["CHILD_GRACE", "ChildFailed", "run_process_tree"]
 
@@ -67,19 +76,19 @@ async def run_process_tree(
     nats_url: str | None = None,
     nats_nkey: str | None = None,
     signals: tuple[int, ...] = (),
-) -> None:
-    """Run ``process`` (a child), or — with ``process=None`` — the whole tree. A config under
+) -> int:
+    """Run ``process`` (a child), or — with ``process=None`` — the whole tree; the exit
+    status (0, or :data:`DRAINED_EXIT` for a supervised child that drained). A config under
     the prod profile that relaxes what production requires is refused before anything starts
     (:mod:`xypipe._profile`)."""
     check_profile(cfg)
     if process is not None:
-        await _run_single(cfg, process, nats_url, signals, nats_nkey)
-        return
+        return await _run_single(cfg, process, nats_url, signals, nats_nkey)
     children = [p for p in cfg.process_names() if p != "main"]
     if not children:
-        await _run_single(cfg, "main", nats_url, signals, nats_nkey)
-        return
+        return await _run_single(cfg, "main", nats_url, signals, nats_nkey)
     await _run_tree(cfg, _units(cfg, children), nats_url, signals)
+    return 0
 
 
 @attrs.frozen
@@ -109,25 +118,40 @@ def _units(cfg: AppConfig, children: list[str]) -> list[_Unit]:
 async def _run_single(
     cfg: AppConfig, process: str, nats_url: str | None, signals: tuple[int, ...],
     nats_nkey: str | None = None,
-) -> None:
+) -> int:
     runner = Runner(cfg, process=process, nats_url=nats_url, nats_nkey=nats_nkey)
     async with trio.open_nursery() as nursery:
         if signals:
-            nursery.start_soon(_stop_on_signals, runner.stop, nursery.cancel_scope, signals)
+            nursery.start_soon(_stop_on_signals, runner.stop, nursery.cancel_scope, signals,
+                               runner.request_drain)
         await runner.run()
         nursery.cancel_scope.cancel()
+    if runner.drained and PROCESS_ENV in os.environ:
+        # Started by a supervisor: say "drained" so it starts a fresh copy, not a failure.
+        _log.info("drained; exiting for a replacement", code=GW_DRAINED_EXIT,
+                  process=process, status=DRAINED_EXIT)
+        return DRAINED_EXIT
+    return 0
 
 
 async def _stop_on_signals(
-    stop: Callable[[], object], scope: trio.CancelScope, signals: tuple[int, ...]
+    stop: Callable[[], object], scope: trio.CancelScope, signals: tuple[int, ...],
+    drain: Callable[[str], object] | None = None,
 ) -> None:
+    """The first signal stops (SIGTERM with ``drain``: drains, then stops), a second one
+    cancels everything at once."""
     with trio.open_signal_receiver(*signals) as received:
         count = 0
         async for signum in received:
             count += 1
             if count == 1:
-                _log.info("stopping (signal)", signal=signal.Signals(signum).name)
-                stop()
+                name = signal.Signals(signum).name
+                if drain is not None and signum == signal.SIGTERM:
+                    _log.info("draining (signal)", signal=name)
+                    drain(name)
+                else:
+                    _log.info("stopping (signal)", signal=name)
+                    stop()
             else:
                 _log.warning("second signal: stopping now", code=SUP_SECOND_SIGNAL)
                 scope.cancel()
@@ -298,7 +322,9 @@ class _Worker:
         proc = self._proc
         if proc is None or proc.returncode is not None:
             return
-        proc.send_signal(signal.SIGTERM)
+        # SIGINT, not SIGTERM: the whole tree stops, so there is no peer to drain to (a
+        # SIGTERM from outside is a drain: see the module docstring).
+        proc.send_signal(signal.SIGINT)
         with trio.move_on_after(CHILD_GRACE):
             await proc.wait()
             return

@@ -253,17 +253,7 @@ class ConnectionCore:
 
     def admit(self, request: WsRequest, origin: str | None) -> Refusal | None:
         """Whether this upgrade may become a connection (None) or how it is refused."""
-        opts = self.ports.options
-        if request.target.split("?", 1)[0] != opts.path:
-            return Refusal(404, f"no WebSocket endpoint at {request.target}; use {opts.path}",
-                           "path")
-        if not origin_allowed(opts.allowed_origins, origin):
-            self.ports.access.origin_denied(origin, self.peer)
-            return Refusal(403, f"origin {origin!r} is not allowed", "origin_denied")
-        if self.ports.at_capacity():
-            return Refusal(503, "gateway at its connection limit; retry with backoff",
-                           "capacity")
-        return None
+        return admission(self.ports, self.peer, request, origin)
 
     def accept(self) -> bytes:
         # No extension is accepted (permessage-deflate would make every connection's frame
@@ -375,6 +365,16 @@ class ConnectionCore:
         if s is None or not s.key_removed(kids):
             return False
         self.apply(now)
+        return True
+
+    def go_away(self, frame: bytes) -> bool:
+        """Queue a GoAway (a framed ServerFrame, ahead of market data: the client keeps its
+        last point and resumes elsewhere); False when the session is not open (the caller
+        closes it instead)."""
+        s = self.session
+        if self.closing is not None or s is None or not s.is_open:
+            return False
+        self.outbox.push_control(frame)
         return True
 
     def refresh_flags(self, now: float) -> None:
@@ -604,6 +604,22 @@ class ConnectionCore:
             except WsLocalError:
                 pass
         return b"".join(frames)
+
+
+def admission(ports: ConnectionPorts, peer: str, request: WsRequest,
+              origin: str | None) -> Refusal | None:
+    """Whether an upgrade may become a connection (None) or how it is refused: the path, the
+    Origin, the connection limit."""
+    opts = ports.options
+    if request.target.split("?", 1)[0] != opts.path:
+        return Refusal(404, f"no WebSocket endpoint at {request.target}; use {opts.path}",
+                       "path")
+    if not origin_allowed(opts.allowed_origins, origin):
+        ports.access.origin_denied(origin, peer)
+        return Refusal(403, f"origin {origin!r} is not allowed", "origin_denied")
+    if ports.at_capacity():
+        return Refusal(503, "gateway at its connection limit; retry with backoff", "capacity")
+    return None
 
 
 def _count_report(metrics: GatewayMetrics, m: ClientMetrics) -> None:
