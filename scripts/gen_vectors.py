@@ -89,6 +89,10 @@ REALISTIC: list[tuple[str, str, dict[str, Any]]] = [
         "error": {"code": "ERROR_CODE_AUTH_EXPIRED", "message": "token expired", "refId": 7,
                   "fatal": True},
     }),
+    ("server_frame.go_away", "ServerFrame", {
+        "goAway": {"retryMs": 250, "reason": "draining: SIGTERM", "closeInMs": 2000},
+        "tsSendUs": "1735689600300000",
+    }),
     ("client_frame.hello", "ClientFrame", {
         "id": 1, "hello": {"token": "eyJhbGciOiJFZERTQSJ9.e30.c2ln", "protocolVersion": 1,
                            "client": "xy-worker/0.1 (SharedWorker)"},
@@ -120,7 +124,7 @@ EXTRA_FIELDS: list[tuple[str, int, str, int, int, str]] = [
     ("Tick", 19, "ts_gateway_us", FieldDescriptor.TYPE_UINT64, _LABEL_OPTIONAL, ""),
     ("SymbolState", 22, "vwap", FieldDescriptor.TYPE_SINT64, _LABEL_OPTIONAL, ""),
     ("Snapshot", 13, "note", FieldDescriptor.TYPE_STRING, _LABEL_OPTIONAL, ""),
-    ("ServerFrame", 9, "notice", FieldDescriptor.TYPE_MESSAGE, _LABEL_OPTIONAL,
+    ("ServerFrame", 10, "notice", FieldDescriptor.TYPE_MESSAGE, _LABEL_OPTIONAL,
      f".{PACKAGE}.Notice"),
     ("ClientFrame", 10, "ack", FieldDescriptor.TYPE_MESSAGE, _LABEL_OPTIONAL,
      f".{PACKAGE}.Notice"),

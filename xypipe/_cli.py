@@ -110,7 +110,7 @@ def _cmd_run(args: argparse.Namespace,
                       keys={_key(ov.path): ov.source for ov in eff.applied})
     try:
         try:
-            trio.run(_run_main, cfg, args)
+            status = trio.run(_run_main, cfg, args)
         except BaseExceptionGroup as group:
             # Nurseries wrap errors; report ours plainly, let anything else show in full.
             found = find_in_group(group, XyError)
@@ -123,18 +123,20 @@ def _cmd_run(args: argparse.Namespace,
     except XyError as exc:
         _log_cli.error("stopped", code=exc.code, error=str(exc))
         raise
-    return 0
+    return status
 
 
-async def _run_main(cfg: AppConfig, args: argparse.Namespace) -> None:
+async def _run_main(cfg: AppConfig, args: argparse.Namespace) -> int:
     from xypipe._supervisor import run_process_tree
 
     async with trio.open_nursery() as nursery:
         if cfg.log.repeats.enabled:
             nursery.start_soon(_log.summarise_repeats)
-        await run_process_tree(cfg, process=args.process, nats_url=args.nats_url,
-                               nats_nkey=args.nats_nkey, signals=(signal.SIGINT, signal.SIGTERM))
+        status = await run_process_tree(cfg, process=args.process, nats_url=args.nats_url,
+                                        nats_nkey=args.nats_nkey,
+                                        signals=(signal.SIGINT, signal.SIGTERM))
         nursery.cancel_scope.cancel()
+    return status
 
 
 def _announce_page(cfg: AppConfig) -> None:

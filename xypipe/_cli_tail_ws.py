@@ -151,6 +151,8 @@ def describe_update(u: xc.Update, *, verify: bool = False) -> str:
         return f"token refreshed, expires at {u.token_expires_us} us"
     if isinstance(u, xc.BadFrame):
         return f"bad frame: {u.reason}"
+    if isinstance(u, xc.MoveRequested):
+        return f"asked to move (GoAway): {u.reason}; reconnecting at once"
     return f"frame of {len(u.data)} bytes"
 
 

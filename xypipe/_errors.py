@@ -385,6 +385,24 @@ GW_KNOWN_GROUPS_LOADED = "XY-GW-032"
 #: The gateway's watch of the known-groups bucket failed (e.g. started while the server
 #: restarted); the list stays as it is and the bucket is read again with backoff.
 GW_KNOWN_GROUPS_WATCH_FAILED = "XY-GW-033"
+# -- graceful drain (docs/architecture.md "Graceful drain", docs/protocol.md "Drain")
+#: A gateway worker began to drain (SIGTERM or an admin request): not ready, no new sockets,
+#: its clients told to move (GoAway) spread over ``drain_s``.
+GW_DRAIN_STARTED = "XY-GW-040"
+#: A drain ended: every client left, or ``drain_s`` ran out (the rest closed with 4100).
+GW_DRAIN_FINISHED = "XY-GW-041"
+#: A client told to move had not left ``close_in_ms`` after its GoAway: closed with 4100.
+GW_DRAIN_CLOSED = "XY-GW-042"
+#: An admin drain request was accepted (audited).
+GW_DRAIN_REQUESTED = "XY-GW-043"
+#: An admin drain request was refused: no token, a bad token, or no admin role (audited).
+GW_DRAIN_REFUSED = "XY-GW-044"
+#: The worker drained and exits with status 75 (``DRAINED_EXIT``) so its supervisor replaces it.
+GW_DRAINED_EXIT = "XY-GW-045"
+#: The supervisor replaced a worker that exited drained (not a failure; no budget spent).
+GW_DRAINED_REPLACED = "XY-GW-046"
+#: The client SDK got a GoAway: it reconnects at once to its configured URL and resumes.
+GW_GOAWAY_RECEIVED = "XY-GW-047"
 # -- the gateway shell (docs/architecture.md "The gateway's modules"): one name per code its
 # -- socket, admin and store modules log, instead of literals at the call sites.
 #: Any Origin may connect (``allowed_origins = ["*"]``): dev only.

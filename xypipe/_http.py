@@ -107,6 +107,8 @@ class HttpServer:
         self.ssl_context = ssl_context
         self._routes: dict[str, dict[str, Handler]] = {}
         self._upgrade: UpgradeHandler | None = None
+        #: Around the accept loops only (see :meth:`stop_accepting`).
+        self._accepting = trio.CancelScope()
 
     def route(self, path: str, handler: Handler, methods: tuple[str, ...] = ("GET",)) -> None:
         table = self._routes.setdefault(path, {})
@@ -116,6 +118,11 @@ class HttpServer:
     def set_upgrade_handler(self, handler: UpgradeHandler) -> None:
         self._upgrade = handler
 
+    def share_routes(self, other: HttpServer) -> None:
+        """Answer every route ``other`` has, now and later (not its WebSocket upgrade): a
+        worker's private port serves what its stages route on the shared one."""
+        self._routes = other._routes
+
     async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         if self.reuse_port:
             listeners = await shared_port_listeners(self.host, self.port)
@@ -123,8 +130,19 @@ class HttpServer:
             listeners = await trio.open_tcp_listeners(self.port, host=self.host)
         self.port = listeners[0].socket.getsockname()[1]
         _log.info("http listening", host=self.host, port=self.port)
-        await trio.serve_listeners(self._handle, listeners, handler_nursery=None,
-                                   task_status=_Started(task_status, self.port))
+        async with trio.open_nursery() as handlers:
+            with self._accepting:
+                await trio.serve_listeners(self._handle, listeners, handler_nursery=handlers,
+                                           task_status=_Started(task_status, self.port))
+            # Accepting stopped: close the sockets so the kernel hands new connections to the
+            # other sockets on the port (SO_REUSEPORT); connections already open carry on.
+            for listener in listeners:
+                await listener.aclose()
+            _log.info("http no longer accepting", host=self.host, port=self.port)
+
+    def stop_accepting(self) -> None:
+        """Take no new connection (a draining gateway worker); those open are served on."""
+        self._accepting.cancel()
 
     async def _handle(self, stream: trio.SocketStream) -> None:
         peer = ""

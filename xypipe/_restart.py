@@ -8,6 +8,9 @@ and answers with a decision value. It has no clock of its own (the shell passes
   need one more gives up (the tree stops).
 - Backoff: the first restart waits ``backoff_ms``, each further one twice as long, up to
   ``max_backoff_ms``; a run that lasted ``stable_s`` starts the doubling over.
+- Replacement: an exit with ``replace_status`` (a worker that drained gracefully,
+  :data:`~xypipe._drain_request.DRAINED_EXIT`) is planned: started again at once, whatever the
+  policy, neither counted against the budget nor lengthening the backoff.
 - Policy: ``on-failure`` restarts after a non-zero status or a signal (negative status) or a
   failed start; ``always`` also after status 0; ``never`` gives up on any exit.
 """
@@ -20,7 +23,7 @@ import attrs
 
 from xypipe._config import ProcessRestartPolicy
 
-__all__ = ["Done", "GiveUp", "Restart", "RestartStatistics", "RestartTracker"]
+__all__ = ["Done", "GiveUp", "Replace", "Restart", "RestartStatistics", "RestartTracker"]
 
 
 @attrs.frozen
@@ -29,6 +32,11 @@ class Restart:
 
     delay_s: float
     restarts: int
+
+
+@attrs.frozen
+class Replace:
+    """The process exited as planned (it drained): start a fresh copy now; not a failure."""
 
 
 @attrs.frozen
@@ -44,7 +52,7 @@ class GiveUp:
     budget_spent: bool
 
 
-Decision = Restart | Done | GiveUp
+Decision = Restart | Replace | Done | GiveUp
 
 
 @attrs.frozen
@@ -58,8 +66,9 @@ class RestartStatistics:
 class RestartTracker:
     """The restart policy of one supervised process, fed events with explicit times."""
 
-    def __init__(self, policy: ProcessRestartPolicy) -> None:
+    def __init__(self, policy: ProcessRestartPolicy, *, replace_status: int | None = None) -> None:
         self.policy = policy
+        self.replace_status = replace_status
         self._restarts: collections.deque[float] = collections.deque()
         self._restarts_total = 0
         self._backoff = policy.backoff_ms / 1000
@@ -75,6 +84,8 @@ class RestartTracker:
         policy = self.policy
         ran_for = now - self._running_since if self._running_since is not None else 0.0
         self._running_since = None
+        if status is not None and status == self.replace_status:
+            return Replace()
         if policy.policy == "never":
             return GiveUp('restart policy "never"', budget_spent=False)
         if status == 0 and policy.policy == "on-failure":

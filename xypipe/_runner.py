@@ -37,6 +37,7 @@ from xypipe._config import (
 )
 from xypipe._contracts import use_registry
 from xypipe._degrade import DegradationController, Level, LevelWatch, Pressure, Transition
+from xypipe._drain_request import DRAIN, DrainRequest
 from xypipe._edge import Edge
 from xypipe._embedded import EmbeddedNats, supervised_embedded_nats
 from xypipe._errors import (
@@ -420,6 +421,10 @@ class Runner:
         self.embedded: EmbeddedNats | None = None
         #: Values the stages of this process share (``ctx.shared``).
         self.shared = SharedValues()
+        #: The process's graceful drain (SIGTERM, an admin request): see :meth:`request_drain`.
+        self.drain: DrainRequest = self.shared.get(DRAIN)
+        #: Set when the process stopped because a drain finished (the worker exits drained).
+        self.drained = False
         self._stop_requested = trio.Event()
         # Set last on the way out: the embedded nats-server stops after everything that uses it.
         self._nats_stop = trio.Event()
@@ -450,6 +455,9 @@ class Runner:
         """
         nats_ok = self.nats is None or self.nats.is_connected
         reasons: list[str] = []
+        if self.drain.requested.is_set():
+            # First, so a load balancer (or a person) reads why at once.
+            reasons.append(f"draining: {self.drain.reason}")
         if not nats_ok:
             reasons.append("nats: disconnected")
         if not self.pipelines:
@@ -489,6 +497,12 @@ class Runner:
 
     def stop(self) -> None:
         self._stop_requested.set()
+
+    def request_drain(self, reason: str) -> bool:
+        """Drain gracefully, then stop: not ready at once, the stages that hold clients move
+        them away (the gateway: GoAway, spread over ``drain_s``), then the pipelines stop.
+        False when a drain was already asked for."""
+        return self.drain.request(reason)
 
     async def run(self, *, task_status: trio.TaskStatus[Runner] = trio.TASK_STATUS_IGNORED) -> None:
         """Run until every pipeline ends, :meth:`stop` is called, or a stage fails."""
@@ -532,6 +546,7 @@ class Runner:
 
                 async with trio.open_nursery() as watcher:
                     watcher.start_soon(self._stop_on_request)
+                    watcher.start_soon(self._stop_after_drain)
                     async with trio.open_nursery() as pipes:
                         for p in self.pipelines:
                             await pipes.start(p.run)
@@ -565,6 +580,10 @@ class Runner:
             return
         private = self._http_server(http_cfg.host, port, server_tls(http_cfg.tls),
                                     reuse_port=self._shares_ports)
+        if self.http is not None:
+            # Every route of the shared port (the same /healthz and /metrics, and the stages'
+            # own, e.g. a gateway's /admin/drain, which must reach this worker and no other).
+            private.share_routes(self.http)
         try:
             await nursery.start(private.serve)
         except OSError as exc:
@@ -634,6 +653,13 @@ class Runner:
                 for msg in batch:
                     if msg.reply:
                         send(msg.reply)
+
+    async def _stop_after_drain(self) -> None:
+        await self.drain.requested.wait()
+        _log.info("draining", process=self.process, reason=self.drain.reason)
+        await self.drain.wait_finished()
+        self.drained = True
+        self.stop()
 
     async def _stop_on_request(self) -> None:
         await self._stop_requested.wait()

@@ -21,10 +21,11 @@ import trio
 
 from xypipe import _errors as err
 from xypipe._config import ProcessRestartPolicy
+from xypipe._drain_request import DRAINED_EXIT
 from xypipe._errors import ChildFailed, XyError
 from xypipe._log import get_logger
 from xypipe._metrics import Metrics
-from xypipe._restart import Done, GiveUp, Restart, RestartTracker
+from xypipe._restart import Done, GiveUp, Replace, Restart, RestartTracker
 
 __all__ = [
     "NATS_CODES",
@@ -78,12 +79,15 @@ class SupervisionCodes:
     finished: str
     not_restarted: str
     budget_spent: str
+    #: Logged when a unit that exited drained (:data:`DRAINED_EXIT`) is replaced; None: that
+    #: status means nothing special for this kind of process.
+    replaced: str | None = None
 
 
 WORKER_CODES = SupervisionCodes(
     restarting=err.SUP_RESTARTING, start_failed=err.SUP_START_FAILED,
     finished=err.SUP_FINISHED, not_restarted=err.SUP_NOT_RESTARTED,
-    budget_spent=err.SUP_BUDGET_SPENT,
+    budget_spent=err.SUP_BUDGET_SPENT, replaced=err.GW_DRAINED_REPLACED,
 )
 NATS_CODES = SupervisionCodes(
     restarting=err.EMB_RESTARTING, start_failed=err.EMB_START_FAILED,
@@ -101,6 +105,9 @@ class SupervisionMetrics:
             "process_restarts_total", "Supervised processes restarted by their policy", ["process"]
         )
         self.up = metrics.gauge("process_up", "1 while a supervised process runs", ["process"])
+        self.replaced = metrics.counter(
+            "process_drained_replaced_total",
+            "Supervised processes that exited drained and were replaced at once", ["process"])
 
 
 @attrs.frozen
@@ -151,7 +158,9 @@ async def supervise(
     The first start is the caller's: it is reported through ``task_status`` and its error is
     raised. Later starts that fail count as failures against the budget.
     """
-    loop = _Loop(name, unit, RestartTracker(policy), stopping, metrics, codes)
+    tracker = RestartTracker(
+        policy, replace_status=DRAINED_EXIT if codes.replaced is not None else None)
+    loop = _Loop(name, unit, tracker, stopping, metrics, codes)
     try:
         await unit.start()
         loop.running()
@@ -188,6 +197,7 @@ class _Loop:
         self.log = _log.bind(process=name)
         self.up = metrics.up.labels(name)
         metrics.restarts.labels(name)  # reads 0 before the first restart (alerts use increase())
+        metrics.replaced.labels(name)
 
     def running(self, restarts: int = 0) -> None:
         self.tracker.started(trio.current_time())
@@ -227,6 +237,19 @@ class _Loop:
                 self.log.warning("process finished on its own; not restarted (policy on-failure)",
                                  code=self.codes.finished, status=status)
                 return Finished(status or 0)
+            if isinstance(decision, Replace):
+                self.metrics.replaced.labels(self.name).inc()
+                self.log.info("process drained; starting a fresh copy", code=self.codes.replaced,
+                              status=status)
+                try:
+                    await self.unit.start()
+                except (XyError, OSError) as exc:
+                    self.log.error("process could not be restarted",
+                                   code=self.codes.start_failed, error=str(exc))
+                    status = None
+                    continue
+                self.running()
+                return None
             if isinstance(decision, GiveUp):
                 codes = self.codes
                 code = codes.budget_spent if decision.budget_spent else codes.not_restarted

@@ -16,10 +16,17 @@ keep serving; the tree stops only when a restart budget is spent (or the policy 
 then exits non-zero naming the process.
 
 Stopping (SIGINT/SIGTERM, or a process down for good) goes in order: the children are asked to
-stop (SIGTERM: they drain) and the main runner stops, then — once all of them are gone — the
-embedded nats-server, so the pipelines' last messages still reach it. Children and the server run
-in their own sessions, so a terminal's Ctrl-C reaches this process only. A second signal stops
-at once: everything left is killed.
+stop (SIGINT: they finish what is in flight, without a graceful drain — every peer they could
+move their clients to is stopping too) and the main runner stops, then — once all of them are
+gone — the embedded nats-server, so the pipelines' last messages still reach it. Children and
+the server run in their own sessions, so a terminal's Ctrl-C reaches this process only. A second
+signal stops at once: everything left is killed.
+
+A SIGTERM sent to one child (an operator, an orchestrator, a rolling restart) is a **graceful
+drain** of that child (:mod:`xypipe._drain_request`): it stops taking clients, moves its own
+to the other workers and exits with :data:`~xypipe._drain_request.DRAINED_EXIT`; the
+supervisor starts a fresh copy at once, without counting a failure (docs/architecture.md
+"Graceful drain").
 """
 
 from __future__ import annotations
@@ -36,8 +43,10 @@ import trio
 
 from xypipe._bus_layout import bus_layout
 from xypipe._config import AppConfig
+from xypipe._drain_request import DRAINED_EXIT
 from xypipe._embedded import EmbeddedNats, supervised_embedded_nats
 from xypipe._errors import (
+    GW_DRAINED_EXIT,
     SUP_HTTP_PORT_TAKEN,
     SUP_KILLED_AFTER_GRACE,
     SUP_ROLLOUT_REFUSED,
@@ -73,7 +82,7 @@ from xypipe._supervise import (
     SupervisionMetrics,
     supervise,
 )
-from xypipe._worker import WorkerIdentity, usable_cores
+from xypipe._worker import PROCESS_ENV, WorkerIdentity, usable_cores
 
 __all__ = ["CHILD_GRACE", "ChildFailed", "run_process_tree"]
 
@@ -90,19 +99,19 @@ async def run_process_tree(
     nats_url: str | None = None,
     nats_nkey: str | None = None,
     signals: tuple[int, ...] = (),
-) -> None:
-    """Run ``process`` (a child), or — with ``process=None`` — the whole tree. A config under
+) -> int:
+    """Run ``process`` (a child), or — with ``process=None`` — the whole tree; the exit
+    status (0, or :data:`DRAINED_EXIT` for a supervised child that drained). A config under
     the prod profile that relaxes what production requires is refused before anything starts
     (:mod:`xypipe._profile`)."""
     check_profile(cfg)
     if process is not None:
-        await _run_single(cfg, process, nats_url, signals, nats_nkey)
-        return
+        return await _run_single(cfg, process, nats_url, signals, nats_nkey)
     children = [p for p in cfg.process_names() if p != "main"]
     if not children:
-        await _run_single(cfg, "main", nats_url, signals, nats_nkey)
-        return
+        return await _run_single(cfg, "main", nats_url, signals, nats_nkey)
     await _run_tree(cfg, _units(cfg, children), nats_url, signals)
+    return 0
 
 
 @attrs.frozen
@@ -132,25 +141,40 @@ def _units(cfg: AppConfig, children: list[str], *, announce: bool = True) -> lis
 async def _run_single(
     cfg: AppConfig, process: str, nats_url: str | None, signals: tuple[int, ...],
     nats_nkey: str | None = None,
-) -> None:
+) -> int:
     runner = Runner(cfg, process=process, nats_url=nats_url, nats_nkey=nats_nkey)
     async with trio.open_nursery() as nursery:
         if signals:
-            nursery.start_soon(_stop_on_signals, runner.stop, nursery.cancel_scope, signals)
+            nursery.start_soon(_stop_on_signals, runner.stop, nursery.cancel_scope, signals,
+                               runner.request_drain)
         await runner.run()
         nursery.cancel_scope.cancel()
+    if runner.drained and PROCESS_ENV in os.environ:
+        # Started by a supervisor: say "drained" so it starts a fresh copy, not a failure.
+        _log.info("drained; exiting for a replacement", code=GW_DRAINED_EXIT,
+                  process=process, status=DRAINED_EXIT)
+        return DRAINED_EXIT
+    return 0
 
 
 async def _stop_on_signals(
-    stop: Callable[[], object], scope: trio.CancelScope, signals: tuple[int, ...]
+    stop: Callable[[], object], scope: trio.CancelScope, signals: tuple[int, ...],
+    drain: Callable[[str], object] | None = None,
 ) -> None:
+    """The first signal stops (SIGTERM with ``drain``: drains, then stops), a second one
+    cancels everything at once."""
     with trio.open_signal_receiver(*signals) as received:
         count = 0
         async for signum in received:
             count += 1
             if count == 1:
-                _log.info("stopping (signal)", signal=signal.Signals(signum).name)
-                stop()
+                name = signal.Signals(signum).name
+                if drain is not None and signum == signal.SIGTERM:
+                    _log.info("draining (signal)", signal=name)
+                    drain(name)
+                else:
+                    _log.info("stopping (signal)", signal=name)
+                    stop()
             else:
                 _log.warning("second signal: stopping now", code=SUP_SECOND_SIGNAL)
                 scope.cancel()
@@ -307,6 +331,8 @@ class _Worker:
         self._proc: Child | None = None
         #: Set when the process exits on its own (seen by the supervision loop's wait).
         self.exited: trio.Event | None = None
+        #: Set by a rollout retiring this copy: stop drains it (SIGTERM) within this long.
+        self.drain_grace: float | None = None
 
     @property
     def pid(self) -> int | None:
@@ -332,8 +358,13 @@ class _Worker:
         proc = self._proc
         if proc is None or proc.returncode is not None:
             return
-        proc.send_signal(signal.SIGTERM)
-        with trio.move_on_after(CHILD_GRACE):
+        # SIGINT, not SIGTERM: the whole tree stops, so there is no peer to drain to (a
+        # SIGTERM from outside is a drain: see the module docstring). A copy a rollout retires
+        # has peers: it drains.
+        draining = self.drain_grace is not None
+        proc.send_signal(signal.SIGTERM if draining else signal.SIGINT)
+        with trio.move_on_after(self.drain_grace if self.drain_grace is not None
+                                else CHILD_GRACE):
             await proc.wait()
             return
         _log.warning("child did not stop in time; killing", code=SUP_KILLED_AFTER_GRACE,
@@ -477,12 +508,14 @@ class _Fleet:
         new = self.successors.pop(unit)
         new.probation = False
         self.current_slots[unit] = new
+        old.worker.drain_grace = _drain_grace(self.cfg, old.unit.identity.process)
         old.retire.set()
         await old.gone.wait()
         self._forget(old)
 
     async def retire_new(self, unit: str) -> None:
         new = self.successors.pop(unit)
+        new.worker.drain_grace = _drain_grace(self.cfg, new.unit.identity.process)
         new.retire.set()
         await new.gone.wait()
         self._forget(new)
@@ -550,6 +583,13 @@ def side_by_side(cfg: AppConfig, process: str) -> bool:
         return True
     leased = [getattr(decl.config, "ownership", None) for decl in stages]
     return any(isinstance(own, OwnershipConfig) and own.enabled for own in leased)
+
+
+def _drain_grace(cfg: AppConfig, process: str) -> float:
+    """How long a retired copy may take to drain: its stages' ``drain_s`` and the grace."""
+    windows = [float(getattr(decl.config, "drain_s", 0.0)) for pipe in cfg.pipelines.values()
+               if pipe.process == process for decl in pipe.stages]
+    return max(windows, default=0.0) + CHILD_GRACE
 
 
 def _reload(cfg: AppConfig) -> AppConfig:

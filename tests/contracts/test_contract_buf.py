@@ -69,7 +69,8 @@ BREAKING = [
     pytest.param(TICK, "  string venue = 1;\n  string symbol = 2;\n  // Per",
                  "  string exchange = 1;\n  string symbol = 2;\n  // Per", "FIELD_SAME_NAME",
                  id="field-renamed"),
-    pytest.param(WS, "  string reason = 2;\n", '  reserved 2;\n  reserved "reason";\n',
+    pytest.param(WS, "  string reason = 2;\n  // What must",
+                 '  reserved 2;\n  reserved "reason";\n  // What must',
                  "FIELD_NO_DELETE", id="field-removed-even-with-reserved-number-and-name"),
 ]
 
@@ -92,8 +93,8 @@ def test_buf_breaking_and_lint_accept_additive_change(
           "  uint32 price_decimals = 14;\n  // Added later.\n  string region = 15;\n}")
     _edit(scratch, TICK, "  TICK_FLAG_STALE = 8;\n",
           "  TICK_FLAG_STALE = 8;\n  TICK_FLAG_ODD_LOT = 16;\n")
-    _edit(scratch, WS, "  int64 ts_send_us = 8 [jstype = JS_NUMBER];\n}",
-          "  int64 ts_send_us = 8 [jstype = JS_NUMBER];\n  Notice notice = 9;\n}\n\n"
+    _edit(scratch, WS, "  GoAway go_away = 9;\n}",
+          "  GoAway go_away = 9;\n  Notice notice = 10;\n}\n\n"
           "message Notice {\n  string text = 1;\n}")
 
     code, findings = _breaking(buf, scratch)

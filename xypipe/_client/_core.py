@@ -39,6 +39,7 @@ from xypipe.contracts import (
     Delta,
     Error,
     ErrorCode,
+    GoAway,
     GroupRef,
     Hello,
     Ping,
@@ -62,6 +63,7 @@ from ._updates import (
     DeltaSkipped,
     ErrorReceived,
     FrameReceived,
+    MoveRequested,
     SnapshotApplied,
     SnapshotRequested,
     Subscribed,
@@ -70,6 +72,9 @@ from ._updates import (
 )
 
 PROTOCOL_VERSION = 1
+#: The close a draining gateway sends a client that has not moved after its GoAway (and
+#: that an older client, which ignores the GoAway, gets): reconnect at once and resume.
+DRAINING_CLOSE = 4100
 
 #: Close codes after which reconnecting cannot help (the same token, the same client would be
 #: refused again): the client raises instead. Others (1001 going away, 1006 lost, 1011,
@@ -153,6 +158,7 @@ class _Counters:
     errors: int = 0
     bad_frames: int = 0
     best_rtt_us: int | None = None
+    moves: int = 0
 
 
 class ClientCore:
@@ -174,6 +180,8 @@ class ClientCore:
         self.token_expires_us = 0
         #: The fatal Error frame that came before the close, if any.
         self.fatal_error: Error | None = None
+        #: The GoAway of this connection's gateway (it is draining): the shell moves.
+        self.go_away: GoAway | None = None
         self._c = _Counters()
         self._out: list[bytes] = []
         self._ids = 0
@@ -190,6 +198,7 @@ class ClientCore:
         """A socket is open: the hello frame to send first."""
         self.phase = Phase.HELLO
         self.fatal_error = None
+        self.go_away = None
         self._out.clear()
         return self._frame(ClientFrame(hello=Hello(
             token=token, protocol_version=PROTOCOL_VERSION, client=self.options.client,
@@ -274,7 +283,8 @@ class ClientCore:
             checksums_verified=c.verified, checksum_mismatches=c.mismatches,
             trimmed=c.trimmed, snapshot_requests=c.snapshot_requests,
             resumed_groups=c.resumed_groups, errors=c.errors, bad_frames=c.bad_frames,
-            best_rtt_ms=None if c.best_rtt_us is None else c.best_rtt_us / 1000)
+            best_rtt_ms=None if c.best_rtt_us is None else c.best_rtt_us / 1000,
+            moves=c.moves)
 
     # -- time --------------------------------------------------------------------------------
 
@@ -363,6 +373,12 @@ class ClientCore:
             out.extend(self._on_snapshot(snap, now))
         for delta in frame.deltas:
             out.extend(self._on_delta(delta, now))
+        if frame.HasField("go_away") and self.go_away is None:
+            # After the frame's data: the point to resume from includes it. The frame names no
+            # place to go: the shell reconnects to its own URL.
+            self.go_away = frame.go_away
+            self._c.moves += 1
+            out.append(MoveRequested(frame.go_away.reason, frame.go_away.retry_ms))
         return out
 
     def _bad(self, reason: str) -> BadFrame:
@@ -522,9 +538,17 @@ class Backoff:
         #: Consecutive failed attempts since the last stable connection.
         self.failures = 0
         self._opened_at: float | None = None
+        self._hint: float | None = None
 
     def opened(self, now: float) -> None:
         self._opened_at = now
+
+    def moved(self, retry_s: float) -> None:
+        """The connection ended by a planned move (GoAway): not a failure. Should the move's
+        first attempt fail, the next one waits ``retry_s`` (the gateway's hint)."""
+        self.failures = 0
+        self._opened_at = None
+        self._hint = retry_s
 
     def failed(self, now: float) -> float:
         """An attempt failed or the open connection ended: the delay before the next one."""
@@ -533,8 +557,10 @@ class Backoff:
         self._opened_at = None
         attempt = self.failures
         self.failures += 1
+        hint, self._hint = self._hint, None
         if attempt == 0:
-            return 0.0  # a dropped socket usually reconnects at once
+            # A dropped socket usually reconnects at once; a failed move waits the hint.
+            return hint if hint is not None else 0.0
         ceiling = min(self.cap_s, self.base_s * self.factor ** min(attempt - 1, 64))
         return ceiling / 2 + self.random() * ceiling / 2
 

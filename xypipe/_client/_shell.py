@@ -28,6 +28,7 @@ import trio
 import trio_websocket
 
 from xypipe._errors import (
+    GW_GOAWAY_RECEIVED,
     SDK_BAD_FRAME,
     SDK_CHECKSUM_MISMATCH,
     SDK_DELTA_NOT_APPLIED,
@@ -50,7 +51,7 @@ from xypipe._log import get_logger
 from xypipe._md.seqrules import DEFAULT_MAX_GAP
 
 from ._book import GroupBook
-from ._core import Backoff, ClientCore, CoreOptions, close_error
+from ._core import DRAINING_CLOSE, Backoff, ClientCore, CoreOptions, close_error
 from ._updates import (
     BadFrame,
     ClientStatistics,
@@ -120,6 +121,9 @@ class _Ended:
     error: ClientError
     #: No reconnect can help (a refused token, a refused upgrade...).
     final: bool
+    #: The gateway asked the client to move (a GoAway, or the draining close 4100): reconnect
+    #: at once, without counting a failure.
+    moved: bool = False
 
 
 class _EofWatch(trio.abc.Stream):
@@ -199,6 +203,8 @@ class Client:
         self._stopping = False
         self._error: ClientError | None = None
         self._error_raised = False
+        #: The last GoAway's retry hint (seconds).
+        self._move_hint_s = 0.0
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -323,6 +329,14 @@ class Client:
                     if ended.final or not self._reconnect.enabled:
                         self._error = ended.error
                         return
+                    if ended.moved:
+                        # Planned: the gateway spreads its clients' moves itself.
+                        _log.info("gateway draining; reconnecting at once",
+                                  code=GW_GOAWAY_RECEIVED, url=self._target.url,
+                                  reason=str(ended.error))
+                        await self._push(Disconnected(DRAINING_CLOSE, str(ended.error), 0.0))
+                        self._backoff.moved(self._move_hint_s)
+                        continue
                     delay = self._backoff.failed(trio.current_time())
                     limit = self._reconnect.max_attempts
                     # The first failure is the loss itself; the others are attempts.
@@ -463,6 +477,18 @@ class Client:
                     self._started = True
                     task_status.started(None)
             await self._push(*updates)
+            if core.go_away is not None:
+                self._move_hint_s = core.go_away.retry_ms / 1000
+                return await self._move(ws, core.go_away.reason)
+
+    async def _move(self, ws: trio_websocket.WebSocketConnection, reason: str) -> _Ended:
+        # Leave politely (the gateway counts who left by themselves); the reconnection goes to
+        # this client's own URL — a GoAway names no other.
+        with trio.move_on_after(1.0):
+            await ws.aclose(1000, "moving (GoAway)")
+        return _Ended(GatewayClosed(f"{self._target.url}: the gateway asked to move "
+                                    f"({reason or 'draining'})", close_code=None),
+                      final=False, moved=True)
 
     def _rejected(self, exc: trio_websocket.ConnectionRejected) -> _Ended:
         body = (exc.body or b"").decode("utf-8", "replace").strip()[:200]
@@ -486,7 +512,7 @@ class Client:
         code = None if reason is None else reason.code
         text = "" if reason is None else (reason.reason or "")
         error, final = close_error(code, text, self._core.fatal_error, self._target.url)
-        return _Ended(error, final=final)
+        return _Ended(error, final=final, moved=code == DRAINING_CLOSE)
 
     async def _timers(self) -> None:
         core = self._core

@@ -147,6 +147,17 @@ class FrameReceived:
 
 
 @attrs.frozen
+class MoveRequested:
+    """The gateway worker is draining (a ``GoAway``): the client closes, reconnects at once to
+    the URL it was given — never anywhere else — and resumes every group from its last
+    point."""
+
+    reason: str
+    #: The gateway's hint: how long to wait if the first reconnection fails.
+    retry_ms: int
+
+
+@attrs.frozen
 class Disconnected:
     """The connection ended; the client reconnects after ``retry_in_s`` and resumes."""
 
@@ -157,7 +168,7 @@ class Disconnected:
 
 Update = (Connected | TokenRefreshed | Subscribed | SnapshotApplied | DeltaApplied
           | DeltaSkipped | SnapshotRequested | Degraded | ErrorReceived | BadFrame
-          | FrameReceived | Disconnected)
+          | FrameReceived | Disconnected | MoveRequested)
 
 
 @attrs.frozen
@@ -183,6 +194,8 @@ class ClientStatistics:
     bad_frames: int
     #: The shortest ping round trip seen, in milliseconds (``None`` before the first pong).
     best_rtt_ms: float | None
+    #: GoAway frames received (draining gateways that asked this client to move).
+    moves: int = 0
 
     @property
     def reconnects(self) -> int:

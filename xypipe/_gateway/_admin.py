@@ -15,30 +15,26 @@ applies to this gateway only.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable
 
 import attrs
 import trio
 
-from xypipe._audit import claimed_subject
 from xypipe._errors import (
     ADM_FLAG_CHANGED,
     ADM_FLAG_INVALID,
     ADM_FORBIDDEN,
     ADM_STORE_UNAVAILABLE,
     ADM_UNAUTHENTICATED,
-    AUTH_THROTTLED,
-    AuthError,
     BridgeError,
     KvRevisionConflict,
 )
 from xypipe._gateway._access import AccessRecorder
-from xypipe._gateway._auth import AuthExpired, Principal, TokenVerifier
+from xypipe._gateway._admin_gate import AdminGate
+from xypipe._gateway._auth import Principal, TokenVerifier
 from xypipe._gateway._flags import FlagError, FlagValue, validate
 from xypipe._gateway._flagwatch import FlagBoard
 from xypipe._gateway._gmetrics import GatewayMetrics
-from xypipe._gateway._throttle import client_address
 from xypipe._http import Request, Response
 
 __all__ = ["PATH", "AdminRoute"]
@@ -58,6 +54,11 @@ class AdminRoute:
         self.metrics = metrics
         self.flags = flags
         self.wall = wall
+        self.gate = AdminGate(
+            role=role, verifier=verifier, access=access, wall=wall,
+            refused=lambda outcome: metrics.flag_changes.labels(outcome).inc(),
+            action="admin", unauthenticated_code=ADM_UNAUTHENTICATED,
+            forbidden_code=ADM_FORBIDDEN)
 
     async def __call__(self, req: Request) -> Response:
         principal = self._principal(req)
@@ -72,49 +73,7 @@ class AdminRoute:
     # -- who is asking ----------------------------------------------------------------------------
 
     def _principal(self, req: Request) -> Principal | Response:
-        """The verified admin principal, or the refusal to answer with (401, 403, 429)."""
-        header = req.headers.get("authorization", "")
-        request = {"method": req.method, "path": req.path, "peer": req.peer}
-        address = client_address(req.peer)
-        now = trio.current_time()
-        verdict = self.throttle.check(address, now)
-        if not verdict.allowed:
-            # Answered before the token is looked at; counted, and summarised at the lockout.
-            self.access.throttled("admin", address)
-            retry = math.ceil(verdict.retry_after_s)
-            return attrs.evolve(
-                Response.json({"error": f"authentication throttled: too many failed attempts "
-                                        f"from {address}; retry in {retry} s",
-                               "code": AUTH_THROTTLED, "retry_after_s": retry}, 429),
-                headers=(("retry-after", str(retry)),))
-        if not header.lower().startswith("bearer "):
-            self.access.admin_failed(address, "missing", now)
-            self.metrics.flag_changes.labels("unauthenticated").inc()
-            self.audit.record("admin request without a bearer token", code=ADM_UNAUTHENTICATED,
-                              action="admin", outcome="denied", sub=None,
-                              details=request)
-            return Response.json({"error": "missing 'Authorization: Bearer <JWT>'"}, 401)
-        token = header[7:].strip()
-        try:
-            principal = self.verifier.verify(token, self.wall())
-        except AuthError as exc:
-            self.access.admin_failed(
-                address, "expired" if isinstance(exc, AuthExpired) else "invalid", now)
-            self.metrics.flag_changes.labels("unauthenticated").inc()
-            self.audit.record("admin request with a bad token", code=ADM_UNAUTHENTICATED,
-                              outcome="denied", sub=None, claimed_sub=claimed_subject(token),
-                              reason=exc.message, action="admin", details=request)
-            return Response.json({"error": f"token refused: {exc.message}"}, 401)
-        self.throttle.success(address, trio.current_time())
-        if not principal.has_role(self.role):
-            self.metrics.flag_changes.labels("forbidden").inc()
-            self.audit.record("admin request without the admin role", code=ADM_FORBIDDEN,
-                              outcome="denied", sub=principal.subject,
-                              roles=sorted(principal.roles), action="admin",
-                              details=request)
-            return Response.json(
-                {"error": f"principal {principal.subject!r} lacks role {self.role!r}"}, 403)
-        return principal
+        return self.gate.principal(req)
 
     # -- a change ---------------------------------------------------------------------------------
 

@@ -129,6 +129,10 @@ class Connection:
         """Close from the gateway's side (shutdown, operator)."""
         self.core.close(code, reason, trio.current_time())
 
+    def go_away(self, frame: bytes) -> bool:
+        """Tell the client to move (see :meth:`ConnectionCore.go_away`)."""
+        return self.core.go_away(frame)
+
     def _closing_began(self) -> None:
         if self._nursery is not None:
             try:

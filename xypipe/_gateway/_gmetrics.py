@@ -120,6 +120,16 @@ class GatewayMetrics:
         self.flag_changes = m.counter(
             "feature_flag_changes", "Feature-flag changes through the admin API", ["outcome"]
         )
+        self.draining = m.gauge("gateway_draining", "1 while this gateway worker drains")
+        self.goaway = m.counter("gateway_goaway", "GoAway frames sent: clients told to move")
+        self.drain_moves = m.counter(
+            "gateway_drain_moves",
+            "Clients of a drain by how they went: left (after their GoAway), closed (4100)",
+            ["outcome"])
+        self.drain_requests = m.counter(
+            "gateway_drain_requests",
+            "Admin drain requests by outcome (allowed, already, unauthenticated, forbidden)",
+            ["outcome"])
         self.lookups_limited = m.counter(
             "ws_snapshot_lookups_limited",
             "Snapshot look-ups a connection asked for over its rate limit, refused, by action",

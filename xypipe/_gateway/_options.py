@@ -85,6 +85,16 @@ class GatewayOptions:
     send_buffer_bytes: int | None = attrs.field(default=None, validator=in_range(4096, 1 << 30))
     close_grace_ms: int = attrs.field(default=1000, validator=in_range(1, 60_000))
     nats_timeout_ms: int = attrs.field(default=2000, validator=in_range(1, 60_000))
+    #: Graceful drain (SIGTERM, ``POST /admin/drain``): the clients' moves (GoAway frames) are
+    #: spread over this many seconds, after which whoever is left is closed (4100) and the
+    #: worker exits (docs/architecture.md "Graceful drain").
+    drain_s: float = attrs.field(default=10.0, validator=in_range(0.0, 3600.0))
+    #: How long a client told to move has before the gateway closes its socket (4100).
+    drain_close_in_ms: int = attrs.field(default=2000, validator=in_range(1, 600_000))
+    #: The GoAway's retry hint: a client whose first reconnection fails waits this long.
+    drain_retry_ms: int = attrs.field(default=250, validator=in_range(0, 600_000))
+    #: The role a bearer token must carry to ask this worker to drain (``/admin/drain``).
+    drain_role: str = attrs.field(default="admin", validator=non_empty())
     #: Authentication failures per client address (WebSocket hello, admin bearer token)
     #: before the address is locked out for a while; see docs/protocol.md "Auth throttling".
     auth_throttle: ThrottlePolicy = attrs.field(factory=ThrottlePolicy)

@@ -23,24 +23,35 @@ import trio
 
 from xypipe._audit import AuditLog
 from xypipe._contracts import decoder_for
-from xypipe._errors import GW_BAD_MESSAGE, WS_ANY_ORIGIN
+from xypipe._errors import (
+    GW_BAD_MESSAGE,
+    GW_DRAIN_CLOSED,
+    GW_DRAIN_FINISHED,
+    GW_DRAIN_STARTED,
+    WS_ANY_ORIGIN,
+)
 from xypipe._gateway._access import AccessRecorder
 from xypipe._gateway._auth import TokenVerifier
 from xypipe._gateway._conn import Connection
+from xypipe._gateway._drain import DrainPlan, DrainPolicy
 from xypipe._gateway._flagwatch import FlagBoard
 from xypipe._gateway._flush import DirectTarget, TickFlush
+from xypipe._gateway._frames import ws_binary
 from xypipe._gateway._gmetrics import GatewayMetrics, LevelGauges
 from xypipe._gateway._groupwatch import KnownGroupsWatch
 from xypipe._gateway._hub import BadMessage, Hub
 from xypipe._gateway._options import GatewayOptions
 from xypipe._gateway._session import CLOSE_GOING_AWAY, KnownGroups, Session, SessionPolicy
+from xypipe._gateway._session_effects import CLOSE_DRAINING
 from xypipe._gateway._snapfetch import SnapshotFetcher
 from xypipe._gateway._store import Msg, NatsClient
 from xypipe._gateway._throttle import AuthThrottle, client_address
 from xypipe._gateway._wire_core import ConnectionPorts
-from xypipe._http import HttpServer, Request
+from xypipe._http import Request
 from xypipe._log import Logger, get_logger
 from xypipe._metrics import Metrics, zero_transitions
+from xypipe.abc import HttpRoutes
+from xypipe.contracts import GoAway, ServerFrame
 
 __all__ = ["GatewayServer", "session_policy"]
 
@@ -119,13 +130,20 @@ class GatewayServer:
             scope=scope, log=log)
         self._accepting = True
         self._drained = trio.Event()
+        #: The drain under way (None: serving).
+        self.drain_plan: DrainPlan | None = None
+        #: Set when the drain must look again: a connection arrived or none is left.
+        self._drain_wake = trio.Event()
+        self.metrics.draining.set(0)
+        for outcome in ("left", "closed"):
+            self.metrics.drain_moves.labels(outcome)
         # Alert rules take increase() of these: they read 0 before the first event.
         zero_transitions(self.metrics.backpressure, f"{scope}:connection")
         self.metrics.ws_active.set(0)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
-    async def run(self, inbox: AsyncIterable[Msg | list[Msg]], http: HttpServer | None, *,
+    async def run(self, inbox: AsyncIterable[Msg | list[Msg]], http: HttpRoutes | None, *,
                   task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve until ``inbox`` ends (the pipeline is stopping), then close every socket."""
         if "*" in self.options.allowed_origins:
@@ -158,6 +176,65 @@ class GatewayServer:
             while self.connections:
                 self._drained = trio.Event()
                 await self._drained.wait()
+
+    # -- graceful drain -------------------------------------------------------------------------
+
+    async def drain(self, reason: str, stop_accepting: Callable[[], None] | None = None) -> None:
+        """Move every client away, spread over ``drain_s``: stop accepting (the kernel sends
+        new connections to the other workers), tell each connection to go (GoAway) on the
+        :class:`~._drain.DrainPlan`'s schedule, close with 4100 whoever is still there
+        ``drain_close_in_ms`` after its GoAway, and return once nobody is left (at the latest
+        ``drain_s`` and a close grace after the start)."""
+        opts = self.options
+        if stop_accepting is not None:
+            stop_accepting()
+        start = trio.current_time()
+        plan = DrainPlan(self.connections, start,
+                         DrainPolicy(opts.drain_s, opts.drain_close_in_ms / 1000))
+        self.drain_plan = plan
+        self.metrics.draining.set(1)
+        frame = ws_binary(ServerFrame(go_away=GoAway(
+            retry_ms=opts.drain_retry_ms, reason=f"draining: {reason}",
+            close_in_ms=opts.drain_close_in_ms)).SerializeToString())
+        self.log.info("draining: clients told to move, spread over drain_s",
+                      code=GW_DRAIN_STARTED, reason=reason, clients=len(self.connections),
+                      drain_s=opts.drain_s, spread_s=round(plan.policy.spread_s, 3))
+        while self.connections and trio.current_time() < plan.end:
+            now = trio.current_time()
+            for conn_id in plan.moves_due(now):
+                conn = self.connections.get(conn_id)
+                if conn is None:
+                    continue
+                if conn.go_away(frame):
+                    self.metrics.goaway.inc()
+                else:
+                    # Not open yet (no Welcome): there is no session to move; it reconnects.
+                    conn.close(CLOSE_DRAINING, "draining: reconnect")
+            self._close_overdue(plan, now)
+            if not self.connections:
+                break
+            self._drain_wake = trio.Event()
+            with trio.move_on_at(plan.next_at()):
+                await self._drain_wake.wait()
+        self._close_overdue(plan, max(trio.current_time(), plan.end))
+        with trio.move_on_after(opts.close_grace_ms / 1000 + 0.5):
+            while self.connections:
+                self._drain_wake = trio.Event()
+                await self._drain_wake.wait()
+        stats = plan.statistics()
+        self.metrics.drain_moves.labels("left").inc(stats.left)
+        self.metrics.drain_moves.labels("closed").inc(stats.closed)
+        self.log.info("drain finished", code=GW_DRAIN_FINISHED, reason=reason,
+                      left=stats.left, closed=stats.closed, still_open=len(self.connections),
+                      took_s=round(trio.current_time() - start, 3))
+
+    def _close_overdue(self, plan: DrainPlan, now: float) -> None:
+        overdue = [c for c in plan.overdue(now) if c in self.connections]
+        for conn_id in overdue:
+            self.connections[conn_id].close(CLOSE_DRAINING, "draining: reconnect")
+        if overdue:
+            self.log.warning("draining: clients that did not move were closed (4100)",
+                             code=GW_DRAIN_CLOSED, clients=len(overdue))
 
     # -- NATS input -------------------------------------------------------------------------------
 
@@ -212,6 +289,10 @@ class GatewayServer:
                 return
             self.connections[conn.conn_id] = conn
             self.targets[conn.conn_id] = conn.core
+            if self.drain_plan is not None:
+                # Accepted before the listener closed: it moves at once.
+                self.drain_plan.arrived(conn.conn_id, trio.current_time())
+                self._drain_wake.set()
             self.levels.move(None, conn.outbox.level)
             self.metrics.ws_active.set(len(self.connections))
             try:
@@ -222,6 +303,9 @@ class GatewayServer:
                 self.targets.pop(conn.conn_id, None)
                 self.levels.move(conn.outbox.level, None)
                 self.metrics.ws_active.set(len(self.connections))
+                if self.drain_plan is not None:
+                    self.drain_plan.left(conn.conn_id)
+                    self._drain_wake.set()
                 if not self.connections:
                     self._drained.set()
         finally:

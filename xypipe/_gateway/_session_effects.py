@@ -22,6 +22,9 @@ CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
 CLOSE_INTERNAL = 1011
 CLOSE_BASE = 4000
+#: A draining gateway worker closes a client that has not moved after its GoAway: reconnect
+#: at once and resume (outside ``4000 + ErrorCode``: it is not an error).
+CLOSE_DRAINING = 4100
 
 
 def close_code(code: int) -> int:

@@ -369,6 +369,16 @@ class ConnectionCore:
             s.close(code, reason)
             self.apply(now)
 
+    def go_away(self, frame: bytes) -> bool:
+        """Queue a GoAway (a framed ServerFrame, ahead of market data: the client keeps its
+        last point and resumes elsewhere); False when the session is not open (the caller
+        closes it instead)."""
+        s = self.session
+        if self.closing is not None or s is None or not s.is_open:
+            return False
+        self.outbox.push_control(frame)
+        return True
+
     def refresh_flags(self, now: float) -> None:
         """Apply the current operator flags (forced level, disabled groups) to the session."""
         s = self.session

@@ -487,6 +487,42 @@ export declare type Subscribed = Message<"xy.md.v1.Subscribed"> & {
 export declare const SubscribedSchema: GenMessage<Subscribed>;
 
 /**
+ * The gateway worker is draining (a planned restart, a scale-in): reconnect now and resume. It
+ * names no place to go — a client reconnects to the URL(s) it was configured with, so a forged
+ * frame cannot send it anywhere else. The gateway closes the connection itself (close code 4015)
+ * after `close_in_ms` if the client has not left by then; docs/protocol.md "Drain".
+ *
+ * @generated from message xy.md.v1.GoAway
+ */
+export declare type GoAway = Message<"xy.md.v1.GoAway"> & {
+  /**
+   * If the first reconnection fails, retry after this long (not before the first attempt: the
+   * gateway already spreads its clients' moves over its drain period).
+   *
+   * @generated from field: uint32 retry_ms = 1;
+   */
+  retryMs: number;
+
+  /**
+   * @generated from field: string reason = 2;
+   */
+  reason: string;
+
+  /**
+   * The gateway closes this connection this long after the frame.
+   *
+   * @generated from field: uint32 close_in_ms = 3;
+   */
+  closeInMs: number;
+};
+
+/**
+ * Describes the message xy.md.v1.GoAway.
+ * Use `create(GoAwaySchema)` to create a new message.
+ */
+export declare const GoAwaySchema: GenMessage<GoAway>;
+
+/**
  * One frame from the gateway. Fields are not a oneof: one flush tick sends a single frame
  * carrying every delta due to that connection. `deltas` holds the aggregator's Delta bytes
  * unchanged (a repeated message field is "tag, length, bytes"), so the gateway frames each delta
@@ -534,6 +570,11 @@ export declare type ServerFrame = Message<"xy.md.v1.ServerFrame"> & {
    * @generated from field: int64 ts_send_us = 8 [jstype = JS_NUMBER];
    */
   tsSendUs: bigint;
+
+  /**
+   * @generated from field: xy.md.v1.GoAway go_away = 9;
+   */
+  goAway?: GoAway | undefined;
 };
 
 /**

@@ -209,8 +209,18 @@ class Subscribed(_message.Message):
     groups: _containers.RepeatedCompositeFieldContainer[GroupRef]
     def __init__(self, groups: _Optional[_Iterable[_Union[GroupRef, _Mapping]]] = ...) -> None: ...
 
+class GoAway(_message.Message):
+    __slots__ = ("retry_ms", "reason", "close_in_ms")
+    RETRY_MS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    CLOSE_IN_MS_FIELD_NUMBER: _ClassVar[int]
+    retry_ms: int
+    reason: str
+    close_in_ms: int
+    def __init__(self, retry_ms: _Optional[int] = ..., reason: _Optional[str] = ..., close_in_ms: _Optional[int] = ...) -> None: ...
+
 class ServerFrame(_message.Message):
-    __slots__ = ("welcome", "deltas", "snapshots", "error", "degrade", "pong", "subscribed", "ts_send_us")
+    __slots__ = ("welcome", "deltas", "snapshots", "error", "degrade", "pong", "subscribed", "ts_send_us", "go_away")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     DELTAS_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOTS_FIELD_NUMBER: _ClassVar[int]
@@ -219,6 +229,7 @@ class ServerFrame(_message.Message):
     PONG_FIELD_NUMBER: _ClassVar[int]
     SUBSCRIBED_FIELD_NUMBER: _ClassVar[int]
     TS_SEND_US_FIELD_NUMBER: _ClassVar[int]
+    GO_AWAY_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
     deltas: _containers.RepeatedCompositeFieldContainer[_marketdata_pb2.Delta]
     snapshots: _containers.RepeatedCompositeFieldContainer[_marketdata_pb2.Snapshot]
@@ -227,4 +238,5 @@ class ServerFrame(_message.Message):
     pong: Pong
     subscribed: Subscribed
     ts_send_us: int
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., deltas: _Optional[_Iterable[_Union[_marketdata_pb2.Delta, _Mapping]]] = ..., snapshots: _Optional[_Iterable[_Union[_marketdata_pb2.Snapshot, _Mapping]]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., degrade: _Optional[_Union[DegradeChange, _Mapping]] = ..., pong: _Optional[_Union[Pong, _Mapping]] = ..., subscribed: _Optional[_Union[Subscribed, _Mapping]] = ..., ts_send_us: _Optional[int] = ...) -> None: ...
+    go_away: GoAway
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., deltas: _Optional[_Iterable[_Union[_marketdata_pb2.Delta, _Mapping]]] = ..., snapshots: _Optional[_Iterable[_Union[_marketdata_pb2.Snapshot, _Mapping]]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., degrade: _Optional[_Union[DegradeChange, _Mapping]] = ..., pong: _Optional[_Union[Pong, _Mapping]] = ..., subscribed: _Optional[_Union[Subscribed, _Mapping]] = ..., ts_send_us: _Optional[int] = ..., go_away: _Optional[_Union[GoAway, _Mapping]] = ...) -> None: ...
