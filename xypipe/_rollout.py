@@ -131,7 +131,8 @@ class Rollout:
 
     @property
     def unit(self) -> str:
-        return self.units[self.step]
+        """The copy being replaced (the last one once done)."""
+        return self.units[min(self.step, len(self.units) - 1)]
 
     @property
     def finished(self) -> bool:

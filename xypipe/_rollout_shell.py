@@ -43,7 +43,8 @@ from xypipe._rollout import (
 from xypipe._rollout_gate import Reading, judge, reading_of
 
 __all__ = [
-    "ROLLOUT_SUB", "Copy", "Fleet", "RunFile", "drive_rollout", "rollout_audit", "run_file_for",
+    "ROLLOUT_SUB", "Copy", "Fleet", "HttpProbe", "Probe", "RunFile", "drive_rollout",
+    "rollout_audit", "run_file_for",
 ]
 
 _log = get_logger("supervisor")
@@ -84,8 +85,29 @@ class Fleet(Protocol):
         """Drain and stop ``unit``'s successor; the current copy keeps serving."""
 
 
+class Probe(Protocol):
+    """How a rollout reads a copy (HTTP on its control port; a test gives its own)."""
+
+    async def health(self, copy: Copy) -> tuple[bool, str]:
+        """Whether it is ready, and if not why (one line)."""
+
+    async def metrics(self, copy: Copy) -> Reading:
+        """Its counters now."""
+
+
+class HttpProbe:
+    """``/healthz`` and ``/metrics`` on the copy's loopback control port."""
+
+    async def health(self, copy: Copy) -> tuple[bool, str]:
+        return await _health(copy)
+
+    async def metrics(self, copy: Copy) -> Reading:
+        return await _metrics(copy)
+
+
 async def drive_rollout(fleet: Fleet, units: list[str], cfg: RolloutConfig, *,
-                        trigger: str, run_file: RunFile | None = None) -> Outcome:
+                        trigger: str, run_file: RunFile | None = None,
+                        probe: Probe | None = None) -> Outcome:
     """Replace ``units`` one at a time behind the gate; the outcome (also logged, audited and
     written to ``run_file``)."""
     machine = Rollout(units, cfg)
@@ -93,7 +115,7 @@ async def drive_rollout(fleet: Fleet, units: list[str], cfg: RolloutConfig, *,
               gate_s=cfg.gate_s, canary_s=cfg.canary_s)
     rollout_audit.record("rollout started", action="rollout", outcome="started", sub=ROLLOUT_SUB,
                   trigger=trigger, units=units)
-    driver = _Driver(fleet, machine, run_file)
+    driver = _Driver(fleet, machine, run_file, probe or HttpProbe())
     driver.status()
     actions = machine.start(trio.current_time())
     while True:
@@ -108,7 +130,9 @@ async def drive_rollout(fleet: Fleet, units: list[str], cfg: RolloutConfig, *,
 
 
 class _Driver:
-    def __init__(self, fleet: Fleet, machine: Rollout, run_file: RunFile | None) -> None:
+    def __init__(self, fleet: Fleet, machine: Rollout, run_file: RunFile | None,
+                 probe: Probe) -> None:
+        self.probe = probe
         self.fleet = fleet
         self.machine = machine
         self.run_file = run_file
@@ -124,6 +148,7 @@ class _Driver:
         for action in actions:
             now = trio.current_time
             if isinstance(action, StartNew):
+                self.successor = None
                 try:
                     self.successor = await self.fleet.start_successor(action.unit)
                 except OSError as exc:
@@ -156,7 +181,7 @@ class _Driver:
             now = trio.current_time()
             if copy.exited.is_set():
                 return machine.new_exited(now, "exited")
-            ready, why = await _health(copy)
+            ready, why = await self.probe.health(copy)
             now = trio.current_time()
             if machine.phase is Phase.WAITING_READY and ready:
                 machine.new_ready(now)
@@ -177,8 +202,8 @@ class _Driver:
                 await copy.exited.wait()
 
     async def _readings(self, copy: Copy) -> tuple[Reading, list[Reading]]:
-        new = await _metrics(copy)
-        olds = [await _metrics(c) for c in self.fleet.peers(self.machine.unit)]
+        new = await self.probe.metrics(copy)
+        olds = [await self.probe.metrics(c) for c in self.fleet.peers(self.machine.unit)]
         return new, olds
 
 
