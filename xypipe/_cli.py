@@ -41,6 +41,7 @@ _COMMAND_MODULES: list[str] = [
     "xypipe._cli_md",
     "xypipe._cli_creds",
     "xypipe._cli_stages",
+    "xypipe._cli_rollout",
 ]
 
 _log_cli = _log.get_logger("cli")
