@@ -46,10 +46,10 @@ class WorkerIdentity:
     @property
     def member(self) -> str:
         """A name unique in a cluster and stable across restarts: ``host/process.index``
-        (``host/process.index~gG`` for a rollout's generation G, which runs beside its
+        (``host/process.index_gG`` for a rollout's generation G, which runs beside its
         predecessor)."""
         base = f"{self.host}/{self.process or 'main'}.{self.index}"
-        return f"{base}~g{self.generation}" if self.generation else base
+        return f"{base}_g{self.generation}" if self.generation else base
 
     def environ(self) -> dict[str, str]:
         """What a child needs in its environment to know itself."""
