@@ -4,12 +4,16 @@ text, and the Trio shell driven over a fake fleet under Trio's mock clock."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import attrs
 import pytest
 import trio
 
+from xypipe._cli_rollout import request_rollout
 from xypipe._config import ConfigError, parse_config
+from xypipe._errors import RolloutError
 from xypipe._rollout import (
     Finish,
     Phase,
@@ -20,7 +24,7 @@ from xypipe._rollout import (
     StopOld,
 )
 from xypipe._rollout_gate import Reading, judge, reading_of
-from xypipe._rollout_shell import Copy, RunFile, drive_rollout
+from xypipe._rollout_shell import Copy, RunFile, drive_rollout, run_file_for
 
 CFG = RolloutConfig(gate_s=10.0, ready_timeout_s=5.0)
 
@@ -290,3 +294,38 @@ async def test_the_shell_reports_a_successor_that_cannot_start(autojump_clock):
     outcome = await drive_rollout(FakeFleet(fail_start=True), ["gw.0"], CFG, trigger="test",
                                   probe=FakeProbe())
     assert not outcome.ok and "could not be started: cannot start" in outcome.reason
+
+
+# --------------------------------------------------------------------------- xypipe rollout
+
+
+def test_xypipe_rollout_without_a_running_tree_says_so(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    config = str(tmp_path / "app.toml")
+    with pytest.raises(RolloutError, match=r"no running `xypipe run .*app.toml` on this machine"):
+        request_rollout(config)
+    # A run file left by a tree that was killed: its pid runs something else (or nothing).
+    stale = RunFile(run_file_for(config), config)
+    stale.doc["pid"] = 2**22 + 12345  # above pid_max on this machine's default: nobody
+    stale.write()
+    assert oct(run_file_for(config).stat().st_mode & 0o777) == "0o600"
+    with pytest.raises(RolloutError, match="is stale"):
+        request_rollout(config)
+    # A live process whose command line names xypipe, mid-rollout: not asked twice.
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import sys; print('up', flush=True); sys.stdin.read()", "xypipe"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"up\n"  # it runs
+        busy = RunFile(run_file_for(config), config)
+        busy.doc.update(pid=proc.pid, state="running")
+        busy.write()
+        with pytest.raises(RolloutError, match="already running"):
+            request_rollout(config)
+        assert proc.poll() is None  # it was not signalled
+    finally:
+        proc.kill()
+        proc.wait()
+        for pipe in (proc.stdin, proc.stdout):
+            if pipe is not None:
+                pipe.close()

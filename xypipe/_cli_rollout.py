@@ -52,6 +52,28 @@ def _read(path: str) -> dict[str, object] | None:
     return doc if isinstance(doc, dict) else None
 
 
+def _is_xypipe(pid: int) -> bool:
+    """Whether ``pid`` still runs xypipe (a stale run file's pid may belong to anything now);
+    where /proc is missing, whether it exists at all."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"xypipe" in f.read()
+    except FileNotFoundError:
+        return not os.path.isdir("/proc") and _exists(pid)
+    except OSError:
+        return _exists(pid)
+
+
+def _exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def request_rollout(config: str, *, wait: bool = True, timeout_s: float = 3600.0) -> str:
     """Signal the running tree of ``config`` and (with ``wait``) return its outcome's line;
     raises :class:`~xypipe._errors.RolloutError` when nothing runs it or the rollout failed."""
@@ -61,6 +83,9 @@ def request_rollout(config: str, *, wait: bool = True, timeout_s: float = 3600.0
     if not isinstance(pid, int):
         raise RolloutError(f"no running `xypipe run {config}` on this machine (no run file at "
                            f"{path}; a tree started without signal handling cannot be rolled)")
+    if not _is_xypipe(pid):
+        raise RolloutError(f"`xypipe run {config}` (pid {pid}) is gone; its run file {path} "
+                           "is stale")
     before = int(str(doc.get("rollout", 0))) if doc else 0
     if doc and doc.get("state") == "running":
         raise RolloutError(f"a rollout of `xypipe run {config}` (pid {pid}) is already running")

@@ -445,13 +445,15 @@ class _Fleet:
 
     async def _rollouts_on_sighup(self) -> None:
         run_file = RunFile(run_file_for(self.cfg.path), self.cfg.path)
-        run_file.write()
-        try:
-            with trio.open_signal_receiver(signal.SIGHUP) as received:
+        # The handler first, then the file that tells `xypipe rollout` our pid: a SIGHUP
+        # before the handler would end the tree (its default action).
+        with trio.open_signal_receiver(signal.SIGHUP) as received:
+            run_file.write()
+            try:
                 async for _ in received:
                     await self.rollout(run_file, trigger="SIGHUP")
-        finally:
-            run_file.remove()
+            finally:
+                run_file.remove()
 
     async def _supervise(self, slot: _Slot, *,
                          task_status: trio.TaskStatus[object] = trio.TASK_STATUS_IGNORED) -> None:
