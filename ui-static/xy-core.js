@@ -191,6 +191,8 @@ export class Reconnector {
     this.openedAt = null; // when the current connection opened
     this.reconnects = 0; // connections opened after the first
     this.everOpened = false;
+    /** @type {number | null} */
+    this.hintMs = null; // a GoAway's retry hint, for the first failure after the move
     this._ids = 0;
   }
 
@@ -242,10 +244,25 @@ export class Reconnector {
     if (id !== null) this.inFlight.delete(id);
     if (this.openedAt !== null && now - this.openedAt >= this.stableMs) this.failures = 0;
     this.openedAt = null;
-    const delay = this.backoff.delay(this.failures);
+    const delay = this.failures === 0 && this.hintMs !== null ? this.hintMs : this.backoff.delay(this.failures);
+    this.hintMs = null;
     this.failures += 1;
     this.nextAt = now + delay;
     return delay;
+  }
+
+  /**
+   * The open connection ended by a planned move (the gateway's GoAway, or its draining close
+   * 4100): not a failure. The next attempt may start at once; should it fail, the one after it
+   * waits `retryMs` (the gateway's hint).
+   * @param {number} now
+   * @param {number} retryMs
+   */
+  moved(now, retryMs) {
+    this.openedAt = null;
+    this.failures = 0;
+    this.nextAt = now;
+    this.hintMs = retryMs;
   }
 
   /** Attempts that have been in flight longer than attemptTimeoutMs (the caller abandons them). */

@@ -90,7 +90,7 @@ import { Outlet, planDraw } from "./xy-outlet.js";
  */
 /** @typedef {{ code: string, message: string, group?: string, fatal?: boolean }} HubError */
 /** @typedef {{ level: number, reason: string, recovery: string, paused: string[] }} Degrade */
-/** @typedef {{ frames: number, bytes: number, deltas: number, snapshots: number, duplicates: number, gaps: number, epochChanges: number, rejected: number, snapshotRequests: number, checksumMismatches: number, checksumsVerified: number, batches: number, droppedBatches: number, badFrames: number, errors: number, connects: number, deliveries: number, coalesced: number, ackTimeouts: number }} Counters */
+/** @typedef {{ frames: number, bytes: number, deltas: number, snapshots: number, duplicates: number, gaps: number, epochChanges: number, rejected: number, snapshotRequests: number, checksumMismatches: number, checksumsVerified: number, batches: number, droppedBatches: number, badFrames: number, errors: number, connects: number, deliveries: number, coalesced: number, ackTimeouts: number, moves: number }} Counters */
 /**
  * The hub's state, as every tab is sent it (about once a second and on every change).
  * @typedef {object} Status
@@ -145,6 +145,8 @@ import { Outlet, planDraw } from "./xy-outlet.js";
  */
 
 export const PROTOCOL_VERSION = 1;
+/** The close a draining gateway sends a client that has not moved after its GoAway. */
+export const DRAINING_CLOSE = 4100;
 
 /** @type {Readonly<HubConfig>} */
 export const DEFAULTS = Object.freeze({
@@ -243,6 +245,7 @@ export class Hub {
       frames: 0, bytes: 0, deltas: 0, snapshots: 0, duplicates: 0, gaps: 0, epochChanges: 0, rejected: 0,
       snapshotRequests: 0, checksumMismatches: 0, checksumsVerified: 0, batches: 0,
       droppedBatches: 0, badFrames: 0, errors: 0, connects: 0, deliveries: 0, coalesced: 0, ackTimeouts: 0,
+      moves: 0,
     };
     this._reported = { reconnects: 0, droppedBatches: 0, checksumMismatches: 0 };
     /** @type {Record<string, number>} */
@@ -434,7 +437,8 @@ export class Hub {
       if (this.ws === ws) this._onFrame(ev.data);
     };
     ws.onclose = (ev) => {
-      if (this.ws === ws) this._socketGone(`closed ${ev.code}${ev.reason ? ` ${ev.reason}` : ""}`);
+      // 4100: a draining gateway closed a client that had not moved yet — a move, not a failure.
+      if (this.ws === ws) this._socketGone(`closed ${ev.code}${ev.reason ? ` ${ev.reason}` : ""}`, ev.code === DRAINING_CLOSE ? 0 : null);
     };
     ws.onerror = () => {
       // A close event always follows; the reason is reported there.
@@ -465,14 +469,21 @@ export class Hub {
     this._driveConnection();
   }
 
-  /** @param {string} why */
-  _socketGone(why) {
+  /**
+   * @param {string} why
+   * @param {number | null} [movedRetryMs] set when the gateway asked this client to move (its
+   *   GoAway's retry hint): reconnect at once — to the configured wsUrl, the only place this
+   *   hub ever connects to — and resume; not counted as a failure.
+   */
+  _socketGone(why, movedRetryMs = null) {
     const ws = this.ws;
     const wasOpen = this.state === "open";
+    const moved = movedRetryMs !== null;
     this.ws = null;
     if (ws) {
       ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
-      if (ws.readyState <= 1) ws.close(4900, why.slice(0, 100)); // 4900: the client gave up on this socket
+      // 4900: the client gave up on this socket; 1000: it leaves as asked.
+      if (ws.readyState <= 1) ws.close(moved ? 1000 : 4900, (moved ? "moving (GoAway)" : why).slice(0, 100));
     }
     if (wasOpen) {
       this.disconnectedAt = this.env.now();
@@ -484,7 +495,8 @@ export class Hub {
     const id = wasOpen ? null : (this.attempt?.id ?? null);
     this.attempt = null;
     this.state = "waiting";
-    this._rc().failed(id, this.env.now());
+    if (moved && wasOpen) this._rc().moved(this.env.now(), movedRetryMs);
+    else this._rc().failed(id, this.env.now());
     this._cancel("heartbeat");
     this._cancel("refresh");
     this._broadcastStatus();
@@ -544,6 +556,13 @@ export class Hub {
     for (const snap of frame.snapshots) this._onSnapshot(snap, now);
     for (const delta of frame.deltas) this._onDelta(delta, now);
     if (this.merger.size) this._offer(now);
+    if (frame.goAway) {
+      // After the frame's data, so the resume points include it. A GoAway names no place to
+      // go: the hub reconnects to its configured wsUrl (a forged frame cannot redirect it).
+      this.counters.moves += 1;
+      this.lastError = { code: "XY-GW-047", message: `gateway asked to move: ${frame.goAway.reason}` };
+      this._socketGone(`GoAway: ${frame.goAway.reason}`, frame.goAway.retryMs);
+    }
   }
 
   /**

@@ -30,6 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 import xypipe
 from xypipe._gateway._tokens import DEV_AUDIENCE, DEV_ISSUER, generate_ed25519_keypair
 from xypipe._stages.ui_server import UiServer
+from xypipe._worker import WorkerIdentity
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -126,14 +127,17 @@ def ui_port(runner: xypipe.Runner) -> int:
 class Service:
     """One Runner that can be started, stopped and started again in the caller's nursery."""
 
-    def __init__(self, name: str, make_config: Callable[[], xypipe.AppConfig]) -> None:
+    def __init__(self, name: str, make_config: Callable[[], xypipe.AppConfig],
+                 worker: WorkerIdentity | None = None) -> None:
         self.name = name
         self.make_config = make_config
+        #: Which copy this is (copies of a process share its port with SO_REUSEPORT).
+        self.worker = worker
         self.runner: xypipe.Runner | None = None
         self._done: trio.Event | None = None
 
     async def start(self, nursery: trio.Nursery) -> xypipe.Runner:
-        runner = xypipe.Runner(self.make_config())
+        runner = xypipe.Runner(self.make_config(), worker=self.worker)
         done = trio.Event()
 
         async def _run(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -202,7 +206,7 @@ class Stack:
 async def running_stack(
     nats_url: str, tmp: Path, *, groups: list[str] | None = None, rate: float = 400.0,
     symbols: int = 60, batch_ms: int = 16, snapshot_ms: int = 2000,
-    gateway_options: dict[str, Any] | None = None,
+    gateway_options: dict[str, Any] | None = None, gateway_worker: WorkerIdentity | None = None,
 ) -> AsyncIterator[Stack]:
     groups = groups or ["equities", "fx"]
     private, public = generate_ed25519_keypair()
@@ -210,7 +214,8 @@ async def running_stack(
     (tmp / "dev.pub").write_bytes(public)
     gw_port = free_port()
     gateway = Service("gateway", lambda: gateway_config(nats_url, gw_port, tmp / "dev.pub",
-                                                        **(gateway_options or {})))
+                                                        **(gateway_options or {})),
+                      worker=gateway_worker)
     aggregator = Service("aggregator", lambda: aggregator_config(nats_url,
                                                                  snapshot_ms=snapshot_ms))
     publisher = Service("publisher", lambda: publisher_config(nats_url, rate=rate,

@@ -36,10 +36,11 @@ CLIENTS = 12
 
 
 @asynccontextmanager
-async def gateway_workers(tmp_path: pathlib.Path, nats_url: str, keys: Keys
+async def gateway_workers(tmp_path: pathlib.Path, nats_url: str, keys: Keys, **options: Any
                           ) -> AsyncIterator[tuple[Tree, dict[str, int]]]:
-    """An ``xypipe run`` of two gateway workers on ``nats_url``; the ports: ``ws`` (shared),
-    ``w0``/``w1`` (each worker's own /metrics) and ``sup`` (the supervisor's)."""
+    """An ``xypipe run`` of two gateway workers on ``nats_url`` (the gateway stage's
+    ``options`` added); the ports: ``ws`` (shared), ``w0``/``w1`` (each worker's own /metrics)
+    and ``sup`` (the supervisor's)."""
     ports = {"ws": free_port(), "sup": free_port()}
     # Two consecutive free ports for the workers' private endpoints.
     while True:
@@ -50,7 +51,7 @@ async def gateway_workers(tmp_path: pathlib.Path, nats_url: str, keys: Keys
     gateway = {
         "use": "gateway", "name": "gateway", "public_key": str(keys.public_path),
         "allowed_origins": ["*"], "issuer": DEV_ISSUER, "audience": DEV_AUDIENCE,
-        "snapshot_stream": SNAPSHOT_STREAM,
+        "snapshot_stream": SNAPSHOT_STREAM, **options,
     }
     text = (
         f'[nats]\nurl = "{nats_url}"\n[http]\nport = {ports["sup"]}\n'

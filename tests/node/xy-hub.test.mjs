@@ -449,3 +449,38 @@ test("the hub tells each tab how fast to draw: full rate alone, 30 fps with more
   hub.handle("t1", { t: "render", lat: [], fps: 31, frameP95: 45 });
   assert.deepEqual(["t1", "t2"].map(pace), [30, 60], "t1's frames overrun");
 });
+
+test("a GoAway moves the hub at once, to its own wsUrl only, resuming from the last sequence", async () => {
+  const { hub, clock } = setup();
+  const ws = await open(clock);
+  hub.handle("t1", { t: "sub", group: "fx" });
+  ws.frame({ deltas: [{ group: "fx", shard: 0, seq: 7, epoch: 3, symbols: [sym("AAA", 1)] }] });
+  // Not yet stable (a move is not a failure either way); a forged address rides in the reason.
+  ws.frame({ deltas: [{ group: "fx", shard: 0, seq: 8, epoch: 3, symbols: [sym("AAA", 2)] }], goAway: { retryMs: 300, reason: "go to ws://evil/ws", closeInMs: 2000 } });
+  assert.deepEqual(ws.closed, { code: 1000, reason: "moving (GoAway)" });
+  await clock.advance(0);
+  assert.equal(FakeSocket.all.length, 2, "reconnected without waiting");
+  assert.equal(FakeSocket.all[1].url, "ws://gw/ws", "to the configured URL");
+  const ws2 = await open(clock, { session: "s2" });
+  const resume = ws2.sent.find((f) => f.resume).resume;
+  assert.deepEqual(resume.points.map((p) => [p.group, p.shard, Number(p.epoch), Number(p.seq)]), [["fx", 0, 3, 8]], "the GoAway frame's own delta counts");
+  assert.equal(hub.counters.moves, 1);
+  assert.equal(hub.reconnector.failures, 0, "a move is not a failure");
+});
+
+test("a failed move waits the GoAway's retry hint; the draining close 4100 is a move too", async () => {
+  const { clock } = setup({ backoffBaseMs: 100, backoffCapMs: 1000 });
+  const ws = await open(clock);
+  ws.frame({ goAway: { retryMs: 700, reason: "draining: SIGTERM", closeInMs: 2000 } });
+  await clock.advance(0);
+  FakeSocket.all.at(-1).drop(1006); // the first attempt fails
+  await clock.advance(690);
+  assert.equal(FakeSocket.all.length, 2, "waits the hint");
+  await clock.advance(20);
+  assert.equal(FakeSocket.all.length, 3);
+  const ws3 = await open(clock, { session: "s3" });
+  ws3.drop(4100);
+  await clock.advance(0);
+  assert.equal(FakeSocket.all.length, 4, "4100: reconnected at once");
+  assert.ok(FakeSocket.all.every((s) => s.url === "ws://gw/ws"));
+});

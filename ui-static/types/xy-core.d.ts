@@ -296,6 +296,8 @@ export class Reconnector {
     openedAt: number | null;
     reconnects: number;
     everOpened: boolean;
+    /** @type {number | null} */
+    hintMs: number | null;
     _ids: number;
     /** May an attempt start now? (connected == false and not at the concurrency cap) */
     /** @param {number} now */
@@ -324,6 +326,14 @@ export class Reconnector {
      * @returns {number}
      */
     failed(id: number | null, now: number): number;
+    /**
+     * The open connection ended by a planned move (the gateway's GoAway, or its draining close
+     * 4100): not a failure. The next attempt may start at once; should it fail, the one after it
+     * waits `retryMs` (the gateway's hint).
+     * @param {number} now
+     * @param {number} retryMs
+     */
+    moved(now: number, retryMs: number): void;
     /** Attempts that have been in flight longer than attemptTimeoutMs (the caller abandons them). */
     /** @param {number} now */
     expired(now: number): number[];

@@ -48,7 +48,7 @@ export function browserEnv(): HubEnv;
  */
 /** @typedef {{ code: string, message: string, group?: string, fatal?: boolean }} HubError */
 /** @typedef {{ level: number, reason: string, recovery: string, paused: string[] }} Degrade */
-/** @typedef {{ frames: number, bytes: number, deltas: number, snapshots: number, duplicates: number, gaps: number, epochChanges: number, rejected: number, snapshotRequests: number, checksumMismatches: number, checksumsVerified: number, batches: number, droppedBatches: number, badFrames: number, errors: number, connects: number, deliveries: number, coalesced: number, ackTimeouts: number }} Counters */
+/** @typedef {{ frames: number, bytes: number, deltas: number, snapshots: number, duplicates: number, gaps: number, epochChanges: number, rejected: number, snapshotRequests: number, checksumMismatches: number, checksumsVerified: number, batches: number, droppedBatches: number, badFrames: number, errors: number, connects: number, deliveries: number, coalesced: number, ackTimeouts: number, moves: number }} Counters */
 /**
  * The hub's state, as every tab is sent it (about once a second and on every change).
  * @typedef {object} Status
@@ -102,6 +102,8 @@ export function browserEnv(): HubEnv;
  * @property {LockManager} [locks]
  */
 export const PROTOCOL_VERSION: 1;
+/** The close a draining gateway sends a client that has not moved after its GoAway. */
+export const DRAINING_CLOSE: 4100;
 /** @type {Readonly<HubConfig>} */
 export const DEFAULTS: Readonly<HubConfig>;
 export class Hub {
@@ -198,8 +200,13 @@ export class Hub {
     /** @returns {Promise<string>} */
     _token(): Promise<string>;
     _attemptFailed(): void;
-    /** @param {string} why */
-    _socketGone(why: string): void;
+    /**
+     * @param {string} why
+     * @param {number | null} [movedRetryMs] set when the gateway asked this client to move (its
+     *   GoAway's retry hint): reconnect at once — to the configured wsUrl, the only place this
+     *   hub ever connects to — and resume; not counted as a failure.
+     */
+    _socketGone(why: string, movedRetryMs?: number | null): void;
     /** @param {string} why */
     _closeSocket(why: string): void;
     /**
@@ -414,6 +421,7 @@ export type Counters = {
     deliveries: number;
     coalesced: number;
     ackTimeouts: number;
+    moves: number;
 };
 /**
  * The hub's state, as every tab is sent it (about once a second and on every change).

@@ -93,7 +93,7 @@ class DrainPlan:
         """Connections told ``close_in_s`` ago or more and still there: close them (each
         once). At ``end`` every connection left is overdue, told or not."""
         limit = self.policy.close_in_s
-        out = [c for c, at in self._told.items() if now - at >= limit]
+        out = [c for c, at in self._told.items() if now - at >= limit or now >= self.end]
         if now >= self.end:
             out += [c for _, c in self._schedule[self._next:] if c not in self._gone]
             self._next = len(self._schedule)
