@@ -418,6 +418,11 @@ class _Fleet:
         self.current_slots: dict[str, _Slot] = {}
         self.successors: dict[str, _Slot] = {}
         self.rolling = False
+        self.rollouts = metrics.counter("rollouts_total", "Rolling restarts, by how they ended",
+                                        ["outcome"])
+        for outcome in _ROLLOUT_OUTCOMES:
+            self.rollouts.labels(outcome)  # each reads 0 until it happens
+        self.rollout_running = metrics.gauge("rollout_running", "1 while a rollout runs")
 
     async def start_first(self, unit: _Unit) -> None:
         slot = self._slot(unit, 0)
@@ -484,9 +489,12 @@ class _Fleet:
         return self.current_slots[unit].copy()
 
     def peers(self, unit: str) -> list[Copy]:
-        process = self.current_slots[unit].unit.identity.process
+        """The copies of ``unit``'s process still on the old version (not those this rollout
+        already replaced: the gate compares new with old)."""
+        me = self.current_slots[unit].unit.identity
         return [s.copy() for s in self.current_slots.values()
-                if s.unit.identity.process == process]
+                if s.unit.identity.process == me.process
+                and s.unit.identity.generation <= me.generation]
 
     async def start_successor(self, unit: str) -> Copy:
         if self.tree.stop_all.is_set():
@@ -546,13 +554,18 @@ class _Fleet:
             rollout_audit.record(reason, action="rollout", outcome="denied", sub=ROLLOUT_SUB,
                           code=SUP_ROLLOUT_REFUSED, trigger=trigger)
             run_file.update(state="refused", reason=reason)
+            self.rollouts.labels("refused").inc()
             return None
         self.rolling = True
+        self.rollout_running.set(1)
         try:
-            return await drive_rollout(self, units, fresh.rollout, trigger=trigger,
-                                       run_file=run_file)
+            outcome = await drive_rollout(self, units, fresh.rollout, trigger=trigger,
+                                          run_file=run_file)
         finally:
             self.rolling = False
+            self.rollout_running.set(0)
+        self.rollouts.labels("done" if outcome.ok else "rolled_back").inc()
+        return outcome
 
     def _rollable(self, fresh: AppConfig) -> list[str]:
         now = {u.name: u for u in _units(fresh, [p for p in fresh.process_names()
@@ -574,6 +587,9 @@ class _Fleet:
             raise RolloutError("no process may run beside its successor (a gateway, or an "
                                "aggregator with ownership leases)")
         return units
+
+
+_ROLLOUT_OUTCOMES = ("done", "rolled_back", "refused")
 
 
 def side_by_side(cfg: AppConfig, process: str) -> bool:

@@ -23,7 +23,8 @@ from contextlib import AsyncExitStack, asynccontextmanager
 import pytest
 import trio
 from gw_support import Keys, no_hole, sdk
-from test_demo import free_port, wait_healthy
+from prometheus_client.parser import text_string_to_metric_families
+from test_demo import free_port, http_get, wait_healthy
 from test_supervisor import ROOT, Tree, running_tree
 
 from xypipe._client._updates import Connected, DeltaApplied, SnapshotApplied, Update
@@ -158,6 +159,13 @@ async def readers(port: int, token: str, groups: Sequence[str] = GROUPS,
             nursery.cancel_scope.cancel()
 
 
+async def rollouts(port: int) -> dict[str, float]:
+    """``rollouts_total`` by outcome, from the tree's own /metrics."""
+    _, text = await trio.to_thread.run_sync(http_get, port, "/metrics")
+    return {s.labels["outcome"]: s.value for f in text_string_to_metric_families(text)
+            for s in f.samples if s.name == "rollouts_total"}
+
+
 def _coded(tree: Tree, code: str) -> list[dict[str, object]]:
     return [line for line in tree.lines if line.get("code") == code]
 
@@ -180,6 +188,7 @@ async def test_sighup_rolls_every_copy_and_clients_see_one_continuous_stream(tmp
                 assert all(len(e) == 1 for e in r.epochs(i).values()), r.epochs(i)
                 # At most one move per restarted worker (two workers were restarted).
                 assert r.reconnects(i) <= 2, r.updates[i]
+            assert await rollouts(ports["sup"]) == {"done": 1, "rolled_back": 0, "refused": 0}
         steps = [line["unit"] for line in _coded(tree, "XY-SUP-041")]
         assert steps == ["aggregator", "gateway.0", "gateway.1"]
         audits = [line for line in tree.lines if line.get("audit") and
@@ -210,6 +219,7 @@ async def test_a_new_copy_that_cannot_start_is_rolled_back_and_the_old_ones_keep
             for i in range(CLIENTS):
                 no_hole(r.updates[i])
                 assert r.reconnects(i) == 0  # the old copies kept every connection
+            assert await rollouts(ports["sup"]) == {"done": 0, "rolled_back": 1, "refused": 0}
         assert run_file_for(str(path)).exists()
         doc = json.loads(run_file_for(str(path)).read_text())
         assert doc["state"] == "rolled_back", doc
