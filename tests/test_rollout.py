@@ -25,6 +25,7 @@ from xypipe._rollout import (
 )
 from xypipe._rollout_gate import Reading, judge, reading_of
 from xypipe._rollout_shell import Copy, RunFile, drive_rollout, run_file_for
+from xypipe._supervisor import side_by_side
 
 CFG = RolloutConfig(gate_s=10.0, ready_timeout_s=5.0)
 
@@ -329,3 +330,33 @@ def test_xypipe_rollout_without_a_running_tree_says_so(tmp_path, monkeypatch):
         for pipe in (proc.stdin, proc.stdout):
             if pipe is not None:
                 pipe.close()
+
+
+# --------------------------------------------------------------------------- what is rolled
+
+
+def _tree_config(ownership: bool) -> dict[str, object]:
+    ingest: dict[str, object] = {"use": "ingest"}
+    if ownership:
+        ingest["ownership"] = {"enabled": True}
+    return {
+        "nats": {"url": "nats://127.0.0.1:4222"},
+        "processes": {"aggregator": {"http": {"port": 18090}},
+                      "gateway": {"http": {"port": 18080}, "workers": 1}},
+        "pipelines": {
+            "aggregator": {"process": "aggregator", "stages": [
+                ingest, {"use": "dedupe"}, {"use": "shard"}, {"use": "conflate"},
+                {"use": "snapshot"}, {"use": "publish"}]},
+            "gateway": {"process": "gateway", "stages": [
+                {"use": "nats_source", "name": "md", "subjects": ["xy.md.>"]},
+                {"use": "gateway", "public_key": "k.pem", "allowed_origins": ["*"]}]},
+        },
+    }
+
+
+def test_only_processes_that_may_run_twice_are_rolled():
+    plain = parse_config(_tree_config(ownership=False), "x.toml")
+    leased = parse_config(_tree_config(ownership=True), "x.toml")
+    assert side_by_side(plain, "gateway") and side_by_side(leased, "gateway")
+    assert not side_by_side(plain, "aggregator")  # two copies would publish twice
+    assert side_by_side(leased, "aggregator")  # the leases split the groups between them
