@@ -11,6 +11,7 @@ every sequence and checksum themselves) read every group throughout.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import pathlib
@@ -35,7 +36,7 @@ from xypipe.client import Client as SdkClient
 pytestmark = pytest.mark.nats
 
 GROUPS = ("equities", "futures", "fx", "crypto", "rates")
-CLIENTS = 6
+CLIENTS = int(os.environ.get("XY_ROLLOUT_CLIENTS", "50"))
 
 
 def tree_toml(tmp: pathlib.Path, ports: dict[str, int], public_key: str) -> str:
@@ -110,12 +111,22 @@ class Readers:
     def __init__(self) -> None:
         self.clients: list[SdkClient] = []
         self.updates: list[list[Update]] = []
+        #: When each client applied each delta (for the printed worst wait, not asserted).
+        self.delta_times: list[list[float]] = []
         self._changed = trio.Event()
 
     async def read(self, i: int) -> None:
         async for u in self.clients[i]:
             self.updates[i].append(u)
+            if isinstance(u, DeltaApplied):
+                self.delta_times[i].append(trio.current_time())
             self._changed.set()
+
+    def worst_wait(self, since: float) -> float:
+        """The longest any client went without a delta after ``since``."""
+        waits = [b - a for times in self.delta_times
+                 for a, b in itertools.pairwise(times) if b >= since]
+        return max(waits, default=0.0)
 
     async def until(self, done: object, within: float = 60) -> None:
         assert callable(done)
@@ -151,6 +162,7 @@ async def readers(port: int, token: str, groups: Sequence[str] = GROUPS,
         for _ in range(n):
             r.clients.append(await stack.enter_async_context(sdk(port, token)))
             r.updates.append([])
+            r.delta_times.append([])
         async with trio.open_nursery() as nursery:
             for i, client in enumerate(r.clients):
                 nursery.start_soon(r.read, i)
@@ -174,6 +186,7 @@ async def test_sighup_rolls_every_copy_and_clients_see_one_continuous_stream(tmp
     async with demo_tree(tmp_path, keys) as (tree, _path, ports):
         async with readers(ports["ws"], keys.token()) as r:
             await r.until(r.live)
+            began = trio.current_time()
             os.kill(tree.proc.pid, signal.SIGHUP)
             done = await tree.wait_for(
                 lambda line: line.get("code") in ("XY-SUP-042", "XY-SUP-043"), within=240)
@@ -189,6 +202,11 @@ async def test_sighup_rolls_every_copy_and_clients_see_one_continuous_stream(tmp
                 # At most one move per restarted worker (two workers were restarted).
                 assert r.reconnects(i) <= 2, r.updates[i]
             assert await rollouts(ports["sup"]) == {"done": 1, "rolled_back": 0, "refused": 0}
+            moved = [r.reconnects(i) for i in range(CLIENTS)]
+            print(f"rollout of 3 copies under {CLIENTS} clients: "
+                  f"{trio.current_time() - began:.1f} s; reconnects per client "
+                  f"{ {n: moved.count(n) for n in sorted(set(moved))} }; worst wait for a "
+                  f"delta {r.worst_wait(began) * 1000:.0f} ms")
         steps = [line["unit"] for line in _coded(tree, "XY-SUP-041")]
         assert steps == ["aggregator", "gateway.0", "gateway.1"]
         audits = [line for line in tree.lines if line.get("audit") and
