@@ -43,6 +43,7 @@ _COMMAND_MODULES: list[str] = [
     "xypipe._cli_creds",
     "xypipe._cli_stages",
     "xypipe._cli_bench",
+    "xypipe._cli_rollout",
 ]
 
 _log_cli = _log.get_logger("cli")

@@ -33,6 +33,7 @@ from xypipe._log import FORMATS
 from xypipe._log_repeats import RepeatPolicy
 from xypipe._registry import resolve_stage
 from xypipe._role_grants import ROLE_ALIASES, ROLES, canonical_role
+from xypipe._rollout import RolloutConfig
 from xypipe._stage import StageBase
 from xypipe._validate import (
     Invalid,
@@ -435,6 +436,8 @@ class AppConfig:
     processes: Mapping[str, ProcessConfig]
     pipelines: Mapping[str, PipelineConfig]
     security: SecurityConfig = attrs.field(factory=SecurityConfig)
+    #: ``[rollout]``: how a rolling restart judges each new copy (:mod:`xypipe._rollout`).
+    rollout: RolloutConfig = attrs.field(factory=RolloutConfig)
     #: The command line's ``--set KEY=VALUE`` it was loaded with: handed on to the child
     #: processes, which read the same file and environment (:mod:`xypipe._overrides`).
     cli_sets: tuple[str, ...] = ()
@@ -611,6 +614,7 @@ class _AppTable:
     log: LogConfig = attrs.field(factory=LogConfig)
     processes: dict[str, ProcessConfig] = attrs.field(factory=dict)
     security: SecurityConfig = attrs.field(factory=SecurityConfig)
+    rollout: RolloutConfig = attrs.field(factory=RolloutConfig)
 
 
 _STAGE_RESERVED = ("use", "name", "budget", "restart")
@@ -944,7 +948,7 @@ def parse_config(doc: RawTable, path: str = "<config>") -> AppConfig:
                 )
         cfg = AppConfig(
             path=path, nats=app.nats, http=app.http, log=app.log, processes=app.processes,
-            pipelines=pipelines, security=app.security,
+            pipelines=pipelines, security=app.security, rollout=app.rollout,
         )
         problems += worker_problems(cfg)
         if cfg.role_auth:

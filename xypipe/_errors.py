@@ -164,6 +164,33 @@ SUP_WORKERS_PLANNED = "XY-SUP-021"
 SUP_WORKER_METRICS_PORT = "XY-SUP-022"
 
 
+# Rolling restarts (xypipe/_rollout.py, _rollout_gate.py, _rollout_shell.py).
+#: A rollout started: which copies it replaces, in which order, with which gate.
+SUP_ROLLOUT_STARTED = "XY-SUP-040"
+#: One copy replaced: its successor passed the gate and the old copy was drained and stopped.
+SUP_ROLLOUT_STEP_DONE = "XY-SUP-041"
+#: Every copy was replaced.
+SUP_ROLLOUT_DONE = "XY-SUP-042"
+#: A new copy failed (never ready, exited, or its health gate): it is drained, the old copies
+#: not yet replaced keep serving, the rollout stops. The line says why.
+SUP_ROLLOUT_ROLLED_BACK = "XY-SUP-043"
+#: A rollout was asked for and refused before anything started (the config does not load, its
+#: processes or worker counts changed, another rollout runs).
+SUP_ROLLOUT_REFUSED = "XY-SUP-044"
+#: A copy is not rolled: two copies of it side by side would publish twice (no stage that scales
+#: out, no ownership leases); it keeps running the version it started with.
+SUP_ROLLOUT_SKIPPED = "XY-SUP-045"
+#: A process's /healthz or /metrics could not be read during a rollout (counted as not ready).
+SUP_ROLLOUT_PROBE_FAILED = "XY-SUP-046"
+
+
+class RolloutError(XyError):
+    """``xypipe rollout``: no running ``xypipe run`` for this config, or the rollout it asked
+    for was refused or rolled back."""
+
+    code = "XY-SUP-047"
+
+
 class AuthError(XyError):
     """A client failed authentication (bad token, expired, wrong audience...)."""
 

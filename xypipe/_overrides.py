@@ -65,7 +65,13 @@ from xypipe._log import LOG_DIR_ENV
 from xypipe._redact import is_secret_field, redact_text
 from xypipe._registry import resolve_stage
 from xypipe._validate import show
-from xypipe._worker import PROCESS_ENV, WORKER_ENV, WORKERS_ENV
+from xypipe._worker import (
+    CONTROL_PORT_ENV,
+    GENERATION_ENV,
+    PROCESS_ENV,
+    WORKER_ENV,
+    WORKERS_ENV,
+)
 
 __all__ = [
     "ALIASES", "ENV_PREFIX", "RESERVED", "BadValue", "Effective", "KeyPath", "Override",
@@ -79,6 +85,7 @@ _SEP = "__"
 RESERVED = frozenset({
     LOG_DIR_ENV,  # a copy of every log line (the test suite's secret scan)
     PROCESS_ENV, WORKER_ENV, WORKERS_ENV,  # which copy of a process a child is
+    GENERATION_ENV, CONTROL_PORT_ENV,  # which rollout generation, where the supervisor reads it
     "XYPIPE_TOKEN",  # `xypipe tail-ws`: the bearer token
     "XYPIPE_HEALTHZ",  # the container's HEALTHCHECK: the URL it probes
 })

@@ -42,6 +42,7 @@ from xypipe._edge import Edge
 from xypipe._embedded import EmbeddedBus, EmbeddedNats, supervised_embedded_nats
 from xypipe._errors import (
     DEG_LEVEL_RAISED,
+    SUP_ROLLOUT_PROBE_FAILED,
     SUP_WORKER_METRICS_PORT,
     NatsBackpressure,
     NatsRefused,
@@ -58,7 +59,7 @@ from xypipe._nats_session import hold_nats
 from xypipe._nats_signin import sign_in
 from xypipe._stage import SharedValues, StageBase, StageContext
 from xypipe._watchdog import Verdict
-from xypipe._worker import WorkerIdentity
+from xypipe._worker import WorkerIdentity, ports_shared
 from xypipe.abc import HttpRoutes
 from xypipe.abc import NatsClient as NatsApi
 from xypipe.contracts import HealthReport
@@ -533,7 +534,7 @@ class Runner:
                 if http_cfg.enabled:
                     self.http = self._http_server(http_cfg.host, http_cfg.port,
                                                   server_tls(http_cfg.tls),
-                                                  reuse_port=self.worker.count > 1)
+                                                  reuse_port=self._shares_ports)
                 self.pipelines = [
                     PipelineRun(p, self.metrics, nats=self.nats, http=self.http,
                                 shared=self.shared)
@@ -559,13 +560,28 @@ class Runner:
                 services.cancel_scope.cancel()
             self._nats_stop.set()
 
+    @property
+    def _shares_ports(self) -> bool:
+        """Copies of a process share its ports: several workers, or a supervised copy whose
+        successor a rollout starts beside it (both must set ``SO_REUSEPORT``)."""
+        return self.worker.count > 1 or (self.worker.supervised and ports_shared())
+
     async def _serve_private(self, nursery: trio.Nursery, http_cfg: HttpConfig) -> None:
         """Worker ``i``'s own /metrics and /healthz on ``metrics_port + i``: the shared port
         lands on any copy, this one on this copy only (what Prometheus scrapes)."""
+        control = self.worker.control_port
+        if control is not None:
+            # Loopback only, for the supervisor's rollout: this copy's own health and metrics.
+            try:
+                await nursery.start(self._http_server("127.0.0.1", control, None).serve)
+            except OSError as exc:
+                _log.warning("no control port: a rollout cannot read this copy's health",
+                             code=SUP_ROLLOUT_PROBE_FAILED, port=control, error=str(exc))
         port = self.config.private_metrics_port(self.process, self.worker)
         if port is None:
             return
-        private = self._http_server(http_cfg.host, port, server_tls(http_cfg.tls))
+        private = self._http_server(http_cfg.host, port, server_tls(http_cfg.tls),
+                                    reuse_port=self._shares_ports)
         if self.http is not None:
             # Every route of the shared port (the same /healthz and /metrics, and the stages'
             # own, e.g. a gateway's /admin/drain, which must reach this worker and no other).

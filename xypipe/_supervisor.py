@@ -31,8 +31,10 @@ supervisor starts a fresh copy at once, without counting a failure (docs/archite
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import socket
 import sys
 from collections.abc import Callable, Mapping
 
@@ -47,18 +49,39 @@ from xypipe._errors import (
     GW_DRAINED_EXIT,
     SUP_HTTP_PORT_TAKEN,
     SUP_KILLED_AFTER_GRACE,
+    SUP_ROLLOUT_REFUSED,
+    SUP_ROLLOUT_SKIPPED,
     SUP_SECOND_SIGNAL,
     SUP_WORKERS_PLANNED,
     ChildFailed,
+    RolloutError,
     XyError,
 )
 from xypipe._http import HttpServer, Request, Response
 from xypipe._log import get_logger
 from xypipe._metrics import Metrics
+from xypipe._overrides import load_effective
+from xypipe._ownership import OwnershipConfig
 from xypipe._process import Child
 from xypipe._profile import check_profile
+from xypipe._rollout import Outcome
+from xypipe._rollout_shell import (
+    ROLLOUT_SUB,
+    Copy,
+    RunFile,
+    drive_rollout,
+    rollout_audit,
+    run_file_for,
+)
 from xypipe._runner import Runner, server_tls
-from xypipe._supervise import WORKER_CODES, Failed, Finished, SupervisionMetrics, supervise
+from xypipe._supervise import (
+    WORKER_CODES,
+    Failed,
+    Finished,
+    Stopped,
+    SupervisionMetrics,
+    supervise,
+)
 from xypipe._worker import PROCESS_ENV, WorkerIdentity, usable_cores
 
 __all__ = ["CHILD_GRACE", "ChildFailed", "run_process_tree"]
@@ -101,11 +124,11 @@ class _Unit:
     identity: WorkerIdentity
 
 
-def _units(cfg: AppConfig, children: list[str]) -> list[_Unit]:
+def _units(cfg: AppConfig, children: list[str], *, announce: bool = True) -> list[_Unit]:
     units = []
     for process in children:
         plan = cfg.worker_plan(process)
-        if plan.source == "auto" or plan.count > 1:
+        if announce and (plan.source == "auto" or plan.count > 1):
             _log.info("workers planned", code=SUP_WORKERS_PLANNED,
                       process=process, workers=plan.count, source=plan.source,
                       cores=usable_cores(), metrics_port=plan.metrics_port)
@@ -169,6 +192,14 @@ class _Tree:
         self.failures.append(error)
         self.stop_all.set()
 
+    def joined(self) -> None:
+        """A rollout's successor runs beside its predecessor."""
+        self._running += 1
+
+    def left(self) -> None:
+        """A copy retired by a rollout (drained and stopped on purpose)."""
+        self._running -= 1
+
     def finished(self) -> None:
         """A member ended cleanly and is not coming back; the tree ends with the last one."""
         self._running -= 1
@@ -211,9 +242,10 @@ async def _run_tree(
                 await _serve_supervisor(cfg, children, supervised, metrics, outer)
             try:
                 async with trio.open_nursery() as work:
+                    fleet = _Fleet(cfg, url, nkey_of, metrics, tree, work, supervised)
                     for unit in children:
-                        await work.start(_child, cfg, unit, url, nkey_of(unit.identity.process),
-                                         metrics, tree)
+                        await fleet.start_first(unit)
+                    work.start_soon(fleet.serve, bool(signals))
                     runner = None
                     if main_pipelines:
                         runner = Runner(cfg, process="main", nats_url=url, metrics=metrics,
@@ -300,6 +332,10 @@ class _Worker:
         self.argv = argv
         self.env = {**os.environ, **(env or {})}
         self._proc: Child | None = None
+        #: Set when the process exits on its own (seen by the supervision loop's wait).
+        self.exited: trio.Event | None = None
+        #: Set by a rollout retiring this copy: stop drains it (SIGTERM) within this long.
+        self.drain_grace: float | None = None
 
     @property
     def pid(self) -> int | None:
@@ -316,16 +352,22 @@ class _Worker:
 
     async def wait(self) -> int:
         assert self._proc is not None
-        return await self._proc.wait()
+        status = await self._proc.wait()
+        if self.exited is not None:
+            self.exited.set()
+        return status
 
     async def stop(self) -> None:
         proc = self._proc
         if proc is None or proc.returncode is not None:
             return
         # SIGINT, not SIGTERM: the whole tree stops, so there is no peer to drain to (a
-        # SIGTERM from outside is a drain: see the module docstring).
-        proc.send_signal(signal.SIGINT)
-        with trio.move_on_after(CHILD_GRACE):
+        # SIGTERM from outside is a drain: see the module docstring). A copy a rollout retires
+        # has peers: it drains.
+        draining = self.drain_grace is not None
+        proc.send_signal(signal.SIGTERM if draining else signal.SIGINT)
+        with trio.move_on_after(self.drain_grace if self.drain_grace is not None
+                                else CHILD_GRACE):
             await proc.wait()
             return
         _log.warning("child did not stop in time; killing", code=SUP_KILLED_AFTER_GRACE,
@@ -340,27 +382,262 @@ class _Worker:
         await proc.wait()
 
 
-async def _child(
-    cfg: AppConfig, unit: _Unit, nats_url: str | None, nats_nkey: str | None, metrics: Metrics,
-    tree: _Tree, *, task_status: trio.TaskStatus[object] = trio.TASK_STATUS_IGNORED,
-) -> None:
+@attrs.define
+class _Slot:
+    """One running copy of a unit: the first one, or a rollout's successor."""
+
+    unit: _Unit
+    #: Its supervised name: the unit's, with ``~gG`` for generation G > 0.
+    name: str
+    worker: _Worker
+    #: Set to drain and stop this copy (by a rollout, or when the tree stops).
+    retire: trio.Event = attrs.field(factory=trio.Event)
+    #: Set once its supervision loop has ended.
+    gone: trio.Event = attrs.field(factory=trio.Event)
+    #: Set when its process exited on its own.
+    exited: trio.Event = attrs.field(factory=trio.Event)
+    #: A successor on trial: its failures are the rollout's to judge, not the tree's.
+    probation: bool = False
+
+    def copy(self) -> Copy:
+        return Copy(self.name, self.unit.identity.control_port, self.exited)
+
+
+class _Fleet:
+    """The tree's copies, by unit, and the rollouts over them (:class:`~xypipe._rollout_shell.
+    Fleet`)."""
+
+    def __init__(self, cfg: AppConfig, url: str | None, nkey_of: Callable[[str], str | None],
+                 metrics: Metrics, tree: _Tree, nursery: trio.Nursery,
+                 supervised: list[str]) -> None:
+        self.cfg = cfg
+        self.url = url
+        self.nkey_of = nkey_of
+        self.metrics = metrics
+        self.tree = tree
+        self.nursery = nursery
+        #: The names the supervisor's /healthz lists (kept current across rollouts).
+        self.supervised = supervised
+        self.current_slots: dict[str, _Slot] = {}
+        self.successors: dict[str, _Slot] = {}
+        self.rolling = False
+        self.rollouts = metrics.counter("rollouts_total", "Rolling restarts, by how they ended",
+                                        ["outcome"])
+        for outcome in _ROLLOUT_OUTCOMES:
+            self.rollouts.labels(outcome)  # each reads 0 until it happens
+        self.rollout_running = metrics.gauge("rollout_running", "1 while a rollout runs")
+
+    async def start_first(self, unit: _Unit) -> None:
+        slot = self._slot(unit, 0)
+        self.current_slots[unit.name] = slot
+        await self.nursery.start(self._supervise, slot)
+
+    def _slot(self, unit: _Unit, generation: int) -> _Slot:
+        identity = attrs.evolve(unit.identity, generation=generation,
+                                control_port=_free_port())
+        unit = _Unit(unit.name, identity)
+        name = unit.name if generation == 0 else f"{unit.name}~g{generation}"
+        return _Slot(unit, name, _Worker(name, _argv(self.cfg, unit, self.url, self.nkey_of),
+                                         identity.environ()))
+
+    async def serve(self, rollouts: bool) -> None:
+        """Until the tree stops: roll out on SIGHUP (which ``xypipe rollout CONFIG`` sends)
+        when this run handles signals; then retire every copy (the tree's stop)."""
+        async with trio.open_nursery() as nursery:
+            if rollouts:
+                nursery.start_soon(self._rollouts_on_sighup)
+            await self.tree.stop_all.wait()
+            for slot in [*self.current_slots.values(), *self.successors.values()]:
+                slot.retire.set()
+            nursery.cancel_scope.cancel()
+
+    async def _rollouts_on_sighup(self) -> None:
+        run_file = RunFile(run_file_for(self.cfg.path), self.cfg.path)
+        # The handler first, then the file that tells `xypipe rollout` our pid: a SIGHUP
+        # before the handler would end the tree (its default action).
+        with trio.open_signal_receiver(signal.SIGHUP) as received:
+            run_file.write()
+            try:
+                async for _ in received:
+                    await self.rollout(run_file, trigger="SIGHUP")
+            finally:
+                run_file.remove()
+
+    async def _supervise(self, slot: _Slot, *,
+                         task_status: trio.TaskStatus[object] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            await self._run_slot(slot, task_status)
+        finally:
+            slot.gone.set()
+
+    async def _run_slot(self, slot: _Slot, task_status: trio.TaskStatus[object]) -> None:
+        process = slot.unit.identity.process
+        slot.worker.exited = slot.exited
+        outcome = await supervise(
+            slot.name, slot.worker, self.cfg.processes[process].restart, stopping=slot.retire,
+            metrics=SupervisionMetrics(self.metrics), codes=WORKER_CODES, task_status=task_status,
+        )
+        if self.tree.stop_all.is_set() or isinstance(outcome, Stopped):
+            return
+        if slot.probation:
+            slot.exited.set()  # the rollout rolls back; the tree keeps running
+        elif isinstance(outcome, Failed):
+            self.tree.fail(outcome.error)
+        elif isinstance(outcome, Finished):
+            self.tree.finished()
+
+    # ---- what a rollout asks (xypipe._rollout_shell.Fleet)
+
+    def current(self, unit: str) -> Copy:
+        return self.current_slots[unit].copy()
+
+    def peers(self, unit: str) -> list[Copy]:
+        """The copies of ``unit``'s process still on the old version (not those this rollout
+        already replaced: the gate compares new with old)."""
+        me = self.current_slots[unit].unit.identity
+        return [s.copy() for s in self.current_slots.values()
+                if s.unit.identity.process == me.process
+                and s.unit.identity.generation <= me.generation]
+
+    async def start_successor(self, unit: str) -> Copy:
+        if self.tree.stop_all.is_set():
+            raise RolloutError("the tree is stopping")
+        old = self.current_slots[unit]
+        slot = self._slot(old.unit, old.unit.identity.generation + 1)
+        slot.probation = True
+        self.successors[unit] = slot
+        self.tree.joined()
+        self.supervised.append(slot.name)
+        try:
+            await self.nursery.start(self._supervise, slot)
+        except (XyError, OSError, BaseExceptionGroup):
+            self._forget(slot)
+            del self.successors[unit]
+            raise
+        return slot.copy()
+
+    async def retire_old(self, unit: str) -> None:
+        old = self.current_slots[unit]
+        new = self.successors.pop(unit)
+        new.probation = False
+        self.current_slots[unit] = new
+        old.worker.drain_grace = _drain_grace(self.cfg, old.unit.identity.process)
+        old.retire.set()
+        await old.gone.wait()
+        self._forget(old)
+
+    async def retire_new(self, unit: str) -> None:
+        new = self.successors.pop(unit)
+        new.worker.drain_grace = _drain_grace(self.cfg, new.unit.identity.process)
+        new.retire.set()
+        await new.gone.wait()
+        self._forget(new)
+
+    def _forget(self, slot: _Slot) -> None:
+        """A retired copy leaves /healthz, ``process_up`` and the tree's count."""
+        if slot.name in self.supervised:
+            self.supervised.remove(slot.name)
+        with contextlib.suppress(KeyError):
+            SupervisionMetrics(self.metrics).up.remove(slot.name)
+        self.tree.left()
+
+    async def rollout(self, run_file: RunFile, *, trigger: str) -> Outcome | None:
+        """One rollout of every copy that may run beside its successor; None when refused."""
+        if self.rolling:
+            _log.warning("a rollout is already running; this request is ignored",
+                         code=SUP_ROLLOUT_REFUSED, trigger=trigger)
+            return None
+        run_file.begin()
+        try:
+            fresh = _reload(self.cfg)
+            units = self._rollable(fresh)
+        except XyError as exc:
+            reason = f"rollout refused: {exc}"
+            _log.error(reason, code=SUP_ROLLOUT_REFUSED, trigger=trigger)
+            rollout_audit.record(reason, action="rollout", outcome="denied", sub=ROLLOUT_SUB,
+                          code=SUP_ROLLOUT_REFUSED, trigger=trigger)
+            run_file.update(state="refused", reason=reason)
+            self.rollouts.labels("refused").inc()
+            return None
+        self.rolling = True
+        self.rollout_running.set(1)
+        try:
+            outcome = await drive_rollout(self, units, fresh.rollout, trigger=trigger,
+                                          run_file=run_file)
+        finally:
+            self.rolling = False
+            self.rollout_running.set(0)
+        self.rollouts.labels("done" if outcome.ok else "rolled_back").inc()
+        return outcome
+
+    def _rollable(self, fresh: AppConfig) -> list[str]:
+        now = {u.name: u for u in _units(fresh, [p for p in fresh.process_names()
+                                                 if p != "main"], announce=False)}
+        if set(now) != set(self.current_slots):
+            raise RolloutError(
+                "the config's processes or worker counts changed "
+                f"({', '.join(sorted(self.current_slots))} running, "
+                f"{', '.join(sorted(now)) or 'none'} configured): restart the tree")
+        units = []
+        for name, slot in self.current_slots.items():
+            process = slot.unit.identity.process
+            if side_by_side(fresh, process):
+                units.append(name)
+            else:
+                _log.warning("not rolled: two copies side by side would publish twice",
+                             code=SUP_ROLLOUT_SKIPPED, unit=name, process=process)
+        if not units:
+            raise RolloutError("no process may run beside its successor (a gateway, or an "
+                               "aggregator with ownership leases)")
+        return units
+
+
+_ROLLOUT_OUTCOMES = ("done", "rolled_back", "refused")
+
+
+def side_by_side(cfg: AppConfig, process: str) -> bool:
+    """Whether two copies of ``process`` may run at once: it scales out (a gateway), or every
+    stage that owns groups does so by lease (an aggregator with ``ownership.enabled``)."""
+    stages = [decl for pipe in cfg.pipelines.values() if pipe.process == process
+              for decl in pipe.stages]
+    if any(decl.stage_cls.scales_out for decl in stages):
+        return True
+    leased = [getattr(decl.config, "ownership", None) for decl in stages]
+    return any(isinstance(own, OwnershipConfig) and own.enabled for own in leased)
+
+
+def _drain_grace(cfg: AppConfig, process: str) -> float:
+    """How long a retired copy may take to drain: its stages' ``drain_s`` and the grace."""
+    windows = [float(getattr(decl.config, "drain_s", 0.0)) for pipe in cfg.pipelines.values()
+               if pipe.process == process for decl in pipe.stages]
+    return max(windows, default=0.0) + CHILD_GRACE
+
+
+def _reload(cfg: AppConfig) -> AppConfig:
+    """The config file again, with the same ``--set`` keys and our environment over it."""
+    fresh = load_effective(cfg.path, sets=cfg.cli_sets).config
+    check_profile(fresh)
+    return fresh
+
+
+def _free_port() -> int:
+    """A loopback port free now, for a copy's control server (the copy binds it a moment
+    later; a port taken in between leaves that copy without one, which a rollout reports)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _argv(cfg: AppConfig, unit: _Unit, nats_url: str | None,
+          nkey_of: Callable[[str], str | None]) -> list[str]:
     process = unit.identity.process
     argv = [sys.executable, "-m", "xypipe", "run", cfg.path, "--process", process]
     if nats_url:
         argv += ["--nats-url", nats_url]
+    nats_nkey = nkey_of(process)
     if nats_nkey:
         # A path, not the seed: argv is visible to every process on the machine.
         argv += ["--nats-nkey", nats_nkey]
     # The child reads the same file and inherits our environment; what our command line set
     # goes with it, so every process runs the same config.
-    argv += [f"--set={item}" for item in cfg.cli_sets]
-    # Each worker has the process's restart policy and a budget of its own.
-    outcome = await supervise(
-        unit.name, _Worker(unit.name, argv, unit.identity.environ()),
-        cfg.processes[process].restart, stopping=tree.stop_all,
-        metrics=SupervisionMetrics(metrics), codes=WORKER_CODES, task_status=task_status,
-    )
-    if isinstance(outcome, Failed):
-        tree.fail(outcome.error)
-    elif isinstance(outcome, Finished):
-        tree.finished()
+    return argv + [f"--set={item}" for item in cfg.cli_sets]

@@ -21,6 +21,12 @@ import attrs
 PROCESS_ENV = "XYPIPE_PROCESS"
 WORKER_ENV = "XYPIPE_WORKER"
 WORKERS_ENV = "XYPIPE_WORKERS"
+#: Which rollout generation this copy is (0 = started with the tree; a rollout's successor of a
+#: copy runs beside it with the next one, so the two need different ``member`` names).
+GENERATION_ENV = "XYPIPE_GENERATION"
+#: A loopback port the supervisor picked for this copy alone: its /healthz and /metrics there
+#: are what a rollout reads (the shared and private ports may answer for another copy).
+CONTROL_PORT_ENV = "XYPIPE_CONTROL_PORT"
 
 
 @attrs.frozen
@@ -32,16 +38,26 @@ class WorkerIdentity:
     #: How many copies of the process the config runs.
     count: int = 1
     host: str = attrs.field(factory=socket.gethostname)
+    #: The rollout generation (0 until a rollout replaces this copy).
+    generation: int = 0
+    #: The supervisor's control port for this copy (None: not supervised, or not told).
+    control_port: int | None = None
 
     @property
     def member(self) -> str:
-        """A name unique in a cluster and stable across restarts: ``host/process.index``."""
-        return f"{self.host}/{self.process or 'main'}.{self.index}"
+        """A name unique in a cluster and stable across restarts: ``host/process.index``
+        (``host/process.index_gG`` for a rollout's generation G, which runs beside its
+        predecessor)."""
+        base = f"{self.host}/{self.process or 'main'}.{self.index}"
+        return f"{base}_g{self.generation}" if self.generation else base
 
     def environ(self) -> dict[str, str]:
         """What a child needs in its environment to know itself."""
-        return {PROCESS_ENV: self.process, WORKER_ENV: str(self.index),
-                WORKERS_ENV: str(self.count)}
+        env = {PROCESS_ENV: self.process, WORKER_ENV: str(self.index),
+               WORKERS_ENV: str(self.count), GENERATION_ENV: str(self.generation)}
+        if self.control_port is not None:
+            env[CONTROL_PORT_ENV] = str(self.control_port)
+        return env
 
     @classmethod
     def from_environ(cls, env: Mapping[str, str] | None = None) -> WorkerIdentity:
@@ -51,7 +67,19 @@ class WorkerIdentity:
             count = int(env.get(WORKERS_ENV, "1"))
         except ValueError:
             index, count = 0, 1
-        return cls(process=env.get(PROCESS_ENV, ""), index=index, count=max(count, 1))
+        try:
+            generation = max(0, int(env.get(GENERATION_ENV, "0")))
+        except ValueError:
+            generation = 0
+        port_text = env.get(CONTROL_PORT_ENV, "")
+        control = int(port_text) if port_text.isdigit() and 0 < int(port_text) < 65536 else None
+        return cls(process=env.get(PROCESS_ENV, ""), index=index, count=max(count, 1),
+                   generation=generation, control_port=control)
+
+    @property
+    def supervised(self) -> bool:
+        """Started by a supervisor that may run a successor beside it (a rollout)."""
+        return self.control_port is not None
 
 
 #: Most copies of one process a config may ask for (each is a whole Python process).
