@@ -40,6 +40,10 @@ class ServerTls:
     verify: bool = True
 
 
+#: The CONNECT line a server of this chain accepts (bytes): room for the largest role's JWT.
+MAX_CONTROL_LINE = 16384
+
+
 def operator_config(*, operator_jwt: Path, system_account: str, accounts: Mapping[str, str],
                     resolver: Resolver, resolver_dir: Path | None = None,
                     tls: ServerTls | None = None, port: int = 4222,
@@ -49,6 +53,10 @@ def operator_config(*, operator_jwt: Path, system_account: str, accounts: Mappin
         "port": port,
         "operator": str(operator_jwt),
         "system_account": system_account,
+        # A user JWT carries its role's permissions, and it travels in the client's CONNECT
+        # line: the aggregator's (three streams, three KV buckets, its leases) is larger than
+        # nats-server's default 4 KB limit for that line.
+        "max_control_line": MAX_CONTROL_LINE,
     }
     if resolver == "memory":
         doc["resolver"] = "MEMORY"
