@@ -198,6 +198,7 @@ class _Window:
         self.resyncs = 0
         self.began = time.monotonic()
         self.cpu0 = _own_cpu()
+        self.load0 = os.getloadavg()[0]
         self.ended = 0.0
         self.cpu1 = 0.0
 
@@ -322,6 +323,8 @@ def _summary(w: _Window) -> dict[str, Any]:
         "held": w.held,
         "resync_snapshots": w.resyncs,
         "client_cpu_pct": round(100 * (w.cpu1 - w.cpu0) / secs, 1),
+        # The machine's 1-minute load average at the window's start (2 cores: other jobs show).
+        "loadavg_1m": round(w.load0, 2),
     }
 
 
@@ -417,9 +420,12 @@ def markdown(r: dict[str, Any]) -> str:
         ("median client's worst gap (ms)", "median_client_worst_gap_ms"),
         ("reconnects per client (max)", "reconnects_max"),
         ("reconnects (all clients)", "reconnects_total"),
-        ("holes or repeats", "holes_or_repeats"), ("resync snapshots", "resync_snapshots"),
+        ("holes or repeats", "holes_or_repeats"),
+        ("deltas held for a requested snapshot", "held"),
+        ("snapshots replacing a book (resync)", "resync_snapshots"),
         ("deltas applied", "deltas"), ("window (s)", "seconds"),
         ("client process CPU (% of a core)", "client_cpu_pct"),
+        ("machine load average (1 min) at start", "loadavg_1m"),
     ]
     lines = [
         f"# Rolling restart under {r['clients']} clients: steady vs rollout, one run",
@@ -443,8 +449,10 @@ def markdown(r: dict[str, Any]) -> str:
         "Delivery latency: the publisher's `ts_emit_us` to the SDK applying the delta, every "
         "delta of every client. Worst gap: the longest a client went between two applied deltas "
         "(a window's gap is counted in the window where it ends). Holes or repeats: deltas the "
-        "SDK skipped as gap / duplicate / stale / future (must be 0). `after` is a short window "
-        "past the rollout's end, so a late hole still counts.",
+        "SDK skipped as gap / duplicate / stale / future (must be 0). Resync: a snapshot that "
+        "replaced a book the client already had (a resume the gateway's history did not "
+        "cover). `after` is a short window past the rollout's end, so a late hole still "
+        "counts.",
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python "
         f"{platform.python_version()}. **Shared machine**: other jobs ran at the same time and "
