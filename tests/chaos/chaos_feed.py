@@ -31,6 +31,10 @@ from xypipe.contracts import Tick
 SOURCE_STREAM = "XY_SRC"
 
 
+#: How often the feed publishes its reference contracts again (seconds).
+CONTRACTS_EVERY_S = 2.0
+
+
 class Feed:
     """Publish ``rate`` ticks/s over ``symbols`` instruments until :meth:`stop`."""
 
@@ -74,10 +78,22 @@ class Feed:
             pacer = Pacer(self.rate)
             pacer.due(trio.current_time())
             next_t = trio.current_time()
+            # Contracts again every few seconds, as the real publisher does
+            # (`contracts_every_s`): published while the source stream is still being created
+            # (a cluster electing its leaders), the first ones may be stored by nobody.
+            contracts_at = next_t + CONTRACTS_EVERY_S
             while not self._stop.is_set():
                 next_t += self.step_s
                 with trio.move_on_at(next_t):
                     await self._stop.wait()
+                if trio.current_time() >= contracts_at:
+                    contracts_at += CONTRACTS_EVERY_S
+                    for c in self.sim.contracts():
+                        try:
+                            await nc.publish(contract_subject(c.venue, c.symbol),
+                                             c.SerializeToString())
+                        except BridgeError:
+                            break  # an outage: the next round sends them again
                 for _ in range(pacer.due(trio.current_time())):
                     tick = self.sim.next_tick(wall_us())
                     key = f"{tick.venue}.{tick.symbol}"
