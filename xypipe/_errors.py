@@ -69,6 +69,46 @@ class PluginError(XyError):
     code = "XY-PLG-001"
 
 
+#: Leaves of an exception group named in one line at most; the rest are counted.
+_MAX_LEAVES = 3
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
+    return [exc]
+
+
+def _raised_at(exc: BaseException) -> str:
+    """``module.py:123 in func`` of the frame that raised ``exc`` (its traceback's last)."""
+    tb = exc.__traceback__
+    if tb is None:
+        return ""
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    code = tb.tb_frame.f_code
+    return f"{code.co_filename.rsplit('/', 1)[-1]}:{tb.tb_lineno} in {code.co_name}"
+
+
+def _one(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, XyError):
+        return text  # ours: the message says what and where already
+    at = _raised_at(exc)
+    return f"{text} (at {at})" if at else text
+
+
+def describe_exception(exc: BaseException) -> str:
+    """One line for ``exc``: ``Type: message``; a group as its leaf exceptions (a nursery's
+    wrapper names nothing); an exception that is not one of ours with where it was raised."""
+    leaves = _leaves(exc)
+    if len(leaves) == 1 and leaves[0] is exc:
+        return _one(exc)
+    shown = "; ".join(_one(leaf) for leaf in leaves[:_MAX_LEAVES])
+    more = len(leaves) - _MAX_LEAVES
+    return shown + (f"; and {more} more" if more > 0 else "")
+
+
 class StageError(XyError):
     """A stage raised; names the pipeline and stage so the operator knows where to look."""
 
@@ -80,7 +120,7 @@ class StageError(XyError):
         self.stage = stage
         self.cause = cause
         super().__init__(
-            f"pipeline {pipeline!r}, stage {stage!r} failed: {type(cause).__name__}: {cause}"
+            f"pipeline {pipeline!r}, stage {stage!r} failed: {describe_exception(cause)}"
         )
 
 

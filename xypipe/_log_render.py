@@ -3,9 +3,11 @@
 Both renderers start from the same :class:`LogEvent` — the message and fields with every secret
 already redacted (:mod:`xypipe._redact`) — so what one shows, the other shows too, and neither
 ever prints a traceback (an exception is logged as ``error="Type: message"``, redacted, with its
-``code``). The console lines are rendered by rich's ``RichHandler`` (time, level, message), the
-fields appended as ``key=value`` with rich's highlighter; rich decides colours (none when the
-stream is not a terminal, or under ``NO_COLOR``).
+``code``; a group of exceptions as its leaves, and an unexpected one with the place it was
+raised, so a crashed stage's line names the actual fault). The console lines are rendered by
+rich's ``RichHandler`` (time, level, message), the fields appended as ``key=value`` with rich's
+highlighter; rich decides colours (none when the stream is not a terminal, or under
+``NO_COLOR``).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from rich.highlighter import ReprHighlighter
 from rich.logging import RichHandler
 from rich.text import Text
 
-from xypipe._errors import XyError
+from xypipe._errors import XyError, describe_exception
 from xypipe._redact import redact, redact_text
 
 __all__ = ["ConsoleRenderer", "Fields", "JsonFormatter", "JsonRenderer", "LogEvent", "scrub"]
@@ -50,7 +52,7 @@ class LogEvent:
         fields = scrub(raw) if raw else {}
         if record.exc_info and record.exc_info[1] is not None:
             exc = record.exc_info[1]
-            fields.setdefault("error", redact_text(f"{type(exc).__name__}: {exc}"))
+            fields.setdefault("error", redact_text(describe_exception(exc)))
             fields.setdefault("code", exc.code if isinstance(exc, XyError) else XyError.code)
         return cls(redact_text(record.getMessage()), fields)
 
