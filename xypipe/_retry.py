@@ -38,6 +38,20 @@ def transient(exc: BaseException) -> bool:
     return isinstance(exc, _TRANSIENT)
 
 
+def _transient_leaves(exc: BaseException) -> BridgeError | None:
+    """The first of a group's failures when every one of them is transient (two reads run at
+    once that time out together, as they do when JetStream is electing), else ``None``."""
+    if not isinstance(exc, BaseExceptionGroup):
+        return None
+    first: BridgeError | None = None
+    for sub in exc.exceptions:
+        leaf = sub if isinstance(sub, BridgeError) else _transient_leaves(sub)
+        if leaf is None or not transient(leaf):
+            return None
+        first = first or leaf
+    return first
+
+
 @attrs.frozen
 class Backoff:
     """Exponential backoff: ``initial_s``, times ``factor`` per attempt, capped at ``max_s``.
@@ -68,7 +82,8 @@ async def retrying(
     on_failure: Callable[[BridgeError], None] | None = None,
     gave_up: Callable[[], bool] = lambda: False,
 ) -> T:
-    """``await fn()`` until it succeeds; transient bridge errors are counted (``on_failure``),
+    """``await fn()`` until it succeeds; transient bridge errors (or a group of nothing but
+    them, from calls ``fn`` runs at once) are counted (``on_failure``),
     logged with ``XY-NATS-011`` and retried after :meth:`Backoff.delay`. Other errors, and a
     transient one once ``gave_up()`` says so (e.g. the client is closed for good), are raised.
     Cancellable at every wait."""
@@ -76,7 +91,15 @@ async def retrying(
     attempt = 0
     while True:
         try:
-            result = await fn()
+            try:
+                result = await fn()
+            except BaseExceptionGroup as group:
+                # Concurrent calls inside ``fn`` that all failed transiently: one outage, one
+                # retry. A group holding anything else (a bug, a refusal) is raised as it is.
+                leaf = _transient_leaves(group)
+                if leaf is None:
+                    raise
+                raise leaf from group
         except BridgeError as exc:
             if not transient(exc) or gave_up():
                 raise

@@ -8,6 +8,8 @@ from typing import Generic, TypeVar
 
 import trio
 
+from xypipe._errors import XyError
+
 __all__ = ["Result", "both", "single_error_unwrapped"]
 
 T = TypeVar("T")
@@ -62,10 +64,17 @@ class Result(Generic[T]):
 async def both(first: Callable[[], Awaitable[T]],
                second: Callable[[], Awaitable[U]]) -> tuple[T, U]:
     """Run two independent calls at once (e.g. two round trips); their results in order. A
-    failure of either cancels the other and comes out as itself."""
+    failure of either cancels the other and comes out as itself; when both fail together (two
+    reads timing out on one outage) the first comes out, the other chained as its context —
+    unless only one of them is ours (an ``XyError``): the other, a bug, is never hidden."""
     a, b = Result[T](), Result[U]()
-    with single_error_unwrapped():
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(a.run, first)
-            nursery.start_soon(b.run, second)
+    try:
+        with single_error_unwrapped():
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(a.run, first)
+                nursery.start_soon(b.run, second)
+    except BaseExceptionGroup as group:
+        leaves = _leaves(group)
+        bugs = [e for e in leaves if not isinstance(e, XyError)]
+        raise (bugs or leaves)[0] from group
     return await a.get(), await b.get()
