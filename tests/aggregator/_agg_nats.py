@@ -122,6 +122,13 @@ def converged(view: MarketView, truth: GroundTruth) -> bool:
     return True
 
 
+def _short(v: object) -> str:
+    """A value of a book for a one-line diff (levels as ``price x size``)."""
+    if isinstance(v, list):
+        return "[" + ", ".join(f"{lv.price}x{lv.size}" for lv in v) + "]"
+    return repr(v)
+
+
 def mismatches(view: MarketView, truth: GroundTruth) -> list[str]:
     """Every difference between the rebuilt books and what the publisher really sent."""
     state = view.state()
@@ -136,6 +143,8 @@ def mismatches(view: MarketView, truth: GroundTruth) -> list[str]:
         want = (t.seq, t.last, t.last_size, t.vol, t.oi, t.flags, list(t.bids), list(t.asks),
                 truth.trades.get(key, 0))
         if got != want:
-            out.append(f"{key}: got {got[:6]} trades={s.total_trades}, want {want[:6]} "
-                       f"trades={want[-1]}")
+            diff = [f"{name}: got {_short(g)}, want {_short(w)}" for name, g, w in zip(
+                ("seq", "last", "last_size", "vol", "oi", "flags", "bids", "asks", "trades"),
+                got, want, strict=True) if g != w]
+            out.append(f"{key}: " + "; ".join(diff))
     return out

@@ -175,6 +175,32 @@ def test_ticks_not_routed_yet_are_replayed_for_a_group_no_tick_reached_shard_for
     assert gone.restore is None  # its first ticks are gone from the stream: from now on
 
 
+def test_a_published_group_acquired_without_a_snapshot_by_a_late_reader_replays_the_stream(
+) -> None:
+    """Its owner published it (checkpoints) and died before its first snapshot; this process
+    started reading at 72 (a restart: live), so the first tick it routed says nothing of the
+    ticks before: only the whole stream has the group's state (issue: trades counted short)."""
+    for known in (Known(routed_through=71, seen_from=72),
+                  Known(first_tick={"g": 400}, routed_through=900, seen_from=72)):
+        plan = plan_owned_restore([snap("s", 3, source_seq=600)],
+                                  [ckpt("s", 3, 10), ckpt("g", 5, 8)],
+                                  owned=frozenset({"s", "g"}), known=known, first_seq=20,
+                                  fresh=FRESH)
+        r = plan.restore
+        assert r is not None and r.replay_from == 20, known
+        assert r.continues("s") and not r.continues("g")  # no snapshot: a new epoch
+    # The same process had read the stream from its start: its first tick is the group's.
+    whole = plan_owned_restore([], [ckpt("g", 5, 8)], owned=frozenset({"g"}),
+                               known=Known(first_tick={"g": 400}, routed_through=900,
+                                           seen_from=1), first_seq=1, fresh=FRESH)
+    assert whole.restore is not None and whole.restore.replay_from == 400
+    # Never published (no checkpoints): from the first tick this process routed to it.
+    young = plan_owned_restore([], [], owned=frozenset({"g"}),
+                               known=Known(first_tick={"g": 400}, routed_through=900,
+                                           seen_from=72), first_seq=1, fresh=FRESH)
+    assert young.restore is not None and young.restore.replay_from == 400
+
+
 # --------------------------------------------------------------------------- full resets
 
 

@@ -3,8 +3,9 @@ the publisher, a subscriber judging with the client SDK's sequence rules and che
 
 * every group is published by exactly one of them (the lease owners), and a client's books
   converge on what the publisher sent, with no gap, repeat or checksum mismatch;
-* ``kill -9`` one: its groups continue from the other with no hole or repeat a client sees
-  (or a clean epoch change and a snapshot resync); the takeover time is logged;
+* ``kill -9`` one: its groups continue from the other with no hole or repeat a client sees:
+  a clean epoch change and a snapshot resync (an expired lease proves nothing about the dead
+  owner's last checkpoints); the takeover time is logged;
 * restart it: it takes its share back (the same member name gets the same groups);
 * stop one gracefully: its groups are handed over (released, not left to expire);
 * at no time do two publish the same group: per group, the fences a subscriber on ``xy.md.>``
@@ -281,8 +282,14 @@ async def test_two_aggregators_split_the_groups_fail_over_and_take_their_share_b
                               "the second run converges after the takeover")
             assert mismatches(judge.view, truth) == []
             check_clean(judge)
-            # b's snapshots and checkpoints agreed: a continued its epochs and sequences.
-            assert judge.view.stats.epoch_changes == 0, judge.view.stats.problems
+            # b's leases expired: a cannot prove b's last deltas were all checkpointed (a NATS
+            # node electing the checkpoint stream's leader loses them), so b's groups, and only
+            # they, start new epochs; readers resync them by snapshot (clean, checked above).
+            changed = {p.split("/", 1)[0] for p in judge.view.stats.problems
+                       if "future_epoch" in p}
+            assert changed == b_groups, judge.view.stats.problems
+            judge.view.stats.problems.clear()
+            judge.view.stats.epoch_changes = 0
 
             # b comes back under the same name: it takes exactly its share back.
             third = await publish(nursery, url, "XTRE", seed=3)

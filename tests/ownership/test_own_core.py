@@ -128,9 +128,32 @@ def test_a_group_held_by_another_is_acquired_only_once_it_is_free() -> None:
     assert not core.may_publish("g", 1.0) and core.owned == frozenset()
     core.acquired("g", 6)
     assert core.owned == {"g"} and core.may_publish("g", 1.0)
-    assert core.lease("g") == Lease("g", "a", 6, 0)
+    # Taken from b's expired lease: b's last checkpoints are not proven (a new epoch).
+    assert core.lease("g") == Lease("g", "a", 6, 0, taken_from="b")
     [ev] = core.take_events()
     assert (ev.kind, ev.reason, ev.fence) == ("acquired", "expired", 6)
+
+
+def test_who_a_group_is_taken_from_only_when_its_lease_expired_under_another() -> None:
+    released = _core()
+    released.offer({"g"})
+    released.lease_seen("g", "b", 3, 0.0)
+    released.lease_gone("g", 4, "released", 0.2)  # b handed it over: checkpoint stored
+    [_acq] = released.poll(0.2)
+    released.acquired("g", 5)
+    assert released.lease("g") == Lease("g", "a", 5, 0, taken_from="")
+
+    own = _core()
+    own.offer({"g"})
+    _held(own, "g", 0.0, revision=2)
+    own.lease_seen("g", "a", 2, 0.0)
+    # NATS away: our renewals fail, the lease is lost locally, then removed by its age.
+    own.renew_failed("g", 10.0)
+    own.poll(10.0)
+    own.lease_gone("g", 9, "expired", 10.5)
+    [_again] = _of(own.poll(10.5), Acquire)
+    own.acquired("g", 10)
+    assert own.lease("g") == Lease("g", "a", 10, 0, taken_from="")  # ours: we know our own
 
 
 def test_a_refused_create_waits_for_the_watch_or_a_renew_period() -> None:

@@ -7,12 +7,20 @@
 * **Only the owned groups** (``owned``; ``None``: every group, no ownership): other groups'
   stored state is not even passed in.
 * **Groups kept** across an ownership change continue after the last sequence publish let out
-  (``published``): the stored checkpoint may not have caught up with it yet.
+  (``published``): the stored checkpoint may not have caught up with it yet. So does a group
+  this process lost and got back (its lease expired while NATS was away) in the same epoch.
+* **Groups taken over from an expired lease** of another member (``unproven``) start a new
+  epoch: the dead owner's last deltas may have gone out while its checkpoints were not stored
+  (the checkpoint stream electing a leader), and reusing their sequence numbers would make
+  clients drop the new owner's deltas as repeats.
 * **Groups without a stored snapshot** (new, or their owner never snapshotted them) are replayed
   from the first tick this process routed to them (``first_tick``): one kept since then gets its
-  whole state back that way, so its sequence goes on; one just acquired gets every tick of it the
-  stream still holds. A group whose first tick may still be on its way to shard (none routed
-  yet) is covered by replaying from just after ``routed_through``.
+  whole state back that way, so its sequence goes on. A group whose first tick may still be on
+  its way to shard (none routed yet) is covered by replaying from just after
+  ``routed_through``. But one another aggregator published (it has checkpoints), acquired by a
+  process that started reading after the stream's first message (``seen_from``), is replayed
+  from the stream's first message: the first tick this process routed to it need not be its
+  first, and the ticks before it are in clients' books.
 """
 
 from __future__ import annotations
@@ -38,6 +46,13 @@ class Known:
     first_tick: Mapping[str, int] = attrs.field(factory=dict)
     #: Every source message up to here has been routed (0: unknown).
     routed_through: int = 0
+    #: Where this process started reading the stream (0: not yet): a process that started
+    #: after the stream's first message knows no group's first tick for sure.
+    seen_from: int = 0
+    #: Groups taken over from another member whose lease expired (it died, or lost NATS):
+    #: what it published last is not known to have been checkpointed, so they start a new
+    #: epoch and clients resync them by snapshot.
+    unproven: frozenset[str] = frozenset()
 
 
 @attrs.frozen
@@ -65,29 +80,48 @@ def plan_owned_restore(snapshots: Iterable[Snapshot], checkpoints: Iterable[Delt
         epochs.setdefault(d.group, set()).add(d.epoch)
     for (group, shard), (epoch, seq) in known.published.items():
         if group not in known.kept:
-            continue
+            if owned is None or group not in owned or group in known.unproven:
+                continue
+            # Re-acquired (this process held it before, lost its lease — NATS away — and got
+            # it back, nobody else in between): what it published itself counts, in the
+            # stored epoch only (another epoch stored since is someone else's, newer).
+            if epochs.get(group) != {epoch}:
+                continue
         if seqs.get((group, shard), 0) < seq or epoch not in epochs.get(group, set()):
             # Stored or not yet, it went out: the sequence goes on after it. An epoch other
             # than the stored one's makes the group's epochs disagree (a new one).
             seqs[(group, shard)] = max(seq, seqs.get((group, shard), 0))
             epochs.setdefault(group, set()).add(epoch)
     bare = (owned or frozenset()) - {s.group for s in snaps}
-    since = {g: seq for g in bare if (seq := known.first_tick.get(g, 0)) and seq >= first_seq}
+    # Published by another aggregator (its checkpoints) that died before its first snapshot,
+    # and acquired by this process after it started reading later than the stream's first
+    # message: where the group's ticks begin is unknown here (the first one this process routed
+    # need not be the first), so every one the stream holds is replayed. The first tick routed
+    # here is the group's first when the group was kept (restored whole when it came), or when
+    # this process read the stream from its first message.
+    whole = 0 < known.seen_from <= max(first_seq, 1)
+    unknown = set() if whole else (bare - known.kept) & epochs.keys()
+    rest = bare - unknown
+    since = {g: seq for g in rest if (seq := known.first_tick.get(g, 0)) and seq >= first_seq}
     origin = min(since.values(), default=0)
-    if bare - known.first_tick.keys() and known.routed_through:
+    if rest - known.first_tick.keys() and known.routed_through:
         # Their first ticks may be on their way to shard (sent, not routed yet): those go
         # with this restore's reset, so they are replayed.
         cover = max(known.routed_through + 1, first_seq)
         origin = min(origin, cover) if origin else cover
+    if unknown and first_seq:
+        origin = first_seq
     rebuilt = known.kept & since.keys()
     if not snaps:
-        decided = group_epochs((), epochs, first_seq=0, fresh=fresh, rebuilt=rebuilt)
+        decided = group_epochs((), epochs, first_seq=0, fresh=fresh, rebuilt=rebuilt,
+                               unproven=known.unproven)
         if not decided and not origin:
             return RestorePlan(None)
         return RestorePlan(_restore(fresh, (), seqs, origin, decided), decided)
     point = plan_restore(snaps, seqs)
     decided = group_epochs(point.snapshots, epochs, first_seq=first_seq, fresh=fresh,
-                           superseded={g.group for g in point.ignored}, rebuilt=rebuilt)
+                           superseded={g.group for g in point.ignored}, rebuilt=rebuilt,
+                           unproven=known.unproven)
     replay_from = min(point.replay_from, origin) if origin else point.replay_from
     if first_seq > replay_from:
         replay_from = first_seq

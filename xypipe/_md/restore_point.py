@@ -110,7 +110,8 @@ def group_epochs(snapshots: Iterable[Snapshot],
                  checkpoint_epochs: Mapping[str, Collection[int]], *,
                  first_seq: int, fresh: int,
                  superseded: Collection[str] = (),
-                 rebuilt: Collection[str] = ()) -> dict[str, GroupEpoch]:
+                 rebuilt: Collection[str] = (),
+                 unproven: Collection[str] = ()) -> dict[str, GroupEpoch]:
     """Per group: continue its epoch, or start a new one.
 
     A group continues when its stored snapshot and every one of its delta checkpoints name the
@@ -121,7 +122,8 @@ def group_epochs(snapshots: Iterable[Snapshot],
     no snapshot is in the answer too (a new epoch) unless it is ``rebuilt``: its whole state
     is replayed from where it began (a group this process built since its start and kept),
     so one epoch among its checkpoints continues. A group with neither is not in the answer
-    (it gets the restore's fresh epoch when first seen).
+    (it gets the restore's fresh epoch when first seen). An ``unproven`` group gets a new epoch
+    whatever it has stored: its stored checkpoint need not be the last sequence published.
     """
     snaps = {s.group: s for s in snapshots}
     out: dict[str, GroupEpoch] = {}
@@ -131,7 +133,10 @@ def group_epochs(snapshots: Iterable[Snapshot],
         if snap is not None:
             seen.add(snap.epoch)
         reason = ""
-        if snap is None and group in rebuilt:
+        if group in unproven and (snap is not None or seen):
+            reason = ("taken over from an owner whose lease expired: its last checkpoints may "
+                      "not have been stored")
+        elif snap is None and group in rebuilt:
             if len(seen) == 1:
                 out[group] = GroupEpoch(group, next(iter(seen)), True)
                 continue

@@ -69,3 +69,6 @@ class Lease:
     owner: str
     fence: int
     epoch: int
+    #: The member whose lease had expired when this one was acquired ("": the group was new,
+    #: handed over, or this member's own): its last deltas may not all be checkpointed.
+    taken_from: str = ""

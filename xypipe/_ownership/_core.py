@@ -159,6 +159,8 @@ class _Held:
     in_flight: bool = False
     #: How the group had become free when it was claimed (for the acquired event).
     how: str = "new"
+    #: The member whose lease had expired (not released) when it was claimed ("": none).
+    taken_from: str = ""
 
 
 @attrs.define
@@ -170,6 +172,8 @@ class _Seen:
     at: float
     #: How it became free (``released``, ``expired``), or ``held``.
     how: str
+    #: Who held it before it became free (None: unknown).
+    last_owner: str | None = None
 
 
 class OwnershipCore:
@@ -212,7 +216,7 @@ class OwnershipCore:
         h = self._held.get(group)
         if h is None or h.phase is not Phase.HELD:
             return None
-        return Lease(group, self.me, h.fence, self._epochs.get(group, 0))
+        return Lease(group, self.me, h.fence, self._epochs.get(group, 0), h.taken_from)
 
     def phase(self, group: str) -> Phase | None:
         h = self._held.get(group)
@@ -252,7 +256,9 @@ class OwnershipCore:
         old = self._seen.get(group)
         if old is not None and old.revision > revision:
             return
-        self._seen[group] = _Seen(None, revision, now, how)
+        last = old.owner if old is not None and old.owner is not None else (
+            old.last_owner if old is not None else None)
+        self._seen[group] = _Seen(None, revision, now, how, last)
         self._retry_at.pop(group, None)
 
     # -- outcomes of the shell's actions ----------------------------------------------------
@@ -396,7 +402,14 @@ class OwnershipCore:
                 continue  # held by another; its holder releases it or the server expires it
             # Decided now: the watch may show the create's own write before its answer.
             how = seen.how if seen is not None and seen.owner is None else "new"
-            self._held[group] = _Held(Phase.ACQUIRING, sent_at=now, in_flight=True, how=how)
+            if seen is None or how == "released":
+                taken = ""
+            elif seen.owner is not None:
+                taken = seen.owner  # its holder stopped renewing: the server removes it
+            else:
+                taken = (seen.last_owner or "?") if how == "expired" else ""
+            self._held[group] = _Held(Phase.ACQUIRING, sent_at=now, in_flight=True, how=how,
+                                      taken_from="" if taken == self.me else taken)
             out.append(Acquire(group, lease_value(self.me, 0, self._epochs.get(group, 0))))
         return out
 

@@ -38,6 +38,10 @@ class AggregatorShare:
     first_tick: dict[str, int] = attrs.field(factory=dict)
     #: Every source message up to this stream sequence has been routed by shard (0: unknown).
     routed_through: int = 0
+    #: The stream sequence this process started reading at (its first session's start; 0: not
+    #: started): ``first_tick`` is a group's first tick in the stream only if nothing the
+    #: stream still holds came before it.
+    seen_from: int = 0
     #: Set by publish: store a group's last checkpoint, acknowledged (the ownership's
     #: release handshake).
     store_checkpoint: ReleaseHook | None = None

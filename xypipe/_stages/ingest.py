@@ -450,6 +450,10 @@ class Ingest(Stage[Never, Restore | Batch, IngestConfig]):
             "ingest start-up (streams, restore point)", prepare, backoff=backoff,
             log=self.ctx.log, on_failure=retried("startup"), gave_up=lambda: nc.closed)
         deliver = self._deliver(cfg, src, restore)
+        if not share.seen_from:
+            # Where this process's reading begins ("time": somewhere unknown, taken as late).
+            share.seen_from = (deliver[1] if isinstance(deliver, tuple) and deliver[0] == "seq"
+                               else 1 if deliver == "all" else src.last_seq + 1)
         if restore is None:
             restore = Restore(epoch=wall_us())
         restore = attrs.evolve(restore, target_seq=src.last_seq, started_at=t0, owned=owned,
@@ -620,7 +624,12 @@ class Ingest(Stage[Never, Restore | Batch, IngestConfig]):
                 log.warning("ignoring an undecodable delta checkpoint", code=RebuildError.code,
                             subject=m.subject, error=str(exc))
         share = self._share
-        known = Known(kept, share.published, share.first_tick, share.routed_through)
+        own = share.ownership
+        unproven = frozenset(
+            g for g in owned or () if own is not None and (lease := own.lease(g)) is not None
+            and lease.taken_from)
+        known = Known(kept, share.published, share.first_tick, share.routed_through,
+                      share.seen_from, unproven)
         plan = plan_owned_restore(snapshots, checkpoints, owned=owned, known=known,
                                   first_seq=src.first_seq if src.messages else 0,
                                   fresh=wall_us())

@@ -60,8 +60,8 @@ class SnapshotStage(Stage[Restore | list[DeltaOut] | list[Watermark],
         m = self.ctx.metrics
         self._built = m.counter("snapshots_built", "Group snapshots built")
         self._rounds = m.counter("snapshot_rounds", "Rounds of snapshots of every group, by "
-                                 "trigger (time: interval_ms; count: max_replay_msgs)",
-                                 ["trigger"])
+                                 "trigger (time: interval_ms; count: max_replay_msgs; epoch: "
+                                 "a restore started new epochs)", ["trigger"])
         self._size = m.gauge("snapshot_bytes", "Size of the last snapshot", ["group"])
         self._window_ms = 0
         #: The groups this aggregator owns (``None``: all), from the last restore.
@@ -81,6 +81,7 @@ class SnapshotStage(Stage[Restore | list[DeltaOut] | list[Watermark],
         last_t = -math.inf
         inbox, send, builder = self.inbox, self.outbox.send, self.builder
         snapped = builder.watermark  # the watermark of the last round of snapshots
+        new_epoch = False  # a restore started new epochs: snapshot with the first deltas
         while True:
             item: Restore | list[DeltaOut] | list[Watermark] | None = None
             with trio.move_on_at(next_t):
@@ -93,6 +94,10 @@ class SnapshotStage(Stage[Restore | list[DeltaOut] | list[Watermark],
                 builder.restore(item)
                 snapped = builder.watermark
                 self._owned = item.owned
+                # Groups starting a new epoch: readers hold their deltas until a snapshot of
+                # it exists, so one goes out with the first deltas after the rebuild, not at
+                # the next interval (a fail-over must not wait for the snapshot clock).
+                new_epoch = bool(item.epochs) and not item.continued
                 continue
             # A list is all watermarks or all deltas (conflate sends them apart).
             if item and type(item[0]) is Watermark:
@@ -107,7 +112,11 @@ class SnapshotStage(Stage[Restore | list[DeltaOut] | list[Watermark],
                     self._window_ms = d.window_ms
                 await send(deltas)
             now = trio.current_time()
-            if now >= next_t:
+            if new_epoch and item is not None and type(item[0]) is not Watermark:
+                trigger = "epoch"
+                new_epoch = False
+                next_t = now + interval
+            elif now >= next_t:
                 trigger = "time"
                 next_t = max(next_t + interval, now)
             elif max_lag and builder.watermark - snapped >= max_lag and now - last_t >= min_gap:
