@@ -131,3 +131,22 @@ async def test_cluster_acceptance(tmp_path: Path):
         assert not stack.fences.undecodable
         # Every group was fenced (published under a lease), and moved at least once.
         assert all(f[-1] > 0 for f in stack.fences.fences.values()), stack.fences.fences
+
+
+async def test_losing_the_lease_buckets_leader_loses_nothing(tmp_path: Path):
+    """The node leading the lease bucket dies: no lease can be renewed until a new leader is
+    elected (seconds), so every group's lease expires and is acquired again — and the ticks
+    the source stream accepted meanwhile must still reach every client."""
+    async with running_cluster(tmp_path, scale_out=True, clients=2) as stack:
+        await stack.all_fresh()
+        leader = await stack.stream_leader("KV_xy_agg_leases")
+        old = stack.nats_pid(leader)
+        assert old is not None
+        os.kill(old, signal.SIGKILL)
+        await stack.all_fresh()
+        await node_back(stack, leader, old)
+        await stack.all_fresh()
+        assert not stack.problems(), stack.diagnostics()
+        wrong = await stack.books_match_accepted()
+        assert not wrong, "\n".join(wrong) + "\n" + stack.diagnostics()
+        assert not stack.fences.interleaved, stack.fences.interleaved[:10]
