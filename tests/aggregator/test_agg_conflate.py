@@ -149,6 +149,26 @@ async def test_l2_trims_depth_but_the_checksum_covers_the_full_book(
     assert len(full_state.bids) == 5 and s.checksum == state_checksum(full_state)
 
 
+async def test_a_symbol_sent_trimmed_goes_out_again_in_full_once_the_level_comes_down(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """A quiet symbol must not keep its trimmed book after recovery (until its next tick)."""
+    feed = Routed()
+    async with stage_harness(Conflate, {"epoch": 1}, level=Level.L2) as h:
+        await h.send(feed.batch([tick(seq=1, depth=5)]))
+        (trimmed,) = decoded(await h.receive())[0].symbols
+        assert trimmed.trimmed
+        await trio.sleep(0.2)
+        assert h.available() == []  # nothing new at L2: nothing sent
+        h.set_level(Level.L0)
+        (d,) = decoded(await h.receive())
+        await trio.sleep(0.2)
+        assert h.available() == []  # once, not every window
+    (s,) = d.symbols
+    assert not s.trimmed and len(s.bids) == 5 and s.checksum == state_checksum(s)
+    assert (s.seq, s.window_ticks) == (1, 0) and d.seq == 2
+
+
 async def test_l3_pauses_low_priority_groups_and_recovery_sends_what_they_missed(
     autojump_clock: trio.abc.Clock,
 ) -> None:
@@ -162,8 +182,11 @@ async def test_l3_pauses_low_priority_groups_and_recovery_sends_what_they_missed
         await trio.sleep(0.1)
         assert h.available() == []
         h.set_level(Level.L0)
-        (d,) = decoded(await h.receive())
-    assert d.group == "rates" and d.seq == 1
+        got = {d.group: d for d in decoded(await h.receive())}
+    # eq's E1 went out trimmed at L3: it goes out again in full with the paused group's news.
+    assert not got["eq"].symbols[0].trimmed and got["eq"].seq == 2
+    d = got["rates"]
+    assert d.seq == 1
     (s,) = d.symbols
     assert (s.seq, s.window_trades, s.window_volume, s.vol, s.total_trades) == (2, 2, 5, 5, 2)
 

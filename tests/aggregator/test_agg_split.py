@@ -153,7 +153,7 @@ def test_a_kept_group_continues_after_what_was_published_even_if_not_stored_yet(
 def test_a_group_without_a_snapshot_replays_from_its_first_tick_and_a_kept_one_continues(
 ) -> None:
     known = Known(kept=frozenset({"k"}), published={("k", 0): (7, 30)},
-                  first_tick={"k": 400, "new": 350}, routed_through=900)
+                  first_tick={"k": 400, "new": 350}, routed_through=900, seen_from=1)
     plan = plan_owned_restore([snap("s", 3, source_seq=600)], [ckpt("s", 3, 10), ckpt("k", 7, 29)],
                               owned=frozenset({"s", "k", "new"}), known=known, first_seq=1,
                               fresh=FRESH)
@@ -165,21 +165,26 @@ def test_a_group_without_a_snapshot_replays_from_its_first_tick_and_a_kept_one_c
 
 def test_ticks_not_routed_yet_are_replayed_for_a_group_no_tick_reached_shard_for() -> None:
     plan = plan_owned_restore([], [], owned=frozenset({"late"}),
-                              known=Known(routed_through=900), first_seq=1, fresh=FRESH)
+                              known=Known(routed_through=900, seen_from=1), first_seq=1,
+                              fresh=FRESH)
     assert plan.restore is not None and plan.restore.replay_from == 901
-    nothing = plan_owned_restore([], [], owned=frozenset({"late"}), known=Known(), first_seq=1,
-                                 fresh=FRESH)
-    assert nothing.restore is None  # a cold start: from now on
+    nothing = plan_owned_restore([], [], owned=frozenset({"late"}), known=Known(seen_from=1),
+                                 first_seq=1, fresh=FRESH)
+    assert nothing.restore is None  # read from the start, nothing routed: from now on
+    empty = plan_owned_restore([], [], owned=frozenset({"late"}), known=Known(), first_seq=0,
+                               fresh=FRESH)
+    assert empty.restore is None  # an empty stream
     gone = plan_owned_restore([], [], owned=frozenset({"k"}),
-                              known=Known(first_tick={"k": 5}), first_seq=50, fresh=FRESH)
+                              known=Known(kept=frozenset({"k"}), first_tick={"k": 5}),
+                              first_seq=50, fresh=FRESH)
     assert gone.restore is None  # its first ticks are gone from the stream: from now on
 
 
-def test_a_published_group_acquired_without_a_snapshot_by_a_late_reader_replays_the_stream(
-) -> None:
-    """Its owner published it (checkpoints) and died before its first snapshot; this process
-    started reading at 72 (a restart: live), so the first tick it routed says nothing of the
-    ticks before: only the whole stream has the group's state (issue: trades counted short)."""
+def test_a_group_acquired_without_a_snapshot_by_a_late_reader_replays_the_stream() -> None:
+    """Its owner published it (checkpoints) or only routed it (it held the group a moment)
+    and lost it before its first snapshot; this process started reading at 72 (a restart:
+    live), so the first tick it routed says nothing of the ticks before: only the whole stream
+    has the group's state (found as trades counted short after a NATS node's loss)."""
     for known in (Known(routed_through=71, seen_from=72),
                   Known(first_tick={"g": 400}, routed_through=900, seen_from=72)):
         plan = plan_owned_restore([snap("s", 3, source_seq=600)],
@@ -194,11 +199,21 @@ def test_a_published_group_acquired_without_a_snapshot_by_a_late_reader_replays_
                                known=Known(first_tick={"g": 400}, routed_through=900,
                                            seen_from=1), first_seq=1, fresh=FRESH)
     assert whole.restore is not None and whole.restore.replay_from == 400
-    # Never published (no checkpoints): from the first tick this process routed to it.
+    # Never published (no checkpoints), held a moment by another: the whole stream too.
     young = plan_owned_restore([], [], owned=frozenset({"g"}),
                                known=Known(first_tick={"g": 400}, routed_through=900,
                                            seen_from=72), first_seq=1, fresh=FRESH)
-    assert young.restore is not None and young.restore.replay_from == 400
+    assert young.restore is not None and young.restore.replay_from == 1
+    assert "g" not in young.decided  # nothing published: the fresh epoch when first seen
+    # ... unless the history this process never read is long: from what it routed.
+    long_ago = plan_owned_restore([], [], owned=frozenset({"g"}),
+                                  known=Known(first_tick={"g": 400_000}, routed_through=400_500,
+                                              seen_from=300_000), first_seq=1, fresh=FRESH)
+    assert long_ago.restore is not None and long_ago.restore.replay_from == 400_000
+    published = plan_owned_restore([], [ckpt("g", 5, 8)], owned=frozenset({"g"}),
+                                   known=Known(first_tick={"g": 400_000}, routed_through=400_500,
+                                               seen_from=300_000), first_seq=1, fresh=FRESH)
+    assert published.restore is not None and published.restore.replay_from == 1
 
 
 # --------------------------------------------------------------------------- full resets

@@ -284,10 +284,12 @@ async def test_two_aggregators_split_the_groups_fail_over_and_take_their_share_b
             check_clean(judge)
             # b's leases expired: a cannot prove b's last deltas were all checkpointed (a NATS
             # node electing the checkpoint stream's leader loses them), so b's groups, and only
-            # they, start new epochs; readers resync them by snapshot (clean, checked above).
+            # they, start new epochs; readers resync them by snapshot (clean, checked above; a
+            # reader that got the new snapshot before the new epoch's first delta sees no
+            # future epoch at all).
             changed = {p.split("/", 1)[0] for p in judge.view.stats.problems
                        if "future_epoch" in p}
-            assert changed == b_groups, judge.view.stats.problems
+            assert changed <= b_groups, judge.view.stats.problems
             judge.view.stats.problems.clear()
             judge.view.stats.epoch_changes = 0
 

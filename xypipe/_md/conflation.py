@@ -9,7 +9,9 @@ comes from one :class:`~xypipe._levels.LevelPolicy` (the gateway reads the same 
   and the session's ``total_trades``/``vol``.
 * trim depth (L2 up): entries on the wire keep ``trim_depth`` levels per side and say
   ``trimmed``; the full entry still feeds the snapshots, and the checksum still covers the
-  full book.
+  full book. Every symbol that went out trimmed goes out again in full in the first window
+  after the level stops trimming, whether it changed or not: a quiet symbol would otherwise
+  show its trimmed book until its next tick (recovery means full books again).
 * paused priorities (L3): groups of those priorities are not emitted; their changes stay
   pending and go out in the first window after the level comes down.
 
@@ -107,6 +109,9 @@ class Conflator:
         self.learned_priorities: dict[str, int] = {}
         self._decimals: dict[str, int] = {}
         self._dirty: dict[Route, dict[str, SymbolBook]] = {}
+        #: Route -> books whose last entry on the wire was trimmed (re-sent in full once the
+        #: level stops trimming).
+        self._trimmed: dict[Route, dict[str, SymbolBook]] = {}
         #: Route -> keys that left it since its last delta (sent in the next one, explicitly).
         self._removed: dict[Route, set[str]] = {}
         #: (key, from group, to group) of every move since :meth:`take_moves` (for the shell
@@ -128,6 +133,7 @@ class Conflator:
         self.books.clear()
         self.seqs.clear()
         self._dirty.clear()
+        self._trimmed.clear()
         self._removed.clear()
         self.moves.clear()
         for snap in r.snapshots:
@@ -235,6 +241,12 @@ class Conflator:
         pause = bool(reaction.paused_priorities)
         paused_left = False
         removed = self._removed
+        if trim is None and self._trimmed:
+            # Back to full depth: what went out trimmed goes out again, in full.
+            for route, books in self._trimmed.items():
+                self._dirty.setdefault(route, {}).update(
+                    (k, b) for k, b in books.items() if b.route is route)
+            self._trimmed.clear()
         # In the order the streams first changed (not a set's: a Route hashes by identity), so
         # the same input emits the same deltas in the same order (docs/tapes.md, determinism).
         for route in list(dict.fromkeys([*self._dirty, *removed])):
@@ -289,6 +301,7 @@ class Conflator:
                             book.total_trades))
             if trim is not None:
                 wire.append(trimmed_state(data, trim))
+                self._trimmed.setdefault(route, {})[book.key] = book
             if book.w_ticks and book.w_t_in < t_oldest:
                 t_oldest = book.w_t_in
             n_ticks += book.w_ticks

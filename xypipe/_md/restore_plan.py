@@ -14,13 +14,14 @@
   (the checkpoint stream electing a leader), and reusing their sequence numbers would make
   clients drop the new owner's deltas as repeats.
 * **Groups without a stored snapshot** (new, or their owner never snapshotted them) are replayed
-  from the first tick this process routed to them (``first_tick``): one kept since then gets its
-  whole state back that way, so its sequence goes on. A group whose first tick may still be on
-  its way to shard (none routed yet) is covered by replaying from just after
-  ``routed_through``. But one another aggregator published (it has checkpoints), acquired by a
-  process that started reading after the stream's first message (``seen_from``), is replayed
-  from the stream's first message: the first tick this process routed to it need not be its
-  first, and the ticks before it are in clients' books.
+  from the first tick this process routed to them (``first_tick``) when that is the group's
+  first in the stream: the group was kept since the last restore (restored whole when it came),
+  or this process read the stream from its first message (``seen_from``); one whose first tick
+  may still be on its way to shard (none routed yet) is covered by replaying from just after
+  ``routed_through``. One acquired by a process that started reading later is replayed from the
+  stream's first message (where its ticks begin is known to nobody here) if it was published
+  (clients' books hold all of it), or if the history this process did not read is short
+  (``UNSEEN_REPLAY_MAX``); a long history is not replayed for a group nobody published.
 """
 
 from __future__ import annotations
@@ -32,6 +33,11 @@ import attrs
 from xypipe._md.records import Restore
 from xypipe._md.restore_point import GroupEpoch, Ignored, group_epochs, plan_restore
 from xypipe.contracts import Delta, Snapshot
+
+#: The most stream messages a restore replays for groups nobody published that a late-started
+#: process acquired without a snapshot (a few seconds of replay): past it, such a group starts
+#: from the first tick this process routed to it.
+UNSEEN_REPLAY_MAX = 100_000
 
 
 @attrs.frozen
@@ -93,14 +99,21 @@ def plan_owned_restore(snapshots: Iterable[Snapshot], checkpoints: Iterable[Delt
             seqs[(group, shard)] = max(seq, seqs.get((group, shard), 0))
             epochs.setdefault(group, set()).add(epoch)
     bare = (owned or frozenset()) - {s.group for s in snaps}
-    # Published by another aggregator (its checkpoints) that died before its first snapshot,
-    # and acquired by this process after it started reading later than the stream's first
-    # message: where the group's ticks begin is unknown here (the first one this process routed
-    # need not be the first), so every one the stream holds is replayed. The first tick routed
-    # here is the group's first when the group was kept (restored whole when it came), or when
-    # this process read the stream from its first message.
+    # A group acquired (not kept) by a process that started reading after the stream's first
+    # message: the first tick this process routed to it need not be the group's first (the
+    # ones before went by while the process was not reading, or were skipped as another's), so
+    # every tick the stream holds is replayed. The first tick routed here is the group's first
+    # when the group was kept (restored whole when it came), or when this process has read the
+    # stream from its first message.
     whole = 0 < known.seen_from <= max(first_seq, 1)
-    unknown = set() if whole else (bare - known.kept) & epochs.keys()
+    unknown: frozenset[str] = frozenset()
+    if not whole:
+        acquired = bare - known.kept
+        # Published (checkpoints): clients hold state built from all of it, always replayed.
+        # Never published (held a moment by a member that died or handed it on): replayed
+        # when the history this process did not read is short, else from what it routed.
+        unseen = (known.seen_from or first_seq) - first_seq
+        unknown = acquired if unseen <= UNSEEN_REPLAY_MAX else acquired & frozenset(epochs)
     rest = bare - unknown
     since = {g: seq for g in rest if (seq := known.first_tick.get(g, 0)) and seq >= first_seq}
     origin = min(since.values(), default=0)
@@ -137,4 +150,4 @@ def _restore(fresh: int, snapshots: tuple[Snapshot, ...], seqs: dict[tuple[str, 
                    epochs={g: e.epoch for g, e in decided.items()}, continued_groups=continued)
 
 
-__all__ = ["Known", "RestorePlan", "plan_owned_restore"]
+__all__ = ["UNSEEN_REPLAY_MAX", "Known", "RestorePlan", "plan_owned_restore"]
