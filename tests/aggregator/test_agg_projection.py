@@ -6,6 +6,7 @@ import pytest
 import trio
 from _agg_helpers import Routed, tick
 
+from xypipe._errors import ConfigError
 from xypipe._gateway._acl import Acl, covers, group_subjects
 from xypipe._md.client import MarketView
 from xypipe._md.conflation import Conflator, DeltaOut
@@ -18,7 +19,6 @@ from xypipe._md.projection import (
 )
 from xypipe._md.snapshots import SnapshotBuilder, SnapshotOut
 from xypipe._stages.snapshot import SnapshotStage
-from xypipe._errors import ConfigError
 from xypipe._validate import Invalid
 from xypipe.contracts import Delta, Snapshot, SymbolState
 from xypipe.testing import make_config
