@@ -25,7 +25,7 @@ from typing import cast
 import attrs
 import trio
 
-from xypipe._errors import AGG_NO_SNAPSHOT
+from xypipe._errors import AGG_NO_SNAPSHOT, AGG_PROJECTIONS_RESTARTED
 from xypipe._md.conflation import DeltaOut
 from xypipe._md.projection import Projections, ProjectionSpec, split_stream
 from xypipe._md.records import Restore, Watermark
@@ -125,6 +125,10 @@ class SnapshotStage(Stage[Restore | list[DeltaOut] | list[Watermark],
                     self.projections.restore(
                         {g: builder.serialised_entries(g) for g in self.projections.by_group},
                         wall_us(), item.generation)
+                    self.ctx.log.info("projections restarted under a new epoch",
+                                      code=AGG_PROJECTIONS_RESTARTED,
+                                      epoch=self.projections.epoch,
+                                      projections=sorted(self.projections.by_stream))
                 continue
             # A list is all watermarks or all deltas (conflate sends them apart).
             if item and type(item[0]) is Watermark:
