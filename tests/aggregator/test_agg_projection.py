@@ -277,3 +277,43 @@ async def test_the_snapshot_stage_publishes_projections_on_their_own_streams(
     assert set(projected.state()) <= {("V", f"S{n}") for n in range(5)}
     assert len(projected.state()) in (2, 3)
     assert projected.stats.gaps == projected.stats.checksum_mismatches == 0
+
+
+async def test_after_a_restore_a_projection_starts_a_new_epoch_from_its_restored_group(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """The restored group's symbols (serialised lazily by the mirror) are the projection's
+    members at once; its first delta after the restore is seq 1 of a new epoch, followed by its
+    snapshot holding the members that did not tick too, byte for byte the group's entries."""
+    from xypipe._md.records import Restore
+    from xypipe.testing import stage_harness
+
+    core, feed = Conflator(epoch=3), Routed()
+    core.apply(feed.batch([tick(symbol=s, vol=v) for s, v in (("A", 9), ("B", 5), ("C", 1))]))
+    before = SnapshotBuilder(3)
+    for d in core.emit(1, 0, 33):
+        before.apply(d)
+    stored = before.build("default", 1, 33)
+    assert stored is not None
+    snap = Snapshot.FromString(stored.payload)
+    restore = Restore(epoch=3, snapshots=(snap,), checkpoints={("default", 0): 1},
+                      continued=True, replay_from=2)
+    options = {"interval_ms": 60_000, "request_subject": "", "projections": [
+        {"name": "top", "group": "default", "top_k": 2, "top_by": "vol"}]}
+    async with stage_harness(SnapshotStage, options) as h:
+        await h.send(restore)
+        core.apply(feed.batch([tick(symbol="B", seq=2, vol=6)]))
+        await h.send(core.emit(2, 0, 33))
+        await trio.sleep(0.1)
+        items = [x for batch in h.available() for x in batch]
+    pdeltas = [Delta.FromString(x.payload) for x in items
+               if isinstance(x, DeltaOut) and x.group == "default/top"]
+    psnaps = [Snapshot.FromString(x.payload) for x in items
+              if isinstance(x, SnapshotOut) and x.group == "default/top"]
+    assert [(d.seq, [s.symbol for s in d.symbols]) for d in pdeltas] == [(1, ["B"])]
+    assert pdeltas[0].epoch > 3 and len(psnaps) == 1
+    assert psnaps[0].epoch == pdeltas[0].epoch and dict(psnaps[0].shard_seq) == {0: 1}
+    restored_a = next(s for s in snap.symbols if s.symbol == "A")
+    assert [s.symbol for s in psnaps[0].symbols] == ["A", "B"]
+    assert psnaps[0].symbols[0] == restored_a  # did not tick: the restored state itself
+    assert psnaps[0].symbols[1].vol == 6

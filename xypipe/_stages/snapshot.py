@@ -92,6 +92,11 @@ class SnapshotStage(Stage[Restore | list[DeltaOut] | list[Watermark],
         self._due: list[SnapshotOut] = []
         self._pdeltas = m.counter("projection_deltas", "Deltas of a projection emitted",
                                   ["projection"])
+        for stream in self.projections.by_stream:  # at 0 before their first event
+            self._members.labels(stream).set(0)
+            self._pdeltas.labels(stream)
+            for change in ("enter", "leave"):
+                self._membership.labels(stream, change)
         #: The groups this aggregator owns (``None``: all), from the last restore.
         self._owned: frozenset[str] | None = None
         async with trio.open_nursery() as nursery:
