@@ -109,3 +109,23 @@ def test_clients_subscribe_to_group_slash_projection_under_the_acl(
         assert done and done[0].group == ref.group and not errors
     else:
         assert not done and len(errors) == 1 and refusal in errors[0][1], errors
+
+
+def test_a_projection_pauses_with_its_group(keys: Keys) -> None:
+    """Operator-disabled ``fx`` pauses ``fx/top`` too, and at L3 a projection follows its
+    group's priority."""
+    from test_session_core import opened
+
+    from xypipe._degrade import DegradePolicy, Pressure
+
+    s = opened(keys, degrade=DegradePolicy(dwell_ms=500), priority_groups=("fx",))
+    s.receive(1.0, WALL, ClientFrame(subscribe=Subscribe(groups=[
+        GroupRef(group="fx/top"), GroupRef(group="news/top"), GroupRef(group="rates")]))
+        .SerializeToString())
+    s.take_effects()
+    s.set_disabled_groups(frozenset({"fx"}))
+    assert s.paused == frozenset({"fx/top"})
+    s.set_disabled_groups(frozenset())
+    for t, p in [(2.0, 0.6), (2.1, 0.8), (2.2, 0.95)]:
+        s.pressure(t, Pressure(p, "test"))
+    assert s.paused == frozenset({"news/top", "rates"})  # fx is a priority group
