@@ -152,6 +152,14 @@ async def test_a_projection_client_gets_only_its_symbols_and_the_group_filtered(
                                 if isinstance(u, DeltaApplied) for s in u.symbols}
                 assert len(top_received) < len(group_book.symbols)
 
+                # A projection's snapshot (what a resync rebuilds from) holds its members only.
+                def snapshot_sizes(name: str) -> list[int]:
+                    return [u.symbols for u in board.updates[name]
+                            if isinstance(u, SnapshotApplied) and u.group == name]
+
+                assert max(snapshot_sizes(TOP)) <= TOP_K + MARGIN
+                assert max(snapshot_sizes(TOP)) < len(group_book.symbols)
+
                 for name in (GROUP, TOP, VENUE):
                     ups = board.updates[name]
                     assert not [u for u in ups if isinstance(u, DeltaSkipped)
