@@ -164,7 +164,8 @@ export class XyClient {
    * is the tier: 0 (TIERS.live) = every batch, as soon as this tab is free; otherwise at most one
    * batch per `everyMs` (TIERS.ladder 16, TIERS.overview 250), holding every change since the
    * last one (latest state per symbol, trades and volume accumulated). The browser keeps one
-   * gateway subscription per group whatever the tiers.
+   * gateway subscription per group whatever the tiers. `group` is a group, or one of its
+   * projections as `"group/projection"` (only the projection's symbols: its own stream).
    * @param {string} group
    * @param {(batch: DeliveredBatch) => void} onBatch
    * @param {{ everyMs?: number }} [options]

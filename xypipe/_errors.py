@@ -423,6 +423,10 @@ AGG_OWNED_CHANGED = "XY-AGG-031"
 AGG_GROUP_NEW_EPOCH = "XY-AGG-032"
 #: Storing a released group's last checkpoint (acknowledged publish) failed.
 AGG_CHECKPOINT_STORE_FAILED = "XY-AGG-033"
+# -- projections (docs/architecture.md "Projections"): XY-AGG-050..069 --
+#: The projections restarted under a new epoch at a restore (their sequences are not
+#: checkpointed): readers resync them from their snapshots (INFO).
+AGG_PROJECTIONS_RESTARTED = "XY-AGG-050"
 #: Subscribe/resume to a well-formed group the aggregator does not publish (``UNKNOWN_GROUP``).
 GW_UNKNOWN_GROUP = "XY-GW-030"
 #: A connection's snapshot look-ups were over its rate limit; the request was refused.

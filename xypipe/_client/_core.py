@@ -32,6 +32,7 @@ from xypipe._contracts import UNKNOWN_FIELDS_METRIC, ContractDecoder
 from xypipe._degrade import Level
 from xypipe._errors import ContractError, GatewayAuthError, GatewayClosed
 from xypipe._md.client import HELD, SeqTracker
+from xypipe._md.projection import is_projection
 from xypipe._md.seqrules import DEFAULT_MAX_GAP, STALE_FENCE, Verdict
 from xypipe.contracts import (
     ClientFrame,
@@ -218,8 +219,13 @@ class ClientCore:
     # -- what the program asks -------------------------------------------------------------
 
     def subscribe(self, groups: Iterable[str], shards: Iterable[int] = ()) -> None:
+        """Subscribe to groups or projections (``group/projection``: one stream, no shards)."""
         wanted = frozenset(shards)
         new = []
+        groups = list(groups)
+        if wanted and any(is_projection(g) for g in groups):
+            raise ValueError(f"subscribe({groups!r}, shards={sorted(wanted)}): a projection "
+                             "(group/projection) is one stream without shards")
         for g in groups:
             if self.wanted.get(g) != wanted or g not in self.wanted:
                 self.wanted[g] = wanted

@@ -256,7 +256,8 @@ class Client:
 
     async def subscribe(self, *groups: str, shards: Iterable[int] = ()) -> None:
         """Subscribe to ``groups`` (every shard, or only ``shards``): each gets a snapshot,
-        then its deltas. The gateway answers with :class:`Subscribed`, or an
+        then its deltas. A group's projection is subscribed as ``"group/projection"`` (its own
+        stream: only its members, no shards). The gateway answers with :class:`Subscribed`, or an
         :class:`ErrorReceived` per refused group (``ACL_DENIED``, ``UNKNOWN_GROUP``)."""
         self._check_alive()
         self._core.subscribe(groups, shards)

@@ -9,7 +9,11 @@ What a browser subscription needs (least privilege, documented in docs/protocol.
 * group ``G``, every shard: ``xy.md.snapshot.G``, ``xy.md.tick.G`` and ``xy.md.tick.G.*``;
 * group ``G``, shards ``[1, 3]``: ``xy.md.snapshot.G``, ``xy.md.tick.G.1``, ``xy.md.tick.G.3``.
 
-So ``["xy.md.*.G", "xy.md.*.G.>"]`` grants one whole group and ``["xy.md.>"]`` grants everything.
+* projection ``G/P`` (:mod:`xypipe._md.projection`): ``xy.md.snapshot.G.p.P`` and
+  ``xy.md.tick.G.p.P`` — one stream, no shards.
+
+So ``["xy.md.*.G", "xy.md.*.G.>"]`` grants one whole group and its projections,
+``["xy.md.*.G.p.P"]`` only the projection ``G/P``, and ``["xy.md.>"]`` everything.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from collections.abc import Iterable, Sequence
 
 import attrs
 
+from xypipe._md.projection import is_projection, stream_subject
 from xypipe._validate import _is_subject
 
 TICK_PREFIX = "xy.md.tick"
@@ -51,6 +56,8 @@ def covers(granted: str, requested: str) -> bool:
 
 def group_subjects(group: str, shards: Iterable[int] = ()) -> list[str]:
     """The subjects (or patterns) a subscription to ``group`` (and ``shards``) needs."""
+    if is_projection(group):
+        return [stream_subject(SNAPSHOT_PREFIX, group), stream_subject(TICK_PREFIX, group)]
     wanted = sorted(set(shards))
     if wanted:
         return [f"{SNAPSHOT_PREFIX}.{group}", *(f"{TICK_PREFIX}.{group}.{s}" for s in wanted)]

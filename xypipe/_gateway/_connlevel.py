@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from xypipe._degrade import DegradationController, Level, Pressure, Transition
 from xypipe._gateway._session_effects import Effects, LevelChanged, PauseGroups
 from xypipe._gateway._session_policy import SessionPolicy
+from xypipe._md.projection import split_stream
 from xypipe.contracts import DegradeChange, ServerFrame
 
 
@@ -66,13 +67,18 @@ class ConnectionLevel:
             return None
         return self.controller.force(now, level)
 
+    def is_disabled(self, group: str) -> bool:
+        """Disabled by the operator: the group, or the group a projection belongs to."""
+        return group in self.disabled or split_stream(group)[0] in self.disabled
+
     def repause(self, groups: Iterable[str]) -> bool:
         """Recompute which of ``groups`` pause (a ``PauseGroups`` effect when that changed);
         True when it changed."""
         reaction = self.policy.levels.at(self.level)
         priority_of = self.policy.priority_of
-        new = frozenset(g for g in groups if g in self.disabled or (
-            reaction.paused_priorities and reaction.pauses(priority_of(g))))
+        # A projection (``group/name``) pauses with its group: same flag, same priority.
+        new = frozenset(g for g in groups if self.is_disabled(g) or (
+            reaction.paused_priorities and reaction.pauses(priority_of(split_stream(g)[0]))))
         if new == self.paused:
             return False
         self.paused = new
@@ -90,7 +96,7 @@ class ConnectionLevel:
 
     def announce_paused(self, groups: Iterable[str]) -> None:
         """Tell the client which of its groups are paused now (the level did not change)."""
-        disabled = sorted(self.disabled & set(groups))
+        disabled = sorted(g for g in set(groups) if self.is_disabled(g))
         if disabled:
             reason = "groups disabled by operator: " + ", ".join(disabled)
         elif self.paused:

@@ -54,6 +54,7 @@ from xypipe._gateway._streams import (
 )
 from xypipe._gateway._subs import GroupSub, Outbox, Subscriptions, SubState
 from xypipe._levels import LevelPolicy
+from xypipe._md.projection import is_projection, stream_subject
 from xypipe._md.seqrules import DEFAULT_MAX_GAP, ResumeOutcome
 from xypipe.contracts import Delta, ResumePoint, Snapshot
 
@@ -133,7 +134,13 @@ class Hub:
             raise BadMessage(subject, "merged delta (first_seq set): the gateway expects the "
                                       "aggregator's own, one-window deltas")
         where = subject[len(self.tick_prefix):]
-        if where != d.group and where != f"{d.group}.{d.shard}":
+        if is_projection(d.group):
+            if subject != stream_subject(self.tick_prefix[:-1], d.group) or d.shard:
+                raise BadMessage(subject, f"delta of projection {d.group!r} shard {d.shard} on "
+                                          "another stream's subject (expected "
+                                          f"{stream_subject(self.tick_prefix[:-1], d.group)}, "
+                                          "shard 0)")
+        elif where != d.group and where != f"{d.group}.{d.shard}":
             # Permissions are per subject: a delta may only speak for the stream it is on.
             raise BadMessage(subject, f"delta of group {d.group!r} shard {d.shard} on another "
                                       f"stream's subject (expected {self.tick_prefix}{d.group} "
@@ -148,9 +155,10 @@ class Hub:
         s = self._decode(Snapshot, subject, raw)
         if not s.group:
             raise BadMessage(subject, "snapshot without group")
-        if subject != self.snapshot_prefix + s.group:
+        expected = stream_subject(self.snapshot_prefix[:-1], s.group)
+        if subject != expected:
             raise BadMessage(subject, f"snapshot of group {s.group!r} on another group's subject "
-                                      f"(expected {self.snapshot_prefix}{s.group})")
+                                      f"(expected {expected})")
         cached = self.book.add_snapshot(s, framed(SNAPSHOTS_TAG, raw), now)
         self._wake_reanchored()
         return self.subs.snapshot_arrived(s.group) if cached else set()

@@ -25,7 +25,8 @@ from xypipe._gateway._session_effects import (
     UnsubscribeGroup,
 )
 from xypipe._gateway._session_policy import KnownGroups, SessionPolicy
-from xypipe._validate import GROUP_MAX, group_problem
+from xypipe._md.projection import is_projection, stream_problem
+from xypipe._validate import GROUP_MAX
 from xypipe.contracts import Error, ErrorCode, GroupRef, ResumePoint, ServerFrame, Subscribed
 
 
@@ -58,11 +59,15 @@ class SessionGroups:
 
     def _check(self, principal: Principal, group: str, shards: Iterable[int], ref: int,
                action: str, now: float) -> bool:
-        problem = group_problem(group)
+        problem = stream_problem(group)
         if problem is not None:
-            self._refuse(f"group name {group!r}: expected 1-{GROUP_MAX} characters of "
-                         f"A-Z a-z 0-9 _ -; {problem}",
+            self._refuse(f"group name {group!r}: expected a group or group/projection, each "
+                         f"1-{GROUP_MAX} characters of A-Z a-z 0-9 _ -; {problem}",
                          ErrorCode.ERROR_CODE_UNKNOWN_GROUP, ref, group)
+            return False
+        if shards and is_projection(group):
+            self._refuse(f"projection {group!r}: one stream without shards (asked for shards "
+                         f"{sorted(set(shards))})", ErrorCode.ERROR_CODE_UNKNOWN_GROUP, ref, group)
             return False
         if group not in self.groups and len(self.groups) >= self.policy.max_groups:
             self._refuse(f"subscription limit of {self.policy.max_groups} groups reached",

@@ -36,6 +36,7 @@ from xypipe._gateway._hub import BadMessage, Hub, ws_binary
 from xypipe._gateway._options import GatewayOptions
 from xypipe._gateway._store import STORE_BACKOFF, Msg, NatsClient
 from xypipe._log import Logger
+from xypipe._md.projection import is_projection, stream_subject
 from xypipe._md.seqrules import STALE_FENCE
 from xypipe.contracts import Delta, Error, ErrorCode, ServerFrame
 
@@ -156,10 +157,11 @@ class SnapshotFetcher:
         opts = self.options
         assert self.nats is not None
         try:
-            for stream, subject in (
-                (opts.snapshot_stream, f"{opts.snapshot_prefix}.{group}"),
-                (opts.checkpoint_stream, f"{opts.checkpoint_prefix}.{group}.{shard}"),
-            ):
+            records = [(opts.snapshot_stream, stream_subject(opts.snapshot_prefix, group))]
+            if not is_projection(group):  # a projection has no checkpoints, only snapshots
+                records.append((opts.checkpoint_stream,
+                                f"{opts.checkpoint_prefix}.{group}.{shard}"))
+            for stream, subject in records:
                 try:
                     msg = await self._direct_get(self.nats, stream, subject, "anchor_get")
                 except (BridgeError, trio.TooSlowError) as exc:
@@ -201,7 +203,7 @@ class SnapshotFetcher:
         be reached (JetStream restarting, lame duck, node loss) for as long as someone waits
         for the group and no live snapshot has arrived: a subscriber who asked while
         JetStream was away gets the snapshot once it is back."""
-        subject = f"{self.options.snapshot_prefix}.{group}"
+        subject = stream_subject(self.options.snapshot_prefix, group)
         attempt = 0
         try:
             while self.hub.needs_snapshot(group) and self.hub.subscribers.get(group):

@@ -196,6 +196,15 @@ class SnapshotBuilder:
         out.generation = self.generation
         return out
 
+    def serialised_entries(self, group: str) -> list[Entry]:
+        """The group's entries now, every one serialised (for a projection's restart)."""
+        g = self.groups.get(group)
+        if g is None:
+            return []
+        if g.restored:
+            self._serialise_restored(g)
+        return list(g.entries.values())
+
     @staticmethod
     def _serialise_restored(g: GroupMirror) -> None:
         entries = g.entries

@@ -607,8 +607,10 @@ class Ingest(Stage[Never, Restore | Batch, IngestConfig]):
             lambda: self._last_per_subject(js, state.checkpoint_stream, f"{ckpt_prefix}>"))
         snapshots: list[Snapshot] = []
         for m in stored_snaps:
-            if not ours(m.subject, snap_prefix):
-                continue  # another aggregator's group: not even decoded
+            if not ours(m.subject, snap_prefix) or "." in m.subject[len(snap_prefix):]:
+                # Another aggregator's group, or a projection's snapshot (``G.p.NAME``: a
+                # projection restarts from its group): not even decoded.
+                continue
             try:
                 snapshots.append(self._decoder.decode(Snapshot, m.data, where=m.subject))
             except ContractError as exc:

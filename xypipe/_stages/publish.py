@@ -40,6 +40,7 @@ from xypipe._errors import (
     NatsBackpressure,
 )
 from xypipe._md.conflation import DeltaOut
+from xypipe._md.projection import split_stream
 from xypipe._md.records import Watermark
 from xypipe._md.snapshots import SnapshotOut
 from xypipe._retry import retrying
@@ -86,6 +87,8 @@ class Publish(Stage[list[DeltaOut] | list[SnapshotOut] | list[Watermark], Never,
         ticks_out = m.counter("ticks_out", "Deltas published on xy.md.tick.*")
         symbols_out = m.counter("ticks_out_symbols", "Symbol entries in published deltas")
         snaps_out = m.counter("snapshots_out", "Snapshots published on xy.md.snapshot.*")
+        projected = m.counter("projection_deltas_out",
+                              "Deltas of projections published on xy.md.tick.{group}.p.*")
         latency = m.histogram("aggregator_latency_seconds",
                               "Ingest of the oldest tick in a delta to its publish")
         state = cfg.state
@@ -120,11 +123,18 @@ class Publish(Stage[list[DeltaOut] | list[SnapshotOut] | list[Watermark], Never,
                 now = trio.current_time()
                 for x in item:
                     if type(x) is DeltaOut:
-                        fence = gate.admit("delta", x.group, x.generation)
+                        group, projection = split_stream(x.group)
+                        fence = gate.admit("delta", group, x.generation)
                         if fence is None:
                             continue
                         if known is not None and x.group not in known.written:
                             await known.write(x.group, now)
+                        if projection:
+                            # A projection's sequence restarts with a new epoch at every
+                            # restore: nothing to checkpoint (docs/architecture.md).
+                            await publish(x.subject, fenced(DELTA_FENCE_TAG, fence, x.payload))
+                            projected.inc()
+                            continue
                         # Recorded before it goes out: a restore after an ownership change
                         # continues after it (a delta cancelled here would be a hole clients
                         # resync over, never a sequence number used twice).
@@ -148,7 +158,7 @@ class Publish(Stage[list[DeltaOut] | list[SnapshotOut] | list[Watermark], Never,
                         symbols_out.inc(len(x.entries))
                         latency.observe(max(now - x.t_oldest, 0.0))
                     elif type(x) is SnapshotOut:
-                        fence = gate.admit("snapshot", x.group, x.generation)
+                        fence = gate.admit("snapshot", split_stream(x.group)[0], x.generation)
                         if fence is None:
                             continue
                         if known is not None and x.group not in known.written:

@@ -8,6 +8,11 @@ consistent with its ``shard_seq`` by construction. With ``request_subject`` set,
 whose payload is a group name gets that group's snapshot at once (published as well, so the
 stream holds the newest); with group ownership only the owner answers.
 
+Projections (``projections``, see :mod:`xypipe._md.projection`): each is fed the same deltas;
+its deltas follow its group's in the same list, its snapshot follows its first delta after a
+restore and every round of its group's snapshots; a request for ``group/projection`` is
+answered with the projection's snapshot.
+
 A ``Restore`` in mid-stream (the groups owned changed) rebuilds every mirror from it; deltas
 emitted before it (an older generation) are dropped here, never applied to the new mirrors.
 """
@@ -20,13 +25,14 @@ from typing import cast
 import attrs
 import trio
 
-from xypipe._errors import AGG_NO_SNAPSHOT
+from xypipe._errors import AGG_NO_SNAPSHOT, AGG_PROJECTIONS_RESTARTED
 from xypipe._md.conflation import DeltaOut
+from xypipe._md.projection import Projections, ProjectionSpec, split_stream
 from xypipe._md.records import Restore, Watermark
 from xypipe._md.snapshots import TOP_BY, SnapshotBuilder, SnapshotOut
 from xypipe._stage import Stage
 from xypipe._stages._md_common import wall_us
-from xypipe._validate import in_range, one_of, subject_pattern
+from xypipe._validate import Invalid, in_range, one_of, subject_pattern
 from xypipe.abc import Msg, NatsClient
 
 
@@ -45,6 +51,18 @@ class SnapshotConfig:
     max_replay_msgs: int = attrs.field(default=2_000, validator=in_range(0, 100_000_000))
     #: Early snapshots never come closer together than this.
     min_interval_ms: int = attrs.field(default=500, validator=in_range(10, 60_000))
+    #: Named filter projections of groups, each published as a stream of its own.
+    projections: list[ProjectionSpec] = attrs.field(factory=list)
+    #: Where the projections' deltas go (``{tick_prefix}.{group}.p.{name}``): the prefix of
+    #: the group deltas (the ``shard`` stage's).
+    tick_prefix: str = attrs.field(default="xy.md.tick", validator=subject_pattern())
+
+    def __attrs_post_init__(self) -> None:
+        seen: set[str] = set()
+        for p in self.projections:
+            if p.stream in seen:
+                raise Invalid("projections", "expected each group/name once", p.stream)
+            seen.add(p.stream)
 
 
 class SnapshotStage(Stage[Restore | list[DeltaOut] | list[Watermark],
@@ -64,6 +82,21 @@ class SnapshotStage(Stage[Restore | list[DeltaOut] | list[Watermark],
                                  "a restore started new epochs)", ["trigger"])
         self._size = m.gauge("snapshot_bytes", "Size of the last snapshot", ["group"])
         self._window_ms = 0
+        self.projections = Projections(cfg.projections, tick_prefix=cfg.tick_prefix,
+                                       snapshot_prefix=cfg.prefix)
+        self._membership = m.counter(
+            "projection_membership_changes", "Symbols entering or leaving a projection",
+            ["projection", "change"])
+        self._members = m.gauge("projection_members", "Symbols in a projection now",
+                                ["projection"])
+        self._due: list[SnapshotOut] = []
+        self._pdeltas = m.counter("projection_deltas", "Deltas of a projection emitted",
+                                  ["projection"])
+        for stream in self.projections.by_stream:  # at 0 before their first event
+            self._members.labels(stream).set(0)
+            self._pdeltas.labels(stream)
+            for change in ("enter", "leave"):
+                self._membership.labels(stream, change)
         #: The groups this aggregator owns (``None``: all), from the last restore.
         self._owned: frozenset[str] | None = None
         async with trio.open_nursery() as nursery:
@@ -98,6 +131,14 @@ class SnapshotStage(Stage[Restore | list[DeltaOut] | list[Watermark],
                 # it exists, so one goes out with the first deltas after the rebuild, not at
                 # the next interval (a fail-over must not wait for the snapshot clock).
                 new_epoch = bool(item.epochs) and not item.continued
+                if self.projections:
+                    self.projections.restore(
+                        {g: builder.serialised_entries(g) for g in self.projections.by_group},
+                        wall_us(), item.generation)
+                    self.ctx.log.info("projections restarted under a new epoch",
+                                      code=AGG_PROJECTIONS_RESTARTED,
+                                      epoch=self.projections.epoch,
+                                      projections=sorted(self.projections.by_stream))
                 continue
             # A list is all watermarks or all deltas (conflate sends them apart).
             if item and type(item[0]) is Watermark:
@@ -110,7 +151,11 @@ class SnapshotStage(Stage[Restore | list[DeltaOut] | list[Watermark],
                 for d in deltas:
                     builder.apply(d)
                     self._window_ms = d.window_ms
-                await send(deltas)
+                await send(self._project(deltas))
+                if self._due:
+                    due, self._due = self._due, []
+                    self._count(due)
+                    await send(due)
             now = trio.current_time()
             if new_epoch and item is not None and type(item[0]) is not Watermark:
                 trigger = "epoch"
@@ -128,9 +173,30 @@ class SnapshotStage(Stage[Restore | list[DeltaOut] | list[Watermark],
             snapped = builder.watermark
             self._rounds.labels(trigger).inc()
             snaps = builder.build_all(wall_us(), self._window_ms)
+            if self.projections and snaps:
+                snaps += self.projections.build_all(wall_us(), self._window_ms,
+                                                    builder.watermark, [s.group for s in snaps])
             if snaps:
                 self._count(snaps)
                 await send(snaps)
+
+    def _project(self, deltas: list[DeltaOut]) -> list[DeltaOut]:
+        """The group deltas followed by their projections' deltas (and, right after a
+        projection's first delta since a restore, its snapshot — sent with the next item)."""
+        projections = self.projections
+        if not projections:
+            return deltas
+        out = projections.apply(deltas)
+        if not out:
+            return deltas
+        for d in out:
+            self._pdeltas.labels(d.group).inc()
+        for stream, _key, change in projections.take_events():
+            self._membership.labels(stream, change).inc()
+        for p in projections.by_stream.values():
+            self._members.labels(p.stream).set(len(p.members))
+        self._due = projections.build_due(wall_us(), self._window_ms, self.builder.watermark)
+        return deltas + out
 
     def _count(self, snaps: list[SnapshotOut]) -> None:
         self._built.inc(len(snaps))
@@ -148,9 +214,14 @@ class SnapshotStage(Stage[Restore | list[DeltaOut] | list[Watermark],
 
     async def _answer(self, nc: NatsClient, msg: Msg) -> None:
         group = msg.data.decode("utf-8", "replace").strip()
-        if self._owned is not None and group not in self._owned:
+        base, projection = split_stream(group)
+        if self._owned is not None and base not in self._owned:
             return  # another aggregator owns it and answers
-        snap = self.builder.build(group, wall_us(), self._window_ms)
+        if projection:
+            snap = self.projections.build(group, wall_us(), self._window_ms,
+                                          self.builder.watermark)
+        else:
+            snap = self.builder.build(group, wall_us(), self._window_ms)
         if snap is None:
             self.ctx.log.warning("snapshot requested for an unknown or not yet consistent group",
                                  code=AGG_NO_SNAPSHOT, group=group)
