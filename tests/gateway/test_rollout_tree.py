@@ -49,6 +49,10 @@ def tree_toml(tmp: pathlib.Path, ports: dict[str, int], public_key: str) -> str:
         f'data_dir = "{tmp / "nats"}"\n'
         f'[http]\nport = {ports["sup"]}\n'
         "[rollout]\ngate_s = 2.0\nready_timeout_s = 60.0\npoll_ms = 200\n"
+        # These tests are about continuity and roll-back by a failed start; the latency rule of
+        # the gate is judged in tests/test_rollout.py. A copy that just took over drained
+        # clients on a busy 2-core machine can show a p99 of 0.5 s for a moment: not a fault.
+        "p99_floor_ms = 2000\n"
         # The market's own bursts disconnect nobody; a copy that errs does.
         f'[processes.aggregator]\nhttp = {{ host = "127.0.0.1", port = {ports["agg"]} }}\n'
         f"restart = {restart}\n"
