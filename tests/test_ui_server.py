@@ -91,7 +91,8 @@ async def test_config_points_the_page_at_the_gateway_on_its_own_host(ui: str) ->
     assert headers["content-type"] == "application/json"
     doc = json.loads(body)
     assert doc == {"wsUrl": "ws://trader.example:8080/ws", "tokenUrl": "/dev/token",
-                   "groups": ["fx", "crypto"], "batchMs": 16}
+                   "groups": ["fx", "crypto"], "projections": {"watch": "", "movers": ""},
+                   "batchMs": 16}
 
 
 async def test_dev_token_is_accepted_by_the_gateway_verifier(
