@@ -510,7 +510,7 @@ async function main() {
   const baseline = new Map(); // key -> last in its group's first snapshot (the movers' "change")
   const ladder = new Ladder(document.getElementById("panel-ladder"));
   const movers = new Movers(document.getElementById("panel-movers"), overview, baseline,
-    moversStream("g") !== "g");
+    Boolean(config.projections?.movers) && !wholeGroups);
   const status = new StatusPanel(document.getElementById("panel-status"));
   const watchRoots = [document.getElementById("panel-watch-a"), document.getElementById("panel-watch-b")];
   const watches = [];
