@@ -250,3 +250,27 @@ async def test_the_demo_heals_a_killed_aggregator_and_the_market_flows_again(tmp
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+def test_the_page_s_projections_are_declared_for_every_group_it_shows() -> None:
+    """The ui stage names projections; the aggregator's snapshot stage must publish each of them
+    for the groups the panels use (a missing one would leave a panel empty, not fail)."""
+    import tomllib
+
+    from xypipe._md.projection import ProjectionSpec
+    from xypipe._publisher import MarketSim
+
+    doc = tomllib.loads((ROOT / "configs" / "demo.toml").read_text())
+    snapshot = next(s for s in doc["pipelines"]["aggregator"]["stages"] if s["use"] == "snapshot")
+    ui = next(s for s in doc["pipelines"]["ui"]["stages"] if s["use"] == "ui_server")
+    specs = [ProjectionSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in p.items()})
+             for p in snapshot["projections"]]
+    declared = {s.stream for s in specs}
+    groups = ui["groups"]
+    wanted = {f"{g}/{ui['watch_projection']}" for g in groups[:2]}
+    wanted |= {f"{g}/{ui['movers_projection']}" for g in groups}
+    assert wanted <= declared, wanted - declared
+    # A watchlist names symbols of its group in the demo market (VENUE.SYMBOL).
+    market = {f"{c.venue}.{c.symbol}": c.group for c in MarketSim(500, seed=1).contracts()}
+    for s in specs:
+        assert all(market.get(k) == s.group for k in s.symbols), (s.stream, s.symbols)

@@ -91,7 +91,15 @@ async def test_config_points_the_page_at_the_gateway_on_its_own_host(ui: str) ->
     assert headers["content-type"] == "application/json"
     doc = json.loads(body)
     assert doc == {"wsUrl": "ws://trader.example:8080/ws", "tokenUrl": "/dev/token",
-                   "groups": ["fx", "crypto"], "batchMs": 16}
+                   "groups": ["fx", "crypto"], "projections": {"watch": "", "movers": ""},
+                   "batchMs": 16}
+
+
+async def test_config_names_the_projections_the_panels_subscribe_to() -> None:
+    async for base in serve({"groups": ["fx"], "watch_projection": "watch",
+                             "movers_projection": "top"}):
+        _, _, body = await get(base + "/config.json")
+        assert json.loads(body)["projections"] == {"watch": "watch", "movers": "top"}
 
 
 async def test_dev_token_is_accepted_by_the_gateway_verifier(
@@ -157,6 +165,8 @@ async def test_a_failing_token_source_answers_500_and_is_counted() -> None:
          'token_factory: expected token_private_key or token_factory, not both, got "a:b"'),
         ({"batch_ms": 50}, "batch_ms: expected an integer 16..33, got 50"),
         ({"groups": []}, "groups: expected a non-empty list of group names, got []"),
+        ({"watch_projection": "my watch"}, 'watch_projection: expected a projection name or ""'),
+        ({"movers_projection": "a.b"}, 'movers_projection: expected a projection name or ""'),
         ({"prot": 1}, "prot"),
     ],
 )

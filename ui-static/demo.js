@@ -10,7 +10,14 @@
 // latencies are kept in window.__xy for the browser tests and bench/e2e_latency.py, and latencies
 // are reported to the hub (ClientMetrics); the header shows their p50/p95 over the last 5 s.
 //
-// URL flags: ?mode=leader (no SharedWorker: leader election), ?groups=a,b, ?budget=8.
+// What each panel subscribes to is what it draws: the watchlists take their group's watchlist
+// projection (`group/watch`, a fixed list of symbols) and the top movers every group's Top-K
+// projection (`group/top`), as /config.json names them ("projections"); the ladder draws the
+// selected watchlist row, so it reads the watchlist's stream. A config without projections, or
+// ?streams=groups, subscribes every panel to whole groups (bench/demo_tabs.py compares the two).
+//
+// URL flags: ?mode=leader (no SharedWorker: leader election), ?groups=a,b, ?budget=8,
+// ?streams=groups.
 
 import { TIERS, connect, loadConfig } from "./xy-client.js";
 import { percentiles, symbolKey } from "./xy-core.js";
@@ -27,7 +34,9 @@ const MAX_MOVERS = 15; // what the panel shows without scrolling at 1400x900
 
 const stats = {
   received: 0, // batches of the live subscriptions (watchlists, ladder)
-  byGroup: {}, // group -> batches received
+  byGroup: {}, // group -> batches received (of the group or of a projection of it)
+  byStream: {}, // stream ("group" or "group/projection") -> batches received, either tier
+  streams: { live: [], overview: [] }, // what the page subscribed to, per tier
   overview: 0, // batches of the movers' overview subscriptions
   pace: null, // the draw rate the hub asks of this tab (fps)
   draws: 0, // animation frames drawn in (the others skipped at 30 fps)
@@ -88,11 +97,17 @@ function serverNowUs() {
 
 // ------------------------------------------------------------------------------ panels
 
+/** The group a stream belongs to ("fx" of "fx/watch"). */
+function groupOf(stream) {
+  return stream.split("/")[0];
+}
+
 class Watchlist {
-  constructor(root, group, client, onSelect) {
+  constructor(root, group, stream, client, onSelect) {
     this.name = `watch:${group}`;
     this.root = root;
     this.group = group;
+    this.stream = stream; // the group, or its projection the panel draws
     this.client = client;
     this.scroller = root.querySelector(".scroll");
     this.head = root.querySelector("thead");
@@ -138,7 +153,7 @@ class Watchlist {
 
   apply(batch) {
     if (batch.snapshot) {
-      // A snapshot is the whole group: symbols it no longer has are gone.
+      // A snapshot is the whole stream: symbols it no longer has are gone.
       const keep = new Set(batch.snapshot.symbols.map(symbolKey));
       for (const k of this.rows.keys()) if (!keep.has(k)) this._remove(k);
       for (const s of batch.snapshot.symbols) this._set(s, 0);
@@ -165,7 +180,7 @@ class Watchlist {
       for (let i = 0; i < WATCH_COLUMNS.length; i++) cells.push(tr.appendChild(document.createElement("td")));
       cells[0].textContent = s.symbol;
       tr.title = `${s.venue}:${s.symbol}`;
-      tr.addEventListener("click", () => this.onSelect(this.group, key));
+      tr.addEventListener("click", () => this.onSelect(this.stream, key));
       this.body.appendChild(tr);
       row = { key, tr, cells, texts: [s.symbol, "", "", "", "", "", "", ""], state: s, open: s.last, arrivalUs: 0, vals: sortValues(s, s.last), index: this.order.length };
       this.rows.set(key, row);
@@ -265,8 +280,9 @@ class Watchlist {
 }
 
 class Movers {
-  constructor(root, books, baseline) {
+  constructor(root, books, baseline, projections) {
     this.name = "movers";
+    this.projections = projections; // ranking each group's Top-K projection, not whole groups
     this.body = root.querySelector("tbody");
     this.topBy = root.querySelector(".top-by");
     this.valueHead = root.querySelector(".top-col");
@@ -284,10 +300,13 @@ class Movers {
     this.valueHead.textContent = this.by === "change" ? "Chg" : this.by.charAt(0).toUpperCase() + this.by.slice(1);
   }
 
-  /** Ranking and K follow the aggregator's snapshots (top_by, top_k); values come live. */
+  /** Ranking and K follow the aggregator's snapshots (top_by, top_k); values come live. A Top-K
+   * projection's snapshot lists its members so far (a handful right after it starts), and the
+   * config gives each group's Top-K at least the rows the panel shows: K is the panel's. */
   configure(snapshot) {
     if (snapshot.topBy) this.by = snapshot.topBy;
-    if (snapshot.top?.length) this.k = Math.min(MAX_MOVERS, snapshot.top.length);
+    if (this.projections) this.k = MAX_MOVERS;
+    else if (snapshot.top?.length) this.k = Math.min(MAX_MOVERS, snapshot.top.length);
     this._label();
     this.dirty = true;
   }
@@ -481,27 +500,34 @@ async function main() {
   const mode = params.get("mode") ?? "auto";
   const client = await connect({ config, mode });
   window.__xyClient = client;
+  const wholeGroups = params.get("streams") === "groups";
+  const projection = (name) => (g) => (name && !wholeGroups ? `${g}/${name}` : g);
+  const watchStream = projection(config.projections?.watch);
+  const moversStream = projection(config.projections?.movers);
 
-  const books = new Map(); // group -> Map(key -> latest state), for the ladder (live tier)
+  const books = new Map(); // stream -> Map(key -> latest state), for the ladder (live tier)
   const overview = new Map(); // group -> Map(key -> state), for the movers (overview tier)
   const baseline = new Map(); // key -> last in its group's first snapshot (the movers' "change")
   const ladder = new Ladder(document.getElementById("panel-ladder"));
-  const movers = new Movers(document.getElementById("panel-movers"), overview, baseline);
+  const movers = new Movers(document.getElementById("panel-movers"), overview, baseline,
+    Boolean(config.projections?.movers) && !wholeGroups);
   const status = new StatusPanel(document.getElementById("panel-status"));
   const watchRoots = [document.getElementById("panel-watch-a"), document.getElementById("panel-watch-b")];
   const watches = [];
-  const select = (group, key) => {
-    ladder.select(group, key);
-    const s = books.get(group)?.get(key);
-    if (s) ladder.offer(group, s);
-    for (const w of watches) w.select(w.group === group ? key : null);
+  const select = (stream, key) => {
+    ladder.select(stream, key);
+    const s = books.get(stream)?.get(key);
+    if (s) ladder.offer(stream, s);
+    for (const w of watches) w.select(w.stream === stream ? key : null);
   };
-  groups.slice(0, 2).forEach((g, i) => watches.push(new Watchlist(watchRoots[i], g, client, select)));
+  groups.slice(0, 2).forEach((g, i) => watches.push(new Watchlist(watchRoots[i], g, watchStream(g), client, select)));
   for (const root of watchRoots.slice(watches.length)) root.hidden = true;
 
   const onBatch = (batch) => {
     stats.received += 1;
-    stats.byGroup[batch.group] = (stats.byGroup[batch.group] ?? 0) + 1;
+    const group = groupOf(batch.group);
+    stats.byGroup[group] = (stats.byGroup[group] ?? 0) + 1;
+    stats.byStream[batch.group] = (stats.byStream[batch.group] ?? 0) + 1;
     offsetUs = batch.offsetUs ?? offsetUs;
     if (batch.minArrivalUs && batch.flushedUs) {
       // Both stamps are this machine's wall clock (the worker's and this tab's).
@@ -522,13 +548,15 @@ async function main() {
       book.set(symbolKey(s), s);
       ladder.offer(batch.group, s);
     }
-    for (const w of watches) if (w.group === batch.group) w.apply(batch);
+    for (const w of watches) if (w.stream === batch.group) w.apply(batch);
   };
-  // The movers rank every symbol of every group: four merged batches a second are plenty.
+  // The movers rank every group's symbols (or its Top-K): four merged batches a second are plenty.
   const onOverview = (batch) => {
     stats.overview += 1;
-    let book = overview.get(batch.group);
-    if (book === undefined) overview.set(batch.group, (book = new Map()));
+    stats.byStream[batch.group] = (stats.byStream[batch.group] ?? 0) + 1;
+    const group = groupOf(batch.group);
+    let book = overview.get(group);
+    if (book === undefined) overview.set(group, (book = new Map()));
     if (batch.snapshot) {
       book.clear();
       for (const s of batch.snapshot.symbols) {
@@ -543,9 +571,15 @@ async function main() {
     for (const s of batch.symbols) book.set(symbolKey(s), s);
     movers.touch();
   };
+  // On whole groups the ladder may follow any symbol of any group, so every group is live.
+  const live = wholeGroups || !config.projections?.watch ? groups : watches.map((w) => w.stream);
+  for (const s of live) {
+    client.subscribe(s, onBatch, { everyMs: TIERS.live });
+    stats.streams.live.push(s);
+  }
   for (const g of groups) {
-    client.subscribe(g, onBatch, { everyMs: TIERS.live });
-    client.subscribe(g, onOverview, { everyMs: TIERS.overview });
+    client.subscribe(moversStream(g), onOverview, { everyMs: TIERS.overview });
+    stats.streams.overview.push(moversStream(g));
   }
   stats.pace = client.pace;
   client.on("pace", (fps) => {

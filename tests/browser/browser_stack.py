@@ -17,6 +17,7 @@ import asyncio
 import socket
 import sys
 import time
+import tomllib
 import urllib.request
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -38,6 +39,7 @@ CHROMIUM_ARGS = [
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]
 READY_TIMEOUT_S = 20
+DEMO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.toml"
 
 
 def free_port() -> int:
@@ -49,8 +51,18 @@ def free_port() -> int:
 # --------------------------------------------------------------------------- configs
 
 
-def aggregator_config(nats_url: str, *, interval_ms: int = 33, snapshot_ms: int = 2000
-                      ) -> xypipe.AppConfig:
+def demo_projections() -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """The demo's projections (configs/demo.toml's snapshot stage) and the ui stage's keys
+    naming the ones its panels subscribe to: the stack serves the page as the demo does."""
+    doc = tomllib.loads(DEMO_CONFIG.read_text())
+    snapshot = next(s for s in doc["pipelines"]["aggregator"]["stages"] if s["use"] == "snapshot")
+    ui = next(s for s in doc["pipelines"]["ui"]["stages"] if s["use"] == "ui_server")
+    keys = {k: ui[k] for k in ("watch_projection", "movers_projection") if k in ui}
+    return list(snapshot.get("projections", [])), keys
+
+
+def aggregator_config(nats_url: str, *, interval_ms: int = 33, snapshot_ms: int = 2000,
+                      projections: bool = False) -> xypipe.AppConfig:
     state = {"storage": "memory"}
     return xypipe.parse_config({
         "nats": {"url": nats_url},
@@ -61,7 +73,8 @@ def aggregator_config(nats_url: str, *, interval_ms: int = 33, snapshot_ms: int 
             {"use": "dedupe", "name": "dedupe"},
             {"use": "shard", "name": "shard"},
             {"use": "conflate", "name": "conflate", "interval_ms": interval_ms},
-            {"use": "snapshot", "name": "snapshot", "interval_ms": snapshot_ms},
+            {"use": "snapshot", "name": "snapshot", "interval_ms": snapshot_ms,
+             "projections": demo_projections()[0] if projections else []},
             {"use": "publish", "name": "publish", "state": state},
         ]}},
     }, "browser-aggregator.toml")
@@ -101,8 +114,8 @@ def gateway_config(nats_url: str, port: int, public_key: Path, **options: Any
     }, "browser-gateway.toml")
 
 
-def ui_config(gateway_port: int, private_key: Path, groups: list[str], batch_ms: int
-              ) -> xypipe.AppConfig:
+def ui_config(gateway_port: int, private_key: Path, groups: list[str], batch_ms: int,
+              projections: bool = False) -> xypipe.AppConfig:
     return xypipe.parse_config({
         "http": {"enabled": False},
         "pipelines": {"ui": {"stages": [
@@ -110,6 +123,7 @@ def ui_config(gateway_port: int, private_key: Path, groups: list[str], batch_ms:
              "gateway_url": f"ws://{{host}}:{gateway_port}/ws", "groups": groups,
              "batch_ms": batch_ms, "token_private_key": str(private_key),
              "token_subject": "browser-test",
+             **(demo_projections()[1] if projections else {}),
              "token_allow": [p for g in groups for p in (f"xy.md.*.{g}", f"xy.md.*.{g}.>")]},
         ]}},
     }, "browser-ui.toml")
@@ -207,7 +221,11 @@ async def running_stack(
     nats_url: str, tmp: Path, *, groups: list[str] | None = None, rate: float = 400.0,
     symbols: int = 60, batch_ms: int = 16, snapshot_ms: int = 2000,
     gateway_options: dict[str, Any] | None = None, gateway_worker: WorkerIdentity | None = None,
+    projections: bool = False,
 ) -> AsyncIterator[Stack]:
+    """The stack; with ``projections`` the aggregator declares the demo's projections and the
+    page's panels subscribe to them, as in configs/demo.toml (else every panel takes whole
+    groups, what the tests of the worker's connection handling count on)."""
     groups = groups or ["equities", "fx"]
     private, public = generate_ed25519_keypair()
     (tmp / "dev.key").write_bytes(private)
@@ -216,11 +234,12 @@ async def running_stack(
     gateway = Service("gateway", lambda: gateway_config(nats_url, gw_port, tmp / "dev.pub",
                                                         **(gateway_options or {})),
                       worker=gateway_worker)
-    aggregator = Service("aggregator", lambda: aggregator_config(nats_url,
-                                                                 snapshot_ms=snapshot_ms))
+    aggregator = Service("aggregator", lambda: aggregator_config(
+        nats_url, snapshot_ms=snapshot_ms, projections=projections))
     publisher = Service("publisher", lambda: publisher_config(nats_url, rate=rate,
                                                               symbols=symbols))
-    ui = Service("ui", lambda: ui_config(gw_port, tmp / "dev.key", groups, batch_ms))
+    ui = Service("ui", lambda: ui_config(gw_port, tmp / "dev.key", groups, batch_ms,
+                                         projections))
     async with trio.open_nursery() as nursery:
         await aggregator.start(nursery)
         await gateway.start(nursery)

@@ -24,3 +24,10 @@ def chromium_installed() -> None:
 async def stack(nats_server: EmbeddedNats, tmp_path: Path) -> AsyncIterator[Stack]:
     async with running_stack(nats_server.url, tmp_path) as s:
         yield s
+
+
+@pytest.fixture
+async def demo_stack(nats_server: EmbeddedNats, tmp_path: Path) -> AsyncIterator[Stack]:
+    """The stack as the demo runs it: the demo's projections, the panels subscribed to them."""
+    async with running_stack(nats_server.url, tmp_path, projections=True) as s:
+        yield s

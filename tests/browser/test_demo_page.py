@@ -1,8 +1,10 @@
 """The demo page as an evaluator first sees it: one 1400x900 screen, every panel live.
 
 A real stack (nats-server, aggregator, gateway, ui_server, publisher) feeds one Chromium window
-of 1400x900. The page fits that window without scrolling (every panel's box inside the viewport,
-no two overlapping); a watchlist sorts by the column clicked and stays sorted while ticks flow;
+of 1400x900, its panels subscribed to the demo's projections as configs/demo.toml declares them
+(the watchlists to ``group/watch``, the movers to ``group/top``). The page fits that window
+without scrolling (every panel's box inside the viewport, no two overlapping); a watchlist
+sorts by the column clicked and stays sorted while ticks flow;
 every panel's values keep changing while ticks flow (the top movers' volumes once stood still
 until a reload: they were read from the one snapshot a subscription starts with; they now come
 from a subscription of the "overview" tier, one merged batch per 250 ms, so they may trail the
@@ -206,7 +208,8 @@ def demo_page(browser: Any, stack: Stack, tmp: Path) -> dict[str, Any]:
 
 
 async def test_demo_page_fits_1400x900_sorts_and_every_panel_is_live(
-        stack: Stack, tmp_path: Path) -> None:
+        demo_stack: Stack, tmp_path: Path) -> None:
+    stack = demo_stack
     r = await trio.to_thread.run_sync(with_browser, demo_page, stack, tmp_path)
     print("demo page:", json.dumps({k: v for k, v in r.items() if k != "movers_consistent"}))
     assert r["screenshot_bytes"] > 0

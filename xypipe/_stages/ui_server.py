@@ -5,7 +5,9 @@ exact MIME types (a module script served as anything but JavaScript is refused b
 plus two dynamic routes:
 
 - ``/config.json`` tells the page where the gateway's WebSocket is (``gateway_url``, where
-  ``{host}`` becomes the host name the page was loaded from), which groups to show and the
+  ``{host}`` becomes the host name the page was loaded from), which groups to show, which
+  projections of them its watchlists and top movers subscribe to (``watch_projection``,
+  ``movers_projection``: the stream ``{group}/{name}``; empty = the whole group) and the
   worker's batch period.
 - ``/dev/token`` (POST) mints a short-lived JWT for the hello frame — **dev/demo only**, and only
   when a token source is configured: ``token_private_key`` (a PEM private key matching the
@@ -40,7 +42,7 @@ from xypipe._errors import (
 from xypipe._gateway import _tokens
 from xypipe._http import Handler, HttpServer, Request, Response
 from xypipe._stage import Stage, StageContext
-from xypipe._validate import Invalid, in_range, non_empty
+from xypipe._validate import Invalid, group_problem, in_range, non_empty
 
 #: Types the browser is strict about; everything else falls back to ``mimetypes``.
 MIME_TYPES = {
@@ -88,6 +90,11 @@ class UiServerConfig:
     gateway_url: str = attrs.field(default="ws://{host}:8080/ws", validator=non_empty())
     #: Groups the demo page subscribes to (the first two get a watchlist each).
     groups: list[str] = attrs.field(factory=lambda: ["fx", "crypto"])
+    #: Projections the page's panels subscribe to instead of whole groups: the watchlists take
+    #: ``{group}/{watch_projection}`` of their group, the top movers ``{group}/{movers_projection}``
+    #: of every group (the aggregator's snapshot stage declares them); "" = the whole group.
+    watch_projection: str = ""
+    movers_projection: str = ""
     #: The SharedWorker's batch period (the spec asks for 16..33 ms).
     batch_ms: int = attrs.field(default=16, validator=in_range(16, 33))
     token_private_key: str | None = None
@@ -109,6 +116,11 @@ class UiServerConfig:
             raise Invalid("gateway_url", "expected a ws:// or wss:// URL", self.gateway_url)
         if not self.groups or not all(isinstance(g, str) and g for g in self.groups):
             raise Invalid("groups", "expected a non-empty list of group names", self.groups)
+        for key in ("watch_projection", "movers_projection"):
+            name = getattr(self, key)
+            problem = group_problem(name) if name else None
+            if problem is not None:
+                raise Invalid(key, f"expected a projection name or \"\"; {problem}", name)
 
 
 TokenSource = Callable[[], str]
@@ -221,6 +233,7 @@ class UiServer(Stage[Never, Never, UiServerConfig]):
             "wsUrl": cfg.gateway_url.replace("{host}", page_host(request)),
             "tokenUrl": "/dev/token" if self._mint is not None else "",
             "groups": list(cfg.groups),
+            "projections": {"watch": cfg.watch_projection, "movers": cfg.movers_projection},
             "batchMs": cfg.batch_ms,
         }
         self._requests.labels("config", "200").inc()
