@@ -48,8 +48,13 @@ class DeltaOut:
 
     __slots__ = (
         "entries", "epoch", "generation", "group", "level", "n_ticks", "payload", "removed",
-        "seq", "shard", "shards", "subject", "t_oldest", "ts_emit_us", "watermark", "window_ms",
+        "seq", "shard", "shards", "subject", "t_oldest", "trace", "ts_emit_us", "watermark",
+        "window_ms",
     )
+
+    #: The ``conflate`` span of a delta that folded sampled ticks (tracing on only; never
+    #: initialised otherwise: read it with ``getattr(d, "trace", None)``).
+    trace: object
 
     def __init__(self, route: Route, seq: int, epoch: int, payload: bytes,
                  entries: list[Entry], *, t_oldest: float, n_ticks: int, ts_emit_us: int,

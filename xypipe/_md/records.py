@@ -28,7 +28,12 @@ class TickRec:
     "Aggregator hot path")."""
 
     __slots__ = ("arrival_us", "key", "levels", "raw", "reanchor", "route", "seq", "sseq", "t_in",
-                 "tick")
+                 "tick", "trace")
+
+    #: The ``ingest`` span of a sampled tick (an OpenTelemetry ``SpanContext``). Set only when
+    #: tracing is on and never initialised otherwise, so an untraced tick costs nothing: read
+    #: it with ``getattr(rec, "trace", None)`` (see :mod:`xypipe._tracing`).
+    trace: object
 
     def __init__(self, key: str, tick: Tick, sseq: int, t_in: float,
                  arrival_us: int = 0, raw: bytes = b"",
