@@ -5,6 +5,7 @@ ignored and counted, never an error of the message it came with."""
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Iterator
 
 import attrs
@@ -96,6 +97,32 @@ def test_on_from_the_environment_uses_the_sdk_sampler(monkeypatch: pytest.Monkey
     finally:
         if tracer is not None:
             tracer.provider.shutdown()
+
+
+@pytest.mark.parametrize(("ratio", "low", "high"), [(0.0, 0, 0), (1.0, 3000, 3000),
+                                                     (0.01, 10, 60)])
+def test_the_ratio_sampler_decides_on_the_trace_id_the_span_gets(
+        ratio: float, low: int, high: int) -> None:
+    """From the environment, a ratio sampler draws the trace id first: a tick the ratio drops
+    never starts a span, a kept one's span has that id and is sampled."""
+    exporter = InMemorySpanExporter()
+    tracer = _tracing.active({"OTEL_TRACES_EXPORTER": "console",
+                              "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+                              "OTEL_TRACES_SAMPLER_ARG": str(ratio)})
+    assert tracer is not None
+    tracer.provider.add_span_processor(SimpleSpanProcessor(exporter))
+    random.seed(7)
+    try:
+        kept = [h for h in (tracer.tick_headers("s") for _ in range(3000)) if h is not None]
+        assert low <= len(kept) <= high
+        published = [s for s in exporter.get_finished_spans() if s.name == "publisher"]
+        assert len(published) == len(kept)
+        for headers, span in zip(kept, published, strict=True):
+            parent = tracer.parent(headers["traceparent"])
+            assert parent is not None and span.context is not None
+            assert parent.trace_id == span.context.trace_id and parent.trace_flags.sampled
+    finally:
+        tracer.provider.shutdown()
 
 
 def test_a_sampled_tick_carries_a_traceparent_that_reads_back(

@@ -19,6 +19,7 @@ Span durations are the numbers the latency histograms observe, never a clock of 
 from __future__ import annotations
 
 import os
+import random
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -38,13 +39,26 @@ try:
         ConsoleSpanExporter,
         SpanExporter,
     )
+    from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
     from opentelemetry.trace import Link, SpanContext
     from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 except ImportError:  # the otel extra is not installed: tracing stays off
     trace = None  # type: ignore[assignment]
 
-__all__ = ["TRACEPARENT", "ParentReader", "SpanContext", "TraceSettings", "Tracer", "active",
-           "install", "parent_reader", "reset", "uninstall"]
+__all__ = [
+    "TRACEPARENT",
+    "ParentReader",
+    "PresetTraceIds",
+    "SpanContext",
+    "TraceSettings",
+    "Tracer",
+    "active",
+    "install",
+    "parent_reader",
+    "reset",
+    "uninstall",
+]
 
 #: The W3C Trace Context header (lower case, as the propagator writes and reads it).
 TRACEPARENT = "traceparent"
@@ -66,19 +80,52 @@ class TraceSettings:
         return cls("" if exporter in ("", "none") else exporter)
 
 
-class Tracer:
-    """The hooks of an enabled process (see the module docstring); built by :func:`install`."""
+#: The root samplers whose decision depends on the trace id alone (a ratio).
+RATIO_SAMPLERS = ("traceidratio", "parentbased_traceidratio")
 
-    def __init__(self, provider: TracerProvider) -> None:
+
+class PresetTraceIds(RandomIdGenerator):
+    """Random ids, except the next trace id when one was drawn already (see
+    :meth:`Tracer.tick_headers`)."""
+
+    def __init__(self) -> None:
+        self.next_trace_id = 0
+
+    def generate_trace_id(self) -> int:
+        tid, self.next_trace_id = self.next_trace_id, 0
+        return tid or int(super().generate_trace_id())
+
+
+class Tracer:
+    """The hooks of an enabled process (see the module docstring); built by :func:`install`.
+
+    ``root_ratio`` (with a provider whose id generator is :class:`PresetTraceIds`): the root
+    sampler is a trace-id ratio, so the publisher draws the trace id itself and starts a span
+    only for a tick the ratio keeps — the SDK's span machinery for each of the 99 % it drops
+    would cost more than the tick (bench/tracing.py)."""
+
+    def __init__(self, provider: TracerProvider, root_ratio: float | None = None) -> None:
         self.provider = provider
         self._tracer = provider.get_tracer(TRACER_NAME)
         self._propagator = TraceContextTextMapPropagator()
+        ids = provider.id_generator
+        self._ids = ids if isinstance(ids, PresetTraceIds) else None
+        self._bound = (TraceIdRatioBased.get_bound_for_rate(root_ratio)
+                       if root_ratio is not None and self._ids is not None else None)
 
     # -- the publisher ---------------------------------------------------------------------------
 
     def tick_headers(self, subject: str) -> dict[str, str] | None:
         """A new trace for a tick about to be published: its ``traceparent`` header if the
         sampler keeps it, else ``None`` (an unsampled tick carries nothing)."""
+        bound = self._bound
+        if bound is not None:
+            assert self._ids is not None
+            trace_id = random.getrandbits(128)
+            # TraceIdRatioBased's own test, on the id the span will have.
+            if not trace_id or trace_id & TraceIdRatioBased.TRACE_ID_LIMIT >= bound:
+                return None
+            self._ids.next_trace_id = trace_id
         span = self._tracer.start_span("publisher", attributes={"xy.subject": subject})
         if not span.get_span_context().trace_flags.sampled:
             return None
@@ -121,11 +168,12 @@ _active: Tracer | None = None
 _decided = False
 
 
-def install(provider: TracerProvider) -> Tracer:
-    """Turn tracing on in this process with ``provider`` (tests: an in-memory exporter).
-    Stages that already started keep the hooks they bound."""
+def install(provider: TracerProvider, root_ratio: float | None = None) -> Tracer:
+    """Turn tracing on in this process with ``provider`` (tests: an in-memory exporter; see
+    :class:`Tracer` for ``root_ratio``). Stages that already started keep the hooks they
+    bound."""
     global _active, _decided
-    _active, _decided = Tracer(provider), True
+    _active, _decided = Tracer(provider, root_ratio), True
     return _active
 
 
@@ -149,15 +197,30 @@ def active(env: Mapping[str, str] | None = None) -> Tracer | None:
         _decided = True
         settings = TraceSettings.from_env(os.environ if env is None else env)
         if settings.exporter and trace is not None:
-            _active = Tracer(_provider(settings.exporter))
+            provider, ratio = _provider(settings.exporter, os.environ if env is None else env)
+            _active = Tracer(provider, ratio)
     return _active
 
 
-def _provider(exporter: str) -> TracerProvider:
-    # The SDK reads the sampler, resource and exporter endpoint from OTEL_* itself.
-    provider = TracerProvider()
+def _provider(exporter: str, env: Mapping[str, str]) -> tuple[TracerProvider, float | None]:
+    # The SDK reads the resource, the exporter's endpoint and any other sampler from OTEL_*
+    # itself; a ratio sampler is built here, to know its ratio (see Tracer).
+    sampler = env.get("OTEL_TRACES_SAMPLER", "").strip().lower()
+    ratio = None
+    if sampler in RATIO_SAMPLERS:
+        try:
+            ratio = min(max(float(env.get("OTEL_TRACES_SAMPLER_ARG", "1.0")), 0.0), 1.0)
+        except ValueError:
+            ratio = 1.0  # as the SDK does with a malformed argument
+    if ratio is None:
+        provider = TracerProvider()
+    else:
+        root = TraceIdRatioBased(ratio)
+        provider = TracerProvider(
+            sampler=ParentBased(root) if sampler.startswith("parentbased") else root,
+            id_generator=PresetTraceIds())
     provider.add_span_processor(BatchSpanProcessor(_exporter(exporter)))
-    return provider
+    return provider, ratio
 
 
 def _exporter(name: str) -> SpanExporter:
