@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import logging
 import random
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import attrs
 import pytest
@@ -84,7 +87,7 @@ def test_off_ingest_ignores_headers_and_leaves_the_tick_untraced() -> None:
     msg = M("xy.src.tick.V.AAA", tick_bytes(), 7, headers={"traceparent": GOOD})
     recs = decode_messages([msg], 1.0, BadSourceCounter(ctx, 10), traces=None)
     assert [type(r) for r in recs] == [TickRec]
-    assert getattr(recs[0], "trace", None) is None
+    assert recs[0].trace is None
 
 
 def test_on_from_the_environment_uses_the_sdk_sampler(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -160,7 +163,7 @@ def test_ingest_continues_a_sampled_tick_in_an_ingest_span(
             M("xy.src.tick.V.AAA", tick_bytes(2), 8)]
     recs = decode_messages(msgs, 1.0, BadSourceCounter(ctx, 10), now_us=2_000_000,
                            traces=traces)
-    traced = [getattr(r, "trace", None) for r in recs]
+    traced = [r.trace for r in recs if type(r) is TickRec]
     assert traced[0] is not None and traced[1] is None
     (ingest,) = spans.get_finished_spans()
     assert ingest.name == "ingest" and ingest.parent is not None
@@ -187,8 +190,23 @@ def test_a_bad_traceparent_is_ignored_counted_and_logged_never_a_crash(
     recs = decode_messages([msg], 1.0, BadSourceCounter(ctx, 10), traces=traces)
     # The tick itself is fine: it goes on, untraced.
     assert [type(r) for r in recs] == [TickRec]
-    assert getattr(recs[0], "trace", None) is None
+    assert recs[0].trace is None
     assert metrics.sample("trace_bad_parents_total", {"stage": "ingest"}) == 1
     assert spans.get_finished_spans() == ()
     codes = [getattr(r, "xy_fields", {}).get("code") for r in caplog.records]
     assert codes == [TRACE_BAD_PARENT]
+
+
+def test_without_the_extra_tracing_is_off_even_when_asked() -> None:
+    """``opentelemetry`` not installed (blocked in a fresh interpreter): every module that hooks
+    tracing imports, and an exporter asked for by the environment leaves tracing off."""
+    code = ("import sys; sys.modules['opentelemetry'] = None\n"
+            "import xypipe._stages.ingest, xypipe._stages.conflate, xypipe._stages.publish\n"
+            "import xypipe._stages.publisher, xypipe._gateway._server\n"
+            "from xypipe import _tracing\n"
+            "assert _tracing.active({'OTEL_TRACES_EXPORTER': 'otlp'}) is None\n"
+            "print('off')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=False, cwd=Path(__file__).resolve().parent.parent)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "off"

@@ -45,6 +45,7 @@ try:
     from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 except ImportError:  # the otel extra is not installed: tracing stays off
     trace = None  # type: ignore[assignment]
+    RandomIdGenerator = object  # type: ignore[assignment,misc]  # PresetTraceIds's base
 
 __all__ = [
     "TRACEPARENT",

@@ -254,7 +254,7 @@ class GatewayServer:
         hub = self.hub
         traces = self.traces
         traced = received_traces(traces, batch) if traces is not None else None
-        received = self.wall()
+        received = self.wall() if traced else 0.0
         hub.begin_tick()
         try:
             self._feed(batch, now)

@@ -150,8 +150,10 @@ class Conflate(Stage[Restore | Batch, Restore | list[DeltaOut] | list[Watermark]
     def _fold_traces(self, batch: Batch) -> None:
         folded = self._folded
         for rec in batch.recs:
-            sc = getattr(rec, "trace", None)
-            if sc is not None and type(rec) is TickRec and rec.route is not None:
+            if type(rec) is not TickRec:
+                continue
+            sc = rec.trace
+            if sc is not None and rec.route is not None:
                 links = folded.setdefault((rec.route.group, rec.route.shard), [])
                 if len(links) < MAX_LINKS:
                     links.append(sc)

@@ -220,7 +220,7 @@ def _traced(tracer: Tracer, d: DeltaOut, took: float, fence: int) -> dict[str, s
     """The ``publish`` span of a delta whose conflation was traced, and the headers carrying it
     to the gateway. Its duration is the ``aggregator_latency_seconds`` observation: ingest of
     the delta's oldest tick to its publish."""
-    parent = getattr(d, "trace", None)
+    parent = d.trace
     if parent is None:
         return None
     end_ns = time.time_ns()
