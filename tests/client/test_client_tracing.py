@@ -52,7 +52,7 @@ def exporter() -> Iterator[InMemorySpanExporter]:
     try:
         yield spans
     finally:
-        _tracing.uninstall()
+        _tracing.reset()  # the next stage started reads the environment again (off)
         provider.shutdown()
 
 
@@ -110,8 +110,15 @@ async def test_one_sampled_tick_is_one_trace_from_publisher_to_gateway_frame(
     assert publish.parent.span_id == conflate.context.span_id
     assert gateway.parent is not None and publish.context is not None
     assert gateway.parent.span_id == publish.context.span_id
-    # The delta's span links the sampled ticks it folded (this one first).
+    # The delta's span links the sampled ticks it folded (this one first): every tick is
+    # sampled here, so one link per tick of the delta.
     assert conflate.links and conflate.links[0].context.span_id == ingest.context.span_id
+    assert conflate.attributes is not None
+    assert len(conflate.links) == min(int(str(conflate.attributes["xy.ticks"])), 128)
+    linked = {link.context.span_id for link in conflate.links}
+    ingested = {s.context.span_id for s in exporter.get_finished_spans()
+                if s.name == "ingest" and s.context is not None}
+    assert linked <= ingested
     # The degradation level is an attribute of the delta's spans, the group's name too.
     for span in (conflate, publish, gateway):
         assert span.attributes is not None and span.attributes.get("xy.level") == 0
