@@ -124,3 +124,4 @@ async def test_one_sampled_tick_is_one_trace_from_publisher_to_gateway_frame(
         assert span.attributes is not None and span.attributes.get("xy.level") == 0
     assert conflate.attributes is not None and conflate.attributes.get("xy.group") == GROUP
     assert str(gateway.attributes.get("xy.subject", "")).startswith(f"xy.md.tick.{GROUP}")
+    assert gateway.attributes.get("xy.connections") == 1  # our one client of the group

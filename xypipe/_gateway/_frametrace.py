@@ -1,8 +1,8 @@
 """The gateway's ``gateway`` span (tracing on only, :mod:`xypipe._tracing`): a delta whose
 NATS headers carry a ``traceparent`` gets a span under the aggregator's ``publish`` span, from
-its receipt to the end of the tick's flush that wrote the frames carrying it, with the
-delta's degradation level as ``xy.level`` and what the flush did (``xy.flush.*``: frames written,
-bytes, writers woken) as attributes."""
+its receipt to the end of the tick's flush that wrote the frames carrying it, with the delta's
+degradation level as ``xy.level``, the connections it made due as ``xy.connections`` and what
+the flush did as ``xy.flush.*`` (frames written, bytes, writers woken)."""
 
 from __future__ import annotations
 
@@ -31,12 +31,14 @@ def received_traces(traces: ParentReader, batch: Sequence[Msg]
     return out
 
 
-def trace_frames(tracer: Tracer, traced: list[tuple[SpanContext, Msg]], received: float,
-                 flushed: float, tally: FlushTally | None) -> None:
+def trace_frames(tracer: Tracer, traced: list[tuple[SpanContext, Msg]], made: dict[int, int],
+                 received: float, flushed: float, tally: FlushTally | None) -> None:
     """One ``gateway`` span per traced delta: ``received`` to ``flushed`` (the wall clock the
-    frames carry). Connections whose writer was woken write their frame just after."""
+    frames carry); ``made``: per message, the connections it made due (``xy.connections``).
+    Connections whose writer was woken write their frame just after."""
     for parent, msg in traced:
-        attributes: dict[str, str | int] = {"xy.subject": msg.subject}
+        attributes: dict[str, str | int] = {"xy.subject": msg.subject,
+                                            "xy.connections": made.get(id(msg), 0)}
         try:
             # Only a sampled delta is decoded twice (the hub decoded it already).
             attributes["xy.level"] = int(decode(Delta, msg.data, where=msg.subject).level)

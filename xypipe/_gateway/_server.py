@@ -254,25 +254,29 @@ class GatewayServer:
         hub = self.hub
         traces = self.traces
         traced = received_traces(traces, batch) if traces is not None else None
+        made: dict[int, int] | None = {} if traced else None
         received = self.wall() if traced else 0.0
         hub.begin_tick()
         try:
-            self._feed(batch, now)
+            self._feed(batch, now, made)
         finally:
             due = hub.end_tick()
         self.snapshots.after_sequence_checks(now)
         tally = self.flusher.flush(due, self.targets, now, self.wall()) if due else None
         if traced:
-            assert traces is not None
-            trace_frames(traces.tracer, traced, received, self.wall(), tally)
+            assert traces is not None and made is not None
+            trace_frames(traces.tracer, traced, made, received, self.wall(), tally)
 
-    def _feed(self, batch: list[Msg], now: float) -> None:
+    def _feed(self, batch: list[Msg], now: float, made: dict[int, int] | None = None) -> None:
+        """``made`` (tracing on only): per message (by ``id``), the connections it made due."""
         hub = self.hub
         for msg in batch:
             kind = hub.classify(msg.subject)
             try:
                 if kind == "delta":
-                    hub.on_delta(msg.subject, msg.data, now)
+                    due = hub.on_delta(msg.subject, msg.data, now)
+                    if made is not None:
+                        made[id(msg)] = len(due)
                 elif kind == "snapshot":
                     hub.on_snapshot(msg.subject, msg.data, now)
                 else:
