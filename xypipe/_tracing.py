@@ -5,8 +5,9 @@ process, from the standard variables: ``OTEL_TRACES_EXPORTER`` set to an exporte
 OTLP over HTTP, ``console``) and ``OTEL_SDK_DISABLED`` not true; the sampler, the endpoint and the
 service name come from the SDK's own ``OTEL_*`` variables (e.g. ``OTEL_TRACES_SAMPLER=
 parentbased_traceidratio``, ``OTEL_TRACES_SAMPLER_ARG=0.01``). Off — the default, or the extra
-not installed — :func:`active` is :data:`OFF` and every stage binds ``None`` for its hook at start:
-the hot path pays one ``is not None`` test per batch (per tick in ingest and the publisher).
+not installed — :func:`active` returns ``None`` and every stage binds ``None`` for its hook at
+start: the hot path pays one ``is not None`` test per batch (per tick in ingest and the
+publisher).
 
 The path (docs/architecture.md, "Tracing"): the publisher starts a trace per tick (the sampler
 decides; only a sampled tick carries a W3C ``traceparent`` header), ingest makes an ``ingest``

@@ -19,7 +19,9 @@ stored time, the same on a replay), are counted (``src_bad_total{reason}``), log
 state. A symbol re-anchored after a consistent run out of bounds is counted as
 ``reason="reanchor"`` and logged with ``XY-SRC-003``. Every tick is stamped with the
 aggregator's own wall clock (``TickRec.arrival_us``): that, never a publisher's field, is where
-latency is measured from.
+latency is measured from. With tracing on (:mod:`xypipe._tracing`), a tick whose NATS headers
+carry a ``traceparent`` gets an ``ingest`` span under it; a malformed one is counted
+(``trace_bad_parents_total{stage="ingest"}``, ``XY-TRACE-001``) and the tick goes on untraced.
 
 With ``ownership = { enabled = true, ... }`` several aggregators split the groups (JetStream KV
 leases, :mod:`xypipe._ownership`): ingest opens the ownership and shares it with the other

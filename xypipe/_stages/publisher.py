@@ -7,6 +7,9 @@ before the aggregator), and republishes its contracts whenever that stream is cr
 (:mod:`xypipe._stages._refwatch`), so any start order converges. The ground truth of what it
 sent is its ``truth`` attribute and the faults it injected its ``faults`` (for tests:
 ``runner.stage("publisher", "publisher", Publisher).truth``).
+
+With tracing on (the ``otel`` extra, :mod:`xypipe._tracing`) each tick starts a trace; the
+sampler decides, and only a sampled tick carries a ``traceparent`` NATS header.
 """
 
 from __future__ import annotations
