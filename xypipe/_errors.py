@@ -986,3 +986,9 @@ TAPE_RECORDED_NOTHING = "XY-TAPE-008"
 #: ``xypipe tape deltas`` skipped records of the tape as ingest would (malformed, out of bounds,
 #: on a subject the aggregator does not read); counted by reason in its summary.
 TAPE_RECORDS_SKIPPED = "XY-TAPE-009"
+
+
+# Tracing (xypipe/_tracing.py, the optional otel extra).
+#: A message's ``traceparent`` header is malformed: ignored (the message goes on untraced) and
+#: counted in ``trace_bad_parents_total{stage}``.
+TRACE_BAD_PARENT = "XY-TRACE-001"

@@ -74,6 +74,7 @@ class _Msg:
     data: bytes
     seq: int
     reply: str = ""
+    headers: dict[str, str] | None = None  # a tape keeps no headers
 
 
 @attrs.define

@@ -37,6 +37,7 @@ from xypipe._gateway._drain import DrainPlan, DrainPolicy
 from xypipe._gateway._flagwatch import FlagBoard
 from xypipe._gateway._flush import DirectTarget, TickFlush
 from xypipe._gateway._frames import ws_binary
+from xypipe._gateway._frametrace import received_traces, trace_frames
 from xypipe._gateway._gmetrics import GatewayMetrics, LevelGauges
 from xypipe._gateway._groupwatch import KnownGroupsWatch
 from xypipe._gateway._hub import BadMessage, Hub
@@ -51,6 +52,7 @@ from xypipe._gateway._wire_core import ConnectionPorts
 from xypipe._http import Request
 from xypipe._log import Logger, get_logger
 from xypipe._metrics import Metrics, zero_transitions
+from xypipe._tracing import parent_reader
 from xypipe.abc import HttpRoutes
 from xypipe.contracts import GoAway, ServerFrame
 
@@ -127,6 +129,8 @@ class GatewayServer:
         #: The same connections' cores, as the tick's flush reaches them.
         self.targets: dict[int, DirectTarget] = {}
         self.flusher = TickFlush(self.hub, self.metrics)
+        #: Tracing (the otel extra): None = off, decided once here.
+        self.traces = parent_reader("gateway", metrics, log)
         self.ports = ConnectionPorts(
             options=options, hub=self.hub, metrics=self.metrics, access=self.access,
             levels=self.levels, snapshots=self.snapshots, flags=self.flags,
@@ -248,22 +252,31 @@ class GatewayServer:
         connection it made due flushed once."""
         now = trio.current_time()
         hub = self.hub
+        traces = self.traces
+        traced = received_traces(traces, batch) if traces is not None else None
+        made: dict[int, int] | None = {} if traced else None
+        received = self.wall() if traced else 0.0
         hub.begin_tick()
         try:
-            self._feed(batch, now)
+            self._feed(batch, now, made)
         finally:
             due = hub.end_tick()
         self.snapshots.after_sequence_checks(now)
-        if due:
-            self.flusher.flush(due, self.targets, now, self.wall())
+        tally = self.flusher.flush(due, self.targets, now, self.wall()) if due else None
+        if traced:
+            assert traces is not None and made is not None
+            trace_frames(traces.tracer, traced, made, received, self.wall(), tally)
 
-    def _feed(self, batch: list[Msg], now: float) -> None:
+    def _feed(self, batch: list[Msg], now: float, made: dict[int, int] | None = None) -> None:
+        """``made`` (tracing on only): per message (by ``id``), the connections it made due."""
         hub = self.hub
         for msg in batch:
             kind = hub.classify(msg.subject)
             try:
                 if kind == "delta":
-                    hub.on_delta(msg.subject, msg.data, now)
+                    due = hub.on_delta(msg.subject, msg.data, now)
+                    if made is not None:
+                        made[id(msg)] = len(due)
                 elif kind == "snapshot":
                     hub.on_snapshot(msg.subject, msg.data, now)
                 else:

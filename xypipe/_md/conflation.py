@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from xypipe._degrade import Level
 from xypipe._levels import LevelPolicy
@@ -30,6 +31,9 @@ from xypipe._md.book import SymbolBook, trimmed_state
 from xypipe._md.records import Batch, ContractRec, Rec, Restore, Route, TickRec
 from xypipe._md.wire import field_tag, repeated_field
 from xypipe.contracts import Delta, Priority, SymbolState
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import SpanContext
 
 DELTA_SYMBOLS_TAG = field_tag(6)
 
@@ -48,8 +52,12 @@ class DeltaOut:
 
     __slots__ = (
         "entries", "epoch", "generation", "group", "level", "n_ticks", "payload", "removed",
-        "seq", "shard", "shards", "subject", "t_oldest", "ts_emit_us", "watermark", "window_ms",
+        "seq", "shard", "shards", "subject", "t_oldest", "trace", "ts_emit_us", "watermark",
+        "window_ms",
     )
+
+    #: The ``conflate`` span of a delta that folded sampled ticks (tracing on only), else None.
+    trace: SpanContext | None
 
     def __init__(self, route: Route, seq: int, epoch: int, payload: bytes,
                  entries: list[Entry], *, t_oldest: float, n_ticks: int, ts_emit_us: int,
@@ -73,6 +81,7 @@ class DeltaOut:
         self.removed = removed
         #: The :class:`~xypipe._md.records.Restore` generation it was emitted under.
         self.generation = 0
+        self.trace = None
 
     @property
     def nbytes(self) -> int:

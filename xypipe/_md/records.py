@@ -8,9 +8,14 @@ edge per pull), never one record at a time.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import attrs
 
 from xypipe.contracts import Contract, Snapshot, Tick
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import SpanContext
 
 
 class TickRec:
@@ -28,7 +33,11 @@ class TickRec:
     "Aggregator hot path")."""
 
     __slots__ = ("arrival_us", "key", "levels", "raw", "reanchor", "route", "seq", "sseq", "t_in",
-                 "tick")
+                 "tick", "trace")
+
+    #: The ``ingest`` span of a sampled tick (an OpenTelemetry ``SpanContext``), set by ingest
+    #: when tracing is on (see :mod:`xypipe._tracing`); ``None`` otherwise.
+    trace: SpanContext | None
 
     def __init__(self, key: str, tick: Tick, sseq: int, t_in: float,
                  arrival_us: int = 0, raw: bytes = b"",
@@ -43,6 +52,9 @@ class TickRec:
         self.levels = levels
         self.reanchor = False
         self.route: Route | None = None
+        # A plain store: a slot left unset would make conflation's scan for traced ticks (on
+        # only) raise and catch an AttributeError per tick.
+        self.trace = None
 
     def __repr__(self) -> str:
         return f"TickRec({self.key} seq={self.seq} sseq={self.sseq})"

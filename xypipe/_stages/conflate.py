@@ -14,11 +14,17 @@ Degradation (one :class:`~xypipe._levels.LevelPolicy` built from this config, se
 the group's reference contracts). Going back down restores the normal window at once and sends
 whatever the paused groups accumulated in the next window.
 
+Tracing (the otel extra, :mod:`xypipe._tracing`): a delta that folded sampled ticks gets a
+``conflate`` span continuing the oldest one's trace and linking every one (at most
+``MAX_LINKS``), with the level as ``xy.level``; the span rides on ``DeltaOut.trace`` to publish.
+
 The window clock is Trio's, so the mock clock drives it in tests: windows close exactly every
 ``interval_ms`` (a window that falls behind is skipped, not bunched up).
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import attrs
 import trio
@@ -26,10 +32,18 @@ import trio
 from xypipe._errors import SYMBOL_MOVED
 from xypipe._levels import LevelPolicy
 from xypipe._md.conflation import Conflator, DeltaOut
-from xypipe._md.records import Batch, Restore, Watermark
+from xypipe._md.records import Batch, Restore, TickRec, Watermark
 from xypipe._stage import Stage
 from xypipe._stages._md_common import PRIORITIES, wall_us
+from xypipe._tracing import active as active_tracer
 from xypipe._validate import Invalid, group_problem, in_range
+
+if TYPE_CHECKING:
+    from xypipe._tracing import SpanContext, Tracer
+
+
+#: Most sampled ticks a delta's span links (the SDK's default link limit).
+MAX_LINKS = 128
 
 
 @attrs.frozen
@@ -98,6 +112,9 @@ class Conflate(Stage[Restore | Batch, Restore | list[DeltaOut] | list[Watermark]
         self._hold_until: float | None = None
         self._stop = False
         self._wake = trio.Event()
+        #: Tracing on only: sampled ticks' spans per (group, shard), until their delta.
+        self._tracer = tracer = active_tracer()
+        self._folded: dict[tuple[str, int], list[SpanContext]] = {}
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._watch_level)
             async with trio.open_nursery() as windows:
@@ -107,6 +124,7 @@ class Conflate(Stage[Restore | Batch, Restore | list[DeltaOut] | list[Watermark]
                         # A fresh start, mid-stream too (the groups owned changed): the core
                         # forgets everything, an earlier catch-up is over.
                         self.core.restore(item)
+                        self._folded.clear()
                         self._rebuild = None
                         await self.outbox.send(item)
                         if item.replay_from and item.target_seq >= item.replay_from:
@@ -117,6 +135,8 @@ class Conflate(Stage[Restore | Batch, Restore | list[DeltaOut] | list[Watermark]
                             self._rebuilt(item)  # nothing to replay
                         continue
                     self.core.apply(item)
+                    if tracer is not None:
+                        self._fold_traces(item)
                     if self.core.moves:
                         self._moved(self.core.take_moves())
                     if self._rebuild is not None and item.watermark >= self._rebuild.target_seq:
@@ -126,6 +146,31 @@ class Conflate(Stage[Restore | Batch, Restore | list[DeltaOut] | list[Watermark]
                 self._caught_up.set()
                 self._wake.set()
             nursery.cancel_scope.cancel()
+
+    def _fold_traces(self, batch: Batch) -> None:
+        folded = self._folded
+        for rec in batch.recs:
+            if type(rec) is not TickRec:
+                continue
+            sc = rec.trace
+            if sc is not None and rec.route is not None:
+                links = folded.setdefault((rec.route.group, rec.route.shard), [])
+                if len(links) < MAX_LINKS:
+                    links.append(sc)
+
+    def _trace_deltas(self, tracer: Tracer, deltas: list[DeltaOut], now: float) -> None:
+        """The ``conflate`` span of each delta that folded sampled ticks: from the ingest of
+        its oldest tick to the window's close (the clock ``aggregator_latency_seconds`` starts
+        from), ending at the delta's ``ts_emit_us``."""
+        for d in deltas:
+            links = self._folded.pop((d.group, d.shard), None)
+            if links:
+                end_ns = d.ts_emit_us * 1000
+                start_ns = end_ns - round(max(now - d.t_oldest, 0.0) * 1e9)
+                d.trace = tracer.span(
+                    "conflate", links[0], start_ns, end_ns,
+                    {"xy.level": int(d.level), "xy.group": d.group, "xy.shard": d.shard,
+                     "xy.seq": d.seq, "xy.ticks": d.n_ticks}, links)
 
     def _moved(self, moves: list[tuple[str, str, str]]) -> None:
         self._moves.inc(len(moves))
@@ -202,6 +247,8 @@ class Conflate(Stage[Restore | Batch, Restore | list[DeltaOut] | list[Watermark]
             if self.core.generation != generation:
                 generation, sent_watermark = self.core.generation, 0  # restored meanwhile
             if deltas:
+                if self._tracer is not None:
+                    self._trace_deltas(self._tracer, deltas, now)
                 self._deltas.inc(len(deltas))
                 await self.outbox.send(deltas)
             elif self.core.watermark > sent_watermark:

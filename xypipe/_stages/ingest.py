@@ -19,7 +19,9 @@ stored time, the same on a replay), are counted (``src_bad_total{reason}``), log
 state. A symbol re-anchored after a consistent run out of bounds is counted as
 ``reason="reanchor"`` and logged with ``XY-SRC-003``. Every tick is stamped with the
 aggregator's own wall clock (``TickRec.arrival_us``): that, never a publisher's field, is where
-latency is measured from.
+latency is measured from. With tracing on (:mod:`xypipe._tracing`), a tick whose NATS headers
+carry a ``traceparent`` gets an ``ingest`` span under it; a malformed one is counted
+(``trace_bad_parents_total{stage="ingest"}``, ``XY-TRACE-001``) and the tick goes on untraced.
 
 With ``ownership = { enabled = true, ... }`` several aggregators split the groups (JetStream KV
 leases, :mod:`xypipe._ownership`): ingest opens the ownership and shares it with the other
@@ -70,6 +72,7 @@ from xypipe._stages._jsfeed import JsFeed, delivery_of, js_feed, pending_of, str
 from xypipe._stages._md_common import StateStreams, is_token, wall_us
 from xypipe._stages._srcstream import DEFAULT_SUBJECTS, SourceStream
 from xypipe._stages._srcwatch import SourceWatchConfig, watch_source
+from xypipe._tracing import ParentReader, parent_reader
 from xypipe._trio_util import Result, both, single_error_unwrapped
 from xypipe._validate import Invalid, in_range, non_empty, one_of, subject_patterns
 from xypipe.abc import Deliver, JetStream, Msg, StreamState
@@ -193,6 +196,9 @@ class SourceMessage(Protocol):
     @property
     def seq(self) -> int | None: ...
 
+    @property
+    def headers(self) -> dict[str, str] | None: ...
+
 
 @attrs.define(eq=False)
 class ForeignFilter:
@@ -213,14 +219,16 @@ class ForeignFilter:
 def decode_messages(msgs: Sequence[SourceMessage], now: float, bad: BadSourceCounter,
                     door: TickValidator | None = None, now_us: int = 0,
                     decoder: ContractDecoder | None = None,
-                    foreign: ForeignFilter | None = None) -> list[TickRec | ContractRec]:
+                    foreign: ForeignFilter | None = None,
+                    traces: ParentReader | None = None) -> list[TickRec | ContractRec]:
     """Source messages to records; bad ones counted.
 
     ``now`` is the Trio time and ``now_us`` the wall clock (microseconds) at which the batch
     arrived. With a ``door``, every tick is checked against its bounds; the server's arrival
     time it is judged by is the message's JetStream stored time (from the delivery's reply
     subject), else ``now_us``. Payloads decode through ``decoder`` (the process's contract
-    decoder by default), which counts a newer producer's unknown fields.
+    decoder by default), which counts a newer producer's unknown fields. ``traces`` (tracing
+    on only) reads a tick's ``traceparent`` header and gives a sampled tick its ``ingest`` span.
     """
     decoder = decoder if decoder is not None else default_decoder()
     decode = decoder.decode
@@ -276,8 +284,15 @@ def decode_messages(msgs: Sequence[SourceMessage], now: float, bad: BadSourceCou
                         what="source symbol re-anchored")
                     rec = TickRec(key, t, sseq, now, now_us, raw, levels)
                     rec.reanchor = True
+                    if traces is not None and m.headers:
+                        _trace(traces, rec, m.headers, subject, stored_us, now_us)
                     append(rec)
                     continue
+            if traces is not None and m.headers:
+                rec = TickRec(key, t, sseq, now, now_us, raw, levels)
+                _trace(traces, rec, m.headers, subject, stored_us, now_us)
+                append(rec)
+                continue
             append(TickRec(key, t, sseq, now, now_us, raw, levels))
         elif subject.startswith(CONTRACT_PREFIX):
             sseq = m.seq or (stream_seq_of(m.reply) if m.reply else 0)
@@ -305,6 +320,16 @@ def decode_messages(msgs: Sequence[SourceMessage], now: float, bad: BadSourceCou
     if foreign is not None:
         foreign.skipped += skipped
     return recs
+
+
+def _trace(traces: ParentReader, rec: TickRec, headers: dict[str, str], subject: str,
+           stored_us: int, now_us: int) -> None:
+    """A sampled tick's ``ingest`` span: from the server's stored time to the batch's arrival
+    here (what the door judges skew by), under the publisher's span."""
+    parent = traces.read(headers, subject)
+    if parent is not None:
+        rec.trace = traces.tracer.span("ingest", parent, stored_us * 1000, now_us * 1000,
+                                       {"xy.key": rec.key, "xy.seq": rec.seq})
 
 
 class Ingest(Stage[Never, Restore | Batch, IngestConfig]):
@@ -531,10 +556,11 @@ class Ingest(Stage[Never, Restore | Batch, IngestConfig]):
     async def _consume(self, feed: JsFeed) -> None:
         rate, bad, send, door = self._rate, self._bad, self.outbox.send, self._door
         decoder = self._decoder
+        traces = parent_reader("ingest", self.ctx.metrics, self.ctx.log)
         async for msgs in feed:
             now = trio.current_time()
             foreign = self._foreign
-            recs = decode_messages(msgs, now, bad, door, wall_us(), decoder, foreign)
+            recs = decode_messages(msgs, now, bad, door, wall_us(), decoder, foreign, traces)
             if foreign is not None and foreign.skipped:
                 self._foreign_count.labels("ingest").inc(foreign.skipped)
                 foreign.skipped = 0

@@ -26,7 +26,8 @@ Metrics: ``ticks_out_total`` (deltas published), ``snapshots_out_total``,
 from __future__ import annotations
 
 import json
-from typing import Never
+import time
+from typing import TYPE_CHECKING, Never
 
 import attrs
 import trio
@@ -48,8 +49,12 @@ from xypipe._stage import Stage, StageContext
 from xypipe._stages._aggshare import share_of
 from xypipe._stages._md_common import StateStreams, wall_us
 from xypipe._stages._pubgate import DELTA_FENCE_TAG, SNAPSHOT_FENCE_TAG, PublishGate, fenced
+from xypipe._tracing import active as active_tracer
 from xypipe.abc import JetStream, KeyValue
 from xypipe.contracts import Delta
+
+if TYPE_CHECKING:
+    from xypipe._tracing import Tracer
 
 
 @attrs.frozen
@@ -94,19 +99,21 @@ class Publish(Stage[list[DeltaOut] | list[SnapshotOut] | list[Watermark], Never,
         state = cfg.state
         checkpoint = cfg.checkpoint
         log = self.ctx.log
+        tracer = active_tracer()  # the otel extra, decided once: None = off
 
-        async def publish(subject: str, payload: bytes) -> None:
+        async def publish(subject: str, payload: bytes,
+                          headers: dict[str, str] | None = None) -> None:
             # A long outage fills nats-py's reconnect buffer: what did not fit is lost (the
             # bridge says so once, on the next call) and this message is queued again. Deltas
             # lost this way are a gap clients resync over; snapshots and checkpoints are
             # superseded by the next ones. The stage keeps running either way.
             try:
-                await nc.publish(subject, payload)
+                await nc.publish(subject, payload, headers)
             except NatsBackpressure as exc:
                 dropped.inc()
                 log.warning("messages lost while the NATS server was away", code=PUBLISH_DROPPED,
                             error=str(exc))
-                await nc.publish(subject, payload)
+                await nc.publish(subject, payload, headers)
 
         known = KnownGroupsWriter(self.ctx, js, cfg.groups_bucket) if cfg.groups_bucket else None
         if known is not None:
@@ -146,17 +153,20 @@ class Publish(Stage[list[DeltaOut] | list[SnapshotOut] | list[Watermark], Never,
                                       ts_emit_us=x.ts_emit_us, fence=fence).SerializeToString(),
                             )
                         payload = fenced(DELTA_FENCE_TAG, fence, x.payload)
+                        took = max(now - x.t_oldest, 0.0)
+                        headers = (None if tracer is None
+                                   else _traced(tracer, x, took, fence))
                         # No checkpoint between the two: a cancellation cannot separate a
                         # delta from its checkpoint (a stored sequence never published would
                         # be a hole after a restart).
                         try:
-                            nc.publish_nowait(x.subject, payload)
+                            nc.publish_nowait(x.subject, payload, headers)
                         except NatsBackpressure:
                             with trio.CancelScope(shield=True):
-                                await publish(x.subject, payload)
+                                await publish(x.subject, payload, headers)
                         ticks_out.inc()
                         symbols_out.inc(len(x.entries))
-                        latency.observe(max(now - x.t_oldest, 0.0))
+                        latency.observe(took)
                     elif type(x) is SnapshotOut:
                         fence = gate.admit("snapshot", split_stream(x.group)[0], x.generation)
                         if fence is None:
@@ -204,6 +214,20 @@ class Publish(Stage[list[DeltaOut] | list[SnapshotOut] | list[Watermark], Never,
     def _unexpected(self, x: object) -> None:
         self.ctx.log.warning("publish got something that is neither a delta nor a snapshot",
                              code=STG_UNEXPECTED_ITEM, type=type(x).__name__)
+
+
+def _traced(tracer: Tracer, d: DeltaOut, took: float, fence: int) -> dict[str, str] | None:
+    """The ``publish`` span of a delta whose conflation was traced, and the headers carrying it
+    to the gateway. Its duration is the ``aggregator_latency_seconds`` observation: ingest of
+    the delta's oldest tick to its publish."""
+    parent = d.trace
+    if parent is None:
+        return None
+    end_ns = time.time_ns()
+    sc = tracer.span("publish", parent, end_ns - round(took * 1e9), end_ns,
+                     {"xy.level": int(d.level), "xy.subject": d.subject, "xy.seq": d.seq,
+                      "xy.fence": fence})
+    return tracer.headers_of(sc)
 
 
 class KnownGroupsWriter:

@@ -7,6 +7,9 @@ before the aggregator), and republishes its contracts whenever that stream is cr
 (:mod:`xypipe._stages._refwatch`), so any start order converges. The ground truth of what it
 sent is its ``truth`` attribute and the faults it injected its ``faults`` (for tests:
 ``runner.stage("publisher", "publisher", Publisher).truth``).
+
+With tracing on (the ``otel`` extra, :mod:`xypipe._tracing`) each tick starts a trace; the
+sampler decides, and only a sampled tick carries a ``traceparent`` NATS header.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from xypipe._stage import Stage, StageContext
 from xypipe._stages._md_common import wall_us
 from xypipe._stages._refwatch import Event, follow_stream
 from xypipe._stages._srcstream import SourceStream
+from xypipe._tracing import active as active_tracer
 from xypipe._validate import Invalid, in_range, non_empty
 from xypipe.abc import NatsClient
 
@@ -156,6 +160,9 @@ class Publisher(Stage[Never, Never, PublisherConfig]):
         pacer = Pacer(cfg.rate, cfg.burst_factor, cfg.burst_every_s, cfg.burst_s)
         step = cfg.interval_ms / 1000
         total = 0
+        # Tracing (the otel extra): decided once; a sampled tick's payload -> its traceparent.
+        tracer = active_tracer()
+        traced: dict[bytes, dict[str, str]] = {}
         try:
             # Contracts first, on the same connection as the ticks: the stream stores them in
             # that order, so the aggregator knows every symbol's group before its first tick.
@@ -184,8 +191,15 @@ class Publisher(Stage[Never, Never, PublisherConfig]):
                         if tt is None:
                             break
                         made += 1
-                        if faults.feed(tt.key, tt.subject, stamp_arrival(tt.payload, ts), out):
+                        stamped = stamp_arrival(tt.payload, ts)
+                        if tracer is not None:
+                            headers = tracer.tick_headers(tt.subject)
+                            if headers is not None:
+                                traced[stamped] = headers
+                        if faults.feed(tt.key, tt.subject, stamped, out):
                             self.truth.record_raw(tt.key, tt.seq, tt.payload, tt.trade, tt.size)
+                        elif traced:
+                            traced.pop(stamped, None)  # a gap: never sent
                         continue
                     tick = sim.next_tick(ts - 50)
                     payload = tick.SerializeToString()
@@ -193,11 +207,18 @@ class Publisher(Stage[Never, Never, PublisherConfig]):
                     if writer is not None:
                         writer.write(payload)
                     key = f"{tick.venue}.{tick.symbol}"
-                    if faults.feed(key, tick_subject(tick.venue, tick.symbol),
-                                   stamp_arrival(payload, ts), out):
+                    subject = tick_subject(tick.venue, tick.symbol)
+                    stamped = stamp_arrival(payload, ts)
+                    if tracer is not None:
+                        headers = tracer.tick_headers(subject)
+                        if headers is not None:
+                            traced[stamped] = headers
+                    if faults.feed(key, subject, stamped, out):
                         self.truth.record(key, tick)
+                    elif traced:
+                        traced.pop(stamped, None)  # a gap: never sent
                 total += made
-                await self._send(nc, out)
+                await self._send(nc, out, traced)
                 sent.inc(made)
                 wire.inc(len(out))
                 if made < n or (cfg.max_ticks and total >= cfg.max_ticks):
@@ -205,7 +226,7 @@ class Publisher(Stage[Never, Never, PublisherConfig]):
             rest: list[tuple[str, bytes]] = []
             faults.flush(rest)
             for subject, data in rest:
-                await nc.publish(subject, data)
+                await nc.publish(subject, data, traced.pop(data, None))
             await nc.flush()
             self.ctx.log.info("publisher done", ticks=total, faults=attrs.asdict(faults.counts))
         finally:
@@ -213,16 +234,22 @@ class Publisher(Stage[Never, Never, PublisherConfig]):
                 tape.close()
 
     @staticmethod
-    async def _send(nc: NatsClient, out: list[tuple[str, bytes]]) -> None:
+    async def _send(nc: NatsClient, out: list[tuple[str, bytes]],
+                    traced: dict[bytes, dict[str, str]]) -> None:
         # One checkpoint per pacing step, not per message: at 40k ticks/s the per-message
-        # scheduling would cost more than the ticks.
+        # scheduling would cost more than the ticks. ``traced``: the headers of sampled ticks
+        # (popped when sent: a duplicate's second copy goes untraced; one held back for a
+        # reorder keeps its headers until it is sent).
         publish_nowait = nc.publish_nowait
         for i, (subject, data) in enumerate(out):
             try:
-                publish_nowait(subject, data)
+                if traced:
+                    publish_nowait(subject, data, traced.pop(data, None))
+                else:
+                    publish_nowait(subject, data)
             except NatsBackpressure:
                 for subject2, data2 in out[i:]:
-                    await nc.publish(subject2, data2)
+                    await nc.publish(subject2, data2, traced.pop(data2, None))
                 return
         await trio.lowlevel.checkpoint()
 
