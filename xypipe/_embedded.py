@@ -475,12 +475,18 @@ async def _supervise_nodes(
     return failures[0] if failures else None
 
 
+#: How long the nodes of an embedded cluster may take to elect their JetStream meta leader.
+CLUSTER_FORM_S = 30.0
+
+
 async def _cluster_formed(
     bus: EmbeddedBus, nodes: tuple[ClusterNode, ...], replicas: int | None
 ) -> None:
     """Wait until every node knows the JetStream meta leader: before that a stream cannot be
     created, and the first process to try would fail."""
-    timeout = bus.nodes[0].startup_timeout_s
+    # Raft's election timers (seconds each, randomised, longer on a busy machine) decide this,
+    # not how fast a server starts: a longer bound than one server's start-up.
+    timeout = max(bus.nodes[0].startup_timeout_s, CLUSTER_FORM_S)
     with trio.move_on_after(timeout):
         for server in bus.nodes:
             await server.meta_leader.wait()
@@ -489,8 +495,8 @@ async def _cluster_formed(
         raise ClusterNotFormed(
             f"the embedded NATS cluster ({len(nodes)} nodes, routes on "
             f"{', '.join(n.route_address for n in nodes)}): {', '.join(waiting)} saw no "
-            f"JetStream meta leader within {timeout:g} s (a route port blocked, or taken by "
-            "something else)")
+            f"JetStream meta leader within {timeout:g} s (a route port blocked or taken by "
+            "something else, or a machine too busy to hold an election)")
     log = get_logger("embedded")
     copies = replicas if replicas is not None else len(nodes)
     log.info("the embedded NATS cluster is up", nodes=len(nodes), urls=bus.urls,
