@@ -236,6 +236,8 @@ class Client:
         self.degrades: list[Any] = []
         self.last: dict[tuple[str, int], tuple[int, int]] = {}  # (group, shard) -> (epoch, seq)
         self.snapshots: dict[str, int] = {}
+        #: Group -> the epoch of the last snapshot received (a shard it does not name is at 0).
+        self.snapshot_epochs: dict[str, int] = {}
         self.deltas = 0
         self.next_id = 1
 
@@ -272,13 +274,16 @@ class Client:
             self.degrades.append(f.degrade)
         for s in f.snapshots:
             self.snapshots[s.group] = s.version
+            self.snapshot_epochs[s.group] = s.epoch
             for shard, seq in s.shard_seq.items():
                 self.last[(s.group, shard)] = (s.epoch, seq)
         for d in f.deltas:
             key = (d.group, d.shard)
             first = d.first_seq or d.seq
-            assert key in self.last, f"delta {d.group}/{d.shard} #{d.seq} before any snapshot"
-            epoch, seq = self.last[key]
+            assert key in self.last or d.group in self.snapshot_epochs, (
+                f"delta {d.group}/{d.shard} #{d.seq} before any snapshot")
+            # A shard the snapshot does not name had no delta in it yet (docs/protocol.md).
+            epoch, seq = self.last.get(key, (self.snapshot_epochs.get(d.group, 0), 0))
             assert d.epoch == epoch and first == seq + 1, (
                 f"{d.group}/{d.shard}: expected #{seq + 1} of epoch {epoch}, got "
                 f"#{first}..{d.seq} of epoch {d.epoch}"
