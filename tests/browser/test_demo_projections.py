@@ -12,17 +12,14 @@ whole groups again.
 
 from __future__ import annotations
 
-import io
 import json
-import logging
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import trio
 from browser_stack import Stack, demo_projections, with_browser
-
-from xypipe._log import JsonFormatter
+from gw_support import JsonLogCapture
 
 pytestmark = pytest.mark.browser
 
@@ -43,33 +40,16 @@ PAGE_JS = """() => ({
 })"""
 
 
-class AuditLines:
-    """The xypipe loggers' JSON lines (the gateway runs in this process), parsed."""
-
-    def __init__(self) -> None:
-        self.stream = io.StringIO()
-        self.handler = logging.StreamHandler(self.stream)
-        self.handler.setFormatter(JsonFormatter())
-
-    def subscribed(self) -> list[str]:
-        lines = [json.loads(x) for x in self.stream.getvalue().splitlines() if x]
-        return [str(x["group"]) for x in lines
-                if x.get("audit") and x.get("action") == "subscribe"
-                and x.get("outcome") == "allowed"]
+def subscribed(logs: JsonLogCapture) -> list[str]:
+    """The groups and projections the gateway (in this process) allowed subscriptions to."""
+    return [str(x["group"]) for x in logs.find(audit=True, action="subscribe",
+                                               outcome="allowed")]
 
 
 @pytest.fixture
-def audit() -> Iterator[AuditLines]:
-    cap = AuditLines()
-    root = logging.getLogger("xypipe")
-    old_level = root.level
-    root.addHandler(cap.handler)
-    root.setLevel(logging.INFO)
-    try:
+def audit() -> Iterator[JsonLogCapture]:
+    with JsonLogCapture().installed() as cap:
         yield cap
-    finally:
-        root.removeHandler(cap.handler)
-        root.setLevel(old_level)
 
 
 def open_page(browser: Any, url: str) -> dict[str, Any]:
@@ -85,16 +65,16 @@ def open_page(browser: Any, url: str) -> dict[str, Any]:
     return out
 
 
-def both_pages(browser: Any, stack: Stack, audit: AuditLines) -> dict[str, Any]:
+def both_pages(browser: Any, stack: Stack, audit: JsonLogCapture) -> dict[str, Any]:
     after = open_page(browser, stack.page_url)
-    subscribed_after = audit.subscribed()
+    subscribed_after = subscribed(audit)
     before = open_page(browser, stack.page_url + "?streams=groups")
     return {"after": after, "before": before, "subscribed_after": subscribed_after,
-            "subscribed_before": audit.subscribed()[len(subscribed_after):]}
+            "subscribed_before": subscribed(audit)[len(subscribed_after):]}
 
 
 async def test_the_panels_subscribe_to_projections_and_still_draw(
-        demo_stack: Stack, audit: AuditLines) -> None:
+        demo_stack: Stack, audit: JsonLogCapture) -> None:
     stack = demo_stack
     projections, keys = demo_projections()
     assert keys == {"watch_projection": "watch", "movers_projection": "top"}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 
 import pytest
@@ -11,16 +10,8 @@ from gw_support import JsonLogCapture, aggregator, keys, publisher
 
 @pytest.fixture
 def json_logs() -> Iterator[JsonLogCapture]:
-    cap = JsonLogCapture()
-    root = logging.getLogger("xypipe")
-    old_level = root.level
-    root.addHandler(cap.handler)
-    root.setLevel(logging.INFO)
-    try:
+    with JsonLogCapture().installed() as cap:
         yield cap
-    finally:
-        root.removeHandler(cap.handler)
-        root.setLevel(old_level)
 
 
 __all__ = ["aggregator", "keys", "publisher"]

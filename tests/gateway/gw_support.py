@@ -6,8 +6,8 @@ import io
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -411,6 +411,19 @@ class JsonLogCapture:
 
     def find(self, **match: Any) -> list[dict[str, Any]]:
         return [d for d in self.lines() if all(d.get(k) == v for k, v in match.items())]
+
+    @contextmanager
+    def installed(self) -> Iterator[JsonLogCapture]:
+        """Capture the xypipe loggers (at INFO) for the block."""
+        root = logging.getLogger("xypipe")
+        old_level = root.level
+        root.addHandler(self.handler)
+        root.setLevel(logging.INFO)
+        try:
+            yield self
+        finally:
+            root.removeHandler(self.handler)
+            root.setLevel(old_level)
 
 
 # --------------------------------------------------------------------------- forged tokens
