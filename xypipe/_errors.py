@@ -73,9 +73,10 @@ class PluginError(XyError):
 _MAX_LEAVES = 3
 
 
-def _leaves(exc: BaseException) -> list[BaseException]:
+def leaves_of(exc: BaseException) -> list[BaseException]:
+    """The exceptions inside (possibly nested) exception groups, or ``[exc]``."""
     if isinstance(exc, BaseExceptionGroup):
-        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
+        return [leaf for sub in exc.exceptions for leaf in leaves_of(sub)]
     return [exc]
 
 
@@ -101,7 +102,7 @@ def _one(exc: BaseException) -> str:
 def describe_exception(exc: BaseException) -> str:
     """One line for ``exc``: ``Type: message``; a group as its leaf exceptions (a nursery's
     wrapper names nothing); an exception that is not one of ours with where it was raised."""
-    leaves = _leaves(exc)
+    leaves = leaves_of(exc)
     if len(leaves) == 1 and leaves[0] is exc:
         return _one(exc)
     shown = "; ".join(_one(leaf) for leaf in leaves[:_MAX_LEAVES])

@@ -24,6 +24,7 @@ from xypipe._errors import (
     NatsJsUnavailable,
     NatsNoResponders,
     NatsTimeout,
+    leaves_of,
 )
 from xypipe._log import Logger, get_logger
 
@@ -41,15 +42,9 @@ def transient(exc: BaseException) -> bool:
 def _transient_leaves(exc: BaseException) -> BridgeError | None:
     """The first of a group's failures when every one of them is transient (two reads run at
     once that time out together, as they do when JetStream is electing), else ``None``."""
-    if not isinstance(exc, BaseExceptionGroup):
-        return None
-    first: BridgeError | None = None
-    for sub in exc.exceptions:
-        leaf = sub if isinstance(sub, BridgeError) else _transient_leaves(sub)
-        if leaf is None or not transient(leaf):
-            return None
-        first = first or leaf
-    return first
+    leaves = leaves_of(exc)
+    passing = [e for e in leaves if isinstance(e, BridgeError) and transient(e)]
+    return passing[0] if len(passing) == len(leaves) else None
 
 
 @attrs.frozen

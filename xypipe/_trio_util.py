@@ -8,22 +8,12 @@ from typing import Generic, TypeVar
 
 import trio
 
-from xypipe._errors import XyError
+from xypipe._errors import XyError, leaves_of
 
 __all__ = ["Result", "both", "single_error_unwrapped"]
 
 T = TypeVar("T")
 U = TypeVar("U")
-
-
-def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
-    out: list[BaseException] = []
-    for exc in group.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            out.extend(_leaves(exc))
-        else:
-            out.append(exc)
-    return out
 
 
 @contextmanager
@@ -37,7 +27,7 @@ def single_error_unwrapped() -> Iterator[None]:
     try:
         yield
     except BaseExceptionGroup as group:
-        leaves = _leaves(group)
+        leaves = leaves_of(group)
         if len(leaves) == 1:
             raise leaves[0] from leaves[0].__cause__
         raise
@@ -74,7 +64,7 @@ async def both(first: Callable[[], Awaitable[T]],
                 nursery.start_soon(a.run, first)
                 nursery.start_soon(b.run, second)
     except BaseExceptionGroup as group:
-        leaves = _leaves(group)
+        leaves = leaves_of(group)
         bugs = [e for e in leaves if not isinstance(e, XyError)]
         raise (bugs or leaves)[0] from group
     return await a.get(), await b.get()
