@@ -4,10 +4,14 @@ publisher) in this process, and Debian's Chromium (scripts/setup_browser.sh inst
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+
+# The gateway tests' helpers (gw_support: the JSON log capture), as tests/client does.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "gateway"))
 from browser_stack import CHROMIUM, Stack, running_stack
 
 from xypipe._embedded import EmbeddedNats
