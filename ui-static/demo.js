@@ -181,7 +181,8 @@ class Watchlist {
       cells[0].textContent = s.symbol;
       tr.title = `${s.venue}:${s.symbol}`;
       tr.addEventListener("click", () => this.onSelect(this.stream, key));
-      this.body.appendChild(tr);
+      // Not in the body yet: it goes in at its sorted place at the next reorder (appended now,
+      // it would show out of order at the bottom until then).
       row = { key, tr, cells, texts: [s.symbol, "", "", "", "", "", "", ""], state: s, open: s.last, arrivalUs: 0, vals: sortValues(s, s.last), index: this.order.length };
       this.rows.set(key, row);
       this.order.push(row);
@@ -199,9 +200,9 @@ class Watchlist {
   /** Reads only (called for every panel before any draws, so no read forces a layout). */
   measure() {
     const sc = this.scroller;
-    if (this.geometry === null && this.order.length) {
-      const first = this.body.firstElementChild;
-      this.geometry = { headHeight: this.head.offsetHeight, rowHeight: first ? first.getBoundingClientRect().height : 0 };
+    const first = this.geometry === null ? this.body.firstElementChild : null;
+    if (first !== null) {
+      this.geometry = { headHeight: this.head.offsetHeight, rowHeight: first.getBoundingClientRect().height };
     }
     const g = this.geometry;
     this.inView = visibleRows(sc.scrollTop, sc.clientHeight, g?.headHeight ?? 0, g?.rowHeight ?? 0, this.order.length);
