@@ -16,8 +16,15 @@ The consumer is ephemeral (memory, R1) and lives on the server, so it can vanish
 restart (SIGKILL included), lame-duck mode, a cluster node loss, the inactivity reaper, an
 operator. The feed notices (idle heartbeats, the bridge's ``reconnected``/``lame_duck`` events,
 consumer info, heartbeats that report deliveries we never received) and re-creates it from the
-last stream sequence handed downstream + 1; deliveries the caller already has are dropped, so
-the caller sees no hole and no repeat. The decisions are :class:`~xypipe._stages._jswatch.
+last stream sequence handed downstream + 1, so the caller sees no hole and no repeat.
+
+Every consumer pushes into a deliver subject of its own (a fresh inbox, the previous one
+unsubscribed first), as the NATS clients' ordered consumers do: whatever the consumer re-created
+away still sends — it may live on when its deletion cannot be confirmed, e.g. on a cluster node
+that just died — reaches nobody, and its idle heartbeats cannot pass for the new one's. So the
+deletion is waited for only briefly (``DELETE_WAIT_S``): the server reaps a consumer without
+interest after ``inactive_threshold`` anyway. Waiting for it instead stalled the feed for the
+JetStream API's whole timeout at each retry. The decisions are :class:`~xypipe._stages._jswatch.
 ConsumerWatch`'s (sans-I/O); this module is its Trio shell. Why not a durable file consumer:
 ``docs/architecture.md``, "JetStream choices".
 
@@ -30,8 +37,9 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 
+import attrs
 import trio
 
 from xypipe._errors import JS_CONSUMER_RECREATED, BridgeError
@@ -90,6 +98,11 @@ def delivery_of(reply: str) -> tuple[int, int]:
     raise BridgeError(f"not a JetStream delivery reply subject: {reply!r}")
 
 
+#: How long a re-creation waits for the old consumer's deletion before going on without it
+#: (see the module docstring).
+DELETE_WAIT_S = 1.0
+
+
 def _status(m: Msg) -> str | None:
     """A status message's code (``"100"`` heartbeat / flow control, ``"409"`` ...), else None."""
     h = m.headers
@@ -103,13 +116,17 @@ class JsFeed:
     """Batches of deliveries (``list[Msg]``, never empty, never a status message); call
     :meth:`ack` with each batch once it is handed downstream."""
 
-    def __init__(self, nc: NatsClient, sub: Subscription, stream: str,
-                 config: PushConsumerConfig, what: str, watch: ConsumerWatch, *,
-                 gap_check: bool, on_recreate: Callable[[str], None] | None,
-                 log: Logger) -> None:
+    def __init__(self, nc: NatsClient, stream: str, config: PushConsumerConfig, what: str,
+                 watch: ConsumerWatch, *, gap_check: bool,
+                 on_recreate: Callable[[str], None] | None, log: Logger,
+                 max_batch: int, inbox_pending: int) -> None:
         self._nc = nc
         self.js: JetStream = nc.jetstream()
-        self._sub = sub
+        #: The subscription to the current consumer's deliver subject, and what closes it.
+        self._sub: Subscription | None = None
+        self._inbox: AsyncExitStack | None = None
+        self._max_batch = max_batch
+        self._inbox_pending = inbox_pending
         self.stream = stream
         self._config = config
         self._what = what
@@ -126,15 +143,31 @@ class JsFeed:
         self._check_scope: trio.CancelScope | None = None
         #: Consumers asked for whose creation was not confirmed (a timeout, a cancellation).
         self._unconfirmed: set[str] = set()
-        # After a re-creation the inbox may hold the old consumer's deliveries followed by the
-        # new one's overlapping ones: check every sequence until the new consumer's first
-        # delivery beyond what the caller has.
-        self._overlap = False
+        #: Old consumers whose deletion was not confirmed within ``DELETE_WAIT_S``.
+        self.left_behind = 0
         self._ack_reply = ""
         self.pending_at_start = 0
 
     # -- consumer management ------------------------------------------------------------------
+    async def _open_inbox(self) -> None:
+        """A fresh deliver subject for the next consumer, the previous one unsubscribed first
+        (what it still holds is beyond what the caller has: the next consumer delivers it)."""
+        await self.close_inbox()
+        # Below the client's own inbox prefix: on the embedded bus only its role may read there.
+        subject = f"{self._nc.inbox_prefix}.xyfeed.{secrets.token_hex(8)}"
+        stack = AsyncExitStack()
+        self._sub = await stack.enter_async_context(self._nc.subscribe(
+            subject, max_batch=self._max_batch, max_pending=self._inbox_pending))
+        self._inbox = stack
+        self._config = attrs.evolve(self._config, deliver_subject=subject)
+
+    async def close_inbox(self) -> None:
+        stack, self._inbox, self._sub = self._inbox, None, None
+        if stack is not None:
+            await stack.aclose()
+
     async def _create(self, deliver: Deliver) -> ConsumerState:
+        await self._open_inbox()
         # Named by us, so that one whose answer never came can be found and deleted.
         name = f"xyfeed_{secrets.token_hex(8)}"
         self._unconfirmed.add(name)
@@ -165,19 +198,30 @@ class JsFeed:
             # (no consumer of that name) holds.
             self._log.info("consumer not deleted", consumer=name, reason=str(exc))
 
+    async def _delete_briefly(self, name: str) -> None:
+        """Delete ``name``, waiting ``DELETE_WAIT_S`` at most: one that cannot be deleted now
+        pushes into an inbox nobody reads any more, and the server reaps it."""
+        with trio.move_on_after(DELETE_WAIT_S):
+            try:
+                await self._delete(name)
+            except BridgeError as exc:
+                self._log.info("consumer not deleted; left to the server's inactivity reaper",
+                               consumer=name, reason=str(exc))
+            else:
+                return
+        self.left_behind += 1
+
     async def _recreate(self, reason: str) -> None:
         old = self.name
-        # Never two consumers pushing into one inbox: the old one goes first.
         if old:
-            await self._delete(old)
+            await self._delete_briefly(old)
         # A creation abandoned half-way (a reconnect cancels a request to a server going away)
         # may have happened on the server: it has a name of ours, so it goes too.
         for name in list(self._unconfirmed):
-            await self._delete(name)
+            await self._delete_briefly(name)
             self._unconfirmed.discard(name)
         resume = self.watch.resume_seq
         await self._create(("seq", resume))
-        self._overlap = True
         self.recreated += 1
         self.watch.recreated(trio.current_time())
         if self._on_recreate is not None:
@@ -233,10 +277,13 @@ class JsFeed:
                 self._check_scope = None
                 continue
             watch.waiting(now)
+            sub = self._sub
+            if sub is None:  # a re-creation failed half-way: the next check retries it
+                raise BridgeError(f"{self._what}: no consumer to read from")
             with trio.CancelScope(deadline=watch.deadline()) as scope:
                 self._scope = scope
                 try:
-                    raw = await self._sub.receive()
+                    raw = await sub.receive()
                 except trio.EndOfChannel:
                     raise StopAsyncIteration from None
                 finally:
@@ -251,7 +298,7 @@ class JsFeed:
     def _accept(self, raw: list[Msg], now: float) -> list[Msg]:
         watch = self.watch
         data = [m for m in raw if m.reply]
-        if len(data) == len(raw) and not self._overlap:
+        if len(data) == len(raw):
             # The hot path: only deliveries, all new.
             watch.heard(now)
             last = data[-1].reply
@@ -267,8 +314,6 @@ class JsFeed:
                 seq = stream_seq_of(m.reply)
                 if watch.accept(seq):
                     out.append(m)
-                    if self._overlap and f".{self.name}." in m.reply:
-                        self._overlap = False
                 continue
             self._on_status(m, code, now)
         if data:
@@ -276,8 +321,7 @@ class JsFeed:
         if last_reply:
             self._ack_reply = last_reply
             if not out:
-                # All seen already (overlap after a re-creation): ack so the new consumer moves
-                # on past them.
+                # All seen already: ack so the consumer moves on past them.
                 self._nc.publish_nowait(last_reply, b"+ACK")
         return out
 
@@ -317,10 +361,8 @@ async def js_feed(nc: NatsClient, stream: str, *, deliver: Deliver, filter_subje
     """Deliveries of ``stream`` from ``deliver`` on, at most ``max_pending`` unacknowledged;
     the consumer is re-created whenever it goes missing (``on_recreate(reason)`` counts it)."""
     logger = log if log is not None else _log
-    # Below the client's own inbox prefix: on the embedded bus only its role may read there.
-    inbox = f"{nc.inbox_prefix}.xyfeed.{secrets.token_hex(8)}"
     config = PushConsumerConfig(
-        deliver_subject=inbox,
+        deliver_subject="",  # each consumer its own (JsFeed._open_inbox)
         filter_subject=filter_subject,
         ack="all",
         max_ack_pending=max_pending,
@@ -337,27 +379,31 @@ async def js_feed(nc: NatsClient, stream: str, *, deliver: Deliver, filter_subje
     watch = ConsumerWatch(heartbeat_s, missed_heartbeats, trio.current_time(), backoff)
     # Events from now on: a reconnect during the creation below still counts.
     events = nc.events()
+    # Gap detection reads the heartbeat's last *stream* sequence, which is only comparable
+    # with our deliveries when the consumer sees every subject.
+    feed = JsFeed(nc, stream, config, what, watch, gap_check=filter_subject == ">",
+                  on_recreate=on_recreate, log=logger, max_batch=max_batch,
+                  inbox_pending=max_pending * 2)
     with single_error_unwrapped():
-        async with nc.subscribe(inbox, max_batch=max_batch, max_pending=max_pending * 2) as sub, \
-                trio.open_nursery() as nursery:
-            # Gap detection reads the heartbeat's last *stream* sequence, which is only
-            # comparable with our deliveries when the consumer sees every subject.
-            feed = JsFeed(nc, sub, stream, config, what, watch, gap_check=filter_subject == ">",
-                          on_recreate=on_recreate, log=logger)
-            await retrying(f"create {what}", lambda: feed.start(deliver),
-                           backoff=backoff, log=logger, on_failure=on_retry,
-                           gave_up=lambda: bool(nc.closed))
-            nursery.start_soon(feed.follow_events, events)
-            try:
-                yield feed
-            finally:
-                nursery.cancel_scope.cancel()
-                events.close()
-                with trio.CancelScope(shield=True), trio.move_on_after(2.0):
-                    try:
-                        await feed.js.delete_consumer(stream, feed.name)
-                    except BridgeError as exc:
-                        # Gone already, or the connection is closing: the server removes it
-                        # after inactive_threshold anyway.
-                        logger.info("consumer not deleted", consumer=feed.name,
-                                    reason=str(exc))
+        try:
+            async with trio.open_nursery() as nursery:
+                await retrying(f"create {what}", lambda: feed.start(deliver),
+                               backoff=backoff, log=logger, on_failure=on_retry,
+                               gave_up=lambda: bool(nc.closed))
+                nursery.start_soon(feed.follow_events, events)
+                try:
+                    yield feed
+                finally:
+                    nursery.cancel_scope.cancel()
+                    events.close()
+                    with trio.CancelScope(shield=True), trio.move_on_after(2.0):
+                        try:
+                            await feed.js.delete_consumer(stream, feed.name)
+                        except BridgeError as exc:
+                            # Gone already, or the connection is closing: the server removes
+                            # it after inactive_threshold anyway.
+                            logger.info("consumer not deleted", consumer=feed.name,
+                                        reason=str(exc))
+        finally:
+            with trio.CancelScope(shield=True):
+                await feed.close_inbox()
