@@ -334,9 +334,11 @@ def _cpu_all(stack: Stack, extra: dict[str, int]) -> dict[str, float]:
 
 
 async def clients_window(stack: Stack, server: str, tok: str, clients: int, seconds: float,
-                         warmup: float, tick: Callable[[float], None]) -> dict[str, Any]:
+                         warmup: float, tick: Callable[[float], None],
+                         extra: Callable[[], dict[str, int]] | None = None) -> dict[str, Any]:
     """One load-generator process for ``seconds`` after ``warmup``: its RESULT, and the CPU of
-    every process over the measured window (read when READY and RESULT arrive)."""
+    every process over the measured window (read when READY and RESULT arrive). ``extra``:
+    more processes to read, by name (bench/curves.py: the publisher, each gateway worker)."""
     port = stack.gw_port if server == "gateway" else stack.ws_port
     code = ("import sys, json; sys.path.insert(0, sys.argv[1]); import _fanout_lean as f; "
             "f.run(int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), float(sys.argv[5]), "
@@ -348,6 +350,7 @@ async def clients_window(stack: Stack, server: str, tok: str, clients: int, seco
     assert proc.stdout is not None
     out = b""
     cpu0: dict[str, float] | None = None
+    pids: dict[str, int] = {"loadgen": proc.pid}
     t0 = time.monotonic()
     with trio.fail_after(warmup + seconds + 120):
         async with proc.stdout:
@@ -358,10 +361,12 @@ async def clients_window(stack: Stack, server: str, tok: str, clients: int, seco
                         break
                     out += chunk
                 if cpu0 is None and b"READY" in out:
-                    cpu0, t0 = _cpu_all(stack, {"loadgen": proc.pid}), time.monotonic()
+                    pids = {"loadgen": proc.pid} | (extra() if extra else {})
+                    cpu0, t0 = _cpu_all(stack, pids), time.monotonic()
                 tick(0.25)
-        cpu1, t1 = _cpu_all(stack, {"loadgen": proc.pid}), time.monotonic()
-        rss = {n: rss_mb(p.pid) for n, p in stack.procs.items()} | {"loadgen": rss_mb(proc.pid)}
+        cpu1, t1 = _cpu_all(stack, pids), time.monotonic()
+        rss = ({n: rss_mb(p.pid) for n, p in stack.procs.items()}
+               | {n: rss_mb(pid) for n, pid in pids.items()})
         rc = await proc.wait()
     if b"RESULT " not in out or cpu0 is None:
         raise SystemExit(f"replay: the load generator ({server}) exited {rc} without a result")
