@@ -68,7 +68,7 @@ KEEP_UP_INGEST = 0.95
 KEEP_UP_DELTAS = 0.90
 #: Seconds of the publisher's market written per point beyond the window (the load
 #: generator's start and the warm-up run meanwhile).
-PUBLISH_SLACK_S = 12.0
+PUBLISH_SLACK_S = 6.0
 
 
 def levels_list(text: str, what: str) -> list[int]:
