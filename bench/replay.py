@@ -474,8 +474,8 @@ def tabs_window(stack: Stack) -> dict[str, Any]:
     if why is None:
         try:
             out["nats.ws"] = _tabs.measure_side("nats.ws", servers, view, a.tabs, ns, peer_dir)
-        except RuntimeError as e:  # the peer page's own error: reported, the run goes on
-            out["nats.ws"] = {"error": str(e)[:500]}
+        except Exception as e:  # the peer's page or its tabs failed: reported, the run goes on
+            out["nats.ws"] = {"error": f"{type(e).__name__}: {str(e)[:500]}"}
     else:
         out["nats.ws"] = {"error": why}
     _tabs.per_delta(out)
