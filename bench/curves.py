@@ -1,5 +1,6 @@
-"""Scaling curves on the replay benchmark's stack: where each budget breaks and which level
-engages, as the ingest rate and the clients grow (and with one gateway worker, then two).
+"""Scaling curves on the replay benchmark's stack: where each budget breaks, which level engages.
+
+As the ingest rate and the clients grow (and with one gateway worker, then two).
 
     xypipe bench curves [--quick] [--rates 1000,3000,10000,30000,100000]
         [--clients 10,30,100,300,1000] [--workers 1,2] [--duration 5] [--warmup 2]

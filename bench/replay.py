@@ -826,7 +826,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="a CI-sized run: 20 clients, 2 s windows, a 1.5 s burst")
     p.add_argument("--slo", default="", help='objectives, e.g. "e2e_p99<180ms,recovery<3s"')
     p.add_argument("--peer", choices=["nats-ws", "none"], default="nats-ws",
-                   help="also measure nats-server's own WebSocket listener (default nats-ws)")
+                   help="also measure N clients on nats-server's own WebSocket listener "
+                        "(default nats-ws; the nats.ws browser tabs run whenever --tabs is "
+                        "given)")
     p.add_argument("--seed", type=int, default=1, help="seed of the synthetic market")
     p.add_argument("--symbols", type=int, default=500, help="symbols of the synthetic market")
     p.add_argument("--burst-rate", type=float, default=20000.0,
