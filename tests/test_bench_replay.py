@@ -167,3 +167,26 @@ def test_tabs_put_both_browsers_side_by_side_with_sockets_counted_by_the_servers
                 "server CPU µs per delivered delta", "browser RSS MB", "xypipe / nats.ws"):
         assert row in out.stdout, out.stdout
         assert row in (tmp_path / "replay.md").read_text()
+
+
+def test_each_servers_cpu_for_the_browser_is_its_own_window_minus_the_other_sides() -> None:
+    import _tabs
+
+    tabs = {"xypipe": {"server_cpu_pct": {"gateway": 12.0, "nats": 9.0},
+                       "deltas_per_s": 60.0, "bytes_per_s": 240_000},
+            "nats.ws": {"server_cpu_pct": {"gateway": 7.0, "nats": 13.0},
+                        "deltas_per_s": 4000.0, "bytes_per_s": 800_000}}
+    _tabs.per_delta(tabs)
+    ours, peer = tabs["xypipe"], tabs["nats.ws"]
+    # The gateway spent 5 % of a core more with xypipe's tabs; nats-server 4 % more with the
+    # peer's: per delivered delta, 0.05 s / 60 and 0.04 s / 4000.
+    assert ours["server_cpu_for_browser_pct"] == 5.0 and peer["server_cpu_for_browser_pct"] == 4.0
+    assert ours["server_cpu_us_per_delta"] == pytest.approx(833.33, abs=0.01)
+    assert peer["server_cpu_us_per_delta"] == 10.0
+    assert ours["server_cpu_us_per_kb"] == pytest.approx(208.33, abs=0.01)
+    assert peer["server_cpu_us_per_kb"] == 50.0
+    # A side that was not measured leaves the other untouched.
+    alone = {"xypipe": {"server_cpu_pct": {"gateway": 1.0, "nats": 1.0}},
+             "nats.ws": {"error": "no nats.ws"}}
+    _tabs.per_delta(alone)
+    assert "server_cpu_for_browser_pct" not in alone["xypipe"]
