@@ -1,7 +1,7 @@
 # The two commands of the README:
 #   make demo   set up and run the demo (embedded NATS, pipelines, UI)
 #   make test   set up and run the whole test suite
-.PHONY: demo test setup setup-test proto proto-check typecheck bench bench-chaos bench-tape bench-replay lint clean
+.PHONY: demo test setup setup-test proto proto-check typecheck bench bench-chaos bench-tape bench-replay bench-curves lint clean
 
 # Quiet recipes: the first line `make demo` prints is the address of the page to open.
 demo: setup
@@ -35,6 +35,10 @@ bench: setup-test
 # The shipped tape through the whole path beside the peers, 2 browser tabs (bench/README.md).
 bench-replay: setup-test
 	.venv/bin/xypipe bench replay --tabs 2
+
+# Scaling curves: ingest 1k -> 100k ticks/s, clients 10 -> 1,000, gateway workers 1 and 2.
+bench-curves: setup-test
+	.venv/bin/xypipe bench curves
 
 # Each fault of the chaos suite 20 times: recovery p50/p95/max (long: tens of minutes).
 bench-chaos: setup-test

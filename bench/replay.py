@@ -22,8 +22,10 @@ in order (a rich progress bar shows where it is):
 3. **peers** (``--peer nats-ws``): N clients on nats-server's own WebSocket listener, what a team
    builds without a gateway: the conflated deltas (``xy.md.tick.<group>``) and then the raw
    ticks (``xy.src.tick.>``), each for ``--duration`` s on the same input.
-3b. **tabs** (``--tabs N``): bench/e2e_latency.py's page measurements on this stack — N Chromium
-   tabs of the demo page (one SharedWorker socket), then the NATS JS client peer tab.
+3b. **tabs** (``--tabs N``): bench/_tabs.py on this stack — N Chromium tabs of the demo page
+   (one SharedWorker socket), then N tabs of the NATS JS client peer (a nats.ws socket each),
+   each side measured alike: sockets as the servers count them, bytes/s into the browser,
+   main-thread ms/s per tab, frames, E2E -> drawn, server CPU per delivered delta, RSS.
 4. **faults**, each measured by one ``xypipe.client`` (reconnecting) as the time from the kill to
    the next delta it receives; the harness restarts the killed process at once, as a supervisor
    does: the aggregator (**rebuild**: restore from the stored snapshots + source replay), the
@@ -234,10 +236,13 @@ class Stack:
         self.nats_port, self.ws_port = free_port(), free_port()
         self.agg_port, self.gw_port = free_port(), free_port()
         self.ui_http_port, self.ui_port = free_port(), free_port()
+        # nats-server's monitoring (/connz, /varz): the browser tabs' sockets counted by it.
+        self.monitor_port = free_port()
         self.nats_url = f"nats://127.0.0.1:{self.nats_port}"
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         (tmp / "nats.conf").write_text(
             f'listen: "127.0.0.1:{self.nats_port}"\n'
+            f'http: "127.0.0.1:{self.monitor_port}"\n'
             f'jetstream {{ store_dir: "{tmp}/js" }}\n'
             f'websocket {{ listen: "127.0.0.1:{self.ws_port}", no_tls: true, '
             "compression: false }\n")
@@ -329,9 +334,11 @@ def _cpu_all(stack: Stack, extra: dict[str, int]) -> dict[str, float]:
 
 
 async def clients_window(stack: Stack, server: str, tok: str, clients: int, seconds: float,
-                         warmup: float, tick: Callable[[float], None]) -> dict[str, Any]:
+                         warmup: float, tick: Callable[[float], None],
+                         extra: Callable[[], dict[str, int]] | None = None) -> dict[str, Any]:
     """One load-generator process for ``seconds`` after ``warmup``: its RESULT, and the CPU of
-    every process over the measured window (read when READY and RESULT arrive)."""
+    every process over the measured window (read when READY and RESULT arrive). ``extra``:
+    more processes to read, by name (bench/curves.py: the publisher, each gateway worker)."""
     port = stack.gw_port if server == "gateway" else stack.ws_port
     code = ("import sys, json; sys.path.insert(0, sys.argv[1]); import _fanout_lean as f; "
             "f.run(int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), float(sys.argv[5]), "
@@ -343,6 +350,7 @@ async def clients_window(stack: Stack, server: str, tok: str, clients: int, seco
     assert proc.stdout is not None
     out = b""
     cpu0: dict[str, float] | None = None
+    pids: dict[str, int] = {"loadgen": proc.pid}
     t0 = time.monotonic()
     with trio.fail_after(warmup + seconds + 120):
         async with proc.stdout:
@@ -353,10 +361,12 @@ async def clients_window(stack: Stack, server: str, tok: str, clients: int, seco
                         break
                     out += chunk
                 if cpu0 is None and b"READY" in out:
-                    cpu0, t0 = _cpu_all(stack, {"loadgen": proc.pid}), time.monotonic()
+                    pids = {"loadgen": proc.pid} | (extra() if extra else {})
+                    cpu0, t0 = _cpu_all(stack, pids), time.monotonic()
                 tick(0.25)
-        cpu1, t1 = _cpu_all(stack, {"loadgen": proc.pid}), time.monotonic()
-        rss = {n: rss_mb(p.pid) for n, p in stack.procs.items()} | {"loadgen": rss_mb(proc.pid)}
+        cpu1, t1 = _cpu_all(stack, pids), time.monotonic()
+        rss = ({n: rss_mb(p.pid) for n, p in stack.procs.items()}
+               | {n: rss_mb(pid) for n, pid in pids.items()})
         rc = await proc.wait()
     if b"RESULT " not in out or cpu0 is None:
         raise SystemExit(f"replay: the load generator ({server}) exited {rc} without a result")
@@ -445,21 +455,30 @@ class PageView:
 
 
 def tabs_window(stack: Stack) -> dict[str, Any]:
-    """N tabs of xypipe's demo page (one SharedWorker socket), then the NATS JS client peer
-    page (nats.ws, raw ticks of the same groups' symbols): bench/e2e_latency.py's measures."""
+    """N tabs of xypipe's demo page (one SharedWorker socket), then N tabs of the NATS JS client
+    peer (each its own nats.ws socket, raw ticks of the same groups' symbols), measured alike
+    (bench/_tabs.py)."""
+    import _tabs
     import e2e_latency
 
     a = stack.args
     view = PageView(stack)
+    servers = _tabs.Servers(stack.pid("gateway"), stack.gw_port, stack.pid("nats"),
+                            stack.ws_port, stack.monitor_port,
+                            lambda name: metric(stack.gw_port, name))
     ns = argparse.Namespace(warmup=a.warmup, duration=a.duration, symbols=a.symbols)
-    out: dict[str, Any] = {"xypipe": e2e_latency.measure_page(view, a.tabs, ns)}  # type: ignore[arg-type]
+    out: dict[str, Any] = {"xypipe": _tabs.measure_side("xypipe", servers, view, a.tabs, ns)}
     peer_dir = stack.tmp / "peer"
     peer_dir.mkdir(exist_ok=True)
     why = e2e_latency.build_peer(peer_dir, REPO / "node_modules")
     if why is None:
-        out["nats.ws"] = e2e_latency.measure_peer(view, ns, peer_dir)  # type: ignore[arg-type]
+        try:
+            out["nats.ws"] = _tabs.measure_side("nats.ws", servers, view, a.tabs, ns, peer_dir)
+        except Exception as e:  # the peer's page or its tabs failed: reported, the run goes on
+            out["nats.ws"] = {"error": f"{type(e).__name__}: {str(e)[:500]}"}
     else:
         out["nats.ws"] = {"error": why}
+    _tabs.per_delta(out)
     return out
 
 
@@ -667,31 +686,46 @@ def rows(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
 
 
 def tab_rows(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    """The browser table: xypipe's N tabs against the nats.ws peer tab."""
+    """The browser table: N tabs of xypipe's page against N tabs of the nats.ws peer, measured
+    alike in the same run (bench/_tabs.py says how each figure is read)."""
     t = result.get("tabs") or {}
     ours, peer = t.get("xypipe", {}), t.get("nats.ws", {})
-    head = ["browser", f"xypipe ({result['meta']['tabs']} tabs, 1 socket)", "nats.ws (1 tab)",
-            "xypipe / nats.ws"]
+    n = result["meta"]["tabs"]
+    head = ["browser", f"xypipe ({n} tabs)", f"nats.ws ({n} tabs)", "xypipe / nats.ws"]
 
     def get(r: dict[str, Any], *path: str) -> float | None:
         for k in path:
             r = r.get(k) if isinstance(r, dict) else None  # type: ignore[assignment]
         return r if isinstance(r, int | float) else None  # type: ignore[return-value]
 
-    def line(label: str, *path: str) -> list[str]:
+    def line(label: str, *path: str, nd: int = 1) -> list[str]:
         a, b = get(ours, *path), get(peer, *path)
-        return [label, _fmt(a), _fmt(b), "—" if not a or not b else f"{a / b:.2f}"]
+        return [label, _fmt(a, nd), _fmt(b, nd), "—" if not a or not b else f"{a / b:.2f}"]
 
     return head, [
+        line("sockets per browser (server's count)", "sockets", "server_max", nd=0),
+        line("bytes/s into the browser (all sockets)", "bytes_per_s", nd=0),
+        line("deltas/s delivered (xypipe: group deltas; nats.ws: ticks)", "deltas_per_s"),
+        line("main-thread ms per s per tab (mean, TaskDuration)", "main_thread_ms_per_s",
+             "mean"),
+        line("main-thread ms per s, busiest tab", "main_thread_ms_per_s", "max"),
+        line("frame interval p95 ms", "frame_interval_ms", "p95"),
+        line("frame interval p99 ms", "frame_interval_ms", "p99"),
         line("E2E -> drawn p50 ms", "latency_ms", "p50"),
         line("E2E -> drawn p95 ms", "latency_ms", "p95"),
         line("E2E -> drawn p99 ms", "latency_ms", "p99"),
-        line("frame interval p95 ms", "frame_interval_ms", "p95"),
-        line("frame interval p99 ms", "frame_interval_ms", "p99"),
         line("page work per frame p95 ms", "frame_work_ms", "p95"),
         line("fps per tab", "fps_per_window"),
-        line("bytes/s into the browser", "bytes_per_s"),
+        line("server CPU % for the browser (gateway / nats-server)",
+             "server_cpu_for_browser_pct"),
+        line("server CPU µs per delivered delta", "server_cpu_us_per_delta", nd=2),
+        line("server CPU µs per delivered kB", "server_cpu_us_per_kb", nd=2),
+        line("gateway CPU %", "server_cpu_pct", "gateway"),
+        line("nats-server CPU %", "server_cpu_pct", "nats"),
         line("Chromium CPU % (all its processes)", "chromium_cpu_pct", "total"),
+        line("browser RSS MB (Chromium's processes)", "rss_mb", "browser"),
+        line("gateway RSS MB", "rss_mb", "gateway"),
+        line("nats-server RSS MB", "rss_mb", "nats"),
     ]
 
 
@@ -785,14 +819,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clients", type=int, default=100, help="WebSocket clients (default 100)")
     p.add_argument("--tabs", type=int, default=0,
                    help="also N Chromium tabs of the demo page (one SharedWorker socket), then "
-                        "the nats.ws peer page (default 0: none)")
+                        "N tabs of the nats.ws peer page (a socket each) (default 0: none)")
     p.add_argument("--duration", type=float, default=10.0, help="seconds per window")
     p.add_argument("--warmup", type=float, default=3.0, help="seconds before each window")
     p.add_argument("--quick", action="store_true",
                    help="a CI-sized run: 20 clients, 2 s windows, a 1.5 s burst")
     p.add_argument("--slo", default="", help='objectives, e.g. "e2e_p99<180ms,recovery<3s"')
     p.add_argument("--peer", choices=["nats-ws", "none"], default="nats-ws",
-                   help="also measure nats-server's own WebSocket listener (default nats-ws)")
+                   help="also measure N clients on nats-server's own WebSocket listener "
+                        "(default nats-ws; the nats.ws browser tabs run whenever --tabs is "
+                        "given)")
     p.add_argument("--seed", type=int, default=1, help="seed of the synthetic market")
     p.add_argument("--symbols", type=int, default=500, help="symbols of the synthetic market")
     p.add_argument("--burst-rate", type=float, default=20000.0,

@@ -131,3 +131,62 @@ def test_the_tape_loop_continues_each_symbols_sequence_across_passes() -> None:
     r0, r1 = next(iter(ticks))[0], second.records[0]
     a, b = Tick.FromString(r0.data), Tick.FromString(r1.data)
     assert (a.venue, a.symbol, a.last, a.bids) == (b.venue, b.symbol, b.last, b.bids)
+
+
+@pytest.mark.nats
+@pytest.mark.browser
+def test_tabs_put_both_browsers_side_by_side_with_sockets_counted_by_the_servers(
+        tmp_path: pathlib.Path) -> None:
+    """``--tabs 2``: two tabs of the demo page and two of the nats.ws peer in the same run. The
+    servers count one socket for xypipe's browser (the SharedWorker's) and one per tab for the
+    peer's; every figure of the browser table is read for both sides, and its ratio printed."""
+    out = subprocess.run(
+        [sys.executable, "-m", "xypipe", "bench", "replay", "--quick", "--tabs", "2", "--peer",
+         "none", "--results", str(tmp_path)],
+        capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    tabs = json.loads((tmp_path / "replay.json").read_text())["tabs"]
+    ours, peer = tabs["xypipe"], tabs["nats.ws"]
+    assert "error" not in peer, peer
+    assert ours["sockets"]["server_min"] == ours["sockets"]["server_max"] == 1, ours["sockets"]
+    assert peer["sockets"]["server_min"] == peer["sockets"]["server_max"] == 2, peer["sockets"]
+    assert ours["sockets"]["kernel_max"] == 1 and peer["sockets"]["kernel_max"] == 2
+    for side in (ours, peer):
+        assert side["tabs"] == 2 and side["bytes_per_s"] > 0 and side["deltas_per_s"] > 0
+        assert len(side["main_thread_ms_per_s"]["per_tab"]) == 2
+        assert all(v > 0 for v in side["main_thread_ms_per_s"]["per_tab"])
+        assert side["frame_interval_ms"]["n"] > 0 and side["latency_ms"]["n"] > 0
+        assert side["latency_ms"]["p99"] >= side["latency_ms"]["p50"] > 0
+        assert side["rss_mb"]["browser"] > 0 and side["rss_mb"]["gateway"] > 0
+        assert side["rss_mb"]["nats"] > 0
+        assert set(side["server_cpu_pct"]) == {"gateway", "nats"}
+        assert "server_cpu_us_per_delta" in side
+    # A raw tick is a delta of one symbol; a group's delta holds many.
+    assert peer["deltas_per_s"] > ours["deltas_per_s"]
+    for row in ("sockets per browser", "main-thread ms per s per tab", "E2E -> drawn p99 ms",
+                "server CPU µs per delivered delta", "browser RSS MB", "xypipe / nats.ws"):
+        assert row in out.stdout, out.stdout
+        assert row in (tmp_path / "replay.md").read_text()
+
+
+def test_each_servers_cpu_for_the_browser_is_its_own_window_minus_the_other_sides() -> None:
+    import _tabs
+
+    tabs = {"xypipe": {"server_cpu_pct": {"gateway": 12.0, "nats": 9.0},
+                       "deltas_per_s": 60.0, "bytes_per_s": 240_000},
+            "nats.ws": {"server_cpu_pct": {"gateway": 7.0, "nats": 13.0},
+                        "deltas_per_s": 4000.0, "bytes_per_s": 800_000}}
+    _tabs.per_delta(tabs)
+    ours, peer = tabs["xypipe"], tabs["nats.ws"]
+    # The gateway spent 5 % of a core more with xypipe's tabs; nats-server 4 % more with the
+    # peer's: per delivered delta, 0.05 s / 60 and 0.04 s / 4000.
+    assert ours["server_cpu_for_browser_pct"] == 5.0 and peer["server_cpu_for_browser_pct"] == 4.0
+    assert ours["server_cpu_us_per_delta"] == pytest.approx(833.33, abs=0.01)
+    assert peer["server_cpu_us_per_delta"] == 10.0
+    assert ours["server_cpu_us_per_kb"] == pytest.approx(208.33, abs=0.01)
+    assert peer["server_cpu_us_per_kb"] == 50.0
+    # A side that was not measured leaves the other untouched.
+    alone = {"xypipe": {"server_cpu_pct": {"gateway": 1.0, "nats": 1.0}},
+             "nats.ws": {"error": "no nats.ws"}}
+    _tabs.per_delta(alone)
+    assert "server_cpu_for_browser_pct" not in alone["xypipe"]

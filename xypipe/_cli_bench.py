@@ -4,6 +4,7 @@
 
     xypipe bench replay [TAPE] --quick --slo "e2e_p99<180ms,recovery<3s"
     xypipe bench replay --help            # every option (bench/replay.py's)
+    xypipe bench curves --quick           # scaling curves (bench/curves.py)
 
 The harness is ``bench/replay.py`` beside the package (it drives nats-server, ``xypipe run``,
 ``xypipe publish`` and the load generator as separate processes and reuses bench/'s readers),
@@ -36,16 +37,24 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="the harness's arguments: [TAPE] --speed --clients --tabs --duration "
                         "--quick --slo --peer ... (xypipe bench replay --help lists them)")
     p.set_defaults(func=_cmd_replay)
+    c = tools.add_parser(
+        "curves", add_help=False, prefix_chars="+",
+        help="scaling curves: ingest 1k -> 100k ticks/s, clients 10 -> 1,000, gateway workers "
+             "1 -> 2; where each budget breaks and which level engages (--help: every option)")
+    c.add_argument("rest", nargs="*", metavar="ARG",
+                   help="the harness's arguments: --quick --rates --clients --workers --slo ... "
+                        "(xypipe bench curves --help lists them)")
+    c.set_defaults(func=_cmd_curves)
 
 
-def harness() -> Path:
-    """``bench/replay.py`` of the checkout this package runs from (or the current directory)."""
+def harness(name: str = "replay") -> Path:
+    """``bench/<name>.py`` of the checkout this package runs from (or the current directory)."""
     for root in (Path(__file__).resolve().parent.parent, Path.cwd()):
-        script = root / "bench" / "replay.py"
+        script = root / "bench" / f"{name}.py"
         if script.is_file():
             return script
     raise BenchSetupError(
-        "xypipe bench replay: bench/replay.py not found beside the package nor in the current "
+        f"xypipe bench {name}: bench/{name}.py not found beside the package nor in the current "
         "directory; the benchmarks run from a clone of the repository (pip install -e '.[dev]')")
 
 
@@ -69,3 +78,12 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         print(f"{e} [{e.code}]", file=sys.stderr)
         return 2
     return subprocess.call([sys.executable, str(script), *rest])
+
+
+def _cmd_curves(args: argparse.Namespace) -> int:
+    try:
+        script = harness("curves")
+    except BenchSetupError as e:
+        print(f"{e} [{e.code}]", file=sys.stderr)
+        return 2
+    return subprocess.call([sys.executable, str(script), *args.rest])

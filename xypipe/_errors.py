@@ -935,6 +935,14 @@ class BenchSetupError(XyError):
 #: with its measured value and budget); the command exits 1.
 BENCH_SLO_BROKEN = "XY-BENCH-003"
 
+
+class CurvesSpecError(UsageError):
+    """``xypipe bench curves`` cannot run as asked: a list of levels (``--rates``,
+    ``--clients``, ``--workers``) that is not positive integers in rising order, or an
+    ``--slo`` objective a curve's point does not measure (recovery, rebuild, the tabs')."""
+
+    code = "XY-BENCH-010"
+
 # -- tapes (xypipe._tape, docs/tapes.md): XY-TAPE-001..019 ------------------------------------
 
 
