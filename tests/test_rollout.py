@@ -94,7 +94,9 @@ def test_every_failure_rolls_back_only_the_new_copy_of_that_step(fail):
         r.new_ready(12.0)
         actions = {"exited": lambda: r.new_exited(13.0, "exited with status 2"),
                    "gate": lambda: r.gate_failed(13.0, "3 errors"),
-                   "unready": lambda: r.new_unready(13.0, "nats disconnected")}[fail]()
+                   # Not-ready, and not ready again within ready_timeout_s.
+                   "unready": lambda: (r.new_unready(13.0, "nats disconnected")
+                                       or r.tick(18.0))}[fail]()
     assert actions == [StopNew("b")]
     assert r.tick(100.0) == []  # nothing else happens while it is being stopped
     [finish] = r.new_stopped(14.0)
@@ -102,6 +104,50 @@ def test_every_failure_rolls_back_only_the_new_copy_of_that_step(fail):
     assert finish.outcome.replaced == ("a",)
     assert "already replaced: a" in finish.outcome.reason
     assert "still serving the old b" in finish.outcome.reason
+
+
+def test_a_copy_not_ready_for_a_while_during_its_gate_gets_a_new_window_when_ready_again():
+    # An aggregator on ownership leases takes over groups from the copy it replaces during its
+    # window, and replays them: not ready for a moment, then ready again.
+    r = Rollout(["a"], CFG)
+    r.start(0.0)
+    r.new_started(0.0)
+    r.new_ready(1.0)
+    assert r.new_unready(5.0, "stream XY_SRC: replaying") == []
+    assert r.phase is Phase.WAITING_READY
+    assert r.tick(9.9) == []  # within ready_timeout_s
+    r.new_ready(6.0)
+    assert r.phase is Phase.GATING
+    assert r.tick(15.9) == []  # a whole new window from 6.0
+    assert r.tick(16.0) == [StopOld("a")]
+
+
+def test_a_copy_not_ready_again_in_time_or_too_often_is_rolled_back():
+    late = Rollout(["a"], CFG)
+    late.start(0.0)
+    late.new_started(0.0)
+    late.new_ready(1.0)
+    late.new_unready(2.0, "stream XY_SRC: replaying, at 0 of 2149")
+    assert late.tick(6.9) == []
+    assert late.tick(7.0) == [StopNew("a")]
+    [finish] = late.new_stopped(8.0)
+    assert isinstance(finish, Finish)
+    assert ("turned not-ready during its gate and was not ready again within 5 s: "
+            "stream XY_SRC: replaying, at 0 of 2149") in finish.outcome.reason
+
+    flapping = Rollout(["a"], attrs.evolve(CFG, max_unready=2))
+    flapping.start(0.0)
+    flapping.new_started(0.0)
+    t = 1.0
+    for _ in range(2):
+        flapping.new_ready(t)
+        assert flapping.new_unready(t + 1, "nats disconnected") == []
+        t += 2
+    flapping.new_ready(t)
+    assert flapping.new_unready(t + 1, "nats disconnected") == [StopNew("a")]
+    [finish] = flapping.new_stopped(t + 2)
+    assert isinstance(finish, Finish)
+    assert "turned not-ready during its gate 3 times: nats disconnected" in finish.outcome.reason
 
 
 def test_events_out_of_turn_are_ignored():

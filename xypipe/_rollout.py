@@ -44,6 +44,10 @@ class RolloutConfig:
     canary_s: float = attrs.field(default=0.0, validator=in_range(0.0, 86400.0))
     #: A new copy not ready (its /healthz) within this long fails the rollout.
     ready_timeout_s: float = attrs.field(default=30.0, validator=in_range(0.1, 3600.0))
+    #: Times a new copy may turn not-ready during its window and be ready again within
+    #: ``ready_timeout_s`` — an aggregator on ownership leases takes over groups from the copy
+    #: it replaces and replays them — its window then starting over; once more fails it.
+    max_unready: int = attrs.field(default=2, validator=in_range(0, 1000))
     #: How often the gate reads the copies' /healthz and /metrics.
     poll_ms: int = attrs.field(default=500, validator=in_range(10, 60_000))
     #: Errors (error counters, see ``_rollout_gate.ERROR_COUNTERS``) the new copy may count
@@ -128,6 +132,9 @@ class Rollout:
         self._deadline = 0.0
         self._gate_ends = 0.0
         self._why = ""
+        #: This step's copy turned not-ready during its window this often (``max_unready``).
+        self._unready = 0
+        self._unready_why = ""
 
     @property
     def unit(self) -> str:
@@ -175,14 +182,26 @@ class Rollout:
         return self._fail(f"the new {self.unit} failed its health gate: {why}")
 
     def new_unready(self, now: float, why: str) -> list[Action]:
-        """The successor turned not-ready during its window."""
+        """The successor turned not-ready during its window: it has ``ready_timeout_s`` to be
+        ready again (a new window then), ``max_unready`` times per step."""
         if self.phase is not Phase.GATING:
             return []
-        return self._fail(f"the new {self.unit} turned not-ready during its gate: {why}")
+        self._unready += 1
+        if self._unready > self.config.max_unready:
+            return self._fail(f"the new {self.unit} turned not-ready during its gate "
+                              f"{self._unready} times: {why}")
+        self.phase = Phase.WAITING_READY
+        self._deadline = now + self.config.ready_timeout_s
+        self._unready_why = why
+        return []
 
     def tick(self, now: float) -> list[Action]:
         """Time passed (the shell calls this at every gate poll)."""
         if self.phase is Phase.WAITING_READY and now >= self._deadline:
+            if self._unready:
+                return self._fail(f"the new {self.unit} turned not-ready during its gate and "
+                                  f"was not ready again within "
+                                  f"{self.config.ready_timeout_s:g} s: {self._unready_why}")
             return self._fail(f"the new {self.unit} was not ready within "
                               f"{self.config.ready_timeout_s:g} s")
         if self.phase is Phase.GATING and now >= self._gate_ends:
@@ -218,6 +237,7 @@ class Rollout:
 
     def _begin_step(self) -> list[Action]:
         self.phase = Phase.STARTING
+        self._unready = 0
         return [StartNew(self.unit)]
 
     def _fail(self, why: str) -> list[Action]:

@@ -74,14 +74,15 @@ _HEADER = re.compile(r"^\[\[?\s*([A-Za-z0-9_.\-]+)\s*\]\]?\s*(#.*)?$")
 
 
 def tree_toml(nats: str, ports: dict[str, int], *, restart: str | None = None,
-              demo: Path = DEMO_CONFIG) -> str:
+              demo: Path = DEMO_CONFIG, snapshot_ms: int | None = None) -> str:
     """The demo deployment (configs/demo.toml) as production runs it: the processes named in
     ``ports`` (besides ``main``: the aggregator and/or the gateway), exactly as configured
     there, with NATS from ``nats`` (a ``[nats]`` section), those ports, and without the demo's
     publisher and UI.
 
     ``restart`` is an optional ``restart = ...`` value for each child (the default policy is
-    what the suite tests; the benchmark raises the budget)."""
+    what the suite tests; the benchmark raises the budget); ``snapshot_ms`` the aggregator's
+    snapshot interval instead of the demo's."""
     keep = set(ports) - {"main"}
     blocks: list[tuple[str, list[str]]] = [("", [])]
     for line in demo.read_text().splitlines():
@@ -104,6 +105,8 @@ def tree_toml(nats: str, ports: dict[str, int], *, restart: str | None = None,
                 text, replaced = re.subn(r"(?m)^restart\s*=.*$", f"restart = {restart}", text)
                 if not replaced:
                     text = text.replace(lines[0], f"{lines[0]}\nrestart = {restart}", 1)
+        elif snapshot_ms is not None and re.search(r'(?m)^use\s*=\s*"snapshot"', text):
+            text = re.sub(r"(?m)^interval_ms\s*=.*$", f"interval_ms = {snapshot_ms}", text)
         elif table == "http":
             text = re.sub(r"\bport(\s*=\s*)\d+", rf"port\g<1>{ports['main']}", text)
         # Paths in the demo are relative to the repository; the tree may run from anywhere.

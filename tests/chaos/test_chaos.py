@@ -13,7 +13,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from chaos_faults import EMBEDDED_ONLY, FAULTS, check_conservation, inject_and_check, running_stack
+from chaos_faults import (
+    EMBEDDED_ONLY,
+    FAULTS,
+    SNAPSHOT_MS,
+    check_conservation,
+    inject_and_check,
+    running_stack,
+)
 
 pytestmark = pytest.mark.nats
 
@@ -23,7 +30,7 @@ async def test_clients_see_no_hole_and_everything_comes_back_after(kind: str, tm
                                                                   ) -> None:
     nats = "embedded" if kind in EMBEDDED_ONLY else "external"
     report = ""
-    async with running_stack(tmp_path, nats=nats) as stack:
+    async with running_stack(tmp_path, nats=nats, snapshot_ms=SNAPSHOT_MS.get(kind)) as stack:
         outcome = await inject_and_check(stack, kind)
         failures = list(outcome.failures)
         if outcome.recovery_s is not None:
