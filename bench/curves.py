@@ -526,7 +526,9 @@ def main(argv: list[str] | None = None) -> int:
                         "the spec's E2E bar (a metric given here replaces the spec's budget)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--symbols", type=int, default=500, help="symbols per ingest point's venue")
-    p.add_argument("--results", type=Path, default=RESULTS)
+    p.add_argument("--results", type=Path, default=None,
+                   help="where the results go (default bench/results; with --quick "
+                   "bench/results/quick, so a smoke run never replaces the reference results)")
     argv = sys.argv[1:] if argv is None else argv
     args = p.parse_args(argv)
     given = {a.split("=", 1)[0] for a in argv}
@@ -585,6 +587,8 @@ def main(argv: list[str] | None = None) -> int:
     out.print(f"ingest: {result['verdicts']['ingest']['text']}", highlight=False)
     for w, v in result["verdicts"]["clients"].items():
         out.print(f"clients, {w} gateway worker(s): {v['text']}", highlight=False)
+    if args.results is None:
+        args.results = RESULTS / "quick" if args.quick else RESULTS
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / "curves.json").write_text(json.dumps(result, indent=1))
     (args.results / "curves.md").write_text(markdown(result))

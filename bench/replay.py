@@ -834,7 +834,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--burst-rate", type=float, default=20000.0,
                    help="ticks/s of the ingest burst (default 20000)")
     p.add_argument("--burst-seconds", type=float, default=4.0)
-    p.add_argument("--results", type=Path, default=RESULTS)
+    p.add_argument("--results", type=Path, default=None,
+                   help="where the results go (default bench/results; with --quick "
+                   "bench/results/quick, so a smoke run never replaces the reference results)")
     p.add_argument("--progress", action="store_true", help="a progress bar even without a tty")
     args = p.parse_args(argv)
     err = Console(stderr=True)
@@ -927,6 +929,8 @@ def main(argv: list[str] | None = None) -> int:
             out.print(f"nats.ws peer tab not measured: {why}")
     for s in summary_lines(result):
         out.print(s)
+    if args.results is None:
+        args.results = RESULTS / "quick" if args.quick else RESULTS
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / "replay.json").write_text(json.dumps(result, indent=1))
     (args.results / "replay.md").write_text(markdown(result))

@@ -471,8 +471,9 @@ def main() -> None:
     p.add_argument("--gate", type=float, default=2.0, help="[rollout] gate_s of the tree")
     p.add_argument("--quick", action="store_true",
                    help="5 clients, 2 s steady, 1 s after, 0.5 s gates (the smoke test)")
-    p.add_argument("--results", type=Path, default=RESULTS,
-                   help="where the JSON and Markdown go (default bench/results)")
+    p.add_argument("--results", type=Path, default=None,
+                   help="where the JSON and Markdown go (default bench/results; with --quick "
+                   "bench/results/quick, so a smoke run never replaces the reference results)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
     p.add_argument("--token", help=argparse.SUPPRESS)
@@ -484,6 +485,8 @@ def main() -> None:
         args.clients, args.steady, args.after, args.gate = 5, 2.0, 1.0, 0.5
     result = trio.run(bench, args.clients, args.steady, args.after, args.gate)
     md = markdown(result)
+    if args.results is None:
+        args.results = RESULTS / "quick" if args.quick else RESULTS
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / "rollout.json").write_text(json.dumps(result, indent=2))
     (args.results / "rollout.md").write_text(md)

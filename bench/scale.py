@@ -50,7 +50,7 @@ sys.path.insert(0, str(HERE.parent))
 import _scale_agg  # noqa: E402  (bench/ is not a package)
 import _scale_gw  # noqa: E402
 import _sides  # noqa: E402
-from _aggbench import save, search_rate  # noqa: E402
+from _aggbench import RESULTS, save, search_rate  # noqa: E402
 
 GOAL = 1.6
 
@@ -331,6 +331,8 @@ async def main(args: argparse.Namespace) -> None:
     doc["seconds"] = time.monotonic() - t0
     md = markdown(doc)
     print(md)
+    if args.results is None and args.quick:
+        args.results = RESULTS / "quick"
     if args.results is None:
         save("scale", doc, md)
     else:
@@ -360,7 +362,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-ownership", action="store_true",
                    help="aggregators without ownership (1 process only)")
     p.add_argument("--results", type=Path, default=None,
-                   help="where scale.json and scale.md go (default bench/results)")
+                   help="where scale.json and scale.md go (default bench/results; with "
+                   "--quick bench/results/quick, so a smoke run never replaces the reference "
+                   "results)")
     # The child roles this script plays.
     p.add_argument("--publisher", metavar="URL", help=argparse.SUPPRESS)
     p.add_argument("--loadgen", action="store_true", help=argparse.SUPPRESS)
