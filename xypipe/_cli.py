@@ -33,6 +33,7 @@ from xypipe._errors import (
     XyError,
     find_in_group,
 )
+from xypipe._gc import tune_for_service
 from xypipe._overrides import Effective, load_effective
 
 _COMMAND_MODULES: list[str] = [
@@ -111,6 +112,8 @@ def _cmd_run(args: argparse.Namespace,
         # Which keys, and who set them; never the values (a password may be one).
         _log_cli.info("config keys set over the file", code=CFG_OVERRIDES_APPLIED,
                       keys={_key(ov.path): ov.source for ov in eff.applied})
+    # Config read, modules imported: the state of a long-running process from here on.
+    tune_for_service()
     try:
         try:
             status = trio.run(_run_main, cfg, args)

@@ -146,23 +146,28 @@ class Publish(Stage[list[DeltaOut] | list[SnapshotOut] | list[Watermark], Never,
                         # continues after it (a delta cancelled here would be a hole clients
                         # resync over, never a sequence number used twice).
                         published[(x.group, x.shard)] = (x.epoch, x.seq)
-                        if checkpoint:
-                            await publish(
-                                state.checkpoint_subject(x.group, x.shard),
-                                Delta(group=x.group, shard=x.shard, seq=x.seq, epoch=x.epoch,
-                                      ts_emit_us=x.ts_emit_us, fence=fence).SerializeToString(),
-                            )
                         payload = fenced(DELTA_FENCE_TAG, fence, x.payload)
                         took = max(now - x.t_oldest, 0.0)
                         headers = (None if tracer is None
                                    else _traced(tracer, x, took, fence))
-                        # No checkpoint between the two: a cancellation cannot separate a
-                        # delta from its checkpoint (a stored sequence never published would
-                        # be a hole after a restart).
+                        # The checkpoint, then the delta, queued without a checkpoint of Trio's
+                        # in between: a cancellation cannot separate them (a stored sequence
+                        # never published would be a hole after a restart), and a batch of
+                        # deltas goes out without yielding once per delta (other stages'
+                        # long turns in between made a snapshot round wait behind them).
+                        cp = (Delta(group=x.group, shard=x.shard, seq=x.seq, epoch=x.epoch,
+                                    ts_emit_us=x.ts_emit_us, fence=fence).SerializeToString()
+                              if checkpoint else None)
+                        cp_subject = state.checkpoint_subject(x.group, x.shard)
                         try:
+                            if cp is not None:
+                                nc.publish_nowait(cp_subject, cp)
+                                cp = None
                             nc.publish_nowait(x.subject, payload, headers)
                         except NatsBackpressure:
                             with trio.CancelScope(shield=True):
+                                if cp is not None:
+                                    await publish(cp_subject, cp)
                                 await publish(x.subject, payload, headers)
                         ticks_out.inc()
                         symbols_out.inc(len(x.entries))
