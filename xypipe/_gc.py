@@ -14,17 +14,25 @@ garbage is still collected, only later (a bounded amount waits for it).
 from __future__ import annotations
 
 import gc
+import os
 
 #: Allocations minus deallocations before a generation 0 collection (CPython: 700), and how
 #: many collections of one generation before the next one's (CPython: 10, 10).
 THRESHOLDS = (50_000, 50, 1000)
 
 
+#: ``XYPIPE_GC=default`` keeps CPython's own settings (to compare, or if a plugin makes cycles).
+ENV = "XYPIPE_GC"
+
+
 def tune_for_service() -> None:
-    """Freeze what the process holds now and raise the thresholds (see the module docstring)."""
+    """Freeze what the process holds now and raise the thresholds (see the module docstring),
+    unless ``XYPIPE_GC=default``."""
+    if os.environ.get(ENV, "").strip().lower() == "default":
+        return
     gc.collect()
     gc.freeze()
     gc.set_threshold(*THRESHOLDS)
 
 
-__all__ = ["THRESHOLDS", "tune_for_service"]
+__all__ = ["ENV", "THRESHOLDS", "tune_for_service"]

@@ -61,6 +61,7 @@ from xypipe._errors import (
     XyError,
 )
 from xypipe._gateway._options import FlagAdminOptions, GatewayOptions
+from xypipe._gc import ENV as GC_ENV
 from xypipe._log import LOG_DIR_ENV
 from xypipe._redact import is_secret_field, redact_text
 from xypipe._registry import resolve_stage
@@ -88,6 +89,7 @@ RESERVED = frozenset({
     GENERATION_ENV, CONTROL_PORT_ENV,  # which rollout generation, where the supervisor reads it
     "XYPIPE_TOKEN",  # `xypipe tail-ws`: the bearer token
     "XYPIPE_HEALTHZ",  # the container's HEALTHCHECK: the URL it probes
+    GC_ENV,  # `default`: CPython's own garbage collector settings (docs/architecture.md)
 })
 
 
