@@ -29,22 +29,22 @@ __all__ = ["harness", "register"]
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     bench = sub.add_parser("bench", help="benchmarks of a checkout (bench/README.md)")
     tools = bench.add_subparsers(dest="bench", required=True, metavar="BENCHMARK")
-    p = tools.add_parser(
-        "replay", add_help=False, prefix_chars="+",  # every option is the harness's
-        help="replay a tape (or the synthetic market) through the whole path beside the "
-             "peers; --slo gates on the numbers (--help: every option)")
-    p.add_argument("rest", nargs="*", metavar="ARG",
-                   help="the harness's arguments: [TAPE] --speed --clients --tabs --duration "
-                        "--quick --slo --peer ... (xypipe bench replay --help lists them)")
-    p.set_defaults(func=_cmd_replay)
-    c = tools.add_parser(
-        "curves", add_help=False, prefix_chars="+",
-        help="scaling curves: ingest 1k -> 100k ticks/s, clients 10 -> 1,000, gateway workers "
-             "1 -> 2; where each budget breaks and which level engages (--help: every option)")
-    c.add_argument("rest", nargs="*", metavar="ARG",
-                   help="the harness's arguments: --quick --rates --clients --workers --slo ... "
-                        "(xypipe bench curves --help lists them)")
-    c.set_defaults(func=_cmd_curves)
+    harnesses = [
+        ("replay", "replay a tape (or the synthetic market) through the whole path beside the "
+                   "peers; --slo gates on the numbers (--help: every option)",
+         "[TAPE] --speed --clients --tabs --duration --quick --slo --peer ...", _cmd_replay),
+        ("curves", "scaling curves: ingest 1k -> 100k ticks/s, clients 10 -> 1,000, gateway "
+                   "workers 1 -> 2; where each budget breaks and which level engages (--help: "
+                   "every option)",
+         "--quick --rates --clients --workers --slo ...", _cmd_curves),
+    ]
+    for name, what, args, func in harnesses:
+        # add_help off and "+" as the prefix: every option is the harness's own.
+        p = tools.add_parser(name, add_help=False, prefix_chars="+", help=what)
+        p.add_argument("rest", nargs="*", metavar="ARG",
+                       help=f"the harness's arguments: {args} (xypipe bench {name} --help "
+                            "lists them)")
+        p.set_defaults(func=func)
 
 
 def harness(name: str = "replay") -> Path:
