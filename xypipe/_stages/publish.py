@@ -155,10 +155,11 @@ class Publish(Stage[list[DeltaOut] | list[SnapshotOut] | list[Watermark], Never,
                         # never published would be a hole after a restart), and a batch of
                         # deltas goes out without yielding once per delta (other stages'
                         # long turns in between made a snapshot round wait behind them).
-                        cp = (Delta(group=x.group, shard=x.shard, seq=x.seq, epoch=x.epoch,
-                                    ts_emit_us=x.ts_emit_us, fence=fence).SerializeToString()
-                              if checkpoint else None)
-                        cp_subject = state.checkpoint_subject(x.group, x.shard)
+                        cp, cp_subject = None, ""
+                        if checkpoint:
+                            cp = Delta(group=x.group, shard=x.shard, seq=x.seq, epoch=x.epoch,
+                                       ts_emit_us=x.ts_emit_us, fence=fence).SerializeToString()
+                            cp_subject = state.checkpoint_subject(x.group, x.shard)
                         try:
                             if cp is not None:
                                 nc.publish_nowait(cp_subject, cp)
